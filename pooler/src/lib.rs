@@ -1,0 +1,26 @@
+//! Server connections and the pools that hold them.
+//!
+//! A pool exists per (tenant, database, role). It owns idle server connections and a
+//! FIFO queue of clients waiting for one; a checked-out connection is a
+//! [`PooledConn`] guard that comes back only through an explicit, successful
+//! [`PooledConn::release`] — dropping it closes the connection.
+//!
+//! Invariant: a server connection belongs to exactly one pool key for its whole life;
+//! nothing here can move it to another tenant, database or role.
+//! Invariant: a connection goes back to the idle list only after its reset succeeded.
+
+pub mod connect;
+pub mod credential;
+pub mod pool;
+pub mod pools;
+pub mod server;
+pub mod stream;
+pub mod tls;
+
+pub use connect::{connect, ConnectError, ConnectRequest};
+pub use credential::ServerCredential;
+pub use pool::{CheckoutError, Pool, PoolCounts, PoolKey, PoolStats, PooledConn, Release};
+pub use pools::Pools;
+pub use server::{ServerConn, ServerError};
+pub use stream::ServerStream;
+pub use tls::TlsConnectors;

@@ -1,0 +1,357 @@
+//! One pool: the server connections of a single (tenant, database, role).
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use router::{Backend, PoolSettings, TenantId};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::connect::{connect, ConnectError, ConnectRequest};
+use crate::credential::ServerCredential;
+use crate::server::{ServerConn, ServerError};
+use crate::tls::TlsConnectors;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub tenant: TenantId,
+    pub database: String,
+    pub role: String,
+}
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.tenant, self.database, self.role)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("timed out waiting for a server connection")]
+    Timeout,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Counters read by stats and tests without locking.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Server connections handed to clients right now.
+    pub active: AtomicUsize,
+    /// Server connections waiting in the idle list.
+    pub idle: AtomicUsize,
+    /// Server connections being opened.
+    pub connecting: AtomicUsize,
+    /// Clients queued for a server connection.
+    pub waiting: AtomicUsize,
+}
+
+/// A snapshot of [`PoolStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolCounts {
+    pub active: usize,
+    pub idle: usize,
+    pub connecting: usize,
+    pub waiting: usize,
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    backend: Arc<Backend>,
+    settings: PoolSettings,
+    /// One permit per server connection the pool may have open (active or idle). The
+    /// semaphore queues waiters first-come, first-served.
+    permits: Arc<Semaphore>,
+    /// Idle connections, most recently used last (reused first: warm caches, and the
+    /// cold ones age out through `idle_timeout`). Each holds its permit.
+    idle: Mutex<Vec<(ServerConn, OwnedSemaphorePermit)>>,
+    pub stats: PoolStats,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("key", &self.key)
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a client left its server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// At a message boundary, after a ReadyForQuery with this transaction status and
+    /// with nothing sent since. `used` says whether the client sent anything at all.
+    AtReadyForQuery { status: u8, used: bool },
+    /// Anything else (mid-query, mid-COPY, broken): the connection is closed.
+    Dirty,
+}
+
+impl Pool {
+    pub fn new(key: PoolKey, backend: Arc<Backend>, settings: PoolSettings) -> Self {
+        Pool {
+            key,
+            backend,
+            permits: Arc::new(Semaphore::new(settings.size)),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            stats: PoolStats::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    pub fn counts(&self) -> PoolCounts {
+        PoolCounts {
+            active: self.stats.active.load(Ordering::Relaxed),
+            idle: self.stats.idle.load(Ordering::Relaxed),
+            connecting: self.stats.connecting.load(Ordering::Relaxed),
+            waiting: self.stats.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Hands out a healthy server connection: an idle one if there is one, else a new
+    /// one opened with `credential`, waiting in line (up to `max_wait`) while the pool
+    /// is at its size.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        credential: &ServerCredential,
+        tls: &TlsConnectors,
+    ) -> Result<PooledConn, CheckoutError> {
+        if let Some((conn, permit)) = self.take_idle() {
+            return Ok(self.hand_out(conn, permit));
+        }
+        let permit = {
+            let _waiting = Gauge::up(&self.stats.waiting);
+            tokio::time::timeout(self.settings.max_wait, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| CheckoutError::Timeout)?
+                .expect("pool semaphores are never closed")
+        };
+        // While we waited, a connection may have come back to the idle list (its permit
+        // with it): prefer it and let our fresh permit go.
+        if let Some((conn, idle_permit)) = self.take_idle() {
+            drop(permit);
+            return Ok(self.hand_out(conn, idle_permit));
+        }
+        let conn = {
+            let _connecting = Gauge::up(&self.stats.connecting);
+            connect(
+                ConnectRequest {
+                    backend: &self.backend,
+                    user: &self.key.role,
+                    database: &self.key.database,
+                    credential,
+                },
+                tls,
+            )
+            .await?
+        };
+        Ok(self.hand_out(conn, permit))
+    }
+
+    fn hand_out(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit) -> PooledConn {
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        PooledConn {
+            conn: Some(conn),
+            permit: Some(permit),
+            pool: self.clone(),
+        }
+    }
+
+    /// Pops idle connections until one is healthy and young enough; the rest close.
+    fn take_idle(&self) -> Option<(ServerConn, OwnedSemaphorePermit)> {
+        let now = Instant::now();
+        loop {
+            let (mut conn, permit) = {
+                let mut idle = self.idle.lock().expect("pool lock poisoned");
+                let entry = idle.pop()?;
+                self.stats.idle.fetch_sub(1, Ordering::Relaxed);
+                entry
+            };
+            if self.is_expired(&conn, now) || !conn.is_idle_and_open() {
+                tracing::debug!(pool = %self.key, pid = ?conn.backend_pid(), "dropping stale server connection");
+                close_in_background(conn);
+                drop(permit);
+                continue;
+            }
+            return Some((conn, permit));
+        }
+    }
+
+    fn is_expired(&self, conn: &ServerConn, now: Instant) -> bool {
+        now.duration_since(conn.created) >= self.settings.lifetime
+            || now.duration_since(conn.last_used) >= self.settings.idle_timeout
+    }
+
+    fn put_idle(&self, mut conn: ServerConn, permit: OwnedSemaphorePermit) {
+        conn.last_used = Instant::now();
+        let mut idle = self.idle.lock().expect("pool lock poisoned");
+        idle.push((conn, permit));
+        self.stats.idle.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Closes idle connections that are past their idle timeout or lifetime, or that
+    /// the server has closed. Called periodically by [`crate::Pools`].
+    pub fn evict_idle(&self) -> usize {
+        let now = Instant::now();
+        let evicted: Vec<_> = {
+            let mut idle = self.idle.lock().expect("pool lock poisoned");
+            let (keep, evict): (Vec<_>, Vec<_>) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition_map(|(mut conn, permit)| {
+                    if self.is_expired(&conn, now) || !conn.is_idle_and_open() {
+                        Err((conn, permit))
+                    } else {
+                        Ok((conn, permit))
+                    }
+                });
+            *idle = keep;
+            self.stats.idle.store(idle.len(), Ordering::Relaxed);
+            evict
+        };
+        let n = evicted.len();
+        for (conn, permit) in evicted {
+            close_in_background(conn);
+            drop(permit);
+        }
+        n
+    }
+
+    /// Closes every idle connection (shutdown).
+    pub fn close_idle(&self) -> Vec<ServerConn> {
+        let mut idle = self.idle.lock().expect("pool lock poisoned");
+        self.stats.idle.store(0, Ordering::Relaxed);
+        idle.drain(..).map(|(conn, _permit)| conn).collect()
+    }
+}
+
+/// `Iterator::partition` into two different types without pulling in itertools.
+trait PartitionMap: Iterator + Sized {
+    fn partition_map<L, R>(self, f: impl FnMut(Self::Item) -> Result<L, R>) -> (Vec<L>, Vec<R>) {
+        let mut f = f;
+        let (mut left, mut right) = (Vec::new(), Vec::new());
+        for item in self {
+            match f(item) {
+                Ok(l) => left.push(l),
+                Err(r) => right.push(r),
+            }
+        }
+        (left, right)
+    }
+}
+
+impl<I: Iterator> PartitionMap for I {}
+
+fn close_in_background(conn: ServerConn) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(conn.terminate());
+    }
+}
+
+/// A server connection lent to one client. Dropping it closes the connection; only
+/// [`PooledConn::release`] can return it to the pool.
+pub struct PooledConn {
+    conn: Option<ServerConn>,
+    permit: Option<OwnedSemaphorePermit>,
+    pool: Arc<Pool>,
+}
+
+impl fmt::Debug for PooledConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConn")
+            .field("pool", &self.pool.key)
+            .field("conn", &self.conn)
+            .finish()
+    }
+}
+
+impl PooledConn {
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("present until released")
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns the connection to the pool after making it clean, or closes it. A
+    /// connection that was left mid-exchange, fails its reset, or has outlived its
+    /// lifetime is closed.
+    pub async fn release(mut self, how: Release) {
+        let mut conn = self.conn.take().expect("present until released");
+        let permit = self.permit.take().expect("present until released");
+        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let expired = conn.created.elapsed() >= self.pool.settings.lifetime;
+        let reusable = match how {
+            Release::Dirty => false,
+            Release::AtReadyForQuery { .. } if expired || conn.buffered() > 0 => false,
+            Release::AtReadyForQuery { status, used } => match reset(&mut conn, status, used).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!(pool = %self.pool.key, error = %e, "server reset failed; closing");
+                    false
+                }
+            },
+        };
+        if reusable {
+            self.pool.put_idle(conn, permit);
+        } else {
+            conn.terminate().await;
+            drop(permit);
+        }
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+            close_in_background(conn);
+        }
+    }
+}
+
+/// Session-mode reset: end any transaction, then `DISCARD ALL` (unless the client
+/// never sent anything, in which case the server is already clean).
+async fn reset(conn: &mut ServerConn, status: u8, used: bool) -> Result<(), ServerError> {
+    if status != b'I' {
+        let outcome = conn.simple_query("ROLLBACK").await?;
+        if let Some(e) = outcome.error {
+            return Err(ServerError::Protocol(format!("ROLLBACK failed: {}", e.message)));
+        }
+    }
+    if used || status != b'I' {
+        let outcome = conn.simple_query("DISCARD ALL").await?;
+        if let Some(e) = outcome.error {
+            return Err(ServerError::Protocol(format!("DISCARD ALL failed: {}", e.message)));
+        }
+        if outcome.status != b'I' {
+            return Err(ServerError::Protocol("server not idle after DISCARD ALL".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Increments a gauge for as long as it lives.
+struct Gauge<'a>(&'a AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    fn up(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Gauge(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,84 @@
+//! All pools of a process, created on first use, and their upkeep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use router::{Backend, PoolSettings};
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::{Pool, PoolCounts, PoolKey};
+use crate::tls::TlsConnectors;
+
+/// How often idle connections are checked for timeouts and dead peers.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+pub struct Pools {
+    pools: DashMap<PoolKey, Arc<Pool>>,
+    pub tls: TlsConnectors,
+}
+
+impl Pools {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The pool for `key`, created with `backend` and `settings` if it does not exist.
+    pub fn get_or_create(
+        &self,
+        key: PoolKey,
+        backend: &Arc<Backend>,
+        settings: &PoolSettings,
+    ) -> Arc<Pool> {
+        if let Some(pool) = self.pools.get(&key) {
+            return pool.clone();
+        }
+        self.pools
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Pool::new(key, backend.clone(), settings.clone())))
+            .clone()
+    }
+
+    pub fn get(&self, key: &PoolKey) -> Option<Arc<Pool>> {
+        self.pools.get(key).map(|p| p.clone())
+    }
+
+    /// Counts per pool, for stats and tests.
+    pub fn counts(&self) -> Vec<(PoolKey, PoolCounts)> {
+        self.pools
+            .iter()
+            .map(|entry| (entry.key().clone(), entry.value().counts()))
+            .collect()
+    }
+
+    /// Evicts idle connections past their timeouts, every second, until `shutdown`;
+    /// then closes all idle connections.
+    pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let pools: Vec<Arc<Pool>> = self.pools.iter().map(|e| e.value().clone()).collect();
+            for pool in pools {
+                let n = pool.evict_idle();
+                if n > 0 {
+                    tracing::debug!(pool = %pool.key, evicted = n, "closed idle server connections");
+                }
+            }
+        }
+        self.close_all_idle().await;
+    }
+
+    pub async fn close_all_idle(&self) {
+        let pools: Vec<Arc<Pool>> = self.pools.iter().map(|e| e.value().clone()).collect();
+        for pool in pools {
+            for conn in pool.close_idle() {
+                conn.terminate().await;
+            }
+        }
+    }
+}

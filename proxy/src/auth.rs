@@ -1,0 +1,156 @@
+//! Client authentication: SCRAM-SHA-256 (with -PLUS channel binding on TLS) against
+//! the role's verifier, or md5 for roles whose secret is an md5 hash. The outcome is
+//! the credential Sluice uses to log into the backend as that role.
+
+use bytes::BytesMut;
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wire::frame::split_frame;
+use wire::messages::{self, tag};
+use wire::scram::{ScramError, ScramServer, Verifier};
+
+use crate::error::ClientError;
+use crate::secrets::RoleSecret;
+use crate::stream::ClientStream;
+use pooler::ServerCredential;
+
+/// Authentication messages are small; anything bigger is not a client we want.
+const AUTH_FRAME_LIMIT: usize = 8192;
+
+/// Iterations of the fake verifier for unknown roles: Postgres' default, so the
+/// unknown-role path costs what a real one does.
+const MOCK_ITERATIONS: u32 = 4096;
+
+/// Per-process secret that makes fake salts for unknown roles stable within a run
+/// (the same unknown name always gets the same salt, as a real role would).
+pub struct MockSecret(pub [u8; 32]);
+
+impl MockSecret {
+    pub fn random() -> Self {
+        let mut secret = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut secret);
+        MockSecret(secret)
+    }
+}
+
+impl std::fmt::Debug for MockSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MockSecret(..)")
+    }
+}
+
+/// Authenticates `role` on `stream`. `secret` is `None` for roles that cannot log in:
+/// they go through a SCRAM exchange against a fake verifier and fail exactly like a
+/// wrong password.
+pub async fn authenticate(
+    stream: &mut ClientStream,
+    role: &str,
+    secret: Option<RoleSecret>,
+    channel_binding: Option<&[u8]>,
+    mock: &MockSecret,
+) -> Result<ServerCredential, ClientError> {
+    let channel_binding = channel_binding.filter(|_| stream.is_tls());
+    match secret {
+        Some(RoleSecret::Md5(stored)) => md5(stream, role, &stored).await,
+        Some(RoleSecret::Scram(verifier)) => scram(stream, role, verifier, false, channel_binding).await,
+        None => {
+            let fake = Verifier::mock(&mock.0, role, MOCK_ITERATIONS);
+            scram(stream, role, fake, true, channel_binding).await
+        }
+    }
+}
+
+async fn scram(
+    stream: &mut ClientStream,
+    role: &str,
+    verifier: Verifier,
+    is_mock: bool,
+    channel_binding: Option<&[u8]>,
+) -> Result<ServerCredential, ClientError> {
+    let server_key = verifier.server_key;
+    let mut server = ScramServer::new(verifier, channel_binding.map(<[u8]>::to_vec), is_mock);
+    let mut out = BytesMut::new();
+    let mut inbuf = BytesMut::new();
+    messages::auth_sasl(&mut out, server.mechanisms());
+    send(stream, &mut out).await?;
+
+    let body = read_password_message(stream, &mut inbuf).await?;
+    let (mechanism, client_first) = messages::parse_sasl_initial_response(&body)
+        .map_err(|e| ClientError::Protocol(format!("SASLInitialResponse: {e}")))?;
+    let server_first = server
+        .handle_client_first(mechanism, client_first)
+        .map_err(|e| scram_error(e, role))?;
+    messages::auth_sasl_continue(&mut out, &server_first);
+    send(stream, &mut out).await?;
+
+    let client_final = read_password_message(stream, &mut inbuf).await?;
+    let outcome = server
+        .handle_client_final(&client_final)
+        .map_err(|e| scram_error(e, role))?;
+    messages::auth_sasl_final(&mut out, &outcome.server_final);
+    messages::auth_ok(&mut out);
+    send(stream, &mut out).await?;
+    Ok(ServerCredential::ScramClientKey {
+        client_key: outcome.client_key,
+        server_key,
+    })
+}
+
+fn scram_error(e: ScramError, role: &str) -> ClientError {
+    match e {
+        ScramError::AuthenticationFailed => ClientError::AuthFailed(role.to_owned()),
+        other => ClientError::Protocol(format!("SCRAM: {other}")),
+    }
+}
+
+async fn md5(stream: &mut ClientStream, role: &str, stored: &str) -> Result<ServerCredential, ClientError> {
+    let mut salt = [0u8; 4];
+    rand::thread_rng().fill_bytes(&mut salt);
+    let mut out = BytesMut::new();
+    messages::auth_md5(&mut out, salt);
+    send(stream, &mut out).await?;
+    let mut inbuf = BytesMut::new();
+    let body = read_password_message(stream, &mut inbuf).await?;
+    let answer = body.strip_suffix(&[0]).unwrap_or(&body);
+    let expected = wire::md5::md5_response(stored, salt);
+    if !bool::from(answer.ct_eq(expected.as_bytes())) {
+        return Err(ClientError::AuthFailed(role.to_owned()));
+    }
+    messages::auth_ok(&mut out);
+    send(stream, &mut out).await?;
+    Ok(ServerCredential::Md5Hash(stored.to_owned()))
+}
+
+async fn send(stream: &mut ClientStream, out: &mut BytesMut) -> Result<(), ClientError> {
+    stream.write_all(out).await?;
+    stream.flush().await?;
+    out.clear();
+    Ok(())
+}
+
+/// Reads one PasswordMessage-family ('p') message; anything else ends the exchange.
+async fn read_password_message(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, ClientError> {
+    loop {
+        match split_frame(buf, AUTH_FRAME_LIMIT) {
+            Ok(Some(frame)) if frame.tag == tag::PASSWORD_MESSAGE => return Ok(frame.body),
+            Ok(Some(frame)) if frame.tag == tag::TERMINATE => {
+                return Err(ClientError::Protocol("client ended the authentication".into()))
+            }
+            Ok(Some(frame)) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a password message, got {:?}",
+                    frame.tag as char
+                )))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(ClientError::Protocol("client closed during authentication".into()));
+        }
+    }
+}

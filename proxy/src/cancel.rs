@@ -1,0 +1,147 @@
+//! Cancel keys: each client gets its own BackendKeyData from Sluice, mapped to the
+//! server connection it holds; a CancelRequest is forwarded only on an exact match.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use rand::Rng;
+use router::BackendAddr;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use wire::startup::CancelKey;
+
+/// The server connection a client key currently points at.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub addr: Arc<BackendAddr>,
+    pub key: CancelKey,
+}
+
+#[derive(Debug)]
+struct Slot {
+    secret: i32,
+    target: Mutex<Option<CancelTarget>>,
+}
+
+#[derive(Debug, Default)]
+pub struct CancelRegistry {
+    slots: DashMap<i32, Arc<Slot>>,
+}
+
+/// A client's registration; dropping it forgets the key.
+#[derive(Debug)]
+pub struct CancelHandle {
+    registry: Arc<CancelRegistry>,
+    pub key: CancelKey,
+    slot: Arc<Slot>,
+}
+
+impl CancelHandle {
+    /// Points the key at the server connection the client now holds (or at nothing).
+    pub fn set_target(&self, target: Option<CancelTarget>) {
+        *self.slot.target.lock().expect("cancel slot poisoned") = target;
+    }
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        self.registry.slots.remove(&self.key.pid);
+    }
+}
+
+impl CancelRegistry {
+    /// A fresh random key, unique among live clients.
+    pub fn register(self: &Arc<Self>) -> CancelHandle {
+        let mut rng = rand::thread_rng();
+        loop {
+            let key = CancelKey {
+                pid: rng.gen_range(1..=i32::MAX),
+                secret: rng.gen(),
+            };
+            let slot = Arc::new(Slot {
+                secret: key.secret,
+                target: Mutex::new(None),
+            });
+            if let dashmap::Entry::Vacant(v) = self.slots.entry(key.pid) {
+                v.insert(slot.clone());
+                return CancelHandle {
+                    registry: self.clone(),
+                    key,
+                    slot,
+                };
+            }
+        }
+    }
+
+    /// The server connection `key` may cancel, if the key is exactly right.
+    pub fn resolve(&self, key: CancelKey) -> Option<CancelTarget> {
+        let slot = self.slots.get(&key.pid)?.clone();
+        let matches: bool = slot
+            .secret
+            .to_be_bytes()
+            .ct_eq(&key.secret.to_be_bytes())
+            .into();
+        if !matches {
+            return None;
+        }
+        let target = slot.target.lock().expect("cancel slot poisoned").clone();
+        target
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// Sends a CancelRequest for `target` to its backend. Postgres answers by closing the
+/// connection; a cancel request is never authenticated beyond its key, and it bypasses
+/// pg_hba, so plaintext is what libpq sends too.
+pub async fn forward(target: &CancelTarget) -> std::io::Result<()> {
+    let mut packet = BytesMut::new();
+    wire::startup::encode_cancel(target.key, &mut packet);
+    match target.addr.as_ref() {
+        BackendAddr::Tcp { host, port } => {
+            let mut s = TcpStream::connect((host.as_str(), *port)).await?;
+            s.write_all(&packet).await?;
+            let _ = s.read(&mut [0u8; 1]).await;
+        }
+        BackendAddr::Unix { dir, port } => {
+            let mut s = UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?;
+            s.write_all(&packet).await?;
+            let _ = s.read(&mut [0u8; 1]).await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_key_resolves() {
+        let registry = Arc::new(CancelRegistry::default());
+        let handle = registry.register();
+        let target = CancelTarget {
+            addr: Arc::new(BackendAddr::from_host("/tmp", 5432)),
+            key: CancelKey { pid: 7, secret: 9 },
+        };
+        handle.set_target(Some(target));
+        assert!(registry.resolve(handle.key).is_some());
+        let forged = CancelKey {
+            pid: handle.key.pid,
+            secret: handle.key.secret.wrapping_add(1),
+        };
+        assert!(registry.resolve(forged).is_none());
+        let key = handle.key;
+        drop(handle);
+        assert!(registry.resolve(key).is_none(), "stale key cancels nothing");
+        assert!(registry.is_empty());
+    }
+}

@@ -1,0 +1,47 @@
+//! The proxy's runtime settings (built by the binary from the config file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use router::IdentifyRules;
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Certificate chain and key (PEM) served to clients; `None` disables TLS.
+    pub tls: Option<TlsFiles>,
+    pub identify: IdentifyRules,
+    /// Plaintext clients get FATAL 28000.
+    pub require_tls: bool,
+    /// Time a client has from connecting to finishing authentication.
+    pub login_timeout: Duration,
+    /// On shutdown, how long connected clients may keep going before they are told
+    /// 57P01 and disconnected.
+    pub shutdown_grace: Duration,
+    /// How long a role's secret read with auth_query is reused.
+    pub auth_cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 6432))],
+            tls: None,
+            identify: IdentifyRules {
+                sni_suffix: None,
+                tenant_from_options: true,
+            },
+            require_tls: true,
+            login_timeout: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(30),
+            auth_cache_ttl: Duration::from_secs(30),
+        }
+    }
+}

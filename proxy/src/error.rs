@@ -1,0 +1,96 @@
+//! Everything that can end a client connection, and the one place that turns it into
+//! what the client reads (SQLSTATEs from DESIGN.md §4).
+
+use bytes::BytesMut;
+use wire::messages::{self, ErrorFields, Severity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    NoTenant(String),
+    #[error("tenant \"{0}\" does not exist")]
+    UnknownTenant(String),
+    #[error("TLS is required")]
+    TlsRequired,
+    #[error("password authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    #[error("timed out waiting for a server connection")]
+    PoolTimeout,
+    #[error("backend for tenant \"{tenant}\" is unavailable")]
+    BackendUnavailable { tenant: String, detail: String },
+    /// The backend refused with its own error (e.g. database does not exist): shown as is.
+    #[error("backend refused: {} {}", .0.code, .0.message)]
+    BackendRefused(ErrorFields),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("terminating connection: {0}")]
+    Terminating(&'static str),
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The SQLSTATE and message the client sees. Internal details (addresses, other
+    /// tenants, backend errors of Sluice's own connections) stay in the logs.
+    pub fn sqlstate_and_message(&self) -> (&str, String) {
+        match self {
+            ClientError::NoTenant(_) => ("08004", self.to_string()),
+            ClientError::UnknownTenant(_) => ("3D000", self.to_string()),
+            ClientError::TlsRequired => ("28000", self.to_string()),
+            ClientError::AuthFailed(_) => ("28P01", self.to_string()),
+            ClientError::PoolTimeout => ("53300", self.to_string()),
+            ClientError::BackendUnavailable { .. } => ("08006", self.to_string()),
+            ClientError::BackendRefused(fields) => (fields.code.as_str(), fields.message.clone()),
+            ClientError::Protocol(_) => ("08P01", self.to_string()),
+            ClientError::Unsupported(_) => ("0A000", self.to_string()),
+            ClientError::Terminating(_) => ("57P01", self.to_string()),
+            ClientError::Io(_) => ("08006", "connection failure".to_owned()),
+        }
+    }
+
+    /// Appends the FATAL ErrorResponse for this error.
+    pub fn to_response(&self, out: &mut BytesMut) {
+        let (code, message) = self.sqlstate_and_message();
+        messages::error_response(out, Severity::Fatal, code, &message);
+    }
+
+    /// Whether the client can still be written to.
+    pub fn can_tell_client(&self) -> bool {
+        !matches!(self, ClientError::Io(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_follow_the_design() {
+        let cases = [
+            (ClientError::NoTenant("no tenant: x".into()), "08004"),
+            (ClientError::UnknownTenant("acme".into()), "3D000"),
+            (ClientError::TlsRequired, "28000"),
+            (ClientError::AuthFailed("app".into()), "28P01"),
+            (ClientError::PoolTimeout, "53300"),
+            (
+                ClientError::BackendUnavailable {
+                    tenant: "acme".into(),
+                    detail: "refused".into(),
+                },
+                "08006",
+            ),
+            (ClientError::Terminating("shutting down"), "57P01"),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.sqlstate_and_message().0, code, "{err}");
+        }
+        let (_, msg) = ClientError::BackendUnavailable {
+            tenant: "acme".into(),
+            detail: "10.0.0.5:5432 refused".into(),
+        }
+        .sqlstate_and_message();
+        assert_eq!(msg, "backend for tenant \"acme\" is unavailable");
+    }
+}

@@ -1,0 +1,27 @@
+//! The data plane: listeners, TLS with SNI, the client handshake and authentication,
+//! the relay between a client and its server connection, and cancel requests.
+//!
+//! A connection goes through phases that each take and return owned values
+//! ([`session`]): negotiate → TLS → identify tenant → admit → authenticate →
+//! checkout → relay → release. Every rejection a client sees is built in one place,
+//! [`error::ClientError::to_response`].
+//!
+//! Invariant: after an 8-byte SSLRequest nothing more is read before the TLS handshake.
+//! Invariant: a client's bytes only ever reach the server connection checked out from
+//! the pool of its own (tenant, database, role).
+
+pub mod auth;
+pub mod cancel;
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod negotiate;
+pub mod params;
+pub mod relay;
+pub mod secrets;
+pub mod session;
+pub mod stream;
+pub mod tls;
+
+pub use config::ProxyConfig;
+pub use listener::{bind, serve, Proxy};

@@ -1,0 +1,110 @@
+//! Accept loops and the state every connection task shares.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pooler::Pools;
+use router::CatalogHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::MockSecret;
+use crate::cancel::CancelRegistry;
+use crate::config::ProxyConfig;
+use crate::secrets::SecretCache;
+use crate::session::serve_connection;
+use crate::tls::ServerTls;
+
+/// What connection tasks share. Built once; the catalog inside swaps snapshots.
+#[derive(Debug)]
+pub struct Proxy {
+    pub config: ProxyConfig,
+    pub tls: Option<ServerTls>,
+    pub catalog: Arc<CatalogHandle>,
+    pub pools: Arc<Pools>,
+    pub secrets: SecretCache,
+    pub cancels: Arc<CancelRegistry>,
+    pub mock_secret: MockSecret,
+    /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
+    pub terminate: CancellationToken,
+    next_id: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(
+        config: ProxyConfig,
+        tls: Option<ServerTls>,
+        catalog: Arc<CatalogHandle>,
+        pools: Arc<Pools>,
+    ) -> Self {
+        Proxy {
+            secrets: SecretCache::new(config.auth_cache_ttl),
+            config,
+            tls,
+            catalog,
+            pools,
+            cancels: Arc::new(CancelRegistry::default()),
+            mock_secret: MockSecret::random(),
+            terminate: CancellationToken::new(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Serves `listeners` until `shutdown` fires; then stops accepting, lets clients finish
+/// for `shutdown_grace`, tells the rest 57P01, and returns once every task is done.
+pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    for listener in listeners {
+        tracker.spawn(accept_loop(proxy.clone(), listener, tracker.clone(), shutdown.clone()));
+    }
+    shutdown.cancelled().await;
+    tracker.close();
+    let grace = proxy.config.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::info!(grace = ?grace, "grace period over; terminating remaining clients");
+        proxy.terminate.cancel();
+        tracker.wait().await;
+    }
+    proxy.pools.close_all_idle().await;
+}
+
+async fn accept_loop(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "listening");
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let id = proxy.next_id.fetch_add(1, Ordering::Relaxed);
+                tracker.spawn(serve_connection(proxy.clone(), tcp, peer, id));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!(addr = ?local, "stopped accepting");
+}
+
+/// Binds every configured address (port 0 gets one from the OS).
+pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        listeners.push(TcpListener::bind(addr).await?);
+    }
+    Ok(listeners)
+}

@@ -1,0 +1,155 @@
+//! A client's session settings (startup parameters and `-c` options) applied to a
+//! pooled server connection with SET, so that `DISCARD ALL` removes them again when
+//! the client leaves. Server connections themselves start with neutral settings.
+
+use pooler::ServerConn;
+
+use crate::error::ClientError;
+
+/// Startup parameters that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// The settings a client asked for, in order, from its startup parameters and the
+/// `options` words left after Sluice removed its own.
+pub fn client_settings(
+    params: &[(String, String)],
+    options: Option<&str>,
+) -> Result<Vec<(String, String)>, ClientError> {
+    if params.iter().any(|(k, _)| k == "replication") {
+        return Err(ClientError::Unsupported(
+            "replication connections are not supported through Sluice".into(),
+        ));
+    }
+    let mut settings: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."))
+        .cloned()
+        .collect();
+    if let Some(options) = options {
+        let words = router::identify::split_words(options);
+        let mut words = words.iter();
+        while let Some(word) = words.next() {
+            let setting = if word == "-c" {
+                words.next().map(String::as_str)
+            } else {
+                word.strip_prefix("-c").or_else(|| word.strip_prefix("--"))
+            };
+            let Some((name, value)) = setting.and_then(|s| s.split_once('=')) else {
+                return Err(ClientError::Unsupported(format!(
+                    "option {word:?} is not supported: use -c name=value"
+                )));
+            };
+            // `--work-mem=x` is Postgres' spelling of work_mem.
+            settings.push((name.replace('-', "_"), value.to_owned()));
+        }
+    }
+    for (name, _) in &settings {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        if !valid {
+            return Err(ClientError::Protocol(format!(
+                "invalid configuration parameter name {name:?}"
+            )));
+        }
+    }
+    Ok(settings)
+}
+
+/// `E'...'` literal: correct whatever `standard_conforming_strings` says.
+fn quote_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 3);
+    out.push_str("E'");
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// The SET statements that make `conn` match `settings`; settings the server already
+/// reports with the same value are skipped.
+pub fn set_statements(conn: &ServerConn, settings: &[(String, String)]) -> String {
+    let mut sql = String::new();
+    for (name, value) in settings {
+        let current = conn
+            .params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str());
+        if current == Some(value.as_str()) {
+            continue;
+        }
+        sql.push_str("SET ");
+        sql.push_str(name);
+        sql.push_str(" = ");
+        sql.push_str(&quote_literal(value));
+        sql.push(';');
+    }
+    sql
+}
+
+/// Applies the client's settings; a setting the server rejects is the client's error,
+/// as it would be with a direct connection.
+pub async fn apply(conn: &mut ServerConn, settings: &[(String, String)]) -> Result<(), ClientError> {
+    let sql = set_statements(conn, settings);
+    if sql.is_empty() {
+        return Ok(());
+    }
+    let outcome = conn.simple_query(&sql).await.map_err(|e| ClientError::BackendUnavailable {
+        tenant: String::new(),
+        detail: e.to_string(),
+    })?;
+    match outcome.error {
+        Some(fields) => Err(ClientError::BackendRefused(fields)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn settings_come_from_params_and_options() {
+        let s = client_settings(
+            &p(&[
+                ("user", "app"),
+                ("database", "db"),
+                ("application_name", "psql"),
+                ("_pq_.x", "1"),
+            ]),
+            Some("-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB"),
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            p(&[
+                ("application_name", "psql"),
+                ("search_path", "a,b"),
+                ("statement_timeout", "5s"),
+                ("work_mem", "4MB"),
+            ])
+        );
+    }
+
+    #[test]
+    fn odd_input_is_refused_not_passed_on() {
+        assert!(client_settings(&p(&[("replication", "true")]), None).is_err());
+        assert!(client_settings(&[], Some("-d 5")).is_err());
+        assert!(client_settings(&p(&[("bad name;", "x")]), None).is_err());
+    }
+
+    #[test]
+    fn literals_are_quoted_safely() {
+        assert_eq!(quote_literal("it's a \\ test"), "E'it\\'s a \\\\ test'");
+    }
+}

@@ -1,0 +1,226 @@
+//! The relay: bytes flow both ways verbatim; only message headers are read, to know
+//! when the server is back at ReadyForQuery and whether the client left cleanly.
+//!
+//! Both directions run concurrently inside the connection's one task (`join!`), so a
+//! server blocked writing a large result while the client is writing a large request
+//! cannot deadlock the relay.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+use bytes::BytesMut;
+use pooler::{Release, ServerStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use wire::frame::DEFAULT_MAX_FRAME_LEN;
+use wire::messages::tag;
+use wire::scan::Scanner;
+
+use crate::stream::ClientStream;
+
+/// Per-direction read buffer. Reads take what is there up to this size, and each read
+/// becomes one write, so batches of small messages cost one syscall each way.
+const RELAY_BUFFER: usize = 16 * 1024;
+
+/// The whole Terminate message.
+const TERMINATE: [u8; 5] = [tag::TERMINATE, 0, 0, 0, 4];
+
+/// How a relay ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The client left (Terminate, EOF or an error on its side); `Release` says whether
+    /// the server connection may go back to the pool.
+    ClientLeft(Release),
+    /// The server closed or failed; the client should be told and disconnected.
+    ServerGone(String),
+    /// Sluice is shutting down and the grace period is over.
+    Terminated,
+}
+
+/// What both directions know about the conversation.
+#[derive(Debug, Default)]
+struct Progress {
+    /// ReadyForQuery messages the client's requests will produce (one per Query,
+    /// Sync and FunctionCall).
+    expected_ready: AtomicU64,
+    /// ReadyForQuery messages the server has sent.
+    seen_ready: AtomicU64,
+    /// Transaction status of the last ReadyForQuery.
+    status: AtomicU8,
+    /// Extended-protocol messages sent after the last Sync.
+    unsynced: AtomicBool,
+    /// The client sent anything at all.
+    used: AtomicBool,
+}
+
+#[derive(Debug)]
+enum Ended {
+    ClientTerminate,
+    ClientEof,
+    ClientFailed(String),
+    ServerEof,
+    ServerFailed(String),
+    /// The other direction ended first.
+    Stopped,
+}
+
+pub async fn relay(
+    client: &mut ClientStream,
+    server: &mut ServerStream,
+    terminate: &CancellationToken,
+) -> RelayEnd {
+    let progress = Progress {
+        status: AtomicU8::new(tag::STATUS_IDLE),
+        ..Progress::default()
+    };
+    let stop = CancellationToken::new();
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut server_read, mut server_write) = tokio::io::split(server);
+    let upstream = async {
+        let end = client_to_server(&mut client_read, &mut server_write, &progress, &stop).await;
+        stop.cancel();
+        end
+    };
+    let downstream = async {
+        let end = server_to_client(&mut server_read, &mut client_write, &progress, &stop).await;
+        stop.cancel();
+        end
+    };
+    let ((up, up_boundary), (down, down_boundary)) = tokio::select! {
+        ends = async { tokio::join!(upstream, downstream) } => ends,
+        _ = terminate.cancelled() => return RelayEnd::Terminated,
+    };
+    tracing::trace!(?up, ?down, "relay ended");
+    match (up, down) {
+        (_, Ended::ServerEof) => RelayEnd::ServerGone("server closed the connection".into()),
+        (Ended::ServerFailed(e), _) | (_, Ended::ServerFailed(e)) => RelayEnd::ServerGone(e),
+        (Ended::ClientTerminate | Ended::ClientEof, Ended::Stopped) => {
+            let clean = up_boundary
+                && down_boundary
+                && !progress.unsynced.load(Ordering::Acquire)
+                && progress.expected_ready.load(Ordering::Acquire)
+                    == progress.seen_ready.load(Ordering::Acquire);
+            RelayEnd::ClientLeft(if clean {
+                Release::AtReadyForQuery {
+                    status: progress.status.load(Ordering::Acquire),
+                    used: progress.used.load(Ordering::Acquire),
+                }
+            } else {
+                Release::Dirty
+            })
+        }
+        (Ended::ClientFailed(e), _) | (_, Ended::ClientFailed(e)) => {
+            tracing::debug!(error = %e, "client side of the relay failed");
+            RelayEnd::ClientLeft(Release::Dirty)
+        }
+        _ => RelayEnd::ClientLeft(Release::Dirty),
+    }
+}
+
+async fn client_to_server<R, W>(
+    client: &mut R,
+    server: &mut W,
+    progress: &Progress,
+    stop: &CancellationToken,
+) -> (Ended, bool)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut scanner = Scanner::new(DEFAULT_MAX_FRAME_LEN);
+    let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
+    loop {
+        let read = tokio::select! {
+            _ = stop.cancelled() => return (Ended::Stopped, scanner.at_boundary()),
+            read = client.read_buf(&mut buf) => read,
+        };
+        match read {
+            Ok(0) => return (Ended::ClientEof, scanner.at_boundary()),
+            Ok(_) => {}
+            Err(e) => return (Ended::ClientFailed(e.to_string()), false),
+        }
+        let mut terminated = false;
+        let mut after_terminate = false;
+        let scanned = scanner.feed(&buf, |msg, _| {
+            if terminated {
+                after_terminate = true;
+            }
+            match msg {
+                tag::TERMINATE => terminated = true,
+                tag::QUERY | tag::SYNC | b'F' => {
+                    progress.expected_ready.fetch_add(1, Ordering::AcqRel);
+                    progress.unsynced.store(false, Ordering::Release);
+                }
+                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {}
+                _ => progress.unsynced.store(true, Ordering::Release),
+            }
+        });
+        if let Err(e) = scanned {
+            return (Ended::ClientFailed(e.to_string()), false);
+        }
+        let forward: &[u8] = if terminated {
+            // Terminate is the client's last word: anything after it is a violation,
+            // and the Terminate itself is Sluice's to act on, not the server's.
+            if after_terminate || !buf.ends_with(&TERMINATE) {
+                return (Ended::ClientFailed("data after Terminate".into()), false);
+            }
+            &buf[..buf.len() - TERMINATE.len()]
+        } else {
+            &buf
+        };
+        if !forward.is_empty() {
+            progress.used.store(true, Ordering::Release);
+            if let Err(e) = write_out(server, forward).await {
+                return (Ended::ServerFailed(e.to_string()), false);
+            }
+        }
+        buf.clear();
+        if terminated {
+            return (Ended::ClientTerminate, scanner.at_boundary());
+        }
+    }
+}
+
+async fn server_to_client<R, W>(
+    server: &mut R,
+    client: &mut W,
+    progress: &Progress,
+    stop: &CancellationToken,
+) -> (Ended, bool)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut scanner = Scanner::new(DEFAULT_MAX_FRAME_LEN);
+    let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
+    loop {
+        let read = tokio::select! {
+            _ = stop.cancelled() => return (Ended::Stopped, scanner.at_boundary()),
+            read = server.read_buf(&mut buf) => read,
+        };
+        match read {
+            Ok(0) => return (Ended::ServerEof, false),
+            Ok(_) => {}
+            Err(e) => return (Ended::ServerFailed(e.to_string()), false),
+        }
+        let scanned = scanner.feed(&buf, |msg, first| {
+            if msg == tag::READY_FOR_QUERY {
+                if let Some(status) = first {
+                    progress.status.store(status, Ordering::Release);
+                }
+                progress.seen_ready.fetch_add(1, Ordering::AcqRel);
+            }
+        });
+        if let Err(e) = scanned {
+            return (Ended::ServerFailed(e.to_string()), false);
+        }
+        if let Err(e) = write_out(client, &buf).await {
+            return (Ended::ClientFailed(e.to_string()), false);
+        }
+        buf.clear();
+    }
+}
+
+async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}

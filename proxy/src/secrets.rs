@@ -1,0 +1,168 @@
+//! Role secrets read from the tenant's own backend with `auth_query`, cached briefly.
+//!
+//! Like PgBouncer's auth_query: Sluice logs in as the tenant's `auth_user` and reads the
+//! role's `rolpassword` (a SCRAM verifier or an md5 hash) and its expiry. Unknown roles
+//! are cached too, so a flood of bad user names does not become a flood of queries.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use pooler::{connect, ConnectRequest, ServerCredential, TlsConnectors};
+use router::{Tenant, TenantId};
+use wire::scram::Verifier;
+
+use crate::error::ClientError;
+
+/// What a role authenticates with.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RoleSecret {
+    Scram(Verifier),
+    /// `md5` + hex(md5(password || user)).
+    Md5(String),
+}
+
+impl std::fmt::Debug for RoleSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RoleSecret::Scram(_) => "Scram(..)",
+            RoleSecret::Md5(_) => "Md5(..)",
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Cached {
+    /// `None`: no such login role (or no usable secret).
+    secret: Option<RoleSecret>,
+    /// `rolvaliduntil`, as seconds since the epoch; `None` means no expiry.
+    valid_until: Option<f64>,
+    fetched: Instant,
+}
+
+#[derive(Debug)]
+pub struct SecretCache {
+    entries: DashMap<(TenantId, String), Cached>,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("secret", &self.secret)
+            .field("age", &self.fetched.elapsed())
+            .finish()
+    }
+}
+
+impl SecretCache {
+    pub fn new(ttl: Duration) -> Self {
+        SecretCache {
+            entries: DashMap::new(),
+            ttl,
+        }
+    }
+
+    /// The role's secret, or `None` when the role cannot log in (unknown, NOLOGIN,
+    /// expired, or no password).
+    pub async fn lookup(
+        &self,
+        tenant: &Tenant,
+        role: &str,
+        tls: &TlsConnectors,
+    ) -> Result<Option<RoleSecret>, ClientError> {
+        let key = (tenant.id.clone(), role.to_owned());
+        let cached = self
+            .entries
+            .get(&key)
+            .map(|e| e.clone())
+            .filter(|c| c.fetched.elapsed() < self.ttl);
+        let cached = match cached {
+            Some(c) => c,
+            None => {
+                let fresh = fetch(tenant, role, tls).await?;
+                self.entries.insert(key, fresh.clone());
+                fresh
+            }
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        Ok(match cached.valid_until {
+            Some(until) if until <= now => None,
+            _ => cached.secret,
+        })
+    }
+}
+
+async fn fetch(tenant: &Tenant, role: &str, tls: &TlsConnectors) -> Result<Cached, ClientError> {
+    let backend = &tenant.backend;
+    let unavailable = |detail: String| ClientError::BackendUnavailable {
+        tenant: tenant.id.to_string(),
+        detail,
+    };
+    let credential = ServerCredential::Password(backend.auth_password.clone());
+    let mut conn = connect(
+        ConnectRequest {
+            backend,
+            user: &backend.auth_user,
+            database: &backend.auth_database,
+            credential: &credential,
+        },
+        tls,
+    )
+    .await
+    .map_err(|e| unavailable(format!("auth_query login as {}: {e}", backend.auth_user)))?;
+    let outcome = conn
+        .extended_query(&backend.auth_query, &[Some(role.as_bytes())])
+        .await
+        .map_err(|e| unavailable(format!("auth_query: {e}")));
+    conn.terminate().await;
+    let outcome = outcome?;
+    if let Some(e) = outcome.error {
+        return Err(unavailable(format!("auth_query failed: {} {}", e.code, e.message)));
+    }
+    let row = outcome.rows.first();
+    let text = |i: usize| {
+        row.and_then(|r| r.get(i))
+            .and_then(|v| v.as_ref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let secret = text(0).and_then(parse_secret);
+    let valid_until = text(1).and_then(|s| s.parse::<f64>().ok());
+    Ok(Cached {
+        secret,
+        valid_until,
+        fetched: Instant::now(),
+    })
+}
+
+/// Reads a `rolpassword` value; anything else (NULL, plaintext from ancient versions)
+/// cannot be used and makes the role unable to log in through Sluice.
+fn parse_secret(s: &str) -> Option<RoleSecret> {
+    if s.starts_with("SCRAM-SHA-256$") {
+        Verifier::parse(s).ok().map(RoleSecret::Scram)
+    } else if s.len() == 35 && s.starts_with("md5") {
+        Some(RoleSecret::Md5(s.to_owned()))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_recognised() {
+        let v = Verifier::from_password("pw", b"0123456789abcdef", 4096);
+        assert_eq!(
+            parse_secret(&v.to_postgres_string()),
+            Some(RoleSecret::Scram(v))
+        );
+        let md5 = wire::md5::md5_password_hash("app", "pw");
+        assert_eq!(parse_secret(&md5), Some(RoleSecret::Md5(md5.clone())));
+        assert_eq!(parse_secret("plaintext"), None);
+        assert_eq!(parse_secret("SCRAM-SHA-256$garbage"), None);
+    }
+}

@@ -1,0 +1,16 @@
+//! The tenant catalog and the decisions made from it: which tenant a connection is
+//! for, and whether it may come in.
+//!
+//! Invariant: this crate does no I/O. It holds plain data (tenants, their backends and
+//! pool settings) and pure functions over it, so every decision here is unit-testable
+//! and cheap on the connection path. Files, sockets and clocks belong to the callers.
+
+pub mod catalog;
+pub mod identify;
+pub mod tenant;
+
+pub use catalog::{Catalog, CatalogHandle};
+pub use identify::{identify, IdentifyError, IdentifyRules, Identified, TenantSource};
+pub use tenant::{
+    Backend, BackendAddr, BackendTls, PoolMode, PoolSettings, Tenant, TenantId, TenantIdError,
+};

@@ -1,0 +1,204 @@
+//! Tenants and what Sluice knows about each one's backend.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A tenant id: one DNS label (`[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`), because it is
+/// the first label of the host name clients connect to.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(Arc<str>);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid tenant id {0:?}: must be a DNS label of 1-63 characters from [a-z0-9-], not starting or ending with '-'")]
+pub struct TenantIdError(pub String);
+
+impl TenantId {
+    pub fn parse(s: &str) -> Result<Self, TenantIdError> {
+        let bytes = s.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-';
+        if valid {
+            Ok(TenantId(Arc::from(s)))
+        } else {
+            Err(TenantIdError(s.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// One tenant as the data plane sees it.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub backend: Arc<Backend>,
+    pub pool: PoolSettings,
+}
+
+/// How to reach a tenant's Postgres and how to read its roles' secrets.
+#[derive(Clone)]
+pub struct Backend {
+    pub addr: BackendAddr,
+    pub tls: BackendTls,
+    /// CA bundle (PEM) for `tls = "verify-full"`.
+    pub tls_ca: Option<PathBuf>,
+    /// The role Sluice logs in as to run `auth_query` (never used for client sessions).
+    pub auth_user: String,
+    /// Its password, read from `auth_password_file` when the config was loaded.
+    pub auth_password: String,
+    /// The database `auth_query` runs in.
+    pub auth_database: String,
+    /// Returns `(rolpassword, rolvaliduntil as epoch seconds)` for the role named by
+    /// `$1`, or no row.
+    pub auth_query: String,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The auth password never reaches a log line.
+        f.debug_struct("Backend")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .field("tls_ca", &self.tls_ca)
+            .field("auth_user", &self.auth_user)
+            .field("auth_database", &self.auth_database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default auth query, like PgBouncer's: only roles that may log in, with their
+/// expiry (seconds since the epoch, `Infinity` or NULL) so Sluice can honour
+/// `rolvaliduntil` even from its cache. It reads `pg_authid`, so `auth_user` must be a
+/// superuser unless a SECURITY DEFINER function is used instead (see docs/auth.md).
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolpassword, extract(epoch FROM rolvaliduntil)::float8 FROM pg_catalog.pg_authid WHERE rolname = $1 AND rolcanlogin";
+
+/// A backend address as libpq understands `host`: a name or IP for TCP, or a directory
+/// holding the unix socket `.s.PGSQL.<port>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddr {
+    Tcp { host: String, port: u16 },
+    Unix { dir: PathBuf, port: u16 },
+}
+
+impl BackendAddr {
+    /// libpq's rule: a host starting with `/` is a socket directory.
+    pub fn from_host(host: &str, port: u16) -> Self {
+        if host.starts_with('/') {
+            BackendAddr::Unix {
+                dir: PathBuf::from(host),
+                port,
+            }
+        } else {
+            BackendAddr::Tcp {
+                host: host.to_owned(),
+                port,
+            }
+        }
+    }
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            BackendAddr::Unix { dir, port } => write!(f, "{}/.s.PGSQL.{port}", dir.display()),
+        }
+    }
+}
+
+/// TLS towards the backend, with libpq's `sslmode` meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendTls {
+    /// Plaintext only.
+    Disable,
+    /// TLS if the server offers it, without verifying the certificate.
+    Prefer,
+    /// TLS or fail, without verifying the certificate.
+    Require,
+    /// TLS, certificate chained to `tls_ca` and matching the host name.
+    VerifyFull,
+}
+
+/// The pool mode. Only session pooling exists so far; transaction pooling is the
+/// next capability (see the issue tracker) and will add a variant here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Session,
+}
+
+/// Settings of each (tenant, database, role) pool of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    /// Most server connections one pool may hold.
+    pub size: usize,
+    /// How long a client waits in the queue for a server connection before 53300.
+    pub max_wait: Duration,
+    /// Idle server connections older than this (since last use) are closed.
+    pub idle_timeout: Duration,
+    /// Server connections older than this are closed at their next idle moment.
+    pub lifetime: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            mode: PoolMode::Session,
+            size: 20,
+            max_wait: Duration::from_millis(5000),
+            idle_timeout: Duration::from_secs(600),
+            lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids_are_dns_labels() {
+        for ok in ["acme", "a", "a-b", "0abc", &"x".repeat(63)] {
+            assert!(TenantId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "Acme", "a.b", "a_b", &"x".repeat(64), "é"] {
+            assert!(TenantId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_starting_with_slash_is_a_socket_dir() {
+        assert_eq!(
+            BackendAddr::from_host("/run/pg", 5433),
+            BackendAddr::Unix {
+                dir: "/run/pg".into(),
+                port: 5433
+            }
+        );
+        assert_eq!(
+            BackendAddr::from_host("db.internal", 5432).to_string(),
+            "db.internal:5432"
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! The config file: typed, strict (unknown keys are errors), validated as a whole, with
+//! errors that name the key and its line. See `configs/sluice.example.toml`.
+
+mod locate;
+mod runtime;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use runtime::Runtime;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where Sluice keeps its state (generated files, later the control cluster).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub proxy: ProxySection,
+    #[serde(default)]
+    pub defaults: DefaultsSection,
+    #[serde(default)]
+    pub tenants: Vec<TenantSection>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/sluice")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySection {
+    pub listen: Vec<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub sni_suffix: Option<String>,
+    pub require_tls: bool,
+    pub tenant_from_options: bool,
+    pub login_timeout_ms: u64,
+    pub shutdown_grace_s: u64,
+    pub auth_cache_ttl_s: u64,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            listen: vec!["127.0.0.1:6432".into()],
+            tls_cert: None,
+            tls_key: None,
+            sni_suffix: None,
+            require_tls: true,
+            tenant_from_options: true,
+            login_timeout_ms: 15_000,
+            shutdown_grace_s: 30,
+            auth_cache_ttl_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultsSection {
+    pub pool: PoolSection,
+}
+
+/// Pool settings; in `[defaults.pool]` unset keys take the built-in defaults, in
+/// `[tenants.pool]` they take `[defaults.pool]`'s.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSection {
+    pub mode: Option<String>,
+    pub size: Option<usize>,
+    pub max_wait_ms: Option<u64>,
+    pub idle_timeout_s: Option<u64>,
+    pub lifetime_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSection {
+    pub id: String,
+    pub backend: BackendSection,
+    #[serde(default)]
+    pub pool: PoolSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_backend_tls")]
+    pub tls: String,
+    pub tls_ca: Option<PathBuf>,
+    pub auth_user: String,
+    pub auth_password_file: PathBuf,
+    #[serde(default = "default_auth_database")]
+    pub auth_database: String,
+    pub auth_query: Option<String>,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+fn default_backend_tls() -> String {
+    "prefer".into()
+}
+
+fn default_auth_database() -> String {
+    "postgres".into()
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `tenants[1].backend.tls`.
+    pub key: String,
+    /// 1-based line of the key in the file, when it is there.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The errors of a config file, all of them at once.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} has {} problem(s):", self.file.display(), self.errors.len())?;
+        for e in &self.errors {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative paths in it are relative to
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            file: path.to_owned(),
+            errors,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(vec![ConfigError {
+                key: "(file)".into(),
+                line: None,
+                message: e.to_string(),
+            }])
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(fail)
+    }
+
+    pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+        let mut config: Config = toml::from_str(text).map_err(|e| vec![locate::parse_error(text, &e)])?;
+        config.resolve_paths(base);
+        let errors = validate::validate(&config);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors.into_iter().map(|e| e.locate(text)).collect())
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        if let Some(p) = self.proxy.tls_cert.as_mut() {
+            fix(p)
+        }
+        if let Some(p) = self.proxy.tls_key.as_mut() {
+            fix(p)
+        }
+        for t in &mut self.tenants {
+            fix(&mut t.backend.auth_password_file);
+            if let Some(p) = t.backend.tls_ca.as_mut() {
+                fix(p)
+            }
+        }
+    }
+}

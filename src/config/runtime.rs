@@ -1,0 +1,81 @@
+//! Turning a validated config into what the components take: the proxy settings and
+//! the tenant catalog (reading secret files on the way).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proxy::config::{ProxyConfig, TlsFiles};
+use router::{Backend, BackendAddr, BackendTls, IdentifyRules, PoolMode, PoolSettings, Tenant, TenantId};
+
+use super::{Config, ConfigError, PoolSection};
+
+/// Everything `serve` needs from the config.
+#[derive(Debug)]
+pub struct Runtime {
+    pub proxy: ProxyConfig,
+    pub tenants: Vec<Tenant>,
+}
+
+impl Config {
+    pub fn runtime(&self) -> Result<Runtime, ConfigError> {
+        let p = &self.proxy;
+        let proxy = ProxyConfig {
+            listen: p
+                .listen
+                .iter()
+                .map(|a| a.parse::<SocketAddr>().expect("validated"))
+                .collect(),
+            tls: p.tls_cert.clone().zip(p.tls_key.clone()).map(|(cert, key)| TlsFiles { cert, key }),
+            identify: IdentifyRules {
+                sni_suffix: p.sni_suffix.clone(),
+                tenant_from_options: p.tenant_from_options,
+            },
+            require_tls: p.require_tls,
+            login_timeout: Duration::from_millis(p.login_timeout_ms),
+            shutdown_grace: Duration::from_secs(p.shutdown_grace_s),
+            auth_cache_ttl: Duration::from_secs(p.auth_cache_ttl_s),
+        };
+        let defaults = pool_settings(&self.defaults.pool, &PoolSettings::default());
+        let mut tenants = Vec::with_capacity(self.tenants.len());
+        for (i, t) in self.tenants.iter().enumerate() {
+            let b = &t.backend;
+            let password = std::fs::read_to_string(&b.auth_password_file).map_err(|e| ConfigError {
+                key: format!("tenants[{i}].backend.auth_password_file"),
+                line: None,
+                message: format!("cannot read {}: {e}", b.auth_password_file.display()),
+            })?;
+            tenants.push(Tenant {
+                id: TenantId::parse(&t.id).expect("validated"),
+                backend: std::sync::Arc::new(Backend {
+                    addr: BackendAddr::from_host(&b.host, b.port),
+                    tls: match b.tls.as_str() {
+                        "disable" => BackendTls::Disable,
+                        "require" => BackendTls::Require,
+                        "verify-full" => BackendTls::VerifyFull,
+                        _ => BackendTls::Prefer,
+                    },
+                    tls_ca: b.tls_ca.clone(),
+                    auth_user: b.auth_user.clone(),
+                    auth_password: password.trim_end_matches(['\n', '\r']).to_owned(),
+                    auth_database: b.auth_database.clone(),
+                    auth_query: b
+                        .auth_query
+                        .clone()
+                        .unwrap_or_else(|| router::tenant::DEFAULT_AUTH_QUERY.to_owned()),
+                }),
+                pool: pool_settings(&t.pool, &defaults),
+            });
+        }
+        Ok(Runtime { proxy, tenants })
+    }
+}
+
+fn pool_settings(section: &PoolSection, base: &PoolSettings) -> PoolSettings {
+    PoolSettings {
+        mode: PoolMode::Session,
+        size: section.size.unwrap_or(base.size),
+        max_wait: section.max_wait_ms.map(Duration::from_millis).unwrap_or(base.max_wait),
+        idle_timeout: section.idle_timeout_s.map(Duration::from_secs).unwrap_or(base.idle_timeout),
+        lifetime: section.lifetime_s.map(Duration::from_secs).unwrap_or(base.lifetime),
+    }
+}

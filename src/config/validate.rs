@@ -1,0 +1,201 @@
+//! Checks that need the whole config: values in range, keys that go together, ids.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use router::TenantId;
+
+use super::locate::{line_of, path_string, Seg};
+use super::{Config, ConfigError, PoolSection};
+
+/// A problem at a key path, before it is located in the text.
+#[derive(Debug)]
+pub struct Problem {
+    path: Vec<Seg>,
+    message: String,
+}
+
+impl Problem {
+    fn new(path: Vec<Seg>, message: impl Into<String>) -> Self {
+        Problem {
+            path,
+            message: message.into(),
+        }
+    }
+
+    pub fn locate(self, text: &str) -> ConfigError {
+        ConfigError {
+            key: path_string(&self.path),
+            line: line_of(text, &self.path),
+            message: self.message,
+        }
+    }
+}
+
+use Seg::{Index, Key};
+
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let proxy = &config.proxy;
+
+    if proxy.listen.is_empty() {
+        problems.push(Problem::new(vec![Key("proxy"), Key("listen")], "needs at least one address"));
+    }
+    for (i, addr) in proxy.listen.iter().enumerate() {
+        if addr.parse::<SocketAddr>().is_err() {
+            problems.push(Problem::new(
+                vec![Key("proxy"), Key("listen"), Index(i)],
+                format!("{addr:?} is not an IP:port address"),
+            ));
+        }
+    }
+    match (&proxy.tls_cert, &proxy.tls_key) {
+        (Some(_), None) => problems.push(Problem::new(vec![Key("proxy"), Key("tls_key")], "tls_cert is set, so tls_key is required")),
+        (None, Some(_)) => problems.push(Problem::new(vec![Key("proxy"), Key("tls_cert")], "tls_key is set, so tls_cert is required")),
+        (None, None) if proxy.require_tls => problems.push(Problem::new(
+            vec![Key("proxy"), Key("require_tls")],
+            "require_tls = true needs tls_cert and tls_key",
+        )),
+        _ => {}
+    }
+    if let Some(suffix) = &proxy.sni_suffix {
+        let valid = !suffix.is_empty()
+            && suffix.split('.').all(|label| TenantId::parse(label).is_ok());
+        if !valid {
+            problems.push(Problem::new(
+                vec![Key("proxy"), Key("sni_suffix")],
+                format!("{suffix:?} is not a lowercase DNS name (no leading dot)"),
+            ));
+        }
+    }
+    if proxy.sni_suffix.is_none() && !proxy.tenant_from_options {
+        problems.push(Problem::new(
+            vec![Key("proxy"), Key("tenant_from_options")],
+            "with no sni_suffix and tenant_from_options = false no client can name a tenant",
+        ));
+    }
+    if proxy.login_timeout_ms == 0 {
+        problems.push(Problem::new(vec![Key("proxy"), Key("login_timeout_ms")], "must be > 0"));
+    }
+
+    check_pool(&config.defaults.pool, vec![Key("defaults"), Key("pool")], &mut problems);
+
+    let mut seen = HashSet::new();
+    for (i, tenant) in config.tenants.iter().enumerate() {
+        let at = |rest: &[Seg]| {
+            let mut path = vec![Key("tenants"), Index(i)];
+            path.extend_from_slice(rest);
+            path
+        };
+        if let Err(e) = TenantId::parse(&tenant.id) {
+            problems.push(Problem::new(at(&[Key("id")]), e.to_string()));
+        }
+        if !seen.insert(tenant.id.as_str()) {
+            problems.push(Problem::new(at(&[Key("id")]), format!("tenant {:?} is declared twice", tenant.id)));
+        }
+        let backend = &tenant.backend;
+        if backend.host.is_empty() {
+            problems.push(Problem::new(at(&[Key("backend"), Key("host")]), "must not be empty"));
+        }
+        match backend.tls.as_str() {
+            "disable" | "prefer" | "require" => {}
+            "verify-full" if backend.tls_ca.is_none() => problems.push(Problem::new(
+                at(&[Key("backend"), Key("tls_ca")]),
+                "tls = \"verify-full\" needs tls_ca",
+            )),
+            "verify-full" => {}
+            other => problems.push(Problem::new(
+                at(&[Key("backend"), Key("tls")]),
+                format!("{other:?} is not one of disable, prefer, require, verify-full"),
+            )),
+        }
+        if backend.auth_user.is_empty() {
+            problems.push(Problem::new(at(&[Key("backend"), Key("auth_user")]), "must not be empty"));
+        }
+        check_pool(&tenant.pool, at(&[Key("pool")]), &mut problems);
+    }
+    problems
+}
+
+fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
+    let at = |key: &'static str| {
+        let mut p = path.clone();
+        p.push(Key(key));
+        p
+    };
+    match pool.mode.as_deref() {
+        None | Some("session") => {}
+        Some("transaction") => problems.push(Problem::new(
+            at("mode"),
+            "transaction pooling is not available yet; use \"session\"",
+        )),
+        Some(other) => problems.push(Problem::new(at("mode"), format!("{other:?} is not one of session, transaction"))),
+    }
+    if pool.size == Some(0) {
+        problems.push(Problem::new(at("size"), "must be at least 1"));
+    }
+    if pool.lifetime_s == Some(0) {
+        problems.push(Problem::new(at("lifetime_s"), "must be > 0"));
+    }
+    if pool.idle_timeout_s == Some(0) {
+        problems.push(Problem::new(at("idle_timeout_s"), "must be > 0"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use std::path::Path;
+
+    const GOOD: &str = r#"
+data_dir = "/tmp/sluice"
+[proxy]
+listen = ["127.0.0.1:0"]
+tls_cert = "/etc/c.pem"
+tls_key = "/etc/k.pem"
+sni_suffix = "db.example.test"
+
+[[tenants]]
+id = "acme"
+[tenants.backend]
+host = "/run/acme"
+auth_user = "sluice_auth"
+auth_password_file = "acme.pw"
+"#;
+
+    #[test]
+    fn a_good_config_parses() {
+        let c = Config::parse(GOOD, Path::new("/etc/sluice")).unwrap();
+        assert_eq!(c.tenants[0].backend.port, 5432);
+        assert_eq!(
+            c.tenants[0].backend.auth_password_file,
+            Path::new("/etc/sluice/acme.pw")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_lines() {
+        let text = GOOD.replace("sni_suffix", "sni_sufix");
+        let errs = Config::parse(&text, Path::new("/")).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, Some(7), "{errs:?}");
+        assert!(errs[0].message.contains("unknown field `sni_sufix`"), "{errs:?}");
+    }
+
+    #[test]
+    fn validation_errors_name_key_and_line() {
+        let text = GOOD.replace("host = \"/run/acme\"", "host = \"/run/acme\"\ntls = \"sometimes\"")
+            .replace("id = \"acme\"", "id = \"Acme\"");
+        let errs = Config::parse(&text, Path::new("/")).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(shown.iter().any(|s| s.starts_with("line 10: tenants[0].id: invalid tenant id")), "{shown:?}");
+        assert!(shown.iter().any(|s| s.starts_with("line 13: tenants[0].backend.tls:")), "{shown:?}");
+    }
+
+    #[test]
+    fn transaction_mode_is_refused_until_it_exists() {
+        let text = format!("{GOOD}\n[defaults.pool]\nmode = \"transaction\"\n");
+        let errs = Config::parse(&text, Path::new("/")).unwrap_err();
+        assert_eq!(errs[0].key, "defaults.pool.mode");
+    }
+}

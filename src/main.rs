@@ -1,0 +1,74 @@
+//! The `sluice` binary: command line, wiring and signals only.
+
+mod config;
+mod demo;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Multi-tenant PostgreSQL gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy with a config file.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Start two local tenants (acme, globex) behind Sluice, ready for psql.
+    Demo {
+        /// Where the demo keeps its clusters, certificates and demo.json.
+        #[arg(long, default_value = "sluice-demo")]
+        dir: PathBuf,
+        /// Proxy listen address.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file; prints every problem with its key and line.
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    serve::init_logging();
+    let result = match cli.command {
+        Command::Serve { config } => serve::run_file(&config),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => check(&file),
+        Command::Demo { dir, listen } => demo::run(&dir, listen),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = config::Config::load(file)?;
+    // Files the config points at must be readable too.
+    config.runtime().map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    println!("{}: OK ({} tenant(s))", file.display(), config.tenants.len());
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `sluice serve`: build the components from a config and run until a signal.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use pooler::Pools;
+use proxy::tls::ServerTls;
+use proxy::Proxy;
+use router::{Catalog, CatalogHandle};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Runtime};
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn run_file(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let runtime = config
+        .runtime()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    tokio_runtime()?.block_on(async {
+        let shutdown = shutdown_on_signals()?;
+        let running = start(runtime).await?;
+        running.wait(shutdown).await;
+        Ok(())
+    })
+}
+
+pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// A cancellation token fired by the first SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let fire = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        fire.cancel();
+    });
+    Ok(token)
+}
+
+/// The proxy, bound and ready to run.
+pub struct Running {
+    proxy: Arc<Proxy>,
+    listeners: Vec<tokio::net::TcpListener>,
+    pub addrs: Vec<std::net::SocketAddr>,
+}
+
+pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
+    let tls = runtime
+        .proxy
+        .tls
+        .as_ref()
+        .map(ServerTls::load)
+        .transpose()?;
+    let catalog = Arc::new(CatalogHandle::new(Catalog::new(runtime.tenants)));
+    let pools = Arc::new(Pools::new());
+    let listeners = proxy::bind(&runtime.proxy.listen)
+        .await
+        .with_context(|| format!("binding {:?}", runtime.proxy.listen))?;
+    let addrs = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let proxy = Arc::new(Proxy::new(runtime.proxy, tls, catalog, pools));
+    Ok(Running {
+        proxy,
+        listeners,
+        addrs,
+    })
+}
+
+impl Running {
+    /// Serves until `shutdown`, then drains (see `proxy::serve`).
+    pub async fn wait(self, shutdown: CancellationToken) {
+        for addr in &self.addrs {
+            // Tests and scripts read this line to find an OS-assigned port.
+            println!("sluice: listening on {addr}");
+        }
+        let maintenance = tokio::spawn(self.proxy.pools.clone().maintain(shutdown.clone()));
+        proxy::serve(self.proxy, self.listeners, shutdown).await;
+        let _ = maintenance.await;
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,21 @@
+//! The PostgreSQL wire protocol as Sluice speaks it.
+//!
+//! Everything here is pure: no I/O, no async. Parsers take bytes that came
+//! from untrusted peers and must never panic or allocate based on a length
+//! field; builders append to a caller-owned [`bytes::BytesMut`] so one buffer
+//! can carry many messages to a single `write_all`.
+//!
+//! - [`frame`]: splitting typed messages off a buffer.
+//! - [`scan`]: walking message headers in a stream that is relayed verbatim.
+//! - [`startup`]: the untyped packets of the startup phase.
+//! - [`messages`]: builders for what Sluice sends, parsers for what it reads.
+//! - [`scram`] and [`md5`]: authentication exchanges.
+
+pub mod frame;
+pub mod md5;
+pub mod messages;
+pub mod scan;
+pub mod scram;
+pub mod startup;
+
+mod put;

@@ -1,0 +1,56 @@
+//! Messages Sluice builds and the few it must read.
+//!
+//! Builders append one complete message to a `&mut BytesMut`, so a caller can
+//! batch several into one write. Parsers take a frame body (as split by
+//! [`crate::frame`]) and return views borrowing it; they are bounds-checked
+//! and never panic, whatever the bytes.
+
+mod from_client;
+mod from_server;
+mod reader;
+pub mod tag;
+mod to_client;
+mod to_server;
+
+pub use from_client::parse_sasl_initial_response;
+pub use from_server::{
+    parse_authentication, parse_backend_key_data, parse_data_row, parse_error_fields,
+    parse_parameter_status, parse_ready_for_query, Authentication, ErrorFields,
+};
+pub use to_client::{
+    auth_cleartext, auth_md5, auth_ok, auth_sasl, auth_sasl_continue, auth_sasl_final,
+    backend_key_data, error_response, negotiate_protocol_version, notice_response,
+    parameter_status, ready_for_query, Severity,
+};
+pub use to_server::{
+    bind_text, describe_portal, execute, parse, password_message, query, sasl_initial_response,
+    sync, terminate,
+};
+
+/// A message body that does not have the layout its tag promises.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum ParseError {
+    /// The body ended while reading a field.
+    #[error("message truncated while reading {0}")]
+    Truncated(&'static str),
+    /// A string field has no NUL terminator.
+    #[error("string field {0} is not NUL-terminated")]
+    MissingNul(&'static str),
+    /// A string field is not UTF-8.
+    #[error("string field {0} is not valid UTF-8")]
+    NonUtf8(&'static str),
+    /// A numeric field has an impossible value.
+    #[error("invalid {what}: {value}")]
+    Invalid {
+        /// The field.
+        what: &'static str,
+        /// Its value.
+        value: i64,
+    },
+    /// Bytes left over after the last field.
+    #[error("{0} unexpected bytes after the end of the message")]
+    TrailingBytes(usize),
+}
+
+#[cfg(test)]
+mod tests;

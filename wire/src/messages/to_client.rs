@@ -1,0 +1,148 @@
+//! Builders for messages Sluice sends to clients (in the server's role).
+
+use bytes::{BufMut, BytesMut};
+
+use super::tag;
+use crate::put;
+use crate::startup::CancelKey;
+
+/// Severity of an ErrorResponse Sluice generates itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The session ends after this message.
+    Fatal,
+}
+
+impl Severity {
+    /// The non-localized name Postgres uses (`ERROR`, `FATAL`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// Appends an ErrorResponse with severity (`S` and `V`), SQLSTATE (`C`) and
+/// message (`M`).
+pub fn error_response(out: &mut BytesMut, severity: Severity, sqlstate: &str, message: &str) {
+    fields(
+        out,
+        tag::ERROR_RESPONSE,
+        severity.as_str(),
+        sqlstate,
+        message,
+    );
+}
+
+/// Appends a NoticeResponse with severity `NOTICE`.
+pub fn notice_response(out: &mut BytesMut, sqlstate: &str, message: &str) {
+    fields(out, tag::NOTICE_RESPONSE, "NOTICE", sqlstate, message);
+}
+
+/// The shared layout of ErrorResponse and NoticeResponse.
+fn fields(out: &mut BytesMut, tag: u8, severity: &str, sqlstate: &str, message: &str) {
+    put::message(out, tag, |out| {
+        for (code, value) in [
+            (b'S', severity),
+            (b'V', severity),
+            (b'C', sqlstate),
+            (b'M', message),
+        ] {
+            out.put_u8(code);
+            put::cstr(out, value);
+        }
+        out.put_u8(0);
+    });
+}
+
+/// Authentication request codes.
+pub(crate) mod auth_code {
+    pub(crate) const OK: i32 = 0;
+    pub(crate) const CLEARTEXT: i32 = 3;
+    pub(crate) const MD5: i32 = 5;
+    pub(crate) const SASL: i32 = 10;
+    pub(crate) const SASL_CONTINUE: i32 = 11;
+    pub(crate) const SASL_FINAL: i32 = 12;
+}
+
+fn auth(out: &mut BytesMut, code: i32, data: &[u8]) {
+    put::message(out, tag::AUTHENTICATION, |out| {
+        out.put_i32(code);
+        out.put_slice(data);
+    });
+}
+
+/// Appends AuthenticationOk.
+pub fn auth_ok(out: &mut BytesMut) {
+    auth(out, auth_code::OK, &[]);
+}
+
+/// Appends AuthenticationSASL listing `mechanisms` in order of preference.
+pub fn auth_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
+    put::message(out, tag::AUTHENTICATION, |out| {
+        out.put_i32(auth_code::SASL);
+        for mechanism in mechanisms {
+            put::cstr(out, mechanism);
+        }
+        out.put_u8(0);
+    });
+}
+
+/// Appends AuthenticationSASLContinue carrying `data`.
+pub fn auth_sasl_continue(out: &mut BytesMut, data: &[u8]) {
+    auth(out, auth_code::SASL_CONTINUE, data);
+}
+
+/// Appends AuthenticationSASLFinal carrying `data`.
+pub fn auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
+    auth(out, auth_code::SASL_FINAL, data);
+}
+
+/// Appends AuthenticationMD5Password with `salt`.
+pub fn auth_md5(out: &mut BytesMut, salt: [u8; 4]) {
+    auth(out, auth_code::MD5, &salt);
+}
+
+/// Appends AuthenticationCleartextPassword.
+pub fn auth_cleartext(out: &mut BytesMut) {
+    auth(out, auth_code::CLEARTEXT, &[]);
+}
+
+/// Appends ParameterStatus.
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    put::message(out, tag::PARAMETER_STATUS, |out| {
+        put::cstr(out, name);
+        put::cstr(out, value);
+    });
+}
+
+/// Appends BackendKeyData.
+pub fn backend_key_data(out: &mut BytesMut, key: CancelKey) {
+    put::message(out, tag::BACKEND_KEY_DATA, |out| {
+        out.put_i32(key.pid);
+        out.put_i32(key.secret);
+    });
+}
+
+/// Appends ReadyForQuery with transaction `status` (`b'I'`, `b'T'`, `b'E'`).
+pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+    put::message(out, tag::READY_FOR_QUERY, |out| out.put_u8(status));
+}
+
+/// Appends NegotiateProtocolVersion: protocol 3.`minor` is the newest Sluice
+/// supports, and the `_pq_.` options in `unrecognized` are not understood.
+///
+/// The version field carries the full version code (`3 << 16 | minor`), which
+/// is what Postgres sends and libpq compares against.
+pub fn negotiate_protocol_version(out: &mut BytesMut, minor: u32, unrecognized: &[&str]) {
+    put::message(out, tag::NEGOTIATE_PROTOCOL_VERSION, |out| {
+        out.put_u32((3 << 16) | (minor & 0xffff));
+        out.put_i32(put::len32(unrecognized.len()));
+        for name in unrecognized {
+            put::cstr(out, name);
+        }
+    });
+}

@@ -1,0 +1,267 @@
+//! The untyped packets of the startup phase.
+//!
+//! Before authentication a client sends packets with no tag: a length that
+//! counts itself, then a 32-bit code that is either a protocol version
+//! (StartupMessage) or one of the special request codes. Limits and error
+//! cases follow Postgres' `ProcessStartupPacket`.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::put;
+
+/// Largest startup packet Postgres accepts (`MAX_STARTUP_PACKET_LENGTH`).
+pub const MAX_STARTUP_LEN: usize = 10_000;
+/// Smallest startup packet: length plus code.
+pub const MIN_STARTUP_LEN: usize = 8;
+/// Code of an SSLRequest.
+pub const SSL_REQUEST_CODE: u32 = 80877103;
+/// Code of a GSSENCRequest.
+pub const GSSENC_REQUEST_CODE: u32 = 80877104;
+/// Code of a CancelRequest.
+pub const CANCEL_REQUEST_CODE: u32 = 80877102;
+/// Protocol 3.0, the version Sluice speaks to servers.
+pub const PROTOCOL_3_0: u32 = 3 << 16;
+/// Exact length of a CancelRequest with a 4-byte secret.
+const CANCEL_LEN: usize = 16;
+
+/// One startup-phase packet from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    /// The client asks for TLS.
+    SslRequest,
+    /// The client asks for GSSAPI encryption (Sluice declines it).
+    GssEncRequest,
+    /// The client asks to cancel the query of another session.
+    Cancel(CancelKey),
+    /// The client opens a session.
+    Startup(StartupMessage),
+}
+
+/// The key identifying a session for cancellation (BackendKeyData).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CancelKey {
+    /// Process id as told to the client.
+    pub pid: i32,
+    /// Secret as told to the client.
+    pub secret: i32,
+}
+
+/// A StartupMessage: protocol version and parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupMessage {
+    /// Always 3.
+    pub major: u16,
+    /// Any minor version; the proxy negotiates down to what it supports.
+    pub minor: u16,
+    /// Parameters in the order sent, keys unique; `_pq_.` options included.
+    pub params: Vec<(String, String)>,
+}
+
+impl StartupMessage {
+    /// The value of parameter `key`, if sent.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The role name (`user`), which [`parse`] guarantees is present.
+    pub fn user(&self) -> Option<&str> {
+        self.get("user")
+    }
+
+    /// The database, defaulting to the user name as Postgres does when it is
+    /// absent or empty.
+    pub fn database(&self) -> Option<&str> {
+        match self.get("database") {
+            Some(db) if !db.is_empty() => Some(db),
+            _ => self.user(),
+        }
+    }
+}
+
+/// Why a startup packet was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum StartupError {
+    /// The length field is outside `MIN_STARTUP_LEN..=MAX_STARTUP_LEN`.
+    #[error("invalid length of startup packet: {0}")]
+    BadLength(usize),
+    /// The bytes given do not match the length field.
+    #[error("startup packet length {declared} does not match the {actual} bytes received")]
+    LengthMismatch {
+        /// Length announced by the packet.
+        declared: usize,
+        /// Bytes actually passed to [`parse`].
+        actual: usize,
+    },
+    /// A special request with the wrong size.
+    #[error("invalid length {len} for a {what}")]
+    BadRequestLength {
+        /// Which request.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// A protocol version other than 3.x.
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.x")]
+    UnsupportedProtocol {
+        /// Requested major version.
+        major: u16,
+        /// Requested minor version.
+        minor: u16,
+    },
+    /// A string ran past the end of the packet.
+    #[error("invalid startup packet layout: missing NUL terminator")]
+    MissingTerminator,
+    /// A parameter name with no value after it.
+    #[error("invalid startup packet layout: parameter {0:?} has no value")]
+    OddParams(String),
+    /// Bytes after the final terminator.
+    #[error("invalid startup packet layout: expected terminator as last byte")]
+    TrailingBytes,
+    /// A name or value that is not UTF-8.
+    #[error("startup packet parameter is not valid UTF-8")]
+    NonUtf8,
+    /// A parameter sent twice.
+    #[error("duplicate startup parameter {0:?}")]
+    DuplicateKey(String),
+    /// No (or an empty) `user` parameter.
+    #[error("no PostgreSQL user name specified in startup packet")]
+    MissingUser,
+}
+
+/// Reads the 4-byte length of a startup packet.
+///
+/// Returns the length (which includes the 4 length bytes) once it is known to
+/// be within `MIN_STARTUP_LEN..=MAX_STARTUP_LEN`, so the caller can read the
+/// rest into a buffer of that size without trusting the peer further.
+pub fn parse_len(header: [u8; 4]) -> Result<usize, StartupError> {
+    let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
+    if (MIN_STARTUP_LEN..=MAX_STARTUP_LEN).contains(&len) {
+        Ok(len)
+    } else {
+        Err(StartupError::BadLength(len))
+    }
+}
+
+/// Parses a whole packet, including its 4-byte length prefix, as read.
+pub fn parse(packet: &[u8]) -> Result<StartupPacket, StartupError> {
+    let (len, rest) = split_u32(packet).ok_or(StartupError::BadLength(packet.len()))?;
+    let declared = parse_len(len.to_be_bytes())?;
+    if declared != packet.len() {
+        return Err(StartupError::LengthMismatch {
+            declared,
+            actual: packet.len(),
+        });
+    }
+    let (code, body) = split_u32(rest).ok_or(StartupError::BadLength(packet.len()))?;
+    let exact = |what, want: usize| {
+        if packet.len() == want {
+            Ok(())
+        } else {
+            Err(StartupError::BadRequestLength {
+                what,
+                len: packet.len(),
+            })
+        }
+    };
+    match code {
+        SSL_REQUEST_CODE => {
+            exact("SSLRequest", MIN_STARTUP_LEN).map(|()| StartupPacket::SslRequest)
+        }
+        GSSENC_REQUEST_CODE => {
+            exact("GSSENCRequest", MIN_STARTUP_LEN).map(|()| StartupPacket::GssEncRequest)
+        }
+        CANCEL_REQUEST_CODE => {
+            exact("CancelRequest", CANCEL_LEN)?;
+            let (pid, body) = split_u32(body).ok_or(StartupError::MissingTerminator)?;
+            let (secret, _) = split_u32(body).ok_or(StartupError::MissingTerminator)?;
+            Ok(StartupPacket::Cancel(CancelKey {
+                pid: pid as i32,
+                secret: secret as i32,
+            }))
+        }
+        version => parse_startup(version, body).map(StartupPacket::Startup),
+    }
+}
+
+/// Parses the version and parameter list of a StartupMessage.
+fn parse_startup(version: u32, mut body: &[u8]) -> Result<StartupMessage, StartupError> {
+    let major = (version >> 16) as u16;
+    let minor = (version & 0xffff) as u16;
+    if major != 3 {
+        return Err(StartupError::UnsupportedProtocol { major, minor });
+    }
+    let mut params: Vec<(String, String)> = Vec::new();
+    loop {
+        let key = take_cstr(&mut body)?;
+        if key.is_empty() {
+            break;
+        }
+        if body.is_empty() {
+            return Err(StartupError::OddParams(key.to_owned()));
+        }
+        let value = take_cstr(&mut body)?;
+        if params.iter().any(|(k, _)| k == key) {
+            return Err(StartupError::DuplicateKey(key.to_owned()));
+        }
+        params.push((key.to_owned(), value.to_owned()));
+    }
+    if !body.is_empty() {
+        return Err(StartupError::TrailingBytes);
+    }
+    let message = StartupMessage {
+        major,
+        minor,
+        params,
+    };
+    match message.user() {
+        Some(user) if !user.is_empty() => Ok(message),
+        _ => Err(StartupError::MissingUser),
+    }
+}
+
+/// Splits a big-endian `u32` off the front of `bytes`.
+fn split_u32(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    match bytes {
+        [a, b, c, d, rest @ ..] => Some((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
+        _ => None,
+    }
+}
+
+/// Takes a NUL-terminated UTF-8 string off the front of `body`.
+fn take_cstr<'a>(body: &mut &'a [u8]) -> Result<&'a str, StartupError> {
+    let nul = body
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(StartupError::MissingTerminator)?;
+    let (s, rest) = body.split_at(nul);
+    *body = &rest[1..];
+    std::str::from_utf8(s).map_err(|_| StartupError::NonUtf8)
+}
+
+/// Appends a protocol 3.0 StartupMessage with `params` (e.g. `user`,
+/// `database`, `application_name`).
+pub fn encode_startup(params: &[(&str, &str)], out: &mut BytesMut) {
+    put::untagged(out, |out| {
+        out.put_u32(PROTOCOL_3_0);
+        for (key, value) in params {
+            put::cstr(out, key);
+            put::cstr(out, value);
+        }
+        out.put_u8(0);
+    });
+}
+
+/// Appends a CancelRequest for `key`.
+pub fn encode_cancel(key: CancelKey, out: &mut BytesMut) {
+    put::untagged(out, |out| {
+        out.put_u32(CANCEL_REQUEST_CODE);
+        out.put_i32(key.pid);
+        out.put_i32(key.secret);
+    });
+}
+
+#[cfg(test)]
+mod tests;
