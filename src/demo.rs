@@ -169,16 +169,13 @@ fn tenant_cluster(
 /// One statement per line (single-user mode). Roles get SCRAM verifiers, never
 /// plaintext; `sluice_auth` may only call a SECURITY DEFINER lookup function.
 fn bootstrap_sql(app_password: &str, auth_password: &str) -> String {
+    use localpg::bootstrap::{auth_lookup_sql, create_login_role};
     [
         format!("ALTER ROLE postgres PASSWORD '{}'", scram_verifier(&random_password())),
-        format!("CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{}'", scram_verifier(app_password)),
-        format!("CREATE ROLE {AUTH_ROLE} LOGIN PASSWORD '{}'", scram_verifier(auth_password)),
+        create_login_role(APP_ROLE, &scram_verifier(app_password)),
+        create_login_role(AUTH_ROLE, &scram_verifier(auth_password)),
         format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE}"),
-        "CREATE SCHEMA sluice".into(),
-        "CREATE FUNCTION sluice.role_secret(name) RETURNS TABLE (secret text, valid_until float8) LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$ SELECT rolpassword, extract(epoch FROM rolvaliduntil)::float8 FROM pg_authid WHERE rolname = $1 AND rolcanlogin AND NOT rolsuper $$".into(),
-        "REVOKE ALL ON FUNCTION sluice.role_secret(name) FROM PUBLIC".into(),
-        format!("GRANT USAGE ON SCHEMA sluice TO {AUTH_ROLE}"),
-        format!("GRANT EXECUTE ON FUNCTION sluice.role_secret(name) TO {AUTH_ROLE}"),
+        auth_lookup_sql(AUTH_ROLE),
     ]
     .join("\n")
 }
@@ -246,7 +243,8 @@ fn config_text(dir: &Path, listen: SocketAddr) -> String {
              tls = \"disable\"   # a unix socket only Sluice (root) can reach\n\
              auth_user = \"{AUTH_ROLE}\"\n\
              auth_password_file = {pw:?}\n\
-             auth_query = \"SELECT secret, valid_until FROM sluice.role_secret($1)\"\n",
+             auth_query = \"{query}\"\n",
+            query = localpg::bootstrap::AUTH_QUERY,
             host = home.join("run").display().to_string(),
             pw = home.join("auth.pw").display().to_string(),
         ));

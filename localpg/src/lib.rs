@@ -12,6 +12,7 @@
 //!
 //! Invariant: a postmaster started by a [`Cluster`] handle never outlives the handle.
 
+pub mod bootstrap;
 mod cluster;
 mod error;
 mod installation;

@@ -1,1 +1,21 @@
-//! Test-only helpers (filled in below).
+//! Test-only building blocks for end-to-end tests: real Postgres clusters (through
+//! `localpg`), real certificates, a real `sluice` process on an OS-assigned port, and
+//! real clients (psql, pgbench, tokio-postgres).
+//!
+//! Everything started here is stopped by `Drop` (by pid), and lives in temporary
+//! directories.
+
+pub mod clients;
+pub mod cluster;
+pub mod env;
+pub mod pki;
+pub mod sluice;
+
+pub use clients::{pg_connect, pgbench, psql, PgTarget, PsqlOutput};
+pub use cluster::{TestCluster, TestClusterOptions};
+pub use env::TwoTenants;
+pub use pki::Pki;
+pub use sluice::{SluiceConfig, SluiceProcess, TenantEntry};
+
+/// The SNI suffix every test uses.
+pub const SNI_SUFFIX: &str = "db.example.test";

@@ -1,0 +1,155 @@
+//! Real clients: psql and pgbench (libpq) as processes, tokio-postgres in process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use tokio_postgres::config::SslMode;
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// Where and how a client connects through Sluice.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    pub addr: SocketAddr,
+    /// Host name sent as SNI; `None` connects by IP (no SNI).
+    pub sni_host: Option<String>,
+    pub user: String,
+    pub password: String,
+    pub dbname: String,
+    pub options: Option<String>,
+    pub ca: PathBuf,
+    /// libpq sslmode (`require`, `verify-full`, `disable`).
+    pub sslmode: &'static str,
+    /// More `key=value` words for libpq (psql and pgbench only).
+    pub conninfo_extra: Option<String>,
+}
+
+impl PgTarget {
+    pub fn tenant(addr: SocketAddr, tenant: &str, password: &str, ca: &Path) -> Self {
+        PgTarget {
+            addr,
+            sni_host: Some(format!("{tenant}.{}", crate::SNI_SUFFIX)),
+            user: crate::cluster::APP_ROLE.into(),
+            password: password.into(),
+            dbname: crate::cluster::APP_DATABASE.into(),
+            options: None,
+            ca: ca.to_owned(),
+            sslmode: "verify-full",
+            conninfo_extra: None,
+        }
+    }
+
+    /// The libpq connection string (password passed separately in PGPASSWORD).
+    pub fn conninfo(&self) -> String {
+        let mut s = match &self.sni_host {
+            Some(host) => format!("host={host} hostaddr={}", self.addr.ip()),
+            None => format!("host={}", self.addr.ip()),
+        };
+        s.push_str(&format!(
+            " port={} user={} dbname={} sslmode={} sslrootcert={}",
+            self.addr.port(),
+            self.user,
+            self.dbname,
+            self.sslmode,
+            self.ca.display()
+        ));
+        if let Some(o) = &self.options {
+            s.push_str(&format!(" options='{o}'"));
+        }
+        if let Some(extra) = &self.conninfo_extra {
+            s.push(' ');
+            s.push_str(extra);
+        }
+        s
+    }
+}
+
+#[derive(Debug)]
+pub struct PsqlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// `psql -XAtq -c sql` against `target`.
+pub fn psql(target: &PgTarget, sql: &str) -> PsqlOutput {
+    let out = Command::new("psql")
+        .arg(target.conninfo())
+        .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", &target.password)
+        .env("PGCONNECT_TIMEOUT", "20")
+        .output()
+        .expect("running psql");
+    PsqlOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    }
+}
+
+/// `pgbench` with `args` against `target` (conninfo as the database argument).
+pub fn pgbench(target: &PgTarget, args: &[&str]) -> PsqlOutput {
+    let out = Command::new("pgbench")
+        .args(args)
+        .arg(target.conninfo())
+        .env("PGPASSWORD", &target.password)
+        .output()
+        .expect("running pgbench");
+    PsqlOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    }
+}
+
+/// A tokio-postgres TLS connector trusting `ca`.
+pub fn tls_connector(ca: &Path) -> MakeRustlsConnect {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).expect("reading CA");
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.expect("CA PEM")).expect("CA cert");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    MakeRustlsConnect::new(config)
+}
+
+use rustls_pki_types::pem::PemObject;
+
+/// Connects with tokio-postgres (TLS with SNI from `sni_host`) and drives the
+/// connection in a task.
+pub async fn pg_connect(target: &PgTarget) -> Result<Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    match &target.sni_host {
+        Some(host) => {
+            config.host(host).hostaddr(target.addr.ip());
+        }
+        None => {
+            config.host(target.addr.ip().to_string());
+        }
+    }
+    config
+        .port(target.addr.port())
+        .user(&target.user)
+        .password(&target.password)
+        .dbname(&target.dbname)
+        .connect_timeout(std::time::Duration::from_secs(20))
+        .ssl_mode(match target.sslmode {
+            "disable" => SslMode::Disable,
+            _ => SslMode::Require,
+        });
+    if let Some(o) = &target.options {
+        config.options(o);
+    }
+    let (client, connection) = config.connect(tls_connector(&target.ca)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}

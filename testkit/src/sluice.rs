@@ -1,0 +1,203 @@
+//! A real `sluice serve` process on an OS-assigned port, and the config it runs with.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::cluster::{TestCluster, AUTH_ROLE};
+use crate::pki::Pki;
+
+/// One `[[tenants]]` entry.
+#[derive(Debug, Clone)]
+pub struct TenantEntry {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: &'static str,
+    pub tls_ca: Option<PathBuf>,
+    pub auth_password_file: PathBuf,
+    pub auth_query: Option<String>,
+    /// Extra lines for `[tenants.pool]`.
+    pub pool: Vec<String>,
+}
+
+impl TenantEntry {
+    /// A tenant served by `cluster`: over TCP with verify-full TLS when the cluster
+    /// listens on TCP, else over its unix socket.
+    pub fn for_cluster(cluster: &TestCluster, pki: &Pki) -> Self {
+        let (host, port, tls, tls_ca) = match cluster.tcp_port {
+            Some(port) => ("localhost".to_owned(), port, "verify-full", Some(pki.ca_cert.clone())),
+            None => (
+                cluster.socket_dir.display().to_string(),
+                cluster.cluster.socket_port(),
+                "disable",
+                None,
+            ),
+        };
+        TenantEntry {
+            id: cluster.name.clone(),
+            host,
+            port,
+            tls,
+            tls_ca,
+            auth_password_file: cluster.auth_password_file.clone(),
+            auth_query: Some(localpg::bootstrap::AUTH_QUERY.to_owned()),
+            pool: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SluiceConfig {
+    pub pki: Pki,
+    pub require_tls: bool,
+    pub tenant_from_options: bool,
+    pub login_timeout_ms: u64,
+    pub shutdown_grace_s: u64,
+    /// Lines for `[defaults.pool]`.
+    pub default_pool: Vec<String>,
+    pub tenants: Vec<TenantEntry>,
+}
+
+impl SluiceConfig {
+    pub fn new(pki: &Pki) -> Self {
+        SluiceConfig {
+            pki: pki.clone(),
+            require_tls: true,
+            tenant_from_options: true,
+            login_timeout_ms: 15_000,
+            shutdown_grace_s: 5,
+            default_pool: Vec::new(),
+            tenants: Vec::new(),
+        }
+    }
+
+    pub fn to_toml(&self, data_dir: &Path) -> String {
+        let mut s = format!(
+            "data_dir = {:?}\n[proxy]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n\
+             sni_suffix = \"{}\"\nrequire_tls = {}\ntenant_from_options = {}\nlogin_timeout_ms = {}\n\
+             shutdown_grace_s = {}\n\n[defaults.pool]\n{}\n",
+            data_dir.display().to_string(),
+            self.pki.proxy_cert.display().to_string(),
+            self.pki.proxy_key.display().to_string(),
+            crate::SNI_SUFFIX,
+            self.require_tls,
+            self.tenant_from_options,
+            self.login_timeout_ms,
+            self.shutdown_grace_s,
+            self.default_pool.join("\n"),
+        );
+        for t in &self.tenants {
+            s.push_str(&format!(
+                "\n[[tenants]]\nid = \"{}\"\n[tenants.backend]\nhost = {:?}\nport = {}\ntls = \"{}\"\n\
+                 auth_user = \"{AUTH_ROLE}\"\nauth_password_file = {:?}\n",
+                t.id,
+                t.host,
+                t.port,
+                t.tls,
+                t.auth_password_file.display().to_string(),
+            ));
+            if let Some(ca) = &t.tls_ca {
+                s.push_str(&format!("tls_ca = {:?}\n", ca.display().to_string()));
+            }
+            if let Some(q) = &t.auth_query {
+                s.push_str(&format!("auth_query = {q:?}\n"));
+            }
+            if !t.pool.is_empty() {
+                s.push_str(&format!("[tenants.pool]\n{}\n", t.pool.join("\n")));
+            }
+        }
+        s
+    }
+}
+
+/// A running `sluice serve`. Dropping it stops the process (SIGTERM, then SIGKILL).
+pub struct SluiceProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl SluiceProcess {
+    /// Writes the config into `dir` and starts `bin serve` on it; returns once it
+    /// listens.
+    pub fn start(bin: &Path, dir: &Path, config: &SluiceConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let config_path = dir.join("sluice.toml");
+        std::fs::write(&config_path, config.to_toml(&dir.join("data")))?;
+        let log_path = dir.join("sluice.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("SLUICE_LOG", "info,proxy=debug,pooler=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("sluice: listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>());
+                }
+            }
+        });
+        let mut process = SluiceProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            config_path,
+            log_path,
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addr)) => process.addr = addr,
+            _ => anyhow::bail!("sluice did not start; log:\n{}", process.log()),
+        }
+        Ok(process)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: Signal,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for SluiceProcess {
+    fn drop(&mut self) {
+        if self.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

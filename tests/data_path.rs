@@ -1,0 +1,313 @@
+//! The data path end to end: real clients → real `sluice serve` → real Postgres
+//! clusters, one per tenant.
+
+use std::time::{Duration, Instant};
+
+use testkit::{pg_connect, pgbench, psql, TwoTenants};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn env() -> TwoTenants {
+    TwoTenants::start(BIN.as_ref(), |_| {}).expect("test environment")
+}
+
+fn sqlstate(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map(|e| e.code().code().to_owned())
+        .unwrap_or_else(|| format!("no db error: {err}"))
+}
+
+fn message(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn psql_reaches_each_tenants_own_cluster_by_host_name() {
+    let env = env();
+    for tenant in ["acme", "globex"] {
+        let out = psql(&env.target(tenant), "select tenant from tenant_marker");
+        assert!(out.success, "{tenant}: {}\n{}", out.stderr, env.sluice.log());
+        assert_eq!(out.stdout, tenant);
+    }
+    // SCRAM-SHA-256-PLUS was negotiated (libpq prefers channel binding over TLS),
+    // and the session is really on TLS.
+    let out = psql(
+        &env.target("globex"),
+        "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    );
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(out.stdout, "t", "Sluice → globex backend uses TLS");
+    let mut strict = env.target("acme");
+    strict.conninfo_extra = Some("channel_binding=require".into());
+    let out = psql(&strict, "select 1");
+    assert!(out.success, "channel binding: {}", out.stderr);
+}
+
+#[tokio::test]
+async fn tokio_postgres_reaches_each_tenant() {
+    let env = env();
+    for tenant in ["acme", "globex"] {
+        let client = pg_connect(&env.target(tenant)).await.expect("connect");
+        let row = client
+            .query_one("select tenant from tenant_marker", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), tenant);
+        // Extended protocol with parameters, through the relay.
+        let row = client.query_one("select $1::int + 1", &[&41i32]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+    }
+}
+
+#[test]
+fn pgbench_runs_without_failures() {
+    let env = env();
+    let target = env.target("globex");
+    let init = pgbench(&target, &["-i", "-s", "1", "-q"]);
+    assert!(init.success, "pgbench -i: {}", init.stderr);
+    let run = pgbench(&target, &["-S", "-c", "16", "-j", "2", "-T", "5"]);
+    assert!(run.success, "pgbench: {}\n{}", run.stderr, env.sluice.log());
+    let processed = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .expect("pgbench summary");
+    assert_ne!(processed.trim(), "0");
+    let failed = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .expect("pgbench failure count");
+    assert!(failed.starts_with("0 "), "failed transactions: {failed}");
+}
+
+#[tokio::test]
+async fn tenant_from_options_without_sni() {
+    let env = env();
+    let mut target = env.target("acme");
+    target.sni_host = None;
+    target.sslmode = "require";
+    target.options = Some("-c tenant=acme -c application_name=opt-test".into());
+    let client = pg_connect(&target).await.expect("options=tenant=acme");
+    let row = client
+        .query_one("select tenant, current_setting('application_name') from tenant_marker", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "acme");
+    // Sluice removed its own word and passed the rest on.
+    assert_eq!(row.get::<_, String>(1), "opt-test");
+
+    let out = psql(&target, "select tenant from tenant_marker");
+    assert!(out.success, "psql with options: {}", out.stderr);
+    assert_eq!(out.stdout, "acme");
+}
+
+#[tokio::test]
+async fn rejections_carry_the_designed_sqlstates() {
+    let env = env();
+
+    let mut no_tenant = env.target("acme");
+    no_tenant.sni_host = None;
+    no_tenant.sslmode = "require";
+    let err = pg_connect(&no_tenant).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08004", "{err}");
+
+    let err = pg_connect(&env.target("nope")).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "3D000", "{err}");
+    assert!(message(&err).contains("tenant \"nope\" does not exist"));
+
+    let mut plaintext = env.target("acme");
+    plaintext.sni_host = None;
+    plaintext.sslmode = "disable";
+    plaintext.options = Some("tenant=acme".into());
+    let err = pg_connect(&plaintext).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "28000", "{err}");
+
+    let mut wrong_password = env.target("acme");
+    wrong_password.password = "wrong".into();
+    let err = pg_connect(&wrong_password).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "28P01", "{err}");
+    assert!(message(&err).contains("password authentication failed for user \"app\""));
+
+    let mut unknown_role = env.target("acme");
+    unknown_role.user = "nobody".into();
+    let err = pg_connect(&unknown_role).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "28P01", "{err}");
+    assert!(message(&err).contains("password authentication failed for user \"nobody\""));
+
+    // The auth role's secret is not served to clients (the lookup excludes it only if
+    // superuser, but a wrong password is still wrong).
+    let mut auth_user = env.target("acme");
+    auth_user.user = "sluice_auth".into();
+    let err = pg_connect(&auth_user).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "28P01", "{err}");
+
+    // A database that does not exist: the backend's own answer reaches the client.
+    let mut no_db = env.target("globex");
+    no_db.dbname = "missing".into();
+    let err = pg_connect(&no_db).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "3D000", "{err}");
+}
+
+#[test]
+fn md5_roles_authenticate_and_reach_the_backend() {
+    let env = env();
+    let mut target = env.target("acme");
+    target.user = "md5user".into();
+    let out = psql(&target, "select current_user || '@' || current_database()");
+    assert!(out.success, "{}\n{}", out.stderr, env.sluice.log());
+    assert_eq!(out.stdout, "md5user@app");
+}
+
+#[tokio::test]
+async fn session_state_does_not_leak_between_clients() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec!["size = 1".into()];
+    })
+    .unwrap();
+    let target = env.target("acme");
+
+    let first = pg_connect(&target).await.unwrap();
+    let pid1: i32 = first.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    first
+        .batch_execute(
+            "SET statement_timeout = '4242s'; \
+             CREATE TEMP TABLE leak (x int); \
+             PREPARE leaky AS SELECT 1; \
+             SELECT set_config('sluice.test', 'leaked', false)",
+        )
+        .await
+        .unwrap();
+    drop(first);
+
+    // Pool size 1: the next client must get the same server connection, once it is
+    // back (the first client's goodbye is asynchronous).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let c = pg_connect(&target).await.unwrap();
+        let pid: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+        if pid == pid1 {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "never got server connection {pid1} back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let timeout: String = second.query_one("show statement_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(timeout, "0");
+    let temp: i64 = second
+        .query_one("select count(*) from pg_class where relname = 'leak'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(temp, 0, "temp table survived");
+    let prepared: i64 = second
+        .query_one("select count(*) from pg_prepared_statements where name = 'leaky'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0, "prepared statement survived");
+    let custom: Option<String> = second
+        .query_one("select current_setting('sluice.test', true)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(custom.unwrap_or_default().is_empty(), "custom GUC survived");
+}
+
+#[tokio::test]
+async fn an_abandoned_transaction_is_rolled_back_before_reuse() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec!["size = 1".into()];
+    })
+    .unwrap();
+    let target = env.target("acme");
+    let first = pg_connect(&target).await.unwrap();
+    first
+        .batch_execute("BEGIN; INSERT INTO tenant_marker VALUES ('uncommitted')")
+        .await
+        .unwrap();
+    drop(first);
+    let second = pg_connect(&target).await.unwrap();
+    let n: i64 = second
+        .query_one("select count(*) from tenant_marker", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Had the transaction survived on this (only) server connection, this session
+    // would see its own uncommitted row.
+    assert_eq!(n, 1, "the first client's transaction was not rolled back");
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_query() {
+    let env = env();
+    let client = pg_connect(&env.target("globex")).await.unwrap();
+    let token = client.cancel_token();
+    let started = Instant::now();
+    let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tls = testkit::clients::tls_connector(&env.pki.ca_cert);
+    token.cancel_query(tls).await.expect("cancel request sent");
+    let result = sleeper.await.unwrap();
+    let err = result.expect_err("query was cancelled");
+    assert_eq!(sqlstate(&err), "57014", "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "cancel took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_killed_backend_errors_its_clients_and_the_pool_recovers() {
+    let mut env = env();
+    let target = env.target("acme");
+    let client = pg_connect(&target).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    let bystander = pg_connect(&env.target("globex")).await.unwrap();
+
+    env.acme.stop(localpg::StopMode::Immediate).unwrap();
+    assert!(client.simple_query("select 1").await.is_err());
+    let err = pg_connect(&target).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08006", "{err}");
+    assert!(message(&err).contains("backend for tenant \"acme\" is unavailable"));
+    // Other tenants are not affected.
+    bystander.simple_query("select 1").await.unwrap();
+
+    env.acme.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let client = loop {
+        match pg_connect(&target).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("pool never recovered: {e}\n{}", env.sluice.log()),
+        }
+    };
+    let row = client.query_one("select tenant from tenant_marker", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "acme");
+    drop(client);
+    // Back to baseline: one idle pooled connection, nothing leaked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = env.acme.sessions_of("app");
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backend has {n} sessions of app, expected 1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let mut env = env();
+    let out = psql(&env.target("acme"), "select 1");
+    assert!(out.success);
+    let status = env
+        .sluice
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15))
+        .expect("sluice exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}\n{}", env.sluice.log());
+    assert!(env.sluice.log().contains("stopped"));
+}
