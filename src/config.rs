@@ -145,7 +145,12 @@ pub struct ConfigErrors {
 
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{} has {} problem(s):", self.file.display(), self.errors.len())?;
+        writeln!(
+            f,
+            "{} has {} problem(s):",
+            self.file.display(),
+            self.errors.len()
+        )?;
         for e in &self.errors {
             writeln!(f, "  {e}")?;
         }
@@ -175,7 +180,8 @@ impl Config {
     }
 
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
-        let mut config: Config = toml::from_str(text).map_err(|e| vec![locate::parse_error(text, &e)])?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| vec![locate::parse_error(text, &e)])?;
         config.resolve_paths(base);
         let errors = validate::validate(&config);
         if errors.is_empty() {

@@ -146,7 +146,11 @@ fn tenant_cluster(
             std::fs::remove_dir_all(&data)?;
         }
         std::fs::create_dir_all(&home)?;
-        let cluster = Cluster::create(install, template, ClusterConfig::new(&data, home.join("run")))?;
+        let cluster = Cluster::create(
+            install,
+            template,
+            ClusterConfig::new(&data, home.join("run")),
+        )?;
         let app_password = random_password();
         let auth_password = random_password();
         cluster.run_single_user(&bootstrap_sql(&app_password, &auth_password))?;
@@ -171,7 +175,10 @@ fn tenant_cluster(
 fn bootstrap_sql(app_password: &str, auth_password: &str) -> String {
     use localpg::bootstrap::{auth_lookup_sql, create_login_role};
     [
-        format!("ALTER ROLE postgres PASSWORD '{}'", scram_verifier(&random_password())),
+        format!(
+            "ALTER ROLE postgres PASSWORD '{}'",
+            scram_verifier(&random_password())
+        ),
         create_login_role(APP_ROLE, &scram_verifier(app_password)),
         create_login_role(AUTH_ROLE, &scram_verifier(auth_password)),
         format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE}"),
@@ -209,7 +216,11 @@ async fn seed_marker(config: &Config, id: &str, app_password: &str) -> anyhow::R
     let outcome = conn.simple_query(&sql).await?;
     conn.terminate().await;
     if let Some(e) = outcome.error {
-        bail!("creating the marker table for {id}: {} {}", e.code, e.message);
+        bail!(
+            "creating the marker table for {id}: {} {}",
+            e.code,
+            e.message
+        );
     }
     Ok(())
 }
@@ -291,7 +302,10 @@ fn facts(
 
 fn print_instructions(facts: &DemoFacts) {
     println!();
-    println!("Sluice demo is running on {} (Ctrl-C stops everything).", facts.proxy);
+    println!(
+        "Sluice demo is running on {} (Ctrl-C stops everything).",
+        facts.proxy
+    );
     println!("Each tenant has its own Postgres; connect by host name alone:");
     for t in &facts.tenants {
         println!();
@@ -299,7 +313,10 @@ fn print_instructions(facts: &DemoFacts) {
         println!("  {} -c 'select * from tenant_marker'", t.psql);
     }
     println!();
-    println!("Facts for scripts: {}", facts.config.with_file_name("demo.json").display());
+    println!(
+        "Facts for scripts: {}",
+        facts.config.with_file_name("demo.json").display()
+    );
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

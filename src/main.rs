@@ -68,7 +68,16 @@ fn main() -> ExitCode {
 fn check(file: &std::path::Path) -> anyhow::Result<()> {
     let config = config::Config::load(file)?;
     // Files the config points at must be readable too.
-    config.runtime().map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    println!("{}: OK ({} tenant(s))", file.display(), config.tenants.len());
+    let runtime = config
+        .runtime()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if let Some(tls) = &runtime.proxy.tls {
+        proxy::tls::ServerTls::load(tls)?;
+    }
+    println!(
+        "{}: OK ({} tenant(s))",
+        file.display(),
+        config.tenants.len()
+    );
     Ok(())
 }

@@ -28,7 +28,12 @@ fn psql_reaches_each_tenants_own_cluster_by_host_name() {
     let env = env();
     for tenant in ["acme", "globex"] {
         let out = psql(&env.target(tenant), "select tenant from tenant_marker");
-        assert!(out.success, "{tenant}: {}\n{}", out.stderr, env.sluice.log());
+        assert!(
+            out.success,
+            "{tenant}: {}\n{}",
+            out.stderr,
+            env.sluice.log()
+        );
         assert_eq!(out.stdout, tenant);
     }
     // SCRAM-SHA-256-PLUS was negotiated (libpq prefers channel binding over TLS),
@@ -56,7 +61,10 @@ async fn tokio_postgres_reaches_each_tenant() {
             .unwrap();
         assert_eq!(row.get::<_, String>(0), tenant);
         // Extended protocol with parameters, through the relay.
-        let row = client.query_one("select $1::int + 1", &[&41i32]).await.unwrap();
+        let row = client
+            .query_one("select $1::int + 1", &[&41i32])
+            .await
+            .unwrap();
         assert_eq!(row.get::<_, i32>(0), 42);
     }
 }
@@ -92,7 +100,10 @@ async fn tenant_from_options_without_sni() {
     target.options = Some("-c tenant=acme -c application_name=opt-test".into());
     let client = pg_connect(&target).await.expect("options=tenant=acme");
     let row = client
-        .query_one("select tenant, current_setting('application_name') from tenant_marker", &[])
+        .query_one(
+            "select tenant, current_setting('application_name') from tenant_marker",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "acme");
@@ -170,7 +181,11 @@ async fn session_state_does_not_leak_between_clients() {
     let target = env.target("acme");
 
     let first = pg_connect(&target).await.unwrap();
-    let pid1: i32 = first.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid1: i32 = first
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     first
         .batch_execute(
             "SET statement_timeout = '4242s'; \
@@ -187,14 +202,25 @@ async fn session_state_does_not_leak_between_clients() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let second = loop {
         let c = pg_connect(&target).await.unwrap();
-        let pid: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+        let pid: i32 = c
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
         if pid == pid1 {
             break c;
         }
-        assert!(Instant::now() < deadline, "never got server connection {pid1} back");
+        assert!(
+            Instant::now() < deadline,
+            "never got server connection {pid1} back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let timeout: String = second.query_one("show statement_timeout", &[]).await.unwrap().get(0);
+    let timeout: String = second
+        .query_one("show statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(timeout, "0");
     let temp: i64 = second
         .query_one("select count(*) from pg_class where relname = 'leak'", &[])
@@ -203,7 +229,10 @@ async fn session_state_does_not_leak_between_clients() {
         .get(0);
     assert_eq!(temp, 0, "temp table survived");
     let prepared: i64 = second
-        .query_one("select count(*) from pg_prepared_statements where name = 'leaky'", &[])
+        .query_one(
+            "select count(*) from pg_prepared_statements where name = 'leaky'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -253,7 +282,11 @@ async fn cancel_stops_a_running_query() {
     let result = sleeper.await.unwrap();
     let err = result.expect_err("query was cancelled");
     assert_eq!(sqlstate(&err), "57014", "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "cancel took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -284,7 +317,10 @@ async fn a_killed_backend_errors_its_clients_and_the_pool_recovers() {
             Err(e) => panic!("pool never recovered: {e}\n{}", env.sluice.log()),
         }
     };
-    let row = client.query_one("select tenant from tenant_marker", &[]).await.unwrap();
+    let row = client
+        .query_one("select tenant from tenant_marker", &[])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, String>(0), "acme");
     drop(client);
     // Back to baseline: one idle pooled connection, nothing leaked.
@@ -294,7 +330,10 @@ async fn a_killed_backend_errors_its_clients_and_the_pool_recovers() {
         if n == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "backend has {n} sessions of app, expected 1");
+        assert!(
+            Instant::now() < deadline,
+            "backend has {n} sessions of app, expected 1"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -308,6 +347,76 @@ fn sigterm_drains_and_exits_cleanly() {
         .sluice
         .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15))
         .expect("sluice exits after SIGTERM");
-    assert!(status.success(), "exit status {status:?}\n{}", env.sluice.log());
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        env.sluice.log()
+    );
     assert!(env.sluice.log().contains("stopped"));
+}
+
+#[tokio::test]
+async fn a_full_pool_queues_then_times_out_with_53300() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec!["size = 1".into(), "max_wait_ms = 300".into()];
+    })
+    .unwrap();
+    let target = env.target("acme");
+    let holder = pg_connect(&target).await.unwrap();
+    holder.simple_query("select 1").await.unwrap();
+    let err = pg_connect(&target).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    assert_eq!(message(&err), "timed out waiting for a server connection");
+
+    // A waiter gets the connection as soon as the holder leaves.
+    let waiter = tokio::spawn({
+        let target = target.clone();
+        async move { pg_connect(&target).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(holder);
+    let client = waiter.await.unwrap().expect("queued client served");
+    client.simple_query("select 1").await.unwrap();
+    assert!(env.acme.sessions_of("app") <= 1, "pool size respected");
+}
+
+#[tokio::test]
+async fn idle_server_connections_are_closed_after_idle_timeout() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec!["idle_timeout_s = 1".into()];
+    })
+    .unwrap();
+    let client = pg_connect(&env.target("acme")).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.acme.sessions_of("app") != 0 {
+        assert!(Instant::now() < deadline, "idle connection never closed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn server_connections_are_retired_after_their_lifetime() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec!["size = 1".into(), "lifetime_s = 1".into()];
+    })
+    .unwrap();
+    let target = env.target("acme");
+    let first = pg_connect(&target).await.unwrap();
+    let pid1: i32 = first
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = pg_connect(&target).await.unwrap();
+    let pid2: i32 = second
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(pid1, pid2, "an expired connection was reused");
 }

@@ -9,7 +9,11 @@ pub const AUTH_QUERY: &str = "SELECT secret, valid_until FROM sluice.role_secret
 
 /// A login role with a SCRAM verifier (`SCRAM-SHA-256$...`) as its password.
 pub fn create_login_role(name: &str, verifier: &str) -> String {
-    format!("CREATE ROLE {} LOGIN PASSWORD '{}'", quote_ident(name), verifier.replace('\'', "''"))
+    format!(
+        "CREATE ROLE {} LOGIN PASSWORD '{}'",
+        quote_ident(name),
+        verifier.replace('\'', "''")
+    )
 }
 
 /// A least-privilege way for `auth_role` to read secrets: a SECURITY DEFINER function

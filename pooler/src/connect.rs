@@ -241,7 +241,9 @@ async fn authenticate(
                         ClientCredential::Password(password.clone())
                     }
                     ServerCredential::Md5Hash(_) => {
-                        return Err(ConnectError::UnsupportedAuth("SCRAM (role has an md5 secret)"))
+                        return Err(ConnectError::UnsupportedAuth(
+                            "SCRAM (role has an md5 secret)",
+                        ))
                     }
                 };
                 let client = ScramClient::new(client_credential);

@@ -60,12 +60,13 @@ pub struct Pool {
     pub key: PoolKey,
     backend: Arc<Backend>,
     settings: PoolSettings,
-    /// One permit per server connection the pool may have open (active or idle). The
-    /// semaphore queues waiters first-come, first-served.
+    /// One permit per checked-out server connection; the semaphore queues waiters
+    /// first-come, first-served. A new connection is opened only by a permit holder
+    /// that found the idle list empty, so active + idle never exceeds `size`.
     permits: Arc<Semaphore>,
     /// Idle connections, most recently used last (reused first: warm caches, and the
-    /// cold ones age out through `idle_timeout`). Each holds its permit.
-    idle: Mutex<Vec<(ServerConn, OwnedSemaphorePermit)>>,
+    /// cold ones age out through `idle_timeout`).
+    idle: Mutex<Vec<ServerConn>>,
     pub stats: PoolStats,
 }
 
@@ -125,64 +126,56 @@ impl Pool {
         credential: &ServerCredential,
         tls: &TlsConnectors,
     ) -> Result<PooledConn, CheckoutError> {
-        if let Some((conn, permit)) = self.take_idle() {
-            return Ok(self.hand_out(conn, permit));
-        }
-        let permit = {
-            let _waiting = Gauge::up(&self.stats.waiting);
-            tokio::time::timeout(self.settings.max_wait, self.permits.clone().acquire_owned())
-                .await
-                .map_err(|_| CheckoutError::Timeout)?
-                .expect("pool semaphores are never closed")
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _waiting = Gauge::up(&self.stats.waiting);
+                tokio::time::timeout(self.settings.max_wait, self.permits.clone().acquire_owned())
+                    .await
+                    .map_err(|_| CheckoutError::Timeout)?
+                    .expect("pool semaphores are never closed")
+            }
         };
-        // While we waited, a connection may have come back to the idle list (its permit
-        // with it): prefer it and let our fresh permit go.
-        if let Some((conn, idle_permit)) = self.take_idle() {
-            drop(permit);
-            return Ok(self.hand_out(conn, idle_permit));
-        }
-        let conn = {
-            let _connecting = Gauge::up(&self.stats.connecting);
-            connect(
-                ConnectRequest {
-                    backend: &self.backend,
-                    user: &self.key.role,
-                    database: &self.key.database,
-                    credential,
-                },
-                tls,
-            )
-            .await?
+        let conn = match self.take_idle() {
+            Some(conn) => conn,
+            None => {
+                let _connecting = Gauge::up(&self.stats.connecting);
+                connect(
+                    ConnectRequest {
+                        backend: &self.backend,
+                        user: &self.key.role,
+                        database: &self.key.database,
+                        credential,
+                    },
+                    tls,
+                )
+                .await?
+            }
         };
-        Ok(self.hand_out(conn, permit))
-    }
-
-    fn hand_out(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit) -> PooledConn {
         self.stats.active.fetch_add(1, Ordering::Relaxed);
-        PooledConn {
+        Ok(PooledConn {
             conn: Some(conn),
             permit: Some(permit),
             pool: self.clone(),
-        }
+        })
     }
 
     /// Pops idle connections until one is healthy and young enough; the rest close.
-    fn take_idle(&self) -> Option<(ServerConn, OwnedSemaphorePermit)> {
+    fn take_idle(&self) -> Option<ServerConn> {
         let now = Instant::now();
         loop {
-            let (mut conn, permit) = {
+            let mut conn = {
                 let mut idle = self.idle.lock().expect("pool lock poisoned");
-                let entry = idle.pop()?;
+                let conn = idle.pop()?;
                 self.stats.idle.fetch_sub(1, Ordering::Relaxed);
-                entry
+                conn
             };
             if self.is_expired(&conn, now) || !conn.is_idle_and_open() {
                 tracing::debug!(pool = %self.key, pid = ?conn.backend_pid(), "dropping stale server connection");
                 close_in_background(conn);
-                drop(permit);
                 continue;
             }
-            return Some((conn, permit));
+            return Some(conn);
         }
     }
 
@@ -191,10 +184,10 @@ impl Pool {
             || now.duration_since(conn.last_used) >= self.settings.idle_timeout
     }
 
-    fn put_idle(&self, mut conn: ServerConn, permit: OwnedSemaphorePermit) {
+    fn put_idle(&self, mut conn: ServerConn) {
         conn.last_used = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock poisoned");
-        idle.push((conn, permit));
+        idle.push(conn);
         self.stats.idle.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -202,25 +195,19 @@ impl Pool {
     /// the server has closed. Called periodically by [`crate::Pools`].
     pub fn evict_idle(&self) -> usize {
         let now = Instant::now();
-        let evicted: Vec<_> = {
+        let evicted: Vec<ServerConn> = {
             let mut idle = self.idle.lock().expect("pool lock poisoned");
-            let (keep, evict): (Vec<_>, Vec<_>) = std::mem::take(&mut *idle)
-                .into_iter()
-                .partition_map(|(mut conn, permit)| {
-                    if self.is_expired(&conn, now) || !conn.is_idle_and_open() {
-                        Err((conn, permit))
-                    } else {
-                        Ok((conn, permit))
-                    }
-                });
-            *idle = keep;
+            let evicted = idle
+                .extract_if(.., |conn| {
+                    self.is_expired(conn, now) || !conn.is_idle_and_open()
+                })
+                .collect();
             self.stats.idle.store(idle.len(), Ordering::Relaxed);
-            evict
+            evicted
         };
         let n = evicted.len();
-        for (conn, permit) in evicted {
+        for conn in evicted {
             close_in_background(conn);
-            drop(permit);
         }
         n
     }
@@ -229,26 +216,9 @@ impl Pool {
     pub fn close_idle(&self) -> Vec<ServerConn> {
         let mut idle = self.idle.lock().expect("pool lock poisoned");
         self.stats.idle.store(0, Ordering::Relaxed);
-        idle.drain(..).map(|(conn, _permit)| conn).collect()
+        idle.drain(..).collect()
     }
 }
-
-/// `Iterator::partition` into two different types without pulling in itertools.
-trait PartitionMap: Iterator + Sized {
-    fn partition_map<L, R>(self, f: impl FnMut(Self::Item) -> Result<L, R>) -> (Vec<L>, Vec<R>) {
-        let mut f = f;
-        let (mut left, mut right) = (Vec::new(), Vec::new());
-        for item in self {
-            match f(item) {
-                Ok(l) => left.push(l),
-                Err(r) => right.push(r),
-            }
-        }
-        (left, right)
-    }
-}
-
-impl<I: Iterator> PartitionMap for I {}
 
 fn close_in_background(conn: ServerConn) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -293,7 +263,8 @@ impl PooledConn {
         let reusable = match how {
             Release::Dirty => false,
             Release::AtReadyForQuery { .. } if expired || conn.buffered() > 0 => false,
-            Release::AtReadyForQuery { status, used } => match reset(&mut conn, status, used).await {
+            Release::AtReadyForQuery { status, used } => match reset(&mut conn, status, used).await
+            {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::info!(pool = %self.pool.key, error = %e, "server reset failed; closing");
@@ -302,11 +273,12 @@ impl PooledConn {
             },
         };
         if reusable {
-            self.pool.put_idle(conn, permit);
+            self.pool.put_idle(conn);
         } else {
             conn.terminate().await;
-            drop(permit);
         }
+        // Only now: a waiter woken by this permit finds the connection idle.
+        drop(permit);
     }
 }
 
@@ -325,16 +297,24 @@ async fn reset(conn: &mut ServerConn, status: u8, used: bool) -> Result<(), Serv
     if status != b'I' {
         let outcome = conn.simple_query("ROLLBACK").await?;
         if let Some(e) = outcome.error {
-            return Err(ServerError::Protocol(format!("ROLLBACK failed: {}", e.message)));
+            return Err(ServerError::Protocol(format!(
+                "ROLLBACK failed: {}",
+                e.message
+            )));
         }
     }
     if used || status != b'I' {
         let outcome = conn.simple_query("DISCARD ALL").await?;
         if let Some(e) = outcome.error {
-            return Err(ServerError::Protocol(format!("DISCARD ALL failed: {}", e.message)));
+            return Err(ServerError::Protocol(format!(
+                "DISCARD ALL failed: {}",
+                e.message
+            )));
         }
         if outcome.status != b'I' {
-            return Err(ServerError::Protocol("server not idle after DISCARD ALL".into()));
+            return Err(ServerError::Protocol(
+                "server not idle after DISCARD ALL".into(),
+            ));
         }
     }
     Ok(())

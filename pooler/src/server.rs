@@ -157,9 +157,10 @@ impl ServerConn {
                 let frame = self.read_frame().await?;
                 match frame.tag {
                     b'Z' => {
-                        outcome.status = *frame.body.first().ok_or_else(|| {
-                            ServerError::Protocol("empty ReadyForQuery".into())
-                        })?;
+                        outcome.status = *frame
+                            .body
+                            .first()
+                            .ok_or_else(|| ServerError::Protocol("empty ReadyForQuery".into()))?;
                         return Ok(outcome);
                     }
                     b'D' => {

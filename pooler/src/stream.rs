@@ -23,11 +23,9 @@ impl ServerStream {
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
         let mut cx = Context::from_waker(Waker::noop());
-        match Pin::new(self).poll_read(&mut cx, &mut buf) {
-            Poll::Pending => true,
-            // EOF, unexpected data or an error: either way it cannot be handed out.
-            Poll::Ready(_) => false,
-        }
+        // Ready means EOF, unexpected data or an error: either way it cannot be
+        // handed out.
+        Pin::new(self).poll_read(&mut cx, &mut buf).is_pending()
     }
 }
 

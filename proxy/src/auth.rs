@@ -53,7 +53,9 @@ pub async fn authenticate(
     let channel_binding = channel_binding.filter(|_| stream.is_tls());
     match secret {
         Some(RoleSecret::Md5(stored)) => md5(stream, role, &stored).await,
-        Some(RoleSecret::Scram(verifier)) => scram(stream, role, verifier, false, channel_binding).await,
+        Some(RoleSecret::Scram(verifier)) => {
+            scram(stream, role, verifier, false, channel_binding).await
+        }
         None => {
             let fake = Verifier::mock(&mock.0, role, MOCK_ITERATIONS);
             scram(stream, role, fake, true, channel_binding).await
@@ -104,7 +106,11 @@ fn scram_error(e: ScramError, role: &str) -> ClientError {
     }
 }
 
-async fn md5(stream: &mut ClientStream, role: &str, stored: &str) -> Result<ServerCredential, ClientError> {
+async fn md5(
+    stream: &mut ClientStream,
+    role: &str,
+    stored: &str,
+) -> Result<ServerCredential, ClientError> {
     let mut salt = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut salt);
     let mut out = BytesMut::new();
@@ -138,7 +144,9 @@ async fn read_password_message(
         match split_frame(buf, AUTH_FRAME_LIMIT) {
             Ok(Some(frame)) if frame.tag == tag::PASSWORD_MESSAGE => return Ok(frame.body),
             Ok(Some(frame)) if frame.tag == tag::TERMINATE => {
-                return Err(ClientError::Protocol("client ended the authentication".into()))
+                return Err(ClientError::Protocol(
+                    "client ended the authentication".into(),
+                ))
             }
             Ok(Some(frame)) => {
                 return Err(ClientError::Protocol(format!(
@@ -150,7 +158,9 @@ async fn read_password_message(
             Err(e) => return Err(ClientError::Protocol(e.to_string())),
         }
         if stream.read_buf(buf).await? == 0 {
-            return Err(ClientError::Protocol("client closed during authentication".into()));
+            return Err(ClientError::Protocol(
+                "client closed during authentication".into(),
+            ));
         }
     }
 }

@@ -27,6 +27,9 @@ pub enum ClientError {
     Unsupported(String),
     #[error("terminating connection: {0}")]
     Terminating(&'static str),
+    /// Postgres' own words for `authentication_timeout`.
+    #[error("canceling authentication due to timeout")]
+    LoginTimeout,
     #[error("client I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -46,6 +49,7 @@ impl ClientError {
             ClientError::Protocol(_) => ("08P01", self.to_string()),
             ClientError::Unsupported(_) => ("0A000", self.to_string()),
             ClientError::Terminating(_) => ("57P01", self.to_string()),
+            ClientError::LoginTimeout => ("57014", self.to_string()),
             ClientError::Io(_) => ("08006", "connection failure".to_owned()),
         }
     }

@@ -15,6 +15,7 @@ pub mod cancel;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod login;
 pub mod negotiate;
 pub mod params;
 pub mod relay;

@@ -59,7 +59,12 @@ impl Proxy {
 pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     for listener in listeners {
-        tracker.spawn(accept_loop(proxy.clone(), listener, tracker.clone(), shutdown.clone()));
+        tracker.spawn(accept_loop(
+            proxy.clone(),
+            listener,
+            tracker.clone(),
+            shutdown.clone(),
+        ));
     }
     shutdown.cancelled().await;
     tracker.close();

@@ -48,12 +48,18 @@ pub async fn negotiate(
     let mut first = [0u8; 1];
     let peeked = tcp.peek(&mut first).await.map_err(|e| (None, e.into()))?;
     if peeked == 0 {
-        return Err((None, ClientError::Protocol("client closed before startup".into())));
+        return Err((
+            None,
+            ClientError::Protocol("client closed before startup".into()),
+        ));
     }
     if first[0] == TLS_HANDSHAKE {
         let Some(tls) = tls else {
             // No TLS configured: there is no way to answer a ClientHello readably.
-            return Err((None, ClientError::Protocol("direct TLS without TLS configured".into())));
+            return Err((
+                None,
+                ClientError::Protocol("direct TLS without TLS configured".into()),
+            ));
         };
         return handshake(tcp, tls, true).await;
     }

@@ -95,15 +95,21 @@ pub fn set_statements(conn: &ServerConn, settings: &[(String, String)]) -> Strin
 
 /// Applies the client's settings; a setting the server rejects is the client's error,
 /// as it would be with a direct connection.
-pub async fn apply(conn: &mut ServerConn, settings: &[(String, String)]) -> Result<(), ClientError> {
+pub async fn apply(
+    conn: &mut ServerConn,
+    settings: &[(String, String)],
+) -> Result<(), ClientError> {
     let sql = set_statements(conn, settings);
     if sql.is_empty() {
         return Ok(());
     }
-    let outcome = conn.simple_query(&sql).await.map_err(|e| ClientError::BackendUnavailable {
-        tenant: String::new(),
-        detail: e.to_string(),
-    })?;
+    let outcome = conn
+        .simple_query(&sql)
+        .await
+        .map_err(|e| ClientError::BackendUnavailable {
+            tenant: String::new(),
+            detail: e.to_string(),
+        })?;
     match outcome.error {
         Some(fields) => Err(ClientError::BackendRefused(fields)),
         None => Ok(()),
@@ -115,7 +121,10 @@ mod tests {
     use super::*;
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]

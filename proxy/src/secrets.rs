@@ -120,7 +120,10 @@ async fn fetch(tenant: &Tenant, role: &str, tls: &TlsConnectors) -> Result<Cache
     conn.terminate().await;
     let outcome = outcome?;
     if let Some(e) = outcome.error {
-        return Err(unavailable(format!("auth_query failed: {} {}", e.code, e.message)));
+        return Err(unavailable(format!(
+            "auth_query failed: {} {}",
+            e.code, e.message
+        )));
     }
     let row = outcome.rows.first();
     let text = |i: usize| {

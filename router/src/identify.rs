@@ -68,9 +68,7 @@ pub fn identify(
             source: TenantSource::Options,
             options: rest,
         }),
-        (None, None) => Err(IdentifyError::NoTenant {
-            hint: hint(rules),
-        }),
+        (None, None) => Err(IdentifyError::NoTenant { hint: hint(rules) }),
     }
 }
 
@@ -253,7 +251,11 @@ mod tests {
     fn sni_and_options_must_agree() {
         assert!(identify(&rules(), Some("acme.db.example.test"), Some("tenant=acme")).is_ok());
         assert_eq!(
-            identify(&rules(), Some("acme.db.example.test"), Some("tenant=globex")),
+            identify(
+                &rules(),
+                Some("acme.db.example.test"),
+                Some("tenant=globex")
+            ),
             Err(IdentifyError::Conflict {
                 sni: "acme".into(),
                 options: "globex".into()

@@ -10,7 +10,7 @@ pub mod identify;
 pub mod tenant;
 
 pub use catalog::{Catalog, CatalogHandle};
-pub use identify::{identify, IdentifyError, IdentifyRules, Identified, TenantSource};
+pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};
 pub use tenant::{
     Backend, BackendAddr, BackendTls, PoolMode, PoolSettings, Tenant, TenantId, TenantIdError,
 };

@@ -8,6 +8,8 @@ use super::ConfigError;
 #[derive(Debug, Clone)]
 pub enum Seg {
     Key(&'static str),
+    /// A key found in the file rather than named in code.
+    Owned(String),
     Index(usize),
 }
 
@@ -15,16 +17,19 @@ pub fn path_string(path: &[Seg]) -> String {
     let mut s = String::new();
     for seg in path {
         match seg {
-            Seg::Key(k) => {
-                if !s.is_empty() {
-                    s.push('.');
-                }
-                s.push_str(k);
-            }
+            Seg::Key(k) => push_key(&mut s, k),
+            Seg::Owned(k) => push_key(&mut s, k),
             Seg::Index(i) => s.push_str(&format!("[{i}]")),
         }
     }
     s
+}
+
+fn push_key(s: &mut String, key: &str) {
+    if !s.is_empty() {
+        s.push('.');
+    }
+    s.push_str(key);
 }
 
 /// The 1-based line where the value at `path` starts, or where the nearest enclosing
@@ -36,6 +41,7 @@ pub fn line_of(text: &str, path: &[Seg]) -> Option<usize> {
     for seg in path {
         let next = match seg {
             Seg::Key(k) => item.get(*k),
+            Seg::Owned(k) => item.get(k.as_str()),
             Seg::Index(i) => item.get(*i),
         };
         match next {
@@ -55,11 +61,47 @@ fn line_at(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// A TOML syntax or type error, located by the parser itself.
+/// A TOML syntax or type error, located by the parser itself. The key is the one
+/// whose value holds the error (a string where a list belongs, say), else `(syntax)`.
 pub fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let key = e
+        .span()
+        .and_then(|span| key_at(text, span.start))
+        .unwrap_or_else(|| "(syntax)".into());
     ConfigError {
-        key: "(syntax)".into(),
+        key,
         line: e.span().map(|s| line_at(text, s.start)),
         message: e.message().trim().to_owned(),
     }
+}
+
+/// The key path of the value that contains `offset`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let doc = ImDocument::parse(text).ok()?;
+    let path = find(doc.as_item(), offset)?;
+    (!path.is_empty()).then(|| path_string(&path))
+}
+
+/// Searches every value (config files are small) for the one spanning `offset`.
+fn find(item: &Item, offset: usize) -> Option<Vec<Seg>> {
+    if let Some(table) = item.as_table_like() {
+        return table.iter().find_map(|(key, child)| {
+            let mut rest = find(child, offset)?;
+            rest.insert(0, Seg::Owned(key.to_owned()));
+            Some(rest)
+        });
+    }
+    if let Some(array) = item.as_array_of_tables() {
+        return array.iter().enumerate().find_map(|(i, table)| {
+            let mut rest = table.iter().find_map(|(key, child)| {
+                let mut rest = find(child, offset)?;
+                rest.insert(0, Seg::Owned(key.to_owned()));
+                Some(rest)
+            })?;
+            rest.insert(0, Seg::Index(i));
+            Some(rest)
+        });
+    }
+    let span = item.span()?;
+    (span.start <= offset && offset < span.end.max(span.start + 1)).then(Vec::new)
 }

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use proxy::config::{ProxyConfig, TlsFiles};
-use router::{Backend, BackendAddr, BackendTls, IdentifyRules, PoolMode, PoolSettings, Tenant, TenantId};
+use router::{
+    Backend, BackendAddr, BackendTls, IdentifyRules, PoolMode, PoolSettings, Tenant, TenantId,
+};
 
 use super::{Config, ConfigError, PoolSection};
 
@@ -25,7 +27,11 @@ impl Config {
                 .iter()
                 .map(|a| a.parse::<SocketAddr>().expect("validated"))
                 .collect(),
-            tls: p.tls_cert.clone().zip(p.tls_key.clone()).map(|(cert, key)| TlsFiles { cert, key }),
+            tls: p
+                .tls_cert
+                .clone()
+                .zip(p.tls_key.clone())
+                .map(|(cert, key)| TlsFiles { cert, key }),
             identify: IdentifyRules {
                 sni_suffix: p.sni_suffix.clone(),
                 tenant_from_options: p.tenant_from_options,
@@ -39,11 +45,12 @@ impl Config {
         let mut tenants = Vec::with_capacity(self.tenants.len());
         for (i, t) in self.tenants.iter().enumerate() {
             let b = &t.backend;
-            let password = std::fs::read_to_string(&b.auth_password_file).map_err(|e| ConfigError {
-                key: format!("tenants[{i}].backend.auth_password_file"),
-                line: None,
-                message: format!("cannot read {}: {e}", b.auth_password_file.display()),
-            })?;
+            let password =
+                std::fs::read_to_string(&b.auth_password_file).map_err(|e| ConfigError {
+                    key: format!("tenants[{i}].backend.auth_password_file"),
+                    line: None,
+                    message: format!("cannot read {}: {e}", b.auth_password_file.display()),
+                })?;
             tenants.push(Tenant {
                 id: TenantId::parse(&t.id).expect("validated"),
                 backend: std::sync::Arc::new(Backend {
@@ -74,8 +81,17 @@ fn pool_settings(section: &PoolSection, base: &PoolSettings) -> PoolSettings {
     PoolSettings {
         mode: PoolMode::Session,
         size: section.size.unwrap_or(base.size),
-        max_wait: section.max_wait_ms.map(Duration::from_millis).unwrap_or(base.max_wait),
-        idle_timeout: section.idle_timeout_s.map(Duration::from_secs).unwrap_or(base.idle_timeout),
-        lifetime: section.lifetime_s.map(Duration::from_secs).unwrap_or(base.lifetime),
+        max_wait: section
+            .max_wait_ms
+            .map(Duration::from_millis)
+            .unwrap_or(base.max_wait),
+        idle_timeout: section
+            .idle_timeout_s
+            .map(Duration::from_secs)
+            .unwrap_or(base.idle_timeout),
+        lifetime: section
+            .lifetime_s
+            .map(Duration::from_secs)
+            .unwrap_or(base.lifetime),
     }
 }

@@ -39,7 +39,10 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     let proxy = &config.proxy;
 
     if proxy.listen.is_empty() {
-        problems.push(Problem::new(vec![Key("proxy"), Key("listen")], "needs at least one address"));
+        problems.push(Problem::new(
+            vec![Key("proxy"), Key("listen")],
+            "needs at least one address",
+        ));
     }
     for (i, addr) in proxy.listen.iter().enumerate() {
         if addr.parse::<SocketAddr>().is_err() {
@@ -50,8 +53,14 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
     }
     match (&proxy.tls_cert, &proxy.tls_key) {
-        (Some(_), None) => problems.push(Problem::new(vec![Key("proxy"), Key("tls_key")], "tls_cert is set, so tls_key is required")),
-        (None, Some(_)) => problems.push(Problem::new(vec![Key("proxy"), Key("tls_cert")], "tls_key is set, so tls_cert is required")),
+        (Some(_), None) => problems.push(Problem::new(
+            vec![Key("proxy"), Key("tls_key")],
+            "tls_cert is set, so tls_key is required",
+        )),
+        (None, Some(_)) => problems.push(Problem::new(
+            vec![Key("proxy"), Key("tls_cert")],
+            "tls_key is set, so tls_cert is required",
+        )),
         (None, None) if proxy.require_tls => problems.push(Problem::new(
             vec![Key("proxy"), Key("require_tls")],
             "require_tls = true needs tls_cert and tls_key",
@@ -60,7 +69,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     }
     if let Some(suffix) = &proxy.sni_suffix {
         let valid = !suffix.is_empty()
-            && suffix.split('.').all(|label| TenantId::parse(label).is_ok());
+            && suffix
+                .split('.')
+                .all(|label| TenantId::parse(label).is_ok());
         if !valid {
             problems.push(Problem::new(
                 vec![Key("proxy"), Key("sni_suffix")],
@@ -75,10 +86,17 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         ));
     }
     if proxy.login_timeout_ms == 0 {
-        problems.push(Problem::new(vec![Key("proxy"), Key("login_timeout_ms")], "must be > 0"));
+        problems.push(Problem::new(
+            vec![Key("proxy"), Key("login_timeout_ms")],
+            "must be > 0",
+        ));
     }
 
-    check_pool(&config.defaults.pool, vec![Key("defaults"), Key("pool")], &mut problems);
+    check_pool(
+        &config.defaults.pool,
+        vec![Key("defaults"), Key("pool")],
+        &mut problems,
+    );
 
     let mut seen = HashSet::new();
     for (i, tenant) in config.tenants.iter().enumerate() {
@@ -91,11 +109,17 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             problems.push(Problem::new(at(&[Key("id")]), e.to_string()));
         }
         if !seen.insert(tenant.id.as_str()) {
-            problems.push(Problem::new(at(&[Key("id")]), format!("tenant {:?} is declared twice", tenant.id)));
+            problems.push(Problem::new(
+                at(&[Key("id")]),
+                format!("tenant {:?} is declared twice", tenant.id),
+            ));
         }
         let backend = &tenant.backend;
         if backend.host.is_empty() {
-            problems.push(Problem::new(at(&[Key("backend"), Key("host")]), "must not be empty"));
+            problems.push(Problem::new(
+                at(&[Key("backend"), Key("host")]),
+                "must not be empty",
+            ));
         }
         match backend.tls.as_str() {
             "disable" | "prefer" | "require" => {}
@@ -110,7 +134,10 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             )),
         }
         if backend.auth_user.is_empty() {
-            problems.push(Problem::new(at(&[Key("backend"), Key("auth_user")]), "must not be empty"));
+            problems.push(Problem::new(
+                at(&[Key("backend"), Key("auth_user")]),
+                "must not be empty",
+            ));
         }
         check_pool(&tenant.pool, at(&[Key("pool")]), &mut problems);
     }
@@ -129,7 +156,10 @@ fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
             at("mode"),
             "transaction pooling is not available yet; use \"session\"",
         )),
-        Some(other) => problems.push(Problem::new(at("mode"), format!("{other:?} is not one of session, transaction"))),
+        Some(other) => problems.push(Problem::new(
+            at("mode"),
+            format!("{other:?} is not one of session, transaction"),
+        )),
     }
     if pool.size == Some(0) {
         problems.push(Problem::new(at("size"), "must be at least 1"));
@@ -179,17 +209,45 @@ auth_password_file = "acme.pw"
         let errs = Config::parse(&text, Path::new("/")).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, Some(7), "{errs:?}");
-        assert!(errs[0].message.contains("unknown field `sni_sufix`"), "{errs:?}");
+        assert!(
+            errs[0].message.contains("unknown field `sni_sufix`"),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn validation_errors_name_key_and_line() {
-        let text = GOOD.replace("host = \"/run/acme\"", "host = \"/run/acme\"\ntls = \"sometimes\"")
+        let text = GOOD
+            .replace(
+                "host = \"/run/acme\"",
+                "host = \"/run/acme\"\ntls = \"sometimes\"",
+            )
             .replace("id = \"acme\"", "id = \"Acme\"");
         let errs = Config::parse(&text, Path::new("/")).unwrap_err();
         let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(shown.iter().any(|s| s.starts_with("line 10: tenants[0].id: invalid tenant id")), "{shown:?}");
-        assert!(shown.iter().any(|s| s.starts_with("line 13: tenants[0].backend.tls:")), "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("line 10: tenants[0].id: invalid tenant id")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("line 13: tenants[0].backend.tls:")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let text = GOOD.replace("listen = [\"127.0.0.1:0\"]", "listen = \"nonsense\"");
+        let errs = Config::parse(&text, Path::new("/")).unwrap_err();
+        assert_eq!(errs[0].key, "proxy.listen", "{errs:?}");
+        assert_eq!(errs[0].line, Some(4));
+        let text = GOOD.replace("host = \"/run/acme\"", "host = \"/run/acme\"\nport = \"x\"");
+        let errs = Config::parse(&text, Path::new("/")).unwrap_err();
+        assert_eq!(errs[0].key, "tenants[0].backend.port", "{errs:?}");
     }
 
     #[test]

@@ -98,14 +98,19 @@ impl TestCluster {
         if opts.md5_role {
             let hash = wire::md5::md5_password_hash(MD5_ROLE, &app_password);
             sql.push(format!("CREATE ROLE {MD5_ROLE} LOGIN PASSWORD '{hash}'"));
-            sql.push(format!("GRANT ALL ON DATABASE {APP_DATABASE} TO {MD5_ROLE}"));
+            sql.push(format!(
+                "GRANT ALL ON DATABASE {APP_DATABASE} TO {MD5_ROLE}"
+            ));
         }
         cluster.run_single_user(&sql.join("\n"))?;
         if opts.md5_role {
             // md5 roles need md5 (not scram) in pg_hba; lines are matched in order.
             let hba = cluster.data_dir().join("pg_hba.conf");
             let old = std::fs::read_to_string(&hba)?;
-            std::fs::write(&hba, format!("local all {MD5_ROLE} md5\nhost all {MD5_ROLE} 127.0.0.1/32 md5\n{old}"))?;
+            std::fs::write(
+                &hba,
+                format!("local all {MD5_ROLE} md5\nhost all {MD5_ROLE} 127.0.0.1/32 md5\n{old}"),
+            )?;
         }
         let auth_password_file = home.join("auth.pw");
         std::fs::write(&auth_password_file, &auth_password)?;
@@ -121,7 +126,11 @@ impl TestCluster {
         let out = tc.psql_direct(&format!(
             "CREATE TABLE tenant_marker (tenant text); INSERT INTO tenant_marker VALUES ('{name}')"
         ));
-        anyhow::ensure!(out.status.success(), "marker: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "marker: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(tc)
     }
 
@@ -149,7 +158,10 @@ impl TestCluster {
         let out = self.psql_direct(&format!(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}' AND pid <> pg_backend_pid()"
         ));
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(usize::MAX)
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(usize::MAX)
     }
 
     pub fn stop(&mut self, mode: StopMode) -> anyhow::Result<()> {

@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-use crate::cluster::{TestCluster, TestClusterOptions};
 use crate::clients::PgTarget;
+use crate::cluster::{TestCluster, TestClusterOptions};
 use crate::pki::Pki;
 use crate::sluice::{SluiceConfig, SluiceProcess, TenantEntry};
 
@@ -25,14 +25,22 @@ impl TwoTenants {
     pub fn start(bin: &Path, tweak: impl FnOnce(&mut SluiceConfig)) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("sluice-test-").tempdir()?;
         let pki = Pki::generate(&dir.path().join("pki"))?;
-        let acme = TestCluster::start(dir.path(), "acme", TestClusterOptions {
-            md5_role: true,
-            ..Default::default()
-        })?;
-        let globex = TestCluster::start(dir.path(), "globex", TestClusterOptions {
-            tcp_tls: Some(&pki),
-            ..Default::default()
-        })?;
+        let acme = TestCluster::start(
+            dir.path(),
+            "acme",
+            TestClusterOptions {
+                md5_role: true,
+                ..Default::default()
+            },
+        )?;
+        let globex = TestCluster::start(
+            dir.path(),
+            "globex",
+            TestClusterOptions {
+                tcp_tls: Some(&pki),
+                ..Default::default()
+            },
+        )?;
         let mut config = SluiceConfig::new(&pki);
         config.tenants = vec![
             TenantEntry::for_cluster(&acme, &pki),

@@ -31,7 +31,12 @@ impl TenantEntry {
     /// listens on TCP, else over its unix socket.
     pub fn for_cluster(cluster: &TestCluster, pki: &Pki) -> Self {
         let (host, port, tls, tls_ca) = match cluster.tcp_port {
-            Some(port) => ("localhost".to_owned(), port, "verify-full", Some(pki.ca_cert.clone())),
+            Some(port) => (
+                "localhost".to_owned(),
+                port,
+                "verify-full",
+                Some(pki.ca_cert.clone()),
+            ),
             None => (
                 cluster.socket_dir.display().to_string(),
                 cluster.cluster.socket_port(),
@@ -195,7 +200,10 @@ impl SluiceProcess {
 
 impl Drop for SluiceProcess {
     fn drop(&mut self) {
-        if self.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10)).is_none() {
+        if self
+            .signal_and_wait(Signal::SIGTERM, Duration::from_secs(10))
+            .is_none()
+        {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

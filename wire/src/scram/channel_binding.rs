@@ -163,7 +163,7 @@ mod tests {
     fn cert(oid: &[u8], tbs_len: usize) -> Vec<u8> {
         let mut tbs = vec![SEQUENCE];
         push_len(&mut tbs, tbs_len);
-        tbs.extend(std::iter::repeat(0x02).take(tbs_len));
+        tbs.extend(std::iter::repeat_n(0x02, tbs_len));
         let mut alg = vec![SEQUENCE, (oid.len() + 4) as u8, OID, oid.len() as u8];
         alg.extend_from_slice(oid);
         alg.extend_from_slice(&[0x05, 0x00]);

@@ -1,0 +1,165 @@
+//! From a startup message to a client holding a server connection:
+//! identify → admit → authenticate → checkout → apply settings → greet.
+//!
+//! Works on a borrowed stream so the caller keeps it whatever happens, and can tell the
+//! client why (including when the login timeout cuts this short).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pooler::{CheckoutError, ConnectError, PoolKey, PooledConn, Release};
+use router::{identify, IdentifyError, Tenant};
+use tokio::io::AsyncWriteExt;
+use wire::messages;
+use wire::startup::StartupMessage;
+
+use crate::auth::authenticate;
+use crate::cancel::{CancelHandle, CancelTarget};
+use crate::error::ClientError;
+use crate::listener::Proxy;
+use crate::params;
+use crate::stream::ClientStream;
+
+/// A client that is in: it holds a server connection and has been greeted.
+#[derive(Debug)]
+pub struct Session {
+    pub tenant: String,
+    pub server: PooledConn,
+    /// This client's cancel key, live for as long as it holds the server connection.
+    pub cancel: CancelHandle,
+    /// Settings were SET on the server, so it needs a reset even if the client sends
+    /// nothing.
+    pub settings_applied: bool,
+}
+
+pub async fn establish(
+    proxy: &Arc<Proxy>,
+    stream: &mut ClientStream,
+    startup: &StartupMessage,
+    sni: Option<&str>,
+) -> Result<Session, ClientError> {
+    if proxy.config.require_tls && !stream.is_tls() {
+        return Err(ClientError::TlsRequired);
+    }
+    let span = tracing::Span::current();
+    let role = startup
+        .user()
+        .ok_or_else(|| ClientError::Protocol("no user name in startup packet".into()))?;
+    span.record("role", role);
+    let database = startup.database().unwrap_or(role);
+
+    let identified =
+        identify(&proxy.config.identify, sni, startup.get("options")).map_err(|e| match e {
+            IdentifyError::NoTenant { hint } => ClientError::NoTenant(format!("no tenant: {hint}")),
+            conflict @ IdentifyError::Conflict { .. } => {
+                ClientError::NoTenant(conflict.to_string())
+            }
+        })?;
+    span.record("tenant", identified.tenant.as_str());
+    let tenant = proxy
+        .catalog
+        .snapshot()
+        .get(&identified.tenant)
+        .cloned()
+        .ok_or(ClientError::UnknownTenant(identified.tenant))?;
+    let settings = params::client_settings(&startup.params, identified.options.as_deref())?;
+    if startup.minor > 0 || startup.params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
+        negotiate_version(stream, startup).await?;
+    }
+
+    let secret = proxy
+        .secrets
+        .lookup(&tenant, role, &proxy.pools.tls)
+        .await?;
+    let channel_binding = proxy
+        .tls
+        .as_ref()
+        .and_then(|t| t.channel_binding.as_deref());
+    let credential =
+        authenticate(stream, role, secret, channel_binding, &proxy.mock_secret).await?;
+
+    let key = PoolKey {
+        tenant: tenant.id.clone(),
+        database: database.to_owned(),
+        role: role.to_owned(),
+    };
+    let pool = proxy
+        .pools
+        .get_or_create(key, &tenant.backend, &tenant.pool);
+    let mut server = pool
+        .checkout(&credential, &proxy.pools.tls)
+        .await
+        .map_err(|e| checkout_error(&tenant, e))?;
+    params::apply(server.conn(), &settings)
+        .await
+        .map_err(|e| match e {
+            ClientError::BackendUnavailable { detail, .. } => ClientError::BackendUnavailable {
+                tenant: tenant.id.to_string(),
+                detail,
+            },
+            e => e,
+        })?;
+    let settings_applied = !settings.is_empty();
+
+    let cancel = proxy.cancels.register();
+    let conn = server.conn();
+    if let Some(key) = conn.cancel_key {
+        cancel.set_target(Some(CancelTarget {
+            addr: conn.addr.clone(),
+            key,
+        }));
+    }
+    let mut out = BytesMut::new();
+    for (name, value) in &conn.params {
+        messages::parameter_status(&mut out, name, value);
+    }
+    messages::backend_key_data(&mut out, cancel.key);
+    messages::ready_for_query(&mut out, messages::tag::STATUS_IDLE);
+    if let Err(e) = stream.write_all(&out).await {
+        // The client vanished; the server is clean apart from our SETs.
+        server
+            .release(Release::AtReadyForQuery {
+                status: messages::tag::STATUS_IDLE,
+                used: settings_applied,
+            })
+            .await;
+        return Err(e.into());
+    }
+    tracing::info!(backend_pid = ?conn.backend_pid(), "session started");
+    Ok(Session {
+        tenant: tenant.id.to_string(),
+        server,
+        cancel,
+        settings_applied,
+    })
+}
+
+fn checkout_error(tenant: &Tenant, e: CheckoutError) -> ClientError {
+    match e {
+        CheckoutError::Timeout => ClientError::PoolTimeout,
+        CheckoutError::Connect(ConnectError::Refused(fields)) => {
+            ClientError::BackendRefused(fields)
+        }
+        CheckoutError::Connect(e) => ClientError::BackendUnavailable {
+            tenant: tenant.id.to_string(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Protocol 3.x with x > 0, or `_pq_` options: Sluice speaks 3.0 and says so.
+async fn negotiate_version(
+    stream: &mut ClientStream,
+    startup: &StartupMessage,
+) -> Result<(), ClientError> {
+    let unrecognized: Vec<&str> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let mut out = BytesMut::new();
+    messages::negotiate_protocol_version(&mut out, 0, &unrecognized);
+    stream.write_all(&out).await?;
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `sluice demo`: the README's first command, run as a person would (with a temporary
+//! directory and an OS-assigned port), twice, and stopped with Ctrl-C (SIGINT).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// Postgres processes whose command line mentions `dir`.
+fn postgres_processes_under(dir: &std::path::Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .is_ok_and(|c| c.contains("postgres") && c.contains(&needle))
+        })
+        .collect()
+}
+
+fn run_demo_once(dir: &std::path::Path) -> serde_json::Value {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut printed = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with("sluice: listening on") {
+                let _ = tx.send(printed.clone());
+            }
+        }
+    });
+    let printed = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("demo starts and listens");
+    assert!(
+        printed.contains("psql \"host=acme.db.example.test hostaddr=127.0.0.1"),
+        "{printed}"
+    );
+
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("demo.json")).unwrap()).unwrap();
+    for tenant in facts["tenants"].as_array().unwrap() {
+        let out = Command::new("psql")
+            .arg(tenant["connection_string"].as_str().unwrap())
+            .args(["-XAtc", "select tenant from tenant_marker"])
+            .env("PGPASSWORD", tenant["password"].as_str().unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            tenant["id"].as_str().unwrap()
+        );
+    }
+    assert!(
+        !postgres_processes_under(dir).is_empty(),
+        "tenant clusters run"
+    );
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !postgres_processes_under(dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "postgres left behind after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    facts
+}
+
+#[test]
+fn demo_serves_two_tenants_and_reuses_them_on_the_next_run() {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-demo-")
+        .tempdir()
+        .unwrap();
+    let first = run_demo_once(dir.path());
+    assert_eq!(first["tenants"][0]["id"], "acme");
+    assert_eq!(first["tenants"][1]["id"], "globex");
+    assert!(first["ca_cert"].as_str().unwrap().ends_with("ca.crt"));
+
+    // The second run reuses clusters, CA and passwords.
+    let second = run_demo_once(dir.path());
+    assert_eq!(
+        first["tenants"][0]["password"],
+        second["tenants"][0]["password"]
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("tls/ca.crt")).unwrap().len(),
+        std::fs::read(first["ca_cert"].as_str().unwrap())
+            .unwrap()
+            .len()
+    );
+}
