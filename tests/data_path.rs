@@ -420,3 +420,80 @@ async fn server_connections_are_retired_after_their_lifetime() {
         .get(0);
     assert_ne!(pid1, pid2, "an expired connection was reused");
 }
+
+#[tokio::test]
+async fn an_expired_role_cannot_log_in() {
+    let env = env();
+    let mut target = env.target("acme");
+    target.user = testkit::cluster::EXPIRED_ROLE.into();
+    let err = pg_connect(&target).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "28P01", "{err}");
+    assert!(
+        !env.sluice.log().contains("session started"),
+        "Sluice itself refuses the expired role, before any backend login"
+    );
+}
+
+#[tokio::test]
+async fn backend_tls_require_encrypts_without_verifying() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        let globex = &mut c.tenants[1];
+        globex.host = "127.0.0.1".into();
+        globex.tls = "require";
+        globex.tls_ca = None;
+    })
+    .unwrap();
+    let client = pg_connect(&env.target("globex")).await.unwrap();
+    let row = client
+        .query_one(
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "Sluice → backend is TLS");
+}
+
+#[tokio::test]
+async fn sigterm_lets_clients_finish_then_terminates_them_with_57p01() {
+    let mut env = TwoTenants::start(BIN.as_ref(), |c| c.shutdown_grace_s = 2).unwrap();
+    let target = env.target("acme");
+    let client = pg_connect(&target).await.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(env.sluice.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Draining: the connected client keeps working, new clients are not accepted.
+    client
+        .simple_query("select 1")
+        .await
+        .expect("served during the grace period");
+    assert!(
+        pg_connect(&target).await.is_err(),
+        "accepted a client while draining"
+    );
+    // After the grace period the client is told why it goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match client.simple_query("select 1").await {
+            Err(e) => break e,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Ok(_) => panic!("client never terminated"),
+        }
+    };
+    let db = err.as_db_error().map(|e| e.code().code().to_owned());
+    assert!(
+        db.as_deref() == Some("57P01") || err.is_closed(),
+        "unexpected error {err:?}"
+    );
+    let status = env
+        .sluice
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10))
+        .expect("sluice exits after the grace period");
+    assert!(status.success(), "{status:?}");
+    assert!(env.sluice.log().contains("terminating remaining clients"));
+}

@@ -42,6 +42,8 @@ pub const APP_ROLE: &str = "app";
 pub const APP_DATABASE: &str = "app";
 pub const AUTH_ROLE: &str = "sluice_auth";
 pub const MD5_ROLE: &str = "md5user";
+/// A login role whose `rolvaliduntil` is in the past (password = app's).
+pub const EXPIRED_ROLE: &str = "expired";
 
 fn install_and_template() -> &'static (Installation, Template) {
     static CELL: OnceLock<(Installation, Template)> = OnceLock::new();
@@ -94,6 +96,11 @@ impl TestCluster {
             create_login_role(AUTH_ROLE, &scram_verifier(&auth_password)),
             format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE}"),
             auth_lookup_sql(AUTH_ROLE),
+            // Same password as app, but its validity ended long ago.
+            format!(
+                "{} VALID UNTIL '2000-01-01'",
+                create_login_role(EXPIRED_ROLE, &scram_verifier(&app_password))
+            ),
         ];
         if opts.md5_role {
             let hash = wire::md5::md5_password_hash(MD5_ROLE, &app_password);

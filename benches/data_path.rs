@@ -1,0 +1,167 @@
+//! Direct Postgres vs Sluice on the same machine in one run: `SELECT 1` latency at one
+//! client (p50/p99) and `pgbench -S` throughput at 16 clients, with TLS on the client
+//! leg in both cases. Run with `cargo bench --bench data_path`; see benches/README.md.
+//!
+//! Every loop here is bounded by pgbench's `-T`; everything started is stopped on exit.
+
+use std::path::Path;
+use std::process::Command;
+
+use testkit::{
+    PgTarget, Pki, SluiceConfig, SluiceProcess, TenantEntry, TestCluster, TestClusterOptions,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn seconds() -> String {
+    std::env::var("SLUICE_BENCH_SECONDS").unwrap_or_else(|_| "10".into())
+}
+
+/// Runs pgbench and returns its stdout; panics with stderr on failure.
+fn pgbench(target: &PgTarget, args: &[&str]) -> String {
+    let out = Command::new("pgbench")
+        .args(args)
+        .arg(target.conninfo())
+        .env("PGPASSWORD", &target.password)
+        .output()
+        .expect("running pgbench");
+    assert!(
+        out.status.success(),
+        "pgbench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn tps(stdout: &str) -> f64 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("tps line")
+}
+
+/// p50 and p99 of per-transaction latencies (µs) from pgbench's `--log` files.
+fn latency_percentiles(log_dir: &Path, prefix: &str) -> (f64, f64) {
+    let mut latencies: Vec<u64> = Vec::new();
+    for entry in std::fs::read_dir(log_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(prefix)
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            // client_id transaction_no time script_no time_epoch time_us
+            if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse().ok()) {
+                latencies.push(us);
+            }
+        }
+    }
+    assert!(!latencies.is_empty(), "no pgbench log lines");
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64;
+    (at(0.50), at(0.99))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-bench-")
+        .tempdir()
+        .unwrap();
+    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+    let cluster = TestCluster::start(
+        dir.path(),
+        "acme",
+        TestClusterOptions {
+            tcp_tls: Some(&pki),
+            max_connections: 100,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut config = SluiceConfig::new(&pki);
+    // Sluice reaches the backend over its unix socket; the client leg is TLS either way.
+    let mut tenant = TenantEntry::for_cluster(&cluster, &pki);
+    tenant.host = cluster.socket_dir.display().to_string();
+    tenant.port = cluster.cluster.socket_port();
+    tenant.tls = "disable";
+    tenant.tls_ca = None;
+    config.tenants = vec![tenant];
+    config.default_pool = vec!["size = 20".into()];
+    let sluice = SluiceProcess::start(BIN.as_ref(), &dir.path().join("sluice"), &config).unwrap();
+
+    let through_sluice = PgTarget::tenant(sluice.addr, "acme", &cluster.app_password, &pki.ca_cert);
+    let mut direct = through_sluice.clone();
+    direct.sni_host = Some("localhost".into());
+    direct.addr = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.tcp_port.unwrap()));
+    for t in [&mut direct] {
+        t.sslmode = "require";
+    }
+    let mut via = through_sluice.clone();
+    via.sslmode = "require";
+
+    pgbench(&direct, &["-i", "-s", "1", "-q"]);
+    let select1 = dir.path().join("select1.sql");
+    std::fs::write(&select1, "SELECT 1;\n").unwrap();
+    let secs = seconds();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+
+    println!("| measurement | direct | Sluice | Sluice / direct |");
+    println!("|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (name, target) in [("direct", &direct), ("sluice", &via)] {
+        let prefix = logs.join(name);
+        pgbench(
+            target,
+            &[
+                "-n",
+                "-c",
+                "1",
+                "-T",
+                &secs,
+                "-M",
+                "simple",
+                "-f",
+                select1.to_str().unwrap(),
+                "--log",
+                "--log-prefix",
+                prefix.to_str().unwrap(),
+            ],
+        );
+        let (p50, p99) = latency_percentiles(&logs, name);
+        let tps16 = tps(&pgbench(
+            target,
+            &["-n", "-S", "-c", "16", "-j", "2", "-T", &secs],
+        ));
+        rows.push((p50, p99, tps16));
+    }
+    let (d, s) = (rows[0], rows[1]);
+    println!(
+        "| SELECT 1 p50 latency, -c 1 (µs) | {:.0} | {:.0} | {:.2} (+{:.0} µs) |",
+        d.0,
+        s.0,
+        s.0 / d.0,
+        s.0 - d.0
+    );
+    println!(
+        "| SELECT 1 p99 latency, -c 1 (µs) | {:.0} | {:.0} | {:.2} |",
+        d.1,
+        s.1,
+        s.1 / d.1
+    );
+    println!(
+        "| pgbench -S -c 16 -j 2 TPS | {:.0} | {:.0} | {:.2} |",
+        d.2,
+        s.2,
+        s.2 / d.2
+    );
+    drop(sluice);
+    drop(cluster);
+}
