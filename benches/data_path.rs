@@ -100,9 +100,7 @@ fn main() {
     let mut direct = through_sluice.clone();
     direct.sni_host = Some("localhost".into());
     direct.addr = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.tcp_port.unwrap()));
-    for t in [&mut direct] {
-        t.sslmode = "require";
-    }
+    direct.sslmode = "require";
     let mut via = through_sluice.clone();
     via.sslmode = "require";
 
