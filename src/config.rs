@@ -76,6 +76,7 @@ pub struct PoolSection {
     pub max_wait_ms: Option<u64>,
     pub idle_timeout_s: Option<u64>,
     pub lifetime_s: Option<u64>,
+    pub max_prepared_statements: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

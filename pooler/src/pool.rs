@@ -1,5 +1,6 @@
 //! One pool: the server connections of a single (tenant, database, role).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,6 +68,9 @@ pub struct Pool {
     /// Idle connections, most recently used last (reused first: warm caches, and the
     /// cold ones age out through `idle_timeout`).
     idle: Mutex<Vec<ServerConn>>,
+    /// ParameterStatus values of a fresh server connection, so that a transaction-mode
+    /// client can be greeted without taking a server connection.
+    fresh_params: Mutex<Option<Arc<BTreeMap<String, String>>>>,
     pub stats: PoolStats,
 }
 
@@ -83,8 +87,9 @@ impl fmt::Debug for Pool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
     /// At a message boundary, after a ReadyForQuery with this transaction status and
-    /// with nothing sent since. `used` says whether the client sent anything at all.
-    AtReadyForQuery { status: u8, used: bool },
+    /// with nothing sent since. A transaction still open is rolled back; `discard`
+    /// also runs `DISCARD ALL` (session mode, after a client used the connection).
+    AtReadyForQuery { status: u8, discard: bool },
     /// Anything else (mid-query, mid-COPY, broken): the connection is closed.
     Dirty,
 }
@@ -97,8 +102,17 @@ impl Pool {
             permits: Arc::new(Semaphore::new(settings.size)),
             settings,
             idle: Mutex::new(Vec::new()),
+            fresh_params: Mutex::new(None),
             stats: PoolStats::default(),
         }
+    }
+
+    /// What a fresh server connection of this pool reported, once one was opened.
+    pub fn fresh_params(&self) -> Option<Arc<BTreeMap<String, String>>> {
+        self.fresh_params
+            .lock()
+            .expect("pool lock poisoned")
+            .clone()
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -136,11 +150,11 @@ impl Pool {
                     .expect("pool semaphores are never closed")
             }
         };
-        let conn = match self.take_idle() {
+        let mut conn = match self.take_idle() {
             Some(conn) => conn,
             None => {
                 let _connecting = Gauge::up(&self.stats.connecting);
-                connect(
+                let conn = connect(
                     ConnectRequest {
                         backend: &self.backend,
                         user: &self.key.role,
@@ -149,9 +163,14 @@ impl Pool {
                     },
                     tls,
                 )
-                .await?
+                .await?;
+                *self.fresh_params.lock().expect("pool lock poisoned") =
+                    Some(Arc::new(conn.params.clone()));
+                conn
             }
         };
+        conn.prepared
+            .set_capacity(self.settings.max_prepared_statements);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
             conn: Some(conn),
@@ -263,14 +282,15 @@ impl PooledConn {
         let reusable = match how {
             Release::Dirty => false,
             Release::AtReadyForQuery { .. } if expired || conn.buffered() > 0 => false,
-            Release::AtReadyForQuery { status, used } => match reset(&mut conn, status, used).await
-            {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::info!(pool = %self.pool.key, error = %e, "server reset failed; closing");
-                    false
+            Release::AtReadyForQuery { status, discard } => {
+                match reset(&mut conn, status, discard).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::info!(pool = %self.pool.key, error = %e, "server reset failed; closing");
+                        false
+                    }
                 }
-            },
+            }
         };
         if reusable {
             self.pool.put_idle(conn);
@@ -291,9 +311,9 @@ impl Drop for PooledConn {
     }
 }
 
-/// Session-mode reset: end any transaction, then `DISCARD ALL` (unless the client
-/// never sent anything, in which case the server is already clean).
-async fn reset(conn: &mut ServerConn, status: u8, used: bool) -> Result<(), ServerError> {
+/// Ends any transaction, then runs `DISCARD ALL` if asked (which also drops every
+/// prepared statement).
+async fn reset(conn: &mut ServerConn, status: u8, discard: bool) -> Result<(), ServerError> {
     if status != b'I' {
         let outcome = conn.simple_query("ROLLBACK").await?;
         if let Some(e) = outcome.error {
@@ -303,7 +323,9 @@ async fn reset(conn: &mut ServerConn, status: u8, used: bool) -> Result<(), Serv
             )));
         }
     }
-    if used || status != b'I' {
+    if discard {
+        conn.prepared.clear();
+        conn.unreported_settings.clear();
         let outcome = conn.simple_query("DISCARD ALL").await?;
         if let Some(e) = outcome.error {
             return Err(ServerError::Protocol(format!(

@@ -11,6 +11,7 @@ use wire::frame::{split_frame, Frame, FrameError};
 use wire::messages::{self, ErrorFields};
 use wire::startup::CancelKey;
 
+use crate::prepared::PreparedSet;
 use crate::stream::ServerStream;
 use router::BackendAddr;
 
@@ -46,6 +47,11 @@ pub struct ServerConn {
     pub cancel_key: Option<CancelKey>,
     pub created: Instant,
     pub last_used: Instant,
+    /// Statements Sluice prepared on it for transaction-mode clients.
+    pub prepared: PreparedSet,
+    /// Settings Sluice SET that the server does not report (lowercase names), so the
+    /// next client can be given its own values or the defaults back.
+    pub unreported_settings: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -78,6 +84,8 @@ impl ServerConn {
             cancel_key: None,
             created: now,
             last_used: now,
+            prepared: PreparedSet::default(),
+            unreported_settings: BTreeMap::new(),
         }
     }
 

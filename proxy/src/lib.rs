@@ -23,6 +23,7 @@ pub mod secrets;
 pub mod session;
 pub mod stream;
 pub mod tls;
+pub mod transaction;
 
 pub use config::ProxyConfig;
 pub use listener::{bind, serve, Proxy};

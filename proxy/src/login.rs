@@ -4,11 +4,12 @@
 //! Works on a borrowed stream so the caller keeps it whatever happens, and can tell the
 //! client why (including when the login timeout cuts this short).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use pooler::{CheckoutError, ConnectError, PoolKey, PooledConn, Release};
-use router::{identify, IdentifyError, Tenant};
+use pooler::{CheckoutError, ConnectError, Pool, PoolKey, PooledConn, Release, ServerCredential};
+use router::{identify, IdentifyError, PoolMode};
 use tokio::io::AsyncWriteExt;
 use wire::messages;
 use wire::startup::StartupMessage;
@@ -24,12 +25,21 @@ use crate::stream::ClientStream;
 #[derive(Debug)]
 pub struct Session {
     pub tenant: String,
-    pub server: PooledConn,
+    pub pool: Arc<Pool>,
+    /// The server connection; always there in session mode, and in transaction mode
+    /// only when the pool had to open one to learn the server's parameters.
+    pub server: Option<PooledConn>,
+    /// The ParameterStatus values the client was greeted with.
+    pub params: BTreeMap<String, String>,
     /// This client's cancel key, live for as long as it holds the server connection.
     pub cancel: CancelHandle,
     /// Settings were SET on the server, so it needs a reset even if the client sends
     /// nothing.
     pub settings_applied: bool,
+    /// The client's own settings (startup parameters and `-c` options).
+    pub settings: Vec<(String, String)>,
+    /// How Sluice logs into the backend as this client's role.
+    pub credential: ServerCredential,
 }
 
 pub async fn establish(
@@ -86,11 +96,39 @@ pub async fn establish(
     let pool = proxy
         .pools
         .get_or_create(key, &tenant.backend, &tenant.pool);
+    let cancel = proxy.cancels.register();
+    if pool.settings().mode == PoolMode::Transaction {
+        if let Some(fresh) = pool.fresh_params() {
+            // What a server would report once the client's settings are applied.
+            let mut params = (*fresh).clone();
+            for (name, value) in &settings {
+                if let Some(key) = params
+                    .keys()
+                    .find(|k| k.eq_ignore_ascii_case(name))
+                    .cloned()
+                {
+                    params.insert(key, value.clone());
+                }
+            }
+            greet(stream, &params, &cancel).await?;
+            tracing::info!("session started (transaction mode)");
+            return Ok(Session {
+                tenant: tenant.id.to_string(),
+                pool,
+                server: None,
+                params,
+                cancel,
+                settings_applied: false,
+                settings,
+                credential,
+            });
+        }
+    }
     let mut server = pool
         .checkout(&credential, &proxy.pools.tls)
         .await
-        .map_err(|e| checkout_error(&tenant, e))?;
-    params::apply(server.conn(), &settings)
+        .map_err(|e| checkout_error(tenant.id.as_str(), e))?;
+    params::sync(server.conn(), &settings)
         .await
         .map_err(|e| match e {
             ClientError::BackendUnavailable { detail, .. } => ClientError::BackendUnavailable {
@@ -101,7 +139,6 @@ pub async fn establish(
         })?;
     let settings_applied = !settings.is_empty();
 
-    let cancel = proxy.cancels.register();
     let conn = server.conn();
     if let Some(key) = conn.cancel_key {
         cancel.set_target(Some(CancelTarget {
@@ -109,39 +146,54 @@ pub async fn establish(
             key,
         }));
     }
-    let mut out = BytesMut::new();
-    for (name, value) in &conn.params {
-        messages::parameter_status(&mut out, name, value);
-    }
-    messages::backend_key_data(&mut out, cancel.key);
-    messages::ready_for_query(&mut out, messages::tag::STATUS_IDLE);
-    if let Err(e) = stream.write_all(&out).await {
+    let params = conn.params.clone();
+    if let Err(e) = greet(stream, &params, &cancel).await {
         // The client vanished; the server is clean apart from our SETs.
         server
             .release(Release::AtReadyForQuery {
                 status: messages::tag::STATUS_IDLE,
-                used: settings_applied,
+                discard: settings_applied,
             })
             .await;
-        return Err(e.into());
+        return Err(e);
     }
-    tracing::info!(backend_pid = ?conn.backend_pid(), "session started");
+    tracing::info!(backend_pid = ?server.conn().backend_pid(), "session started");
     Ok(Session {
         tenant: tenant.id.to_string(),
-        server,
+        pool,
+        server: Some(server),
+        params,
         cancel,
         settings_applied,
+        settings,
+        credential,
     })
 }
 
-fn checkout_error(tenant: &Tenant, e: CheckoutError) -> ClientError {
+/// The end of the login: the server's parameters, the client's cancel key, ready.
+async fn greet(
+    stream: &mut ClientStream,
+    params: &BTreeMap<String, String>,
+    cancel: &CancelHandle,
+) -> Result<(), ClientError> {
+    let mut out = BytesMut::new();
+    for (name, value) in params {
+        messages::parameter_status(&mut out, name, value);
+    }
+    messages::backend_key_data(&mut out, cancel.key);
+    messages::ready_for_query(&mut out, messages::tag::STATUS_IDLE);
+    stream.write_all(&out).await?;
+    Ok(())
+}
+
+pub(crate) fn checkout_error(tenant: &str, e: CheckoutError) -> ClientError {
     match e {
         CheckoutError::Timeout => ClientError::PoolTimeout,
         CheckoutError::Connect(ConnectError::Refused(fields)) => {
             ClientError::BackendRefused(fields)
         }
         CheckoutError::Connect(e) => ClientError::BackendUnavailable {
-            tenant: tenant.id.to_string(),
+            tenant: tenant.to_owned(),
             detail: e.to_string(),
         },
     }

@@ -71,35 +71,37 @@ fn quote_literal(value: &str) -> String {
     out
 }
 
-/// The SET statements that make `conn` match `settings`; settings the server already
-/// reports with the same value are skipped.
-pub fn set_statements(conn: &ServerConn, settings: &[(String, String)]) -> String {
+/// The server's current value of `name`: as it reports it, or as Sluice set it.
+fn current<'a>(conn: &'a ServerConn, name: &str) -> Option<&'a str> {
+    conn.params
+        .iter()
+        .chain(conn.unreported_settings.iter())
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The statements that make `conn` match `settings`: SET for what differs, RESET for
+/// settings Sluice made earlier (for another client) that this one does not have.
+pub fn sync_statements(conn: &ServerConn, settings: &[(String, String)]) -> String {
     let mut sql = String::new();
     for (name, value) in settings {
-        let current = conn
-            .params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str());
-        if current == Some(value.as_str()) {
+        if current(conn, name) == Some(value.as_str()) {
             continue;
         }
-        sql.push_str("SET ");
-        sql.push_str(name);
-        sql.push_str(" = ");
-        sql.push_str(&quote_literal(value));
-        sql.push(';');
+        sql.push_str(&format!("SET {name} = {};", quote_literal(value)));
+    }
+    for name in conn.unreported_settings.keys() {
+        if !settings.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            sql.push_str(&format!("RESET {name};"));
+        }
     }
     sql
 }
 
-/// Applies the client's settings; a setting the server rejects is the client's error,
-/// as it would be with a direct connection.
-pub async fn apply(
-    conn: &mut ServerConn,
-    settings: &[(String, String)],
-) -> Result<(), ClientError> {
-    let sql = set_statements(conn, settings);
+/// Makes the server's session settings the client's. A setting the server rejects is
+/// the client's error, as it would be with a direct connection.
+pub async fn sync(conn: &mut ServerConn, settings: &[(String, String)]) -> Result<(), ClientError> {
+    let sql = sync_statements(conn, settings);
     if sql.is_empty() {
         return Ok(());
     }
@@ -110,10 +112,17 @@ pub async fn apply(
             tenant: String::new(),
             detail: e.to_string(),
         })?;
-    match outcome.error {
-        Some(fields) => Err(ClientError::BackendRefused(fields)),
-        None => Ok(()),
+    if let Some(fields) = outcome.error {
+        return Err(ClientError::BackendRefused(fields));
     }
+    // Reported settings are tracked through ParameterStatus; remember the others.
+    let unreported: std::collections::BTreeMap<String, String> = settings
+        .iter()
+        .filter(|(k, _)| !conn.params.keys().any(|p| p.eq_ignore_ascii_case(k)))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    conn.unreported_settings = unreported;
+    Ok(())
 }
 
 #[cfg(test)]

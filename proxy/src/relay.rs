@@ -102,7 +102,7 @@ pub async fn relay(
             RelayEnd::ClientLeft(if clean {
                 Release::AtReadyForQuery {
                     status: progress.status.load(Ordering::Acquire),
-                    used: progress.used.load(Ordering::Acquire),
+                    discard: progress.used.load(Ordering::Acquire),
                 }
             } else {
                 Release::Dirty

@@ -18,6 +18,8 @@ use crate::login::{establish, Session};
 use crate::negotiate::{negotiate, Negotiated};
 use crate::relay::{relay, RelayEnd};
 use crate::stream::ClientStream;
+use crate::transaction;
+use router::PoolMode;
 
 /// Serves one accepted TCP connection to the end. Never panics on client input; every
 /// rejection the client can still read is a FATAL ErrorResponse.
@@ -46,7 +48,10 @@ pub async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAdd
             };
         let login = establish(&proxy, &mut stream, &startup, sni.as_deref());
         match timeout_at(deadline, login).await {
-            Ok(Ok(session)) => run_session(&proxy, stream, session).await,
+            Ok(Ok(session)) => match session.pool.settings().mode {
+                PoolMode::Session => run_session(&proxy, stream, session).await,
+                PoolMode::Transaction => transaction::run(&proxy, stream, session, id).await,
+            },
             Ok(Err(err)) => reject(Some(stream), &err).await,
             Err(_) => reject(Some(stream), &ClientError::LoginTimeout).await,
         }
@@ -88,10 +93,12 @@ async fn handle_cancel(proxy: &Proxy, key: wire::startup::CancelKey) {
 async fn run_session(proxy: &Proxy, mut stream: ClientStream, session: Session) {
     let Session {
         tenant,
-        mut server,
+        server,
         cancel,
         settings_applied,
+        ..
     } = session;
+    let mut server = server.expect("a session-mode client always holds a server connection");
     let end = relay(&mut stream, server.conn().stream_mut(), &proxy.terminate).await;
     // Forget the key before the server connection can go to another client, so a late
     // cancel from this one can never hit that client's query.
@@ -99,9 +106,9 @@ async fn run_session(proxy: &Proxy, mut stream: ClientStream, session: Session) 
     match end {
         RelayEnd::ClientLeft(release) => {
             let release = match release {
-                Release::AtReadyForQuery { status, used } => Release::AtReadyForQuery {
+                Release::AtReadyForQuery { status, discard } => Release::AtReadyForQuery {
                     status,
-                    used: used || settings_applied,
+                    discard: discard || settings_applied,
                 },
                 Release::Dirty => Release::Dirty,
             };

@@ -140,11 +140,13 @@ pub enum BackendTls {
     VerifyFull,
 }
 
-/// The pool mode. Only session pooling exists so far; transaction pooling is the
-/// next capability (see the issue tracker) and will add a variant here.
+/// How long a client keeps a server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolMode {
+    /// From login to logout.
     Session,
+    /// From the start of a transaction to the ReadyForQuery that reports idle.
+    Transaction,
 }
 
 /// Settings of each (tenant, database, role) pool of a tenant.
@@ -159,6 +161,8 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Server connections older than this are closed at their next idle moment.
     pub lifetime: Duration,
+    /// Transaction mode: prepared statements kept per server connection (LRU).
+    pub max_prepared_statements: usize,
 }
 
 impl Default for PoolSettings {
@@ -169,6 +173,7 @@ impl Default for PoolSettings {
             max_wait: Duration::from_millis(5000),
             idle_timeout: Duration::from_secs(600),
             lifetime: Duration::from_secs(3600),
+            max_prepared_statements: 200,
         }
     }
 }

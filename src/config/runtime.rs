@@ -79,7 +79,14 @@ impl Config {
 
 fn pool_settings(section: &PoolSection, base: &PoolSettings) -> PoolSettings {
     PoolSettings {
-        mode: PoolMode::Session,
+        mode: match section.mode.as_deref() {
+            Some("transaction") => PoolMode::Transaction,
+            Some(_) => PoolMode::Session,
+            None => base.mode,
+        },
+        max_prepared_statements: section
+            .max_prepared_statements
+            .unwrap_or(base.max_prepared_statements),
         size: section.size.unwrap_or(base.size),
         max_wait: section
             .max_wait_ms

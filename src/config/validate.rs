@@ -151,11 +151,7 @@ fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
         p
     };
     match pool.mode.as_deref() {
-        None | Some("session") => {}
-        Some("transaction") => problems.push(Problem::new(
-            at("mode"),
-            "transaction pooling is not available yet; use \"session\"",
-        )),
+        None | Some("session") | Some("transaction") => {}
         Some(other) => problems.push(Problem::new(
             at("mode"),
             format!("{other:?} is not one of session, transaction"),
@@ -166,6 +162,12 @@ fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
     }
     if pool.lifetime_s == Some(0) {
         problems.push(Problem::new(at("lifetime_s"), "must be > 0"));
+    }
+    if pool.max_prepared_statements == Some(0) {
+        problems.push(Problem::new(
+            at("max_prepared_statements"),
+            "must be at least 1",
+        ));
     }
     if pool.idle_timeout_s == Some(0) {
         problems.push(Problem::new(at("idle_timeout_s"), "must be > 0"));
@@ -251,8 +253,10 @@ auth_password_file = "acme.pw"
     }
 
     #[test]
-    fn transaction_mode_is_refused_until_it_exists() {
+    fn pool_modes() {
         let text = format!("{GOOD}\n[defaults.pool]\nmode = \"transaction\"\n");
+        assert!(Config::parse(&text, Path::new("/")).is_ok());
+        let text = format!("{GOOD}\n[defaults.pool]\nmode = \"statement\"\n");
         let errs = Config::parse(&text, Path::new("/")).unwrap_err();
         assert_eq!(errs[0].key, "defaults.pool.mode");
     }

@@ -12,19 +12,21 @@ pub mod tag;
 mod to_client;
 mod to_server;
 
-pub use from_client::parse_sasl_initial_response;
+pub use from_client::{
+    parse_bind, parse_parse, parse_sasl_initial_response, parse_target, BindView, ParseView,
+};
 pub use from_server::{
     parse_authentication, parse_backend_key_data, parse_data_row, parse_error_fields,
     parse_parameter_status, parse_ready_for_query, Authentication, ErrorFields,
 };
 pub use to_client::{
     auth_cleartext, auth_md5, auth_ok, auth_sasl, auth_sasl_continue, auth_sasl_final,
-    backend_key_data, error_response, negotiate_protocol_version, notice_response,
-    parameter_status, ready_for_query, Severity,
+    backend_key_data, close_complete, error_response, negotiate_protocol_version, notice_response,
+    parameter_status, parse_complete, ready_for_query, Severity,
 };
 pub use to_server::{
-    bind_text, describe_portal, execute, parse, password_message, query, sasl_initial_response,
-    sync, terminate,
+    bind_raw, bind_text, close, describe, describe_portal, execute, parse, parse_raw,
+    password_message, query, sasl_initial_response, sync, terminate,
 };
 
 /// A message body that does not have the layout its tag promises.

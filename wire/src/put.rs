@@ -56,3 +56,10 @@ pub(crate) fn count16(n: usize) -> i16 {
 pub(crate) fn len32(n: usize) -> i32 {
     i32::try_from(n).expect("a field Sluice builds never exceeds 2 GiB")
 }
+
+/// Appends raw bytes as a NUL-terminated string, cut at a NUL like [`cstr`].
+pub(crate) fn cbytes(out: &mut BytesMut, bytes: &[u8]) {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    out.put_slice(&bytes[..end]);
+    out.put_u8(0);
+}

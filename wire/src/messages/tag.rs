@@ -12,6 +12,16 @@ pub const BACKEND_KEY_DATA: u8 = b'K';
 pub const BIND: u8 = b'B';
 /// CommandComplete (server → client).
 pub const COMMAND_COMPLETE: u8 = b'C';
+/// Close (client): a statement or portal.
+pub const CLOSE: u8 = b'C';
+/// ParseComplete (server).
+pub const PARSE_COMPLETE: u8 = b'1';
+/// BindComplete (server).
+pub const BIND_COMPLETE: u8 = b'2';
+/// CloseComplete (server).
+pub const CLOSE_COMPLETE: u8 = b'3';
+/// FunctionCall (client).
+pub const FUNCTION_CALL: u8 = b'F';
 /// DataRow (server → client).
 pub const DATA_ROW: u8 = b'D';
 /// Describe (client → server).

@@ -158,3 +158,37 @@ fn malformed_bodies_are_errors() {
         Ok(("SCRAM-SHA-256", &b""[..]))
     );
 }
+
+#[test]
+fn extended_protocol_views_round_trip() {
+    let mut out = BytesMut::new();
+    parse_raw(&mut out, b"s1", b"select $1", &[0, 1, 0, 0, 0, 23]);
+    let frame = crate::frame::split_frame(&mut out, 1 << 20)
+        .unwrap()
+        .unwrap();
+    let view = parse_parse(&frame.body).unwrap();
+    assert_eq!((view.name, view.query), (&b"s1"[..], &b"select $1"[..]));
+    assert_eq!(view.param_types, &[0, 1, 0, 0, 0, 23]);
+    // A count that disagrees with the bytes is refused.
+    assert!(parse_parse(b"s\0q\0\0\x02\0\0\0\x17").is_err());
+    assert!(parse_parse(b"s\0q\0\xff\xff").is_err());
+
+    bind_raw(&mut out, b"", b"s1", b"\0\0\0\0\0\0");
+    let frame = crate::frame::split_frame(&mut out, 1 << 20)
+        .unwrap()
+        .unwrap();
+    let bind = parse_bind(&frame.body).unwrap();
+    assert_eq!(
+        (bind.portal, bind.statement, bind.rest),
+        (&b""[..], &b"s1"[..], &b"\0\0\0\0\0\0"[..])
+    );
+
+    close(&mut out, b'S', b"s1");
+    let frame = crate::frame::split_frame(&mut out, 1 << 20)
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.tag, b'C');
+    assert_eq!(parse_target(&frame.body).unwrap(), (b'S', &b"s1"[..]));
+    assert!(parse_target(b"X\0").is_err());
+    assert!(parse_target(b"S").is_err());
+}

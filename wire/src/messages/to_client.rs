@@ -146,3 +146,13 @@ pub fn negotiate_protocol_version(out: &mut BytesMut, minor: u32, unrecognized: 
         }
     });
 }
+
+/// Appends ParseComplete.
+pub fn parse_complete(out: &mut BytesMut) {
+    put::message(out, tag::PARSE_COMPLETE, |_| {});
+}
+
+/// Appends CloseComplete.
+pub fn close_complete(out: &mut BytesMut) {
+    put::message(out, tag::CLOSE_COMPLETE, |_| {});
+}

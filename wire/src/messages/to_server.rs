@@ -86,3 +86,37 @@ pub fn describe_portal(out: &mut BytesMut, portal: &str) {
 pub fn sync(out: &mut BytesMut) {
     put::message(out, tag::SYNC, |_| ());
 }
+
+/// Appends Parse from raw parts (as read by [`super::parse_parse`]).
+pub fn parse_raw(out: &mut BytesMut, name: &[u8], query: &[u8], param_types: &[u8]) {
+    put::message(out, tag::PARSE, |out| {
+        put::cbytes(out, name);
+        put::cbytes(out, query);
+        out.put_slice(param_types);
+    });
+}
+
+/// Appends Bind from raw parts (as read by [`super::parse_bind`]).
+pub fn bind_raw(out: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
+    put::message(out, tag::BIND, |out| {
+        put::cbytes(out, portal);
+        put::cbytes(out, statement);
+        out.put_slice(rest);
+    });
+}
+
+/// Appends Describe (`kind` `b'S'` or `b'P'`).
+pub fn describe(out: &mut BytesMut, kind: u8, name: &[u8]) {
+    put::message(out, tag::DESCRIBE, |out| {
+        out.put_u8(kind);
+        put::cbytes(out, name);
+    });
+}
+
+/// Appends Close (`kind` `b'S'` or `b'P'`).
+pub fn close(out: &mut BytesMut, kind: u8, name: &[u8]) {
+    put::message(out, tag::CLOSE, |out| {
+        out.put_u8(kind);
+        put::cbytes(out, name);
+    });
+}

@@ -1,0 +1,426 @@
+//! Transaction pooling: a client holds a server connection from the first message of
+//! a transaction until the server reports ReadyForQuery 'I' with nothing outstanding;
+//! between transactions it holds none.
+//!
+//! On every attach the server connection is made to match what the client was told
+//! (ParameterStatus values it saw, its startup settings), and prepared statements are
+//! carried across server connections by `statements`. Messages are handled whole on
+//! both sides (headers are checked, bodies of the few rewritten or tracked types are
+//! read), and each batch is written with one write.
+
+mod statements;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use pooler::{Pool, PooledConn, Release};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wire::frame::{split_frame, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
+use wire::messages::{self, tag};
+
+use crate::cancel::{CancelHandle, CancelTarget};
+use crate::error::ClientError;
+use crate::listener::Proxy;
+use crate::login::{checkout_error, Session};
+use crate::stream::ClientStream;
+use statements::{ClientStatements, Pending};
+
+/// Reported parameters a client may change with SET, and so may differ between the
+/// client's view and a server connection's.
+const SETTABLE_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "default_transaction_read_only",
+    "search_path",
+];
+
+const READ_BUFFER: usize = 16 * 1024;
+
+/// How a transaction-mode session ended.
+enum End {
+    ClientLeft,
+    ServerGone(String),
+    Failed(ClientError),
+    Terminated,
+}
+
+/// The server connection a client holds during one transaction.
+struct Attached {
+    server: PooledConn,
+    buf: BytesMut,
+    pending: VecDeque<Pending>,
+    /// Messages sent after the last Sync/Query (so a ReadyForQuery is not the end).
+    unsynced: bool,
+    status: u8,
+}
+
+impl Attached {
+    fn idle(&self) -> bool {
+        self.status == tag::STATUS_IDLE
+            && !self.unsynced
+            && !self.pending.contains(&Pending::Ready)
+            && self.buf.is_empty()
+    }
+}
+
+struct Client<'a> {
+    proxy: &'a Proxy,
+    pool: Arc<Pool>,
+    tenant: String,
+    stream: ClientStream,
+    cancel: CancelHandle,
+    /// What the client believes its session settings are.
+    settings: BTreeMap<String, String>,
+    statements: ClientStatements,
+    credential: pooler::ServerCredential,
+}
+
+pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_id: u64) {
+    let Session {
+        tenant,
+        pool,
+        server,
+        params,
+        cancel,
+        settings,
+        credential,
+        ..
+    } = session;
+    // The client's view: the settable values it was greeted with, then its own settings.
+    let mut view: BTreeMap<String, String> = params
+        .into_iter()
+        .filter(|(k, _)| SETTABLE_REPORTED.contains(&k.as_str()))
+        .collect();
+    for (name, value) in settings {
+        let key = view
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(&name))
+            .cloned()
+            .unwrap_or(name);
+        view.insert(key, value);
+    }
+    if let Some(server) = server {
+        server
+            .release(Release::AtReadyForQuery {
+                status: tag::STATUS_IDLE,
+                discard: false,
+            })
+            .await;
+    }
+    cancel.set_target(None);
+    let mut client = Client {
+        proxy,
+        pool,
+        tenant,
+        stream,
+        cancel,
+        settings: view,
+        statements: ClientStatements::new(client_id),
+        credential,
+    };
+    let mut attached = None;
+    let end = client.serve(&mut attached).await;
+    client.cancel.set_target(None);
+    let release = match attached.take() {
+        Some(a) if a.pending.is_empty() && !a.unsynced && a.buf.is_empty() => Some((
+            a.server,
+            Release::AtReadyForQuery {
+                status: a.status,
+                discard: false,
+            },
+        )),
+        Some(a) => Some((a.server, Release::Dirty)),
+        None => None,
+    };
+    let error = match end {
+        End::ClientLeft => None,
+        End::ServerGone(detail) => {
+            tracing::warn!(detail, "server connection lost");
+            Some(ClientError::BackendUnavailable {
+                tenant: client.tenant.clone(),
+                detail,
+            })
+        }
+        End::Failed(e) => Some(e),
+        End::Terminated => Some(ClientError::Terminating("Sluice is shutting down")),
+    };
+    match (release, &error) {
+        (Some((server, release)), None) => server.release(release).await,
+        (Some((server, _)), Some(_)) => drop(server),
+        (None, _) => {}
+    }
+    if let Some(e) = error {
+        tracing::info!(error = %e, "client session ended");
+        if e.can_tell_client() {
+            let mut out = BytesMut::new();
+            e.to_response(&mut out);
+            let _ = client.stream.write_all(&out).await;
+            let _ = client.stream.shutdown().await;
+        }
+    } else {
+        tracing::info!("client left");
+    }
+}
+
+impl Client<'_> {
+    async fn serve(&mut self, attached: &mut Option<Attached>) -> End {
+        let mut cbuf = BytesMut::with_capacity(READ_BUFFER);
+        let terminate = self.proxy.terminate.clone();
+        loop {
+            tokio::select! {
+                read = self.stream.read_buf(&mut cbuf) => match read {
+                    Ok(0) | Err(_) => return End::ClientLeft,
+                    Ok(_) => {
+                        if let Some(end) = self.on_client_bytes(&mut cbuf, attached).await {
+                            return end;
+                        }
+                    }
+                },
+                read = read_server(attached) => match read {
+                    Ok(0) => return End::ServerGone("server closed the connection".into()),
+                    Err(e) => return End::ServerGone(e.to_string()),
+                    Ok(_) => {
+                        if let Some(end) = self.on_server_bytes(attached).await {
+                            return end;
+                        }
+                    }
+                },
+                _ = terminate.cancelled() => return End::Terminated,
+            }
+        }
+    }
+
+    /// Forwards the client's complete messages, attaching a server first if needed.
+    async fn on_client_bytes(
+        &mut self,
+        cbuf: &mut BytesMut,
+        attached: &mut Option<Attached>,
+    ) -> Option<End> {
+        let mut out = BytesMut::new();
+        // Answers Sluice gives itself; they precede anything a server will answer.
+        let mut local = BytesMut::new();
+        loop {
+            let frame = match split_frame(cbuf, DEFAULT_MAX_FRAME_LEN) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return Some(End::Failed(ClientError::Protocol(e.to_string()))),
+            };
+            if frame.tag == tag::TERMINATE {
+                if !out.is_empty() {
+                    if let Some(end) = self.send(attached, &out).await {
+                        return Some(end);
+                    }
+                }
+                return Some(End::ClientLeft);
+            }
+            if attached.is_none() {
+                if self.statements.answer_locally(&frame, &mut local) {
+                    continue;
+                }
+                if !local.is_empty() {
+                    if self.stream.write_all(&local).await.is_err() {
+                        return Some(End::ClientLeft);
+                    }
+                    local.clear();
+                }
+                match self.attach().await {
+                    Ok(a) => *attached = Some(a),
+                    Err(e) => return Some(End::Failed(e)),
+                }
+            }
+            let a = attached.as_mut().expect("attached above");
+            self.statements.rewrite(
+                &frame,
+                &mut a.server.conn().prepared,
+                &mut a.pending,
+                &mut out,
+            );
+            a.unsynced = match frame.tag {
+                tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => false,
+                // COPY data belongs to the Query that started it.
+                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => a.unsynced,
+                _ => true,
+            };
+        }
+        if !local.is_empty() {
+            if self.stream.write_all(&local).await.is_err() {
+                return Some(End::ClientLeft);
+            }
+            let _ = self.stream.flush().await;
+        }
+        if !out.is_empty() {
+            return self.send(attached, &out).await;
+        }
+        None
+    }
+
+    async fn send(&mut self, attached: &mut Option<Attached>, bytes: &[u8]) -> Option<End> {
+        let a = attached.as_mut()?;
+        let stream = a.server.conn().stream_mut();
+        if let Err(e) = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        }
+        .await
+        {
+            return Some(End::ServerGone(e.to_string()));
+        }
+        None
+    }
+
+    /// Takes a server connection from the pool and makes it match this client.
+    async fn attach(&mut self) -> Result<Attached, ClientError> {
+        let mut server = self
+            .pool
+            .checkout(&self.credential, &self.proxy.pools.tls)
+            .await
+            .map_err(|e| checkout_error(&self.tenant, e))?;
+        let settings: Vec<(String, String)> = self
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        crate::params::sync(server.conn(), &settings)
+            .await
+            .map_err(|e| match e {
+                ClientError::BackendUnavailable { detail, .. } => ClientError::BackendUnavailable {
+                    tenant: self.tenant.clone(),
+                    detail,
+                },
+                e => e,
+            })?;
+        let conn = server.conn();
+        if let Some(key) = conn.cancel_key {
+            self.cancel.set_target(Some(CancelTarget {
+                addr: conn.addr.clone(),
+                key,
+            }));
+        }
+        Ok(Attached {
+            server,
+            buf: BytesMut::with_capacity(READ_BUFFER),
+            pending: VecDeque::new(),
+            unsynced: false,
+            status: tag::STATUS_IDLE,
+        })
+    }
+
+    /// Forwards the server's complete messages, dropping answers to messages Sluice
+    /// added, and lets the server go when the client is idle again.
+    async fn on_server_bytes(&mut self, attached: &mut Option<Attached>) -> Option<End> {
+        let a = attached.as_mut()?;
+        let mut out = BytesMut::new();
+        let mut pos = 0;
+        let mut kept_from = 0;
+        loop {
+            let (msg, len) = match header_at(&a.buf, pos) {
+                Ok(Some(header)) => header,
+                Ok(None) => break,
+                Err(e) => return Some(End::ServerGone(e)),
+            };
+            let end = pos + 1 + len;
+            if end > a.buf.len() {
+                break;
+            }
+            let body = &a.buf[pos + HEADER_LEN..end];
+            let mut drop_it = false;
+            match msg {
+                tag::READY_FOR_QUERY => {
+                    a.status = body.first().copied().unwrap_or(tag::STATUS_IDLE);
+                    while let Some(p) = a.pending.pop_front() {
+                        match p {
+                            Pending::Ready => break,
+                            // Skipped after an error: the server does not hold it.
+                            Pending::Parse {
+                                name: Some(name), ..
+                            } => a.server.conn().prepared.remove(&name),
+                            _ => {}
+                        }
+                    }
+                }
+                tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => match a.pending.pop_front() {
+                    Some(Pending::Parse { swallow, .. }) if msg == tag::PARSE_COMPLETE => {
+                        drop_it = swallow
+                    }
+                    Some(Pending::Close { swallow }) if msg == tag::CLOSE_COMPLETE => {
+                        drop_it = swallow
+                    }
+                    other => {
+                        return Some(End::Failed(ClientError::Protocol(format!(
+                            "unexpected {:?} from server while expecting {other:?}",
+                            msg as char
+                        ))))
+                    }
+                },
+                tag::PARAMETER_STATUS => {
+                    if let Ok((name, value)) = messages::parse_parameter_status(body) {
+                        if SETTABLE_REPORTED.contains(&name) {
+                            self.settings.insert(name.to_owned(), value.to_owned());
+                        }
+                        a.server
+                            .conn()
+                            .params
+                            .insert(name.to_owned(), value.to_owned());
+                    }
+                }
+                _ => {}
+            }
+            if drop_it {
+                out.extend_from_slice(&a.buf[kept_from..pos]);
+                kept_from = end;
+            }
+            pos = end;
+        }
+        let result = if kept_from == 0 {
+            self.stream.write_all(&a.buf[..pos]).await
+        } else {
+            out.extend_from_slice(&a.buf[kept_from..pos]);
+            self.stream.write_all(&out).await
+        };
+        a.buf.advance(pos);
+        if result.is_err() {
+            return Some(End::ClientLeft);
+        }
+        let _ = self.stream.flush().await;
+        if a.idle() {
+            let a = attached.take().expect("checked");
+            self.cancel.set_target(None);
+            a.server
+                .release(Release::AtReadyForQuery {
+                    status: tag::STATUS_IDLE,
+                    discard: false,
+                })
+                .await;
+        }
+        None
+    }
+}
+
+/// Reads from the attached server, or waits forever when there is none.
+async fn read_server(attached: &mut Option<Attached>) -> std::io::Result<usize> {
+    match attached {
+        Some(a) => {
+            let Attached { server, buf, .. } = a;
+            server.conn().stream_mut().read_buf(buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The tag and length (after the tag) of the message starting at `pos`, once its
+/// header is complete.
+fn header_at(buf: &[u8], pos: usize) -> Result<Option<(u8, usize)>, String> {
+    let Some(header) = buf.get(pos..pos + HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if !(4..=DEFAULT_MAX_FRAME_LEN).contains(&len) {
+        return Err(format!("server sent a message of length {len}"));
+    }
+    Ok(Some((header[0], len)))
+}

@@ -1,0 +1,293 @@
+//! Transaction pooling end to end: many clients share a few server connections, and
+//! drivers (pgbench in all three protocol modes, tokio-postgres) cannot tell.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use testkit::{pg_connect, pgbench, TwoTenants};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn env_with(pool: &[&str]) -> TwoTenants {
+    let mut lines: Vec<String> = vec!["mode = \"transaction\"".into()];
+    lines.extend(pool.iter().map(|s| s.to_string()));
+    TwoTenants::start(BIN.as_ref(), move |c| c.default_pool = lines).expect("environment")
+}
+
+/// Samples the number of `app` sessions on the backend until stopped; returns the max.
+fn watch_sessions(env: &TwoTenants, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let conninfo = env.acme.direct_conninfo();
+    let password = env.acme.app_password.clone();
+    std::thread::spawn(move || {
+        let mut max = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let out = std::process::Command::new("psql")
+                .arg(&conninfo)
+                .args(["-XAtc", "select count(*) from pg_stat_activity where usename = 'app' and pid <> pg_backend_pid()"])
+                .env("PGPASSWORD", &password)
+                .output()
+                .unwrap();
+            if let Ok(n) = String::from_utf8_lossy(&out.stdout).trim().parse::<usize>() {
+                max = max.max(n);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        max
+    })
+}
+
+#[test]
+fn pgbench_in_every_protocol_mode_shares_five_server_connections() {
+    let env = env_with(&["size = 5"]);
+    let target = env.target("acme");
+    let init = pgbench(&target, &["-i", "-s", "1", "-q"]);
+    assert!(
+        init.success,
+        "pgbench -i: {}\n{}",
+        init.stderr,
+        env.sluice.log()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_sessions(&env, stop.clone());
+    for mode in ["simple", "extended", "prepared"] {
+        let run = pgbench(&target, &["-c", "50", "-j", "2", "-T", "5", "-M", mode]);
+        assert!(
+            run.success,
+            "pgbench -M {mode}: {}\n{}",
+            run.stderr,
+            env.sluice.log()
+        );
+        let failed = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("number of failed transactions: "))
+            .expect("failure count");
+        assert!(failed.starts_with("0 "), "-M {mode}: failed {failed}");
+        let processed = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .expect("processed count");
+        assert_ne!(processed.trim(), "0", "-M {mode}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let max = watcher.join().unwrap();
+    assert!(
+        max <= 5,
+        "backend saw {max} connections of app, pool size is 5"
+    );
+    assert!(max >= 1, "the watcher saw no session at all");
+}
+
+#[tokio::test]
+async fn prepared_statements_follow_clients_across_server_connections() {
+    let env = env_with(&["size = 3"]);
+    let target = env.target("acme");
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for client_no in 0..8 {
+        let target = target.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = pg_connect(&target).await.unwrap();
+            let stmt = client
+                .prepare("select $1::int * 2, pg_backend_pid()")
+                .await
+                .unwrap();
+            let mut pids = std::collections::HashSet::new();
+            for i in 0..60i32 {
+                let row = client.query_one(&stmt, &[&i]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), i * 2, "client {client_no}");
+                pids.insert(row.get::<_, i32>(1));
+                // The unnamed statement (Parse/Bind/Execute in one go) works too.
+                let row = client
+                    .query_typed_raw(
+                        "select $1::text",
+                        [(
+                            format!("c{client_no}-{i}"),
+                            tokio_postgres::types::Type::TEXT,
+                        )],
+                    )
+                    .await;
+                drop(row);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            pids
+        }));
+    }
+    let mut all_pids = std::collections::HashSet::new();
+    for task in tasks {
+        all_pids.extend(task.await.unwrap());
+    }
+    assert_eq!(done.load(Ordering::Relaxed), 8 * 60);
+    assert!(
+        all_pids.len() > 1,
+        "statements were used on more than one server connection"
+    );
+    assert!(all_pids.len() <= 3, "pool size respected: {all_pids:?}");
+}
+
+#[tokio::test]
+async fn query_typed_uses_the_unnamed_statement() {
+    let env = env_with(&["size = 2"]);
+    let client = pg_connect(&env.target("acme")).await.unwrap();
+    for i in 0..50i32 {
+        let rows = client
+            .query_typed(
+                "select $1::int + 1",
+                &[(&i, tokio_postgres::types::Type::INT4)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows[0].get::<_, i32>(0), i + 1);
+    }
+}
+
+#[tokio::test]
+async fn a_prepared_statement_survives_its_server_connection_being_retired() {
+    let env = env_with(&["size = 1", "lifetime_s = 1"]);
+    let client = pg_connect(&env.target("acme")).await.unwrap();
+    let stmt = client.prepare("select pg_backend_pid()").await.unwrap();
+    let pid1: i32 = client.query_one(&stmt, &[]).await.unwrap().get(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid2: i32 = client.query_one(&stmt, &[]).await.unwrap().get(0);
+    assert_ne!(pid1, pid2, "the server connection was retired");
+}
+
+#[tokio::test]
+async fn each_client_keeps_its_own_time_zone_on_a_shared_connection() {
+    let env = env_with(&["size = 1"]);
+    let target = env.target("acme");
+    let tokyo = pg_connect(&target).await.unwrap();
+    let utc = pg_connect(&target).await.unwrap();
+    tokyo
+        .batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    utc.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    for _ in 0..20 {
+        let t: String = tokyo
+            .query_one("select to_char(now(), 'TZH')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let u: String = utc
+            .query_one("select to_char(now(), 'TZH')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(t, "+09");
+        assert_eq!(u, "+00");
+    }
+    // Both ran on the one server connection.
+    let p1: i32 = tokyo
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let p2: i32 = utc
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(p1, p2);
+}
+
+#[tokio::test]
+async fn startup_settings_do_not_leak_to_the_next_client() {
+    let env = env_with(&["size = 1"]);
+    let mut with_timeout = env.target("acme");
+    with_timeout.options = Some("-c statement_timeout=4242s".into());
+    let a = pg_connect(&with_timeout).await.unwrap();
+    let b = pg_connect(&env.target("acme")).await.unwrap();
+    for _ in 0..5 {
+        let ta: String = a
+            .query_one("show statement_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let tb: String = b
+            .query_one("show statement_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(ta, "4242s");
+        assert_eq!(tb, "0");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_client_mid_transaction_leaves_no_lock_behind() {
+    let env = env_with(&["size = 1"]);
+    let target = env.target("acme");
+    let setup = pg_connect(&target).await.unwrap();
+    setup
+        .batch_execute(
+            "CREATE TABLE locked (id int primary key, v int); INSERT INTO locked VALUES (1, 0)",
+        )
+        .await
+        .unwrap();
+    drop(setup);
+    let holder = pg_connect(&target).await.unwrap();
+    holder
+        .batch_execute("BEGIN; UPDATE locked SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    drop(holder); // the client vanishes mid-transaction, holding the row lock
+
+    let next = pg_connect(&target).await.unwrap();
+    let started = Instant::now();
+    next.batch_execute("SET lock_timeout = '3s'; UPDATE locked SET v = 2 WHERE id = 1")
+        .await
+        .expect("the row lock was released");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let v: i32 = next
+        .query_one("select v from locked", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2, "the abandoned update was rolled back");
+    let status: String = next
+        .query_one(
+            "select state from pg_stat_activity where pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "active");
+}
+
+#[tokio::test]
+async fn transactions_keep_their_server_until_they_end() {
+    let env = env_with(&["size = 2"]);
+    let target = env.target("acme");
+    let a = pg_connect(&target).await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    let p1: i32 = a
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Another client in between cannot take a's server connection.
+    let b = pg_connect(&target).await.unwrap();
+    let pb: i32 = b
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(p1, pb);
+    let p2: i32 = a
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(p1, p2, "a transaction moved between server connections");
+    // An error inside the transaction keeps it too, until ROLLBACK.
+    assert!(a.simple_query("select 1/0").await.is_err());
+    let err = a.simple_query("select 1").await.unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "25P02");
+    a.batch_execute("ROLLBACK").await.unwrap();
+    a.simple_query("select 1").await.unwrap();
+}
