@@ -70,6 +70,9 @@ async fn connect_inner(
 ) -> Result<ServerConn, ConnectError> {
     let addr = Arc::new(req.backend.addr.clone());
     let stream = open_transport(req.backend, tls).await?;
+    // Where a password-derived answer may be sent: not to whoever answered on an
+    // unencrypted TCP connection.
+    let private = matches!(stream, ServerStream::Unix(_) | ServerStream::Tls(_));
     let mut conn = ServerConn::new(stream, addr);
 
     let mut out = BytesMut::new();
@@ -82,7 +85,7 @@ async fn connect_inner(
         &mut out,
     );
     conn.send(&out).await?;
-    authenticate(&mut conn, req.user, req.credential).await?;
+    authenticate(&mut conn, req.user, req.credential, private).await?;
 
     // After AuthenticationOk: ParameterStatus*, BackendKeyData, ReadyForQuery.
     loop {
@@ -183,8 +186,11 @@ async fn authenticate(
     conn: &mut ServerConn,
     user: &str,
     credential: &ServerCredential,
+    private: bool,
 ) -> Result<(), ConnectError> {
     let mut scram: Option<ScramClient> = None;
+    // Set once the server has proved it knows the verifier (SASLFinal checked).
+    let mut scram_done = false;
     loop {
         let frame = conn.read_frame().await?;
         match frame.tag {
@@ -202,7 +208,21 @@ async fn authenticate(
             .map_err(|e| ServerError::Protocol(format!("authentication request: {e}")))?;
         let mut out = BytesMut::new();
         match request {
+            // A server that started SCRAM must finish it: an early Ok would skip the
+            // check that it really is the tenant's backend.
+            Authentication::Ok if scram.is_some() && !scram_done => {
+                return Err(ConnectError::Scram(
+                    "server skipped the end of the SCRAM exchange".into(),
+                ))
+            }
             Authentication::Ok => return Ok(()),
+            Authentication::CleartextPassword | Authentication::Md5Password { .. }
+                if !private && matches!(credential, ServerCredential::Password(_)) =>
+            {
+                return Err(ConnectError::UnsupportedAuth(
+                    "a password over an unencrypted TCP connection",
+                ))
+            }
             Authentication::CleartextPassword => match credential {
                 ServerCredential::Password(password) => {
                     let mut body = password.as_bytes().to_vec();
@@ -266,6 +286,7 @@ async fn authenticate(
                 client
                     .handle_server_final(data)
                     .map_err(|e| ConnectError::Scram(e.to_string()))?;
+                scram_done = true;
                 continue;
             }
             Authentication::Other(code) => {

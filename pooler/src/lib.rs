@@ -9,6 +9,7 @@
 //! nothing here can move it to another tenant, database or role.
 //! Invariant: a connection goes back to the idle list only after its reset succeeded.
 
+pub mod cancel;
 pub mod connect;
 pub mod credential;
 pub mod pool;

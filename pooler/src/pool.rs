@@ -295,6 +295,14 @@ impl PooledConn {
         if reusable {
             self.pool.put_idle(conn);
         } else {
+            if how == Release::Dirty {
+                // The server may still be running the client's query, and would keep
+                // running it after we hang up (Postgres notices a closed client only
+                // when it next writes): cancel it so the backend slot is really free.
+                if let Some(key) = conn.cancel_key {
+                    let _ = crate::cancel::send_cancel(&conn.addr, key).await;
+                }
+            }
             conn.terminate().await;
         }
         // Only now: a waiter woken by this permit finds the connection idle.

@@ -3,13 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
 use dashmap::DashMap;
 use rand::Rng;
 use router::BackendAddr;
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
 use wire::startup::CancelKey;
 
 /// The server connection a client key currently points at.
@@ -99,25 +96,9 @@ impl CancelRegistry {
     }
 }
 
-/// Sends a CancelRequest for `target` to its backend. Postgres answers by closing the
-/// connection; a cancel request is never authenticated beyond its key, and it bypasses
-/// pg_hba, so plaintext is what libpq sends too.
+/// Sends a CancelRequest for `target` to its backend.
 pub async fn forward(target: &CancelTarget) -> std::io::Result<()> {
-    let mut packet = BytesMut::new();
-    wire::startup::encode_cancel(target.key, &mut packet);
-    match target.addr.as_ref() {
-        BackendAddr::Tcp { host, port } => {
-            let mut s = TcpStream::connect((host.as_str(), *port)).await?;
-            s.write_all(&packet).await?;
-            let _ = s.read(&mut [0u8; 1]).await;
-        }
-        BackendAddr::Unix { dir, port } => {
-            let mut s = UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?;
-            s.write_all(&packet).await?;
-            let _ = s.read(&mut [0u8; 1]).await;
-        }
-    }
-    Ok(())
+    pooler::cancel::send_cancel(&target.addr, target.key).await
 }
 
 #[cfg(test)]

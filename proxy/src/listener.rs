@@ -72,7 +72,14 @@ pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, shutdown: Can
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::info!(grace = ?grace, "grace period over; terminating remaining clients");
         proxy.terminate.cancel();
-        tracker.wait().await;
+        // Every task answers `terminate` promptly; this bound only guards against a
+        // bug keeping the process alive forever.
+        if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not finish after termination; exiting anyway");
+        }
     }
     proxy.pools.close_all_idle().await;
 }

@@ -57,6 +57,9 @@ pub async fn establish(
         .ok_or_else(|| ClientError::Protocol("no user name in startup packet".into()))?;
     span.record("role", role);
     let database = startup.database().unwrap_or(role);
+    // Postgres truncates names to 63 bytes; so must the pool key, or one role could
+    // get many pools (and many times the pool size) by varying the tail.
+    let (role, database) = (truncate_name(role), truncate_name(database));
 
     let identified =
         identify(&proxy.config.identify, sni, startup.get("options")).map_err(|e| match e {
@@ -124,10 +127,16 @@ pub async fn establish(
             });
         }
     }
-    let mut server = pool
-        .checkout(&credential, &proxy.pools.tls)
-        .await
-        .map_err(|e| checkout_error(tenant.id.as_str(), e))?;
+    let mut server = match pool.checkout(&credential, &proxy.pools.tls).await {
+        Ok(server) => server,
+        Err(e) => {
+            let e = checkout_error(tenant.id.as_str(), e);
+            if matches!(&e, ClientError::BackendRefused(f) if f.code == "28P01") {
+                proxy.secrets.invalidate(&tenant.id, role);
+            }
+            return Err(e);
+        }
+    };
     params::sync(server.conn(), &settings)
         .await
         .map_err(|e| match e {
@@ -168,6 +177,15 @@ pub async fn establish(
         settings,
         credential,
     })
+}
+
+/// The first 63 bytes of a name (NAMEDATALEN - 1), cut at a character boundary.
+fn truncate_name(name: &str) -> &str {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// The end of the login: the server's parameters, the client's cancel key, ready.

@@ -57,13 +57,16 @@ pub fn client_settings(
     Ok(settings)
 }
 
-/// `E'...'` literal: correct whatever `standard_conforming_strings` says.
+/// `E'...'` literal: correct whatever `standard_conforming_strings` says, and quotes
+/// doubled rather than backslash-escaped so `backslash_quote = off` cannot refuse it.
 fn quote_literal(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 3);
     out.push_str("E'");
     for c in value.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
+        match c {
+            '\'' => out.push('\''),
+            '\\' => out.push('\\'),
+            _ => {}
         }
         out.push(c);
     }
@@ -168,6 +171,6 @@ mod tests {
 
     #[test]
     fn literals_are_quoted_safely() {
-        assert_eq!(quote_literal("it's a \\ test"), "E'it\\'s a \\\\ test'");
+        assert_eq!(quote_literal("it's a \\ test"), "E'it''s a \\\\ test'");
     }
 }

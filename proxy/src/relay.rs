@@ -169,8 +169,13 @@ where
         };
         if !forward.is_empty() {
             progress.used.store(true, Ordering::Release);
-            if let Err(e) = write_out(server, forward).await {
-                return (Ended::ServerFailed(e.to_string()), false);
+            // A server that stopped reading must not pin this task once the other
+            // direction has ended (the connection is then dirty anyway).
+            tokio::select! {
+                _ = stop.cancelled() => return (Ended::Stopped, false),
+                written = write_out(server, forward) => if let Err(e) = written {
+                    return (Ended::ServerFailed(e.to_string()), false);
+                },
             }
         }
         buf.clear();
@@ -213,8 +218,11 @@ where
         if let Err(e) = scanned {
             return (Ended::ServerFailed(e.to_string()), false);
         }
-        if let Err(e) = write_out(client, &buf).await {
-            return (Ended::ClientFailed(e.to_string()), false);
+        tokio::select! {
+            _ = stop.cancelled() => return (Ended::Stopped, false),
+            written = write_out(client, &buf) => if let Err(e) = written {
+                return (Ended::ClientFailed(e.to_string()), false);
+            },
         }
         buf.clear();
     }

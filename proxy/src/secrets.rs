@@ -6,9 +6,12 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use dashmap::DashMap;
 use pooler::{connect, ConnectRequest, ServerCredential, TlsConnectors};
 use router::{Tenant, TenantId};
+use tokio::sync::Semaphore;
 use wire::scram::Verifier;
 
 use crate::error::ClientError;
@@ -39,9 +42,17 @@ struct Cached {
     fetched: Instant,
 }
 
+/// Lookups in flight at once per tenant: bounds the connections Sluice opens to a
+/// tenant's backend as `auth_user`, however many unknown user names arrive.
+const LOOKUPS_PER_TENANT: usize = 4;
+
+/// Entries kept before expired ones are swept (and, if still too many, all dropped).
+const MAX_ENTRIES: usize = 100_000;
+
 #[derive(Debug)]
 pub struct SecretCache {
     entries: DashMap<(TenantId, String), Cached>,
+    lookups: DashMap<TenantId, Arc<Semaphore>>,
     ttl: Duration,
 }
 
@@ -58,6 +69,7 @@ impl SecretCache {
     pub fn new(ttl: Duration) -> Self {
         SecretCache {
             entries: DashMap::new(),
+            lookups: DashMap::new(),
             ttl,
         }
     }
@@ -71,17 +83,24 @@ impl SecretCache {
         tls: &TlsConnectors,
     ) -> Result<Option<RoleSecret>, ClientError> {
         let key = (tenant.id.clone(), role.to_owned());
-        let cached = self
-            .entries
-            .get(&key)
-            .map(|e| e.clone())
-            .filter(|c| c.fetched.elapsed() < self.ttl);
-        let cached = match cached {
+        let cached = match self.fresh(&key) {
             Some(c) => c,
             None => {
-                let fresh = fetch(tenant, role, tls).await?;
-                self.entries.insert(key, fresh.clone());
-                fresh
+                let gate = self
+                    .lookups
+                    .entry(tenant.id.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(LOOKUPS_PER_TENANT)))
+                    .clone();
+                let _permit = gate.acquire_owned().await.expect("never closed");
+                // Whoever held the permit before us may have fetched this very role.
+                match self.fresh(&key) {
+                    Some(c) => c,
+                    None => {
+                        let fresh = fetch(tenant, role, tls).await?;
+                        self.insert(key, fresh.clone());
+                        fresh
+                    }
+                }
             }
         };
         let now = SystemTime::now()
@@ -92,6 +111,31 @@ impl SecretCache {
             Some(until) if until <= now => None,
             _ => cached.secret,
         })
+    }
+}
+
+impl SecretCache {
+    fn fresh(&self, key: &(TenantId, String)) -> Option<Cached> {
+        self.entries
+            .get(key)
+            .map(|e| e.clone())
+            .filter(|c| c.fetched.elapsed() < self.ttl)
+    }
+
+    fn insert(&self, key: (TenantId, String), value: Cached) {
+        if self.entries.len() >= MAX_ENTRIES {
+            self.entries.retain(|_, c| c.fetched.elapsed() < self.ttl);
+            if self.entries.len() >= MAX_ENTRIES {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(key, value);
+    }
+
+    /// Forgets a role's secret, e.g. after its backend refused the credential it gave
+    /// (the password changed): the next login reads it again.
+    pub fn invalidate(&self, tenant: &TenantId, role: &str) {
+        self.entries.remove(&(tenant.clone(), role.to_owned()));
     }
 }
 

@@ -74,10 +74,17 @@ async fn reject(stream: Option<ClientStream>, err: &ClientError) {
     }
     let mut out = BytesMut::new();
     err.to_response(&mut out);
-    let _ = stream.write_all(&out).await;
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
+    // A client that stopped reading must not hold this task (or shutdown) forever.
+    let _ = tokio::time::timeout(REJECT_TIMEOUT, async {
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
 }
+
+/// How long Sluice tries to tell a departing client why.
+pub(crate) const REJECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn handle_cancel(proxy: &Proxy, key: wire::startup::CancelKey) {
     match proxy.cancels.resolve(key) {

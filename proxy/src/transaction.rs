@@ -159,8 +159,12 @@ pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_i
         if e.can_tell_client() {
             let mut out = BytesMut::new();
             e.to_response(&mut out);
-            let _ = client.stream.write_all(&out).await;
-            let _ = client.stream.shutdown().await;
+            let stream = &mut client.stream;
+            let _ = tokio::time::timeout(crate::session::REJECT_TIMEOUT, async {
+                stream.write_all(&out).await?;
+                stream.shutdown().await
+            })
+            .await;
         }
     } else {
         tracing::info!("client left");

@@ -157,8 +157,10 @@ fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
             format!("{other:?} is not one of session, transaction"),
         )),
     }
-    if pool.size == Some(0) {
-        problems.push(Problem::new(at("size"), "must be at least 1"));
+    if let Some(size) = pool.size {
+        if !(1..=10_000).contains(&size) {
+            problems.push(Problem::new(at("size"), "must be between 1 and 10000"));
+        }
     }
     if pool.lifetime_s == Some(0) {
         problems.push(Problem::new(at("lifetime_s"), "must be > 0"));
