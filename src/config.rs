@@ -64,6 +64,15 @@ impl Default for ProxySection {
 #[serde(deny_unknown_fields, default)]
 pub struct DefaultsSection {
     pub pool: PoolSection,
+    pub limits: LimitsSection,
+}
+
+/// Limits; in `[tenants.limits]` unset keys take `[defaults.limits]`'s. 0 = none.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub query_timeout_ms: Option<u64>,
+    pub idle_in_transaction_timeout_ms: Option<u64>,
 }
 
 /// Pool settings; in `[defaults.pool]` unset keys take the built-in defaults, in
@@ -77,6 +86,9 @@ pub struct PoolSection {
     pub idle_timeout_s: Option<u64>,
     pub lifetime_s: Option<u64>,
     pub max_prepared_statements: Option<usize>,
+    pub min_idle: Option<usize>,
+    pub reserve: Option<usize>,
+    pub reserve_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +98,8 @@ pub struct TenantSection {
     pub backend: BackendSection,
     #[serde(default)]
     pub pool: PoolSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]

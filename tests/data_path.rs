@@ -497,3 +497,68 @@ async fn sigterm_lets_clients_finish_then_terminates_them_with_57p01() {
     assert!(status.success(), "{status:?}");
     assert!(env.sluice.log().contains("terminating remaining clients"));
 }
+
+#[tokio::test]
+async fn reserve_connections_serve_clients_that_waited() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec![
+            "size = 1".into(),
+            "reserve = 1".into(),
+            "reserve_wait_ms = 200".into(),
+            "max_wait_ms = 5000".into(),
+        ];
+    })
+    .unwrap();
+    let target = env.target("acme");
+    let first = pg_connect(&target).await.unwrap();
+    first.simple_query("select 1").await.unwrap();
+    let started = Instant::now();
+    let second = pg_connect(&target).await.expect("served from the reserve");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "reserve used before reserve_wait"
+    );
+    second.simple_query("select 1").await.unwrap();
+    assert_eq!(env.acme.sessions_of("app"), 2);
+    // Beyond size + reserve, clients wait and time out as usual.
+    drop((first, second));
+}
+
+#[tokio::test]
+async fn min_idle_keeps_connections_warm() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec!["min_idle = 2".into()];
+    })
+    .unwrap();
+    // Nothing is opened before a client has logged in (no credential to use yet).
+    assert_eq!(env.acme.sessions_of("app"), 0);
+    let client = pg_connect(&env.target("acme")).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.acme.sessions_of("app") < 2 {
+        assert!(Instant::now() < deadline, "min_idle never reached");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dead_backend_fails_fast_instead_of_being_hammered() {
+    let mut env = env();
+    let target = env.target("acme");
+    pg_connect(&target)
+        .await
+        .unwrap()
+        .simple_query("select 1")
+        .await
+        .unwrap();
+    env.acme.stop(localpg::StopMode::Immediate).unwrap();
+    for _ in 0..3 {
+        let err = pg_connect(&target).await.unwrap_err();
+        assert_eq!(sqlstate(&err), "08006", "{err}");
+    }
+    assert!(
+        env.sluice.log().contains("backend failed moments ago"),
+        "no fail-fast after a failed connect"
+    );
+}

@@ -291,3 +291,47 @@ async fn transactions_keep_their_server_until_they_end() {
     a.batch_execute("ROLLBACK").await.unwrap();
     a.simple_query("select 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn query_timeout_cancels_the_query_and_keeps_the_client() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec!["mode = \"transaction\"".into(), "size = 1".into()];
+        c.default_limits = vec!["query_timeout_ms = 500".into()];
+    })
+    .unwrap();
+    let client = pg_connect(&env.target("acme")).await.unwrap();
+    let started = Instant::now();
+    let err = client
+        .simple_query("select pg_sleep(10)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "57014", "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Same client, same (only) server connection: still fine.
+    client.simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_in_transaction_timeout_ends_the_client_and_frees_the_server() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec!["mode = \"transaction\"".into(), "size = 1".into()];
+        c.default_limits = vec!["idle_in_transaction_timeout_ms = 500".into()];
+    })
+    .unwrap();
+    let target = env.target("acme");
+    let idle = pg_connect(&target).await.unwrap();
+    idle.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        idle.simple_query("select 1").await.is_err(),
+        "client survived the timeout"
+    );
+    assert!(env.sluice.log().contains("idle-in-transaction timeout"));
+    // The one server connection was rolled back and is usable by the next client.
+    let next = pg_connect(&target).await.unwrap();
+    next.simple_query("select 1").await.unwrap();
+}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use router::{Backend, PoolSettings, TenantId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -31,8 +31,22 @@ impl fmt::Display for PoolKey {
 pub enum CheckoutError {
     #[error("timed out waiting for a server connection")]
     Timeout,
+    #[error("backend failed moments ago; not retrying yet")]
+    BackendDown,
     #[error(transparent)]
     Connect(#[from] ConnectError),
+}
+
+/// The first and longest wait after a failed connect before the next attempt.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Whether the backend could be reached lately.
+#[derive(Debug, Default)]
+struct Health {
+    /// Until then, new connections fail fast.
+    down_until: Option<Instant>,
+    backoff: Duration,
 }
 
 /// Counters read by stats and tests without locking.
@@ -68,6 +82,11 @@ pub struct Pool {
     /// Idle connections, most recently used last (reused first: warm caches, and the
     /// cold ones age out through `idle_timeout`).
     idle: Mutex<Vec<ServerConn>>,
+    /// Extra slots for clients that waited `reserve_wait` (`reserve`).
+    reserve: Arc<Semaphore>,
+    /// The latest credential a client logged in with, for `min_idle`.
+    credential: Mutex<Option<ServerCredential>>,
+    health: Mutex<Health>,
     /// ParameterStatus values of a fresh server connection, so that a transaction-mode
     /// client can be greeted without taking a server connection.
     fresh_params: Mutex<Option<Arc<BTreeMap<String, String>>>>,
@@ -100,8 +119,11 @@ impl Pool {
             key,
             backend,
             permits: Arc::new(Semaphore::new(settings.size)),
+            reserve: Arc::new(Semaphore::new(settings.reserve)),
             settings,
             idle: Mutex::new(Vec::new()),
+            credential: Mutex::new(None),
+            health: Mutex::new(Health::default()),
             fresh_params: Mutex::new(None),
             stats: PoolStats::default(),
         }
@@ -140,43 +162,109 @@ impl Pool {
         credential: &ServerCredential,
         tls: &TlsConnectors,
     ) -> Result<PooledConn, CheckoutError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let _waiting = Gauge::up(&self.stats.waiting);
-                tokio::time::timeout(self.settings.max_wait, self.permits.clone().acquire_owned())
-                    .await
-                    .map_err(|_| CheckoutError::Timeout)?
-                    .expect("pool semaphores are never closed")
-            }
-        };
-        let mut conn = match self.take_idle() {
+        let permit = self.acquire_slot().await?;
+        *self.credential.lock().expect("pool lock poisoned") = Some(credential.clone());
+        let conn = match self.take_idle() {
             Some(conn) => conn,
-            None => {
-                let _connecting = Gauge::up(&self.stats.connecting);
-                let conn = connect(
-                    ConnectRequest {
-                        backend: &self.backend,
-                        user: &self.key.role,
-                        database: &self.key.database,
-                        credential,
-                    },
-                    tls,
-                )
-                .await?;
-                *self.fresh_params.lock().expect("pool lock poisoned") =
-                    Some(Arc::new(conn.params.clone()));
-                conn
-            }
+            None => self.open(credential, tls).await?,
         };
-        conn.prepared
-            .set_capacity(self.settings.max_prepared_statements);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
             conn: Some(conn),
             permit: Some(permit),
             pool: self.clone(),
         })
+    }
+
+    /// A slot of `size`; after `reserve_wait` in line, a slot of `reserve` will do too.
+    async fn acquire_slot(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let _waiting = Gauge::up(&self.stats.waiting);
+        let deadline = tokio::time::Instant::now() + self.settings.max_wait;
+        let first = self.settings.reserve_wait.min(self.settings.max_wait);
+        if let Ok(permit) = tokio::time::timeout(first, self.permits.clone().acquire_owned()).await
+        {
+            return Ok(permit.expect("pool semaphores are never closed"));
+        }
+        let either = async {
+            tokio::select! {
+                p = self.permits.clone().acquire_owned() => p,
+                p = self.reserve.clone().acquire_owned() => p,
+            }
+        };
+        tokio::time::timeout_at(deadline, either)
+            .await
+            .map(|p| p.expect("pool semaphores are never closed"))
+            .map_err(|_| CheckoutError::Timeout)
+    }
+
+    /// Opens a server connection, unless the backend failed moments ago: then the
+    /// caller is told at once instead of every waiter hammering a dead backend.
+    async fn open(
+        &self,
+        credential: &ServerCredential,
+        tls: &TlsConnectors,
+    ) -> Result<ServerConn, CheckoutError> {
+        if let Some(until) = self.health.lock().expect("pool lock poisoned").down_until {
+            if Instant::now() < until {
+                return Err(CheckoutError::BackendDown);
+            }
+        }
+        let _connecting = Gauge::up(&self.stats.connecting);
+        let opened = connect(
+            ConnectRequest {
+                backend: &self.backend,
+                user: &self.key.role,
+                database: &self.key.database,
+                credential,
+            },
+            tls,
+        )
+        .await;
+        let mut health = self.health.lock().expect("pool lock poisoned");
+        match opened {
+            Ok(mut conn) => {
+                *health = Health::default();
+                conn.prepared
+                    .set_capacity(self.settings.max_prepared_statements);
+                *self.fresh_params.lock().expect("pool lock poisoned") =
+                    Some(Arc::new(conn.params.clone()));
+                Ok(conn)
+            }
+            // The backend answered: it is up, whatever it said.
+            Err(e @ ConnectError::Refused(_)) => Err(e.into()),
+            Err(e) => {
+                health.backoff = (health.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+                health.down_until = Some(Instant::now() + health.backoff);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Opens connections until `min_idle` are idle (within `size`), with the
+    /// credential of the latest client of this pool. Called by the maintenance task.
+    pub async fn top_up(&self, tls: &TlsConnectors) {
+        let Some(credential) = self.credential.lock().expect("pool lock poisoned").clone() else {
+            return;
+        };
+        while self.stats.idle.load(Ordering::Relaxed)
+            + self.stats.connecting.load(Ordering::Relaxed)
+            < self.settings.min_idle
+        {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return;
+            };
+            match self.open(&credential, tls).await {
+                Ok(conn) => self.put_idle(conn),
+                Err(e) => {
+                    tracing::debug!(pool = %self.key, error = %e, "min_idle: cannot open");
+                    return;
+                }
+            }
+            drop(permit);
+        }
     }
 
     /// Pops idle connections until one is healthy and young enough; the rest close.

@@ -68,6 +68,7 @@ impl Pools {
                 if n > 0 {
                     tracing::debug!(pool = %pool.key, evicted = n, "closed idle server connections");
                 }
+                pool.top_up(&self.tls).await;
             }
         }
         self.close_all_idle().await;

@@ -27,6 +27,8 @@ pub enum ClientError {
     Unsupported(String),
     #[error("terminating connection: {0}")]
     Terminating(&'static str),
+    #[error("terminating connection due to idle-in-transaction timeout")]
+    IdleInTransactionTimeout,
     /// Postgres' own words for `authentication_timeout`.
     #[error("canceling authentication due to timeout")]
     LoginTimeout,
@@ -50,6 +52,7 @@ impl ClientError {
             ClientError::Unsupported(_) => ("0A000", self.to_string()),
             ClientError::Terminating(_) => ("57P01", self.to_string()),
             ClientError::LoginTimeout => ("57014", self.to_string()),
+            ClientError::IdleInTransactionTimeout => ("25P03", self.to_string()),
             ClientError::Io(_) => ("08006", "connection failure".to_owned()),
         }
     }

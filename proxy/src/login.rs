@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use pooler::{CheckoutError, ConnectError, Pool, PoolKey, PooledConn, Release, ServerCredential};
-use router::{identify, IdentifyError, PoolMode};
+use router::{identify, IdentifyError, Limits, PoolMode};
 use tokio::io::AsyncWriteExt;
 use wire::messages;
 use wire::startup::StartupMessage;
@@ -40,6 +40,8 @@ pub struct Session {
     pub settings: Vec<(String, String)>,
     /// How Sluice logs into the backend as this client's role.
     pub credential: ServerCredential,
+    /// The tenant's limits at login.
+    pub limits: Limits,
 }
 
 pub async fn establish(
@@ -124,6 +126,7 @@ pub async fn establish(
                 settings_applied: false,
                 settings,
                 credential,
+                limits: tenant.limits.clone(),
             });
         }
     }
@@ -176,6 +179,7 @@ pub async fn establish(
         settings_applied,
         settings,
         credential,
+        limits: tenant.limits.clone(),
     })
 }
 
@@ -207,6 +211,10 @@ async fn greet(
 pub(crate) fn checkout_error(tenant: &str, e: CheckoutError) -> ClientError {
     match e {
         CheckoutError::Timeout => ClientError::PoolTimeout,
+        CheckoutError::BackendDown => ClientError::BackendUnavailable {
+            tenant: tenant.to_owned(),
+            detail: "backend failed moments ago (fail-fast backoff)".into(),
+        },
         CheckoutError::Connect(ConnectError::Refused(fields)) => {
             ClientError::BackendRefused(fields)
         }

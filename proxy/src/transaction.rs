@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use pooler::{Pool, PooledConn, Release};
+use router::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use wire::frame::{split_frame, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 use wire::messages::{self, tag};
 
@@ -57,9 +59,35 @@ struct Attached {
     /// Messages sent after the last Sync/Query (so a ReadyForQuery is not the end).
     unsynced: bool,
     status: u8,
+    /// When the request now running was sent (for `query_timeout`), and whether it
+    /// has been cancelled already.
+    request_started: Instant,
+    cancelled: bool,
+    /// When the server last became idle inside a transaction.
+    idle_since: Instant,
 }
 
 impl Attached {
+    fn in_flight(&self) -> bool {
+        self.pending.contains(&Pending::Ready)
+    }
+
+    /// The next moment a limit needs attention, if any applies now.
+    fn deadline(&self, limits: &Limits) -> Option<Instant> {
+        if self.in_flight() {
+            limits
+                .query_timeout
+                .filter(|_| !self.cancelled)
+                .map(|t| self.request_started + t)
+        } else if self.status != tag::STATUS_IDLE {
+            limits
+                .idle_in_transaction_timeout
+                .map(|t| self.idle_since + t)
+        } else {
+            None
+        }
+    }
+
     fn idle(&self) -> bool {
         self.status == tag::STATUS_IDLE
             && !self.unsynced
@@ -78,6 +106,7 @@ struct Client<'a> {
     settings: BTreeMap<String, String>,
     statements: ClientStatements,
     credential: pooler::ServerCredential,
+    limits: Limits,
 }
 
 pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_id: u64) {
@@ -89,6 +118,7 @@ pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_i
         cancel,
         settings,
         credential,
+        limits,
         ..
     } = session;
     // The client's view: the settable values it was greeted with, then its own settings.
@@ -122,6 +152,7 @@ pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_i
         settings: view,
         statements: ClientStatements::new(client_id),
         credential,
+        limits,
     };
     let mut attached = None;
     let end = client.serve(&mut attached).await;
@@ -150,8 +181,9 @@ pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_i
         End::Terminated => Some(ClientError::Terminating("Sluice is shutting down")),
     };
     match (release, &error) {
-        (Some((server, release)), None) => server.release(release).await,
-        (Some((server, _)), Some(_)) => drop(server),
+        // A server that failed is not to be trusted with a reset.
+        (Some((server, _)), Some(ClientError::BackendUnavailable { .. })) => drop(server),
+        (Some((server, release)), _) => server.release(release).await,
         (None, _) => {}
     }
     if let Some(e) = error {
@@ -176,6 +208,7 @@ impl Client<'_> {
         let mut cbuf = BytesMut::with_capacity(READ_BUFFER);
         let terminate = self.proxy.terminate.clone();
         loop {
+            let deadline = attached.as_ref().and_then(|a| a.deadline(&self.limits));
             tokio::select! {
                 read = self.stream.read_buf(&mut cbuf) => match read {
                     Ok(0) | Err(_) => return End::ClientLeft,
@@ -194,8 +227,31 @@ impl Client<'_> {
                         }
                     }
                 },
+                _ = sleep_until(deadline) => {
+                    if let Some(end) = self.on_deadline(attached).await {
+                        return end;
+                    }
+                }
                 _ = terminate.cancelled() => return End::Terminated,
             }
+        }
+    }
+
+    /// A limit ran out: cancel the running query, or end a client idle in a transaction.
+    async fn on_deadline(&mut self, attached: &mut Option<Attached>) -> Option<End> {
+        let a = attached.as_mut()?;
+        if a.in_flight() {
+            a.cancelled = true;
+            let conn = a.server.conn();
+            if let Some(key) = conn.cancel_key {
+                tracing::info!("query timeout: cancelling the query on the backend");
+                if let Err(e) = pooler::cancel::send_cancel(&conn.addr, key).await {
+                    tracing::warn!(error = %e, "cancel for query timeout failed");
+                }
+            }
+            None
+        } else {
+            Some(End::Failed(ClientError::IdleInTransactionTimeout))
         }
     }
 
@@ -238,6 +294,10 @@ impl Client<'_> {
                 }
             }
             let a = attached.as_mut().expect("attached above");
+            if !a.in_flight() {
+                a.request_started = Instant::now();
+                a.cancelled = false;
+            }
             self.statements.rewrite(
                 &frame,
                 &mut a.server.conn().prepared,
@@ -305,12 +365,16 @@ impl Client<'_> {
                 key,
             }));
         }
+        let now = Instant::now();
         Ok(Attached {
             server,
             buf: BytesMut::with_capacity(READ_BUFFER),
             pending: VecDeque::new(),
             unsynced: false,
             status: tag::STATUS_IDLE,
+            request_started: now,
+            cancelled: false,
+            idle_since: now,
         })
     }
 
@@ -336,6 +400,9 @@ impl Client<'_> {
             match msg {
                 tag::READY_FOR_QUERY => {
                     a.status = body.first().copied().unwrap_or(tag::STATUS_IDLE);
+                    a.idle_since = Instant::now();
+                    a.request_started = a.idle_since;
+                    a.cancelled = false;
                     while let Some(p) = a.pending.pop_front() {
                         match p {
                             Pending::Ready => break,
@@ -402,6 +469,14 @@ impl Client<'_> {
                 .await;
         }
         None
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

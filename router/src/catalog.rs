@@ -86,6 +86,7 @@ mod tests {
                 auth_query: crate::tenant::DEFAULT_AUTH_QUERY.into(),
             }),
             pool: PoolSettings::default(),
+            limits: Default::default(),
         }
     }
 

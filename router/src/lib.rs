@@ -12,5 +12,6 @@ pub mod tenant;
 pub use catalog::{Catalog, CatalogHandle};
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};
 pub use tenant::{
-    Backend, BackendAddr, BackendTls, PoolMode, PoolSettings, Tenant, TenantId, TenantIdError,
+    Backend, BackendAddr, BackendTls, Limits, PoolMode, PoolSettings, Tenant, TenantId,
+    TenantIdError,
 };

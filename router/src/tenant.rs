@@ -54,6 +54,16 @@ pub struct Tenant {
     pub id: TenantId,
     pub backend: Arc<Backend>,
     pub pool: PoolSettings,
+    pub limits: Limits,
+}
+
+/// Per-tenant limits enforced by Sluice itself (so a client cannot `SET` them away).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// A query running longer is cancelled on the backend (client: 57014).
+    pub query_timeout: Option<Duration>,
+    /// A client idle inside a transaction longer is disconnected (25P03).
+    pub idle_in_transaction_timeout: Option<Duration>,
 }
 
 /// How to reach a tenant's Postgres and how to read its roles' secrets.
@@ -163,6 +173,11 @@ pub struct PoolSettings {
     pub lifetime: Duration,
     /// Transaction mode: prepared statements kept per server connection (LRU).
     pub max_prepared_statements: usize,
+    /// Idle server connections kept open (with the latest client's credential).
+    pub min_idle: usize,
+    /// Extra connections beyond `size` for clients that waited `reserve_wait`.
+    pub reserve: usize,
+    pub reserve_wait: Duration,
 }
 
 impl Default for PoolSettings {
@@ -174,6 +189,9 @@ impl Default for PoolSettings {
             idle_timeout: Duration::from_secs(600),
             lifetime: Duration::from_secs(3600),
             max_prepared_statements: 200,
+            min_idle: 0,
+            reserve: 0,
+            reserve_wait: Duration::from_millis(1000),
         }
     }
 }

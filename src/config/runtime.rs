@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use proxy::config::{ProxyConfig, TlsFiles};
 use router::{
-    Backend, BackendAddr, BackendTls, IdentifyRules, PoolMode, PoolSettings, Tenant, TenantId,
+    Backend, BackendAddr, BackendTls, IdentifyRules, Limits, PoolMode, PoolSettings, Tenant,
+    TenantId,
 };
 
-use super::{Config, ConfigError, PoolSection};
+use super::{Config, ConfigError, LimitsSection, PoolSection};
 
 /// Everything `serve` needs from the config.
 #[derive(Debug)]
@@ -42,6 +43,7 @@ impl Config {
             auth_cache_ttl: Duration::from_secs(p.auth_cache_ttl_s),
         };
         let defaults = pool_settings(&self.defaults.pool, &PoolSettings::default());
+        let default_limits = limits(&self.defaults.limits, &Limits::default());
         let mut tenants = Vec::with_capacity(self.tenants.len());
         for (i, t) in self.tenants.iter().enumerate() {
             let b = &t.backend;
@@ -71,9 +73,26 @@ impl Config {
                         .unwrap_or_else(|| router::tenant::DEFAULT_AUTH_QUERY.to_owned()),
                 }),
                 pool: pool_settings(&t.pool, &defaults),
+                limits: limits(&t.limits, &default_limits),
             });
         }
         Ok(Runtime { proxy, tenants })
+    }
+}
+
+fn limits(section: &LimitsSection, base: &Limits) -> Limits {
+    // 0 switches a limit off, as in Postgres.
+    let ms = |v: Option<u64>, base: Option<Duration>| match v {
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => base,
+    };
+    Limits {
+        query_timeout: ms(section.query_timeout_ms, base.query_timeout),
+        idle_in_transaction_timeout: ms(
+            section.idle_in_transaction_timeout_ms,
+            base.idle_in_transaction_timeout,
+        ),
     }
 }
 
@@ -87,6 +106,12 @@ fn pool_settings(section: &PoolSection, base: &PoolSettings) -> PoolSettings {
         max_prepared_statements: section
             .max_prepared_statements
             .unwrap_or(base.max_prepared_statements),
+        min_idle: section.min_idle.unwrap_or(base.min_idle),
+        reserve: section.reserve.unwrap_or(base.reserve),
+        reserve_wait: section
+            .reserve_wait_ms
+            .map(Duration::from_millis)
+            .unwrap_or(base.reserve_wait),
         size: section.size.unwrap_or(base.size),
         max_wait: section
             .max_wait_ms

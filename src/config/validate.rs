@@ -165,6 +165,14 @@ fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
     if pool.lifetime_s == Some(0) {
         problems.push(Problem::new(at("lifetime_s"), "must be > 0"));
     }
+    if let (Some(min), Some(size)) = (pool.min_idle, pool.size) {
+        if min > size {
+            problems.push(Problem::new(at("min_idle"), "must not exceed size"));
+        }
+    }
+    if pool.reserve.is_some_and(|r| r > 10_000) {
+        problems.push(Problem::new(at("reserve"), "must be at most 10000"));
+    }
     if pool.max_prepared_statements == Some(0) {
         problems.push(Problem::new(
             at("max_prepared_statements"),

@@ -66,6 +66,8 @@ pub struct SluiceConfig {
     pub shutdown_grace_s: u64,
     /// Lines for `[defaults.pool]`.
     pub default_pool: Vec<String>,
+    /// Lines for `[defaults.limits]`.
+    pub default_limits: Vec<String>,
     pub tenants: Vec<TenantEntry>,
 }
 
@@ -78,6 +80,7 @@ impl SluiceConfig {
             login_timeout_ms: 15_000,
             shutdown_grace_s: 5,
             default_pool: Vec::new(),
+            default_limits: Vec::new(),
             tenants: Vec::new(),
         }
     }
@@ -86,7 +89,7 @@ impl SluiceConfig {
         let mut s = format!(
             "data_dir = {:?}\n[proxy]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n\
              sni_suffix = \"{}\"\nrequire_tls = {}\ntenant_from_options = {}\nlogin_timeout_ms = {}\n\
-             shutdown_grace_s = {}\n\n[defaults.pool]\n{}\n",
+             shutdown_grace_s = {}\n\n[defaults.pool]\n{}\n\n[defaults.limits]\n{}\n",
             data_dir.display().to_string(),
             self.pki.proxy_cert.display().to_string(),
             self.pki.proxy_key.display().to_string(),
@@ -96,6 +99,7 @@ impl SluiceConfig {
             self.login_timeout_ms,
             self.shutdown_grace_s,
             self.default_pool.join("\n"),
+            self.default_limits.join("\n"),
         );
         for t in &self.tenants {
             s.push_str(&format!(
