@@ -335,3 +335,94 @@ async fn idle_in_transaction_timeout_ends_the_client_and_frees_the_server() {
     let next = pg_connect(&target).await.unwrap();
     next.simple_query("select 1").await.unwrap();
 }
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn copy_of_100_mb_each_way_keeps_sluice_memory_flat() {
+    let env = env_with(&["size = 2"]);
+    let target = env.target("acme");
+    let out = testkit::psql(&target, "create table big (line text)");
+    assert!(out.success, "{}", out.stderr);
+    // 1,000,000 lines of 100 bytes.
+    let file = env.dir.path().join("big.txt");
+    let line = format!("{}\n", "x".repeat(99));
+    std::fs::write(&file, line.repeat(1_000_000)).unwrap();
+
+    let pid = env.sluice.pid();
+    let before = rss_kib(pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+    let copy_in = testkit::psql(&target, &format!("\\copy big from '{}'", file.display()));
+    assert!(copy_in.success, "COPY FROM STDIN: {}", copy_in.stderr);
+    let copy_out = testkit::psql(&target, "\\copy big to '/dev/null'");
+    assert!(copy_out.success, "COPY TO STDOUT: {}", copy_out.stderr);
+    stop.store(true, Ordering::Relaxed);
+    let peak = peak.join().unwrap();
+    let count = testkit::psql(&target, "select count(*) from big");
+    assert_eq!(count.stdout, "1000000");
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        growth_mib < 32,
+        "Sluice grew by {growth_mib} MiB relaying 2 x 100 MB"
+    );
+}
+
+#[test]
+fn a_backend_restart_under_pgbench_recovers_without_leaks() {
+    let mut env = env_with(&["size = 5"]);
+    let target = env.target("acme");
+    assert!(pgbench(&target, &["-i", "-s", "1", "-q"]).success);
+    let during = {
+        let target = target.clone();
+        std::thread::spawn(move || pgbench(&target, &["-S", "-c", "10", "-j", "2", "-T", "6"]))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    env.acme.stop(localpg::StopMode::Immediate).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    env.acme.restart().unwrap();
+    let during = during.join().unwrap();
+    assert!(
+        !during.success || during.stderr.contains("aborted"),
+        "pgbench saw no error while the backend was down:\n{}",
+        during.stdout
+    );
+    // Full recovery: a new run has no failures.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let after = pgbench(&target, &["-S", "-c", "10", "-j", "2", "-T", "3"]);
+        if after.success && after.stdout.contains("number of failed transactions: 0 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery: {}\n{}",
+            after.stdout,
+            after.stderr
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let sessions = env.acme.sessions_of("app");
+    assert!(
+        sessions <= 5,
+        "{sessions} server connections after recovery, pool size is 5"
+    );
+}

@@ -16,14 +16,16 @@ pub mod pool;
 pub mod pools;
 pub mod prepared;
 pub mod server;
+pub mod stats;
 pub mod stream;
 pub mod tls;
 
 pub use connect::{connect, ConnectError, ConnectRequest};
 pub use credential::ServerCredential;
-pub use pool::{CheckoutError, Pool, PoolCounts, PoolKey, PoolStats, PooledConn, Release};
+pub use pool::{CheckoutError, Pool, PoolKey, PooledConn, Release};
 pub use pools::Pools;
 pub use prepared::PreparedSet;
 pub use server::{ServerConn, ServerError};
+pub use stats::{PoolCounts, PoolStats};
 pub use stream::ServerStream;
 pub use tls::TlsConnectors;

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::connect::{connect, ConnectError, ConnectRequest};
 use crate::credential::ServerCredential;
 use crate::server::{ServerConn, ServerError};
+use crate::stats::{PoolCounts, PoolStats};
 use crate::tls::TlsConnectors;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,28 +48,6 @@ struct Health {
     /// Until then, new connections fail fast.
     down_until: Option<Instant>,
     backoff: Duration,
-}
-
-/// Counters read by stats and tests without locking.
-#[derive(Debug, Default)]
-pub struct PoolStats {
-    /// Server connections handed to clients right now.
-    pub active: AtomicUsize,
-    /// Server connections waiting in the idle list.
-    pub idle: AtomicUsize,
-    /// Server connections being opened.
-    pub connecting: AtomicUsize,
-    /// Clients queued for a server connection.
-    pub waiting: AtomicUsize,
-}
-
-/// A snapshot of [`PoolStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PoolCounts {
-    pub active: usize,
-    pub idle: usize,
-    pub connecting: usize,
-    pub waiting: usize,
 }
 
 pub struct Pool {
@@ -146,12 +125,7 @@ impl Pool {
     }
 
     pub fn counts(&self) -> PoolCounts {
-        PoolCounts {
-            active: self.stats.active.load(Ordering::Relaxed),
-            idle: self.stats.idle.load(Ordering::Relaxed),
-            connecting: self.stats.connecting.load(Ordering::Relaxed),
-            waiting: self.stats.waiting.load(Ordering::Relaxed),
-        }
+        self.stats.snapshot()
     }
 
     /// Hands out a healthy server connection: an idle one if there is one, else a new
@@ -182,7 +156,9 @@ impl Pool {
             return Ok(permit);
         }
         let _waiting = Gauge::up(&self.stats.waiting);
-        let deadline = tokio::time::Instant::now() + self.settings.max_wait;
+        let started = tokio::time::Instant::now();
+        let _record = Defer(|| self.stats.record_wait(started.elapsed()));
+        let deadline = started + self.settings.max_wait;
         let first = self.settings.reserve_wait.min(self.settings.max_wait);
         if let Ok(permit) = tokio::time::timeout(first, self.permits.clone().acquire_owned()).await
         {
@@ -436,6 +412,15 @@ async fn reset(conn: &mut ServerConn, status: u8, discard: bool) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// Runs a closure when dropped (on every exit path of a wait).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }
 
 /// Increments a gauge for as long as it lives.

@@ -7,7 +7,8 @@ use dashmap::DashMap;
 use router::{Backend, PoolSettings};
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{Pool, PoolCounts, PoolKey};
+use crate::pool::{Pool, PoolKey};
+use crate::stats::PoolCounts;
 use crate::tls::TlsConnectors;
 
 /// How often idle connections are checked for timeouts and dead peers.

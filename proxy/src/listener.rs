@@ -82,6 +82,9 @@ pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, shutdown: Can
         }
     }
     proxy.pools.close_all_idle().await;
+    for (pool, totals) in proxy.pools.counts() {
+        tracing::info!(%pool, ?totals, "pool totals");
+    }
 }
 
 async fn accept_loop(

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use bytes::BytesMut;
-use pooler::{Release, ServerStream};
+use pooler::{PoolStats, Release, ServerStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use wire::frame::DEFAULT_MAX_FRAME_LEN;
@@ -67,6 +67,7 @@ pub async fn relay(
     client: &mut ClientStream,
     server: &mut ServerStream,
     terminate: &CancellationToken,
+    stats: &PoolStats,
 ) -> RelayEnd {
     let progress = Progress {
         status: AtomicU8::new(tag::STATUS_IDLE),
@@ -76,12 +77,14 @@ pub async fn relay(
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
     let upstream = async {
-        let end = client_to_server(&mut client_read, &mut server_write, &progress, &stop).await;
+        let end =
+            client_to_server(&mut client_read, &mut server_write, &progress, &stop, stats).await;
         stop.cancel();
         end
     };
     let downstream = async {
-        let end = server_to_client(&mut server_read, &mut client_write, &progress, &stop).await;
+        let end =
+            server_to_client(&mut server_read, &mut client_write, &progress, &stop, stats).await;
         stop.cancel();
         end
     };
@@ -121,6 +124,7 @@ async fn client_to_server<R, W>(
     server: &mut W,
     progress: &Progress,
     stop: &CancellationToken,
+    stats: &PoolStats,
 ) -> (Ended, bool)
 where
     R: AsyncRead + Unpin,
@@ -141,6 +145,7 @@ where
         let mut terminated = false;
         let mut after_terminate = false;
         let scanned = scanner.feed(&buf, |msg, _| {
+            stats.client_message(msg);
             if terminated {
                 after_terminate = true;
             }
@@ -169,6 +174,9 @@ where
         };
         if !forward.is_empty() {
             progress.used.store(true, Ordering::Release);
+            stats
+                .bytes_from_clients
+                .fetch_add(forward.len() as u64, Ordering::Relaxed);
             // A server that stopped reading must not pin this task once the other
             // direction has ended (the connection is then dirty anyway).
             tokio::select! {
@@ -190,6 +198,7 @@ async fn server_to_client<R, W>(
     client: &mut W,
     progress: &Progress,
     stop: &CancellationToken,
+    stats: &PoolStats,
 ) -> (Ended, bool)
 where
     R: AsyncRead + Unpin,
@@ -208,6 +217,7 @@ where
             Err(e) => return (Ended::ServerFailed(e.to_string()), false),
         }
         let scanned = scanner.feed(&buf, |msg, first| {
+            stats.server_message(msg, first);
             if msg == tag::READY_FOR_QUERY {
                 if let Some(status) = first {
                     progress.status.store(status, Ordering::Release);
@@ -218,6 +228,9 @@ where
         if let Err(e) = scanned {
             return (Ended::ServerFailed(e.to_string()), false);
         }
+        stats
+            .bytes_to_clients
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         tokio::select! {
             _ = stop.cancelled() => return (Ended::Stopped, false),
             written = write_out(client, &buf) => if let Err(e) = written {

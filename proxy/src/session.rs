@@ -106,7 +106,14 @@ async fn run_session(proxy: &Proxy, mut stream: ClientStream, session: Session) 
         ..
     } = session;
     let mut server = server.expect("a session-mode client always holds a server connection");
-    let end = relay(&mut stream, server.conn().stream_mut(), &proxy.terminate).await;
+    let pool = server.pool().clone();
+    let end = relay(
+        &mut stream,
+        server.conn().stream_mut(),
+        &proxy.terminate,
+        &pool.stats,
+    )
+    .await;
     // Forget the key before the server connection can go to another client, so a late
     // cancel from this one can never hit that client's query.
     drop(cancel);

@@ -294,6 +294,7 @@ impl Client<'_> {
                 }
             }
             let a = attached.as_mut().expect("attached above");
+            self.pool.stats.client_message(frame.tag);
             if !a.in_flight() {
                 a.request_started = Instant::now();
                 a.cancelled = false;
@@ -325,6 +326,10 @@ impl Client<'_> {
 
     async fn send(&mut self, attached: &mut Option<Attached>, bytes: &[u8]) -> Option<End> {
         let a = attached.as_mut()?;
+        self.pool
+            .stats
+            .bytes_from_clients
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let stream = a.server.conn().stream_mut();
         if let Err(e) = async {
             stream.write_all(bytes).await?;
@@ -396,6 +401,7 @@ impl Client<'_> {
                 break;
             }
             let body = &a.buf[pos + HEADER_LEN..end];
+            self.pool.stats.server_message(msg, body.first().copied());
             let mut drop_it = false;
             match msg {
                 tag::READY_FOR_QUERY => {
@@ -454,6 +460,10 @@ impl Client<'_> {
             self.stream.write_all(&out).await
         };
         a.buf.advance(pos);
+        self.pool
+            .stats
+            .bytes_to_clients
+            .fetch_add(pos as u64, std::sync::atomic::Ordering::Relaxed);
         if result.is_err() {
             return Some(End::ClientLeft);
         }
