@@ -426,3 +426,70 @@ fn a_backend_restart_under_pgbench_recovers_without_leaks() {
         "{sessions} server connections after recovery, pool size is 5"
     );
 }
+
+#[tokio::test]
+async fn a_large_row_is_streamed_not_buffered() {
+    let env = env_with(&["size = 1"]);
+    let client = pg_connect(&env.target("acme")).await.unwrap();
+    let pid = env.sluice.pid();
+    let before = rss_kib(pid);
+    let row = client
+        .query_one("select repeat('x', 64 * 1024 * 1024)", &[])
+        .await
+        .unwrap();
+    let after = rss_kib(pid);
+    assert_eq!(row.get::<_, &str>(0).len(), 64 * 1024 * 1024);
+    let growth_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        growth_mib < 32,
+        "Sluice grew by {growth_mib} MiB relaying one 64 MiB row"
+    );
+}
+
+#[tokio::test]
+async fn a_deep_pipeline_with_large_results_does_not_deadlock() {
+    let env = env_with(&["size = 1"]);
+    let client = pg_connect(&env.target("acme")).await.unwrap();
+    let stmt = client.prepare("select $1::text").await.unwrap();
+    // tokio-postgres pipelines concurrent requests on one connection: megabytes of
+    // requests in flight while megabytes of results (the same values) come back.
+    let value = "y".repeat(20_000);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&value];
+    let queries = (0..400).map(|_| client.query_one(&stmt, &params));
+    let rows = tokio::time::timeout(Duration::from_secs(60), futures_join_all(queries))
+        .await
+        .expect("pipeline deadlocked");
+    assert_eq!(rows.len(), 400);
+    for row in rows {
+        assert_eq!(row.unwrap().get::<_, &str>(0).len(), 20_000);
+    }
+}
+
+/// Polls all futures concurrently (no extra dependency for one helper).
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("ready")).collect()
+}

@@ -203,6 +203,7 @@ impl Pool {
         match opened {
             Ok(mut conn) => {
                 *health = Health::default();
+                conn.retire_at = Some(conn.created + jittered(self.settings.lifetime));
                 conn.prepared
                     .set_capacity(self.settings.max_prepared_statements);
                 *self.fresh_params.lock().expect("pool lock poisoned") =
@@ -263,7 +264,7 @@ impl Pool {
     }
 
     fn is_expired(&self, conn: &ServerConn, now: Instant) -> bool {
-        now.duration_since(conn.created) >= self.settings.lifetime
+        conn.retire_at.is_some_and(|at| now >= at)
             || now.duration_since(conn.last_used) >= self.settings.idle_timeout
     }
 
@@ -342,7 +343,7 @@ impl PooledConn {
         let mut conn = self.conn.take().expect("present until released");
         let permit = self.permit.take().expect("present until released");
         self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
-        let expired = conn.created.elapsed() >= self.pool.settings.lifetime;
+        let expired = conn.retire_at.is_some_and(|at| Instant::now() >= at);
         let reusable = match how {
             Release::Dirty => false,
             Release::AtReadyForQuery { .. } if expired || conn.buffered() > 0 => false,
@@ -414,6 +415,13 @@ async fn reset(conn: &mut ServerConn, status: u8, discard: bool) -> Result<(), S
     Ok(())
 }
 
+/// `lifetime` minus up to 10%, so connections opened together (a burst, a restart) do
+/// not all retire in the same second.
+fn jittered(lifetime: Duration) -> Duration {
+    let tenth = lifetime / 10;
+    lifetime - tenth.mul_f64(rand::random::<f64>())
+}
+
 /// Runs a closure when dropped (on every exit path of a wait).
 struct Defer<F: FnMut()>(F);
 
@@ -436,5 +444,20 @@ impl<'a> Gauge<'a> {
 impl Drop for Gauge<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_are_jittered_downwards_by_at_most_a_tenth() {
+        let lifetime = Duration::from_secs(100);
+        let samples: Vec<Duration> = (0..200).map(|_| jittered(lifetime)).collect();
+        assert!(samples
+            .iter()
+            .all(|d| *d <= lifetime && *d >= Duration::from_secs(90)));
+        assert!(samples.iter().any(|d| *d != samples[0]), "no jitter at all");
     }
 }

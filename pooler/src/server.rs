@@ -47,6 +47,8 @@ pub struct ServerConn {
     pub cancel_key: Option<CancelKey>,
     pub created: Instant,
     pub last_used: Instant,
+    /// When the pool retires it (its lifetime, with jitter), set by the pool.
+    pub retire_at: Option<Instant>,
     /// Statements Sluice prepared on it for transaction-mode clients.
     pub prepared: PreparedSet,
     /// Settings Sluice SET that the server does not report (lowercase names), so the
@@ -84,6 +86,7 @@ impl ServerConn {
             cancel_key: None,
             created: now,
             last_used: now,
+            retire_at: None,
             prepared: PreparedSet::default(),
             unreported_settings: BTreeMap::new(),
         }

@@ -43,6 +43,20 @@ const SETTABLE_REPORTED: &[&str] = &[
 
 const READ_BUFFER: usize = 16 * 1024;
 
+/// Server messages longer than this are streamed rather than buffered whole.
+const STREAM_ABOVE: usize = 64 * 1024;
+
+/// Server messages whose bodies the relay reads (so they are always whole).
+const INSPECTED: [u8; 4] = [
+    tag::READY_FOR_QUERY,
+    tag::PARSE_COMPLETE,
+    tag::CLOSE_COMPLETE,
+    tag::PARAMETER_STATUS,
+];
+
+/// While writing a client batch, server output buffered beyond this waits.
+const DRAIN_LIMIT: usize = 1 << 20;
+
 /// How a transaction-mode session ended.
 enum End {
     ClientLeft,
@@ -65,6 +79,8 @@ struct Attached {
     cancelled: bool,
     /// When the server last became idle inside a transaction.
     idle_since: Instant,
+    /// Bytes of a large message still to be forwarded as they arrive, unbuffered.
+    passthrough: usize,
 }
 
 impl Attached {
@@ -93,6 +109,7 @@ impl Attached {
             && !self.unsynced
             && !self.pending.contains(&Pending::Ready)
             && self.buf.is_empty()
+            && self.passthrough == 0
     }
 }
 
@@ -324,19 +341,42 @@ impl Client<'_> {
         None
     }
 
+    /// Writes a batch to the server. While the server is not taking it, whatever the
+    /// server sends is relayed to the client meanwhile: a server blocked writing
+    /// results stops reading, and must not wait for Sluice while Sluice waits for it.
     async fn send(&mut self, attached: &mut Option<Attached>, bytes: &[u8]) -> Option<End> {
-        let a = attached.as_mut()?;
         self.pool
             .stats
             .bytes_from_clients
             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let stream = a.server.conn().stream_mut();
-        if let Err(e) = async {
-            stream.write_all(bytes).await?;
-            stream.flush().await
+        let mut written = 0;
+        while written < bytes.len() {
+            let a = attached.as_mut()?;
+            let Attached { server, buf, .. } = a;
+            let (mut reader, mut writer) = tokio::io::split(server.conn().stream_mut());
+            let drained = tokio::select! {
+                n = writer.write(&bytes[written..]) => match n {
+                    Ok(0) => return Some(End::ServerGone("server stopped reading".into())),
+                    Ok(n) => {
+                        written += n;
+                        false
+                    }
+                    Err(e) => return Some(End::ServerGone(e.to_string())),
+                },
+                n = reader.read_buf(buf), if buf.len() < DRAIN_LIMIT => match n {
+                    Ok(0) => return Some(End::ServerGone("server closed the connection".into())),
+                    Ok(_) => true,
+                    Err(e) => return Some(End::ServerGone(e.to_string())),
+                },
+            };
+            if drained {
+                if let Some(end) = self.on_server_bytes(attached).await {
+                    return Some(end);
+                }
+            }
         }
-        .await
-        {
+        let a = attached.as_mut()?;
+        if let Err(e) = a.server.conn().stream_mut().flush().await {
             return Some(End::ServerGone(e.to_string()));
         }
         None
@@ -380,6 +420,7 @@ impl Client<'_> {
             request_started: now,
             cancelled: false,
             idle_since: now,
+            passthrough: 0,
         })
     }
 
@@ -388,9 +429,11 @@ impl Client<'_> {
     async fn on_server_bytes(&mut self, attached: &mut Option<Attached>) -> Option<End> {
         let a = attached.as_mut()?;
         let mut out = BytesMut::new();
-        let mut pos = 0;
+        // The rest of a large message being streamed goes first, untouched.
+        let mut pos = a.passthrough.min(a.buf.len());
+        a.passthrough -= pos;
         let mut kept_from = 0;
-        loop {
+        while a.passthrough == 0 {
             let (msg, len) = match header_at(&a.buf, pos) {
                 Ok(Some(header)) => header,
                 Ok(None) => break,
@@ -398,6 +441,13 @@ impl Client<'_> {
             };
             let end = pos + 1 + len;
             if end > a.buf.len() {
+                // A large message Sluice does not need to read (rows, COPY data) is
+                // forwarded as it arrives, so relaying it costs no more than a buffer.
+                if len > STREAM_ABOVE && !INSPECTED.contains(&msg) {
+                    self.pool.stats.server_message(msg, None);
+                    a.passthrough = end - a.buf.len();
+                    pos = a.buf.len();
+                }
                 break;
             }
             let body = &a.buf[pos + HEADER_LEN..end];
