@@ -562,3 +562,51 @@ async fn a_dead_backend_fails_fast_instead_of_being_hammered() {
         "no fail-fast after a failed connect"
     );
 }
+
+#[tokio::test]
+async fn session_mode_query_timeout_cancels_and_keeps_the_client() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_limits = vec!["query_timeout_ms = 500".into()];
+    })
+    .unwrap();
+    let client = pg_connect(&env.target("globex")).await.unwrap();
+    let started = Instant::now();
+    let err = client
+        .simple_query("select pg_sleep(10)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "57014", "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    client.simple_query("select 1").await.unwrap();
+    // A second slow query in the same session is cancelled too.
+    let err = client
+        .simple_query("select pg_sleep(10)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "57014", "{err}");
+}
+
+#[tokio::test]
+async fn session_mode_idle_in_transaction_timeout_ends_the_client() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec!["size = 1".into()];
+        c.default_limits = vec!["idle_in_transaction_timeout_ms = 500".into()];
+    })
+    .unwrap();
+    let target = env.target("acme");
+    let idle = pg_connect(&target).await.unwrap();
+    idle.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(idle.simple_query("select 1").await.is_err());
+    assert!(env.sluice.log().contains("idle-in-transaction timeout"));
+    // Rolled back and handed to the next client (pool of one).
+    let next = pg_connect(&target).await.unwrap();
+    next.simple_query("select 1").await.unwrap();
+    // Idle outside a transaction is fine.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    next.simple_query("select 1").await.unwrap();
+}

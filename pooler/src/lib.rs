@@ -22,7 +22,7 @@ pub mod tls;
 
 pub use connect::{connect, ConnectError, ConnectRequest};
 pub use credential::ServerCredential;
-pub use pool::{CheckoutError, Pool, PoolKey, PooledConn, Release};
+pub use pool::{CheckoutError, ClientInPool, Pool, PoolKey, PooledConn, Release};
 pub use pools::Pools;
 pub use prepared::PreparedSet;
 pub use server::{ServerConn, ServerError};

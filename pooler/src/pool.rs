@@ -108,6 +108,12 @@ impl Pool {
         }
     }
 
+    /// Counts a client in this pool for as long as the returned guard lives.
+    pub fn client_joined(self: &Arc<Self>) -> ClientInPool {
+        self.stats.clients.fetch_add(1, Ordering::Relaxed);
+        ClientInPool(self.clone())
+    }
+
     /// What a fresh server connection of this pool reported, once one was opened.
     pub fn fresh_params(&self) -> Option<Arc<BTreeMap<String, String>>> {
         self.fresh_params
@@ -307,6 +313,16 @@ impl Pool {
 fn close_in_background(conn: ServerConn) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         handle.spawn(conn.terminate());
+    }
+}
+
+/// A logged-in client of a pool (see [`Pool::client_joined`]).
+#[derive(Debug)]
+pub struct ClientInPool(Arc<Pool>);
+
+impl Drop for ClientInPool {
+    fn drop(&mut self) {
+        self.0.stats.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 #[derive(Debug, Default)]
 pub struct PoolStats {
+    /// Clients logged in to this pool right now (holding a server or not).
+    pub clients: AtomicUsize,
     /// Server connections handed to clients right now.
     pub active: AtomicUsize,
     /// Server connections waiting in the idle list.
@@ -30,6 +32,7 @@ pub struct PoolStats {
 /// A snapshot of [`PoolStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolCounts {
+    pub clients: usize,
     pub active: usize,
     pub idle: usize,
     pub connecting: usize,
@@ -47,6 +50,7 @@ impl PoolStats {
     pub fn snapshot(&self) -> PoolCounts {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PoolCounts {
+            clients: self.clients.load(Ordering::Relaxed),
             active: self.active.load(Ordering::Relaxed),
             idle: self.idle.load(Ordering::Relaxed),
             connecting: self.connecting.load(Ordering::Relaxed),

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use pooler::{CheckoutError, ConnectError, Pool, PoolKey, PooledConn, Release, ServerCredential};
+use pooler::{
+    CheckoutError, ClientInPool, ConnectError, Pool, PoolKey, PooledConn, Release, ServerCredential,
+};
 use router::{identify, IdentifyError, Limits, PoolMode};
 use tokio::io::AsyncWriteExt;
 use wire::messages;
@@ -26,6 +28,8 @@ use crate::stream::ClientStream;
 pub struct Session {
     pub tenant: String,
     pub pool: Arc<Pool>,
+    /// Counts this client in its pool's stats until the session ends.
+    pub counted: ClientInPool,
     /// The server connection; always there in session mode, and in transaction mode
     /// only when the pool had to open one to learn the server's parameters.
     pub server: Option<PooledConn>,
@@ -119,6 +123,7 @@ pub async fn establish(
             tracing::info!("session started (transaction mode)");
             return Ok(Session {
                 tenant: tenant.id.to_string(),
+                counted: pool.client_joined(),
                 pool,
                 server: None,
                 params,
@@ -172,6 +177,7 @@ pub async fn establish(
     tracing::info!(backend_pid = ?server.conn().backend_pid(), "session started");
     Ok(Session {
         tenant: tenant.id.to_string(),
+        counted: pool.client_joined(),
         pool,
         server: Some(server),
         params,

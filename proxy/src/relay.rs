@@ -6,14 +6,19 @@
 //! cannot deadlock the relay.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pooler::{PoolStats, Release, ServerStream};
+use router::{BackendAddr, Limits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wire::frame::DEFAULT_MAX_FRAME_LEN;
 use wire::messages::tag;
 use wire::scan::Scanner;
+use wire::startup::CancelKey;
 
 use crate::stream::ClientStream;
 
@@ -34,6 +39,17 @@ pub enum RelayEnd {
     ServerGone(String),
     /// Sluice is shutting down and the grace period is over.
     Terminated,
+    /// The client sat idle inside a transaction past the tenant's limit; `Release`
+    /// says whether the server connection may be rolled back and reused.
+    IdleInTransaction(Release),
+}
+
+/// The tenant's limits and what is needed to act on them.
+#[derive(Debug)]
+pub struct Watch<'a> {
+    pub limits: &'a Limits,
+    /// Where to send a cancel for a query that runs too long.
+    pub cancel: Option<(Arc<BackendAddr>, CancelKey)>,
 }
 
 /// What both directions know about the conversation.
@@ -50,6 +66,16 @@ struct Progress {
     unsynced: AtomicBool,
     /// The client sent anything at all.
     used: AtomicBool,
+    /// The client's stream is at a message boundary.
+    client_boundary: AtomicBool,
+    /// Nanoseconds since the relay began: when the running request was sent, and
+    /// when the server last reported ReadyForQuery.
+    request_started: AtomicU64,
+    last_ready: AtomicU64,
+    /// The running request was cancelled for its timeout already.
+    cancelled: AtomicBool,
+    /// Wakes the watchdog when any of the above changes.
+    changed: Notify,
 }
 
 #[derive(Debug)]
@@ -68,29 +94,60 @@ pub async fn relay(
     server: &mut ServerStream,
     terminate: &CancellationToken,
     stats: &PoolStats,
+    watch: Watch<'_>,
 ) -> RelayEnd {
+    let epoch = Instant::now();
     let progress = Progress {
         status: AtomicU8::new(tag::STATUS_IDLE),
+        client_boundary: AtomicBool::new(true),
         ..Progress::default()
     };
     let stop = CancellationToken::new();
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
     let upstream = async {
-        let end =
-            client_to_server(&mut client_read, &mut server_write, &progress, &stop, stats).await;
+        let end = client_to_server(
+            &mut client_read,
+            &mut server_write,
+            &progress,
+            &stop,
+            stats,
+            epoch,
+        )
+        .await;
         stop.cancel();
         end
     };
     let downstream = async {
-        let end =
-            server_to_client(&mut server_read, &mut client_write, &progress, &stop, stats).await;
+        let end = server_to_client(
+            &mut server_read,
+            &mut client_write,
+            &progress,
+            &stop,
+            stats,
+            epoch,
+        )
+        .await;
         stop.cancel();
         end
     };
     let ((up, up_boundary), (down, down_boundary)) = tokio::select! {
         ends = async { tokio::join!(upstream, downstream) } => ends,
         _ = terminate.cancelled() => return RelayEnd::Terminated,
+        () = watchdog(&progress, &watch, epoch) => {
+            let clean = progress.client_boundary.load(Ordering::Acquire)
+                && !progress.unsynced.load(Ordering::Acquire)
+                && progress.expected_ready.load(Ordering::Acquire)
+                    == progress.seen_ready.load(Ordering::Acquire);
+            return RelayEnd::IdleInTransaction(if clean {
+                Release::AtReadyForQuery {
+                    status: progress.status.load(Ordering::Acquire),
+                    discard: true,
+                }
+            } else {
+                Release::Dirty
+            });
+        }
     };
     tracing::trace!(?up, ?down, "relay ended");
     match (up, down) {
@@ -119,12 +176,64 @@ pub async fn relay(
     }
 }
 
+fn since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Enforces the tenant's query and idle-in-transaction timeouts. Cancels a query that
+/// runs too long (the client then gets 57014 from the server and carries on); returns
+/// when the client has been idle in a transaction too long. Sleeps between changes.
+async fn watchdog(progress: &Progress, watch: &Watch<'_>, epoch: Instant) {
+    if watch.limits.query_timeout.is_none() && watch.limits.idle_in_transaction_timeout.is_none() {
+        return std::future::pending().await;
+    }
+    loop {
+        let changed = progress.changed.notified();
+        let in_flight = progress.expected_ready.load(Ordering::Acquire)
+            > progress.seen_ready.load(Ordering::Acquire);
+        let at = |nanos: &AtomicU64| epoch + Duration::from_nanos(nanos.load(Ordering::Acquire));
+        let deadline = if in_flight {
+            watch
+                .limits
+                .query_timeout
+                .filter(|_| !progress.cancelled.load(Ordering::Acquire))
+                .map(|t| at(&progress.request_started) + t)
+        } else if progress.status.load(Ordering::Acquire) != tag::STATUS_IDLE {
+            watch
+                .limits
+                .idle_in_transaction_timeout
+                .map(|t| at(&progress.last_ready) + t)
+        } else {
+            None
+        };
+        let Some(deadline) = deadline else {
+            changed.await;
+            continue;
+        };
+        tokio::select! {
+            () = changed => continue,
+            () = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        if !in_flight {
+            return;
+        }
+        progress.cancelled.store(true, Ordering::Release);
+        if let Some((addr, key)) = &watch.cancel {
+            tracing::info!("query timeout: cancelling the query on the backend");
+            if let Err(e) = pooler::cancel::send_cancel(addr, *key).await {
+                tracing::warn!(error = %e, "cancel for query timeout failed");
+            }
+        }
+    }
+}
+
 async fn client_to_server<R, W>(
     client: &mut R,
     server: &mut W,
     progress: &Progress,
     stop: &CancellationToken,
     stats: &PoolStats,
+    epoch: Instant,
 ) -> (Ended, bool)
 where
     R: AsyncRead + Unpin,
@@ -152,8 +261,15 @@ where
             match msg {
                 tag::TERMINATE => terminated = true,
                 tag::QUERY | tag::SYNC | b'F' => {
-                    progress.expected_ready.fetch_add(1, Ordering::AcqRel);
+                    let before = progress.expected_ready.fetch_add(1, Ordering::AcqRel);
+                    if before == progress.seen_ready.load(Ordering::Acquire) {
+                        progress
+                            .request_started
+                            .store(since(epoch), Ordering::Release);
+                        progress.cancelled.store(false, Ordering::Release);
+                    }
                     progress.unsynced.store(false, Ordering::Release);
+                    progress.changed.notify_one();
                 }
                 tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {}
                 _ => progress.unsynced.store(true, Ordering::Release),
@@ -162,6 +278,9 @@ where
         if let Err(e) = scanned {
             return (Ended::ClientFailed(e.to_string()), false);
         }
+        progress
+            .client_boundary
+            .store(scanner.at_boundary(), Ordering::Release);
         let forward: &[u8] = if terminated {
             // Terminate is the client's last word: anything after it is a violation,
             // and the Terminate itself is Sluice's to act on, not the server's.
@@ -199,6 +318,7 @@ async fn server_to_client<R, W>(
     progress: &Progress,
     stop: &CancellationToken,
     stats: &PoolStats,
+    epoch: Instant,
 ) -> (Ended, bool)
 where
     R: AsyncRead + Unpin,
@@ -222,7 +342,13 @@ where
                 if let Some(status) = first {
                     progress.status.store(status, Ordering::Release);
                 }
+                let now = since(epoch);
+                progress.last_ready.store(now, Ordering::Release);
+                // The next pipelined request, if any, starts running now.
+                progress.request_started.store(now, Ordering::Release);
+                progress.cancelled.store(false, Ordering::Release);
                 progress.seen_ready.fetch_add(1, Ordering::AcqRel);
+                progress.changed.notify_one();
             }
         });
         if let Err(e) = scanned {

@@ -16,7 +16,7 @@ use crate::error::ClientError;
 use crate::listener::Proxy;
 use crate::login::{establish, Session};
 use crate::negotiate::{negotiate, Negotiated};
-use crate::relay::{relay, RelayEnd};
+use crate::relay::{relay, RelayEnd, Watch};
 use crate::stream::ClientStream;
 use crate::transaction;
 use router::PoolMode;
@@ -103,15 +103,23 @@ async fn run_session(proxy: &Proxy, mut stream: ClientStream, session: Session) 
         server,
         cancel,
         settings_applied,
+        limits,
+        counted: _counted,
         ..
     } = session;
     let mut server = server.expect("a session-mode client always holds a server connection");
     let pool = server.pool().clone();
+    let conn = server.conn();
+    let watch = Watch {
+        limits: &limits,
+        cancel: conn.cancel_key.map(|key| (conn.addr.clone(), key)),
+    };
     let end = relay(
         &mut stream,
         server.conn().stream_mut(),
         &proxy.terminate,
         &pool.stats,
+        watch,
     )
     .await;
     // Forget the key before the server connection can go to another client, so a late
@@ -137,6 +145,10 @@ async fn run_session(proxy: &Proxy, mut stream: ClientStream, session: Session) 
                 &ClientError::BackendUnavailable { tenant, detail },
             )
             .await;
+        }
+        RelayEnd::IdleInTransaction(release) => {
+            server.release(release).await;
+            reject(Some(stream), &ClientError::IdleInTransactionTimeout).await;
         }
         RelayEnd::Terminated => {
             drop(server);

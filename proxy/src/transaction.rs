@@ -136,6 +136,7 @@ pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_i
         settings,
         credential,
         limits,
+        counted: _counted,
         ..
     } = session;
     // The client's view: the settable values it was greeted with, then its own settings.
