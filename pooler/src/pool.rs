@@ -56,7 +56,8 @@ pub struct Pool {
     settings: PoolSettings,
     /// One permit per checked-out server connection; the semaphore queues waiters
     /// first-come, first-served. A new connection is opened only by a permit holder
-    /// that found the idle list empty, so active + idle never exceeds `size`.
+    /// that found the idle list empty, and reserve connections close when released,
+    /// so idle + active stays within `size` (+ `reserve` while a burst lasts).
     permits: Arc<Semaphore>,
     /// Idle connections, most recently used last (reused first: warm caches, and the
     /// cold ones age out through `idle_timeout`).
@@ -66,6 +67,8 @@ pub struct Pool {
     /// The latest credential a client logged in with, for `min_idle`.
     credential: Mutex<Option<ServerCredential>>,
     health: Mutex<Health>,
+    /// A `top_up` is running.
+    topping_up: std::sync::atomic::AtomicBool,
     /// ParameterStatus values of a fresh server connection, so that a transaction-mode
     /// client can be greeted without taking a server connection.
     fresh_params: Mutex<Option<Arc<BTreeMap<String, String>>>>,
@@ -103,6 +106,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             credential: Mutex::new(None),
             health: Mutex::new(Health::default()),
+            topping_up: std::sync::atomic::AtomicBool::new(false),
             fresh_params: Mutex::new(None),
             stats: PoolStats::default(),
         }
@@ -143,11 +147,15 @@ impl Pool {
         tls: &TlsConnectors,
     ) -> Result<PooledConn, CheckoutError> {
         let permit = self.acquire_slot().await?;
-        *self.credential.lock().expect("pool lock poisoned") = Some(credential.clone());
         let conn = match self.take_idle() {
             Some(conn) => conn,
             None => self.open(credential, tls).await?,
         };
+        if self.settings.min_idle > 0 {
+            // Only a credential the backend accepted (or that found an idle
+            // connection after authenticating against the same verifier) is kept.
+            *self.credential.lock().expect("pool lock poisoned") = Some(credential.clone());
+        }
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
             conn: Some(conn),
@@ -216,14 +224,28 @@ impl Pool {
                     Some(Arc::new(conn.params.clone()));
                 Ok(conn)
             }
-            // The backend answered: it is up, whatever it said.
-            Err(e @ ConnectError::Refused(_)) => Err(e.into()),
+            // The backend answered (or cannot be answered by us): it is up, whatever
+            // it said; only failures to reach it start the backoff.
+            Err(
+                e @ (ConnectError::Refused(_)
+                | ConnectError::UnsupportedAuth(_)
+                | ConnectError::Scram(_)),
+            ) => Err(e.into()),
             Err(e) => {
                 health.backoff = (health.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
                 health.down_until = Some(Instant::now() + health.backoff);
                 Err(e.into())
             }
         }
+    }
+
+    /// Claims the right to run `top_up` (false if one is running).
+    pub fn begin_top_up(&self) -> bool {
+        !self.topping_up.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn end_top_up(&self) {
+        self.topping_up.store(false, Ordering::Release);
     }
 
     /// Opens connections until `min_idle` are idle (within `size`), with the
@@ -243,6 +265,10 @@ impl Pool {
                 Ok(conn) => self.put_idle(conn),
                 Err(e) => {
                     tracing::debug!(pool = %self.key, error = %e, "min_idle: cannot open");
+                    if matches!(e, CheckoutError::Connect(ConnectError::Refused(_))) {
+                        // Refused (a changed password): stop until a client logs in again.
+                        *self.credential.lock().expect("pool lock poisoned") = None;
+                    }
                     return;
                 }
             }
@@ -373,7 +399,9 @@ impl PooledConn {
                 }
             }
         };
-        if reusable {
+        // Reserve connections are for bursts: they close instead of idling.
+        let from_reserve = Arc::ptr_eq(permit.semaphore(), &self.pool.reserve);
+        if reusable && !from_reserve {
             self.pool.put_idle(conn);
         } else {
             if how == Release::Dirty {

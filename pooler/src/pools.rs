@@ -69,7 +69,15 @@ impl Pools {
                 if n > 0 {
                     tracing::debug!(pool = %pool.key, evicted = n, "closed idle server connections");
                 }
-                pool.top_up(&self.tls).await;
+                // Each pool tops up on its own: one slow backend must not hold up the
+                // upkeep of the others.
+                if pool.settings().min_idle > 0 && pool.begin_top_up() {
+                    let pools = self.clone();
+                    tokio::spawn(async move {
+                        pool.top_up(&pools.tls).await;
+                        pool.end_top_up();
+                    });
+                }
             }
         }
         self.close_all_idle().await;

@@ -385,11 +385,23 @@ impl Client<'_> {
 
     /// Takes a server connection from the pool and makes it match this client.
     async fn attach(&mut self) -> Result<Attached, ClientError> {
-        let mut server = self
+        let mut server = match self
             .pool
             .checkout(&self.credential, &self.proxy.pools.tls)
             .await
-            .map_err(|e| checkout_error(&self.tenant, e))?;
+        {
+            Ok(server) => server,
+            Err(e) => {
+                let e = checkout_error(&self.tenant, e);
+                if matches!(&e, ClientError::BackendRefused(f) if f.code == "28P01") {
+                    // The password changed: the next login must read the new secret.
+                    self.proxy
+                        .secrets
+                        .invalidate(&self.pool.key.tenant, &self.pool.key.role);
+                }
+                return Err(e);
+            }
+        };
         let settings: Vec<(String, String)> = self
             .settings
             .iter()
@@ -485,6 +497,9 @@ impl Client<'_> {
                         ))))
                     }
                 },
+                tag::COMMAND_COMPLETE if statements::server_forgot_all(body) => {
+                    a.server.conn().prepared.clear();
+                }
                 tag::PARAMETER_STATUS => {
                     if let Ok((name, value)) = messages::parse_parameter_status(body) {
                         if SETTABLE_REPORTED.contains(&name) {

@@ -53,6 +53,17 @@ impl Config {
                     line: None,
                     message: format!("cannot read {}: {e}", b.auth_password_file.display()),
                 })?;
+            let pool = pool_settings(&t.pool, &defaults);
+            if pool.min_idle > pool.size {
+                return Err(ConfigError {
+                    key: format!("tenants[{i}].pool.min_idle"),
+                    line: None,
+                    message: format!(
+                        "min_idle ({}) exceeds the pool size ({}) this tenant gets",
+                        pool.min_idle, pool.size
+                    ),
+                });
+            }
             tenants.push(Tenant {
                 id: TenantId::parse(&t.id).expect("validated"),
                 backend: std::sync::Arc::new(Backend {
@@ -72,7 +83,7 @@ impl Config {
                         .clone()
                         .unwrap_or_else(|| router::tenant::DEFAULT_AUTH_QUERY.to_owned()),
                 }),
-                pool: pool_settings(&t.pool, &defaults),
+                pool,
                 limits: limits(&t.limits, &default_limits),
             });
         }

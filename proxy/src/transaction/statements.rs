@@ -45,11 +45,28 @@ pub struct ClientStatements {
     by_name: HashMap<Bytes, Arc<Statement>>,
 }
 
-/// Case-insensitive search of an ASCII needle.
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// Whether a Query body is exactly `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL` (case,
+/// spacing and a trailing semicolon aside): the client asks to forget its statements.
+fn forgets_all_statements(query_body: &[u8]) -> bool {
+    let text = query_body.strip_suffix(&[0]).unwrap_or(query_body);
+    let words: Vec<String> = String::from_utf8_lossy(text)
+        .trim()
+        .trim_end_matches(';')
+        .split_ascii_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    matches!(
+        words.as_slice(),
+        ["discard", "all"] | ["deallocate", "all"] | ["deallocate", "prepare", "all"]
+    )
+}
+
+/// Whether a CommandComplete body says the server dropped all prepared statements of
+/// its session (so Sluice's record of them must go too).
+pub fn server_forgot_all(command_complete_body: &[u8]) -> bool {
+    command_complete_body.starts_with(b"DISCARD ALL")
+        || command_complete_body.starts_with(b"DEALLOCATE ALL")
 }
 
 impl ClientStatements {
@@ -175,13 +192,10 @@ impl ClientStatements {
                 pending.push_back(Pending::Close { swallow: false });
             }
             tag::QUERY => {
-                // Both drop every prepared statement of the server session, and the
-                // client asked to forget its own.
-                if contains_ignore_case(&frame.body, b"discard all")
-                    || contains_ignore_case(&frame.body, b"deallocate all")
-                {
+                // The client asked to forget its statements. What the server forgets
+                // is learned from its CommandComplete (the command can fail).
+                if forgets_all_statements(&frame.body) {
                     self.by_name.clear();
-                    prepared.clear();
                 }
                 pending.push_back(Pending::Ready);
                 forward(frame, out);
@@ -361,6 +375,11 @@ mod tests {
                 swallow: false
             }
         );
-        assert!(stmts.is_empty() && server.is_empty());
+        assert!(stmts.is_empty(), "the client's statements are forgotten");
+        assert_eq!(server.len(), 1, "the server's only once it confirms");
+        assert!(forgets_all_statements(b"  deallocate   PREPARE all ;\0"));
+        assert!(!forgets_all_statements(b"select 'discard all'\0"));
+        assert!(server_forgot_all(b"DISCARD ALL\0"));
+        assert!(!server_forgot_all(b"SELECT 1\0"));
     }
 }
