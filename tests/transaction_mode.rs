@@ -493,3 +493,93 @@ async fn futures_join_all<F: std::future::Future>(
     .await;
     out.into_iter().map(|v| v.expect("ready")).collect()
 }
+
+#[tokio::test]
+async fn list_settings_and_client_sets_do_not_leak_or_break() {
+    let env = env_with(&["size = 1"]);
+    let mut listed = env.target("acme");
+    listed.options = Some("-c search_path=app,public".into());
+    let a = pg_connect(&listed).await.unwrap();
+    let b = pg_connect(&env.target("acme")).await.unwrap();
+    // A list setting keeps its meaning (two schemas, not one named "app,public").
+    // (as a startup packet sets it; SET with a quoted literal would make it one
+    // schema named "app,public").
+    let path: String = a.query_one("show search_path", &[]).await.unwrap().get(0);
+    assert_eq!(path, "app,public");
+    // A SET of an unreported setting by one client does not reach the next one.
+    a.batch_execute("SET statement_timeout = '7s'")
+        .await
+        .unwrap();
+    let tb: String = b
+        .query_one("show statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tb, "0");
+    let pb: String = b.query_one("show search_path", &[]).await.unwrap().get(0);
+    assert_eq!(pb, "\"$user\", public");
+    // ...and the client that set it keeps its startup settings (its SET is lost at
+    // the transaction boundary: documented in docs/transaction-mode.md).
+    let path: String = a.query_one("show search_path", &[]).await.unwrap().get(0);
+    assert_eq!(path, "app,public");
+}
+
+#[tokio::test]
+async fn extended_protocol_copy_in_releases_the_server_afterwards() {
+    use futures_util::SinkExt;
+    let env = env_with(&["size = 1"]);
+    let target = env.target("acme");
+    let client = pg_connect(&target).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE copied (n int)")
+        .await
+        .unwrap();
+    let sink = client.copy_in("COPY copied FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    for i in 0..1000 {
+        sink.send(bytes::Bytes::from(format!("{i}\n")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 1000);
+    // The same client goes on with prepared statements (the answer queue is in step)...
+    let n: i64 = client
+        .query_one("select count(*) from copied", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000);
+    // ...and the single server connection is free for another client.
+    let other = pg_connect(&target).await.unwrap();
+    let n: i64 = tokio::time::timeout(
+        Duration::from_secs(10),
+        other.query_one("select count(*) from copied", &[]),
+    )
+    .await
+    .expect("the server connection was never released")
+    .unwrap()
+    .get(0);
+    assert_eq!(n, 1000);
+}
+
+#[tokio::test]
+async fn a_failed_copy_in_leaves_a_usable_connection() {
+    let env = env_with(&["size = 1"]);
+    let target = env.target("acme");
+    let out = testkit::psql(&target, "create table strict (n int)");
+    assert!(out.success);
+    let bad = env.dir.path().join("bad.txt");
+    std::fs::write(&bad, format!("{}not a number\n", "1\n".repeat(100_000))).unwrap();
+    let out = testkit::psql(&target, &format!("\\copy strict from '{}'", bad.display()));
+    assert!(!out.success, "the bad row must fail the COPY");
+    // Nothing half-written stayed on the pooled connection.
+    let client = pg_connect(&target).await.unwrap();
+    for _ in 0..5 {
+        let n: i64 = client
+            .query_one("select count(*) from strict", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
+    }
+}

@@ -254,10 +254,16 @@ impl Pool {
         let Some(credential) = self.credential.lock().expect("pool lock poisoned").clone() else {
             return;
         };
-        while self.stats.idle.load(Ordering::Relaxed)
-            + self.stats.connecting.load(Ordering::Relaxed)
-            < self.settings.min_idle
-        {
+        loop {
+            let idle = self.stats.idle.load(Ordering::Relaxed);
+            let connecting = self.stats.connecting.load(Ordering::Relaxed);
+            let active = self.stats.active.load(Ordering::Relaxed);
+            // Idle connections and checked-out ones share `size`.
+            if idle + connecting >= self.settings.min_idle
+                || idle + connecting + active >= self.settings.size
+            {
+                return;
+            }
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 return;
             };
@@ -443,6 +449,7 @@ async fn reset(conn: &mut ServerConn, status: u8, discard: bool) -> Result<(), S
     if discard {
         conn.prepared.clear();
         conn.unreported_settings.clear();
+        conn.settings_unknown = false;
         let outcome = conn.simple_query("DISCARD ALL").await?;
         if let Some(e) = outcome.error {
             return Err(ServerError::Protocol(format!(

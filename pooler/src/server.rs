@@ -54,6 +54,9 @@ pub struct ServerConn {
     /// Settings Sluice SET that the server does not report (lowercase names), so the
     /// next client can be given its own values or the defaults back.
     pub unreported_settings: BTreeMap<String, String>,
+    /// A client ran SET/RESET/DISCARD on it (transaction mode): its settings are not
+    /// what Sluice knows, so the next client's sync starts with RESET ALL.
+    pub settings_unknown: bool,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -89,6 +92,7 @@ impl ServerConn {
             retire_at: None,
             prepared: PreparedSet::default(),
             unreported_settings: BTreeMap::new(),
+            settings_unknown: false,
         }
     }
 

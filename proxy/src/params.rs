@@ -57,23 +57,6 @@ pub fn client_settings(
     Ok(settings)
 }
 
-/// `E'...'` literal: correct whatever `standard_conforming_strings` says, and quotes
-/// doubled rather than backslash-escaped so `backslash_quote = off` cannot refuse it.
-fn quote_literal(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 3);
-    out.push_str("E'");
-    for c in value.chars() {
-        match c {
-            '\'' => out.push('\''),
-            '\\' => out.push('\\'),
-            _ => {}
-        }
-        out.push(c);
-    }
-    out.push('\'');
-    out
-}
-
 /// The server's current value of `name`: as it reports it, or as Sluice set it.
 fn current<'a>(conn: &'a ServerConn, name: &str) -> Option<&'a str> {
     conn.params
@@ -83,48 +66,87 @@ fn current<'a>(conn: &'a ServerConn, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// The statements that make `conn` match `settings`: SET for what differs, RESET for
-/// settings Sluice made earlier (for another client) that this one does not have.
-pub fn sync_statements(conn: &ServerConn, settings: &[(String, String)]) -> String {
-    let mut sql = String::new();
-    for (name, value) in settings {
-        if current(conn, name) == Some(value.as_str()) {
-            continue;
+/// What to run to make `conn` match `settings`: a simple query that resets (all of
+/// it, when the server's settings are unknown; otherwise the settings Sluice made for
+/// an earlier client that this one does not have), and the settings to apply.
+pub fn plan(conn: &ServerConn, settings: &[(String, String)]) -> (String, Vec<(String, String)>) {
+    let mut reset = String::new();
+    let full = conn.settings_unknown;
+    if full {
+        reset.push_str("SET SESSION AUTHORIZATION DEFAULT; RESET ALL;");
+    } else {
+        for name in conn.unreported_settings.keys() {
+            if !settings.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                reset.push_str(&format!("RESET {name};"));
+            }
         }
-        sql.push_str(&format!("SET {name} = {};", quote_literal(value)));
     }
-    for name in conn.unreported_settings.keys() {
-        if !settings.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
-            sql.push_str(&format!("RESET {name};"));
-        }
-    }
-    sql
+    let apply = settings
+        .iter()
+        .filter(|(name, value)| full || current(conn, name) != Some(value.as_str()))
+        .cloned()
+        .collect();
+    (reset, apply)
 }
 
-/// Makes the server's session settings the client's. A setting the server rejects is
+/// A Postgres text array literal.
+fn text_array(items: impl Iterator<Item = String>) -> String {
+    let mut out = String::from("{");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+/// Makes the server's session settings the client's. Values go through `set_config`
+/// as parameters, exactly as a startup packet would set them (list settings such as
+/// `search_path=a,b` keep their meaning; no quoting). A setting the server rejects is
 /// the client's error, as it would be with a direct connection.
 pub async fn sync(conn: &mut ServerConn, settings: &[(String, String)]) -> Result<(), ClientError> {
-    let sql = sync_statements(conn, settings);
-    if sql.is_empty() {
-        return Ok(());
+    let (reset, apply) = plan(conn, settings);
+    let failed = |e: pooler::ServerError| ClientError::BackendUnavailable {
+        tenant: String::new(),
+        detail: e.to_string(),
+    };
+    if !reset.is_empty() {
+        let outcome = conn.simple_query(&reset).await.map_err(failed)?;
+        if let Some(fields) = outcome.error {
+            return Err(ClientError::BackendRefused(fields));
+        }
     }
-    let outcome = conn
-        .simple_query(&sql)
-        .await
-        .map_err(|e| ClientError::BackendUnavailable {
-            tenant: String::new(),
-            detail: e.to_string(),
-        })?;
-    if let Some(fields) = outcome.error {
-        return Err(ClientError::BackendRefused(fields));
+    if !apply.is_empty() {
+        let names = text_array(apply.iter().map(|(k, _)| k.clone()));
+        let values = text_array(apply.iter().map(|(_, v)| v.clone()));
+        let outcome = conn
+            .extended_query(
+                "SELECT pg_catalog.set_config(n, v, false) \
+                 FROM unnest($1::text[], $2::text[]) AS s(n, v)",
+                &[Some(names.as_bytes()), Some(values.as_bytes())],
+            )
+            .await
+            .map_err(failed)?;
+        if let Some(fields) = outcome.error {
+            return Err(ClientError::BackendRefused(fields));
+        }
     }
+    conn.settings_unknown = false;
     // Reported settings are tracked through ParameterStatus; remember the others.
-    let unreported: std::collections::BTreeMap<String, String> = settings
+    conn.unreported_settings = settings
         .iter()
         .filter(|(k, _)| !conn.params.keys().any(|p| p.eq_ignore_ascii_case(k)))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
-    conn.unreported_settings = unreported;
     Ok(())
 }
 
@@ -170,7 +192,11 @@ mod tests {
     }
 
     #[test]
-    fn literals_are_quoted_safely() {
-        assert_eq!(quote_literal("it's a \\ test"), "E'it''s a \\\\ test'");
+    fn array_literals_escape_quotes_and_backslashes() {
+        let items = ["a,b", "it's \"q\"", "back\\slash"].map(String::from);
+        assert_eq!(
+            text_array(items.into_iter()),
+            r#"{"a,b","it's \"q\"","back\\slash"}"#
+        );
     }
 }

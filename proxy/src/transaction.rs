@@ -26,7 +26,7 @@ use crate::error::ClientError;
 use crate::listener::Proxy;
 use crate::login::{checkout_error, Session};
 use crate::stream::ClientStream;
-use statements::{ClientStatements, Pending};
+use statements::{ClientStatements, Conversation, Pending};
 
 /// Reported parameters a client may change with SET, and so may differ between the
 /// client's view and a server connection's.
@@ -77,15 +77,23 @@ struct Attached {
     /// has been cancelled already.
     request_started: Instant,
     cancelled: bool,
+    /// A cancel was sent during this attachment: the connection is not reused.
+    cancel_sent: bool,
     /// When the server last became idle inside a transaction.
     idle_since: Instant,
     /// Bytes of a large message still to be forwarded as they arrive, unbuffered.
     passthrough: usize,
+    /// A batch is being written: the server has part of a message.
+    writing: bool,
+    /// The server is in COPY FROM STDIN (it ignores Syncs until CopyDone/CopyFail).
+    copy_in: bool,
+    /// This client's unnamed statement is prepared on this server connection.
+    unnamed_here: bool,
 }
 
 impl Attached {
     fn in_flight(&self) -> bool {
-        self.pending.contains(&Pending::Ready)
+        self.pending.iter().any(Pending::is_ready)
     }
 
     /// The next moment a limit needs attention, if any applies now.
@@ -104,10 +112,18 @@ impl Attached {
         }
     }
 
+    /// Nothing is owed in either direction and no transaction is open: the server
+    /// connection can go back to the pool.
     fn idle(&self) -> bool {
-        self.status == tag::STATUS_IDLE
-            && !self.unsynced
-            && !self.pending.contains(&Pending::Ready)
+        self.status == tag::STATUS_IDLE && self.at_rest()
+    }
+
+    /// At a clean boundary (a transaction may be open): safe to roll back and reuse.
+    fn at_rest(&self) -> bool {
+        !self.unsynced
+            && !self.in_flight()
+            && !self.copy_in
+            && !self.writing
             && self.buf.is_empty()
             && self.passthrough == 0
     }
@@ -176,7 +192,8 @@ pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_i
     let end = client.serve(&mut attached).await;
     client.cancel.set_target(None);
     let release = match attached.take() {
-        Some(a) if a.pending.is_empty() && !a.unsynced && a.buf.is_empty() => Some((
+        // A cancel sent for a timeout may still land later: never reuse that one.
+        Some(a) if a.at_rest() && !a.cancel_sent => Some((
             a.server,
             Release::AtReadyForQuery {
                 status: a.status,
@@ -260,6 +277,7 @@ impl Client<'_> {
         let a = attached.as_mut()?;
         if a.in_flight() {
             a.cancelled = true;
+            a.cancel_sent = true;
             let conn = a.server.conn();
             if let Some(key) = conn.cancel_key {
                 tracing::info!("query timeout: cancelling the query on the backend");
@@ -313,16 +331,19 @@ impl Client<'_> {
             }
             let a = attached.as_mut().expect("attached above");
             self.pool.stats.client_message(frame.tag);
+            let now = Instant::now();
             if !a.in_flight() {
-                a.request_started = Instant::now();
-                a.cancelled = false;
+                a.request_started = now;
             }
-            self.statements.rewrite(
-                &frame,
-                &mut a.server.conn().prepared,
-                &mut a.pending,
-                &mut out,
-            );
+            // The client is talking: it is not idle in its transaction.
+            a.idle_since = now;
+            let mut conv = Conversation {
+                prepared: &mut a.server.conn().prepared,
+                pending: &mut a.pending,
+                copy_in: &mut a.copy_in,
+                unnamed_here: &mut a.unnamed_here,
+            };
+            self.statements.rewrite(&frame, &mut conv, &mut out);
             a.unsynced = match frame.tag {
                 tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => false,
                 // COPY data belongs to the Query that started it.
@@ -351,6 +372,9 @@ impl Client<'_> {
             .bytes_from_clients
             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut written = 0;
+        if let Some(a) = attached.as_mut() {
+            a.writing = true;
+        }
         while written < bytes.len() {
             let a = attached.as_mut()?;
             let Attached { server, buf, .. } = a;
@@ -371,6 +395,7 @@ impl Client<'_> {
                 },
             };
             if drained {
+                // `writing` keeps the connection attached: it has part of a message.
                 if let Some(end) = self.on_server_bytes(attached).await {
                     return Some(end);
                 }
@@ -380,7 +405,30 @@ impl Client<'_> {
         if let Err(e) = a.server.conn().stream_mut().flush().await {
             return Some(End::ServerGone(e.to_string()));
         }
+        a.writing = false;
+        // What was drained meanwhile may have finished the client's last request.
+        self.release_if_idle(attached).await;
         None
+    }
+
+    /// Lets the server connection go if the client owes and is owed nothing. A query
+    /// cancelled for its timeout closes the connection instead: the cancel signal may
+    /// still be in flight and must not hit another client's query.
+    async fn release_if_idle(&mut self, attached: &mut Option<Attached>) {
+        if !attached.as_ref().is_some_and(Attached::idle) {
+            return;
+        }
+        let a = attached.take().expect("checked");
+        self.cancel.set_target(None);
+        let release = if a.cancel_sent {
+            Release::Dirty
+        } else {
+            Release::AtReadyForQuery {
+                status: tag::STATUS_IDLE,
+                discard: false,
+            }
+        };
+        a.server.release(release).await;
     }
 
     /// Takes a server connection from the pool and makes it match this client.
@@ -417,6 +465,17 @@ impl Client<'_> {
                 e => e,
             })?;
         let conn = server.conn();
+        // The client now sees what the server reports, in the server's spelling
+        // (`iso` becomes `ISO, MDY`), so the next sync finds nothing to change.
+        for (name, value) in self.settings.iter_mut() {
+            if let Some((_, reported)) = conn
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            {
+                value.clone_from(reported);
+            }
+        }
         if let Some(key) = conn.cancel_key {
             self.cancel.set_target(Some(CancelTarget {
                 addr: conn.addr.clone(),
@@ -432,8 +491,12 @@ impl Client<'_> {
             status: tag::STATUS_IDLE,
             request_started: now,
             cancelled: false,
+            cancel_sent: false,
             idle_since: now,
             passthrough: 0,
+            writing: false,
+            copy_in: false,
+            unnamed_here: false,
         })
     }
 
@@ -474,20 +537,31 @@ impl Client<'_> {
                     a.cancelled = false;
                     while let Some(p) = a.pending.pop_front() {
                         match p {
-                            Pending::Ready => break,
-                            // Skipped after an error: the server does not hold it.
+                            Pending::Sync | Pending::Query => break,
+                            // Skipped after an error: the server does not hold it...
                             Pending::Parse {
                                 name: Some(name), ..
                             } => a.server.conn().prepared.remove(&name),
+                            Pending::Parse { name: None, .. } => a.unnamed_here = false,
+                            // ...or still holds the one Sluice meant to evict.
+                            Pending::Close {
+                                evicted: Some(name),
+                                ..
+                            } => {
+                                a.server.conn().prepared.insert(name);
+                            }
                             _ => {}
                         }
                     }
                 }
+                tag::COPY_IN_RESPONSE => a.copy_in = statements::copy_in_started(&mut a.pending),
+                // An error ends COPY FROM STDIN on the server side.
+                tag::ERROR_RESPONSE if a.copy_in => a.copy_in = false,
                 tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => match a.pending.pop_front() {
                     Some(Pending::Parse { swallow, .. }) if msg == tag::PARSE_COMPLETE => {
                         drop_it = swallow
                     }
-                    Some(Pending::Close { swallow }) if msg == tag::CLOSE_COMPLETE => {
+                    Some(Pending::Close { swallow, .. }) if msg == tag::CLOSE_COMPLETE => {
                         drop_it = swallow
                     }
                     other => {
@@ -497,8 +571,16 @@ impl Client<'_> {
                         ))))
                     }
                 },
-                tag::COMMAND_COMPLETE if statements::server_forgot_all(body) => {
-                    a.server.conn().prepared.clear();
+                tag::COMMAND_COMPLETE => {
+                    if statements::server_forgot_all(body) {
+                        a.server.conn().prepared.clear();
+                    }
+                    if [&b"SET"[..], b"RESET", b"DISCARD"]
+                        .iter()
+                        .any(|t| body.starts_with(t))
+                    {
+                        a.server.conn().settings_unknown = true;
+                    }
                 }
                 tag::PARAMETER_STATUS => {
                     if let Ok((name, value)) = messages::parse_parameter_status(body) {
@@ -534,16 +616,7 @@ impl Client<'_> {
             return Some(End::ClientLeft);
         }
         let _ = self.stream.flush().await;
-        if a.idle() {
-            let a = attached.take().expect("checked");
-            self.cancel.set_target(None);
-            a.server
-                .release(Release::AtReadyForQuery {
-                    status: tag::STATUS_IDLE,
-                    discard: false,
-                })
-                .await;
-        }
+        self.release_if_idle(attached).await;
         None
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Responses come back in request order, so Sluice keeps a queue of what it expects
 //! (`Pending`) to drop the ParseComplete/CloseComplete answers to messages it added
-//! itself, and to learn which statements the server really holds.
+//! itself, to learn which statements the server really holds, and to know when the
+//! last ReadyForQuery owed to the client has arrived.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,7 +15,16 @@ use pooler::PreparedSet;
 use wire::frame::Frame;
 use wire::messages::{self, tag};
 
-/// A statement as the client prepared it.
+/// The prefix of every server-side statement name Sluice makes.
+const PREFIX: &str = "sluice_";
+
+/// What a client's unknown statement name is sent as when it looks like one of
+/// Sluice's own (so no client can reach another client's statement); the server then
+/// answers "does not exist", as it would have.
+const FOREIGN_NAME: &[u8] = b"sluice_unknown";
+
+/// A statement as the client prepared it (copied out of the client's buffer, so a
+/// large message does not stay pinned by a small statement).
 #[derive(Debug)]
 pub struct Statement {
     pub server_name: Arc<str>,
@@ -30,11 +40,35 @@ pub enum Pending {
         name: Option<Arc<str>>,
         swallow: bool,
     },
+    /// A Close; `evicted` names the statement when Sluice added it to evict one.
     Close {
         swallow: bool,
+        evicted: Option<Arc<str>>,
     },
-    /// A message that ends in ReadyForQuery (Sync, Query, FunctionCall).
-    Ready,
+    /// A Sync: answered by ReadyForQuery, except during COPY FROM STDIN (ignored).
+    Sync,
+    /// A Query or FunctionCall: always answered by ReadyForQuery.
+    Query,
+    /// The client ended a COPY FROM STDIN (CopyDone or CopyFail).
+    CopyEnd,
+}
+
+impl Pending {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Pending::Sync | Pending::Query)
+    }
+}
+
+/// The state of one attachment that rewriting needs: the server connection's
+/// statements, the queue of expected answers, and two protocol facts.
+#[derive(Debug)]
+pub struct Conversation<'a> {
+    pub prepared: &'a mut PreparedSet,
+    pub pending: &'a mut VecDeque<Pending>,
+    /// The server is in COPY FROM STDIN and ignores Syncs until the client ends it.
+    pub copy_in: &'a mut bool,
+    /// This client's unnamed statement was prepared on this server connection.
+    pub unnamed_here: &'a mut bool,
 }
 
 /// A client's statements, by the names it uses.
@@ -43,6 +77,9 @@ pub struct ClientStatements {
     prefix: String,
     next: u64,
     by_name: HashMap<Bytes, Arc<Statement>>,
+    /// The client's unnamed statement: it outlives a transaction in Postgres, so it
+    /// must follow the client to its next server connection too.
+    unnamed: Option<Arc<Statement>>,
 }
 
 /// Whether a Query body is exactly `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL` (case,
@@ -72,9 +109,10 @@ pub fn server_forgot_all(command_complete_body: &[u8]) -> bool {
 impl ClientStatements {
     pub fn new(client_id: u64) -> Self {
         ClientStatements {
-            prefix: format!("sluice_{client_id}_"),
+            prefix: format!("{PREFIX}{client_id}_"),
             next: 0,
             by_name: HashMap::new(),
+            unnamed: None,
         }
     }
 
@@ -83,31 +121,36 @@ impl ClientStatements {
         self.by_name.is_empty()
     }
 
+    fn statement(&self, p: &messages::ParseView<'_>, server_name: Arc<str>) -> Arc<Statement> {
+        Arc::new(Statement {
+            server_name,
+            query: Bytes::copy_from_slice(p.query),
+            param_types: Bytes::copy_from_slice(p.param_types),
+        })
+    }
+
     /// Records a named statement under a fresh server name.
-    fn define(&mut self, frame: &Frame, p: &messages::ParseView<'_>) -> Arc<Statement> {
+    fn define(&mut self, p: &messages::ParseView<'_>) -> Arc<Statement> {
         self.next += 1;
-        let statement = Arc::new(Statement {
-            server_name: format!("{}{}", self.prefix, self.next).into(),
-            query: frame.body.slice_ref(p.query),
-            param_types: frame.body.slice_ref(p.param_types),
-        });
+        let statement = self.statement(p, format!("{}{}", self.prefix, self.next).into());
         self.by_name
-            .insert(frame.body.slice_ref(p.name), statement.clone());
+            .insert(Bytes::copy_from_slice(p.name), statement.clone());
         statement
     }
 
     /// Answers, without a server, what a client outside a transaction can be answered
     /// locally: a named Parse is recorded (it is prepared on a server at first use), a
-    /// Close forgets, a Sync reports idle. Returns false for anything that needs a
-    /// server. This is what lets a client prepare statements while every server
-    /// connection is busy (pgbench -M prepared prepares synchronously).
+    /// Close forgets, a Sync reports idle, COPY messages are ignored (as Postgres does
+    /// outside COPY). Returns false for anything that needs a server. This is what
+    /// lets a client prepare statements while every server connection is busy
+    /// (pgbench -M prepared prepares synchronously).
     ///
     /// The price: a Parse with an error is reported at first use, not at Parse.
     pub fn answer_locally(&mut self, frame: &Frame, to_client: &mut BytesMut) -> bool {
         match frame.tag {
             tag::PARSE => match messages::parse_parse(&frame.body) {
                 Ok(p) if !p.name.is_empty() => {
-                    self.define(frame, &p);
+                    self.define(&p);
                     messages::parse_complete(to_client);
                     true
                 }
@@ -128,52 +171,42 @@ impl ClientStatements {
                 messages::ready_for_query(to_client, tag::STATUS_IDLE);
                 true
             }
-            tag::FLUSH => true,
+            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => true,
             _ => false,
         }
     }
 
-    /// Rewrites one client message into `out` for a server holding `prepared`, and
-    /// records what its responses will be in `pending`. Malformed messages are
-    /// forwarded untouched: the server rejects them with its own error.
-    pub fn rewrite(
-        &mut self,
-        frame: &Frame,
-        prepared: &mut PreparedSet,
-        pending: &mut VecDeque<Pending>,
-        out: &mut BytesMut,
-    ) {
+    /// Rewrites one client message into `out` for the server of `conv`, and records
+    /// what its responses will be. Malformed messages are forwarded untouched: the
+    /// server rejects them with its own error.
+    pub fn rewrite(&mut self, frame: &Frame, conv: &mut Conversation<'_>, out: &mut BytesMut) {
         match frame.tag {
             tag::PARSE => match messages::parse_parse(&frame.body) {
                 Ok(p) if !p.name.is_empty() => {
-                    let statement = self.define(frame, &p);
-                    prepare(&statement, prepared, pending, out, false);
+                    let statement = self.define(&p);
+                    prepare(&statement, conv, out, false);
                 }
-                _ => {
-                    pending.push_back(Pending::Parse {
+                Ok(p) => {
+                    self.unnamed = Some(self.statement(&p, Arc::from("")));
+                    *conv.unnamed_here = true;
+                    conv.pending.push_back(Pending::Parse {
                         name: None,
                         swallow: false,
                     });
                     forward(frame, out);
                 }
+                Err(_) => forward(frame, out),
             },
             tag::BIND => match messages::parse_bind(&frame.body) {
-                Ok(b) if !b.statement.is_empty() => match self.by_name.get(b.statement) {
-                    Some(statement) => {
-                        ensure(statement, prepared, pending, out);
-                        messages::bind_raw(out, b.portal, statement.server_name.as_bytes(), b.rest);
-                    }
-                    // Unknown to Sluice: the server answers "does not exist" as it would.
+                Ok(b) => match self.resolve(b.statement, conv, out) {
+                    Some(name) => messages::bind_raw(out, b.portal, &name, b.rest),
                     None => forward(frame, out),
                 },
-                _ => forward(frame, out),
+                Err(_) => forward(frame, out),
             },
             tag::DESCRIBE => match messages::parse_target(&frame.body) {
-                Ok((b'S', name)) if !name.is_empty() => match self.by_name.get(name) {
-                    Some(statement) => {
-                        ensure(statement, prepared, pending, out);
-                        messages::describe(out, b'S', statement.server_name.as_bytes());
-                    }
+                Ok((b'S', name)) => match self.resolve(name, conv, out) {
+                    Some(name) => messages::describe(out, b'S', &name),
                     None => forward(frame, out),
                 },
                 _ => forward(frame, out),
@@ -182,14 +215,20 @@ impl ClientStatements {
                 match messages::parse_target(&frame.body) {
                     Ok((b'S', name)) if !name.is_empty() => match self.by_name.remove(name) {
                         Some(statement) => {
-                            prepared.remove(&statement.server_name);
+                            conv.prepared.remove(&statement.server_name);
                             messages::close(out, b'S', statement.server_name.as_bytes());
+                        }
+                        None if name.starts_with(PREFIX.as_bytes()) => {
+                            messages::close(out, b'S', FOREIGN_NAME)
                         }
                         None => forward(frame, out),
                     },
                     _ => forward(frame, out),
                 }
-                pending.push_back(Pending::Close { swallow: false });
+                conv.pending.push_back(Pending::Close {
+                    swallow: false,
+                    evicted: None,
+                });
             }
             tag::QUERY => {
                 // The client asked to forget its statements. What the server forgets
@@ -197,16 +236,87 @@ impl ClientStatements {
                 if forgets_all_statements(&frame.body) {
                     self.by_name.clear();
                 }
-                pending.push_back(Pending::Ready);
+                // A simple Query replaces the session's unnamed statement.
+                self.unnamed = None;
+                *conv.unnamed_here = false;
+                conv.pending.push_back(Pending::Query);
                 forward(frame, out);
             }
-            tag::SYNC | tag::FUNCTION_CALL => {
-                pending.push_back(Pending::Ready);
+            tag::FUNCTION_CALL => {
+                conv.pending.push_back(Pending::Query);
+                forward(frame, out);
+            }
+            tag::SYNC => {
+                // Postgres ignores a Sync that arrives during COPY FROM STDIN.
+                if !*conv.copy_in {
+                    conv.pending.push_back(Pending::Sync);
+                }
+                forward(frame, out);
+            }
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                if *conv.copy_in {
+                    *conv.copy_in = false;
+                } else {
+                    conv.pending.push_back(Pending::CopyEnd);
+                }
                 forward(frame, out);
             }
             _ => forward(frame, out),
         }
     }
+
+    /// The server name to use for the client's statement `name`, preparing it on this
+    /// server first if needed; `None` to forward the message unchanged.
+    fn resolve(
+        &mut self,
+        name: &[u8],
+        conv: &mut Conversation<'_>,
+        out: &mut BytesMut,
+    ) -> Option<Vec<u8>> {
+        if name.is_empty() {
+            // The unnamed statement: re-prepare this client's on a server that holds
+            // someone else's (or none).
+            if !*conv.unnamed_here {
+                if let Some(unnamed) = &self.unnamed {
+                    messages::parse_raw(out, b"", &unnamed.query, &unnamed.param_types);
+                    conv.pending.push_back(Pending::Parse {
+                        name: None,
+                        swallow: true,
+                    });
+                    *conv.unnamed_here = true;
+                }
+            }
+            return None;
+        }
+        match self.by_name.get(name) {
+            Some(statement) => {
+                if !conv.prepared.touch(&statement.server_name) {
+                    prepare(statement, conv, out, true);
+                }
+                Some(statement.server_name.as_bytes().to_vec())
+            }
+            // Unknown to Sluice: the server answers "does not exist", as it would.
+            None if name.starts_with(PREFIX.as_bytes()) => Some(FOREIGN_NAME.to_vec()),
+            None => None,
+        }
+    }
+}
+
+/// What the server's CopyInResponse means for the queue: Syncs the client sent after
+/// the Execute that started the COPY (up to its CopyDone/CopyFail) are ignored by the
+/// server, so they will get no ReadyForQuery. Returns true if the client has not ended
+/// the COPY yet (later Syncs are then ignored too, until it does).
+pub fn copy_in_started(pending: &mut VecDeque<Pending>) -> bool {
+    let end = pending.iter().position(|p| *p == Pending::CopyEnd);
+    let limit = end.unwrap_or(pending.len());
+    let kept: VecDeque<Pending> = pending
+        .drain(..)
+        .enumerate()
+        .filter(|(i, p)| !((*i < limit && *p == Pending::Sync) || Some(*i) == end))
+        .map(|(_, p)| p)
+        .collect();
+    *pending = kept;
+    end.is_none()
 }
 
 /// Appends `frame` unchanged.
@@ -216,29 +326,13 @@ pub fn forward(frame: &Frame, out: &mut BytesMut) {
     out.extend_from_slice(&frame.body);
 }
 
-/// Makes sure the server holds `statement`, adding a Parse (whose answer is dropped)
-/// if it does not.
-fn ensure(
-    statement: &Statement,
-    prepared: &mut PreparedSet,
-    pending: &mut VecDeque<Pending>,
-    out: &mut BytesMut,
-) {
-    if !prepared.touch(&statement.server_name) {
-        prepare(statement, prepared, pending, out, true);
-    }
-}
-
-fn prepare(
-    statement: &Statement,
-    prepared: &mut PreparedSet,
-    pending: &mut VecDeque<Pending>,
-    out: &mut BytesMut,
-    swallow: bool,
-) {
-    for evicted in prepared.insert(statement.server_name.clone()) {
+fn prepare(statement: &Statement, conv: &mut Conversation<'_>, out: &mut BytesMut, swallow: bool) {
+    for evicted in conv.prepared.insert(statement.server_name.clone()) {
         messages::close(out, b'S', evicted.as_bytes());
-        pending.push_back(Pending::Close { swallow: true });
+        conv.pending.push_back(Pending::Close {
+            swallow: true,
+            evicted: Some(evicted),
+        });
     }
     messages::parse_raw(
         out,
@@ -246,7 +340,7 @@ fn prepare(
         &statement.query,
         &statement.param_types,
     );
-    pending.push_back(Pending::Parse {
+    conv.pending.push_back(Pending::Parse {
         name: Some(statement.server_name.clone()),
         swallow,
     });
@@ -274,8 +368,15 @@ mod tests {
     ) -> (Vec<Frame>, Vec<Pending>) {
         let mut pending = VecDeque::new();
         let mut out = BytesMut::new();
+        let (mut copy_in, mut unnamed_here) = (false, false);
+        let mut conv = Conversation {
+            prepared,
+            pending: &mut pending,
+            copy_in: &mut copy_in,
+            unnamed_here: &mut unnamed_here,
+        };
         for f in frames(build) {
-            stmts.rewrite(&f, prepared, &mut pending, &mut out);
+            stmts.rewrite(&f, &mut conv, &mut out);
         }
         let mut sent = Vec::new();
         while let Some(f) = split_frame(&mut out, 1 << 20).unwrap() {
@@ -301,7 +402,7 @@ mod tests {
                     name: Some("sluice_7_1".into()),
                     swallow: false
                 },
-                Pending::Ready
+                Pending::Sync
             ]
         );
 
@@ -353,7 +454,13 @@ mod tests {
             messages::parse(o, "b", "select 2", &[])
         });
         assert_eq!(sent[0].tag, b'C');
-        assert_eq!(pending[0], Pending::Close { swallow: true });
+        assert_eq!(
+            pending[0],
+            Pending::Close {
+                swallow: true,
+                evicted: Some("sluice_1_1".into())
+            }
+        );
         assert_eq!(server.len(), 1);
     }
 
@@ -381,5 +488,62 @@ mod tests {
         assert!(!forgets_all_statements(b"select 'discard all'\0"));
         assert!(server_forgot_all(b"DISCARD ALL\0"));
         assert!(!server_forgot_all(b"SELECT 1\0"));
+    }
+
+    #[test]
+    fn extended_copy_syncs_sent_during_copy_in_get_no_ready_for_query() {
+        // B E S d d c S: the first Sync arrives during copy-in and is ignored.
+        let mut pending: VecDeque<Pending> = [Pending::Sync, Pending::CopyEnd, Pending::Sync]
+            .into_iter()
+            .collect();
+        assert!(!copy_in_started(&mut pending));
+        assert_eq!(Vec::from(pending), vec![Pending::Sync]);
+        // CopyInResponse before the client ended the copy: every queued Sync is
+        // ignored, and later ones until CopyDone (the caller keeps copy_in set).
+        let mut pending: VecDeque<Pending> = [Pending::Sync].into_iter().collect();
+        assert!(copy_in_started(&mut pending));
+        assert!(pending.is_empty());
+        // A simple-query COPY keeps its Query's ReadyForQuery.
+        let mut pending: VecDeque<Pending> =
+            [Pending::Query, Pending::CopyEnd].into_iter().collect();
+        assert!(!copy_in_started(&mut pending));
+        assert_eq!(Vec::from(pending), vec![Pending::Query]);
+    }
+
+    #[test]
+    fn the_unnamed_statement_follows_the_client() {
+        let mut stmts = ClientStatements::new(3);
+        let mut server = PreparedSet::new(5);
+        run(&mut stmts, &mut server, |o| {
+            messages::parse(o, "", "select $1", &[]);
+            messages::sync(o);
+        });
+        // Next transaction, another server connection: Bind("") re-prepares it first.
+        let (sent, pending) = run(&mut stmts, &mut server, |o| {
+            messages::bind_text(o, "", "", &[Some(b"1")]);
+            messages::sync(o);
+        });
+        assert_eq!(sent[0].tag, b'P');
+        assert!(sent[0].body.starts_with(b"\0select $1\0"));
+        assert_eq!(
+            pending[0],
+            Pending::Parse {
+                name: None,
+                swallow: true
+            }
+        );
+    }
+
+    #[test]
+    fn names_in_sluices_namespace_cannot_reach_other_clients() {
+        let mut stmts = ClientStatements::new(3);
+        let mut server = PreparedSet::new(5);
+        server.insert("sluice_8_1".into());
+        let (sent, _) = run(&mut stmts, &mut server, |o| {
+            messages::bind_text(o, "", "sluice_8_1", &[]);
+            messages::close(o, b'S', b"sluice_8_1");
+        });
+        assert!(sent[0].body.starts_with(b"\0sluice_unknown\0"));
+        assert!(sent[1].body.starts_with(b"Ssluice_unknown\0"));
     }
 }
