@@ -5,7 +5,6 @@
 //! Every loop here is bounded by pgbench's `-T`; everything started is stopped on exit.
 
 use std::path::Path;
-use std::process::Command;
 
 use testkit::{
     PgTarget, Pki, SluiceConfig, SluiceProcess, TenantEntry, TestCluster, TestClusterOptions,
@@ -19,18 +18,9 @@ fn seconds() -> String {
 
 /// Runs pgbench and returns its stdout; panics with stderr on failure.
 fn pgbench(target: &PgTarget, args: &[&str]) -> String {
-    let out = Command::new("pgbench")
-        .args(args)
-        .arg(target.conninfo())
-        .env("PGPASSWORD", &target.password)
-        .output()
-        .expect("running pgbench");
-    assert!(
-        out.status.success(),
-        "pgbench {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let out = testkit::pgbench(target, args);
+    assert!(out.success, "pgbench {args:?}: {}", out.stderr);
+    out.stdout
 }
 
 fn tps(stdout: &str) -> f64 {
@@ -87,12 +77,7 @@ fn main() {
     .unwrap();
     let mut config = SluiceConfig::new(&pki);
     // Sluice reaches the backend over its unix socket; the client leg is TLS either way.
-    let mut tenant = TenantEntry::for_cluster(&cluster, &pki);
-    tenant.host = cluster.socket_dir.display().to_string();
-    tenant.port = cluster.cluster.socket_port();
-    tenant.tls = "disable";
-    tenant.tls_ca = None;
-    config.tenants = vec![tenant];
+    config.tenants = vec![TenantEntry::over_unix_socket(&cluster, &pki)];
     config.default_pool = vec!["size = 20".into()];
     let sluice = SluiceProcess::start(BIN.as_ref(), &dir.path().join("sluice"), &config).unwrap();
 

@@ -397,12 +397,7 @@ fn main() {
 
     // Sluice: transaction mode, 5 server connections, backend over the unix socket.
     let mut config = SluiceConfig::new(&pki);
-    let mut tenant = TenantEntry::for_cluster(&cluster, &pki);
-    tenant.host = cluster.socket_dir.display().to_string();
-    tenant.port = cluster.cluster.socket_port();
-    tenant.tls = "disable";
-    tenant.tls_ca = None;
-    config.tenants = vec![tenant];
+    config.tenants = vec![TenantEntry::over_unix_socket(&cluster, &pki)];
     config.default_pool = vec![
         "mode = \"transaction\"".into(),
         format!("size = {POOL_SIZE}"),

@@ -57,6 +57,20 @@ impl TenantEntry {
     }
 }
 
+impl TenantEntry {
+    /// A tenant served by `cluster` over its unix socket (no backend TLS), whatever else
+    /// the cluster listens on: what benchmarks use, to keep the backend leg cheap.
+    pub fn over_unix_socket(cluster: &TestCluster, pki: &Pki) -> Self {
+        TenantEntry {
+            host: cluster.socket_dir.display().to_string(),
+            port: cluster.cluster.socket_port(),
+            tls: "disable",
+            tls_ca: None,
+            ..TenantEntry::for_cluster(cluster, pki)
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SluiceConfig {
     pub pki: Pki,
