@@ -51,7 +51,7 @@ fn pgbench_in_every_protocol_mode_shares_five_server_connections() {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_sessions(&env, stop.clone());
     for mode in ["simple", "extended", "prepared"] {
-        let run = pgbench(&target, &["-c", "50", "-j", "2", "-T", "5", "-M", mode]);
+        let run = pgbench(&target, &["-c", "50", "-j", "2", "-T", "10", "-M", mode]);
         assert!(
             run.success,
             "pgbench -M {mode}: {}\n{}",

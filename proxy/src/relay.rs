@@ -241,9 +241,12 @@ where
 {
     let mut scanner = Scanner::new(DEFAULT_MAX_FRAME_LEN);
     let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
+    // One registration with the token for the whole loop, not one per read or write.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let read = tokio::select! {
-            _ = stop.cancelled() => return (Ended::Stopped, scanner.at_boundary()),
+            _ = &mut stopped => return (Ended::Stopped, scanner.at_boundary()),
             read = client.read_buf(&mut buf) => read,
         };
         match read {
@@ -299,7 +302,7 @@ where
             // A server that stopped reading must not pin this task once the other
             // direction has ended (the connection is then dirty anyway).
             tokio::select! {
-                _ = stop.cancelled() => return (Ended::Stopped, false),
+                _ = &mut stopped => return (Ended::Stopped, false),
                 written = write_out(server, forward) => if let Err(e) = written {
                     return (Ended::ServerFailed(e.to_string()), false);
                 },
@@ -326,9 +329,12 @@ where
 {
     let mut scanner = Scanner::new(DEFAULT_MAX_FRAME_LEN);
     let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
+    // One registration with the token for the whole loop, not one per read or write.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let read = tokio::select! {
-            _ = stop.cancelled() => return (Ended::Stopped, scanner.at_boundary()),
+            _ = &mut stopped => return (Ended::Stopped, scanner.at_boundary()),
             read = server.read_buf(&mut buf) => read,
         };
         match read {
@@ -358,7 +364,7 @@ where
             .bytes_to_clients
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         tokio::select! {
-            _ = stop.cancelled() => return (Ended::Stopped, false),
+            _ = &mut stopped => return (Ended::Stopped, false),
             written = write_out(client, &buf) => if let Err(e) = written {
                 return (Ended::ClientFailed(e.to_string()), false);
             },

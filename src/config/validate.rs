@@ -162,8 +162,26 @@ fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
             problems.push(Problem::new(at("size"), "must be between 1 and 10000"));
         }
     }
-    if pool.lifetime_s == Some(0) {
-        problems.push(Problem::new(at("lifetime_s"), "must be > 0"));
+    // Up to ten years: durations past that overflow clock arithmetic.
+    const TEN_YEARS: u64 = 10 * 366 * 24 * 3600;
+    for (key, value) in [
+        ("lifetime_s", pool.lifetime_s),
+        ("idle_timeout_s", pool.idle_timeout_s),
+    ] {
+        if value.is_some_and(|v| !(1..=TEN_YEARS).contains(&v)) {
+            problems.push(Problem::new(
+                at(key),
+                format!("must be between 1 and {TEN_YEARS}"),
+            ));
+        }
+    }
+    for (key, value) in [
+        ("max_wait_ms", pool.max_wait_ms),
+        ("reserve_wait_ms", pool.reserve_wait_ms),
+    ] {
+        if value.is_some_and(|v| v > TEN_YEARS * 1000) {
+            problems.push(Problem::new(at(key), "must be at most ten years"));
+        }
     }
     if let (Some(min), Some(size)) = (pool.min_idle, pool.size) {
         if min > size {
@@ -178,9 +196,6 @@ fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
             at("max_prepared_statements"),
             "must be at least 1",
         ));
-    }
-    if pool.idle_timeout_s == Some(0) {
-        problems.push(Problem::new(at("idle_timeout_s"), "must be > 0"));
     }
 }
 

@@ -8,6 +8,7 @@
 //! last ReadyForQuery owed to the client has arrived.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -23,6 +24,12 @@ const PREFIX: &str = "sluice_";
 /// answers "does not exist", as it would have.
 const FOREIGN_NAME: &[u8] = b"sluice_unknown";
 
+/// Named statements one client may hold. Postgres sets no such limit, but a client
+/// that prepares unique statements forever must not grow Sluice without bound: past
+/// this, its least recently used statement is forgotten (a later use of it gets the
+/// server's "does not exist").
+const MAX_CLIENT_STATEMENTS: usize = 10_000;
+
 /// A statement as the client prepared it (copied out of the client's buffer, so a
 /// large message does not stay pinned by a small statement).
 #[derive(Debug)]
@@ -30,6 +37,8 @@ pub struct Statement {
     pub server_name: Arc<str>,
     query: Bytes,
     param_types: Bytes,
+    /// The client's clock at its last use, for `MAX_CLIENT_STATEMENTS`.
+    used: AtomicU64,
 }
 
 /// What a response in the server's stream belongs to.
@@ -126,6 +135,7 @@ impl ClientStatements {
             server_name,
             query: Bytes::copy_from_slice(p.query),
             param_types: Bytes::copy_from_slice(p.param_types),
+            used: AtomicU64::new(self.next),
         })
     }
 
@@ -135,6 +145,16 @@ impl ClientStatements {
         let statement = self.statement(p, format!("{}{}", self.prefix, self.next).into());
         self.by_name
             .insert(Bytes::copy_from_slice(p.name), statement.clone());
+        if self.by_name.len() > MAX_CLIENT_STATEMENTS {
+            let oldest = self
+                .by_name
+                .iter()
+                .min_by_key(|(_, s)| s.used.load(Ordering::Relaxed))
+                .map(|(name, _)| name.clone());
+            if let Some(oldest) = oldest {
+                self.by_name.remove(&oldest);
+            }
+        }
         statement
     }
 
@@ -290,6 +310,8 @@ impl ClientStatements {
         }
         match self.by_name.get(name) {
             Some(statement) => {
+                self.next += 1;
+                statement.used.store(self.next, Ordering::Relaxed);
                 if !conv.prepared.touch(&statement.server_name) {
                     prepare(statement, conv, out, true);
                 }
@@ -545,5 +567,22 @@ mod tests {
         });
         assert!(sent[0].body.starts_with(b"\0sluice_unknown\0"));
         assert!(sent[1].body.starts_with(b"Ssluice_unknown\0"));
+    }
+
+    #[test]
+    fn a_client_cannot_hold_statements_without_bound() {
+        let mut stmts = ClientStatements::new(1);
+        let mut to_client = BytesMut::new();
+        for i in 0..MAX_CLIENT_STATEMENTS + 50 {
+            let mut buf = BytesMut::new();
+            messages::parse(&mut buf, &format!("s{i}"), "select 1", &[]);
+            let frame = split_frame(&mut buf, 1 << 20).unwrap().unwrap();
+            assert!(stmts.answer_locally(&frame, &mut to_client));
+        }
+        assert_eq!(stmts.by_name.len(), MAX_CLIENT_STATEMENTS);
+        assert!(
+            !stmts.by_name.contains_key(&b"s0"[..]),
+            "the oldest went first"
+        );
     }
 }
