@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Usage: benches/scripts/demo_cpu_per_txn.sh BINARY DIR LABEL — runs `BINARY demo` in DIR, then pgbench SELECT 1 at -c 1 (fixed count)
-# and -S -c 16 through acme, printing Sluice's CPU µs per transaction and pgbench's latency/TPS.
+# and -S -c 8 through acme (the demo pool holds 10), printing Sluice's CPU µs per transaction and pgbench's latency/TPS.
 set -euo pipefail
 bin=$1; dir=$2; label=$3
 "$bin" demo --dir "$dir" --listen 127.0.0.1:0 > "$dir.out" 2>/dev/null &
@@ -20,9 +20,9 @@ for run in 1 2; do
   echo "$label c1 run$run: latency avg ${lat} ms, sluice CPU $(( (t1-t0)*1000000/hz/20000 )) us/txn"
 done
 t0=$(ticks)
-out=$(PGPASSWORD=$pw pgbench -n -S -c 16 -j 2 -T 8 "$conn" 2>&1)
+out=$(PGPASSWORD=$pw pgbench -n -S -c 8 -j 2 -T 8 "$conn" 2>&1)
 t1=$(ticks)
 n=$(echo "$out" | grep "actually processed" | awk '{print $NF}')
 tps=$(echo "$out" | grep "^tps" | awk '{print $3}')
-echo "$label S c16: tps $tps, sluice CPU $(( (t1-t0)*1000000/hz/n )) us/txn"
+echo "$label S c8: tps $tps, sluice CPU $(( (t1-t0)*1000000/hz/n )) us/txn"
 kill -INT $pid; wait $pid || true
