@@ -6,9 +6,7 @@
 
 use std::path::Path;
 
-use testkit::{
-    PgTarget, Pki, SluiceConfig, SluiceProcess, TenantEntry, TestCluster, TestClusterOptions,
-};
+use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -60,21 +58,7 @@ fn latency_percentiles(log_dir: &Path, prefix: &str) -> (f64, f64) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let dir = tempfile::Builder::new()
-        .prefix("sluice-bench-")
-        .tempdir()
-        .unwrap();
-    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
-    let cluster = TestCluster::start(
-        dir.path(),
-        "acme",
-        TestClusterOptions {
-            tcp_tls: Some(&pki),
-            max_connections: 100,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let OneTenant { dir, pki, cluster } = OneTenant::start("sluice-bench-").unwrap();
     let mut config = SluiceConfig::new(&pki);
     // Sluice reaches the backend over its unix socket; the client leg is TLS either way.
     config.tenants = vec![TenantEntry::over_unix_socket(&cluster, &pki)];

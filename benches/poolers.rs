@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
-use testkit::{
-    PgTarget, Pki, SluiceConfig, SluiceProcess, TenantEntry, TestCluster, TestClusterOptions,
-};
+use testkit::{OneTenant, PgTarget, Pki, SluiceConfig, SluiceProcess, TenantEntry, TestCluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const CLIENTS: &str = "50";
@@ -379,21 +377,7 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let hz = clock_ticks_per_second();
     let secs = seconds();
-    let dir = tempfile::Builder::new()
-        .prefix("sluice-bench-poolers-")
-        .tempdir()
-        .unwrap();
-    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
-    let cluster = TestCluster::start(
-        dir.path(),
-        "acme",
-        TestClusterOptions {
-            tcp_tls: Some(&pki),
-            max_connections: 100,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let OneTenant { dir, pki, cluster } = OneTenant::start("sluice-bench-poolers-").unwrap();
 
     // Sluice: transaction mode, 5 server connections, backend over the unix socket.
     let mut config = SluiceConfig::new(&pki);

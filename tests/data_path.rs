@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::{pg_connect, pgbench, psql, TwoTenants};
+use testkit::{pg_connect, pgbench, psql, scalar, TwoTenants};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -181,11 +181,7 @@ async fn session_state_does_not_leak_between_clients() {
     let target = env.target("acme");
 
     let first = pg_connect(&target).await.unwrap();
-    let pid1: i32 = first
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid1: i32 = scalar(&first, "select pg_backend_pid()").await;
     first
         .batch_execute(
             "SET statement_timeout = '4242s'; \
@@ -202,11 +198,7 @@ async fn session_state_does_not_leak_between_clients() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let second = loop {
         let c = pg_connect(&target).await.unwrap();
-        let pid: i32 = c
-            .query_one("select pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let pid: i32 = scalar(&c, "select pg_backend_pid()").await;
         if pid == pid1 {
             break c;
         }
@@ -216,32 +208,22 @@ async fn session_state_does_not_leak_between_clients() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let timeout: String = second
-        .query_one("show statement_timeout", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let timeout: String = scalar(&second, "show statement_timeout").await;
     assert_eq!(timeout, "0");
-    let temp: i64 = second
-        .query_one("select count(*) from pg_class where relname = 'leak'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let temp: i64 = scalar(
+        &second,
+        "select count(*) from pg_class where relname = 'leak'",
+    )
+    .await;
     assert_eq!(temp, 0, "temp table survived");
-    let prepared: i64 = second
-        .query_one(
-            "select count(*) from pg_prepared_statements where name = 'leaky'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let prepared: i64 = scalar(
+        &second,
+        "select count(*) from pg_prepared_statements where name = 'leaky'",
+    )
+    .await;
     assert_eq!(prepared, 0, "prepared statement survived");
-    let custom: Option<String> = second
-        .query_one("select current_setting('sluice.test', true)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let custom: Option<String> =
+        scalar(&second, "select current_setting('sluice.test', true)").await;
     assert!(custom.unwrap_or_default().is_empty(), "custom GUC survived");
 }
 
@@ -259,11 +241,7 @@ async fn an_abandoned_transaction_is_rolled_back_before_reuse() {
         .unwrap();
     drop(first);
     let second = pg_connect(&target).await.unwrap();
-    let n: i64 = second
-        .query_one("select count(*) from tenant_marker", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&second, "select count(*) from tenant_marker").await;
     // Had the transaction survived on this (only) server connection, this session
     // would see its own uncommitted row.
     assert_eq!(n, 1, "the first client's transaction was not rolled back");
@@ -404,20 +382,12 @@ async fn server_connections_are_retired_after_their_lifetime() {
     .unwrap();
     let target = env.target("acme");
     let first = pg_connect(&target).await.unwrap();
-    let pid1: i32 = first
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid1: i32 = scalar(&first, "select pg_backend_pid()").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     drop(first);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let second = pg_connect(&target).await.unwrap();
-    let pid2: i32 = second
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid2: i32 = scalar(&second, "select pg_backend_pid()").await;
     assert_ne!(pid1, pid2, "an expired connection was reused");
 }
 

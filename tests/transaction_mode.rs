@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testkit::{pg_connect, pgbench, TwoTenants};
+use testkit::{pg_connect, pgbench, scalar, TwoTenants};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -167,30 +167,14 @@ async fn each_client_keeps_its_own_time_zone_on_a_shared_connection() {
         .unwrap();
     utc.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
     for _ in 0..20 {
-        let t: String = tokyo
-            .query_one("select to_char(now(), 'TZH')", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let u: String = utc
-            .query_one("select to_char(now(), 'TZH')", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let t: String = scalar(&tokyo, "select to_char(now(), 'TZH')").await;
+        let u: String = scalar(&utc, "select to_char(now(), 'TZH')").await;
         assert_eq!(t, "+09");
         assert_eq!(u, "+00");
     }
     // Both ran on the one server connection.
-    let p1: i32 = tokyo
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let p2: i32 = utc
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let p1: i32 = scalar(&tokyo, "select pg_backend_pid()").await;
+    let p2: i32 = scalar(&utc, "select pg_backend_pid()").await;
     assert_eq!(p1, p2);
 }
 
@@ -202,16 +186,8 @@ async fn startup_settings_do_not_leak_to_the_next_client() {
     let a = pg_connect(&with_timeout).await.unwrap();
     let b = pg_connect(&env.target("acme")).await.unwrap();
     for _ in 0..5 {
-        let ta: String = a
-            .query_one("show statement_timeout", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let tb: String = b
-            .query_one("show statement_timeout", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let ta: String = scalar(&a, "show statement_timeout").await;
+        let tb: String = scalar(&b, "show statement_timeout").await;
         assert_eq!(ta, "4242s");
         assert_eq!(tb, "0");
     }
@@ -242,20 +218,13 @@ async fn a_killed_client_mid_transaction_leaves_no_lock_behind() {
         .await
         .expect("the row lock was released");
     assert!(started.elapsed() < Duration::from_secs(3));
-    let v: i32 = next
-        .query_one("select v from locked", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let v: i32 = scalar(&next, "select v from locked").await;
     assert_eq!(v, 2, "the abandoned update was rolled back");
-    let status: String = next
-        .query_one(
-            "select state from pg_stat_activity where pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let status: String = scalar(
+        &next,
+        "select state from pg_stat_activity where pid = pg_backend_pid()",
+    )
+    .await;
     assert_eq!(status, "active");
 }
 
@@ -265,24 +234,12 @@ async fn transactions_keep_their_server_until_they_end() {
     let target = env.target("acme");
     let a = pg_connect(&target).await.unwrap();
     a.batch_execute("BEGIN").await.unwrap();
-    let p1: i32 = a
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let p1: i32 = scalar(&a, "select pg_backend_pid()").await;
     // Another client in between cannot take a's server connection.
     let b = pg_connect(&target).await.unwrap();
-    let pb: i32 = b
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pb: i32 = scalar(&b, "select pg_backend_pid()").await;
     assert_ne!(p1, pb);
-    let p2: i32 = a
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let p2: i32 = scalar(&a, "select pg_backend_pid()").await;
     assert_eq!(p1, p2, "a transaction moved between server connections");
     // An error inside the transaction keeps it too, until ROLLBACK.
     assert!(a.simple_query("select 1/0").await.is_err());
@@ -504,23 +461,19 @@ async fn list_settings_and_client_sets_do_not_leak_or_break() {
     // A list setting keeps its meaning (two schemas, not one named "app,public").
     // (as a startup packet sets it; SET with a quoted literal would make it one
     // schema named "app,public").
-    let path: String = a.query_one("show search_path", &[]).await.unwrap().get(0);
+    let path: String = scalar(&a, "show search_path").await;
     assert_eq!(path, "app,public");
     // A SET of an unreported setting by one client does not reach the next one.
     a.batch_execute("SET statement_timeout = '7s'")
         .await
         .unwrap();
-    let tb: String = b
-        .query_one("show statement_timeout", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let tb: String = scalar(&b, "show statement_timeout").await;
     assert_eq!(tb, "0");
-    let pb: String = b.query_one("show search_path", &[]).await.unwrap().get(0);
+    let pb: String = scalar(&b, "show search_path").await;
     assert_eq!(pb, "\"$user\", public");
     // ...and the client that set it keeps its startup settings (its SET is lost at
     // the transaction boundary: documented in docs/transaction-mode.md).
-    let path: String = a.query_one("show search_path", &[]).await.unwrap().get(0);
+    let path: String = scalar(&a, "show search_path").await;
     assert_eq!(path, "app,public");
 }
 
@@ -543,11 +496,7 @@ async fn extended_protocol_copy_in_releases_the_server_afterwards() {
     }
     assert_eq!(sink.finish().await.unwrap(), 1000);
     // The same client goes on with prepared statements (the answer queue is in step)...
-    let n: i64 = client
-        .query_one("select count(*) from copied", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&client, "select count(*) from copied").await;
     assert_eq!(n, 1000);
     // ...and the single server connection is free for another client.
     let other = pg_connect(&target).await.unwrap();
@@ -575,11 +524,7 @@ async fn a_failed_copy_in_leaves_a_usable_connection() {
     // Nothing half-written stayed on the pooled connection.
     let client = pg_connect(&target).await.unwrap();
     for _ in 0..5 {
-        let n: i64 = client
-            .query_one("select count(*) from strict", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = scalar(&client, "select count(*) from strict").await;
         assert_eq!(n, 0);
     }
 }

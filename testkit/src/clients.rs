@@ -122,6 +122,18 @@ pub fn tls_connector(ca: &Path) -> MakeRustlsConnect {
 
 use rustls_pki_types::pem::PemObject;
 
+/// The one value of a one-row, one-column query (panics with the query on failure).
+pub async fn scalar<T>(client: &Client, sql: &str) -> T
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 /// Connects with tokio-postgres (TLS with SNI from `sni_host`) and drives the
 /// connection in a task.
 pub async fn pg_connect(target: &PgTarget) -> Result<Client, tokio_postgres::Error> {

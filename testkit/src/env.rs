@@ -67,3 +67,28 @@ impl TwoTenants {
         PgTarget::tenant(self.sluice.addr, tenant, password, &self.pki.ca_cert)
     }
 }
+
+/// One tenant cluster (`acme`, TCP with TLS and its unix socket) with its PKI in a
+/// temporary directory: what the benchmarks start from.
+pub struct OneTenant {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub cluster: TestCluster,
+}
+
+impl OneTenant {
+    pub fn start(prefix: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+        let pki = Pki::generate(&dir.path().join("pki"))?;
+        let cluster = TestCluster::start(
+            dir.path(),
+            "acme",
+            TestClusterOptions {
+                tcp_tls: Some(&pki),
+                max_connections: 100,
+                ..Default::default()
+            },
+        )?;
+        Ok(OneTenant { dir, pki, cluster })
+    }
+}

@@ -11,9 +11,9 @@ pub mod env;
 pub mod pki;
 pub mod sluice;
 
-pub use clients::{pg_connect, pgbench, psql, PgTarget, PsqlOutput};
+pub use clients::{pg_connect, pgbench, psql, scalar, PgTarget, PsqlOutput};
 pub use cluster::{TestCluster, TestClusterOptions};
-pub use env::TwoTenants;
+pub use env::{OneTenant, TwoTenants};
 pub use pki::Pki;
 pub use sluice::{SluiceConfig, SluiceProcess, TenantEntry};
 
