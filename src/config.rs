@@ -18,12 +18,23 @@ pub struct Config {
     /// Where Sluice keeps its state (generated files, later the control cluster).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// `text` (default) or `json`: one JSON object per log line.
+    #[serde(default)]
+    pub log_format: LogFormat,
     #[serde(default)]
     pub proxy: ProxySection,
     #[serde(default)]
     pub defaults: DefaultsSection,
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 fn default_data_dir() -> PathBuf {

@@ -48,7 +48,10 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    serve::init_logging();
+    // `serve` sets logging up from its config file; the other commands log as text.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        serve::init_logging(config::LogFormat::Text);
+    }
     let result = match cli.command {
         Command::Serve { config } => serve::run_file(&config),
         Command::Config {

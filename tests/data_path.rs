@@ -580,3 +580,47 @@ async fn session_mode_idle_in_transaction_timeout_ends_the_client() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     next.simple_query("select 1").await.unwrap();
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_carry_no_secret() {
+    let mut env = TwoTenants::start(BIN.as_ref(), |c| c.log_format = "json").unwrap();
+    let ok = psql(&env.target("acme"), "select tenant from tenant_marker");
+    assert!(ok.success, "{}", ok.stderr);
+    let mut wrong = env.target("globex");
+    wrong.password = "Sup3r-Secret-Pw".into();
+    assert!(!psql(&wrong, "select 1").success);
+    env.sluice
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15))
+        .expect("sluice exits");
+    let log = env.sluice.log();
+    let mut lines = 0;
+    for line in log.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            value.get("level").is_some() && value.get("fields").is_some(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines > 3, "too few log lines:\n{log}");
+    // The connection span's fields ride along.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"tenant\":\"acme\"") && l.contains("session started")),
+        "{log}"
+    );
+    for secret in [
+        env.acme.app_password.as_str(),
+        env.globex.app_password.as_str(),
+        "Sup3r-Secret-Pw",
+        ",p=", // a SCRAM client proof
+    ] {
+        assert!(!log.contains(secret), "log contains {secret:?}");
+    }
+    let auth_password = std::fs::read_to_string(&env.acme.auth_password_file).unwrap();
+    assert!(
+        !log.contains(auth_password.trim()),
+        "log contains the auth_user password"
+    );
+}

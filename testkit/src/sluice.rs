@@ -82,6 +82,8 @@ pub struct SluiceConfig {
     pub default_pool: Vec<String>,
     /// Lines for `[defaults.limits]`.
     pub default_limits: Vec<String>,
+    /// `text` or `json`.
+    pub log_format: &'static str,
     pub tenants: Vec<TenantEntry>,
 }
 
@@ -95,16 +97,18 @@ impl SluiceConfig {
             shutdown_grace_s: 5,
             default_pool: Vec::new(),
             default_limits: Vec::new(),
+            log_format: "text",
             tenants: Vec::new(),
         }
     }
 
     pub fn to_toml(&self, data_dir: &Path) -> String {
         let mut s = format!(
-            "data_dir = {:?}\n[proxy]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n\
+            "data_dir = {:?}\nlog_format = \"{}\"\n[proxy]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n\
              sni_suffix = \"{}\"\nrequire_tls = {}\ntenant_from_options = {}\nlogin_timeout_ms = {}\n\
              shutdown_grace_s = {}\n\n[defaults.pool]\n{}\n\n[defaults.limits]\n{}\n",
             data_dir.display().to_string(),
+            self.log_format,
             self.pki.proxy_cert.display().to_string(),
             self.pki.proxy_key.display().to_string(),
             crate::SNI_SUFFIX,
