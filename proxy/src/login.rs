@@ -135,25 +135,8 @@ pub async fn establish(
             });
         }
     }
-    let mut server = match pool.checkout(&credential, &proxy.pools.tls).await {
-        Ok(server) => server,
-        Err(e) => {
-            let e = checkout_error(tenant.id.as_str(), e);
-            if matches!(&e, ClientError::BackendRefused(f) if f.code == "28P01") {
-                proxy.secrets.invalidate(&tenant.id, role);
-            }
-            return Err(e);
-        }
-    };
-    params::sync(server.conn(), &settings)
-        .await
-        .map_err(|e| match e {
-            ClientError::BackendUnavailable { detail, .. } => ClientError::BackendUnavailable {
-                tenant: tenant.id.to_string(),
-                detail,
-            },
-            e => e,
-        })?;
+    let mut server = checkout(proxy, &pool, &credential).await?;
+    params::sync(server.conn(), &settings, tenant.id.as_str()).await?;
     let settings_applied = !settings.is_empty();
 
     let conn = server.conn();
@@ -214,7 +197,28 @@ async fn greet(
     Ok(())
 }
 
-pub(crate) fn checkout_error(tenant: &str, e: CheckoutError) -> ClientError {
+/// A server connection from `pool` for a client logged in with `credential`. A backend
+/// that refuses the credential (the password changed) also drops the role's cached
+/// secret, so the next login reads the new one.
+pub(crate) async fn checkout(
+    proxy: &Proxy,
+    pool: &Arc<Pool>,
+    credential: &ServerCredential,
+) -> Result<PooledConn, ClientError> {
+    let key = &pool.key;
+    match pool.checkout(credential, &proxy.pools.tls).await {
+        Ok(server) => Ok(server),
+        Err(e) => {
+            let e = checkout_error(key.tenant.as_str(), e);
+            if matches!(&e, ClientError::BackendRefused(f) if f.code == "28P01") {
+                proxy.secrets.invalidate(&key.tenant, &key.role);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn checkout_error(tenant: &str, e: CheckoutError) -> ClientError {
     match e {
         CheckoutError::Timeout => ClientError::PoolTimeout,
         CheckoutError::BackendDown => ClientError::BackendUnavailable {

@@ -113,10 +113,14 @@ fn text_array(items: impl Iterator<Item = String>) -> String {
 /// as parameters, exactly as a startup packet would set them (list settings such as
 /// `search_path=a,b` keep their meaning; no quoting). A setting the server rejects is
 /// the client's error, as it would be with a direct connection.
-pub async fn sync(conn: &mut ServerConn, settings: &[(String, String)]) -> Result<(), ClientError> {
+pub async fn sync(
+    conn: &mut ServerConn,
+    settings: &[(String, String)],
+    tenant: &str,
+) -> Result<(), ClientError> {
     let (reset, apply) = plan(conn, settings);
     let failed = |e: pooler::ServerError| ClientError::BackendUnavailable {
-        tenant: String::new(),
+        tenant: tenant.to_owned(),
         detail: e.to_string(),
     };
     if !reset.is_empty() {

@@ -24,7 +24,7 @@ use wire::messages::{self, tag};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::error::ClientError;
 use crate::listener::Proxy;
-use crate::login::{checkout_error, Session};
+use crate::login::{checkout, Session};
 use crate::stream::ClientStream;
 use statements::{ClientStatements, Conversation, Pending};
 
@@ -433,37 +433,13 @@ impl Client<'_> {
 
     /// Takes a server connection from the pool and makes it match this client.
     async fn attach(&mut self) -> Result<Attached, ClientError> {
-        let mut server = match self
-            .pool
-            .checkout(&self.credential, &self.proxy.pools.tls)
-            .await
-        {
-            Ok(server) => server,
-            Err(e) => {
-                let e = checkout_error(&self.tenant, e);
-                if matches!(&e, ClientError::BackendRefused(f) if f.code == "28P01") {
-                    // The password changed: the next login must read the new secret.
-                    self.proxy
-                        .secrets
-                        .invalidate(&self.pool.key.tenant, &self.pool.key.role);
-                }
-                return Err(e);
-            }
-        };
+        let mut server = checkout(self.proxy, &self.pool, &self.credential).await?;
         let settings: Vec<(String, String)> = self
             .settings
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        crate::params::sync(server.conn(), &settings)
-            .await
-            .map_err(|e| match e {
-                ClientError::BackendUnavailable { detail, .. } => ClientError::BackendUnavailable {
-                    tenant: self.tenant.clone(),
-                    detail,
-                },
-                e => e,
-            })?;
+        crate::params::sync(server.conn(), &settings, &self.tenant).await?;
         let conn = server.conn();
         // The client now sees what the server reports, in the server's spelling
         // (`iso` becomes `ISO, MDY`), so the next sync finds nothing to change.
