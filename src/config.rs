@@ -21,8 +21,15 @@ pub struct Config {
     /// `text` (default) or `json`: one JSON object per log line.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Log each session start and each connection's end (duration, bytes) at `info`.
+    #[serde(default = "yes")]
+    pub log_connections: bool,
     #[serde(default)]
     pub proxy: ProxySection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     #[serde(default)]
     pub defaults: DefaultsSection,
     #[serde(default)]
@@ -35,6 +42,46 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The admin listener: the API, `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub listen: String,
+    /// Default: `<data_dir>/admin.key`.
+    pub bootstrap_key_file: Option<PathBuf>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: "127.0.0.1:8080".into(),
+            bootstrap_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `false`: `/metrics` answers 404 and the latency histograms are not fed.
+    pub enabled: bool,
+    /// Tenants that get series of their own; the rest share `tenant="_other"`.
+    pub max_tenant_series: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            max_tenant_series: 1000,
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -224,6 +271,9 @@ impl Config {
             }
         };
         fix(&mut self.data_dir);
+        if let Some(p) = self.admin.bootstrap_key_file.as_mut() {
+            fix(p)
+        }
         if let Some(p) = self.proxy.tls_cert.as_mut() {
             fix(p)
         }

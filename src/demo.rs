@@ -28,6 +28,8 @@ const AUTH_ROLE: &str = "sluice_auth";
 #[derive(Debug, Serialize, Deserialize)]
 struct DemoFacts {
     proxy: String,
+    admin_url: String,
+    admin_key: String,
     ca_cert: PathBuf,
     config: PathBuf,
     tenants: Vec<DemoTenant>,
@@ -49,7 +51,7 @@ struct TenantSecrets {
     app_password: String,
 }
 
-pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+pub fn run(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
@@ -68,7 +70,7 @@ pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     }
 
     let config_path = dir.join("sluice.toml");
-    std::fs::write(&config_path, config_text(&dir, listen))
+    std::fs::write(&config_path, config_text(&dir, listen, admin_listen))
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = Config::load(&config_path)?;
     let runtime = config.runtime()?;
@@ -80,10 +82,18 @@ pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         }
         let shutdown = serve::shutdown_on_signals()?;
         let running = serve::start(runtime).await.with_context(|| {
-            format!("starting the proxy on {listen} (pass --listen 127.0.0.1:PORT if it is taken)")
+            format!(
+                "starting the proxy on {listen} and the admin API on {admin_listen} \
+                 (pass --listen / --admin-listen 127.0.0.1:PORT if taken)"
+            )
         })?;
-        let proxy_addr = running.addrs[0];
-        let facts = facts(&dir, &config_path, &ca_cert, proxy_addr, &secrets);
+        let admin = Admin {
+            url: format!("http://{}", running.admin_addr()),
+            key: std::fs::read_to_string(dir.join("admin.key"))?
+                .trim()
+                .to_owned(),
+        };
+        let facts = facts(&config_path, &ca_cert, running.addrs[0], admin, &secrets);
         write_private(
             &dir.join("demo.json"),
             serde_json::to_string_pretty(&facts)?.as_bytes(),
@@ -225,7 +235,7 @@ async fn seed_marker(config: &Config, id: &str, app_password: &str) -> anyhow::R
     Ok(())
 }
 
-fn config_text(dir: &Path, listen: SocketAddr) -> String {
+fn config_text(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> String {
     let mut text = format!(
         "# Written by `sluice demo`; rewritten on every run.\n\
          data_dir = {data:?}\n\n\
@@ -236,12 +246,16 @@ fn config_text(dir: &Path, listen: SocketAddr) -> String {
          sni_suffix = \"{SNI_SUFFIX}\"\n\
          require_tls = true\n\
          tenant_from_options = true\n\n\
+         [admin]\n\
+         listen = \"{admin_listen}\"\n\
+         bootstrap_key_file = {admin_key:?}\n\n\
          [defaults.pool]\n\
          mode = \"session\"\n\
          size = 10\n",
         data = dir.display().to_string(),
         cert = dir.join("tls/proxy.crt").display().to_string(),
         key = dir.join("tls/proxy.key").display().to_string(),
+        admin_key = dir.join("admin.key").display().to_string(),
     );
     for id in TENANTS {
         let home = dir.join("tenants").join(id);
@@ -263,14 +277,19 @@ fn config_text(dir: &Path, listen: SocketAddr) -> String {
     text
 }
 
+/// Where the admin API answers, and the bootstrap admin key.
+struct Admin {
+    url: String,
+    key: String,
+}
+
 fn facts(
-    dir: &Path,
     config: &Path,
     ca_cert: &Path,
     proxy: SocketAddr,
+    admin: Admin,
     secrets: &[TenantSecrets],
 ) -> DemoFacts {
-    let _ = dir;
     let tenants = TENANTS
         .iter()
         .zip(secrets)
@@ -294,6 +313,8 @@ fn facts(
         .collect();
     DemoFacts {
         proxy: proxy.to_string(),
+        admin_url: admin.url,
+        admin_key: admin.key,
         ca_cert: ca_cert.to_owned(),
         config: config.to_owned(),
         tenants,
@@ -312,6 +333,13 @@ fn print_instructions(facts: &DemoFacts) {
         println!("  # tenant {}", t.id);
         println!("  {} -c 'select * from tenant_marker'", t.psql);
     }
+    println!();
+    println!("Admin API {} (key in demo.json):", facts.admin_url);
+    println!("  curl -s {}/metrics", facts.admin_url);
+    println!(
+        "  sluice stats --watch --api {} --token {}",
+        facts.admin_url, facts.admin_key
+    );
     println!();
     println!(
         "Facts for scripts: {}",

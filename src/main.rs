@@ -37,6 +37,9 @@ enum Command {
         /// Proxy listen address.
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: SocketAddr,
+        /// Admin API (and /metrics) listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        admin_listen: SocketAddr,
     },
 }
 
@@ -57,7 +60,11 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => check(&file),
-        Command::Demo { dir, listen } => demo::run(&dir, listen),
+        Command::Demo {
+            dir,
+            listen,
+            admin_listen,
+        } => demo::run(&dir, listen, admin_listen),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,11 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use admin_api::Admin;
 use anyhow::Context;
-use pooler::Pools;
+use pooler::{Histograms, Pools};
 use proxy::tls::ServerTls;
 use proxy::Proxy;
-use router::{Catalog, CatalogHandle};
+use router::{Catalog, CatalogHandle, Rejections, TenantLabels};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -70,11 +71,12 @@ pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
-/// The proxy, bound and ready to run.
+/// The proxy and the admin listener, bound and ready to run.
 pub struct Running {
     proxy: Arc<Proxy>,
     listeners: Vec<tokio::net::TcpListener>,
     pub addrs: Vec<std::net::SocketAddr>,
+    admin: Admin,
 }
 
 pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
@@ -85,7 +87,19 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         .map(ServerTls::load)
         .transpose()?;
     let catalog = Arc::new(CatalogHandle::new(Catalog::new(runtime.tenants)));
-    let pools = Arc::new(Pools::new());
+    let pools = Arc::new(Pools::with_histograms(Histograms::new(
+        runtime.admin.metrics_enabled,
+    )));
+    let rejections = Arc::new(Rejections::new(Arc::new(TenantLabels::new(
+        runtime.max_tenant_series,
+    ))));
+    let admin = Admin::bind(
+        &runtime.admin,
+        catalog.clone(),
+        pools.clone(),
+        rejections.clone(),
+    )
+    .await?;
     let listeners = proxy::bind(&runtime.proxy.listen)
         .await
         .with_context(|| format!("binding {:?}", runtime.proxy.listen))?;
@@ -93,24 +107,41 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
-    let proxy = Arc::new(Proxy::new(runtime.proxy, tls, catalog, pools));
+    let proxy = Arc::new(Proxy::new(runtime.proxy, tls, catalog, pools, rejections));
     Ok(Running {
         proxy,
         listeners,
         addrs,
+        admin,
     })
 }
 
 impl Running {
-    /// Serves until `shutdown`, then drains (see `proxy::serve`).
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin.addr
+    }
+
+    /// Serves until `shutdown`, then drains (see `proxy::serve`). The admin listener
+    /// keeps answering while clients drain, with `/readyz` saying 503.
     pub async fn wait(self, shutdown: CancellationToken) {
         for addr in &self.addrs {
-            // Tests and scripts read this line to find an OS-assigned port.
+            // Tests and scripts read these lines to find OS-assigned ports.
             println!("sluice: listening on {addr}");
         }
+        println!("sluice: admin API listening on {}", self.admin.addr);
+        let draining = self.admin.state.draining.clone();
+        let stop_admin = CancellationToken::new();
+        let admin = tokio::spawn(self.admin.serve(stop_admin.clone()));
         let maintenance = tokio::spawn(self.proxy.pools.clone().maintain(shutdown.clone()));
+        let drain_signal = shutdown.clone();
+        tokio::spawn(async move {
+            drain_signal.cancelled().await;
+            draining.cancel();
+        });
         proxy::serve(self.proxy, self.listeners, shutdown).await;
         let _ = maintenance.await;
+        stop_admin.cancel();
+        let _ = admin.await;
         tracing::info!("stopped");
     }
 }

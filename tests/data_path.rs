@@ -610,6 +610,22 @@ fn json_logs_are_one_object_per_line_and_carry_no_secret() {
             .any(|l| l.contains("\"tenant\":\"acme\"") && l.contains("session started")),
         "{log}"
     );
+    // log_connections: the end of acme's connection, with its duration and bytes.
+    let closed = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["fields"]["message"] == "connection closed" && v["span"]["tenant"] == "acme")
+        .unwrap_or_else(|| panic!("no connection closed line for acme:\n{log}"));
+    assert!(closed["fields"]["duration_ms"].is_u64(), "{closed}");
+    assert!(
+        closed["fields"]["bytes_from_client"].as_u64().unwrap() > 0,
+        "{closed}"
+    );
+    assert!(
+        closed["fields"]["bytes_to_client"].as_u64().unwrap() > 0,
+        "{closed}"
+    );
+    assert_eq!(closed["fields"]["outcome"], "client left", "{closed}");
     for secret in [
         env.acme.app_password.as_str(),
         env.globex.app_password.as_str(),

@@ -26,7 +26,14 @@ fn postgres_processes_under(dir: &std::path::Path) -> Vec<u32> {
 
 fn run_demo_once(dir: &std::path::Path) -> serde_json::Value {
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0", "--dir"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -76,6 +83,18 @@ fn run_demo_once(dir: &std::path::Path) -> serde_json::Value {
         !postgres_processes_under(dir).is_empty(),
         "tenant clusters run"
     );
+    // The admin API answers with the key the demo printed.
+    let admin: std::net::SocketAddr = facts["admin_url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let key = facts["admin_key"].as_str().unwrap();
+    let pools = testkit::http::get(admin, "/v1/pools", Some(key));
+    assert_eq!(pools.status, 200, "{}", pools.body);
+    assert_eq!(pools.json()["pools"].as_array().unwrap().len(), 2);
+    assert_eq!(testkit::http::get(admin, "/metrics", None).status, 200);
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -26,6 +26,6 @@ pub use pool::{CheckoutError, ClientInPool, Pool, PoolKey, PooledConn, Release};
 pub use pools::Pools;
 pub use prepared::PreparedSet;
 pub use server::{ServerConn, ServerError};
-pub use stats::{PoolCounts, PoolStats};
+pub use stats::{Histogram, HistogramSnapshot, Histograms, PoolCounts, PoolStats};
 pub use stream::ServerStream;
 pub use tls::TlsConnectors;

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::connect::{connect, ConnectError, ConnectRequest};
 use crate::credential::ServerCredential;
 use crate::server::{ServerConn, ServerError};
-use crate::stats::{PoolCounts, PoolStats};
+use crate::stats::{Histograms, PoolCounts, PoolStats};
 use crate::tls::TlsConnectors;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,6 +73,8 @@ pub struct Pool {
     /// client can be greeted without taking a server connection.
     fresh_params: Mutex<Option<Arc<BTreeMap<String, String>>>>,
     pub stats: PoolStats,
+    /// The process-wide histograms this pool's checkouts and queries feed.
+    pub histograms: Arc<Histograms>,
 }
 
 impl fmt::Debug for Pool {
@@ -96,7 +98,12 @@ pub enum Release {
 }
 
 impl Pool {
-    pub fn new(key: PoolKey, backend: Arc<Backend>, settings: PoolSettings) -> Self {
+    pub fn new(
+        key: PoolKey,
+        backend: Arc<Backend>,
+        settings: PoolSettings,
+        histograms: Arc<Histograms>,
+    ) -> Self {
         Pool {
             key,
             backend,
@@ -109,6 +116,7 @@ impl Pool {
             topping_up: std::sync::atomic::AtomicBool::new(false),
             fresh_params: Mutex::new(None),
             stats: PoolStats::default(),
+            histograms,
         }
     }
 
@@ -136,6 +144,15 @@ impl Pool {
 
     pub fn counts(&self) -> PoolCounts {
         self.stats.snapshot()
+    }
+
+    /// The last attempt to reach the backend failed (and none has succeeded since).
+    pub fn backend_down(&self) -> bool {
+        self.health
+            .lock()
+            .expect("pool lock poisoned")
+            .down_until
+            .is_some()
     }
 
     /// Hands out a healthy server connection: an idle one if there is one, else a new
@@ -167,11 +184,16 @@ impl Pool {
     /// A slot of `size`; after `reserve_wait` in line, a slot of `reserve` will do too.
     async fn acquire_slot(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            self.histograms.pool_wait(Duration::ZERO);
             return Ok(permit);
         }
         let _waiting = Gauge::up(&self.stats.waiting);
         let started = tokio::time::Instant::now();
-        let _record = Defer(|| self.stats.record_wait(started.elapsed()));
+        let _record = Defer(|| {
+            let waited = started.elapsed();
+            self.stats.record_wait(waited);
+            self.histograms.pool_wait(waited);
+        });
         let deadline = started + self.settings.max_wait;
         let first = self.settings.reserve_wait.min(self.settings.max_wait);
         if let Ok(permit) = tokio::time::timeout(first, self.permits.clone().acquire_owned()).await

@@ -8,7 +8,7 @@ use router::{Backend, PoolSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Pool, PoolKey};
-use crate::stats::PoolCounts;
+use crate::stats::{Histograms, PoolCounts};
 use crate::tls::TlsConnectors;
 
 /// How often idle connections are checked for timeouts and dead peers.
@@ -18,11 +18,21 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Pools {
     pools: DashMap<PoolKey, Arc<Pool>>,
     pub tls: TlsConnectors,
+    /// Latency histograms shared by every pool.
+    pub histograms: Arc<Histograms>,
 }
 
 impl Pools {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Pools whose checkouts and queries feed `histograms`.
+    pub fn with_histograms(histograms: Histograms) -> Self {
+        Pools {
+            histograms: Arc::new(histograms),
+            ..Self::default()
+        }
     }
 
     /// The pool for `key`, created with `backend` and `settings` if it does not exist.
@@ -37,7 +47,14 @@ impl Pools {
         }
         self.pools
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Pool::new(key, backend.clone(), settings.clone())))
+            .or_insert_with(|| {
+                Arc::new(Pool::new(
+                    key,
+                    backend.clone(),
+                    settings.clone(),
+                    self.histograms.clone(),
+                ))
+            })
             .clone()
     }
 
@@ -53,6 +70,11 @@ impl Pools {
             .collect()
     }
 
+    /// Every pool, in no particular order.
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.pools.iter().map(|e| e.value().clone()).collect()
+    }
+
     /// Evicts idle connections past their timeouts, every second, until `shutdown`;
     /// then closes all idle connections.
     pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
@@ -63,8 +85,7 @@ impl Pools {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let pools: Vec<Arc<Pool>> = self.pools.iter().map(|e| e.value().clone()).collect();
-            for pool in pools {
+            for pool in self.all() {
                 let n = pool.evict_idle();
                 if n > 0 {
                     tracing::debug!(pool = %pool.key, evicted = n, "closed idle server connections");
@@ -84,8 +105,7 @@ impl Pools {
     }
 
     pub async fn close_all_idle(&self) {
-        let pools: Vec<Arc<Pool>> = self.pools.iter().map(|e| e.value().clone()).collect();
-        for pool in pools {
+        for pool in self.all() {
             for conn in pool.close_idle() {
                 conn.terminate().await;
             }

@@ -1,5 +1,5 @@
-//! Per-pool counters, updated with relaxed atomics on the hot path and read without
-//! locks (stats API and metrics come with the observability issue).
+//! Per-pool counters and process-wide latency histograms, updated with relaxed atomics
+//! on the hot path and read without locks by the stats API and `/metrics`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -84,5 +84,141 @@ impl PoolStats {
         if tag == b'Z' && first_body_byte == Some(b'I') {
             self.transactions.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Upper bounds (seconds) of the buckets of [`Histograms::pool_wait`].
+pub const POOL_WAIT_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+];
+
+/// Upper bounds (seconds) of the buckets of [`Histograms::query_duration`].
+pub const QUERY_DURATION_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0,
+];
+
+/// The process-wide latency histograms (no tenant label: their cost and cardinality
+/// stay fixed however many tenants there are).
+#[derive(Debug)]
+pub struct Histograms {
+    /// Time from asking a pool for a server connection to holding one (0 when one
+    /// was free), for every checkout.
+    pub pool_wait: Histogram,
+    /// Time from a client request (Query, Sync, FunctionCall) reaching the server to
+    /// its ReadyForQuery.
+    pub query_duration: Histogram,
+    /// `[metrics] enabled = false` turns observations off (to measure their cost).
+    enabled: bool,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms::new(true)
+    }
+}
+
+impl Histograms {
+    pub fn new(enabled: bool) -> Self {
+        Histograms {
+            pool_wait: Histogram::new(POOL_WAIT_BUCKETS),
+            query_duration: Histogram::new(QUERY_DURATION_BUCKETS),
+            enabled,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn pool_wait(&self, d: Duration) {
+        if self.enabled {
+            self.pool_wait.observe(d);
+        }
+    }
+
+    pub fn query_duration(&self, d: Duration) {
+        if self.enabled {
+            self.query_duration.observe(d);
+        }
+    }
+}
+
+/// A fixed-bucket histogram of durations: two relaxed atomic adds per observation (its
+/// bucket and the sum), no lock. A reader may see an observation in its bucket but
+/// not yet in the sum for a moment, which Prometheus tolerates.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last one is +Inf.
+    buckets: Box<[AtomicU64]>,
+    sum_ns: AtomicU64,
+}
+
+/// A consistent-enough copy of a [`Histogram`], with cumulative buckets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub sum_seconds: f64,
+    pub count: u64,
+    /// (upper bound, observations ≤ bound), ending with +Inf.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let seconds = d.as_secs_f64();
+        let i = self.bounds.partition_point(|&b| b < seconds);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let bounds = self.bounds.iter().copied().chain([f64::INFINITY]);
+        let buckets = bounds
+            .zip(self.buckets.iter())
+            .map(|(bound, n)| {
+                cumulative += n.load(Ordering::Relaxed);
+                (bound, cumulative)
+            })
+            .collect();
+        HistogramSnapshot {
+            sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            // What the buckets hold, so that the +Inf bucket equals the count even
+            // while observations are landing.
+            count: cumulative,
+            buckets,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_land_in_the_first_bucket_that_holds_them() {
+        let h = Histogram::new(&[0.001, 0.01, 0.1]);
+        h.observe(Duration::ZERO);
+        h.observe(Duration::from_millis(1)); // on the bound: le="0.001"
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_secs(3));
+        let s = h.snapshot();
+        assert_eq!(s.count, 4);
+        assert_eq!(
+            s.buckets,
+            vec![(0.001, 2), (0.01, 3), (0.1, 3), (f64::INFINITY, 4)]
+        );
+        assert!((s.sum_seconds - 3.006).abs() < 1e-9);
     }
 }

@@ -21,6 +21,8 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// How long a role's secret read with auth_query is reused.
     pub auth_cache_ttl: Duration,
+    /// Log each session start and each connection's end (duration, bytes) at `info`.
+    pub log_connections: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,7 @@ impl Default for ProxyConfig {
             login_timeout: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
             auth_cache_ttl: Duration::from_secs(30),
+            log_connections: true,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! what the client reads (SQLSTATEs from DESIGN.md §4).
 
 use bytes::BytesMut;
+use router::Reason;
 use wire::messages::{self, ErrorFields, Severity};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,25 @@ impl ClientError {
             ClientError::IdleInTransactionTimeout => ("25P03", self.to_string()),
             ClientError::Io(_) => ("08006", "connection failure".to_owned()),
         }
+    }
+
+    /// Why a connection that fails with this error during login was refused, for
+    /// `sluice_connections_rejected_total`; `None` when the client itself went away.
+    pub fn reason(&self) -> Option<Reason> {
+        Some(match self {
+            ClientError::NoTenant(_) => Reason::NoTenant,
+            ClientError::UnknownTenant(_) => Reason::UnknownTenant,
+            ClientError::TlsRequired => Reason::TlsRequired,
+            ClientError::AuthFailed(_) => Reason::AuthFailed,
+            ClientError::PoolTimeout => Reason::PoolTimeout,
+            ClientError::BackendUnavailable { .. } => Reason::BackendUnavailable,
+            ClientError::BackendRefused(_) => Reason::BackendRefused,
+            ClientError::Protocol(_) => Reason::ProtocolError,
+            ClientError::Unsupported(_) => Reason::Unsupported,
+            ClientError::Terminating(_) => Reason::ShuttingDown,
+            ClientError::LoginTimeout => Reason::LoginTimeout,
+            ClientError::IdleInTransactionTimeout | ClientError::Io(_) => return None,
+        })
     }
 
     /// Appends the FATAL ErrorResponse for this error.

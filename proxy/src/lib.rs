@@ -10,6 +10,18 @@
 //! Invariant: a client's bytes only ever reach the server connection checked out from
 //! the pool of its own (tenant, database, role).
 
+/// Connection lifecycle lines (session started, connection closed): `info` with
+/// `log_connections = true` (the default), else `debug`.
+macro_rules! log_connection {
+    ($proxy:expr, $($arg:tt)+) => {
+        if $proxy.config.log_connections {
+            tracing::info!($($arg)+)
+        } else {
+            tracing::debug!($($arg)+)
+        }
+    };
+}
+
 pub mod auth;
 pub mod cancel;
 pub mod config;

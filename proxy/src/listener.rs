@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pooler::Pools;
-use router::CatalogHandle;
+use router::{CatalogHandle, Rejections};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +28,8 @@ pub struct Proxy {
     pub secrets: SecretCache,
     pub cancels: Arc<CancelRegistry>,
     pub mock_secret: MockSecret,
+    /// Refused connections and failed logins per tenant (for `/metrics`).
+    pub rejections: Arc<Rejections>,
     /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
     pub terminate: CancellationToken,
     next_id: AtomicU64,
@@ -39,8 +41,10 @@ impl Proxy {
         tls: Option<ServerTls>,
         catalog: Arc<CatalogHandle>,
         pools: Arc<Pools>,
+        rejections: Arc<Rejections>,
     ) -> Self {
         Proxy {
+            rejections,
             secrets: SecretCache::new(config.auth_cache_ttl),
             config,
             tls,

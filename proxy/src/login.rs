@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use pooler::{
     CheckoutError, ClientInPool, ConnectError, Pool, PoolKey, PooledConn, Release, ServerCredential,
 };
-use router::{identify, IdentifyError, Limits, PoolMode};
+use router::{identify, IdentifyError, Limits, PoolMode, TenantId};
 use tokio::io::AsyncWriteExt;
 use wire::messages;
 use wire::startup::StartupMessage;
@@ -48,11 +48,14 @@ pub struct Session {
     pub limits: Limits,
 }
 
+/// Logs the client in. `tenant_seen` is set as soon as the client's tenant is found in
+/// the catalog, so that a failure after that point is counted against it.
 pub async fn establish(
     proxy: &Arc<Proxy>,
     stream: &mut ClientStream,
     startup: &StartupMessage,
     sni: Option<&str>,
+    tenant_seen: &mut Option<TenantId>,
 ) -> Result<Session, ClientError> {
     if proxy.config.require_tls && !stream.is_tls() {
         return Err(ClientError::TlsRequired);
@@ -81,6 +84,7 @@ pub async fn establish(
         .get(&identified.tenant)
         .cloned()
         .ok_or(ClientError::UnknownTenant(identified.tenant))?;
+    *tenant_seen = Some(tenant.id.clone());
     let settings = params::client_settings(&startup.params, identified.options.as_deref())?;
     if startup.minor > 0 || startup.params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
         negotiate_version(stream, startup).await?;
@@ -120,7 +124,7 @@ pub async fn establish(
                 }
             }
             greet(stream, &params, &cancel).await?;
-            tracing::info!("session started (transaction mode)");
+            log_connection!(proxy, "session started (transaction mode)");
             return Ok(Session {
                 tenant: tenant.id.to_string(),
                 counted: pool.client_joined(),
@@ -157,7 +161,7 @@ pub async fn establish(
             .await;
         return Err(e);
     }
-    tracing::info!(backend_pid = ?server.conn().backend_pid(), "session started");
+    log_connection!(proxy, backend_pid = ?server.conn().backend_pid(), "session started");
     Ok(Session {
         tenant: tenant.id.to_string(),
         counted: pool.client_joined(),

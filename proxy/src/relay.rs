@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use pooler::{PoolStats, Release, ServerStream};
+use pooler::{Pool, Release, ServerStream};
 use router::{BackendAddr, Limits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -42,6 +42,24 @@ pub enum RelayEnd {
     /// The client sat idle inside a transaction past the tenant's limit; `Release`
     /// says whether the server connection may be rolled back and reused.
     IdleInTransaction(Release),
+}
+
+/// What one client connection relayed, for its closing log line. Each field is only
+/// ever added to by its own connection's task (uncontended atomics).
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub from_client: AtomicU64,
+    pub to_client: AtomicU64,
+}
+
+impl Tally {
+    pub fn from_client(&self, n: usize) {
+        self.from_client.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn to_client(&self, n: usize) {
+        self.to_client.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// The tenant's limits and what is needed to act on them.
@@ -93,7 +111,8 @@ pub async fn relay(
     client: &mut ClientStream,
     server: &mut ServerStream,
     terminate: &CancellationToken,
-    stats: &PoolStats,
+    pool: &Pool,
+    tally: &Tally,
     watch: Watch<'_>,
 ) -> RelayEnd {
     let epoch = Instant::now();
@@ -111,7 +130,7 @@ pub async fn relay(
             &mut server_write,
             &progress,
             &stop,
-            stats,
+            (pool, tally),
             epoch,
         )
         .await;
@@ -124,7 +143,7 @@ pub async fn relay(
             &mut client_write,
             &progress,
             &stop,
-            stats,
+            (pool, tally),
             epoch,
         )
         .await;
@@ -232,7 +251,7 @@ async fn client_to_server<R, W>(
     server: &mut W,
     progress: &Progress,
     stop: &CancellationToken,
-    stats: &PoolStats,
+    (pool, tally): (&Pool, &Tally),
     epoch: Instant,
 ) -> (Ended, bool)
 where
@@ -257,7 +276,7 @@ where
         let mut terminated = false;
         let mut after_terminate = false;
         let scanned = scanner.feed(&buf, |msg, _| {
-            stats.client_message(msg);
+            pool.stats.client_message(msg);
             if terminated {
                 after_terminate = true;
             }
@@ -296,9 +315,10 @@ where
         };
         if !forward.is_empty() {
             progress.used.store(true, Ordering::Release);
-            stats
+            pool.stats
                 .bytes_from_clients
                 .fetch_add(forward.len() as u64, Ordering::Relaxed);
+            tally.from_client(forward.len());
             // A server that stopped reading must not pin this task once the other
             // direction has ended (the connection is then dirty anyway).
             tokio::select! {
@@ -320,7 +340,7 @@ async fn server_to_client<R, W>(
     client: &mut W,
     progress: &Progress,
     stop: &CancellationToken,
-    stats: &PoolStats,
+    (pool, tally): (&Pool, &Tally),
     epoch: Instant,
 ) -> (Ended, bool)
 where
@@ -343,12 +363,19 @@ where
             Err(e) => return (Ended::ServerFailed(e.to_string()), false),
         }
         let scanned = scanner.feed(&buf, |msg, first| {
-            stats.server_message(msg, first);
+            pool.stats.server_message(msg, first);
             if msg == tag::READY_FOR_QUERY {
                 if let Some(status) = first {
                     progress.status.store(status, Ordering::Release);
                 }
                 let now = since(epoch);
+                if progress.expected_ready.load(Ordering::Acquire)
+                    > progress.seen_ready.load(Ordering::Acquire)
+                {
+                    let started = progress.request_started.load(Ordering::Acquire);
+                    let took = Duration::from_nanos(now.saturating_sub(started));
+                    pool.histograms.query_duration(took);
+                }
                 progress.last_ready.store(now, Ordering::Release);
                 // The next pipelined request, if any, starts running now.
                 progress.request_started.store(now, Ordering::Release);
@@ -360,9 +387,10 @@ where
         if let Err(e) = scanned {
             return (Ended::ServerFailed(e.to_string()), false);
         }
-        stats
+        pool.stats
             .bytes_to_clients
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        tally.to_client(buf.len());
         tokio::select! {
             _ = &mut stopped => return (Ended::Stopped, false),
             written = write_out(client, &buf) => if let Err(e) = written {

@@ -16,10 +16,11 @@ use crate::error::ClientError;
 use crate::listener::Proxy;
 use crate::login::{establish, Session};
 use crate::negotiate::{negotiate, Negotiated};
-use crate::relay::{relay, RelayEnd, Watch};
+use crate::relay::{relay, RelayEnd, Tally, Watch};
 use crate::stream::ClientStream;
 use crate::transaction;
-use router::PoolMode;
+use router::{PoolMode, TenantId, Who};
+use std::sync::atomic::Ordering;
 
 /// Serves one accepted TCP connection to the end. Never panics on client input; every
 /// rejection the client can still read is a FATAL ErrorResponse.
@@ -33,12 +34,15 @@ pub async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAdd
     );
     async move {
         let _ = tcp.set_nodelay(true);
-        let deadline = Instant::now() + proxy.config.login_timeout;
+        let accepted = Instant::now();
+        let deadline = accepted + proxy.config.login_timeout;
         let (mut stream, startup, sni) =
             match timeout_at(deadline, negotiate(tcp, proxy.tls.as_ref())).await {
                 // Like Postgres: a client that never finishes its startup packet is dropped.
                 Err(_) => return tracing::info!("login timeout before the startup packet"),
-                Ok(Err((stream, err))) => return reject(stream, &err).await,
+                Ok(Err((stream, err))) => {
+                    return refuse(&proxy, stream, &err, None).await;
+                }
                 Ok(Ok(Negotiated::Cancel(key))) => return handle_cancel(&proxy, key).await,
                 Ok(Ok(Negotiated::Startup {
                     stream,
@@ -46,18 +50,51 @@ pub async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAdd
                     sni,
                 })) => (stream, startup, sni),
             };
-        let login = establish(&proxy, &mut stream, &startup, sni.as_deref());
-        match timeout_at(deadline, login).await {
-            Ok(Ok(session)) => match session.pool.settings().mode {
-                PoolMode::Session => run_session(&proxy, stream, session).await,
-                PoolMode::Transaction => transaction::run(&proxy, stream, session, id).await,
-            },
-            Ok(Err(err)) => reject(Some(stream), &err).await,
-            Err(_) => reject(Some(stream), &ClientError::LoginTimeout).await,
-        }
+        let mut tenant = None;
+        let login = establish(&proxy, &mut stream, &startup, sni.as_deref(), &mut tenant);
+        let session = match timeout_at(deadline, login).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(err)) => return refuse(&proxy, Some(stream), &err, tenant.as_ref()).await,
+            Err(_) => {
+                let err = ClientError::LoginTimeout;
+                return refuse(&proxy, Some(stream), &err, tenant.as_ref()).await;
+            }
+        };
+        let tally = Tally::default();
+        let outcome = match session.pool.settings().mode {
+            PoolMode::Session => run_session(&proxy, stream, session, &tally).await,
+            PoolMode::Transaction => transaction::run(&proxy, stream, session, id, &tally).await,
+        };
+        log_connection!(
+            proxy,
+            duration_ms = accepted.elapsed().as_millis() as u64,
+            bytes_from_client = tally.from_client.load(Ordering::Relaxed),
+            bytes_to_client = tally.to_client.load(Ordering::Relaxed),
+            outcome,
+            "connection closed"
+        );
     }
     .instrument(span)
     .await
+}
+
+/// Counts a connection refused during login against its tenant (as far as it got),
+/// and tells the client why.
+async fn refuse(
+    proxy: &Proxy,
+    stream: Option<ClientStream>,
+    err: &ClientError,
+    tenant: Option<&TenantId>,
+) {
+    if let Some(reason) = err.reason() {
+        let who = match (tenant, err) {
+            (Some(id), _) => Who::Tenant(id),
+            (None, ClientError::UnknownTenant(_)) => Who::Unknown,
+            (None, _) => Who::Nobody,
+        };
+        proxy.rejections.record(who, reason);
+    }
+    reject(stream, err).await;
 }
 
 /// Tells the client why it is being turned away, if it can still hear it.
@@ -96,8 +133,14 @@ async fn handle_cancel(proxy: &Proxy, key: wire::startup::CancelKey) {
     }
 }
 
-/// Relays until someone leaves, then puts the server connection back or closes it.
-async fn run_session(proxy: &Proxy, mut stream: ClientStream, session: Session) {
+/// Relays until someone leaves, then puts the server connection back or closes it;
+/// says how the session ended.
+async fn run_session(
+    proxy: &Proxy,
+    mut stream: ClientStream,
+    session: Session,
+    tally: &Tally,
+) -> String {
     let Session {
         tenant,
         server,
@@ -118,7 +161,8 @@ async fn run_session(proxy: &Proxy, mut stream: ClientStream, session: Session) 
         &mut stream,
         server.conn().stream_mut(),
         &proxy.terminate,
-        &pool.stats,
+        &pool,
+        tally,
         watch,
     )
     .await;
@@ -134,29 +178,28 @@ async fn run_session(proxy: &Proxy, mut stream: ClientStream, session: Session) 
                 },
                 Release::Dirty => Release::Dirty,
             };
-            tracing::info!(?release, "client left");
+            tracing::debug!(?release, "client left");
             server.release(release).await;
+            "client left".to_owned()
         }
         RelayEnd::ServerGone(detail) => {
             tracing::warn!(detail, "server connection lost");
             drop(server);
-            reject(
-                Some(stream),
-                &ClientError::BackendUnavailable { tenant, detail },
-            )
-            .await;
+            let err = ClientError::BackendUnavailable { tenant, detail };
+            reject(Some(stream), &err).await;
+            err.to_string()
         }
         RelayEnd::IdleInTransaction(release) => {
             server.release(release).await;
-            reject(Some(stream), &ClientError::IdleInTransactionTimeout).await;
+            let err = ClientError::IdleInTransactionTimeout;
+            reject(Some(stream), &err).await;
+            err.to_string()
         }
         RelayEnd::Terminated => {
             drop(server);
-            reject(
-                Some(stream),
-                &ClientError::Terminating("Sluice is shutting down"),
-            )
-            .await;
+            let err = ClientError::Terminating("Sluice is shutting down");
+            reject(Some(stream), &err).await;
+            err.to_string()
         }
     }
 }

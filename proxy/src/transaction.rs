@@ -25,6 +25,7 @@ use crate::cancel::{CancelHandle, CancelTarget};
 use crate::error::ClientError;
 use crate::listener::Proxy;
 use crate::login::{checkout, Session};
+use crate::relay::Tally;
 use crate::stream::ClientStream;
 use statements::{ClientStatements, Conversation, Pending};
 
@@ -131,6 +132,7 @@ impl Attached {
 
 struct Client<'a> {
     proxy: &'a Proxy,
+    tally: &'a Tally,
     pool: Arc<Pool>,
     tenant: String,
     stream: ClientStream,
@@ -142,7 +144,14 @@ struct Client<'a> {
     limits: Limits,
 }
 
-pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_id: u64) {
+/// Serves a logged-in transaction-mode client until it leaves; says how it ended.
+pub async fn run(
+    proxy: &Proxy,
+    stream: ClientStream,
+    session: Session,
+    client_id: u64,
+    tally: &Tally,
+) -> String {
     let Session {
         tenant,
         pool,
@@ -179,6 +188,7 @@ pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_i
     cancel.set_target(None);
     let mut client = Client {
         proxy,
+        tally,
         pool,
         tenant,
         stream,
@@ -221,21 +231,20 @@ pub async fn run(proxy: &Proxy, stream: ClientStream, session: Session, client_i
         (Some((server, release)), _) => server.release(release).await,
         (None, _) => {}
     }
-    if let Some(e) = error {
-        tracing::info!(error = %e, "client session ended");
-        if e.can_tell_client() {
-            let mut out = BytesMut::new();
-            e.to_response(&mut out);
-            let stream = &mut client.stream;
-            let _ = tokio::time::timeout(crate::session::REJECT_TIMEOUT, async {
-                stream.write_all(&out).await?;
-                stream.shutdown().await
-            })
-            .await;
-        }
-    } else {
-        tracing::info!("client left");
+    let Some(e) = error else {
+        return "client left".to_owned();
+    };
+    if e.can_tell_client() {
+        let mut out = BytesMut::new();
+        e.to_response(&mut out);
+        let stream = &mut client.stream;
+        let _ = tokio::time::timeout(crate::session::REJECT_TIMEOUT, async {
+            stream.write_all(&out).await?;
+            stream.shutdown().await
+        })
+        .await;
     }
+    e.to_string()
 }
 
 impl Client<'_> {
@@ -371,6 +380,7 @@ impl Client<'_> {
             .stats
             .bytes_from_clients
             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.tally.from_client(bytes.len());
         let mut written = 0;
         if let Some(a) = attached.as_mut() {
             a.writing = true;
@@ -509,6 +519,10 @@ impl Client<'_> {
                 tag::READY_FOR_QUERY => {
                     a.status = body.first().copied().unwrap_or(tag::STATUS_IDLE);
                     a.idle_since = Instant::now();
+                    if a.in_flight() {
+                        let took = a.idle_since.duration_since(a.request_started);
+                        self.pool.histograms.query_duration(took);
+                    }
                     a.request_started = a.idle_since;
                     a.cancelled = false;
                     while let Some(p) = a.pending.pop_front() {
@@ -588,6 +602,7 @@ impl Client<'_> {
             .stats
             .bytes_to_clients
             .fetch_add(pos as u64, std::sync::atomic::Ordering::Relaxed);
+        self.tally.to_client(pos);
         if result.is_err() {
             return Some(End::ClientLeft);
         }

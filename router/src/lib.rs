@@ -7,10 +7,12 @@
 
 pub mod catalog;
 pub mod identify;
+pub mod rejections;
 pub mod tenant;
 
 pub use catalog::{Catalog, CatalogHandle};
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};
+pub use rejections::{Reason, Rejections, TenantLabels, Who};
 pub use tenant::{
     Backend, BackendAddr, BackendTls, Limits, PoolMode, PoolSettings, Tenant, TenantId,
     TenantIdError,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use admin_api::AdminConfig;
 use proxy::config::{ProxyConfig, TlsFiles};
 use router::{
     Backend, BackendAddr, BackendTls, IdentifyRules, Limits, PoolMode, PoolSettings, Tenant,
@@ -16,6 +17,8 @@ use super::{Config, ConfigError, LimitsSection, PoolSection};
 #[derive(Debug)]
 pub struct Runtime {
     pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub max_tenant_series: usize,
     pub tenants: Vec<Tenant>,
 }
 
@@ -41,6 +44,16 @@ impl Config {
             login_timeout: Duration::from_millis(p.login_timeout_ms),
             shutdown_grace: Duration::from_secs(p.shutdown_grace_s),
             auth_cache_ttl: Duration::from_secs(p.auth_cache_ttl_s),
+            log_connections: self.log_connections,
+        };
+        let admin = AdminConfig {
+            listen: self.admin.listen.parse().expect("validated"),
+            bootstrap_key_file: self
+                .admin
+                .bootstrap_key_file
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("admin.key")),
+            metrics_enabled: self.metrics.enabled,
         };
         let defaults = pool_settings(&self.defaults.pool, &PoolSettings::default());
         let default_limits = limits(&self.defaults.limits, &Limits::default());
@@ -87,7 +100,12 @@ impl Config {
                 limits: limits(&t.limits, &default_limits),
             });
         }
-        Ok(Runtime { proxy, tenants })
+        Ok(Runtime {
+            proxy,
+            admin,
+            max_tenant_series: self.metrics.max_tenant_series,
+            tenants,
+        })
     }
 }
 

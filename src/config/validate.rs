@@ -85,6 +85,12 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "with no sni_suffix and tenant_from_options = false no client can name a tenant",
         ));
     }
+    if config.admin.listen.parse::<SocketAddr>().is_err() {
+        problems.push(Problem::new(
+            vec![Key("admin"), Key("listen")],
+            format!("{:?} is not an IP:port address", config.admin.listen),
+        ));
+    }
     if proxy.login_timeout_ms == 0 {
         problems.push(Problem::new(
             vec![Key("proxy"), Key("login_timeout_ms")],

@@ -84,6 +84,8 @@ pub struct SluiceConfig {
     pub default_limits: Vec<String>,
     /// `text` or `json`.
     pub log_format: &'static str,
+    /// Lines for `[metrics]`.
+    pub metrics: Vec<String>,
     pub tenants: Vec<TenantEntry>,
 }
 
@@ -98,6 +100,7 @@ impl SluiceConfig {
             default_pool: Vec::new(),
             default_limits: Vec::new(),
             log_format: "text",
+            metrics: Vec::new(),
             tenants: Vec::new(),
         }
     }
@@ -106,7 +109,8 @@ impl SluiceConfig {
         let mut s = format!(
             "data_dir = {:?}\nlog_format = \"{}\"\n[proxy]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n\
              sni_suffix = \"{}\"\nrequire_tls = {}\ntenant_from_options = {}\nlogin_timeout_ms = {}\n\
-             shutdown_grace_s = {}\n\n[defaults.pool]\n{}\n\n[defaults.limits]\n{}\n",
+             shutdown_grace_s = {}\n\n[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n\n\
+             [metrics]\n{}\n\n[defaults.pool]\n{}\n\n[defaults.limits]\n{}\n",
             data_dir.display().to_string(),
             self.log_format,
             self.pki.proxy_cert.display().to_string(),
@@ -116,6 +120,8 @@ impl SluiceConfig {
             self.tenant_from_options,
             self.login_timeout_ms,
             self.shutdown_grace_s,
+            admin_key_file(data_dir).display().to_string(),
+            self.metrics.join("\n"),
             self.default_pool.join("\n"),
             self.default_limits.join("\n"),
         );
@@ -143,10 +149,19 @@ impl SluiceConfig {
     }
 }
 
+/// Where a test config puts the bootstrap admin key.
+fn admin_key_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.key")
+}
+
 /// A running `sluice serve`. Dropping it stops the process (SIGTERM, then SIGKILL).
 pub struct SluiceProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (API, /metrics, /healthz, /readyz).
+    pub admin_addr: SocketAddr,
+    /// The bootstrap admin key Sluice generated.
+    pub admin_key: String,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
 }
@@ -171,22 +186,35 @@ impl SluiceProcess {
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut proxy = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("sluice: listening on ") {
-                    let _ = tx.send(addr.parse::<SocketAddr>());
+                    proxy = addr.parse::<SocketAddr>().ok();
+                }
+                if let Some(addr) = line.strip_prefix("sluice: admin API listening on ") {
+                    let _ = tx.send((proxy, addr.parse::<SocketAddr>().ok()));
                 }
             }
         });
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut process = SluiceProcess {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr: unbound,
+            admin_addr: unbound,
+            admin_key: String::new(),
             config_path,
             log_path,
         };
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addr)) => process.addr = addr,
+            Ok((Some(addr), Some(admin))) => {
+                process.addr = addr;
+                process.admin_addr = admin;
+            }
             _ => anyhow::bail!("sluice did not start; log:\n{}", process.log()),
         }
+        process.admin_key = std::fs::read_to_string(admin_key_file(&dir.join("data")))?
+            .trim()
+            .to_owned();
         Ok(process)
     }
 

@@ -1,0 +1,372 @@
+//! The admin listener: hyper HTTP/1.1, one task per connection, routes matched by
+//! hand (there are few), JSON in and out, `{"error":{"code","message"}}` on failure.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::keys::{Caller, Role};
+use crate::stats;
+use crate::State;
+
+/// Longest request head accepted (the API takes small JSON bodies only).
+const MAX_HEAD: usize = 64 * 1024;
+/// A client gets this long to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most items a list returns at once.
+const MAX_PAGE: usize = 1000;
+
+type Body = Full<Bytes>;
+/// An endpoint: the state, the request, and the path split at '/'.
+type Handler = fn(&State, &Request<Incoming>, &[&str]) -> Result<Response<Body>, ApiError>;
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(what: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn response(&self) -> Response<Body> {
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Outer<'a> {
+            error: Inner<'a>,
+        }
+        let mut response = json(
+            self.status,
+            &Outer {
+                error: Inner {
+                    code: self.code,
+                    message: &self.message,
+                },
+            },
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).expect("API values serialize");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Serves the admin API on `listener` until `shutdown`, then finishes the requests in
+/// progress and returns.
+pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .max_header_size(MAX_HEAD)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "admin connection ended");
+                },
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let (route, result) = route(state, &req);
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => e.response(),
+    };
+    state
+        .admin_requests
+        .record(route, response.status().as_u16());
+    tracing::debug!(%peer, method = %req.method(), route, status = response.status().as_u16(), "admin request");
+    response
+}
+
+/// Matches the request to a route; returns the route's template (the label of
+/// `sluice_admin_requests_total`, never the raw path) and the answer.
+fn route(
+    state: &State,
+    req: &Request<Incoming>,
+) -> (&'static str, Result<Response<Body>, ApiError>) {
+    let path = req.uri().path();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (template, handler): (&'static str, Handler) = match segments.as_slice() {
+        ["healthz"] => ("/healthz", healthz),
+        ["readyz"] => ("/readyz", readyz),
+        ["metrics"] => ("/metrics", metrics),
+        ["v1", "pools"] => ("/v1/pools", pools),
+        ["v1", "tenants", _, "stats"] => ("/v1/tenants/{id}/stats", tenant_stats),
+        _ => {
+            let e = ApiError::not_found(format!("no such endpoint: {path}"));
+            return ("other", Err(e));
+        }
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} {template} is not supported", req.method()),
+        );
+        return (template, Err(e));
+    }
+    (template, handler(state, req, &segments))
+}
+
+/// The caller behind the request's bearer token, if it may act as `needed`.
+fn authorize(state: &State, req: &Request<Incoming>, needed: Role) -> Result<Caller, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer <key>"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("expected Authorization: Bearer <key>"))?;
+    let caller = state
+        .keys
+        .verify(token.trim())
+        .ok_or_else(|| unauthorized("unknown API key"))?;
+    if caller.role < needed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this needs a key with role {needed:?} or higher").to_lowercase(),
+        ));
+    }
+    Ok(caller)
+}
+
+fn healthz(_: &State, _: &Request<Incoming>, _: &[&str]) -> Result<Response<Body>, ApiError> {
+    Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+}
+
+fn readyz(state: &State, _: &Request<Incoming>, _: &[&str]) -> Result<Response<Body>, ApiError> {
+    let tenants = state.sources.catalog.snapshot().len();
+    let draining = state.draining.is_cancelled();
+    let body = serde_json::json!({
+        "ready": !draining,
+        "reason": if draining { "shutting down: draining client connections" } else { "serving" },
+        "catalog": {"tenants": tenants, "source": "config file"},
+        "control_store": "not configured: tenants come from the config file",
+    });
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &body))
+}
+
+fn metrics(state: &State, _: &Request<Incoming>, _: &[&str]) -> Result<Response<Body>, ApiError> {
+    if !state.metrics_enabled {
+        return Err(ApiError::not_found(
+            "metrics are disabled ([metrics] enabled = false)",
+        ));
+    }
+    let text = crate::metrics::render(&state.registry);
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    Ok(response)
+}
+
+/// Query parameters of a list request: `tenant`, `limit`, `cursor`.
+#[derive(Debug, Default)]
+struct ListQuery {
+    tenant: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn list_query(req: &Request<Incoming>) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery::default();
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)
+            .ok_or_else(|| ApiError::bad_request(format!("bad percent-encoding in {key}")))?;
+        match key {
+            "tenant" => q.tenant = Some(value),
+            "cursor" => q.cursor = Some(value),
+            "limit" => {
+                let n: usize = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("limit must be 1..={MAX_PAGE}"))
+                    })?;
+                q.limit = Some(n);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `GET /v1/pools`: every pool, sorted by tenant/database/role; `cursor` is the
+/// `next_cursor` of the previous page.
+fn pools(state: &State, req: &Request<Incoming>, _: &[&str]) -> Result<Response<Body>, ApiError> {
+    authorize(state, req, Role::Viewer)?;
+    let q = list_query(req)?;
+    let limit = q.limit.unwrap_or(MAX_PAGE);
+    let cursor_of = |p: &stats::PoolStatsView| format!("{}/{}/{}", p.tenant, p.database, p.role);
+    let mut all: Vec<stats::PoolStatsView> = stats::all_pools(&state.sources.pools, &state.sampler)
+        .into_iter()
+        .filter(|p| q.tenant.as_deref().is_none_or(|t| p.tenant == t))
+        .filter(|p| {
+            q.cursor
+                .as_deref()
+                .is_none_or(|c| cursor_of(p).as_str() > c)
+        })
+        .collect();
+    let next_cursor = (all.len() > limit).then(|| cursor_of(&all[limit - 1]));
+    all.truncate(limit);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"pools": all, "next_cursor": next_cursor}),
+    ))
+}
+
+/// `GET /v1/tenants/{id}/stats`.
+fn tenant_stats(
+    state: &State,
+    req: &Request<Incoming>,
+    segments: &[&str],
+) -> Result<Response<Body>, ApiError> {
+    authorize(state, req, Role::Viewer)?;
+    let id = segments[2];
+    let catalog = state.sources.catalog.snapshot();
+    let tenant = catalog
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(format!("tenant \"{id}\" does not exist")))?;
+    let view = stats::tenant_view(
+        &tenant.id,
+        &state.sources.pools,
+        &state.sampler,
+        &state.sources.rejections,
+    );
+    Ok(json(StatusCode::OK, &view))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding_rejects_what_is_not_utf8_or_hex() {
+        assert_eq!(percent_decode("acme").as_deref(), Some("acme"));
+        assert_eq!(percent_decode("a%2Fb+c").as_deref(), Some("a/b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,172 @@
+//! API keys: `sk_<id>_<secret>`, kept only as SHA-256 hashes beside their visible id
+//! and role. The first admin key comes from `[admin] bootstrap_key_file`, written with
+//! mode 0600 when it does not exist yet.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use dashmap::DashMap;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// What a key may do; each role can do everything the ones before it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read stats, tenants, jobs, the audit log.
+    Viewer,
+    /// Also change tenants, pools, limits and roles.
+    Operator,
+    /// Also manage API keys.
+    Admin,
+}
+
+#[derive(Debug, Clone)]
+struct StoredKey {
+    hash: [u8; 32],
+    role: Role,
+}
+
+/// The keys this process accepts.
+#[derive(Debug, Default)]
+pub struct ApiKeys {
+    by_id: DashMap<String, StoredKey>,
+}
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub key_id: String,
+    pub role: Role,
+}
+
+const ID_LEN: usize = 8;
+const SECRET_LEN: usize = 48;
+
+/// A new random key: `sk_` + 8 hex id + `_` + 48 hex secret.
+pub fn generate() -> String {
+    let mut bytes = [0u8; (ID_LEN + SECRET_LEN) / 2];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sk_{}_{}", &hex[..ID_LEN], &hex[ID_LEN..])
+}
+
+/// The visible id of a well-formed key.
+fn key_id(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("sk_")?;
+    let (id, secret) = rest.split_once('_')?;
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(id, ID_LEN) && hex(secret, SECRET_LEN)).then_some(id)
+}
+
+impl ApiKeys {
+    /// Accepts `key` with `role` from now on.
+    pub fn insert(&self, key: &str, role: Role) -> anyhow::Result<String> {
+        let Some(id) = key_id(key) else {
+            bail!("not a Sluice API key (expected sk_<8 hex>_<48 hex>)");
+        };
+        let hash = Sha256::digest(key.as_bytes()).into();
+        self.by_id.insert(id.to_owned(), StoredKey { hash, role });
+        Ok(id.to_owned())
+    }
+
+    /// The caller a bearer token belongs to, if it is a key this process accepts.
+    pub fn verify(&self, token: &str) -> Option<Caller> {
+        let id = key_id(token)?;
+        let stored = self.by_id.get(id)?;
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        bool::from(hash.ct_eq(&stored.hash)).then(|| Caller {
+            key_id: id.to_owned(),
+            role: stored.role,
+        })
+    }
+
+    /// Reads the bootstrap admin key from `path`, creating the file (0600, key and a
+    /// newline) when it does not exist. A file others can read is refused.
+    pub fn load_bootstrap(&self, path: &Path) -> anyhow::Result<String> {
+        let key = match fs::read_to_string(path) {
+            Ok(text) => {
+                let mode = fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    bail!(
+                        "{} is readable by others (mode {:o}); chmod 600 it",
+                        path.display(),
+                        mode & 0o777
+                    );
+                }
+                text.trim().to_owned()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = generate();
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                writeln!(file, "{key}")?;
+                tracing::info!(path = %path.display(), "generated the bootstrap admin key");
+                key
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let id = self
+            .insert(&key, Role::Admin)
+            .with_context(|| format!("bootstrap key in {}", path.display()))?;
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_verify_only_themselves() {
+        let keys = ApiKeys::default();
+        let viewer = generate();
+        let id = keys.insert(&viewer, Role::Viewer).unwrap();
+        assert_eq!(
+            keys.verify(&viewer),
+            Some(Caller {
+                key_id: id.clone(),
+                role: Role::Viewer
+            })
+        );
+        // Same id, different secret.
+        let forged = format!("sk_{id}_{}", "0".repeat(SECRET_LEN));
+        assert_eq!(keys.verify(&forged), None);
+        assert_eq!(keys.verify(&generate()), None);
+        for junk in ["", "sk_", "Bearer x", "sk_zzzzzzzz_", &viewer[..20]] {
+            assert_eq!(keys.verify(junk), None, "{junk:?}");
+        }
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+    }
+
+    #[test]
+    fn bootstrap_file_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/admin.key");
+        let keys = ApiKeys::default();
+        let id = keys.load_bootstrap(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let key = fs::read_to_string(&path).unwrap();
+        assert_eq!(keys.verify(key.trim()).unwrap().role, Role::Admin);
+
+        let again = ApiKeys::default();
+        assert_eq!(again.load_bootstrap(&path).unwrap(), id);
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = ApiKeys::default().load_bootstrap(&path).unwrap_err();
+        assert!(err.to_string().contains("readable by others"), "{err}");
+    }
+}

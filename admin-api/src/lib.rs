@@ -1,0 +1,106 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` (OpenMetrics) and the stats
+//! API (`/v1/pools`, `/v1/tenants/{id}/stats`), with bearer API keys.
+//!
+//! Only this crate speaks HTTP. It reads the data plane through shared handles (the
+//! catalog, the pools, the rejection counters) and never takes a lock the relay path
+//! takes, so a scrape cannot slow a query down.
+
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use keys::{ApiKeys, Role};
+pub use metrics::{AdminRequests, Sources};
+
+/// `[admin]` and `[metrics]` of the config file.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// The first admin API key; generated (mode 0600) when the file is missing.
+    pub bootstrap_key_file: PathBuf,
+    /// `/metrics` answers (and the latency histograms are fed).
+    pub metrics_enabled: bool,
+}
+
+/// What every admin request can see.
+#[derive(Debug)]
+pub struct State {
+    pub sources: Sources,
+    pub keys: ApiKeys,
+    pub admin_requests: Arc<AdminRequests>,
+    pub sampler: Arc<stats::RateSampler>,
+    registry: Registry,
+    metrics_enabled: bool,
+    /// Fired when the process starts draining: `/readyz` then answers 503.
+    pub draining: CancellationToken,
+}
+
+/// The admin listener, bound and ready to serve.
+#[derive(Debug)]
+pub struct Admin {
+    pub state: Arc<State>,
+    listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+impl Admin {
+    /// Binds `config.listen` and loads the bootstrap key. `catalog`, `pools` and
+    /// `rejections` are the data plane's own handles.
+    pub async fn bind(
+        config: &AdminConfig,
+        catalog: Arc<router::CatalogHandle>,
+        pools: Arc<pooler::Pools>,
+        rejections: Arc<router::Rejections>,
+    ) -> anyhow::Result<Admin> {
+        let keys = ApiKeys::default();
+        keys.load_bootstrap(&config.bootstrap_key_file)?;
+        let admin_requests = Arc::new(AdminRequests::default());
+        let sources = Sources {
+            catalog,
+            pools,
+            rejections,
+            admin_requests: admin_requests.clone(),
+        };
+        let state = Arc::new(State {
+            registry: metrics::registry(sources.clone()),
+            sources,
+            keys,
+            admin_requests,
+            sampler: Arc::new(stats::RateSampler::default()),
+            metrics_enabled: config.metrics_enabled,
+            draining: CancellationToken::new(),
+        });
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the admin listener {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        Ok(Admin {
+            state,
+            listener,
+            addr,
+        })
+    }
+
+    /// Serves until `stop`; rates are sampled meanwhile.
+    pub async fn serve(self, stop: CancellationToken) {
+        let sampler = tokio::spawn(
+            self.state
+                .sampler
+                .clone()
+                .run(self.state.sources.pools.clone(), stop.clone()),
+        );
+        tracing::info!(addr = %self.addr, "admin API listening");
+        http::serve(self.listener, self.state, stop).await;
+        let _ = sampler.await;
+    }
+}

@@ -1,0 +1,304 @@
+//! `/metrics`: OpenMetrics text, built at scrape time from the counters the data plane
+//! keeps anyway (pool stats, rejections, histograms). The relay path never looks up a
+//! label: per-tenant series are sums over pools, folded under the tenant-series cap.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use pooler::{HistogramSnapshot, Pools};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use router::{CatalogHandle, Rejections};
+
+/// The OpenMetrics content type `/metrics` answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Admin API requests by (route template, status).
+#[derive(Debug, Default)]
+pub struct AdminRequests {
+    counts: DashMap<(&'static str, u16), AtomicU64>,
+}
+
+impl AdminRequests {
+    pub fn record(&self, route: &'static str, status: u16) {
+        self.counts
+            .entry((route, status))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sorted(&self) -> Vec<(&'static str, u16, u64)> {
+        let mut all: Vec<_> = self
+            .counts
+            .iter()
+            .map(|e| (e.key().0, e.key().1, e.value().load(Ordering::Relaxed)))
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+/// What `/metrics` reads.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub catalog: Arc<CatalogHandle>,
+    pub pools: Arc<Pools>,
+    pub rejections: Arc<Rejections>,
+    pub admin_requests: Arc<AdminRequests>,
+}
+
+/// The registry with every Sluice metric; encode it once per scrape.
+pub fn registry(sources: Sources) -> Registry {
+    let mut registry = Registry::with_prefix("sluice");
+    registry.register(
+        "build",
+        "Version of this Sluice binary",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    registry.register_collector(Box::new(DataPlane(sources)));
+    registry
+}
+
+/// Renders the registry as OpenMetrics text.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+#[derive(Debug)]
+struct DataPlane(Sources);
+
+/// One tenant label's share of the pools.
+#[derive(Debug, Default)]
+struct TenantSums {
+    clients_active: u64,
+    clients_waiting: u64,
+    clients_idle: u64,
+    servers_active: u64,
+    servers_idle: u64,
+    servers_connecting: u64,
+    queries: u64,
+    transactions: u64,
+    bytes_from_clients: u64,
+    bytes_to_clients: u64,
+    backend_up: bool,
+}
+
+impl DataPlane {
+    fn per_tenant(&self) -> BTreeMap<Arc<str>, TenantSums> {
+        let labels = self.0.rejections.labels();
+        let mut sums: BTreeMap<Arc<str>, TenantSums> = BTreeMap::new();
+        for pool in self.0.pools.all() {
+            let c = pool.counts();
+            let s = sums
+                .entry(labels.label(&pool.key.tenant))
+                .or_insert_with(|| TenantSums {
+                    backend_up: true,
+                    ..TenantSums::default()
+                });
+            let active = c.active.min(c.clients);
+            s.clients_active += active as u64;
+            s.clients_waiting += c.waiting as u64;
+            s.clients_idle += c.clients.saturating_sub(active + c.waiting) as u64;
+            s.servers_active += c.active as u64;
+            s.servers_idle += c.idle as u64;
+            s.servers_connecting += c.connecting as u64;
+            s.queries += c.queries;
+            s.transactions += c.transactions;
+            s.bytes_from_clients += c.bytes_from_clients;
+            s.bytes_to_clients += c.bytes_to_clients;
+            s.backend_up &= !pool.backend_down();
+        }
+        sums
+    }
+}
+
+fn gauge(value: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &HistogramSnapshot,
+) -> fmt::Result {
+    // The encoder takes per-bucket counts (it accumulates them itself), and writes
+    // le="+Inf" only for f64::MAX.
+    let mut below = 0;
+    let buckets: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .map(|&(bound, cumulative)| {
+            let n = cumulative - below;
+            below = cumulative;
+            (if bound.is_infinite() { f64::MAX } else { bound }, n)
+        })
+        .collect();
+    encoder
+        .encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)
+}
+
+impl Collector for DataPlane {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let tenants = self.per_tenant();
+        type Pick = fn(&TenantSums) -> u64;
+
+        let states: [(&str, Pick); 3] = [
+            ("active", |s| s.clients_active),
+            ("waiting", |s| s.clients_waiting),
+            ("idle", |s| s.clients_idle),
+        ];
+        let mut family = encoder.encode_descriptor(
+            "client_connections",
+            "Logged-in client connections by state (active: holding a server connection)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tenant, sums) in &tenants {
+            for (state, pick) in states {
+                let labels = [("tenant", &**tenant), ("state", state)];
+                gauge(pick(sums)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let states: [(&str, Pick); 3] = [
+            ("active", |s| s.servers_active),
+            ("idle", |s| s.servers_idle),
+            ("connecting", |s| s.servers_connecting),
+        ];
+        let mut family = encoder.encode_descriptor(
+            "server_connections",
+            "Server connections to tenant backends by state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tenant, sums) in &tenants {
+            for (state, pick) in states {
+                let labels = [("tenant", &**tenant), ("state", state)];
+                gauge(pick(sums)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let counters: [(&str, &str, Pick); 2] = [
+            (
+                "queries",
+                "Queries relayed (Query and Execute messages)",
+                |s| s.queries,
+            ),
+            (
+                "transactions",
+                "Transactions completed (ReadyForQuery reporting idle)",
+                |s| s.transactions,
+            ),
+        ];
+        for (name, help, pick) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (tenant, sums) in &tenants {
+                let labels = [("tenant", &**tenant)];
+                ConstCounter::new(pick(sums)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "bytes",
+            "Bytes relayed between clients and servers",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tenant, sums) in &tenants {
+            for (direction, n) in [
+                ("from_client", sums.bytes_from_clients),
+                ("to_client", sums.bytes_to_clients),
+            ] {
+                let labels = [("tenant", &**tenant), ("direction", direction)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "backend_up",
+            "1 unless the last attempt to reach the tenant's backend failed",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tenant, sums) in &tenants {
+            let labels = [("tenant", &**tenant)];
+            gauge(u64::from(sums.backend_up)).encode(family.encode_family(&labels)?)?;
+        }
+
+        let rejections = &self.0.rejections;
+        let mut family = encoder.encode_descriptor(
+            "connections_rejected",
+            "Connections refused during login, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tenant, reason, n) in rejections.refused() {
+            let labels = [("tenant", &*tenant), ("reason", reason.as_str())];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "auth_failures",
+            "Failed password checks",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tenant, n) in rejections.auth_failures() {
+            let labels = [("tenant", &*tenant)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+
+        let histograms = &self.0.pools.histograms;
+        histogram(
+            &mut encoder,
+            "pool_wait",
+            "Time from asking for a server connection to holding one",
+            &histograms.pool_wait.snapshot(),
+        )?;
+        histogram(
+            &mut encoder,
+            "query_duration",
+            "Time from a request reaching the server to its ReadyForQuery",
+            &histograms.query_duration.snapshot(),
+        )?;
+
+        let mut family = encoder.encode_descriptor(
+            "admin_requests",
+            "Admin API requests by route and HTTP status",
+            None,
+            MetricType::Counter,
+        )?;
+        for (route, status, n) in self.0.admin_requests.sorted() {
+            let status = status.to_string();
+            let labels = [("route", route), ("status", status.as_str())];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+
+        let catalog_len = self.0.catalog.snapshot().len() as u64;
+        gauge(catalog_len).encode(encoder.encode_descriptor(
+            "tenants",
+            "Tenants in the catalog",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        gauge(rejections.labels().named() as u64).encode(encoder.encode_descriptor(
+            "metrics_tenant_series",
+            "Tenants with a label of their own (the rest are tenant=\"_other\")",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
+    }
+}

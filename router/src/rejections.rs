@@ -1,0 +1,292 @@
+//! Why connections were turned away, counted per tenant, and the cap that keeps the
+//! number of per-tenant series bounded however many tenants there are.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::TenantId;
+
+/// Label for tenants past the series cap.
+pub const OTHER: &str = "_other";
+/// Label for connections that named a tenant that does not exist. Kept apart from real
+/// tenants so that scanning names cannot take series slots.
+pub const UNKNOWN: &str = "_unknown";
+/// Label for connections that named no tenant at all.
+pub const NONE: &str = "_none";
+
+/// Why a connection was refused before it got a server session. The label value is
+/// part of the metrics contract (docs/observability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    NoTenant,
+    UnknownTenant,
+    TlsRequired,
+    AuthFailed,
+    PoolTimeout,
+    BackendUnavailable,
+    BackendRefused,
+    ProtocolError,
+    Unsupported,
+    LoginTimeout,
+    ShuttingDown,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 11] = [
+        Reason::NoTenant,
+        Reason::UnknownTenant,
+        Reason::TlsRequired,
+        Reason::AuthFailed,
+        Reason::PoolTimeout,
+        Reason::BackendUnavailable,
+        Reason::BackendRefused,
+        Reason::ProtocolError,
+        Reason::Unsupported,
+        Reason::LoginTimeout,
+        Reason::ShuttingDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoTenant => "no_tenant",
+            Reason::UnknownTenant => "unknown_tenant",
+            Reason::TlsRequired => "tls_required",
+            Reason::AuthFailed => "auth_failed",
+            Reason::PoolTimeout => "pool_timeout",
+            Reason::BackendUnavailable => "backend_unavailable",
+            Reason::BackendRefused => "backend_refused",
+            Reason::ProtocolError => "protocol_error",
+            Reason::Unsupported => "unsupported",
+            Reason::LoginTimeout => "login_timeout",
+            Reason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Hands out per-tenant label values, first come first served, up to a cap; every
+/// tenant after that is labelled [`OTHER`]. A tenant keeps the label it got for the
+/// life of the process, so counters summed under a label never go backwards.
+#[derive(Debug)]
+pub struct TenantLabels {
+    max: usize,
+    named: DashMap<TenantId, Arc<str>>,
+    taken: AtomicUsize,
+    other: Arc<str>,
+}
+
+impl TenantLabels {
+    pub fn new(max_tenant_series: usize) -> Self {
+        TenantLabels {
+            max: max_tenant_series,
+            named: DashMap::new(),
+            taken: AtomicUsize::new(0),
+            other: Arc::from(OTHER),
+        }
+    }
+
+    /// The label value for `tenant`: its id while there is room, else `_other`.
+    pub fn label(&self, tenant: &TenantId) -> Arc<str> {
+        if let Some(label) = self.named.get(tenant) {
+            return label.clone();
+        }
+        // Reserve a slot first so racing callers cannot overshoot the cap.
+        if self.taken.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.taken.fetch_sub(1, Ordering::Relaxed);
+            return self.other.clone();
+        }
+        let mut reserved = true;
+        let label = self
+            .named
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                reserved = false;
+                Arc::from(tenant.as_str())
+            })
+            .clone();
+        if reserved {
+            // Another caller named it first: give the slot back.
+            self.taken.fetch_sub(1, Ordering::Relaxed);
+        }
+        label
+    }
+
+    /// The label `tenant` already has, without handing out a new one.
+    pub fn existing(&self, tenant: &TenantId) -> Option<Arc<str>> {
+        self.named.get(tenant).map(|l| l.clone())
+    }
+
+    /// How many tenants have a label of their own.
+    pub fn named(&self) -> usize {
+        self.named.len()
+    }
+}
+
+/// Refused connections per (tenant label, reason), and failed password checks per
+/// tenant label. Updated once per refused connection, never on the relay path.
+#[derive(Debug)]
+pub struct Rejections {
+    labels: Arc<TenantLabels>,
+    refused: DashMap<(Arc<str>, Reason), AtomicU64>,
+    auth_failures: DashMap<Arc<str>, AtomicU64>,
+}
+
+/// Who a refused connection was for, as far as Sluice got.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    /// The connection named no tenant (or did not get that far).
+    Nobody,
+    /// It named one that is not in the catalog.
+    Unknown,
+    Tenant(&'a TenantId),
+}
+
+impl Rejections {
+    pub fn new(labels: Arc<TenantLabels>) -> Self {
+        Rejections {
+            labels,
+            refused: DashMap::new(),
+            auth_failures: DashMap::new(),
+        }
+    }
+
+    pub fn labels(&self) -> &Arc<TenantLabels> {
+        &self.labels
+    }
+
+    fn label(&self, who: Who<'_>) -> Arc<str> {
+        match who {
+            Who::Nobody => Arc::from(NONE),
+            Who::Unknown => Arc::from(UNKNOWN),
+            Who::Tenant(id) => self.labels.label(id),
+        }
+    }
+
+    pub fn record(&self, who: Who<'_>, reason: Reason) {
+        let label = self.label(who);
+        if reason == Reason::AuthFailed {
+            self.auth_failures
+                .entry(label.clone())
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.refused
+            .entry((label, reason))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (tenant label, reason, count), sorted.
+    pub fn refused(&self) -> Vec<(Arc<str>, Reason, u64)> {
+        let mut all: Vec<_> = self
+            .refused
+            .iter()
+            .map(|e| {
+                (
+                    e.key().0.clone(),
+                    e.key().1,
+                    e.value().load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// (tenant label, failed password checks), sorted.
+    pub fn auth_failures(&self) -> Vec<(Arc<str>, u64)> {
+        let mut all: Vec<_> = self
+            .auth_failures
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Refusals of `tenant` by reason (for the stats API).
+    pub fn refused_for(&self, tenant: &TenantId) -> Vec<(Reason, u64)> {
+        let Some(label) = self.labels.existing(tenant) else {
+            return Vec::new();
+        };
+        let mut all: Vec<_> = Reason::ALL
+            .iter()
+            .filter_map(|&r| {
+                let n = self.refused.get(&(label.clone(), r))?;
+                Some((r, n.load(Ordering::Relaxed)))
+            })
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> TenantId {
+        TenantId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn labels_are_sticky_and_capped() {
+        let labels = TenantLabels::new(2);
+        assert_eq!(&*labels.label(&id("a")), "a");
+        assert_eq!(&*labels.label(&id("b")), "b");
+        assert_eq!(&*labels.label(&id("c")), OTHER);
+        assert_eq!(&*labels.label(&id("a")), "a");
+        assert_eq!(&*labels.label(&id("c")), OTHER);
+        assert_eq!(labels.named(), 2);
+    }
+
+    #[test]
+    fn racing_callers_never_exceed_the_cap() {
+        let labels = Arc::new(TenantLabels::new(50));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let labels = labels.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        labels.label(&id(&format!("t{}", (i * 7 + t) % 120)));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(labels.named(), 50);
+    }
+
+    #[test]
+    fn unknown_and_missing_tenants_take_no_slot() {
+        let rejections = Rejections::new(Arc::new(TenantLabels::new(1)));
+        for _ in 0..3 {
+            rejections.record(Who::Unknown, Reason::UnknownTenant);
+        }
+        rejections.record(Who::Nobody, Reason::NoTenant);
+        rejections.record(Who::Tenant(&id("acme")), Reason::AuthFailed);
+        rejections.record(Who::Tenant(&id("globex")), Reason::AuthFailed);
+        let refused: Vec<(String, &str, u64)> = rejections
+            .refused()
+            .into_iter()
+            .map(|(t, r, n)| (t.to_string(), r.as_str(), n))
+            .collect();
+        assert_eq!(
+            refused,
+            vec![
+                ("_none".into(), "no_tenant", 1),
+                ("_other".into(), "auth_failed", 1),
+                ("_unknown".into(), "unknown_tenant", 3),
+                ("acme".into(), "auth_failed", 1),
+            ]
+        );
+        assert_eq!(rejections.auth_failures().len(), 2);
+        assert_eq!(
+            rejections.refused_for(&id("acme")),
+            vec![(Reason::AuthFailed, 1)]
+        );
+    }
+}
