@@ -1,8 +1,10 @@
 //! The `sluice` binary: command line, wiring and signals only.
 
+mod api_client;
 mod config;
 mod demo;
 mod serve;
+mod stats_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +43,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin_listen: SocketAddr,
     },
+    /// Show pool and tenant statistics from a running Sluice's admin API.
+    Stats(stats_cmd::StatsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             listen,
             admin_listen,
         } => demo::run(&dir, listen, admin_listen),
+        Command::Stats(args) => stats_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

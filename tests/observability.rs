@@ -408,6 +408,46 @@ fn admin_api_answers_with_json_and_checks_keys() {
     );
     // The admin listener is still fine.
     assert_eq!(get(admin, "/healthz", None).status, 200);
+
+    // `sluice stats` over the same API: a table, JSON, and a clear error.
+    let api = format!("http://{admin}");
+    let stats = |args: &[&str], token: &str| {
+        Command::new(BIN)
+            .arg("stats")
+            .args(["--api", &api])
+            .args(args)
+            .env("SLUICE_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let table = stats(&[], &env.sluice.admin_key);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let table = String::from_utf8(table.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("TENANT") && lines[0].contains("CL_ACTIVE"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("acme") && lines[2].starts_with("globex"),
+        "{table}"
+    );
+    let json = stats(
+        &["--tenant", "acme", "--output", "json"],
+        &env.sluice.admin_key,
+    );
+    assert!(json.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["tenant"], "acme");
+    assert_eq!(json["totals"]["queries"], 1);
+    let denied = stats(&[], &forged);
+    assert_eq!(denied.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(stderr.contains("401 unauthorized"), "{stderr}");
 }
 
 /// More tenants than `max_tenant_series`: the extra ones share `_other`, and names
