@@ -32,8 +32,19 @@ pub struct Config {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub defaults: DefaultsSection,
+    /// Named bundles of pool settings and limits (`nano`, `lite`, …) that tenants pick
+    /// with `plan = "…"`: defaults, then the plan, then the tenant's own keys.
+    #[serde(default)]
+    pub plans: std::collections::BTreeMap<String, PlanSection>,
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanSection {
+    pub pool: PoolSection,
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -100,6 +111,10 @@ pub struct ProxySection {
     pub login_timeout_ms: u64,
     pub shutdown_grace_s: u64,
     pub auth_cache_ttl_s: u64,
+    /// Client connections in the whole process; 0 = no limit.
+    pub max_client_connections: u64,
+    /// Logins (TLS handshake to authenticated) in progress at once, whole process.
+    pub max_concurrent_logins: u32,
 }
 
 impl Default for ProxySection {
@@ -114,6 +129,8 @@ impl Default for ProxySection {
             login_timeout_ms: 15_000,
             shutdown_grace_s: 30,
             auth_cache_ttl_s: 30,
+            max_client_connections: 100_000,
+            max_concurrent_logins: 1000,
         }
     }
 }
@@ -125,12 +142,21 @@ pub struct DefaultsSection {
     pub limits: LimitsSection,
 }
 
-/// Limits; in `[tenants.limits]` unset keys take `[defaults.limits]`'s. 0 = none.
+/// Limits; unset keys take the plan's, then `[defaults.limits]`'s. 0 = none.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     pub query_timeout_ms: Option<u64>,
     pub idle_in_transaction_timeout_ms: Option<u64>,
+    pub client_idle_timeout_s: Option<u64>,
+    pub max_client_connections: Option<u64>,
+    pub connect_rate: Option<u32>,
+    pub query_rate: Option<u32>,
+    pub max_concurrent_logins: Option<u32>,
+    pub failed_login_max: Option<u32>,
+    pub failed_login_window_s: Option<u64>,
+    pub failed_login_ban_s: Option<u64>,
+    pub allow_cidrs: Option<Vec<String>>,
 }
 
 /// Pool settings; in `[defaults.pool]` unset keys take the built-in defaults, in
@@ -153,6 +179,7 @@ pub struct PoolSection {
 #[serde(deny_unknown_fields)]
 pub struct TenantSection {
     pub id: String,
+    pub plan: Option<String>,
     pub backend: BackendSection,
     #[serde(default)]
     pub pool: PoolSection,

@@ -93,13 +93,6 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     let rejections = Arc::new(Rejections::new(Arc::new(TenantLabels::new(
         runtime.max_tenant_series,
     ))));
-    let admin = Admin::bind(
-        &runtime.admin,
-        catalog.clone(),
-        pools.clone(),
-        rejections.clone(),
-    )
-    .await?;
     let listeners = proxy::bind(&runtime.proxy.listen)
         .await
         .with_context(|| format!("binding {:?}", runtime.proxy.listen))?;
@@ -107,7 +100,29 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
-    let proxy = Arc::new(Proxy::new(runtime.proxy, tls, catalog, pools, rejections));
+    let proxy = Arc::new(Proxy::new(
+        runtime.proxy,
+        tls,
+        catalog.clone(),
+        pools,
+        rejections,
+    ));
+    let admin = Admin::bind(
+        &runtime.admin,
+        catalog.clone(),
+        proxy.pools.clone(),
+        proxy.rejections.clone(),
+        proxy.gates.clone(),
+    )
+    .await?;
+    // Live changes (PATCH /v1/tenants/{id}) reach running pools and admission gates.
+    let weak = Arc::downgrade(&proxy);
+    catalog.subscribe(move |catalog| {
+        if let Some(proxy) = weak.upgrade() {
+            proxy.gates.apply(catalog);
+            proxy.pools.apply(catalog);
+        }
+    });
     Ok(Running {
         proxy,
         listeners,
@@ -133,6 +148,17 @@ impl Running {
         let stop_admin = CancellationToken::new();
         let admin = tokio::spawn(self.admin.serve(stop_admin.clone()));
         let maintenance = tokio::spawn(self.proxy.pools.clone().maintain(shutdown.clone()));
+        let proxy = self.proxy.clone();
+        let prune_stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = prune_stop.cancelled() => return,
+                    _ = tick.tick() => proxy.gates.prune(),
+                }
+            }
+        });
         let drain_signal = shutdown.clone();
         tokio::spawn(async move {
             drain_signal.cancelled().await;

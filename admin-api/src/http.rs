@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -26,11 +27,38 @@ const MAX_HEAD: usize = 64 * 1024;
 /// A client gets this long to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most items a list returns at once.
-const MAX_PAGE: usize = 1000;
+pub(crate) const MAX_PAGE: usize = 1000;
 
 type Body = Full<Bytes>;
-/// An endpoint: the state, the request, and the path split at '/'.
-type Handler = fn(&State, &Request<Incoming>, &[&str]) -> Result<Response<Body>, ApiError>;
+/// An endpoint: the state and the request (head, path segments, whole body).
+pub(crate) type Handler = fn(&State, &Req) -> Result<Response<Body>, ApiError>;
+
+/// Largest request body the API reads (its bodies are small JSON documents).
+const MAX_BODY: usize = 64 * 1024;
+
+/// A request, read whole.
+pub(crate) struct Req {
+    pub head: hyper::http::request::Parts,
+    pub body: Bytes,
+}
+
+impl Req {
+    /// The path split at '/', without the leading one.
+    pub fn segments(&self) -> Vec<&str> {
+        self.head.uri.path().trim_matches('/').split('/').collect()
+    }
+
+    /// The body as JSON of type `T`: 400 when it is not JSON, 422 when it does not
+    /// fit `T` (unknown fields, wrong types).
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::bad_request("expected a JSON body"));
+        }
+        let value: serde_json::Value = serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        serde_json::from_value(value).map_err(|e| ApiError::invalid(e.to_string()))
+    }
+}
 
 /// An error as the API reports it.
 #[derive(Debug)]
@@ -49,12 +77,17 @@ impl ApiError {
         }
     }
 
-    fn not_found(what: impl Into<String>) -> Self {
+    pub fn not_found(what: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// Well-formed, but not acceptable (a value out of range, an unknown field).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
 
     fn response(&self) -> Response<Body> {
@@ -85,7 +118,7 @@ impl ApiError {
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).expect("API values serialize");
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -141,7 +174,26 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
 }
 
 async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let (route, result) = route(state, &req);
+    let (head, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad_request(format!("reading the body: {e}"))),
+    };
+    let (body, too_big) = match body {
+        Ok(body) => (body, None),
+        Err(e) => (Bytes::new(), Some(e)),
+    };
+    let req = Req { head, body };
+    let (route, handler) = route(&req);
+    let result = match (handler, too_big) {
+        (Ok(handler), None) => handler(state, &req),
+        (Err(e), _) | (_, Some(e)) => Err(e),
+    };
     let response = match result {
         Ok(response) => response,
         Err(e) => e.response(),
@@ -149,45 +201,71 @@ async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
     state
         .admin_requests
         .record(route, response.status().as_u16());
-    tracing::debug!(%peer, method = %req.method(), route, status = response.status().as_u16(), "admin request");
+    tracing::debug!(%peer, method = %req.head.method, route, status = response.status().as_u16(), "admin request");
     response
 }
 
-/// Matches the request to a route; returns the route's template (the label of
-/// `sluice_admin_requests_total`, never the raw path) and the answer.
-fn route(
-    state: &State,
-    req: &Request<Incoming>,
-) -> (&'static str, Result<Response<Body>, ApiError>) {
-    let path = req.uri().path();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (template, handler): (&'static str, Handler) = match segments.as_slice() {
-        ["healthz"] => ("/healthz", healthz),
-        ["readyz"] => ("/readyz", readyz),
-        ["metrics"] => ("/metrics", metrics),
-        ["v1", "pools"] => ("/v1/pools", pools),
-        ["v1", "tenants", _, "stats"] => ("/v1/tenants/{id}/stats", tenant_stats),
+/// The routes: a template (the label of `sluice_admin_requests_total`, never the raw
+/// path) and a handler per method.
+type Route = (&'static str, &'static [(Method, Handler)]);
+
+/// Matches the request to a route and method.
+fn route(req: &Req) -> (&'static str, Result<Handler, ApiError>) {
+    use crate::tenants;
+    let segments = req.segments();
+    let (template, handlers): Route = match segments.as_slice() {
+        ["healthz"] => ("/healthz", &[(Method::GET, healthz)]),
+        ["readyz"] => ("/readyz", &[(Method::GET, readyz)]),
+        ["metrics"] => ("/metrics", &[(Method::GET, metrics)]),
+        ["v1", "pools"] => ("/v1/pools", &[(Method::GET, pools)]),
+        ["v1", "tenants"] => ("/v1/tenants", &[(Method::GET, tenants::list)]),
+        ["v1", "tenants", _] => (
+            "/v1/tenants/{id}",
+            &[(Method::GET, tenants::get), (Method::PATCH, tenants::patch)],
+        ),
+        ["v1", "tenants", _, "stats"] => ("/v1/tenants/{id}/stats", &[(Method::GET, tenant_stats)]),
+        ["v1", "tenants", _, "bans"] => (
+            "/v1/tenants/{id}/bans",
+            &[
+                (Method::GET, tenants::bans),
+                (Method::DELETE, tenants::lift_bans),
+            ],
+        ),
         _ => {
+            let path = req.head.uri.path();
             let e = ApiError::not_found(format!("no such endpoint: {path}"));
             return ("other", Err(e));
         }
     };
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let e = ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} {template} is not supported", req.method()),
-        );
-        return (template, Err(e));
+    let method = if req.head.method == Method::HEAD {
+        Method::GET
+    } else {
+        req.head.method.clone()
+    };
+    match handlers.iter().find(|(m, _)| *m == method) {
+        Some((_, handler)) => (template, Ok(*handler)),
+        None => {
+            let allowed: Vec<&str> = handlers.iter().map(|(m, _)| m.as_str()).collect();
+            let e = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "{} {template} is not supported (allowed: {})",
+                    req.head.method,
+                    allowed.join(", ")
+                ),
+            );
+            (template, Err(e))
+        }
     }
-    (template, handler(state, req, &segments))
 }
 
 /// The caller behind the request's bearer token, if it may act as `needed`.
-fn authorize(state: &State, req: &Request<Incoming>, needed: Role) -> Result<Caller, ApiError> {
+pub(crate) fn authorize(state: &State, req: &Req, needed: Role) -> Result<Caller, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
     let header = req
-        .headers()
+        .head
+        .headers
         .get(AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <key>"))?;
     let token = header
@@ -209,11 +287,11 @@ fn authorize(state: &State, req: &Request<Incoming>, needed: Role) -> Result<Cal
     Ok(caller)
 }
 
-fn healthz(_: &State, _: &Request<Incoming>, _: &[&str]) -> Result<Response<Body>, ApiError> {
+fn healthz(_: &State, _: &Req) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
 }
 
-fn readyz(state: &State, _: &Request<Incoming>, _: &[&str]) -> Result<Response<Body>, ApiError> {
+fn readyz(state: &State, _: &Req) -> Result<Response<Body>, ApiError> {
     let tenants = state.sources.catalog.snapshot().len();
     let draining = state.draining.is_cancelled();
     let body = serde_json::json!({
@@ -230,7 +308,7 @@ fn readyz(state: &State, _: &Request<Incoming>, _: &[&str]) -> Result<Response<B
     Ok(json(status, &body))
 }
 
-fn metrics(state: &State, _: &Request<Incoming>, _: &[&str]) -> Result<Response<Body>, ApiError> {
+fn metrics(state: &State, _: &Req) -> Result<Response<Body>, ApiError> {
     if !state.metrics_enabled {
         return Err(ApiError::not_found(
             "metrics are disabled ([metrics] enabled = false)",
@@ -247,16 +325,18 @@ fn metrics(state: &State, _: &Request<Incoming>, _: &[&str]) -> Result<Response<
 
 /// Query parameters of a list request: `tenant`, `limit`, `cursor`.
 #[derive(Debug, Default)]
-struct ListQuery {
-    tenant: Option<String>,
-    limit: Option<usize>,
-    cursor: Option<String>,
+pub(crate) struct ListQuery {
+    pub tenant: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+    pub ip: Option<String>,
 }
 
-fn list_query(req: &Request<Incoming>) -> Result<ListQuery, ApiError> {
+pub(crate) fn list_query(req: &Req) -> Result<ListQuery, ApiError> {
     let mut q = ListQuery::default();
     for pair in req
-        .uri()
+        .head
+        .uri
         .query()
         .unwrap_or("")
         .split('&')
@@ -268,6 +348,7 @@ fn list_query(req: &Request<Incoming>) -> Result<ListQuery, ApiError> {
         match key {
             "tenant" => q.tenant = Some(value),
             "cursor" => q.cursor = Some(value),
+            "ip" => q.ip = Some(value),
             "limit" => {
                 let n: usize = value
                     .parse()
@@ -314,7 +395,7 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// `GET /v1/pools`: every pool, sorted by tenant/database/role; `cursor` is the
 /// `next_cursor` of the previous page.
-fn pools(state: &State, req: &Request<Incoming>, _: &[&str]) -> Result<Response<Body>, ApiError> {
+fn pools(state: &State, req: &Req) -> Result<Response<Body>, ApiError> {
     authorize(state, req, Role::Viewer)?;
     let q = list_query(req)?;
     let limit = q.limit.unwrap_or(MAX_PAGE);
@@ -337,12 +418,9 @@ fn pools(state: &State, req: &Request<Incoming>, _: &[&str]) -> Result<Response<
 }
 
 /// `GET /v1/tenants/{id}/stats`.
-fn tenant_stats(
-    state: &State,
-    req: &Request<Incoming>,
-    segments: &[&str],
-) -> Result<Response<Body>, ApiError> {
+fn tenant_stats(state: &State, req: &Req) -> Result<Response<Body>, ApiError> {
     authorize(state, req, Role::Viewer)?;
+    let segments = req.segments();
     let id = segments[2];
     let catalog = state.sources.catalog.snapshot();
     let tenant = catalog

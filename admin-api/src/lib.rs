@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` (OpenMetrics) and the stats
-//! API (`/v1/pools`, `/v1/tenants/{id}/stats`), with bearer API keys.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` (OpenMetrics), the stats API
+//! (`/v1/pools`, `/v1/tenants/{id}/stats`) and live tenant changes
+//! (`/v1/tenants[/{id}[/bans]]`), with bearer API keys.
 //!
 //! Only this crate speaks HTTP. It reads the data plane through shared handles (the
 //! catalog, the pools, the rejection counters) and never takes a lock the relay path
@@ -9,6 +10,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod stats;
+pub mod tenants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +41,8 @@ pub struct State {
     pub keys: ApiKeys,
     pub admin_requests: Arc<AdminRequests>,
     pub sampler: Arc<stats::RateSampler>,
+    /// The data plane's login bans.
+    pub bans: Arc<dyn router::BanControl>,
     registry: Registry,
     metrics_enabled: bool,
     /// Fired when the process starts draining: `/readyz` then answers 503.
@@ -61,6 +65,7 @@ impl Admin {
         catalog: Arc<router::CatalogHandle>,
         pools: Arc<pooler::Pools>,
         rejections: Arc<router::Rejections>,
+        bans: Arc<dyn router::BanControl>,
     ) -> anyhow::Result<Admin> {
         let keys = ApiKeys::default();
         keys.load_bootstrap(&config.bootstrap_key_file)?;
@@ -77,6 +82,7 @@ impl Admin {
             keys,
             admin_requests,
             sampler: Arc::new(stats::RateSampler::default()),
+            bans,
             metrics_enabled: config.metrics_enabled,
             draining: CancellationToken::new(),
         });

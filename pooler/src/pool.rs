@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use router::{Backend, PoolSettings, TenantId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -53,7 +54,11 @@ struct Health {
 pub struct Pool {
     pub key: PoolKey,
     backend: Arc<Backend>,
-    settings: PoolSettings,
+    /// Changed live by [`Pool::update_settings`]; readers see the old or the new whole.
+    settings: ArcSwap<PoolSettings>,
+    /// Permits still to withdraw after `size` or `reserve` shrank while they were
+    /// lent out: taken back as they come home.
+    shrink_debt: Mutex<(usize, usize)>,
     /// One permit per checked-out server connection; the semaphore queues waiters
     /// first-come, first-served. A new connection is opened only by a permit holder
     /// that found the idle list empty, and reserve connections close when released,
@@ -109,7 +114,8 @@ impl Pool {
             backend,
             permits: Arc::new(Semaphore::new(settings.size)),
             reserve: Arc::new(Semaphore::new(settings.reserve)),
-            settings,
+            settings: ArcSwap::from_pointee(settings),
+            shrink_debt: Mutex::new((0, 0)),
             idle: Mutex::new(Vec::new()),
             credential: Mutex::new(None),
             health: Mutex::new(Health::default()),
@@ -134,8 +140,62 @@ impl Pool {
             .clone()
     }
 
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
+    /// The pool's settings now (they can change live).
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// Applies new settings to a running pool: a larger `size` or `reserve` lets
+    /// waiting clients in at once; a smaller one closes idle connections beyond it and
+    /// takes permits back as checked-out connections return (nobody is cut off).
+    /// Timeouts and lifetimes apply from the next check; `mode` to the next login.
+    pub fn update_settings(&self, new: PoolSettings) {
+        let old = self.settings.swap(Arc::new(new.clone()));
+        let resize = |sem: &Semaphore, from: usize, to: usize, debt: &mut usize| {
+            if to > from {
+                let mut grow = to - from;
+                let repaid = grow.min(*debt);
+                *debt -= repaid;
+                grow -= repaid;
+                sem.add_permits(grow);
+            } else {
+                let shrink = from - to;
+                let taken = sem.forget_permits(shrink);
+                *debt += shrink - taken;
+            }
+        };
+        {
+            let mut debt = self.shrink_debt.lock().expect("pool lock poisoned");
+            resize(&self.permits, old.size, new.size, &mut debt.0);
+            resize(&self.reserve, old.reserve, new.reserve, &mut debt.1);
+        }
+        if new.size < old.size {
+            let surplus: Vec<ServerConn> = {
+                let mut idle = self.idle.lock().expect("pool lock poisoned");
+                let active = self.stats.active.load(Ordering::Relaxed);
+                let keep = new.size.saturating_sub(active).min(idle.len());
+                // The oldest-used first (the front of the list).
+                let cut = idle.len() - keep;
+                let surplus: Vec<ServerConn> = idle.drain(..cut).collect();
+                self.stats.idle.store(idle.len(), Ordering::Relaxed);
+                surplus
+            };
+            for conn in surplus {
+                close_in_background(conn);
+            }
+        }
+        tracing::info!(pool = %self.key, size = new.size, reserve = new.reserve, "pool settings changed");
+    }
+
+    /// Withdraws permits owed after a shrink, once some have come back.
+    fn settle_shrink_debt(&self) {
+        let mut debt = self.shrink_debt.lock().expect("pool lock poisoned");
+        if debt.0 > 0 {
+            debt.0 -= self.permits.forget_permits(debt.0);
+        }
+        if debt.1 > 0 {
+            debt.1 -= self.reserve.forget_permits(debt.1);
+        }
     }
 
     pub fn backend(&self) -> &Arc<Backend> {
@@ -168,7 +228,7 @@ impl Pool {
             Some(conn) => conn,
             None => self.open(credential, tls).await?,
         };
-        if self.settings.min_idle > 0 {
+        if self.settings.load().min_idle > 0 {
             // Only a credential the backend accepted (or that found an idle
             // connection after authenticating against the same verifier) is kept.
             *self.credential.lock().expect("pool lock poisoned") = Some(credential.clone());
@@ -194,8 +254,9 @@ impl Pool {
             self.stats.record_wait(waited);
             self.histograms.pool_wait(waited);
         });
-        let deadline = started + self.settings.max_wait;
-        let first = self.settings.reserve_wait.min(self.settings.max_wait);
+        let settings = self.settings.load();
+        let deadline = started + settings.max_wait;
+        let first = settings.reserve_wait.min(settings.max_wait);
         if let Ok(permit) = tokio::time::timeout(first, self.permits.clone().acquire_owned()).await
         {
             return Ok(permit.expect("pool semaphores are never closed"));
@@ -239,9 +300,9 @@ impl Pool {
         match opened {
             Ok(mut conn) => {
                 *health = Health::default();
-                conn.retire_at = Some(conn.created + jittered(self.settings.lifetime));
-                conn.prepared
-                    .set_capacity(self.settings.max_prepared_statements);
+                let settings = self.settings.load();
+                conn.retire_at = Some(conn.created + jittered(settings.lifetime));
+                conn.prepared.set_capacity(settings.max_prepared_statements);
                 *self.fresh_params.lock().expect("pool lock poisoned") =
                     Some(Arc::new(conn.params.clone()));
                 Ok(conn)
@@ -281,8 +342,8 @@ impl Pool {
             let connecting = self.stats.connecting.load(Ordering::Relaxed);
             let active = self.stats.active.load(Ordering::Relaxed);
             // Idle connections and checked-out ones share `size`.
-            if idle + connecting >= self.settings.min_idle
-                || idle + connecting + active >= self.settings.size
+            let settings = self.settings.load();
+            if idle + connecting >= settings.min_idle || idle + connecting + active >= settings.size
             {
                 return;
             }
@@ -325,7 +386,7 @@ impl Pool {
 
     fn is_expired(&self, conn: &ServerConn, now: Instant) -> bool {
         conn.retire_at.is_some_and(|at| now >= at)
-            || now.duration_since(conn.last_used) >= self.settings.idle_timeout
+            || now.duration_since(conn.last_used) >= self.settings.load().idle_timeout
     }
 
     fn put_idle(&self, mut conn: ServerConn) {
@@ -444,6 +505,7 @@ impl PooledConn {
         }
         // Only now: a waiter woken by this permit finds the connection idle.
         drop(permit);
+        self.pool.settle_shrink_debt();
     }
 }
 
@@ -452,6 +514,8 @@ impl Drop for PooledConn {
         if let Some(conn) = self.conn.take() {
             self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
             close_in_background(conn);
+            drop(self.permit.take());
+            self.pool.settle_shrink_debt();
         }
     }
 }

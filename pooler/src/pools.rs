@@ -70,6 +70,19 @@ impl Pools {
             .collect()
     }
 
+    /// Gives every pool its tenant's settings from `catalog` where they changed (see
+    /// [`Pool::update_settings`]). Pools of tenants no longer in the catalog are left
+    /// alone.
+    pub fn apply(&self, catalog: &router::Catalog) {
+        for pool in self.all() {
+            if let Some(tenant) = catalog.get(pool.key.tenant.as_str()) {
+                if *pool.settings() != tenant.pool {
+                    pool.update_settings(tenant.pool.clone());
+                }
+            }
+        }
+    }
+
     /// Every pool, in no particular order.
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.pools.iter().map(|e| e.value().clone()).collect()

@@ -23,6 +23,10 @@ pub struct ProxyConfig {
     pub auth_cache_ttl: Duration,
     /// Log each session start and each connection's end (duration, bytes) at `info`.
     pub log_connections: bool,
+    /// Client connections of the whole process; `None`: no limit.
+    pub max_client_connections: Option<usize>,
+    /// Logins in progress at once, whole process.
+    pub max_concurrent_logins: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +49,8 @@ impl Default for ProxyConfig {
             shutdown_grace: Duration::from_secs(30),
             auth_cache_ttl: Duration::from_secs(30),
             log_connections: true,
+            max_client_connections: Some(100_000),
+            max_concurrent_logins: 1000,
         }
     }
 }

@@ -33,6 +33,26 @@ pub enum ClientError {
     /// Postgres' own words for `authentication_timeout`.
     #[error("canceling authentication due to timeout")]
     LoginTimeout,
+    /// The tenant's `max_client_connections`, or (without a tenant) the process's.
+    #[error("{}", match .0 {
+        Some(tenant) => format!("too many connections for tenant \"{tenant}\""),
+        None => "sorry, too many clients already".to_owned(),
+    })]
+    TooManyConnections(Option<String>),
+    #[error("connection rate limit exceeded for tenant \"{0}\"")]
+    ConnectRateLimited(String),
+    #[error("query rate limit exceeded for tenant \"{0}\"")]
+    QueryRateLimited(String),
+    #[error("too many failed logins; retry in {retry_in_s} s")]
+    Banned { retry_in_s: u64 },
+    #[error("connections from {ip} are not allowed for tenant \"{tenant}\"")]
+    AddressNotAllowed {
+        tenant: String,
+        ip: std::net::IpAddr,
+    },
+    /// Postgres' words for `idle_session_timeout`.
+    #[error("terminating connection due to idle-session timeout")]
+    IdleSessionTimeout,
     #[error("client I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -54,6 +74,13 @@ impl ClientError {
             ClientError::Terminating(_) => ("57P01", self.to_string()),
             ClientError::LoginTimeout => ("57014", self.to_string()),
             ClientError::IdleInTransactionTimeout => ("25P03", self.to_string()),
+            ClientError::TooManyConnections(_) => ("53300", self.to_string()),
+            ClientError::ConnectRateLimited(_) | ClientError::QueryRateLimited(_) => {
+                ("53400", self.to_string())
+            }
+            ClientError::Banned { .. } => ("28P01", self.to_string()),
+            ClientError::AddressNotAllowed { .. } => ("28000", self.to_string()),
+            ClientError::IdleSessionTimeout => ("57P05", self.to_string()),
             ClientError::Io(_) => ("08006", "connection failure".to_owned()),
         }
     }
@@ -73,7 +100,14 @@ impl ClientError {
             ClientError::Unsupported(_) => Reason::Unsupported,
             ClientError::Terminating(_) => Reason::ShuttingDown,
             ClientError::LoginTimeout => Reason::LoginTimeout,
-            ClientError::IdleInTransactionTimeout | ClientError::Io(_) => return None,
+            ClientError::TooManyConnections(_) => Reason::TooManyConnections,
+            ClientError::ConnectRateLimited(_) => Reason::ConnectRate,
+            ClientError::QueryRateLimited(_) => Reason::QueryRate,
+            ClientError::Banned { .. } => Reason::Banned,
+            ClientError::AddressNotAllowed { .. } => Reason::AddressNotAllowed,
+            ClientError::IdleInTransactionTimeout
+            | ClientError::IdleSessionTimeout
+            | ClientError::Io(_) => return None,
         })
     }
 
@@ -109,6 +143,15 @@ mod tests {
                 "08006",
             ),
             (ClientError::Terminating("shutting down"), "57P01"),
+            (
+                ClientError::TooManyConnections(Some("acme".into())),
+                "53300",
+            ),
+            (ClientError::TooManyConnections(None), "53300"),
+            (ClientError::ConnectRateLimited("acme".into()), "53400"),
+            (ClientError::QueryRateLimited("acme".into()), "53400"),
+            (ClientError::Banned { retry_in_s: 120 }, "28P01"),
+            (ClientError::IdleSessionTimeout, "57P05"),
         ];
         for (err, code) in cases {
             assert_eq!(err.sqlstate_and_message().0, code, "{err}");

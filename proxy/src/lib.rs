@@ -22,6 +22,7 @@ macro_rules! log_connection {
     };
 }
 
+pub mod admit;
 pub mod auth;
 pub mod cancel;
 pub mod config;

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admit::Gates;
 use crate::auth::MockSecret;
 use crate::cancel::CancelRegistry;
 use crate::config::ProxyConfig;
@@ -30,6 +31,8 @@ pub struct Proxy {
     pub mock_secret: MockSecret,
     /// Refused connections and failed logins per tenant (for `/metrics`).
     pub rejections: Arc<Rejections>,
+    /// Admission: connection limits, rates, bans (admit.rs).
+    pub gates: Arc<Gates>,
     /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
     pub terminate: CancellationToken,
     next_id: AtomicU64,
@@ -45,6 +48,10 @@ impl Proxy {
     ) -> Self {
         Proxy {
             rejections,
+            gates: Arc::new(Gates::new(
+                config.max_client_connections,
+                config.max_concurrent_logins,
+            )),
             secrets: SecretCache::new(config.auth_cache_ttl),
             config,
             tls,

@@ -5,17 +5,19 @@
 //! client why (including when the login timeout cuts this short).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use pooler::{
     CheckoutError, ClientInPool, ConnectError, Pool, PoolKey, PooledConn, Release, ServerCredential,
 };
-use router::{identify, IdentifyError, Limits, PoolMode, TenantId};
+use router::{identify, IdentifyError, Limits, PoolMode};
 use tokio::io::AsyncWriteExt;
 use wire::messages;
 use wire::startup::StartupMessage;
 
+use crate::admit::{Admission, TenantGate, TenantSlot};
 use crate::auth::authenticate;
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::error::ClientError;
@@ -46,17 +48,25 @@ pub struct Session {
     pub credential: ServerCredential,
     /// The tenant's limits at login.
     pub limits: Limits,
+    /// The tenant's admission state (query rate) and this client's place in its
+    /// connection count.
+    pub gate: Arc<TenantGate>,
+    pub slot: TenantSlot,
 }
 
-/// Logs the client in. `tenant_seen` is set as soon as the client's tenant is found in
-/// the catalog, so that a failure after that point is counted against it.
+/// Logs the client in. `admission` records the tenant as soon as it is found in the
+/// catalog, so that a failure after that point is counted against it.
 pub async fn establish(
     proxy: &Arc<Proxy>,
     stream: &mut ClientStream,
     startup: &StartupMessage,
     sni: Option<&str>,
-    tenant_seen: &mut Option<TenantId>,
+    ip: IpAddr,
+    admission: &mut Admission,
 ) -> Result<Session, ClientError> {
+    if let Some(refused) = admission.refusal.take() {
+        return Err(refused);
+    }
     if proxy.config.require_tls && !stream.is_tls() {
         return Err(ClientError::TlsRequired);
     }
@@ -84,7 +94,8 @@ pub async fn establish(
         .get(&identified.tenant)
         .cloned()
         .ok_or(ClientError::UnknownTenant(identified.tenant))?;
-    *tenant_seen = Some(tenant.id.clone());
+    let gate = admission.tenant(&proxy.gates, &tenant, ip).await?;
+    let slot = gate.enter()?;
     let settings = params::client_settings(&startup.params, identified.options.as_deref())?;
     if startup.minor > 0 || startup.params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
         negotiate_version(stream, startup).await?;
@@ -99,7 +110,18 @@ pub async fn establish(
         .as_ref()
         .and_then(|t| t.channel_binding.as_deref());
     let credential =
-        authenticate(stream, role, secret, channel_binding, &proxy.mock_secret).await?;
+        match authenticate(stream, role, secret, channel_binding, &proxy.mock_secret).await {
+            Ok(credential) => credential,
+            Err(e) => {
+                if matches!(e, ClientError::AuthFailed(_)) {
+                    gate.login_failed(ip);
+                }
+                return Err(e);
+            }
+        };
+    gate.login_succeeded(ip);
+    // The expensive part of the login is over: let the next one in.
+    admission.login_slots.clear();
 
     let key = PoolKey {
         tenant: tenant.id.clone(),
@@ -136,6 +158,8 @@ pub async fn establish(
                 settings,
                 credential,
                 limits: tenant.limits.clone(),
+                gate,
+                slot,
             });
         }
     }
@@ -173,6 +197,8 @@ pub async fn establish(
         settings,
         credential,
         limits: tenant.limits.clone(),
+        gate,
+        slot,
     })
 }
 

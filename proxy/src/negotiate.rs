@@ -26,6 +26,26 @@ pub enum Negotiated {
     },
     /// A cancel request (plaintext or over TLS); the connection carries nothing else.
     Cancel(CancelKey),
+    /// A TLS ClientHello has arrived: the server name is known and the handshake's
+    /// expensive part is still to come, so admission can run first.
+    Hello(Box<Hello>),
+}
+
+/// A TLS handshake stopped after the ClientHello.
+pub struct Hello {
+    start: tokio_rustls::StartHandshake<TcpStream>,
+    /// The TLS server name the client sent, lowercased.
+    pub sni: Option<String>,
+    direct: bool,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("sni", &self.sni)
+            .field("direct", &self.direct)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads one length-prefixed startup-phase packet with exact reads: nothing beyond the
@@ -54,14 +74,14 @@ pub async fn negotiate(
         ));
     }
     if first[0] == TLS_HANDSHAKE {
-        let Some(tls) = tls else {
+        if tls.is_none() {
             // No TLS configured: there is no way to answer a ClientHello readably.
             return Err((
                 None,
                 ClientError::Protocol("direct TLS without TLS configured".into()),
             ));
-        };
-        return handshake(tcp, tls, true).await;
+        }
+        return handshake(tcp, true).await;
     }
 
     // A client may try GSSAPI encryption, then TLS, then plaintext: bounded rounds.
@@ -72,9 +92,9 @@ pub async fn negotiate(
         };
         match packet {
             StartupPacket::SslRequest => match tls {
-                Some(tls) => {
+                Some(_) => {
                     tcp.write_all(b"S").await.map_err(|e| (None, e.into()))?;
-                    return handshake(tcp, tls, false).await;
+                    return handshake(tcp, false).await;
                 }
                 None => tcp.write_all(b"N").await.map_err(|e| (None, e.into()))?,
             },
@@ -97,22 +117,43 @@ pub async fn negotiate(
     ))
 }
 
+/// Reads the ClientHello (cheap: no cryptography yet).
 async fn handshake(
     tcp: TcpStream,
-    tls: &ServerTls,
     direct: bool,
 ) -> Result<Negotiated, (Option<ClientStream>, ClientError)> {
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
     let start = acceptor
         .await
         .map_err(|e| (None, ClientError::Protocol(format!("TLS: {e}"))))?;
-    let hello = start.client_hello();
-    let sni = hello.server_name().map(str::to_ascii_lowercase);
-    // One certificate for now; choosing per server name is where custom domains go.
-    let stream = start
-        .into_stream(tls.config.clone())
-        .await
-        .map_err(|e| (None, ClientError::Protocol(format!("TLS handshake: {e}"))))?;
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(str::to_ascii_lowercase);
+    Ok(Negotiated::Hello(Box::new(Hello { start, sni, direct })))
+}
+
+impl Hello {
+    /// Finishes the handshake and reads the startup packet inside TLS.
+    pub async fn complete(
+        self: Box<Self>,
+        tls: &ServerTls,
+    ) -> Result<Negotiated, (Option<ClientStream>, ClientError)> {
+        let Hello { start, sni, direct } = *self;
+        // One certificate for now; choosing per server name is where custom domains go.
+        let stream = start
+            .into_stream(tls.config.clone())
+            .await
+            .map_err(|e| (None, ClientError::Protocol(format!("TLS handshake: {e}"))))?;
+        after_handshake(stream, sni, direct).await
+    }
+}
+
+async fn after_handshake(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    sni: Option<String>,
+    direct: bool,
+) -> Result<Negotiated, (Option<ClientStream>, ClientError)> {
     let alpn_ok = stream.get_ref().1.alpn_protocol() == Some(ALPN_POSTGRESQL);
     let mut stream = ClientStream::Tls(Box::new(stream));
     if direct && !alpn_ok {

@@ -20,6 +20,7 @@ use wire::messages::tag;
 use wire::scan::Scanner;
 use wire::startup::CancelKey;
 
+use crate::admit::TenantGate;
 use crate::stream::ClientStream;
 
 /// Per-direction read buffer. Reads take what is there up to this size, and each read
@@ -42,6 +43,10 @@ pub enum RelayEnd {
     /// The client sat idle inside a transaction past the tenant's limit; `Release`
     /// says whether the server connection may be rolled back and reused.
     IdleInTransaction(Release),
+    /// The client sat idle outside a transaction past `client_idle_timeout`.
+    IdleSession(Release),
+    /// The client's queries waited longer than `max_wait` for the tenant's query rate.
+    QueryRateLimited,
 }
 
 /// What one client connection relayed, for its closing log line. Each field is only
@@ -66,6 +71,8 @@ impl Tally {
 #[derive(Debug)]
 pub struct Watch<'a> {
     pub limits: &'a Limits,
+    /// The tenant's query rate.
+    pub gate: &'a TenantGate,
     /// Where to send a cancel for a query that runs too long.
     pub cancel: Option<(Arc<BackendAddr>, CancelKey)>,
 }
@@ -86,12 +93,15 @@ struct Progress {
     used: AtomicBool,
     /// The client's stream is at a message boundary.
     client_boundary: AtomicBool,
-    /// Nanoseconds since the relay began: when the running request was sent, and
-    /// when the server last reported ReadyForQuery.
+    /// Nanoseconds since the relay began: when the running request was sent, when
+    /// the server last reported ReadyForQuery, and when the client last sent bytes.
     request_started: AtomicU64,
     last_ready: AtomicU64,
+    client_active: AtomicU64,
     /// The running request was cancelled for its timeout already.
     cancelled: AtomicBool,
+    /// The client's queries were refused by the tenant's query rate.
+    rate_limited: AtomicBool,
     /// Wakes the watchdog when any of the above changes.
     changed: Notify,
 }
@@ -131,7 +141,7 @@ pub async fn relay(
             &progress,
             &stop,
             (pool, tally),
-            epoch,
+            (&watch, epoch),
         )
         .await;
         stop.cancel();
@@ -153,21 +163,28 @@ pub async fn relay(
     let ((up, up_boundary), (down, down_boundary)) = tokio::select! {
         ends = async { tokio::join!(upstream, downstream) } => ends,
         _ = terminate.cancelled() => return RelayEnd::Terminated,
-        () = watchdog(&progress, &watch, epoch) => {
+        idle = watchdog(&progress, &watch, epoch) => {
             let clean = progress.client_boundary.load(Ordering::Acquire)
                 && !progress.unsynced.load(Ordering::Acquire)
                 && progress.expected_ready.load(Ordering::Acquire)
                     == progress.seen_ready.load(Ordering::Acquire);
-            return RelayEnd::IdleInTransaction(if clean {
+            let release = if clean {
                 Release::AtReadyForQuery {
                     status: progress.status.load(Ordering::Acquire),
                     discard: true,
                 }
             } else {
                 Release::Dirty
-            });
+            };
+            return match idle {
+                Idle::InTransaction => RelayEnd::IdleInTransaction(release),
+                Idle::Session => RelayEnd::IdleSession(release),
+            };
         }
     };
+    if progress.rate_limited.load(Ordering::Acquire) {
+        return RelayEnd::QueryRateLimited;
+    }
     tracing::trace!(?up, ?down, "relay ended");
     match (up, down) {
         (_, Ended::ServerEof) => RelayEnd::ServerGone("server closed the connection".into()),
@@ -199,11 +216,22 @@ fn since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Enforces the tenant's query and idle-in-transaction timeouts. Cancels a query that
-/// runs too long (the client then gets 57014 from the server and carries on); returns
-/// when the client has been idle in a transaction too long. Sleeps between changes.
-async fn watchdog(progress: &Progress, watch: &Watch<'_>, epoch: Instant) {
-    if watch.limits.query_timeout.is_none() && watch.limits.idle_in_transaction_timeout.is_none() {
+/// Which idle limit ran out.
+#[derive(Debug)]
+enum Idle {
+    InTransaction,
+    Session,
+}
+
+/// Enforces the tenant's query, idle-in-transaction and client idle timeouts. Cancels
+/// a query that runs too long (the client then gets 57014 from the server and carries
+/// on); returns when the client has been idle too long. Sleeps between changes.
+async fn watchdog(progress: &Progress, watch: &Watch<'_>, epoch: Instant) -> Idle {
+    let limits = watch.limits;
+    if limits.query_timeout.is_none()
+        && limits.idle_in_transaction_timeout.is_none()
+        && limits.client_idle_timeout.is_none()
+    {
         return std::future::pending().await;
     }
     loop {
@@ -212,29 +240,43 @@ async fn watchdog(progress: &Progress, watch: &Watch<'_>, epoch: Instant) {
             > progress.seen_ready.load(Ordering::Acquire);
         let at = |nanos: &AtomicU64| epoch + Duration::from_nanos(nanos.load(Ordering::Acquire));
         let deadline = if in_flight {
-            watch
-                .limits
+            limits
                 .query_timeout
                 .filter(|_| !progress.cancelled.load(Ordering::Acquire))
                 .map(|t| at(&progress.request_started) + t)
-        } else if progress.status.load(Ordering::Acquire) != tag::STATUS_IDLE {
-            watch
-                .limits
-                .idle_in_transaction_timeout
-                .map(|t| at(&progress.last_ready) + t)
         } else {
-            None
+            // Idle since the later of the last answer and the last bytes from the
+            // client (a request still arriving is not idleness).
+            let since = progress
+                .last_ready
+                .load(Ordering::Acquire)
+                .max(progress.client_active.load(Ordering::Acquire));
+            let limit = if progress.status.load(Ordering::Acquire) != tag::STATUS_IDLE {
+                limits.idle_in_transaction_timeout
+            } else {
+                limits.client_idle_timeout
+            };
+            limit.map(|t| epoch + Duration::from_nanos(since) + t)
         };
         let Some(deadline) = deadline else {
             changed.await;
             continue;
         };
-        tokio::select! {
-            () = changed => continue,
-            () = tokio::time::sleep_until(deadline.into()) => {}
+        if Instant::now() < deadline {
+            // Look again when it is due, or when something changed (the client may
+            // have sent bytes meanwhile, which moves the deadline).
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            continue;
         }
         if !in_flight {
-            return;
+            return if progress.status.load(Ordering::Acquire) == tag::STATUS_IDLE {
+                Idle::Session
+            } else {
+                Idle::InTransaction
+            };
         }
         progress.cancelled.store(true, Ordering::Release);
         if let Some((addr, key)) = &watch.cancel {
@@ -252,7 +294,7 @@ async fn client_to_server<R, W>(
     progress: &Progress,
     stop: &CancellationToken,
     (pool, tally): (&Pool, &Tally),
-    epoch: Instant,
+    (watch, epoch): (&Watch<'_>, Instant),
 ) -> (Ended, bool)
 where
     R: AsyncRead + Unpin,
@@ -268,6 +310,9 @@ where
             _ = &mut stopped => return (Ended::Stopped, scanner.at_boundary()),
             read = client.read_buf(&mut buf) => read,
         };
+        progress
+            .client_active
+            .store(since(epoch), Ordering::Release);
         match read {
             Ok(0) => return (Ended::ClientEof, scanner.at_boundary()),
             Ok(_) => {}
@@ -275,8 +320,12 @@ where
         }
         let mut terminated = false;
         let mut after_terminate = false;
+        let mut queries = 0u32;
         let scanned = scanner.feed(&buf, |msg, _| {
             pool.stats.client_message(msg);
+            if msg == tag::QUERY || msg == tag::EXECUTE {
+                queries += 1;
+            }
             if terminated {
                 after_terminate = true;
             }
@@ -313,6 +362,17 @@ where
         } else {
             &buf
         };
+        if queries > 0 {
+            // Held back until the tenant's query rate lets them through.
+            let admitted = tokio::select! {
+                _ = &mut stopped => return (Ended::Stopped, false),
+                admitted = watch.gate.queries(queries, || pool.settings().max_wait) => admitted,
+            };
+            if admitted.is_err() {
+                progress.rate_limited.store(true, Ordering::Release);
+                return (Ended::ClientFailed("query rate limit".into()), false);
+            }
+        }
         if !forward.is_empty() {
             progress.used.store(true, Ordering::Release);
             pool.stats

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tracing::Instrument;
 
+use crate::admit::Admission;
 use crate::cancel;
 use crate::error::ClientError;
 use crate::listener::Proxy;
@@ -36,30 +37,58 @@ pub async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAdd
         let _ = tcp.set_nodelay(true);
         let accepted = Instant::now();
         let deadline = accepted + proxy.config.login_timeout;
-        let (mut stream, startup, sni) =
-            match timeout_at(deadline, negotiate(tcp, proxy.tls.as_ref())).await {
-                // Like Postgres: a client that never finishes its startup packet is dropped.
-                Err(_) => return tracing::info!("login timeout before the startup packet"),
-                Ok(Err((stream, err))) => {
-                    return refuse(&proxy, stream, &err, None).await;
+        let mut admission = Admission::default();
+        match proxy.gates.enter_process() {
+            Ok(slot) => admission.process = Some(slot),
+            Err(refused) => admission.refusal = Some(refused),
+        }
+        let negotiated = async {
+            match negotiate(tcp, proxy.tls.as_ref()).await? {
+                Negotiated::Hello(hello) => {
+                    at_client_hello(&proxy, hello.sni.as_deref(), peer.ip(), &mut admission).await;
+                    let tls = proxy
+                        .tls
+                        .as_ref()
+                        .expect("a ClientHello is read only with TLS");
+                    hello.complete(tls).await
                 }
-                Ok(Ok(Negotiated::Cancel(key))) => return handle_cancel(&proxy, key).await,
-                Ok(Ok(Negotiated::Startup {
-                    stream,
-                    startup,
-                    sni,
-                })) => (stream, startup, sni),
-            };
-        let mut tenant = None;
-        let login = establish(&proxy, &mut stream, &startup, sni.as_deref(), &mut tenant);
-        let session = match timeout_at(deadline, login).await {
-            Ok(Ok(session)) => session,
-            Ok(Err(err)) => return refuse(&proxy, Some(stream), &err, tenant.as_ref()).await,
-            Err(_) => {
-                let err = ClientError::LoginTimeout;
-                return refuse(&proxy, Some(stream), &err, tenant.as_ref()).await;
+                other => Ok(other),
             }
         };
+        let (mut stream, startup, sni) = match timeout_at(deadline, negotiated).await {
+            // Like Postgres: a client that never finishes its startup packet is dropped.
+            Err(_) => return tracing::info!("login timeout before the startup packet"),
+            Ok(Err((stream, err))) => {
+                return refuse(&proxy, stream, &err, admission.tenant.as_ref()).await;
+            }
+            Ok(Ok(Negotiated::Cancel(key))) => return handle_cancel(&proxy, key).await,
+            Ok(Ok(Negotiated::Hello(_))) => unreachable!("completed above"),
+            Ok(Ok(Negotiated::Startup {
+                stream,
+                startup,
+                sni,
+            })) => (stream, startup, sni),
+        };
+        let login = establish(
+            &proxy,
+            &mut stream,
+            &startup,
+            sni.as_deref(),
+            peer.ip(),
+            &mut admission,
+        );
+        let tenant = |a: &Admission| a.tenant.clone();
+        let session = match timeout_at(deadline, login).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(err)) => {
+                return refuse(&proxy, Some(stream), &err, tenant(&admission).as_ref()).await
+            }
+            Err(_) => {
+                let err = ClientError::LoginTimeout;
+                return refuse(&proxy, Some(stream), &err, tenant(&admission).as_ref()).await;
+            }
+        };
+        drop(admission.login_slots);
         let tally = Tally::default();
         let outcome = match session.pool.settings().mode {
             PoolMode::Session => run_session(&proxy, stream, session, &tally).await,
@@ -76,6 +105,29 @@ pub async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAdd
     }
     .instrument(span)
     .await
+}
+
+/// The tenant checks, as soon as SNI names a tenant in the catalog: before the TLS
+/// handshake's expensive part. A refusal is kept to be told once TLS is up.
+async fn at_client_hello(
+    proxy: &Proxy,
+    sni: Option<&str>,
+    ip: std::net::IpAddr,
+    admission: &mut Admission,
+) {
+    if admission.refusal.is_some() {
+        return;
+    }
+    let Ok(identified) = router::identify(&proxy.config.identify, sni, None) else {
+        return;
+    };
+    let Some(tenant) = proxy.catalog.snapshot().get(&identified.tenant).cloned() else {
+        return;
+    };
+    tracing::Span::current().record("tenant", tenant.id.as_str());
+    if let Err(refused) = admission.tenant(&proxy.gates, &tenant, ip).await {
+        admission.refusal = Some(refused);
+    }
 }
 
 /// Counts a connection refused during login against its tenant (as far as it got),
@@ -147,6 +199,7 @@ async fn run_session(
         cancel,
         settings_applied,
         limits,
+        gate,
         counted: _counted,
         ..
     } = session;
@@ -155,6 +208,7 @@ async fn run_session(
     let conn = server.conn();
     let watch = Watch {
         limits: &limits,
+        gate: &gate,
         cancel: conn.cancel_key.map(|key| (conn.addr.clone(), key)),
     };
     let end = relay(
@@ -192,6 +246,23 @@ async fn run_session(
         RelayEnd::IdleInTransaction(release) => {
             server.release(release).await;
             let err = ClientError::IdleInTransactionTimeout;
+            reject(Some(stream), &err).await;
+            err.to_string()
+        }
+        RelayEnd::IdleSession(release) => {
+            server.release(release).await;
+            let err = ClientError::IdleSessionTimeout;
+            reject(Some(stream), &err).await;
+            err.to_string()
+        }
+        RelayEnd::QueryRateLimited => {
+            // The refused batch never reached the server, but earlier ones may be
+            // running: the connection is not reused.
+            server.release(Release::Dirty).await;
+            let err = ClientError::QueryRateLimited(tenant);
+            proxy
+                .rejections
+                .record(Who::Tenant(&gate.id), router::Reason::QueryRate);
             reject(Some(stream), &err).await;
             err.to_string()
         }

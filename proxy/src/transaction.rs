@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use wire::frame::{split_frame, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 use wire::messages::{self, tag};
 
+use crate::admit::TenantGate;
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::error::ClientError;
 use crate::listener::Proxy;
@@ -142,6 +143,9 @@ struct Client<'a> {
     statements: ClientStatements,
     credential: pooler::ServerCredential,
     limits: Limits,
+    gate: Arc<TenantGate>,
+    /// When the client last sent anything (for `client_idle_timeout`).
+    active_at: Instant,
 }
 
 /// Serves a logged-in transaction-mode client until it leaves; says how it ended.
@@ -161,6 +165,7 @@ pub async fn run(
         settings,
         credential,
         limits,
+        gate,
         counted: _counted,
         ..
     } = session;
@@ -197,6 +202,8 @@ pub async fn run(
         statements: ClientStatements::new(client_id),
         credential,
         limits,
+        gate,
+        active_at: Instant::now(),
     };
     let mut attached = None;
     let end = client.serve(&mut attached).await;
@@ -222,7 +229,13 @@ pub async fn run(
                 detail,
             })
         }
-        End::Failed(e) => Some(e),
+        End::Failed(e) => {
+            if matches!(e, ClientError::QueryRateLimited(_)) {
+                let who = router::Who::Tenant(&client.gate.id);
+                proxy.rejections.record(who, router::Reason::QueryRate);
+            }
+            Some(e)
+        }
         End::Terminated => Some(ClientError::Terminating("Sluice is shutting down")),
     };
     match (release, &error) {
@@ -252,7 +265,11 @@ impl Client<'_> {
         let mut cbuf = BytesMut::with_capacity(READ_BUFFER);
         let terminate = self.proxy.terminate.clone();
         loop {
-            let deadline = attached.as_ref().and_then(|a| a.deadline(&self.limits));
+            let deadline = match attached.as_ref() {
+                Some(a) if !a.idle() => a.deadline(&self.limits),
+                // Holding nothing (or nothing in progress): the client is idle.
+                _ => self.limits.client_idle_timeout.map(|t| self.active_at + t),
+            };
             tokio::select! {
                 read = self.stream.read_buf(&mut cbuf) => match read {
                     Ok(0) | Err(_) => return End::ClientLeft,
@@ -283,7 +300,9 @@ impl Client<'_> {
 
     /// A limit ran out: cancel the running query, or end a client idle in a transaction.
     async fn on_deadline(&mut self, attached: &mut Option<Attached>) -> Option<End> {
-        let a = attached.as_mut()?;
+        let Some(a) = attached.as_mut().filter(|a| !a.idle()) else {
+            return Some(End::Failed(ClientError::IdleSessionTimeout));
+        };
         if a.in_flight() {
             a.cancelled = true;
             a.cancel_sent = true;
@@ -315,6 +334,13 @@ impl Client<'_> {
                 Ok(None) => break,
                 Err(e) => return Some(End::Failed(ClientError::Protocol(e.to_string()))),
             };
+            self.active_at = Instant::now();
+            if frame.tag == tag::QUERY || frame.tag == tag::EXECUTE {
+                let pool = &self.pool;
+                if let Err(e) = self.gate.queries(1, || pool.settings().max_wait).await {
+                    return Some(End::Failed(e));
+                }
+            }
             if frame.tag == tag::TERMINATE {
                 if !out.is_empty() {
                     if let Some(end) = self.send(attached, &out).await {
@@ -489,6 +515,8 @@ impl Client<'_> {
     /// Forwards the server's complete messages, dropping answers to messages Sluice
     /// added, and lets the server go when the client is idle again.
     async fn on_server_bytes(&mut self, attached: &mut Option<Attached>) -> Option<End> {
+        // A client waiting for its answer is not idle: idleness counts from here.
+        self.active_at = Instant::now();
         let a = attached.as_mut()?;
         let mut out = BytesMut::new();
         // The rest of a large message being streamed goes first, untouched.

@@ -1,7 +1,7 @@
 //! The in-memory tenant catalog: read on every connection, replaced whole on change.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 
@@ -42,20 +42,42 @@ impl Catalog {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.tenants.values()
     }
+
+    /// A copy of this catalog with `tenant` added or replacing the one with its id.
+    pub fn with(&self, tenant: Tenant) -> Catalog {
+        let mut tenants = self.tenants.clone();
+        tenants.insert(tenant.id.clone(), Arc::new(tenant));
+        Catalog { tenants }
+    }
 }
 
+type Listener = Box<dyn Fn(&Catalog) + Send + Sync>;
+
 /// The live catalog shared by every connection task. Readers take a snapshot without
-/// locking; a change (config reload, later the control plane) builds a new `Catalog`
-/// and swaps it in whole.
-#[derive(Debug, Default)]
+/// locking; a change (the admin API, later catalog sync) builds a new `Catalog`, swaps
+/// it in whole, and tells the listeners (the proxy's admission gates and pools, which
+/// apply changed limits and pool settings to what is already running).
+#[derive(Default)]
 pub struct CatalogHandle {
     current: ArcSwap<Catalog>,
+    /// Held by writers for their whole read-modify-write, so no change is lost.
+    writer: Mutex<()>,
+    listeners: RwLock<Vec<Listener>>,
+}
+
+impl std::fmt::Debug for CatalogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogHandle")
+            .field("tenants", &self.current.load().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl CatalogHandle {
     pub fn new(catalog: Catalog) -> Self {
         CatalogHandle {
             current: ArcSwap::from_pointee(catalog),
+            ..CatalogHandle::default()
         }
     }
 
@@ -64,7 +86,33 @@ impl CatalogHandle {
     }
 
     pub fn replace(&self, catalog: Catalog) {
-        self.current.store(Arc::new(catalog));
+        let _writer = self.writer.lock().expect("catalog writer lock poisoned");
+        self.publish(catalog);
+    }
+
+    /// Builds the next catalog from the current one and publishes it, unless `change`
+    /// fails; writers go one at a time.
+    pub fn update<E>(&self, change: impl FnOnce(&Catalog) -> Result<Catalog, E>) -> Result<(), E> {
+        let _writer = self.writer.lock().expect("catalog writer lock poisoned");
+        let next = change(&self.current.load())?;
+        self.publish(next);
+        Ok(())
+    }
+
+    fn publish(&self, catalog: Catalog) {
+        let catalog = Arc::new(catalog);
+        self.current.store(catalog.clone());
+        for listener in self.listeners.read().expect("catalog lock poisoned").iter() {
+            listener(&catalog);
+        }
+    }
+
+    /// Calls `listener` with every catalog published from now on.
+    pub fn subscribe(&self, listener: impl Fn(&Catalog) + Send + Sync + 'static) {
+        self.listeners
+            .write()
+            .expect("catalog lock poisoned")
+            .push(Box::new(listener));
     }
 }
 

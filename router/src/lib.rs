@@ -5,11 +5,15 @@
 //! pool settings) and pure functions over it, so every decision here is unit-testable
 //! and cheap on the connection path. Files, sockets and clocks belong to the callers.
 
+pub mod admission;
 pub mod catalog;
 pub mod identify;
 pub mod rejections;
 pub mod tenant;
 
+pub use admission::{
+    AllowList, Ban, BanControl, BanPolicy, Cidr, CidrError, FailedLogins, TokenBucket,
+};
 pub use catalog::{Catalog, CatalogHandle};
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};
 pub use rejections::{Reason, Rejections, TenantLabels, Who};

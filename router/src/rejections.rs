@@ -31,10 +31,15 @@ pub enum Reason {
     Unsupported,
     LoginTimeout,
     ShuttingDown,
+    TooManyConnections,
+    ConnectRate,
+    QueryRate,
+    Banned,
+    AddressNotAllowed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 16] = [
         Reason::NoTenant,
         Reason::UnknownTenant,
         Reason::TlsRequired,
@@ -46,6 +51,11 @@ impl Reason {
         Reason::Unsupported,
         Reason::LoginTimeout,
         Reason::ShuttingDown,
+        Reason::TooManyConnections,
+        Reason::ConnectRate,
+        Reason::QueryRate,
+        Reason::Banned,
+        Reason::AddressNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +71,11 @@ impl Reason {
             Reason::Unsupported => "unsupported",
             Reason::LoginTimeout => "login_timeout",
             Reason::ShuttingDown => "shutting_down",
+            Reason::TooManyConnections => "too_many_connections",
+            Reason::ConnectRate => "connect_rate",
+            Reason::QueryRate => "query_rate",
+            Reason::Banned => "banned",
+            Reason::AddressNotAllowed => "address_not_allowed",
         }
     }
 }

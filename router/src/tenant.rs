@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admission::{BanPolicy, Cidr};
+
 /// A tenant id: one DNS label (`[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`), because it is
 /// the first label of the host name clients connect to.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,12 +60,50 @@ pub struct Tenant {
 }
 
 /// Per-tenant limits enforced by Sluice itself (so a client cannot `SET` them away).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `None` means no limit. See docs/limits.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// A query running longer is cancelled on the backend (client: 57014).
     pub query_timeout: Option<Duration>,
     /// A client idle inside a transaction longer is disconnected (25P03).
     pub idle_in_transaction_timeout: Option<Duration>,
+    /// A client idle outside a transaction longer is disconnected (57P05).
+    pub client_idle_timeout: Option<Duration>,
+    /// Client connections of the tenant at once (53300).
+    pub max_client_connections: Option<usize>,
+    /// New connections per second, token bucket with a burst of twice the rate (53400).
+    pub connect_rate: Option<u32>,
+    /// Queries per second; excess queries wait in line up to the pool's `max_wait`,
+    /// then 53400.
+    pub query_rate: Option<u32>,
+    /// Logins (TLS handshake to authenticated) of the tenant in progress at once; more
+    /// wait their turn, so one tenant's storm cannot take every login slot.
+    pub max_concurrent_logins: usize,
+    /// Failed logins from one address before that address is refused for a while.
+    pub failed_logins: BanPolicy,
+    /// Client addresses allowed to connect; empty = any.
+    pub allow_cidrs: Vec<Cidr>,
+}
+
+impl Default for Limits {
+    /// DESIGN.md §4's defaults.
+    fn default() -> Self {
+        Limits {
+            query_timeout: None,
+            idle_in_transaction_timeout: None,
+            client_idle_timeout: None,
+            max_client_connections: Some(200),
+            connect_rate: Some(50),
+            query_rate: None,
+            max_concurrent_logins: 32,
+            failed_logins: BanPolicy {
+                max_failures: 10,
+                window: Duration::from_secs(60),
+                ban: Duration::from_secs(120),
+            },
+            allow_cidrs: Vec::new(),
+        }
+    }
 }
 
 /// How to reach a tenant's Postgres and how to read its roles' secrets.

@@ -7,8 +7,8 @@ use std::time::Duration;
 use admin_api::AdminConfig;
 use proxy::config::{ProxyConfig, TlsFiles};
 use router::{
-    Backend, BackendAddr, BackendTls, IdentifyRules, Limits, PoolMode, PoolSettings, Tenant,
-    TenantId,
+    Backend, BackendAddr, BackendTls, BanPolicy, Cidr, IdentifyRules, Limits, PoolMode,
+    PoolSettings, Tenant, TenantId,
 };
 
 use super::{Config, ConfigError, LimitsSection, PoolSection};
@@ -45,6 +45,11 @@ impl Config {
             shutdown_grace: Duration::from_secs(p.shutdown_grace_s),
             auth_cache_ttl: Duration::from_secs(p.auth_cache_ttl_s),
             log_connections: self.log_connections,
+            max_client_connections: match p.max_client_connections {
+                0 => None,
+                n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            },
+            max_concurrent_logins: p.max_concurrent_logins as usize,
         };
         let admin = AdminConfig {
             listen: self.admin.listen.parse().expect("validated"),
@@ -66,7 +71,16 @@ impl Config {
                     line: None,
                     message: format!("cannot read {}: {e}", b.auth_password_file.display()),
                 })?;
-            let pool = pool_settings(&t.pool, &defaults);
+            // Defaults, then the tenant's plan, then its own keys.
+            let plan = t.plan.as_ref().map(|name| &self.plans[name]);
+            let (plan_pool, plan_limits) = match plan {
+                Some(plan) => (
+                    pool_settings(&plan.pool, &defaults),
+                    limits(&plan.limits, &default_limits),
+                ),
+                None => (defaults.clone(), default_limits.clone()),
+            };
+            let pool = pool_settings(&t.pool, &plan_pool);
             if pool.min_idle > pool.size {
                 return Err(ConfigError {
                     key: format!("tenants[{i}].pool.min_idle"),
@@ -97,7 +111,7 @@ impl Config {
                         .unwrap_or_else(|| router::tenant::DEFAULT_AUTH_QUERY.to_owned()),
                 }),
                 pool,
-                limits: limits(&t.limits, &default_limits),
+                limits: limits(&t.limits, &plan_limits),
             });
         }
         Ok(Runtime {
@@ -116,12 +130,47 @@ fn limits(section: &LimitsSection, base: &Limits) -> Limits {
         Some(ms) => Some(Duration::from_millis(ms)),
         None => base,
     };
+    let s = |v: Option<u64>, base: Option<Duration>| ms(v.map(|s| s.saturating_mul(1000)), base);
+    let count = |v: Option<u64>, base: Option<usize>| match v {
+        Some(0) => None,
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => base,
+    };
+    let rate = |v: Option<u32>, base: Option<u32>| match v {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => base,
+    };
+    let bans = &base.failed_logins;
     Limits {
         query_timeout: ms(section.query_timeout_ms, base.query_timeout),
         idle_in_transaction_timeout: ms(
             section.idle_in_transaction_timeout_ms,
             base.idle_in_transaction_timeout,
         ),
+        client_idle_timeout: s(section.client_idle_timeout_s, base.client_idle_timeout),
+        max_client_connections: count(section.max_client_connections, base.max_client_connections),
+        connect_rate: rate(section.connect_rate, base.connect_rate),
+        query_rate: rate(section.query_rate, base.query_rate),
+        max_concurrent_logins: section
+            .max_concurrent_logins
+            .map_or(base.max_concurrent_logins, |n| n as usize),
+        failed_logins: BanPolicy {
+            max_failures: section.failed_login_max.unwrap_or(bans.max_failures),
+            window: section
+                .failed_login_window_s
+                .map_or(bans.window, Duration::from_secs),
+            ban: section
+                .failed_login_ban_s
+                .map_or(bans.ban, Duration::from_secs),
+        },
+        allow_cidrs: match &section.allow_cidrs {
+            Some(list) => list
+                .iter()
+                .map(|c| Cidr::parse(c).expect("validated"))
+                .collect(),
+            None => base.allow_cidrs.clone(),
+        },
     }
 }
 

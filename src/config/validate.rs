@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use router::TenantId;
 
 use super::locate::{line_of, path_string, Seg};
-use super::{Config, ConfigError, PoolSection};
+use super::{Config, ConfigError, LimitsSection, PoolSection};
+use router::Cidr;
 
 /// A problem at a key path, before it is located in the text.
 #[derive(Debug)]
@@ -32,7 +33,7 @@ impl Problem {
     }
 }
 
-use Seg::{Index, Key};
+use Seg::{Index, Key, Owned as Name};
 
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -103,6 +104,29 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         vec![Key("defaults"), Key("pool")],
         &mut problems,
     );
+    check_limits(
+        &config.defaults.limits,
+        vec![Key("defaults"), Key("limits")],
+        &mut problems,
+    );
+    for (name, plan) in &config.plans {
+        if TenantId::parse(name).is_err() {
+            problems.push(Problem::new(
+                vec![Key("plans")],
+                format!("plan name {name:?} must be lowercase letters, digits and '-'"),
+            ));
+        }
+        check_pool(
+            &plan.pool,
+            vec![Key("plans"), Name(name.clone()), Key("pool")],
+            &mut problems,
+        );
+        check_limits(
+            &plan.limits,
+            vec![Key("plans"), Name(name.clone()), Key("limits")],
+            &mut problems,
+        );
+    }
 
     let mut seen = HashSet::new();
     for (i, tenant) in config.tenants.iter().enumerate() {
@@ -146,8 +170,49 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
         check_pool(&tenant.pool, at(&[Key("pool")]), &mut problems);
+        check_limits(&tenant.limits, at(&[Key("limits")]), &mut problems);
+        if let Some(plan) = &tenant.plan {
+            if !config.plans.contains_key(plan) {
+                let known: Vec<&str> = config.plans.keys().map(String::as_str).collect();
+                problems.push(Problem::new(
+                    at(&[Key("plan")]),
+                    format!("no plan {plan:?} (plans: {known:?})"),
+                ));
+            }
+        }
     }
     problems
+}
+
+fn check_limits(limits: &LimitsSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
+    let at = |key: &'static str| {
+        let mut p = path.clone();
+        p.push(Key(key));
+        p
+    };
+    for (i, cidr) in limits.allow_cidrs.iter().flatten().enumerate() {
+        if let Err(e) = Cidr::parse(cidr) {
+            let mut p = at("allow_cidrs");
+            p.push(Index(i));
+            problems.push(Problem::new(p, e.to_string()));
+        }
+    }
+    if limits.max_concurrent_logins == Some(0) {
+        problems.push(Problem::new(
+            at("max_concurrent_logins"),
+            "must be at least 1",
+        ));
+    }
+    const TEN_YEARS_S: u64 = 10 * 366 * 24 * 3600;
+    for (key, value) in [
+        ("client_idle_timeout_s", limits.client_idle_timeout_s),
+        ("failed_login_window_s", limits.failed_login_window_s),
+        ("failed_login_ban_s", limits.failed_login_ban_s),
+    ] {
+        if value.is_some_and(|v| v > TEN_YEARS_S) {
+            problems.push(Problem::new(at(key), "must be at most ten years"));
+        }
+    }
 }
 
 fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {

@@ -137,6 +137,51 @@ where
 /// Connects with tokio-postgres (TLS with SNI from `sni_host`) and drives the
 /// connection in a task.
 pub async fn pg_connect(target: &PgTarget) -> Result<Client, tokio_postgres::Error> {
+    let config = pg_config(target);
+    let (client, connection) = config.connect(tls_connector(&target.ca)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Connects like [`pg_connect`], but from the local address `source` (any 127.x.y.z
+/// reaches a loopback listener), so tests can play several client hosts. The task
+/// driving the connection returns how the connection ended (a FATAL from Sluice shows
+/// up there).
+pub async fn pg_connect_from(
+    target: &PgTarget,
+    source: std::net::IpAddr,
+) -> Result<
+    (
+        Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+    tokio_postgres::Error,
+> {
+    use tokio_postgres::tls::MakeTlsConnect;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::new(source, 0))
+        .expect("bind the source address");
+    let tcp = socket
+        .connect(target.addr)
+        .await
+        .expect("connect to Sluice");
+    let host = target
+        .sni_host
+        .clone()
+        .unwrap_or_else(|| target.addr.ip().to_string());
+    let mut tls = tls_connector(&target.ca);
+    let tls = <MakeRustlsConnect as MakeTlsConnect<tokio::net::TcpStream>>::make_tls_connect(
+        &mut tls, &host,
+    )
+    .expect("TLS connector");
+    let (client, connection) = pg_config(target).connect_raw(tcp, tls).await?;
+    Ok((client, tokio::spawn(connection)))
+}
+
+fn pg_config(target: &PgTarget) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     match &target.sni_host {
         Some(host) => {
@@ -159,9 +204,5 @@ pub async fn pg_connect(target: &PgTarget) -> Result<Client, tokio_postgres::Err
     if let Some(o) = &target.options {
         config.options(o);
     }
-    let (client, connection) = config.connect(tls_connector(&target.ca)).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    config
 }

@@ -12,7 +12,7 @@ pub mod http;
 pub mod pki;
 pub mod sluice;
 
-pub use clients::{pg_connect, pgbench, psql, scalar, PgTarget, PsqlOutput};
+pub use clients::{pg_connect, pg_connect_from, pgbench, psql, scalar, PgTarget, PsqlOutput};
 pub use cluster::{TestCluster, TestClusterOptions};
 pub use env::{OneTenant, TwoTenants};
 pub use pki::Pki;

@@ -24,6 +24,9 @@ pub struct TenantEntry {
     pub auth_query: Option<String>,
     /// Extra lines for `[tenants.pool]`.
     pub pool: Vec<String>,
+    /// Lines for `[tenants.limits]`.
+    pub limits: Vec<String>,
+    pub plan: Option<String>,
 }
 
 impl TenantEntry {
@@ -53,6 +56,8 @@ impl TenantEntry {
             auth_password_file: cluster.auth_password_file.clone(),
             auth_query: Some(localpg::bootstrap::AUTH_QUERY.to_owned()),
             pool: Vec::new(),
+            limits: Vec::new(),
+            plan: None,
         }
     }
 }
@@ -86,6 +91,10 @@ pub struct SluiceConfig {
     pub log_format: &'static str,
     /// Lines for `[metrics]`.
     pub metrics: Vec<String>,
+    /// More lines for `[proxy]`.
+    pub proxy_extra: Vec<String>,
+    /// Raw TOML appended before the tenants (e.g. `[plans.nano]` tables).
+    pub plans: String,
     pub tenants: Vec<TenantEntry>,
 }
 
@@ -101,6 +110,8 @@ impl SluiceConfig {
             default_limits: Vec::new(),
             log_format: "text",
             metrics: Vec::new(),
+            proxy_extra: Vec::new(),
+            plans: String::new(),
             tenants: Vec::new(),
         }
     }
@@ -109,7 +120,7 @@ impl SluiceConfig {
         let mut s = format!(
             "data_dir = {:?}\nlog_format = \"{}\"\n[proxy]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n\
              sni_suffix = \"{}\"\nrequire_tls = {}\ntenant_from_options = {}\nlogin_timeout_ms = {}\n\
-             shutdown_grace_s = {}\n\n[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n\n\
+             shutdown_grace_s = {}\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n\n\
              [metrics]\n{}\n\n[defaults.pool]\n{}\n\n[defaults.limits]\n{}\n",
             data_dir.display().to_string(),
             self.log_format,
@@ -120,16 +131,21 @@ impl SluiceConfig {
             self.tenant_from_options,
             self.login_timeout_ms,
             self.shutdown_grace_s,
+            self.proxy_extra.join("\n"),
             admin_key_file(data_dir).display().to_string(),
             self.metrics.join("\n"),
             self.default_pool.join("\n"),
             self.default_limits.join("\n"),
         );
+        s.push_str(&self.plans);
         for t in &self.tenants {
+            s.push_str(&format!("\n[[tenants]]\nid = \"{}\"\n", t.id));
+            if let Some(plan) = &t.plan {
+                s.push_str(&format!("plan = \"{plan}\"\n"));
+            }
             s.push_str(&format!(
-                "\n[[tenants]]\nid = \"{}\"\n[tenants.backend]\nhost = {:?}\nport = {}\ntls = \"{}\"\n\
+                "[tenants.backend]\nhost = {:?}\nport = {}\ntls = \"{}\"\n\
                  auth_user = \"{AUTH_ROLE}\"\nauth_password_file = {:?}\n",
-                t.id,
                 t.host,
                 t.port,
                 t.tls,
@@ -143,6 +159,9 @@ impl SluiceConfig {
             }
             if !t.pool.is_empty() {
                 s.push_str(&format!("[tenants.pool]\n{}\n", t.pool.join("\n")));
+            }
+            if !t.limits.is_empty() {
+                s.push_str(&format!("[tenants.limits]\n{}\n", t.limits.join("\n")));
             }
         }
         s
