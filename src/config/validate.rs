@@ -292,6 +292,36 @@ auth_password_file = "acme.pw"
 "#;
 
     #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../configs/sluice.example.toml");
+        let config = Config::parse(text, Path::new("/etc/sluice")).unwrap_or_else(|e| {
+            panic!("configs/sluice.example.toml: {e:?}");
+        });
+        assert_eq!(config.plans.len(), 4);
+        assert_eq!(config.tenants[0].plan.as_deref(), Some("pro"));
+    }
+
+    #[test]
+    fn tenants_name_existing_plans_and_valid_cidrs() {
+        let text = GOOD.replace("id = \"acme\"", "id = \"acme\"\nplan = \"gold\"")
+            + "[tenants.limits]\nallow_cidrs = [\"10.0.0.1/8\"]\n";
+        let errs = Config::parse(&text, Path::new("/")).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("tenants[0].plan: no plan \"gold\"")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("tenants[0].limits.allow_cidrs[0]") && s.contains("10.0.0.0/8")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
     fn a_good_config_parses() {
         let c = Config::parse(GOOD, Path::new("/etc/sluice")).unwrap();
         assert_eq!(c.tenants[0].backend.port, 5432);
