@@ -474,3 +474,73 @@ fn patch_checks_keys_roles_and_input() {
     let list = get(sluice.admin_addr, "/v1/tenants", key).json();
     assert_eq!(list["tenants"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn suspension_refuses_new_connections_and_can_end_running_ones() {
+    for mode in ["session", "transaction"] {
+        let env = env(|c| c.default_pool = vec![format!("mode = \"{mode}\"")]);
+        let sluice = &env.sluice;
+        let key = Some(sluice.admin_key.as_str());
+        let post = |path: &str, body: &str| {
+            request(sluice.admin_addr, "POST", path, key, "", body.as_bytes()).unwrap()
+        };
+        let target = env.target("acme");
+        let (running, running_conn) = pg_connect_from(&target, ip("127.0.0.1")).await.unwrap();
+        let other = pg_connect(&env.target("globex")).await.unwrap();
+
+        let r = post(
+            "/v1/tenants/acme/suspend",
+            r#"{"reason": "unpaid invoice"}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["status"], "suspended");
+        assert_eq!(r.json()["suspended_reason"], "unpaid invoice");
+        let err = pg_connect(&target).await.expect_err("suspended");
+        assert_eq!(
+            code_and_message(&err),
+            (
+                "28000".to_owned(),
+                "tenant \"acme\" is suspended".to_owned()
+            ),
+            "{mode}"
+        );
+        assert_eq!(rejected(sluice, "acme", "suspended"), 1);
+        // Without terminate, running sessions carry on.
+        running
+            .simple_query("select 1")
+            .await
+            .expect("still running");
+
+        let r = post("/v1/tenants/acme/suspend", r#"{"terminate": true}"#);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let ended = tokio::time::timeout(Duration::from_secs(10), running_conn)
+            .await
+            .expect("the running session ends")
+            .unwrap()
+            .expect_err("ended by Sluice");
+        assert_eq!(
+            code_and_message(&ended),
+            (
+                "57P01".to_owned(),
+                "terminating connection: tenant \"acme\" is suspended".to_owned()
+            ),
+            "{mode}"
+        );
+        // Other tenants are not touched.
+        other
+            .simple_query("select 1")
+            .await
+            .expect("globex runs on");
+
+        let r = post("/v1/tenants/acme/resume", "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["status"], "active");
+        let again = pg_connect(&target).await.expect("resumed");
+        again.simple_query("select 1").await.unwrap();
+        assert_eq!(post("/v1/tenants/nope/suspend", "{}").status, 404);
+        assert_eq!(
+            post("/v1/tenants/acme/suspend", r#"{"terminat": true}"#).status,
+            422
+        );
+    }
+}

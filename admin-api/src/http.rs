@@ -224,6 +224,14 @@ fn route(req: &Req) -> (&'static str, Result<Handler, ApiError>) {
             &[(Method::GET, tenants::get), (Method::PATCH, tenants::patch)],
         ),
         ["v1", "tenants", _, "stats"] => ("/v1/tenants/{id}/stats", &[(Method::GET, tenant_stats)]),
+        ["v1", "tenants", _, "suspend"] => (
+            "/v1/tenants/{id}/suspend",
+            &[(Method::POST, tenants::suspend)],
+        ),
+        ["v1", "tenants", _, "resume"] => (
+            "/v1/tenants/{id}/resume",
+            &[(Method::POST, tenants::resume)],
+        ),
         ["v1", "tenants", _, "bans"] => (
             "/v1/tenants/{id}/bans",
             &[

@@ -41,8 +41,8 @@ pub struct State {
     pub keys: ApiKeys,
     pub admin_requests: Arc<AdminRequests>,
     pub sampler: Arc<stats::RateSampler>,
-    /// The data plane's login bans.
-    pub bans: Arc<dyn router::BanControl>,
+    /// The data plane's admission gates (bans, ending a tenant's sessions).
+    pub gates: Arc<dyn router::AdmissionControl>,
     registry: Registry,
     metrics_enabled: bool,
     /// Fired when the process starts draining: `/readyz` then answers 503.
@@ -65,7 +65,7 @@ impl Admin {
         catalog: Arc<router::CatalogHandle>,
         pools: Arc<pooler::Pools>,
         rejections: Arc<router::Rejections>,
-        bans: Arc<dyn router::BanControl>,
+        gates: Arc<dyn router::AdmissionControl>,
     ) -> anyhow::Result<Admin> {
         let keys = ApiKeys::default();
         keys.load_bootstrap(&config.bootstrap_key_file)?;
@@ -82,7 +82,7 @@ impl Admin {
             keys,
             admin_requests,
             sampler: Arc::new(stats::RateSampler::default()),
-            bans,
+            gates,
             metrics_enabled: config.metrics_enabled,
             draining: CancellationToken::new(),
         });

@@ -23,8 +23,10 @@ type Answer = Result<Response<http_body_util::Full<bytes::Bytes>>, ApiError>;
 #[derive(Debug, Serialize)]
 pub struct TenantView {
     pub id: String,
-    /// Always `active` until the control plane adds provisioning and suspension.
+    /// `active` or `suspended` (provisioning states come with the control plane).
     pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended_reason: Option<String>,
     pub backend: BackendView,
     pub pool: PoolPatch,
     pub limits: LimitsPatch,
@@ -273,7 +275,12 @@ impl LimitsPatch {
 fn view(t: &Tenant) -> TenantView {
     TenantView {
         id: t.id.to_string(),
-        status: "active",
+        status: if t.suspended.is_some() {
+            "suspended"
+        } else {
+            "active"
+        },
+        suspended_reason: t.suspended.clone(),
         backend: BackendView {
             address: t.backend.addr.to_string(),
             tls: match t.backend.tls {
@@ -351,6 +358,65 @@ pub(crate) fn patch(state: &State, req: &Req) -> Answer {
     Ok(json(StatusCode::OK, &answer))
 }
 
+/// The body of `POST /v1/tenants/{id}/suspend`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Suspend {
+    #[serde(default)]
+    reason: Option<String>,
+    /// Also end the sessions already running (57P01).
+    #[serde(default)]
+    terminate: bool,
+}
+
+/// `POST /v1/tenants/{id}/suspend` `{"reason", "terminate"}`: new connections get
+/// 28000 `tenant "<id>" is suspended`; with `terminate`, running sessions end.
+pub(crate) fn suspend(state: &State, req: &Req) -> Answer {
+    let caller = authorize(state, req, Role::Operator)?;
+    let id = tenant_id(req);
+    let body: Suspend = if req.body.is_empty() {
+        Suspend::default()
+    } else {
+        req.json()?
+    };
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "suspended by an operator".into());
+    if reason.len() > 1000 {
+        return Err(ApiError::invalid("reason: at most 1000 bytes"));
+    }
+    let answer = set_suspended(state, &id, Some(reason))?;
+    let terminated = if body.terminate {
+        let tenant = router::TenantId::parse(&id).map_err(|_| not_found(&id))?;
+        state.gates.terminate_sessions(&tenant)
+    } else {
+        0
+    };
+    tracing::info!(tenant = %id, terminate = body.terminate, terminated, key_id = %caller.key_id, "tenant suspended through the API");
+    Ok(json(StatusCode::OK, &answer))
+}
+
+/// `POST /v1/tenants/{id}/resume`.
+pub(crate) fn resume(state: &State, req: &Req) -> Answer {
+    let caller = authorize(state, req, Role::Operator)?;
+    let id = tenant_id(req);
+    let answer = set_suspended(state, &id, None)?;
+    tracing::info!(tenant = %id, key_id = %caller.key_id, "tenant resumed through the API");
+    Ok(json(StatusCode::OK, &answer))
+}
+
+fn set_suspended(state: &State, id: &str, reason: Option<String>) -> Result<TenantView, ApiError> {
+    let mut answer = None;
+    state.sources.catalog.update(|catalog| {
+        let current = catalog.get(id).ok_or_else(|| not_found(id))?;
+        let mut next = (**current).clone();
+        next.suspended = reason;
+        answer = Some(view(&next));
+        Ok::<_, ApiError>(catalog.with(next))
+    })?;
+    Ok(answer.expect("set when the update succeeded"))
+}
+
 #[derive(Serialize)]
 struct BanView {
     ip: IpAddr,
@@ -365,7 +431,7 @@ pub(crate) fn bans(state: &State, req: &Req) -> Answer {
     let catalog = state.sources.catalog.snapshot();
     let tenant = catalog.get(&id).ok_or_else(|| not_found(&id))?;
     let bans: Vec<BanView> = state
-        .bans
+        .gates
         .bans(&tenant.id)
         .into_iter()
         .map(|b| BanView {
@@ -390,7 +456,7 @@ pub(crate) fn lift_bans(state: &State, req: &Req) -> Answer {
         .transpose()?;
     let catalog = state.sources.catalog.snapshot();
     let tenant = catalog.get(&id).ok_or_else(|| not_found(&id))?;
-    let lifted = state.bans.lift(&tenant.id, ip);
+    let lifted = state.gates.lift(&tenant.id, ip);
     tracing::info!(tenant = %id, ?ip, lifted, key_id = %caller.key_id, "bans lifted through the API");
     Ok(json(StatusCode::OK, &serde_json::json!({"lifted": lifted})))
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use router::{Catalog, FailedLogins, Limits, Tenant, TenantId, TokenBucket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ClientError;
 
@@ -49,7 +50,14 @@ impl Admission {
     ) -> Result<Arc<TenantGate>, ClientError> {
         self.tenant = Some(tenant.id.clone());
         if let Some(gate) = self.gate.as_ref().filter(|g| g.id == tenant.id) {
+            if tenant.suspended.is_some() {
+                // Suspended between the ClientHello and now.
+                return Err(ClientError::Suspended(tenant.id.to_string()));
+            }
             return Ok(gate.clone());
+        }
+        if tenant.suspended.is_some() {
+            return Err(ClientError::Suspended(tenant.id.to_string()));
         }
         let gate = gates.gate(tenant);
         self.gate = Some(gate.clone());
@@ -66,6 +74,9 @@ impl Admission {
 #[derive(Debug)]
 pub struct Gates {
     tenants: DashMap<TenantId, Arc<TenantGate>>,
+    /// Fired at the end of the shutdown grace period; each tenant's session token is
+    /// a child of it.
+    terminate: CancellationToken,
     clients: Arc<AtomicUsize>,
     max_clients: Option<usize>,
     logins: Arc<Semaphore>,
@@ -82,9 +93,14 @@ impl Drop for ProcessSlot {
 }
 
 impl Gates {
-    pub fn new(max_clients: Option<usize>, max_concurrent_logins: usize) -> Self {
+    pub fn new(
+        max_clients: Option<usize>,
+        max_concurrent_logins: usize,
+        terminate: CancellationToken,
+    ) -> Self {
         Gates {
             tenants: DashMap::new(),
+            terminate,
             clients: Arc::new(AtomicUsize::new(0)),
             max_clients,
             logins: Arc::new(Semaphore::new(max_concurrent_logins.max(1))),
@@ -119,7 +135,13 @@ impl Gates {
         }
         self.tenants
             .entry(tenant.id.clone())
-            .or_insert_with(|| Arc::new(TenantGate::new(tenant.id.clone(), &tenant.limits)))
+            .or_insert_with(|| {
+                Arc::new(TenantGate::new(
+                    tenant.id.clone(),
+                    &tenant.limits,
+                    self.terminate.child_token(),
+                ))
+            })
             .clone()
     }
 
@@ -138,6 +160,21 @@ impl Gates {
         }
     }
 
+    /// Ends every session of `tenant` (57P01); sessions that start later are not
+    /// affected.
+    pub fn terminate_sessions(&self, tenant: &TenantId) -> usize {
+        let Some(gate) = self.existing(tenant) else {
+            return 0;
+        };
+        let fresh = self.terminate.child_token();
+        let old = std::mem::replace(
+            &mut *gate.sessions.lock().expect("gate lock poisoned"),
+            fresh,
+        );
+        old.cancel();
+        gate.clients()
+    }
+
     /// Drops expired bans and stale failure windows (called periodically).
     pub fn prune(&self) {
         let now = Instant::now();
@@ -147,7 +184,11 @@ impl Gates {
     }
 }
 
-impl router::BanControl for Gates {
+impl router::AdmissionControl for Gates {
+    fn terminate_sessions(&self, tenant: &TenantId) -> usize {
+        Gates::terminate_sessions(self, tenant)
+    }
+
     fn bans(&self, tenant: &TenantId) -> Vec<router::Ban> {
         self.existing(tenant).map_or_else(Vec::new, |gate| {
             gate.bans
@@ -181,6 +222,9 @@ pub struct TenantGate {
     queries: Mutex<TokenBucket>,
     logins: Mutex<Arc<Semaphore>>,
     pub bans: Mutex<FailedLogins>,
+    /// Cancelled to end the tenant's sessions (suspension with `terminate`), or when
+    /// the shutdown grace period ends.
+    sessions: Mutex<CancellationToken>,
 }
 
 /// A client counted against its tenant's `max_client_connections` while it lives.
@@ -203,7 +247,7 @@ fn max_or_unlimited(max: Option<usize>) -> usize {
 }
 
 impl TenantGate {
-    fn new(id: TenantId, limits: &Limits) -> Self {
+    fn new(id: TenantId, limits: &Limits, sessions: CancellationToken) -> Self {
         let now = Instant::now();
         let (rate, burst) = bucket_size(limits.connect_rate.unwrap_or(0));
         let (qrate, qburst) = bucket_size(limits.query_rate.unwrap_or(0));
@@ -222,7 +266,13 @@ impl TenantGate {
                 MAX_TRACKED_ADDRESSES,
             )),
             limits: Mutex::new(limits.clone()),
+            sessions: Mutex::new(sessions),
         }
+    }
+
+    /// What ends this tenant's sessions now: Sluice's shutdown, or a suspension.
+    pub fn session_token(&self) -> CancellationToken {
+        self.sessions.lock().expect("gate lock poisoned").clone()
     }
 
     /// Applies changed limits. Connections already in keep their slots; a new

@@ -50,6 +50,11 @@ pub enum ClientError {
         tenant: String,
         ip: std::net::IpAddr,
     },
+    #[error("tenant \"{0}\" is suspended")]
+    Suspended(String),
+    /// The tenant was suspended with `terminate`, or deleted.
+    #[error("terminating connection: tenant \"{0}\" is suspended")]
+    TenantTerminated(String),
     /// Postgres' words for `idle_session_timeout`.
     #[error("terminating connection due to idle-session timeout")]
     IdleSessionTimeout,
@@ -81,6 +86,8 @@ impl ClientError {
             ClientError::Banned { .. } => ("28P01", self.to_string()),
             ClientError::AddressNotAllowed { .. } => ("28000", self.to_string()),
             ClientError::IdleSessionTimeout => ("57P05", self.to_string()),
+            ClientError::Suspended(_) => ("28000", self.to_string()),
+            ClientError::TenantTerminated(_) => ("57P01", self.to_string()),
             ClientError::Io(_) => ("08006", "connection failure".to_owned()),
         }
     }
@@ -105,8 +112,10 @@ impl ClientError {
             ClientError::QueryRateLimited(_) => Reason::QueryRate,
             ClientError::Banned { .. } => Reason::Banned,
             ClientError::AddressNotAllowed { .. } => Reason::AddressNotAllowed,
+            ClientError::Suspended(_) => Reason::Suspended,
             ClientError::IdleInTransactionTimeout
             | ClientError::IdleSessionTimeout
+            | ClientError::TenantTerminated(_)
             | ClientError::Io(_) => return None,
         })
     }
@@ -152,6 +161,8 @@ mod tests {
             (ClientError::QueryRateLimited("acme".into()), "53400"),
             (ClientError::Banned { retry_in_s: 120 }, "28P01"),
             (ClientError::IdleSessionTimeout, "57P05"),
+            (ClientError::Suspended("acme".into()), "28000"),
+            (ClientError::TenantTerminated("acme".into()), "57P01"),
         ];
         for (err, code) in cases {
             assert_eq!(err.sqlstate_and_message().0, code, "{err}");

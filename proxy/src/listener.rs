@@ -46,11 +46,13 @@ impl Proxy {
         pools: Arc<Pools>,
         rejections: Arc<Rejections>,
     ) -> Self {
+        let terminate = CancellationToken::new();
         Proxy {
             rejections,
             gates: Arc::new(Gates::new(
                 config.max_client_connections,
                 config.max_concurrent_logins,
+                terminate.clone(),
             )),
             secrets: SecretCache::new(config.auth_cache_ttl),
             config,
@@ -59,7 +61,7 @@ impl Proxy {
             pools,
             cancels: Arc::new(CancelRegistry::default()),
             mock_secret: MockSecret::random(),
-            terminate: CancellationToken::new(),
+            terminate,
             next_id: AtomicU64::new(1),
         }
     }

@@ -172,6 +172,16 @@ async fn reject(stream: Option<ClientStream>, err: &ClientError) {
     .await;
 }
 
+/// Why a session was ended from outside: Sluice's shutdown, or its tenant's
+/// suspension.
+pub(crate) fn terminated(proxy: &Proxy, gate: &crate::admit::TenantGate) -> ClientError {
+    if proxy.terminate.is_cancelled() {
+        ClientError::Terminating("Sluice is shutting down")
+    } else {
+        ClientError::TenantTerminated(gate.id.to_string())
+    }
+}
+
 /// How long Sluice tries to tell a departing client why.
 pub(crate) const REJECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -214,7 +224,7 @@ async fn run_session(
     let end = relay(
         &mut stream,
         server.conn().stream_mut(),
-        &proxy.terminate,
+        &gate.session_token(),
         &pool,
         tally,
         watch,
@@ -267,8 +277,9 @@ async fn run_session(
             err.to_string()
         }
         RelayEnd::Terminated => {
-            drop(server);
-            let err = ClientError::Terminating("Sluice is shutting down");
+            // The server may be mid-query: cancel it and close the connection.
+            server.release(Release::Dirty).await;
+            let err = terminated(proxy, &gate);
             reject(Some(stream), &err).await;
             err.to_string()
         }

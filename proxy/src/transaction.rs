@@ -236,7 +236,7 @@ pub async fn run(
             }
             Some(e)
         }
-        End::Terminated => Some(ClientError::Terminating("Sluice is shutting down")),
+        End::Terminated => Some(crate::session::terminated(proxy, &client.gate)),
     };
     match (release, &error) {
         // A server that failed is not to be trusted with a reset.
@@ -263,7 +263,7 @@ pub async fn run(
 impl Client<'_> {
     async fn serve(&mut self, attached: &mut Option<Attached>) -> End {
         let mut cbuf = BytesMut::with_capacity(READ_BUFFER);
-        let terminate = self.proxy.terminate.clone();
+        let terminate = self.gate.session_token();
         loop {
             let deadline = match attached.as_ref() {
                 Some(a) if !a.idle() => a.deadline(&self.limits),

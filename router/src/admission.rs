@@ -21,9 +21,12 @@ pub use bans::{Ban, BanPolicy, FailedLogins, DEFAULT_MAX_KEYS};
 pub use bucket::TokenBucket;
 pub use cidr::{AllowList, Cidr, CidrError};
 
-/// The bans the data plane holds, as the admin API sees them (implemented by the
-/// proxy's admission gates, which keep a [`FailedLogins`] per tenant).
-pub trait BanControl: std::fmt::Debug + Send + Sync {
+/// What the admin API may ask of the data plane's admission gates (implemented by the
+/// proxy, which keeps a [`FailedLogins`] and a session token per tenant).
+pub trait AdmissionControl: std::fmt::Debug + Send + Sync {
+    /// Ends every running session of the tenant (57P01); returns how many clients
+    /// it had.
+    fn terminate_sessions(&self, tenant: &crate::TenantId) -> usize;
     /// The tenant's active bans.
     fn bans(&self, tenant: &crate::TenantId) -> Vec<Ban>;
     /// Lifts the ban of one address (and forgets its failures), or of all; returns

@@ -134,6 +134,7 @@ mod tests {
                 auth_query: crate::tenant::DEFAULT_AUTH_QUERY.into(),
             }),
             pool: PoolSettings::default(),
+            suspended: None,
             limits: Default::default(),
         }
     }

@@ -12,7 +12,7 @@ pub mod rejections;
 pub mod tenant;
 
 pub use admission::{
-    AllowList, Ban, BanControl, BanPolicy, Cidr, CidrError, FailedLogins, TokenBucket,
+    AdmissionControl, AllowList, Ban, BanPolicy, Cidr, CidrError, FailedLogins, TokenBucket,
 };
 pub use catalog::{Catalog, CatalogHandle};
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};

@@ -36,10 +36,11 @@ pub enum Reason {
     QueryRate,
     Banned,
     AddressNotAllowed,
+    Suspended,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::NoTenant,
         Reason::UnknownTenant,
         Reason::TlsRequired,
@@ -56,6 +57,7 @@ impl Reason {
         Reason::QueryRate,
         Reason::Banned,
         Reason::AddressNotAllowed,
+        Reason::Suspended,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +78,7 @@ impl Reason {
             Reason::QueryRate => "query_rate",
             Reason::Banned => "banned",
             Reason::AddressNotAllowed => "address_not_allowed",
+            Reason::Suspended => "suspended",
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Tenant {
     pub backend: Arc<Backend>,
     pub pool: PoolSettings,
     pub limits: Limits,
+    /// Why the tenant is suspended (new connections get 28000), if it is.
+    pub suspended: Option<String>,
 }
 
 /// Per-tenant limits enforced by Sluice itself (so a client cannot `SET` them away).

@@ -112,6 +112,7 @@ impl Config {
                 }),
                 pool,
                 limits: limits(&t.limits, &plan_limits),
+                suspended: None,
             });
         }
         Ok(Runtime {
