@@ -155,39 +155,33 @@ impl Collector for DataPlane {
         let tenants = self.per_tenant();
         type Pick = fn(&TenantSums) -> u64;
 
-        let states: [(&str, Pick); 3] = [
-            ("active", |s| s.clients_active),
-            ("waiting", |s| s.clients_waiting),
-            ("idle", |s| s.clients_idle),
+        let gauges: [(&str, &str, [(&str, Pick); 3]); 2] = [
+            (
+                "client_connections",
+                "Logged-in client connections by state (active: holding a server connection)",
+                [
+                    ("active", |s| s.clients_active),
+                    ("waiting", |s| s.clients_waiting),
+                    ("idle", |s| s.clients_idle),
+                ],
+            ),
+            (
+                "server_connections",
+                "Server connections to tenant backends by state",
+                [
+                    ("active", |s| s.servers_active),
+                    ("idle", |s| s.servers_idle),
+                    ("connecting", |s| s.servers_connecting),
+                ],
+            ),
         ];
-        let mut family = encoder.encode_descriptor(
-            "client_connections",
-            "Logged-in client connections by state (active: holding a server connection)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (tenant, sums) in &tenants {
-            for (state, pick) in states {
-                let labels = [("tenant", &**tenant), ("state", state)];
-                gauge(pick(sums)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-
-        let states: [(&str, Pick); 3] = [
-            ("active", |s| s.servers_active),
-            ("idle", |s| s.servers_idle),
-            ("connecting", |s| s.servers_connecting),
-        ];
-        let mut family = encoder.encode_descriptor(
-            "server_connections",
-            "Server connections to tenant backends by state",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (tenant, sums) in &tenants {
-            for (state, pick) in states {
-                let labels = [("tenant", &**tenant), ("state", state)];
-                gauge(pick(sums)).encode(family.encode_family(&labels)?)?;
+        for (name, help, states) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (tenant, sums) in &tenants {
+                for (state, pick) in states {
+                    let labels = [("tenant", &**tenant), ("state", state)];
+                    gauge(pick(sums)).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
 
