@@ -150,6 +150,7 @@ pub struct LimitsSection {
     pub idle_in_transaction_timeout_ms: Option<u64>,
     pub client_idle_timeout_s: Option<u64>,
     pub max_client_connections: Option<u64>,
+    pub max_server_connections: Option<u64>,
     pub connect_rate: Option<u32>,
     pub query_rate: Option<u32>,
     pub max_concurrent_logins: Option<u32>,

@@ -544,3 +544,56 @@ async fn suspension_refuses_new_connections_and_can_end_running_ones() {
         );
     }
 }
+
+#[tokio::test]
+async fn server_connections_are_capped_per_tenant_across_its_pools() {
+    let env = env(|c| {
+        c.default_pool = vec!["max_wait_ms = 1000".into()];
+        c.default_limits = vec!["max_server_connections = 1".into()];
+    });
+    let app = env.target("acme");
+    let mut other_db = app.clone();
+    other_db.dbname = "postgres".into();
+
+    let first = pg_connect(&app).await.unwrap();
+    // Session mode: the first client holds the tenant's only server connection.
+    let err = pg_connect(&other_db)
+        .await
+        .expect_err("at the tenant's cap");
+    assert_eq!(
+        code_and_message(&err),
+        (
+            "53300".to_owned(),
+            "timed out waiting for a server connection".to_owned()
+        )
+    );
+    // Its connection goes idle in the app pool; the other pool takes its place.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = pg_connect(&other_db)
+        .await
+        .expect("an idle sibling is closed for it");
+    second.simple_query("select 1").await.unwrap();
+    let stats = get(
+        env.sluice.admin_addr,
+        "/v1/tenants/acme/stats",
+        Some(&env.sluice.admin_key),
+    )
+    .json();
+    let open: u64 = ["active", "idle", "connecting"]
+        .iter()
+        .map(|s| stats["servers"][*s].as_u64().unwrap())
+        .sum();
+    assert_eq!(open, 1, "{stats}");
+
+    // Raised live.
+    let r = patch(
+        &env.sluice,
+        "acme",
+        r#"{"limits": {"max_server_connections": 2}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let third = pg_connect(&app).await.expect("room after raising the cap");
+    third.simple_query("select 1").await.unwrap();
+    second.simple_query("select 1").await.unwrap();
+}

@@ -155,7 +155,9 @@ impl Collector for DataPlane {
         let tenants = self.per_tenant();
         type Pick = fn(&TenantSums) -> u64;
 
-        let gauges: [(&str, &str, [(&str, Pick); 3]); 2] = [
+        /// A family of per-state gauges: name, help, and where each state's value is.
+        type StateGauges = (&'static str, &'static str, [(&'static str, Pick); 3]);
+        let gauges: [StateGauges; 2] = [
             (
                 "client_connections",
                 "Logged-in client connections by state (active: holding a server connection)",

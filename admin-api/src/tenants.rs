@@ -75,6 +75,8 @@ pub struct LimitsPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_client_connections: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_server_connections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_rate: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_rate: Option<u32>,
@@ -198,6 +200,7 @@ impl LimitsPatch {
             idle_in_transaction_timeout_ms: ms(l.idle_in_transaction_timeout),
             client_idle_timeout_s: Some(l.client_idle_timeout.map_or(0, secs)),
             max_client_connections: Some(l.max_client_connections.map_or(0, |n| n as u64)),
+            max_server_connections: Some(l.max_server_connections.map_or(0, |n| n as u64)),
             connect_rate: Some(l.connect_rate.unwrap_or(0)),
             query_rate: Some(l.query_rate.unwrap_or(0)),
             max_concurrent_logins: Some(u32::try_from(l.max_concurrent_logins).unwrap_or(u32::MAX)),
@@ -234,6 +237,9 @@ impl LimitsPatch {
         }
         if let Some(v) = self.max_client_connections {
             l.max_client_connections = (v > 0).then(|| usize::try_from(v).unwrap_or(usize::MAX));
+        }
+        if let Some(v) = self.max_server_connections {
+            l.max_server_connections = (v > 0).then(|| usize::try_from(v).unwrap_or(usize::MAX));
         }
         if let Some(v) = self.connect_rate {
             l.connect_rate = (v > 0).then_some(v);

@@ -15,9 +15,11 @@ pub mod credential;
 pub mod pool;
 pub mod pools;
 pub mod prepared;
+pub mod resizable;
 pub mod server;
 pub mod stats;
 pub mod stream;
+pub mod tenant_servers;
 pub mod tls;
 
 pub use connect::{connect, ConnectError, ConnectRequest};

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use router::{Backend, PoolSettings, TenantId};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::connect::{connect, ConnectError, ConnectRequest};
 use crate::credential::ServerCredential;
+use crate::resizable::Resizable;
 use crate::server::{ServerConn, ServerError};
 use crate::stats::{Histograms, PoolCounts, PoolStats};
+use crate::tenant_servers::TenantServers;
 use crate::tls::TlsConnectors;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,19 +58,16 @@ pub struct Pool {
     backend: Arc<Backend>,
     /// Changed live by [`Pool::update_settings`]; readers see the old or the new whole.
     settings: ArcSwap<PoolSettings>,
-    /// Permits still to withdraw after `size` or `reserve` shrank while they were
-    /// lent out: taken back as they come home.
-    shrink_debt: Mutex<(usize, usize)>,
     /// One permit per checked-out server connection; the semaphore queues waiters
     /// first-come, first-served. A new connection is opened only by a permit holder
     /// that found the idle list empty, and reserve connections close when released,
     /// so idle + active stays within `size` (+ `reserve` while a burst lasts).
-    permits: Arc<Semaphore>,
+    permits: Resizable,
     /// Idle connections, most recently used last (reused first: warm caches, and the
     /// cold ones age out through `idle_timeout`).
     idle: Mutex<Vec<ServerConn>>,
     /// Extra slots for clients that waited `reserve_wait` (`reserve`).
-    reserve: Arc<Semaphore>,
+    reserve: Resizable,
     /// The latest credential a client logged in with, for `min_idle`.
     credential: Mutex<Option<ServerCredential>>,
     health: Mutex<Health>,
@@ -80,6 +79,8 @@ pub struct Pool {
     pub stats: PoolStats,
     /// The process-wide histograms this pool's checkouts and queries feed.
     pub histograms: Arc<Histograms>,
+    /// The tenant's cap on server connections across its pools.
+    servers: Arc<TenantServers>,
 }
 
 impl fmt::Debug for Pool {
@@ -108,14 +109,14 @@ impl Pool {
         backend: Arc<Backend>,
         settings: PoolSettings,
         histograms: Arc<Histograms>,
+        servers: Arc<TenantServers>,
     ) -> Self {
         Pool {
             key,
             backend,
-            permits: Arc::new(Semaphore::new(settings.size)),
-            reserve: Arc::new(Semaphore::new(settings.reserve)),
+            permits: Resizable::new(settings.size),
+            reserve: Resizable::new(settings.reserve),
             settings: ArcSwap::from_pointee(settings),
-            shrink_debt: Mutex::new((0, 0)),
             idle: Mutex::new(Vec::new()),
             credential: Mutex::new(None),
             health: Mutex::new(Health::default()),
@@ -123,6 +124,7 @@ impl Pool {
             fresh_params: Mutex::new(None),
             stats: PoolStats::default(),
             histograms,
+            servers,
         }
     }
 
@@ -151,24 +153,8 @@ impl Pool {
     /// Timeouts and lifetimes apply from the next check; `mode` to the next login.
     pub fn update_settings(&self, new: PoolSettings) {
         let old = self.settings.swap(Arc::new(new.clone()));
-        let resize = |sem: &Semaphore, from: usize, to: usize, debt: &mut usize| {
-            if to > from {
-                let mut grow = to - from;
-                let repaid = grow.min(*debt);
-                *debt -= repaid;
-                grow -= repaid;
-                sem.add_permits(grow);
-            } else {
-                let shrink = from - to;
-                let taken = sem.forget_permits(shrink);
-                *debt += shrink - taken;
-            }
-        };
-        {
-            let mut debt = self.shrink_debt.lock().expect("pool lock poisoned");
-            resize(&self.permits, old.size, new.size, &mut debt.0);
-            resize(&self.reserve, old.reserve, new.reserve, &mut debt.1);
-        }
+        self.permits.resize(new.size);
+        self.reserve.resize(new.reserve);
         if new.size < old.size {
             let surplus: Vec<ServerConn> = {
                 let mut idle = self.idle.lock().expect("pool lock poisoned");
@@ -189,13 +175,8 @@ impl Pool {
 
     /// Withdraws permits owed after a shrink, once some have come back.
     fn settle_shrink_debt(&self) {
-        let mut debt = self.shrink_debt.lock().expect("pool lock poisoned");
-        if debt.0 > 0 {
-            debt.0 -= self.permits.forget_permits(debt.0);
-        }
-        if debt.1 > 0 {
-            debt.1 -= self.reserve.forget_permits(debt.1);
-        }
+        self.permits.settle();
+        self.reserve.settle();
     }
 
     pub fn backend(&self) -> &Arc<Backend> {
@@ -243,7 +224,7 @@ impl Pool {
 
     /// A slot of `size`; after `reserve_wait` in line, a slot of `reserve` will do too.
     async fn acquire_slot(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+        if let Ok(permit) = self.permits.semaphore().clone().try_acquire_owned() {
             self.histograms.pool_wait(Duration::ZERO);
             return Ok(permit);
         }
@@ -257,14 +238,15 @@ impl Pool {
         let settings = self.settings.load();
         let deadline = started + settings.max_wait;
         let first = settings.reserve_wait.min(settings.max_wait);
-        if let Ok(permit) = tokio::time::timeout(first, self.permits.clone().acquire_owned()).await
+        if let Ok(permit) =
+            tokio::time::timeout(first, self.permits.semaphore().clone().acquire_owned()).await
         {
             return Ok(permit.expect("pool semaphores are never closed"));
         }
         let either = async {
             tokio::select! {
-                p = self.permits.clone().acquire_owned() => p,
-                p = self.reserve.clone().acquire_owned() => p,
+                p = self.permits.semaphore().clone().acquire_owned() => p,
+                p = self.reserve.semaphore().clone().acquire_owned() => p,
             }
         };
         tokio::time::timeout_at(deadline, either)
@@ -285,6 +267,10 @@ impl Pool {
                 return Err(CheckoutError::BackendDown);
             }
         }
+        let max_wait = self.settings.load().max_wait;
+        let Some(slot) = self.servers.acquire(self, max_wait).await else {
+            return Err(CheckoutError::Timeout);
+        };
         let _connecting = Gauge::up(&self.stats.connecting);
         let opened = connect(
             ConnectRequest {
@@ -300,6 +286,7 @@ impl Pool {
         match opened {
             Ok(mut conn) => {
                 *health = Health::default();
+                conn.slot = Some(slot);
                 let settings = self.settings.load();
                 conn.retire_at = Some(conn.created + jittered(settings.lifetime));
                 conn.prepared.set_capacity(settings.max_prepared_statements);
@@ -347,7 +334,7 @@ impl Pool {
             {
                 return;
             }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let Ok(permit) = self.permits.semaphore().clone().try_acquire_owned() else {
                 return;
             };
             match self.open(&credential, tls).await {
@@ -415,6 +402,20 @@ impl Pool {
             close_in_background(conn);
         }
         n
+    }
+
+    /// Closes the least recently used idle connection, if there is one.
+    pub fn close_one_idle(&self) -> bool {
+        let conn = {
+            let mut idle = self.idle.lock().expect("pool lock poisoned");
+            if idle.is_empty() {
+                return false;
+            }
+            self.stats.idle.fetch_sub(1, Ordering::Relaxed);
+            idle.remove(0)
+        };
+        close_in_background(conn);
+        true
     }
 
     /// Closes every idle connection (shutdown).
@@ -489,7 +490,7 @@ impl PooledConn {
             }
         };
         // Reserve connections are for bursts: they close instead of idling.
-        let from_reserve = Arc::ptr_eq(permit.semaphore(), &self.pool.reserve);
+        let from_reserve = Arc::ptr_eq(permit.semaphore(), self.pool.reserve.semaphore());
         if reusable && !from_reserve {
             self.pool.put_idle(conn);
         } else {

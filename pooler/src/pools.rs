@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use router::{Backend, PoolSettings};
+use router::{Backend, PoolSettings, TenantId};
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Pool, PoolKey};
 use crate::stats::{Histograms, PoolCounts};
+use crate::tenant_servers::TenantServers;
 use crate::tls::TlsConnectors;
 
 /// How often idle connections are checked for timeouts and dead peers.
@@ -20,6 +21,8 @@ pub struct Pools {
     pub tls: TlsConnectors,
     /// Latency histograms shared by every pool.
     pub histograms: Arc<Histograms>,
+    /// Each tenant's cap on server connections across its pools.
+    tenants: DashMap<TenantId, Arc<TenantServers>>,
 }
 
 impl Pools {
@@ -35,25 +38,36 @@ impl Pools {
         }
     }
 
-    /// The pool for `key`, created with `backend` and `settings` if it does not exist.
+    /// The pool for `key`, created with `backend` and `settings` if it does not exist;
+    /// `max_servers` is its tenant's `max_server_connections` (when the tenant's
+    /// first pool is created; [`Pools::apply`] follows later changes).
     pub fn get_or_create(
         &self,
         key: PoolKey,
         backend: &Arc<Backend>,
         settings: &PoolSettings,
+        max_servers: Option<usize>,
     ) -> Arc<Pool> {
         if let Some(pool) = self.pools.get(&key) {
             return pool.clone();
         }
+        let servers = self
+            .tenants
+            .entry(key.tenant.clone())
+            .or_insert_with(|| Arc::new(TenantServers::new(max_servers)))
+            .clone();
         self.pools
             .entry(key.clone())
             .or_insert_with(|| {
-                Arc::new(Pool::new(
+                let pool = Arc::new(Pool::new(
                     key,
                     backend.clone(),
                     settings.clone(),
                     self.histograms.clone(),
-                ))
+                    servers.clone(),
+                ));
+                servers.register(&pool);
+                pool
             })
             .clone()
     }
@@ -74,6 +88,11 @@ impl Pools {
     /// [`Pool::update_settings`]). Pools of tenants no longer in the catalog are left
     /// alone.
     pub fn apply(&self, catalog: &router::Catalog) {
+        for entry in self.tenants.iter() {
+            if let Some(tenant) = catalog.get(entry.key().as_str()) {
+                entry.value().set_max(tenant.limits.max_server_connections);
+            }
+        }
         for pool in self.all() {
             if let Some(tenant) = catalog.get(pool.key.tenant.as_str()) {
                 if *pool.settings() != tenant.pool {

@@ -57,6 +57,8 @@ pub struct ServerConn {
     /// A client ran SET/RESET/DISCARD on it (transaction mode): its settings are not
     /// what Sluice knows, so the next client's sync starts with RESET ALL.
     pub settings_unknown: bool,
+    /// Its place in the tenant's `max_server_connections`, freed when it closes.
+    pub slot: Option<crate::tenant_servers::ServerSlot>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -93,6 +95,7 @@ impl ServerConn {
             prepared: PreparedSet::default(),
             unreported_settings: BTreeMap::new(),
             settings_unknown: false,
+            slot: None,
         }
     }
 

@@ -128,9 +128,12 @@ pub async fn establish(
         database: database.to_owned(),
         role: role.to_owned(),
     };
-    let pool = proxy
-        .pools
-        .get_or_create(key, &tenant.backend, &tenant.pool);
+    let pool = proxy.pools.get_or_create(
+        key,
+        &tenant.backend,
+        &tenant.pool,
+        tenant.limits.max_server_connections,
+    );
     let cancel = proxy.cancels.register();
     if pool.settings().mode == PoolMode::Transaction {
         if let Some(fresh) = pool.fresh_params() {

@@ -73,6 +73,9 @@ pub struct Limits {
     pub client_idle_timeout: Option<Duration>,
     /// Client connections of the tenant at once (53300).
     pub max_client_connections: Option<usize>,
+    /// Server connections of the tenant across all its pools; a pool that needs one
+    /// more closes a sibling's idle one, or waits (up to `max_wait`, then 53300).
+    pub max_server_connections: Option<usize>,
     /// New connections per second, token bucket with a burst of twice the rate (53400).
     pub connect_rate: Option<u32>,
     /// Queries per second; excess queries wait in line up to the pool's `max_wait`,
@@ -95,6 +98,7 @@ impl Default for Limits {
             idle_in_transaction_timeout: None,
             client_idle_timeout: None,
             max_client_connections: Some(200),
+            max_server_connections: None,
             connect_rate: Some(50),
             query_rate: None,
             max_concurrent_logins: 32,

@@ -151,6 +151,7 @@ fn limits(section: &LimitsSection, base: &Limits) -> Limits {
         ),
         client_idle_timeout: s(section.client_idle_timeout_s, base.client_idle_timeout),
         max_client_connections: count(section.max_client_connections, base.max_client_connections),
+        max_server_connections: count(section.max_server_connections, base.max_server_connections),
         connect_rate: rate(section.connect_rate, base.connect_rate),
         query_rate: rate(section.query_rate, base.query_rate),
         max_concurrent_logins: section

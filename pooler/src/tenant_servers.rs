@@ -1,0 +1,104 @@
+//! A tenant's server connections across all its pools (`max_server_connections`):
+//! each open server connection holds one slot. When the tenant is at its cap, a pool
+//! that needs a new connection first closes an idle one of a sibling pool, so idle
+//! connections of one (database, role) cannot starve another.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::pool::Pool;
+use crate::resizable::Resizable;
+
+#[derive(Debug)]
+pub struct TenantServers {
+    slots: Resizable,
+    /// The tenant's pools, to take an idle connection from when at the cap.
+    pools: Mutex<Vec<Weak<Pool>>>,
+}
+
+/// One server connection's place in its tenant's cap; given back when dropped.
+#[derive(Debug)]
+pub struct ServerSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    servers: Arc<TenantServers>,
+}
+
+impl Drop for ServerSlot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.servers.slots.settle();
+    }
+}
+
+/// `None` (no cap) is a semaphore too large to run out, so that setting a cap later
+/// counts the connections already open.
+fn size_of(max: Option<usize>) -> usize {
+    max.unwrap_or(Semaphore::MAX_PERMITS)
+}
+
+impl TenantServers {
+    pub fn new(max: Option<usize>) -> Self {
+        TenantServers {
+            slots: Resizable::new(size_of(max)),
+            pools: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Changes the cap live: a lower one closes nothing, it only holds new
+    /// connections back until enough have closed.
+    pub fn set_max(&self, max: Option<usize>) {
+        self.slots.resize(size_of(max));
+    }
+
+    pub(crate) fn register(&self, pool: &Arc<Pool>) {
+        let mut pools = self.pools.lock().expect("tenant lock poisoned");
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    /// A slot for a new server connection of `for_pool`: at once if one is free;
+    /// else after closing an idle connection of another pool of the tenant; else
+    /// waiting up to `wait`. `None` when none came in time.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        for_pool: &Pool,
+        wait: Duration,
+    ) -> Option<ServerSlot> {
+        let semaphore = self.slots.semaphore().clone();
+        let permit = match semaphore.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.close_an_idle_sibling(for_pool);
+                tokio::time::timeout(wait, semaphore.acquire_owned())
+                    .await
+                    .ok()?
+                    .expect("slot semaphores are never closed")
+            }
+        };
+        Some(ServerSlot {
+            permit: Some(permit),
+            servers: self.clone(),
+        })
+    }
+
+    fn close_an_idle_sibling(&self, for_pool: &Pool) {
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .expect("tenant lock poisoned")
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for pool in pools {
+            if std::ptr::eq(&*pool, for_pool) {
+                continue;
+            }
+            if pool.close_one_idle() {
+                tracing::debug!(pool = %pool.key, "closed an idle connection for a sibling pool at the tenant's cap");
+                return;
+            }
+        }
+    }
+}
