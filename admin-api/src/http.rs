@@ -1,5 +1,6 @@
-//! The admin listener: hyper HTTP/1.1, one task per connection, routes matched by
-//! hand (there are few), JSON in and out, `{"error":{"code","message"}}` on failure.
+//! The admin listener: hyper HTTP/1.1, one task per connection, routes in one table
+//! (`ROUTES`, described by `openapi.json`), JSON in and out,
+//! `{"error":{"code","message"}}` on failure.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::keys::{Caller, Role};
 use crate::stats;
+use crate::tenants;
 use crate::State;
 
 /// Longest request head accepted (the API takes small JSON bodies only).
@@ -48,14 +50,18 @@ impl Req {
         self.head.uri.path().trim_matches('/').split('/').collect()
     }
 
-    /// The body as JSON of type `T`: 400 when it is not JSON, 422 when it does not
-    /// fit `T` (unknown fields, wrong types).
+    /// The body as a JSON object of type `T`: 400 when it is not JSON, 422 when it
+    /// does not fit `T` (unknown fields, wrong types, not an object: serde would also
+    /// take a struct's fields as an array, which openapi.json does not describe).
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
         if self.body.is_empty() {
             return Err(ApiError::bad_request("expected a JSON body"));
         }
         let value: serde_json::Value = serde_json::from_slice(&self.body)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("expected a JSON object"));
+        }
         serde_json::from_value(value).map_err(|e| ApiError::invalid(e.to_string()))
     }
 }
@@ -205,55 +211,102 @@ async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
     response
 }
 
-/// The routes: a template (the label of `sluice_admin_requests_total`, never the raw
-/// path) and a handler per method.
-type Route = (&'static str, &'static [(Method, Handler)]);
+/// One endpoint: its path template (also the `route` label of
+/// `sluice_admin_requests_total`, never the raw path; a `{...}` segment matches any one
+/// segment) and a handler per method.
+struct Route {
+    template: &'static str,
+    methods: &'static [(Method, Handler)],
+}
+
+impl Route {
+    fn matches(&self, segments: &[&str]) -> bool {
+        let pattern = self.template.trim_start_matches('/').split('/');
+        pattern.clone().count() == segments.len()
+            && pattern
+                .zip(segments)
+                .all(|(p, s)| p.starts_with('{') || p == *s)
+    }
+}
+
+/// Every endpoint of the API. `openapi.json` describes exactly these (a test checks).
+static ROUTES: &[Route] = &[
+    Route {
+        template: "/healthz",
+        methods: &[(Method::GET, healthz)],
+    },
+    Route {
+        template: "/readyz",
+        methods: &[(Method::GET, readyz)],
+    },
+    Route {
+        template: "/metrics",
+        methods: &[(Method::GET, metrics)],
+    },
+    Route {
+        template: "/v1/openapi.json",
+        methods: &[(Method::GET, openapi)],
+    },
+    Route {
+        template: "/v1/pools",
+        methods: &[(Method::GET, pools)],
+    },
+    Route {
+        template: "/v1/tenants",
+        methods: &[(Method::GET, tenants::list)],
+    },
+    Route {
+        template: "/v1/tenants/{id}",
+        methods: &[(Method::GET, tenants::get), (Method::PATCH, tenants::patch)],
+    },
+    Route {
+        template: "/v1/tenants/{id}/stats",
+        methods: &[(Method::GET, tenant_stats)],
+    },
+    Route {
+        template: "/v1/tenants/{id}/suspend",
+        methods: &[(Method::POST, tenants::suspend)],
+    },
+    Route {
+        template: "/v1/tenants/{id}/resume",
+        methods: &[(Method::POST, tenants::resume)],
+    },
+    Route {
+        template: "/v1/tenants/{id}/bans",
+        methods: &[
+            (Method::GET, tenants::bans),
+            (Method::DELETE, tenants::lift_bans),
+        ],
+    },
+];
+
+/// Every (path template, method) the API serves; `HEAD` is also accepted wherever
+/// `GET` is.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    ROUTES
+        .iter()
+        .flat_map(|r| r.methods.iter().map(|(m, _)| (r.template, m.as_str())))
+        .collect()
+}
 
 /// Matches the request to a route and method.
 fn route(req: &Req) -> (&'static str, Result<Handler, ApiError>) {
-    use crate::tenants;
     let segments = req.segments();
-    let (template, handlers): Route = match segments.as_slice() {
-        ["healthz"] => ("/healthz", &[(Method::GET, healthz)]),
-        ["readyz"] => ("/readyz", &[(Method::GET, readyz)]),
-        ["metrics"] => ("/metrics", &[(Method::GET, metrics)]),
-        ["v1", "pools"] => ("/v1/pools", &[(Method::GET, pools)]),
-        ["v1", "tenants"] => ("/v1/tenants", &[(Method::GET, tenants::list)]),
-        ["v1", "tenants", _] => (
-            "/v1/tenants/{id}",
-            &[(Method::GET, tenants::get), (Method::PATCH, tenants::patch)],
-        ),
-        ["v1", "tenants", _, "stats"] => ("/v1/tenants/{id}/stats", &[(Method::GET, tenant_stats)]),
-        ["v1", "tenants", _, "suspend"] => (
-            "/v1/tenants/{id}/suspend",
-            &[(Method::POST, tenants::suspend)],
-        ),
-        ["v1", "tenants", _, "resume"] => (
-            "/v1/tenants/{id}/resume",
-            &[(Method::POST, tenants::resume)],
-        ),
-        ["v1", "tenants", _, "bans"] => (
-            "/v1/tenants/{id}/bans",
-            &[
-                (Method::GET, tenants::bans),
-                (Method::DELETE, tenants::lift_bans),
-            ],
-        ),
-        _ => {
-            let path = req.head.uri.path();
-            let e = ApiError::not_found(format!("no such endpoint: {path}"));
-            return ("other", Err(e));
-        }
+    let Some(route) = ROUTES.iter().find(|r| r.matches(&segments)) else {
+        let path = req.head.uri.path();
+        let e = ApiError::not_found(format!("no such endpoint: {path}"));
+        return ("other", Err(e));
     };
+    let template = route.template;
     let method = if req.head.method == Method::HEAD {
         Method::GET
     } else {
         req.head.method.clone()
     };
-    match handlers.iter().find(|(m, _)| *m == method) {
+    match route.methods.iter().find(|(m, _)| *m == method) {
         Some((_, handler)) => (template, Ok(*handler)),
         None => {
-            let allowed: Vec<&str> = handlers.iter().map(|(m, _)| m.as_str()).collect();
+            let allowed: Vec<&str> = route.methods.iter().map(|(m, _)| m.as_str()).collect();
             let e = ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -328,6 +381,17 @@ fn metrics(state: &State, _: &Req) -> Result<Response<Body>, ApiError> {
         CONTENT_TYPE,
         HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
+    Ok(response)
+}
+
+/// This API described in OpenAPI 3.1 (`admin-api/openapi.json`), served as is.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+fn openapi(_: &State, _: &Req) -> Result<Response<Body>, ApiError> {
+    let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
 }
 
