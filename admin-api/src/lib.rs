@@ -10,6 +10,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod stats;
+pub mod store;
 pub mod tenants;
 
 use std::net::SocketAddr;
