@@ -8,11 +8,10 @@ use std::path::Path;
 
 use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+mod common;
+use common::seconds;
 
-fn seconds() -> String {
-    std::env::var("SLUICE_BENCH_SECONDS").unwrap_or_else(|_| "10".into())
-}
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// Runs pgbench and returns its stdout; panics with stderr on failure.
 fn pgbench(target: &PgTarget, args: &[&str]) -> String {

@@ -14,7 +14,6 @@
 //! everything started is stopped on exit, also on panic (Drop guards).
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,35 +21,13 @@ use std::time::{Duration, Instant};
 
 use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry};
 
+mod common;
+use common::{clock_ticks_per_second, cpu_ticks, field, seconds};
+
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const MODES: [&str; 2] = ["simple", "extended"];
 const CONFIGS: [&str; 2] = ["on", "off"];
 const ROUNDS: usize = 3;
-
-fn seconds() -> String {
-    std::env::var("SLUICE_BENCH_SECONDS").unwrap_or_else(|_| "10".into())
-}
-
-/// Clock ticks per second for /proc/PID/stat times (`getconf CLK_TCK`).
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime (fields 14 and 15 of /proc/PID/stat) of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
-    // The command name may contain spaces: count from after its ')' (field 3 on).
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 1..]
-        .split_whitespace()
-        .collect();
-    fields[14 - 3].parse::<u64>().expect("utime") + fields[15 - 3].parse::<u64>().expect("stime")
-}
 
 /// Scrapes `/metrics` once per second until dropped (stop flag, then join; each
 /// request has testkit's 30 s read timeout, and the loop a hard deadline).
@@ -127,14 +104,6 @@ impl Run {
     fn usable(&self) -> bool {
         self.aborted_clients == 0 && self.failed == 0 && self.processed > 0
     }
-}
-
-fn field<T: std::str::FromStr>(stdout: &str, prefix: &str) -> Option<T> {
-    stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// One pgbench run against `target`, charging `pid`'s CPU time to its transactions.

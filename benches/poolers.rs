@@ -21,41 +21,17 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
 use testkit::{OneTenant, PgTarget, Pki, SluiceConfig, SluiceProcess, TenantEntry, TestCluster};
 
+mod common;
+use common::{clock_ticks_per_second, cpu_ticks, field, seconds};
+
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const CLIENTS: &str = "50";
 const POOL_SIZE: u32 = 5;
 const MODES: [&str; 3] = ["prepared", "simple", "extended"];
 const TARGETS: [&str; 3] = ["direct", "PgBouncer", "Sluice"];
 
-fn seconds() -> String {
-    std::env::var("SLUICE_BENCH_SECONDS").unwrap_or_else(|_| "10".into())
-}
-
 // ---------------------------------------------------------------------------------
 // CPU accounting
-
-/// Clock ticks per second for /proc/PID/stat times (`getconf CLK_TCK`).
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime (fields 14 and 15 of /proc/PID/stat) of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
-    // The command name (field 2) may contain spaces: count from after its ')'.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3, so field N is fields[N - 3].
-    let utime: u64 = fields[14 - 3].parse().expect("utime");
-    let stime: u64 = fields[15 - 3].parse().expect("stime");
-    utime + stime
-}
 
 /// The parent pid (field 4) and command name (field 2) of `pid`.
 fn ppid_and_comm(pid: u32) -> Option<(u32, String)> {
@@ -303,14 +279,6 @@ impl Run {
     fn usable(&self) -> bool {
         self.aborted_clients == 0 && self.processed > 0
     }
-}
-
-fn field<T: std::str::FromStr>(stdout: &str, prefix: &str) -> Option<T> {
-    stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// One pgbench run; `pooler` is the pid whose CPU time is charged per transaction.
