@@ -31,6 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
+    pub control: ControlSection,
+    #[serde(default)]
     pub defaults: DefaultsSection,
     /// Named bundles of pool settings and limits (`nano`, `lite`, …) that tenants pick
     /// with `plan = "…"`: defaults, then the plan, then the tenant's own keys.
@@ -75,6 +77,15 @@ impl Default for AdminSection {
             bootstrap_key_file: None,
         }
     }
+}
+
+/// The control store: API keys and the audit log (later tenants, jobs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// An external PostgreSQL (`postgres://…` or libpq `key=value`). Unset: Sluice runs
+    /// its own cluster under `<data_dir>/control`.
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use admin_api::Admin;
+use admin_api::{Admin, OpenedControl};
 use anyhow::Context;
 use pooler::{Histograms, Pools};
 use proxy::tls::ServerTls;
@@ -77,6 +77,8 @@ pub struct Running {
     listeners: Vec<tokio::net::TcpListener>,
     pub addrs: Vec<std::net::SocketAddr>,
     admin: Admin,
+    /// The control store (and the embedded cluster, if Sluice runs it): stopped last.
+    control: OpenedControl,
 }
 
 pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
@@ -100,6 +102,9 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
+    // The control store is opened before anything listens; an unreachable one is logged
+    // and leaves the data plane serving the config's tenants.
+    let control = admin_api::control::open(&runtime.control).await;
     let proxy = Arc::new(Proxy::new(
         runtime.proxy,
         tls,
@@ -113,6 +118,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         proxy.pools.clone(),
         proxy.rejections.clone(),
         proxy.gates.clone(),
+        control.control.clone(),
     )
     .await?;
     // Live changes (PATCH /v1/tenants/{id}) reach running pools and admission gates.
@@ -128,6 +134,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         listeners,
         addrs,
         admin,
+        control,
     })
 }
 
@@ -137,7 +144,8 @@ impl Running {
     }
 
     /// Serves until `shutdown`, then drains (see `proxy::serve`). The admin listener
-    /// keeps answering while clients drain, with `/readyz` saying 503.
+    /// keeps answering while clients drain, with `/readyz` saying 503. The control store
+    /// stops last.
     pub async fn wait(self, shutdown: CancellationToken) {
         for addr in &self.addrs {
             // Tests and scripts read these lines to find OS-assigned ports.
@@ -168,6 +176,7 @@ impl Running {
         let _ = maintenance.await;
         stop_admin.cancel();
         let _ = admin.await;
+        self.control.stop().await;
         tracing::info!("stopped");
     }
 }

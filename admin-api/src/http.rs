@@ -3,7 +3,9 @@
 //! `{"error":{"code","message"}}` on failure.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +25,7 @@ use crate::keys::{Caller, Role};
 use crate::stats;
 use crate::tenants;
 use crate::State;
+use crate::{audit_api, keys_api};
 
 /// Longest request head accepted (the API takes small JSON bodies only).
 const MAX_HEAD: usize = 64 * 1024;
@@ -32,8 +35,19 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const MAX_PAGE: usize = 1000;
 
 type Body = Full<Bytes>;
-/// An endpoint: the state and the request (head, path segments, whole body).
-pub(crate) type Handler = fn(&State, &Req) -> Result<Response<Body>, ApiError>;
+/// What an endpoint answers.
+pub(crate) type Answer = Result<Response<Body>, ApiError>;
+/// The future of an endpoint that waits (for the control store).
+pub(crate) type Pending<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
+
+/// An endpoint: the state and the request (head, path segments, whole body). Endpoints
+/// that only read memory answer `Now`; those that wait for the control store `Later`.
+#[derive(Clone, Copy)]
+pub(crate) enum Handler {
+    Now(fn(&State, &Req) -> Answer),
+    Later(for<'a> fn(&'a State, &'a Req) -> Pending<'a>),
+}
+use Handler::{Later, Now};
 
 /// Largest request body the API reads (its bodies are small JSON documents).
 const MAX_BODY: usize = 64 * 1024;
@@ -42,6 +56,8 @@ const MAX_BODY: usize = 64 * 1024;
 pub(crate) struct Req {
     pub head: hyper::http::request::Parts,
     pub body: Bytes,
+    /// The client's address (the audit log's `source_ip`).
+    pub peer: SocketAddr,
 }
 
 impl Req {
@@ -194,10 +210,11 @@ async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
         Ok(body) => (body, None),
         Err(e) => (Bytes::new(), Some(e)),
     };
-    let req = Req { head, body };
+    let req = Req { head, body, peer };
     let (route, handler) = route(&req);
     let result = match (handler, too_big) {
-        (Ok(handler), None) => handler(state, &req),
+        (Ok(Now(handler)), None) => handler(state, &req),
+        (Ok(Later(handler)), None) => handler(state, &req).await,
         (Err(e), _) | (_, Some(e)) => Err(e),
     };
     let response = match result {
@@ -233,50 +250,72 @@ impl Route {
 static ROUTES: &[Route] = &[
     Route {
         template: "/healthz",
-        methods: &[(Method::GET, healthz)],
+        methods: &[(Method::GET, Now(healthz))],
     },
     Route {
         template: "/readyz",
-        methods: &[(Method::GET, readyz)],
+        methods: &[(Method::GET, Later(readyz))],
     },
     Route {
         template: "/metrics",
-        methods: &[(Method::GET, metrics)],
+        methods: &[(Method::GET, Now(metrics))],
     },
     Route {
         template: "/v1/openapi.json",
-        methods: &[(Method::GET, openapi)],
+        methods: &[(Method::GET, Now(openapi))],
     },
     Route {
         template: "/v1/pools",
-        methods: &[(Method::GET, pools)],
+        methods: &[(Method::GET, Now(pools))],
     },
     Route {
         template: "/v1/tenants",
-        methods: &[(Method::GET, tenants::list)],
+        methods: &[(Method::GET, Now(tenants::list))],
     },
     Route {
         template: "/v1/tenants/{id}",
-        methods: &[(Method::GET, tenants::get), (Method::PATCH, tenants::patch)],
+        methods: &[
+            (Method::GET, Now(tenants::get)),
+            (Method::PATCH, Later(tenants::patch)),
+        ],
     },
     Route {
         template: "/v1/tenants/{id}/stats",
-        methods: &[(Method::GET, tenant_stats)],
+        methods: &[(Method::GET, Now(tenant_stats))],
     },
     Route {
         template: "/v1/tenants/{id}/suspend",
-        methods: &[(Method::POST, tenants::suspend)],
+        methods: &[(Method::POST, Later(tenants::suspend))],
     },
     Route {
         template: "/v1/tenants/{id}/resume",
-        methods: &[(Method::POST, tenants::resume)],
+        methods: &[(Method::POST, Later(tenants::resume))],
     },
     Route {
         template: "/v1/tenants/{id}/bans",
         methods: &[
-            (Method::GET, tenants::bans),
-            (Method::DELETE, tenants::lift_bans),
+            (Method::GET, Now(tenants::bans)),
+            (Method::DELETE, Later(tenants::lift_bans)),
         ],
+    },
+    Route {
+        template: "/v1/api-keys",
+        methods: &[
+            (Method::GET, Later(keys_api::list)),
+            (Method::POST, Later(keys_api::create)),
+        ],
+    },
+    Route {
+        template: "/v1/api-keys/{id}",
+        methods: &[(Method::DELETE, Later(keys_api::revoke))],
+    },
+    Route {
+        template: "/v1/audit-events",
+        methods: &[(Method::GET, Later(audit_api::list))],
+    },
+    Route {
+        template: "/v1/audit-events/verify",
+        methods: &[(Method::GET, Later(audit_api::verify))],
     },
 ];
 
@@ -352,21 +391,25 @@ fn healthz(_: &State, _: &Req) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
 }
 
-fn readyz(state: &State, _: &Req) -> Result<Response<Body>, ApiError> {
-    let tenants = state.sources.catalog.snapshot().len();
-    let draining = state.draining.is_cancelled();
-    let body = serde_json::json!({
-        "ready": !draining,
-        "reason": if draining { "shutting down: draining client connections" } else { "serving" },
-        "catalog": {"tenants": tenants, "source": "config file"},
-        "control_store": "not configured: tenants come from the config file",
-    });
-    let status = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    Ok(json(status, &body))
+/// `GET /readyz`: 503 only while draining. An unreachable control store does not make
+/// the process unready (the data plane serves the catalog it has); the body says so.
+fn readyz<'a>(state: &'a State, _: &'a Req) -> Pending<'a> {
+    Box::pin(async move {
+        let tenants = state.sources.catalog.snapshot().len();
+        let draining = state.draining.is_cancelled();
+        let body = serde_json::json!({
+            "ready": !draining,
+            "reason": if draining { "shutting down: draining client connections" } else { "serving" },
+            "catalog": {"tenants": tenants, "source": "config file"},
+            "control_store": state.control.status().await,
+        });
+        let status = if draining {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        Ok(json(status, &body))
+    })
 }
 
 fn metrics(state: &State, _: &Req) -> Result<Response<Body>, ApiError> {
@@ -441,7 +484,7 @@ pub(crate) fn list_query(req: &Req) -> Result<ListQuery, ApiError> {
     Ok(q)
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

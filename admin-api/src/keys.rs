@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// What a key may do; each role can do everything the ones before it can.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read stats, tenants, jobs, the audit log.
@@ -23,6 +25,26 @@ pub enum Role {
     Operator,
     /// Also manage API keys.
     Admin,
+}
+
+impl Role {
+    /// The name the store and the API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -55,8 +77,13 @@ pub fn generate() -> String {
     format!("sk_{}_{}", &hex[..ID_LEN], &hex[ID_LEN..])
 }
 
+/// The SHA-256 of a whole key, as the store keeps it.
+pub fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// The visible id of a well-formed key.
-fn key_id(key: &str) -> Option<&str> {
+pub fn key_id(key: &str) -> Option<&str> {
     let rest = key.strip_prefix("sk_")?;
     let (id, secret) = rest.split_once('_')?;
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -72,6 +99,62 @@ impl ApiKeys {
         let hash = Sha256::digest(key.as_bytes()).into();
         self.by_id.insert(id.to_owned(), StoredKey { hash, role });
         Ok(id.to_owned())
+    }
+
+    /// Accepts the key with this id and hash (as the store keeps them) from now on.
+    pub fn insert_hashed(&self, id: &str, hash: [u8; 32], role: Role) {
+        self.by_id.insert(id.to_owned(), StoredKey { hash, role });
+    }
+
+    /// Stops accepting key `id` at once; false if it was not accepted.
+    pub fn remove(&self, id: &str) -> bool {
+        self.by_id.remove(id).is_some()
+    }
+
+    /// The hash and role of an accepted key.
+    pub fn get(&self, id: &str) -> Option<([u8; 32], Role)> {
+        self.by_id.get(id).map(|k| (k.hash, k.role))
+    }
+
+    /// Makes the store and this cache agree at start: the bootstrap key (already loaded
+    /// from its file) is stored as an admin key if the store does not know it yet, and
+    /// every key the store holds unrevoked is accepted, with the stored hash and role. A
+    /// bootstrap key revoked through the API stays revoked (delete the file to get a new
+    /// one).
+    pub async fn sync_with_store(
+        &self,
+        store: &crate::store::Store,
+        bootstrap_id: &str,
+    ) -> anyhow::Result<()> {
+        let records = store.list_api_keys().await?;
+        match records.iter().find(|r| r.id == bootstrap_id) {
+            None => {
+                let (hash, _) = self
+                    .get(bootstrap_id)
+                    .context("the bootstrap key is not loaded")?;
+                store
+                    .insert_api_key(bootstrap_id, &hash, Role::Admin.as_str(), Some("bootstrap"))
+                    .await?;
+            }
+            Some(r) if r.revoked_at.is_some() => {
+                tracing::warn!(
+                    key_id = %bootstrap_id,
+                    "the bootstrap admin key was revoked; it stays revoked \
+                     (delete bootstrap_key_file to generate a new one)"
+                );
+                self.remove(bootstrap_id);
+            }
+            Some(_) => {}
+        }
+        for record in records.iter().filter(|r| r.revoked_at.is_none()) {
+            let Some(role) = Role::parse(&record.role) else {
+                continue;
+            };
+            if let Some((hash, _)) = store.lookup_api_key(&record.id).await? {
+                self.insert_hashed(&record.id, hash, role);
+            }
+        }
+        Ok(())
     }
 
     /// The caller a bearer token belongs to, if it is a key this process accepts.
@@ -149,6 +232,28 @@ mod tests {
             assert_eq!(keys.verify(junk), None, "{junk:?}");
         }
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+    }
+
+    #[test]
+    fn roles_round_trip_and_revoked_keys_stop_verifying() {
+        for role in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+            let json = serde_json::to_value(role).unwrap();
+            assert_eq!(json, role.as_str());
+            assert_eq!(serde_json::from_value::<Role>(json).unwrap(), role);
+        }
+        assert_eq!(Role::parse("root"), None);
+        assert!(serde_json::from_str::<Role>("\"Admin\"").is_err());
+
+        let keys = ApiKeys::default();
+        let key = generate();
+        let id = key_id(&key).unwrap().to_owned();
+        keys.insert_hashed(&id, hash(&key), Role::Operator);
+        assert_eq!(keys.verify(&key).unwrap().role, Role::Operator);
+        assert_eq!(keys.get(&id), Some((hash(&key), Role::Operator)));
+        assert!(keys.remove(&id));
+        assert_eq!(keys.verify(&key), None);
+        assert!(!keys.remove(&id));
     }
 
     #[test]

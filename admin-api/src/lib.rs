@@ -1,13 +1,18 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics` (OpenMetrics), the stats API
-//! (`/v1/pools`, `/v1/tenants/{id}/stats`) and live tenant changes
-//! (`/v1/tenants[/{id}[/bans]]`), with bearer API keys.
+//! (`/v1/pools`, `/v1/tenants/{id}/stats`), live tenant changes
+//! (`/v1/tenants[/{id}[/bans]]`), API keys (`/v1/api-keys`) and the audit log
+//! (`/v1/audit-events`), with bearer API keys; and the control store behind the last
+//! two ([`store`], opened by [`control`]).
 //!
 //! Only this crate speaks HTTP. It reads the data plane through shared handles (the
 //! catalog, the pools, the rejection counters) and never takes a lock the relay path
 //! takes, so a scrape cannot slow a query down.
 
+pub mod audit_api;
+pub mod control;
 pub mod http;
 pub mod keys;
+pub mod keys_api;
 pub mod metrics;
 pub mod stats;
 pub mod store;
@@ -22,6 +27,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use control::{Control, ControlConfig, OpenedControl};
 pub use keys::{ApiKeys, Role};
 pub use metrics::{AdminRequests, Sources};
 
@@ -44,6 +50,8 @@ pub struct State {
     pub sampler: Arc<stats::RateSampler>,
     /// The data plane's admission gates (bans, ending a tenant's sessions).
     pub gates: Arc<dyn router::AdmissionControl>,
+    /// The control store (API keys, the audit log); changes need it.
+    pub control: Control,
     registry: Registry,
     metrics_enabled: bool,
     /// Fired when the process starts draining: `/readyz` then answers 503.
@@ -59,7 +67,8 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Binds `config.listen` and loads the bootstrap key. `catalog`, `pools` and
+    /// Binds `config.listen`, loads the bootstrap key and, with a reachable `control`
+    /// store, stores it there and accepts the store's keys. `catalog`, `pools` and
     /// `rejections` are the data plane's own handles.
     pub async fn bind(
         config: &AdminConfig,
@@ -67,9 +76,23 @@ impl Admin {
         pools: Arc<pooler::Pools>,
         rejections: Arc<router::Rejections>,
         gates: Arc<dyn router::AdmissionControl>,
+        control: Control,
     ) -> anyhow::Result<Admin> {
         let keys = ApiKeys::default();
-        keys.load_bootstrap(&config.bootstrap_key_file)?;
+        let bootstrap_id = keys.load_bootstrap(&config.bootstrap_key_file)?;
+        let control = match control {
+            Control::Ok { store, kind } => {
+                match keys.sync_with_store(&store, &bootstrap_id).await {
+                    Ok(()) => Control::Ok { store, kind },
+                    Err(e) => {
+                        let why = format!("loading API keys: {e:#}");
+                        tracing::error!(error = %why, "control store unusable");
+                        Control::Unreachable(why)
+                    }
+                }
+            }
+            unreachable => unreachable,
+        };
         let admin_requests = Arc::new(AdminRequests::default());
         let sources = Sources {
             catalog,
@@ -84,6 +107,7 @@ impl Admin {
             admin_requests,
             sampler: Arc::new(stats::RateSampler::default()),
             gates,
+            control,
             metrics_enabled: config.metrics_enabled,
             draining: CancellationToken::new(),
         });

@@ -2,21 +2,23 @@
 //! (`PATCH`), and list or lift its login bans.
 //!
 //! A change replaces the catalog; the proxy, subscribed to it, applies the new pool
-//! settings to running pools and the new limits to its admission gates at once.
-//! Without a control store (not built yet) changes last until the process restarts.
+//! settings to running pools and the new limits to its admission gates at once. Every
+//! change is first appended to the audit log (see [`crate::audit_api`]); with the
+//! control store unreachable, changes answer 503. The catalog itself is not in the store
+//! yet: changes last until the process restarts.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use hyper::{Response, StatusCode};
+use hyper::StatusCode;
 use router::{Cidr, Limits, PoolMode, PoolSettings, Tenant};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use crate::http::{authorize, json, list_query, ApiError, Req, MAX_PAGE};
+use crate::audit_api::record;
+use crate::http::{authorize, json, list_query, Answer, ApiError, Pending, Req, MAX_PAGE};
 use crate::keys::Role;
 use crate::State;
-
-type Answer = Result<Response<http_body_util::Full<bytes::Bytes>>, ApiError>;
 
 /// A tenant as the API shows it. Durations and limits use the config file's keys and
 /// units; 0 means "no limit".
@@ -340,28 +342,63 @@ pub(crate) fn get(state: &State, req: &Req) -> Answer {
 }
 
 /// `PATCH /v1/tenants/{id}` with `{"pool": {...}, "limits": {...}}`: only the keys
-/// given change; the whole patch applies or nothing does.
-pub(crate) fn patch(state: &State, req: &Req) -> Answer {
-    let caller = authorize(state, req, Role::Operator)?;
-    let id = tenant_id(req);
-    let patch: TenantPatch = req.json()?;
-    let mut changed = None;
-    state.sources.catalog.update(|catalog| {
-        let current = catalog.get(&id).ok_or_else(|| not_found(&id))?;
-        let mut next = (**current).clone();
-        if let Some(pool) = &patch.pool {
-            next.pool = pool.apply(&current.pool)?;
-        }
-        if let Some(limits) = &patch.limits {
-            next.limits = limits.apply(&current.limits)?;
-        }
-        let answer = view(&next);
-        changed = Some(answer);
-        Ok::<_, ApiError>(catalog.with(next))
-    })?;
-    let answer = changed.expect("set when the update succeeded");
-    tracing::info!(tenant = %id, key_id = %caller.key_id, "tenant pool/limits changed through the API");
-    Ok(json(StatusCode::OK, &answer))
+/// given change; the whole patch applies or nothing does. Audited (`tenant.update`, with
+/// the request and the settings before and after) before it applies.
+pub(crate) fn patch<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
+    Box::pin(async move {
+        let caller = authorize(state, req, Role::Operator)?;
+        let id = tenant_id(req);
+        let patch: TenantPatch = req.json()?;
+        let apply = |current: &Tenant| -> Result<Tenant, ApiError> {
+            let mut next = current.clone();
+            if let Some(pool) = &patch.pool {
+                next.pool = pool.apply(&current.pool)?;
+            }
+            if let Some(limits) = &patch.limits {
+                next.limits = limits.apply(&current.limits)?;
+            }
+            Ok(next)
+        };
+        // Validate against the current catalog first: a refused request leaves no trace.
+        let (before, after) = {
+            let catalog = state.sources.catalog.snapshot();
+            let current = catalog.get(&id).ok_or_else(|| not_found(&id))?;
+            let next = apply(current)?;
+            (settings(current), settings(&next))
+        };
+        let details = json!({
+            "request": serde_json::from_slice::<serde_json::Value>(&req.body).unwrap_or_default(),
+            "before": before,
+            "after": after,
+        });
+        record(state, req, &caller, "tenant.update", id.clone(), details).await?;
+        let mut changed = None;
+        state
+            .sources
+            .catalog
+            .update(|catalog| {
+                let current = catalog.get(&id).ok_or_else(|| not_found(&id))?;
+                let next = apply(current)?;
+                changed = Some(view(&next));
+                Ok::<_, ApiError>(catalog.with(next))
+            })
+            .inspect_err(|e| unapplied(&id, e))?;
+        let answer = changed.expect("set when the update succeeded");
+        tracing::info!(tenant = %id, key_id = %caller.key_id, "tenant pool/limits changed through the API");
+        Ok(json(StatusCode::OK, &answer))
+    })
+}
+
+/// A tenant's pool settings and limits as the API shows them (an audit event's
+/// before/after).
+fn settings(t: &Tenant) -> serde_json::Value {
+    json!({"pool": PoolPatch::of(&t.pool), "limits": LimitsPatch::of(&t.limits)})
+}
+
+/// Logs a change that was audited but then could not be applied (a concurrent change
+/// made it invalid, or the tenant went away).
+fn unapplied(id: &str, e: &ApiError) {
+    tracing::warn!(tenant = %id, error = %e.message, "an audited change was not applied: the audit log records a change that did not happen");
 }
 
 /// The body of `POST /v1/tenants/{id}/suspend`.
@@ -377,38 +414,56 @@ struct Suspend {
 
 /// `POST /v1/tenants/{id}/suspend` `{"reason", "terminate"}`: new connections get
 /// 28000 `tenant "<id>" is suspended`; with `terminate`, running sessions end.
-pub(crate) fn suspend(state: &State, req: &Req) -> Answer {
-    let caller = authorize(state, req, Role::Operator)?;
-    let id = tenant_id(req);
-    let body: Suspend = if req.body.is_empty() {
-        Suspend::default()
-    } else {
-        req.json()?
-    };
-    let reason = body
-        .reason
-        .unwrap_or_else(|| "suspended by an operator".into());
-    if reason.len() > 1000 {
-        return Err(ApiError::invalid("reason: at most 1000 bytes"));
-    }
-    let answer = set_suspended(state, &id, Some(reason))?;
-    let terminated = if body.terminate {
-        let tenant = router::TenantId::parse(&id).map_err(|_| not_found(&id))?;
-        state.gates.terminate_sessions(&tenant)
-    } else {
-        0
-    };
-    tracing::info!(tenant = %id, terminate = body.terminate, terminated, key_id = %caller.key_id, "tenant suspended through the API");
-    Ok(json(StatusCode::OK, &answer))
+pub(crate) fn suspend<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
+    Box::pin(async move {
+        let caller = authorize(state, req, Role::Operator)?;
+        let id = tenant_id(req);
+        let body: Suspend = if req.body.is_empty() {
+            Suspend::default()
+        } else {
+            req.json()?
+        };
+        let reason = body
+            .reason
+            .unwrap_or_else(|| "suspended by an operator".into());
+        if reason.len() > 1000 {
+            return Err(ApiError::invalid("reason: at most 1000 bytes"));
+        }
+        let before = status_of(state, &id)?;
+        let details = json!({"reason": reason, "terminate": body.terminate, "before": before});
+        record(state, req, &caller, "tenant.suspend", id.clone(), details).await?;
+        let answer = set_suspended(state, &id, Some(reason)).inspect_err(|e| unapplied(&id, e))?;
+        let terminated = if body.terminate {
+            let tenant = router::TenantId::parse(&id).map_err(|_| not_found(&id))?;
+            state.gates.terminate_sessions(&tenant)
+        } else {
+            0
+        };
+        tracing::info!(tenant = %id, terminate = body.terminate, terminated, key_id = %caller.key_id, "tenant suspended through the API");
+        Ok(json(StatusCode::OK, &answer))
+    })
 }
 
 /// `POST /v1/tenants/{id}/resume`.
-pub(crate) fn resume(state: &State, req: &Req) -> Answer {
-    let caller = authorize(state, req, Role::Operator)?;
-    let id = tenant_id(req);
-    let answer = set_suspended(state, &id, None)?;
-    tracing::info!(tenant = %id, key_id = %caller.key_id, "tenant resumed through the API");
-    Ok(json(StatusCode::OK, &answer))
+pub(crate) fn resume<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
+    Box::pin(async move {
+        let caller = authorize(state, req, Role::Operator)?;
+        let id = tenant_id(req);
+        let before = status_of(state, &id)?;
+        let details = json!({"before": before});
+        record(state, req, &caller, "tenant.resume", id.clone(), details).await?;
+        let answer = set_suspended(state, &id, None).inspect_err(|e| unapplied(&id, e))?;
+        tracing::info!(tenant = %id, key_id = %caller.key_id, "tenant resumed through the API");
+        Ok(json(StatusCode::OK, &answer))
+    })
+}
+
+/// `{"status", "suspended_reason"}` of a tenant now, or 404.
+fn status_of(state: &State, id: &str) -> Result<serde_json::Value, ApiError> {
+    let catalog = state.sources.catalog.snapshot();
+    let tenant = catalog.get(id).ok_or_else(|| not_found(id))?;
+    let v = view(tenant);
+    Ok(json!({"status": v.status, "suspended_reason": v.suspended_reason}))
 }
 
 fn set_suspended(state: &State, id: &str, reason: Option<String>) -> Result<TenantView, ApiError> {
@@ -450,19 +505,25 @@ pub(crate) fn bans(state: &State, req: &Req) -> Answer {
 }
 
 /// `DELETE /v1/tenants/{id}/bans[?ip=ADDR]`: lifts one address's ban, or all.
-pub(crate) fn lift_bans(state: &State, req: &Req) -> Answer {
-    let caller = authorize(state, req, Role::Operator)?;
-    let id = tenant_id(req);
-    let q = list_query(req)?;
-    let ip =
-        q.ip.map(|ip| {
-            ip.parse::<IpAddr>()
-                .map_err(|_| ApiError::bad_request(format!("ip: {ip:?} is not an IP address")))
-        })
-        .transpose()?;
-    let catalog = state.sources.catalog.snapshot();
-    let tenant = catalog.get(&id).ok_or_else(|| not_found(&id))?;
-    let lifted = state.gates.lift(&tenant.id, ip);
-    tracing::info!(tenant = %id, ?ip, lifted, key_id = %caller.key_id, "bans lifted through the API");
-    Ok(json(StatusCode::OK, &serde_json::json!({"lifted": lifted})))
+pub(crate) fn lift_bans<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
+    Box::pin(async move {
+        let caller = authorize(state, req, Role::Operator)?;
+        let id = tenant_id(req);
+        let q = list_query(req)?;
+        let ip =
+            q.ip.map(|ip| {
+                ip.parse::<IpAddr>()
+                    .map_err(|_| ApiError::bad_request(format!("ip: {ip:?} is not an IP address")))
+            })
+            .transpose()?;
+        let tenant = {
+            let catalog = state.sources.catalog.snapshot();
+            catalog.get(&id).ok_or_else(|| not_found(&id))?.id.clone()
+        };
+        let details = json!({"ip": ip.map(|ip| ip.to_string())});
+        record(state, req, &caller, "tenant.bans.lift", id.clone(), details).await?;
+        let lifted = state.gates.lift(&tenant, ip);
+        tracing::info!(tenant = %id, ?ip, lifted, key_id = %caller.key_id, "bans lifted through the API");
+        Ok(json(StatusCode::OK, &serde_json::json!({"lifted": lifted})))
+    })
 }

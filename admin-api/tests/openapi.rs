@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use admin_api::http::{routes, OPENAPI_JSON};
-use admin_api::{stats, tenants, Admin, AdminConfig, Role};
+use admin_api::store::{EmbeddedControl, Store};
+use admin_api::{stats, tenants, Admin, AdminConfig, Control, Role};
 use router::{Backend, BackendAddr, BackendTls, Catalog, CatalogHandle, Tenant, TenantId};
 use serde_json::{json, Value};
 use testkit::http::HttpResponse;
@@ -271,14 +272,19 @@ fn protected_operations_need_a_bearer_key() {
             unauthorized["headers"].get("WWW-Authenticate").is_some(),
             "{method} {path}"
         );
-        // The description names the role; only operator endpoints can answer 403
-        // (every key is at least a viewer).
-        let operator = description.contains("role operator or admin");
+        // The description names the role; only operator and admin endpoints can answer
+        // 403 (every key is at least a viewer).
+        let restricted =
+            description.contains("role operator or admin") || description.contains("role admin.");
         assert!(
-            operator || description.contains("any role"),
+            restricted || description.contains("any role"),
             "{method} {path}: which role?"
         );
-        assert_eq!(responses.get("403").is_some(), operator, "{method} {path}");
+        assert_eq!(
+            responses.get("403").is_some(),
+            restricted,
+            "{method} {path}"
+        );
     }
 }
 
@@ -328,7 +334,8 @@ fn operations_have_unique_ids_and_say_what_they_do() {
                 "{method} {path}: {field}"
             );
         }
-        assert!(op["responses"].get("200").is_some(), "{method} {path}");
+        let success = ["200", "201"].map(|s| op["responses"].get(s).is_some());
+        assert!(success[0] != success[1], "{method} {path}: 200 or 201");
         for (status, response) in op["responses"].as_object().unwrap() {
             let response = resolve(&doc, response);
             assert!(
@@ -557,7 +564,12 @@ fn tenant(id: &str) -> Tenant {
 
 /// Binds an admin listener on loopback over a catalog of `acme` and `globex` (a pool
 /// each, a refused login for acme).
-fn bind(rt: &tokio::runtime::Runtime, key_file: &Path, metrics_enabled: bool) -> Admin {
+fn bind(
+    rt: &tokio::runtime::Runtime,
+    key_file: &Path,
+    metrics_enabled: bool,
+    control: Control,
+) -> Admin {
     let catalog = Catalog::new([tenant("acme"), tenant("globex")]);
     let pools = Arc::new(pooler::Pools::new());
     for t in catalog.iter() {
@@ -584,6 +596,7 @@ fn bind(rt: &tokio::runtime::Runtime, key_file: &Path, metrics_enabled: bool) ->
         pools,
         rejections,
         Arc::new(Gates),
+        control,
     ))
     .unwrap()
 }
@@ -605,6 +618,7 @@ fn code_of(status: u16) -> &'static str {
         405 => "method_not_allowed",
         413 => "payload_too_large",
         422 => "invalid_request",
+        503 => "unavailable",
         other => panic!("no error code for {other}"),
     }
 }
@@ -720,8 +734,25 @@ fn live_answers_match_the_document() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("admin.key");
     let stop = CancellationToken::new();
-    let admin = bind(&rt, &key_file, true);
-    let no_metrics = bind(&rt, &key_file, false);
+    // A real (embedded) control store for the first listener; the second has none it
+    // can reach, so its changes, keys and audit endpoints answer 503.
+    let data_dir = dir.path().join("data");
+    let embedded = rt
+        .block_on(rt.spawn_blocking(move || EmbeddedControl::start(&data_dir)))
+        .unwrap()
+        .expect("starting the embedded control store");
+    let store = rt.block_on(async {
+        let store = Store::connect(embedded.config()).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    });
+    let control = Control::Ok {
+        store: Arc::new(store),
+        kind: "embedded",
+    };
+    let admin = bind(&rt, &key_file, true, control);
+    let unreachable = Control::Unreachable("connecting to the control store: refused".into());
+    let no_metrics = bind(&rt, &key_file, false, unreachable);
     let viewer_key = admin_api::keys::generate();
     admin.state.keys.insert(&viewer_key, Role::Viewer).unwrap();
     let state = admin.state.clone();
@@ -775,6 +806,7 @@ fn live_answers_match_the_document() {
     let ready = live.expect("GET", "/readyz", None, "", 200);
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["catalog"]["tenants"], 2);
+    assert_eq!(ready["control_store"], "ok (embedded)");
     let r = live.call("GET", "/v1/openapi.json", "/v1/openapi.json", None, "");
     assert_eq!((r.status, r.body.as_str()), (200, OPENAPI_JSON));
     // A query string does not change the route.
@@ -958,6 +990,101 @@ fn live_answers_match_the_document() {
     );
     live.expect_at("DELETE", bans, "/v1/tenants/nope/bans", key, "", 404);
 
+    // API keys.
+    let keys = "/v1/api-keys";
+    let example = live.doc["paths"][keys]["post"]["requestBody"]["content"]["application/json"]
+        ["example"]
+        .to_string();
+    let created = live.expect("POST", keys, key, &example, 201);
+    let new_key = created["key"].as_str().unwrap().to_owned();
+    let new_id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["role"], "viewer");
+    for (body, status) in [
+        ("", 400),
+        ("{", 400),
+        (r#"{"role": "root"}"#, 422),
+        (r#"{"role": "viewer", "colour": "blue"}"#, 422),
+        (r#"{"name": "x"}"#, 422),
+        ("[]", 422),
+    ] {
+        live.expect("POST", keys, key, body, status);
+    }
+    let listed = live.expect("GET", keys, key, "", 200);
+    let listed = listed["api_keys"].as_array().unwrap().clone();
+    assert_eq!(
+        listed.len(),
+        2,
+        "the bootstrap key and the new one: {listed:?}"
+    );
+    live.expect("GET", "/v1/tenants", Some(&new_key), "", 200);
+    let revoke = "/v1/api-keys/{id}";
+    let path = format!("/v1/api-keys/{new_id}");
+    assert_eq!(
+        live.expect_at("DELETE", revoke, &path, key, "", 200),
+        json!({"revoked": true})
+    );
+    live.expect("GET", "/v1/tenants", Some(&new_key), "", 401);
+    live.expect_at("DELETE", revoke, &path, key, "", 404);
+    live.expect("DELETE", revoke, key, "", 404);
+
+    // The audit log holds every change made above, and verifies.
+    let events = "/v1/audit-events";
+    let all = live.expect_at(
+        "GET",
+        events,
+        "/v1/audit-events?limit=1000",
+        viewer,
+        "",
+        200,
+    );
+    let all = all["events"].as_array().unwrap().clone();
+    assert!(all.len() > 10, "{}", all.len());
+    assert_eq!(all[0]["action"], "api_key.revoke");
+    let page = live.expect_at(
+        "GET",
+        events,
+        "/v1/audit-events?limit=1&action=tenant.resume&tenant=acme&since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00.5Z",
+        viewer,
+        "",
+        200,
+    );
+    assert_eq!(page["events"][0]["action"], "tenant.resume");
+    for path in [
+        "/v1/audit-events?limit=0",
+        "/v1/audit-events?since=yesterday",
+        "/v1/audit-events?cursor=x",
+        "/v1/audit-events?colour=blue",
+    ] {
+        live.expect_at("GET", events, path, viewer, "", 400);
+    }
+    let verdict = live.expect("GET", "/v1/audit-events/verify", viewer, "", 200);
+    assert_eq!(verdict, json!({"ok": true, "events": all.len()}));
+
+    // Without a reachable store: what needs it answers 503, and changes nothing.
+    live.addr = no_metrics_addr;
+    let ready = live.expect("GET", "/readyz", None, "", 200);
+    assert_eq!(
+        ready["control_store"],
+        "unreachable: connecting to the control store: refused"
+    );
+    for (method, template, body) in [
+        ("PATCH", "/v1/tenants/{id}", r#"{"pool": {"size": 3}}"#),
+        ("POST", "/v1/tenants/{id}/suspend", ""),
+        ("POST", "/v1/tenants/{id}/resume", ""),
+        ("DELETE", "/v1/tenants/{id}/bans", ""),
+        ("GET", "/v1/api-keys", ""),
+        ("POST", "/v1/api-keys", r#"{"role": "admin"}"#),
+        ("DELETE", "/v1/api-keys/{id}", ""),
+        ("GET", "/v1/audit-events", ""),
+        ("GET", "/v1/audit-events/verify", ""),
+    ] {
+        let path = concrete(template).replace("keys/acme", "keys/1a2b3c4d");
+        live.expect_at(method, template, &path, key, body, 503);
+    }
+    let acme_now = live.expect("GET", "/v1/tenants/{id}", key, "", 200);
+    assert_ne!(acme_now["pool"]["size"], 3);
+    live.addr = addr;
+
     // What the route table does besides: HEAD is GET, other methods are 405 naming the
     // allowed ones, other paths 404; both are counted under their route label.
     let r = testkit::http::request(addr, "HEAD", "/healthz", None, "", b"").unwrap();
@@ -1036,4 +1163,8 @@ fn live_answers_match_the_document() {
     }
 
     stop.cancel();
+    drop(state);
+    rt.block_on(rt.spawn_blocking(move || embedded.stop()))
+        .unwrap()
+        .unwrap();
 }

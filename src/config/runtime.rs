@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use admin_api::AdminConfig;
+use admin_api::{AdminConfig, ControlConfig};
 use proxy::config::{ProxyConfig, TlsFiles};
 use router::{
     Backend, BackendAddr, BackendTls, BanPolicy, Cidr, IdentifyRules, Limits, PoolMode,
@@ -18,6 +18,7 @@ use super::{Config, ConfigError, LimitsSection, PoolSection};
 pub struct Runtime {
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
+    pub control: ControlConfig,
     pub max_tenant_series: usize,
     pub tenants: Vec<Tenant>,
 }
@@ -59,6 +60,10 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("admin.key")),
             metrics_enabled: self.metrics.enabled,
+        };
+        let control = ControlConfig {
+            database_url: self.control.database_url.clone(),
+            data_dir: self.data_dir.clone(),
         };
         let defaults = pool_settings(&self.defaults.pool, &PoolSettings::default());
         let default_limits = limits(&self.defaults.limits, &Limits::default());
@@ -118,6 +123,7 @@ impl Config {
         Ok(Runtime {
             proxy,
             admin,
+            control,
             max_tenant_series: self.metrics.max_tenant_series,
             tenants,
         })

@@ -92,6 +92,15 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             format!("{:?} is not an IP:port address", config.admin.listen),
         ));
     }
+    if let Some(url) = &config.control.database_url {
+        // The message never repeats the URL: it may carry a password.
+        if let Err(e) = admin_api::control::parse_database_url(url) {
+            problems.push(Problem::new(
+                vec![Key("control"), Key("database_url")],
+                format!("not a PostgreSQL connection string: {e}"),
+            ));
+        }
+    }
     if proxy.login_timeout_ms == 0 {
         problems.push(Problem::new(
             vec![Key("proxy"), Key("login_timeout_ms")],

@@ -1,0 +1,155 @@
+//! The control store as `sluice serve` opens it: an external PostgreSQL
+//! (`[control] database_url`) or the embedded cluster under `data_dir/control`, connected
+//! and migrated at start.
+//!
+//! A store that cannot be reached at start does not stop Sluice: the data plane serves
+//! the config file's tenants, `/readyz` says `"control_store": "unreachable: <why>"`, and
+//! the endpoints that need the store (changes, which must be audited; API keys; the audit
+//! log) answer 503 `unavailable`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::StatusCode;
+
+use crate::http::ApiError;
+use crate::store::{EmbeddedControl, Store};
+
+/// `[control]` of the config file, and where the embedded store lives.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// An external store; None: the embedded cluster under `data_dir/control`.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+/// The control store as the admin API sees it.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Connected and migrated; `kind` is `embedded` or `external`.
+    Ok {
+        store: Arc<Store>,
+        kind: &'static str,
+    },
+    /// Not reachable at start, and why.
+    Unreachable(String),
+}
+
+impl Control {
+    /// The store, or 503 `unavailable` saying why there is none.
+    pub fn store(&self) -> Result<&Store, ApiError> {
+        match self {
+            Control::Ok { store, .. } => Ok(store),
+            Control::Unreachable(why) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the control store is unreachable ({why}); the data plane still serves"),
+            )),
+        }
+    }
+
+    /// What `/readyz` says about the store.
+    pub async fn status(&self) -> String {
+        match self {
+            Control::Ok { store, kind } => {
+                // The store's mutex may be held by a long call; do not hang readiness.
+                match tokio::time::timeout(Duration::from_millis(500), store.is_closed()).await {
+                    Ok(true) => "unreachable: the connection was lost".to_owned(),
+                    _ => format!("ok ({kind})"),
+                }
+            }
+            Control::Unreachable(why) => format!("unreachable: {why}"),
+        }
+    }
+}
+
+/// An opened control store; keep it for the process lifetime and call
+/// [`OpenedControl::stop`] after the proxy drained.
+#[derive(Debug)]
+pub struct OpenedControl {
+    pub control: Control,
+    /// The embedded cluster, when Sluice runs it.
+    pub embedded: Option<EmbeddedControl>,
+}
+
+impl OpenedControl {
+    /// Stops the embedded cluster (fast shutdown), if any.
+    pub async fn stop(self) {
+        drop(self.control);
+        if let Some(embedded) = self.embedded {
+            match tokio::task::spawn_blocking(move || embedded.stop()).await {
+                Ok(Ok(())) => tracing::info!("embedded control store stopped"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %format!("{e:#}"), "stopping the embedded control store")
+                }
+                Err(e) => tracing::warn!(error = %e, "stopping the embedded control store"),
+            }
+        }
+    }
+}
+
+/// A `postgres://` URL or a libpq key=value string, as tokio-postgres reads it. The
+/// error never repeats the URL (it may hold a password).
+pub fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())
+}
+
+/// Connects to the configured store (starting the embedded one first) and migrates it.
+/// Never fails: an unreachable store is logged and reported as [`Control::Unreachable`].
+pub async fn open(config: &ControlConfig) -> OpenedControl {
+    let (result, embedded) = match &config.database_url {
+        Some(url) => (connect_external(url).await, None),
+        None => {
+            let data_dir = config.data_dir.clone();
+            let started = tokio::task::spawn_blocking(move || EmbeddedControl::start(&data_dir))
+                .await
+                .context("starting the embedded control store")
+                .and_then(|r| r);
+            match started {
+                Ok(embedded) => {
+                    let result = connect(embedded.config(), "embedded").await;
+                    (result, Some(embedded))
+                }
+                Err(e) => (Err(e), None),
+            }
+        }
+    };
+    let control = match result {
+        Ok(control) => control,
+        Err(e) => {
+            let why = format!("{e:#}");
+            tracing::error!(
+                error = %why,
+                "control store unreachable: serving the config file's tenants; \
+                 admin changes, API keys and the audit log answer 503"
+            );
+            Control::Unreachable(why)
+        }
+    };
+    OpenedControl { control, embedded }
+}
+
+async fn connect_external(url: &str) -> anyhow::Result<Control> {
+    let mut config =
+        parse_database_url(url).map_err(|e| anyhow::anyhow!("control.database_url: {e}"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    connect(config, "external").await
+}
+
+async fn connect(config: tokio_postgres::Config, kind: &'static str) -> anyhow::Result<Control> {
+    let store = Store::connect(config).await?;
+    let applied = store
+        .migrate()
+        .await
+        .context("migrating the control store")?;
+    tracing::info!(kind, ?applied, "control store ready");
+    Ok(Control::Ok {
+        store: Arc::new(store),
+        kind,
+    })
+}
