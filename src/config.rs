@@ -68,6 +68,9 @@ pub struct AdminSection {
     pub listen: String,
     /// Default: `<data_dir>/admin.key`.
     pub bootstrap_key_file: Option<PathBuf>,
+    /// Refused connections are summed into the audit log this often, per tenant and
+    /// reason.
+    pub refusal_audit_interval_s: u64,
 }
 
 impl Default for AdminSection {
@@ -75,6 +78,7 @@ impl Default for AdminSection {
         AdminSection {
             listen: "127.0.0.1:8080".into(),
             bootstrap_key_file: None,
+            refusal_audit_interval_s: 60,
         }
     }
 }

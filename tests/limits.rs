@@ -597,3 +597,39 @@ async fn server_connections_are_capped_per_tenant_across_its_pools() {
     third.simple_query("select 1").await.unwrap();
     second.simple_query("select 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn refusals_reach_the_audit_log_summed_per_tenant_and_reason() {
+    let env = env(|c| c.admin_extra = vec!["refusal_audit_interval_s = 1".into()]);
+    let mut wrong = env.target("globex");
+    wrong.password = "wrong".into();
+    for _ in 0..3 {
+        assert!(pg_connect(&wrong).await.is_err());
+    }
+    let key = Some(env.sluice.admin_key.as_str());
+    let mut counted = 0;
+    for _ in 0..100 {
+        let events = get(
+            env.sluice.admin_addr,
+            "/v1/audit-events?action=tenant.refusals&tenant=globex",
+            key,
+        )
+        .json();
+        let rows = events["events"].as_array().cloned().unwrap_or_default();
+        counted = rows
+            .iter()
+            .filter(|e| e["details"]["reason"] == "auth_failed")
+            .map(|e| e["details"]["count"].as_u64().unwrap())
+            .sum();
+        if counted >= 3 {
+            // A storm is a few rows, not one per connection.
+            assert!(rows.len() <= 3, "{events}");
+            assert_eq!(rows[0]["target"], "globex", "{events}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, 3);
+    let verify = get(env.sluice.admin_addr, "/v1/audit-events/verify", key).json();
+    assert_eq!(verify["ok"], true, "{verify}");
+}

@@ -14,6 +14,7 @@ pub mod http;
 pub mod keys;
 pub mod keys_api;
 pub mod metrics;
+pub mod refusals;
 pub mod stats;
 pub mod store;
 pub mod tenants;
@@ -39,6 +40,8 @@ pub struct AdminConfig {
     pub bootstrap_key_file: PathBuf,
     /// `/metrics` answers (and the latency histograms are fed).
     pub metrics_enabled: bool,
+    /// How often refused connections are summed into the audit log.
+    pub refusal_audit_interval: std::time::Duration,
 }
 
 /// What every admin request can see.
@@ -54,6 +57,7 @@ pub struct State {
     pub control: Control,
     registry: Registry,
     metrics_enabled: bool,
+    refusal_audit_interval: std::time::Duration,
     /// Fired when the process starts draining: `/readyz` then answers 503.
     pub draining: CancellationToken,
 }
@@ -109,6 +113,7 @@ impl Admin {
             gates,
             control,
             metrics_enabled: config.metrics_enabled,
+            refusal_audit_interval: config.refusal_audit_interval,
             draining: CancellationToken::new(),
         });
         let listener = TcpListener::bind(config.listen)
@@ -130,8 +135,14 @@ impl Admin {
                 .clone()
                 .run(self.state.sources.pools.clone(), stop.clone()),
         );
+        let refusals = tokio::spawn(refusals::run(
+            self.state.clone(),
+            self.state.refusal_audit_interval,
+            stop.clone(),
+        ));
         tracing::info!(addr = %self.addr, "admin API listening");
         http::serve(self.listener, self.state, stop).await;
         let _ = sampler.await;
+        let _ = refusals.await;
     }
 }

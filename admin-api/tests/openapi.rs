@@ -589,6 +589,7 @@ fn bind(
         listen: "127.0.0.1:0".parse().unwrap(),
         bootstrap_key_file: key_file.to_owned(),
         metrics_enabled,
+        refusal_audit_interval: std::time::Duration::from_secs(60),
     };
     rt.block_on(Admin::bind(
         &config,

@@ -60,6 +60,7 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("admin.key")),
             metrics_enabled: self.metrics.enabled,
+            refusal_audit_interval: Duration::from_secs(self.admin.refusal_audit_interval_s),
         };
         let control = ControlConfig {
             database_url: self.control.database_url.clone(),

@@ -101,6 +101,12 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
+    if config.admin.refusal_audit_interval_s == 0 {
+        problems.push(Problem::new(
+            vec![Key("admin"), Key("refusal_audit_interval_s")],
+            "must be at least 1",
+        ));
+    }
     if proxy.login_timeout_ms == 0 {
         problems.push(Problem::new(
             vec![Key("proxy"), Key("login_timeout_ms")],

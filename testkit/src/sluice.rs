@@ -93,6 +93,8 @@ pub struct SluiceConfig {
     pub metrics: Vec<String>,
     /// More lines for `[proxy]`.
     pub proxy_extra: Vec<String>,
+    /// More lines for `[admin]`.
+    pub admin_extra: Vec<String>,
     /// Raw TOML appended before the tenants (e.g. `[plans.nano]` tables).
     pub plans: String,
     pub tenants: Vec<TenantEntry>,
@@ -111,6 +113,7 @@ impl SluiceConfig {
             log_format: "text",
             metrics: Vec::new(),
             proxy_extra: Vec::new(),
+            admin_extra: Vec::new(),
             plans: String::new(),
             tenants: Vec::new(),
         }
@@ -120,7 +123,7 @@ impl SluiceConfig {
         let mut s = format!(
             "data_dir = {:?}\nlog_format = \"{}\"\n[proxy]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n\
              sni_suffix = \"{}\"\nrequire_tls = {}\ntenant_from_options = {}\nlogin_timeout_ms = {}\n\
-             shutdown_grace_s = {}\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n\n\
+             shutdown_grace_s = {}\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n{}\n\n\
              [metrics]\n{}\n\n[defaults.pool]\n{}\n\n[defaults.limits]\n{}\n",
             data_dir.display().to_string(),
             self.log_format,
@@ -133,6 +136,7 @@ impl SluiceConfig {
             self.shutdown_grace_s,
             self.proxy_extra.join("\n"),
             admin_key_file(data_dir).display().to_string(),
+            self.admin_extra.join("\n"),
             self.metrics.join("\n"),
             self.default_pool.join("\n"),
             self.default_limits.join("\n"),
