@@ -7,7 +7,9 @@
 //! What is refused where (docs/limits.md):
 //! - process: `max_client_connections` (53300), `max_concurrent_logins` (wait);
 //! - tenant, as soon as it is known (ClientHello for SNI, else the startup packet):
-//!   concurrent logins (wait), allow-list (28000), ban (28P01), connect rate (53400);
+//!   concurrent logins (wait), allow-list (28000), ban (28P01), connect rate (53400;
+//!   in a storm, past [`TenantGate::shed_refusal`]'s allowance, closed at the
+//!   ClientHello without finishing TLS);
 //! - tenant, after that: `max_client_connections` (53300);
 //! - after a failed password check: the failure counts towards a ban.
 
@@ -225,7 +227,14 @@ pub struct TenantGate {
     /// Cancelled to end the tenant's sessions (suspension with `terminate`), or when
     /// the shutdown grace period ends.
     sessions: Mutex<CancellationToken>,
+    /// Connect-rate refusals told in full (TLS handshake + ErrorResponse) in the
+    /// current second: (second started, count).
+    told: Mutex<(Instant, u32)>,
 }
+
+/// Connect-rate refusals per second and tenant that get a readable error, at least;
+/// past `max(this, 2 × connect_rate)` a storm is shed at the ClientHello.
+const TOLD_PER_SECOND: u32 = 10;
 
 /// A client counted against its tenant's `max_client_connections` while it lives.
 #[derive(Debug)]
@@ -267,7 +276,32 @@ impl TenantGate {
             )),
             limits: Mutex::new(limits.clone()),
             sessions: Mutex::new(sessions),
+            told: Mutex::new((Instant::now(), 0)),
         }
+    }
+
+    /// Whether a connect-rate refusal should be shed (closed at the ClientHello,
+    /// without finishing TLS to say why) rather than told: a storm past the tenant's
+    /// rate then costs Sluice almost nothing per attempt, while the first refusals
+    /// of each second still get a readable 53400.
+    pub fn shed_refusal(&self) -> bool {
+        let rate = self
+            .limits
+            .lock()
+            .expect("gate lock poisoned")
+            .connect_rate
+            .unwrap_or(0);
+        let allowance = TOLD_PER_SECOND.max(rate.saturating_mul(2));
+        let mut told = self.told.lock().expect("gate lock poisoned");
+        let now = Instant::now();
+        if now.duration_since(told.0) >= Duration::from_secs(1) {
+            *told = (now, 0);
+        }
+        if told.1 >= allowance {
+            return true;
+        }
+        told.1 += 1;
+        false
     }
 
     /// What ends this tenant's sessions now: Sluice's shutdown, or a suspension.

@@ -41,6 +41,9 @@ pub enum ClientError {
     TooManyConnections(Option<String>),
     #[error("connection rate limit exceeded for tenant \"{0}\"")]
     ConnectRateLimited(String),
+    /// Over the connect rate during a storm: closed at the ClientHello, untold.
+    #[error("connection rate limit exceeded for tenant \"{0}\" (shed before TLS)")]
+    ConnectRateShed(String),
     #[error("query rate limit exceeded for tenant \"{0}\"")]
     QueryRateLimited(String),
     #[error("too many failed logins; retry in {retry_in_s} s")]
@@ -83,6 +86,10 @@ impl ClientError {
             ClientError::ConnectRateLimited(_) | ClientError::QueryRateLimited(_) => {
                 ("53400", self.to_string())
             }
+            ClientError::ConnectRateShed(tenant) => (
+                "53400",
+                ClientError::ConnectRateLimited(tenant.clone()).to_string(),
+            ),
             ClientError::Banned { .. } => ("28P01", self.to_string()),
             ClientError::AddressNotAllowed { .. } => ("28000", self.to_string()),
             ClientError::IdleSessionTimeout => ("57P05", self.to_string()),
@@ -108,7 +115,9 @@ impl ClientError {
             ClientError::Terminating(_) => Reason::ShuttingDown,
             ClientError::LoginTimeout => Reason::LoginTimeout,
             ClientError::TooManyConnections(_) => Reason::TooManyConnections,
-            ClientError::ConnectRateLimited(_) => Reason::ConnectRate,
+            ClientError::ConnectRateLimited(_) | ClientError::ConnectRateShed(_) => {
+                Reason::ConnectRate
+            }
             ClientError::QueryRateLimited(_) => Reason::QueryRate,
             ClientError::Banned { .. } => Reason::Banned,
             ClientError::AddressNotAllowed { .. } => Reason::AddressNotAllowed,

@@ -46,6 +46,12 @@ pub async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAdd
             match negotiate(tcp, proxy.tls.as_ref()).await? {
                 Negotiated::Hello(hello) => {
                     at_client_hello(&proxy, hello.sni.as_deref(), peer.ip(), &mut admission).await;
+                    if let Some(ClientError::ConnectRateLimited(tenant)) = &admission.refusal {
+                        let storm = admission.gate.as_ref().is_some_and(|g| g.shed_refusal());
+                        if storm {
+                            return Err((None, ClientError::ConnectRateShed(tenant.clone())));
+                        }
+                    }
                     let tls = proxy
                         .tls
                         .as_ref()
@@ -155,6 +161,8 @@ async fn reject(stream: Option<ClientStream>, err: &ClientError) {
         ClientError::BackendUnavailable { detail, .. } => {
             tracing::warn!(error = %err, detail, "client rejected")
         }
+        // A storm: counted in the metrics and the audit log, not a line each.
+        ClientError::ConnectRateShed(_) => tracing::debug!(error = %err, "client rejected"),
         _ => tracing::info!(error = %err, "client rejected"),
     }
     let Some(mut stream) = stream else { return };
