@@ -432,6 +432,8 @@ struct StormCounts {
     admitted: u64,
     /// 53400 with "connection rate limit exceeded for tenant \"acme\"".
     refused_rate: u64,
+    /// Closed during the TLS handshake: shed at the ClientHello in a storm.
+    shed: u64,
     other: u64,
     first_other: Option<String>,
     /// Attempts started in each second since the storm started.
@@ -452,6 +454,7 @@ impl StormCounts {
         self.attempts += o.attempts;
         self.admitted += o.admitted;
         self.refused_rate += o.refused_rate;
+        self.shed += o.shed;
         self.other += o.other;
         if self.first_other.is_none() {
             self.first_other.clone_from(&o.first_other);
@@ -562,7 +565,10 @@ fn storm_thread(
                         continue;
                     }
                     Some(db) => format!("{} {}", db.code().code(), db.message()),
-                    None => e.to_string(),
+                    None => {
+                        counts.shed += 1;
+                        continue;
+                    }
                 },
                 Err(_) => format!("no answer within {ATTEMPT_TIMEOUT:?}"),
             };
@@ -819,14 +825,17 @@ fn print_table(phases: &[Phase]) {
             format!("{} / {}", a.out.failed(), a.out.aborted())
         })
     });
-    row("storm attempts / admitted / refused 53400 / other", &|p| {
-        p.storm.as_ref().map_or("—".into(), |s| {
-            format!(
-                "{} / {} / {} / {}",
-                s.attempts, s.admitted, s.refused_rate, s.other
-            )
-        })
-    });
+    row(
+        "storm attempts / admitted / refused 53400 / shed / other",
+        &|p| {
+            p.storm.as_ref().map_or("—".into(), |s| {
+                format!(
+                    "{} / {} / {} / {} / {}",
+                    s.attempts, s.admitted, s.refused_rate, s.shed, s.other
+                )
+            })
+        },
+    );
     row("storm attempts/s (active for)", &|p| {
         p.storm.as_ref().map_or("—".into(), |s| {
             format!(
