@@ -273,6 +273,14 @@ async fn metrics_count_known_traffic_exactly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = idle.expect("the server connection goes back to the pool");
+    // The control store has no provisioning jobs yet: every state reads 0.
+    for state in ["queued", "running", "succeeded", "failed"] {
+        assert_eq!(
+            after.value("sluice_provision_jobs", &[("state", state)]),
+            Some(0.0),
+            "{state}"
+        );
+    }
     assert_eq!(
         after.value("sluice_client_connections", &state("active")),
         Some(0.0)

@@ -103,6 +103,7 @@ impl Admin {
             pools,
             rejections,
             admin_requests: admin_requests.clone(),
+            jobs: Arc::new(metrics::JobCounts::default()),
         };
         let state = Arc::new(State {
             registry: metrics::registry(sources.clone()),
@@ -135,6 +136,7 @@ impl Admin {
                 .clone()
                 .run(self.state.sources.pools.clone(), stop.clone()),
         );
+        let jobs = tokio::spawn(count_jobs(self.state.clone(), stop.clone()));
         let refusals = tokio::spawn(refusals::run(
             self.state.clone(),
             self.state.refusal_audit_interval,
@@ -144,5 +146,25 @@ impl Admin {
         http::serve(self.listener, self.state, stop).await;
         let _ = sampler.await;
         let _ = refusals.await;
+        let _ = jobs.await;
+    }
+}
+
+/// Reads the jobs per state from the control store every few seconds, for
+/// `sluice_provision_jobs{state}` (a scrape never waits on the store).
+async fn count_jobs(state: Arc<State>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(stats::SAMPLE_PERIOD);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(store) = state.control.store() else {
+            continue;
+        };
+        match store.job_counts().await {
+            Ok(counts) => state.sources.jobs.set(counts),
+            Err(e) => tracing::debug!(error = %e, "counting provisioning jobs"),
+        }
     }
 }

@@ -46,6 +46,23 @@ impl AdminRequests {
     }
 }
 
+/// Provisioning jobs per state, as last read from the control store (`known` once
+/// read at least once).
+#[derive(Debug, Default)]
+pub struct JobCounts {
+    known: std::sync::atomic::AtomicBool,
+    counts: [AtomicU64; 4],
+}
+
+impl JobCounts {
+    pub fn set(&self, counts: [u64; 4]) {
+        for (slot, n) in self.counts.iter().zip(counts) {
+            slot.store(n, Ordering::Relaxed);
+        }
+        self.known.store(true, Ordering::Relaxed);
+    }
+}
+
 /// What `/metrics` reads.
 #[derive(Debug, Clone)]
 pub struct Sources {
@@ -53,6 +70,7 @@ pub struct Sources {
     pub pools: Arc<Pools>,
     pub rejections: Arc<Rejections>,
     pub admin_requests: Arc<AdminRequests>,
+    pub jobs: Arc<JobCounts>,
 }
 
 /// The registry with every Sluice metric; encode it once per scrape.
@@ -280,6 +298,20 @@ impl Collector for DataPlane {
             let status = status.to_string();
             let labels = [("route", route), ("status", status.as_str())];
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+
+        let jobs = &self.0.jobs;
+        if jobs.known.load(Ordering::Relaxed) {
+            let mut family = encoder.encode_descriptor(
+                "provision_jobs",
+                "Provisioning jobs in the control store by state",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, n) in crate::store::JOB_STATES.iter().zip(&jobs.counts) {
+                let labels = [("state", *state)];
+                gauge(n.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
+            }
         }
 
         let catalog_len = self.0.catalog.snapshot().len() as u64;

@@ -14,6 +14,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod canonical;
 pub mod embedded;
+pub mod jobs;
 pub mod migrate;
 pub mod rfc3339;
 
@@ -25,6 +26,7 @@ pub use api_keys::ApiKeyRecord;
 pub use audit::{AuditEvent, AuditFilter, AuditRow, AuditVerify};
 pub use canonical::canonical_json;
 pub use embedded::EmbeddedControl;
+pub use jobs::JOB_STATES;
 pub use migrate::{Migration, SchemaMismatch, MIGRATIONS};
 
 /// A connection to the control store.
