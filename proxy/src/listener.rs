@@ -69,15 +69,37 @@ impl Proxy {
 
 /// Serves `listeners` until `shutdown` fires; then stops accepting, lets clients finish
 /// for `shutdown_grace`, tells the rest 57P01, and returns once every task is done.
+///
+/// Accepting, and each connection until it is admitted, runs on a front runtime of its
+/// own (one thread); admitted connections move to the runtime this is called on. A
+/// connection storm is then refused on the front thread without queueing ahead of the
+/// established sessions' relays (see `session::serve_connection`).
 pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
+    let main = tokio::runtime::Handle::current();
+    let front = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sluice-front")
+        .enable_all()
+        .build()
+        .expect("starting the front runtime");
     for listener in listeners {
-        tracker.spawn(accept_loop(
-            proxy.clone(),
-            listener,
-            tracker.clone(),
-            shutdown.clone(),
-        ));
+        let listener = match listener.into_std() {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot move a listener to the front runtime");
+                continue;
+            }
+        };
+        tracker.spawn_on(
+            accept_loop(
+                proxy.clone(),
+                listener,
+                (tracker.clone(), main.clone()),
+                shutdown.clone(),
+            ),
+            front.handle(),
+        );
     }
     shutdown.cancelled().await;
     tracker.close();
@@ -94,6 +116,7 @@ pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, shutdown: Can
             tracing::warn!("some connections did not finish after termination; exiting anyway");
         }
     }
+    front.shutdown_background();
     proxy.pools.close_all_idle().await;
     for (pool, totals) in proxy.pools.counts() {
         tracing::info!(%pool, ?totals, "pool totals");
@@ -102,10 +125,14 @@ pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, shutdown: Can
 
 async fn accept_loop(
     proxy: Arc<Proxy>,
-    listener: TcpListener,
-    tracker: TaskTracker,
+    listener: std::net::TcpListener,
+    (tracker, main): (TaskTracker, tokio::runtime::Handle),
     shutdown: CancellationToken,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => return tracing::error!(error = %e, "cannot listen on the front runtime"),
+    };
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "listening");
     loop {
@@ -116,7 +143,14 @@ async fn accept_loop(
         match accepted {
             Ok((tcp, peer)) => {
                 let id = proxy.next_id.fetch_add(1, Ordering::Relaxed);
-                tracker.spawn(serve_connection(proxy.clone(), tcp, peer, id));
+                tracker.spawn(serve_connection(
+                    proxy.clone(),
+                    tcp,
+                    peer,
+                    id,
+                    main.clone(),
+                    tracker.clone(),
+                ));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

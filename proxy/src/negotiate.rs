@@ -26,26 +26,10 @@ pub enum Negotiated {
     },
     /// A cancel request (plaintext or over TLS); the connection carries nothing else.
     Cancel(CancelKey),
-    /// A TLS ClientHello has arrived: the server name is known and the handshake's
-    /// expensive part is still to come, so admission can run first.
-    Hello(Box<Hello>),
-}
-
-/// A TLS handshake stopped after the ClientHello.
-pub struct Hello {
-    start: tokio_rustls::StartHandshake<TcpStream>,
-    /// The TLS server name the client sent, lowercased.
-    pub sni: Option<String>,
-    direct: bool,
-}
-
-impl std::fmt::Debug for Hello {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hello")
-            .field("sni", &self.sni)
-            .field("direct", &self.direct)
-            .finish_non_exhaustive()
-    }
+    /// The client wants TLS (after an SSLRequest, or direct TLS); nothing of its
+    /// ClientHello has been read yet, so the connection can still move to another
+    /// runtime and the handshake start from scratch there.
+    Tls { tcp: TcpStream, direct: bool },
 }
 
 /// Reads one length-prefixed startup-phase packet with exact reads: nothing beyond the
@@ -81,7 +65,7 @@ pub async fn negotiate(
                 ClientError::Protocol("direct TLS without TLS configured".into()),
             ));
         }
-        return handshake(tcp, true).await;
+        return tls_wanted(tcp, true);
     }
 
     // A client may try GSSAPI encryption, then TLS, then plaintext: bounded rounds.
@@ -94,7 +78,7 @@ pub async fn negotiate(
             StartupPacket::SslRequest => match tls {
                 Some(_) => {
                     tcp.write_all(b"S").await.map_err(|e| (None, e.into()))?;
-                    return handshake(tcp, false).await;
+                    return tls_wanted(tcp, false);
                 }
                 None => tcp.write_all(b"N").await.map_err(|e| (None, e.into()))?,
             },
@@ -117,9 +101,57 @@ pub async fn negotiate(
     ))
 }
 
-/// Reads the ClientHello (cheap: no cryptography yet).
-async fn handshake(
+/// The client wants TLS; the handshake is [`tls_handshake`]'s.
+fn tls_wanted(
     tcp: TcpStream,
+    direct: bool,
+) -> Result<Negotiated, (Option<ClientStream>, ClientError)> {
+    Ok(Negotiated::Tls { tcp, direct })
+}
+
+/// Largest ClientHello looked at before the handshake (one TLS record and its header).
+const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
+
+/// The server name in the client's ClientHello, read with `peek` so that the bytes stay
+/// in the socket for the real handshake. Cheap: parsing only, no cryptography. `None`
+/// when the ClientHello names no server.
+pub async fn server_name(tcp: &TcpStream) -> Result<Option<String>, ClientError> {
+    let mut buf = vec![0u8; MAX_CLIENT_HELLO];
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(ClientError::Protocol(
+                "client closed before its ClientHello".into(),
+            ));
+        }
+        let mut acceptor = rustls::server::Acceptor::default();
+        let mut seen = &buf[..n];
+        acceptor
+            .read_tls(&mut seen)
+            .map_err(|e| ClientError::Protocol(format!("TLS: {e}")))?;
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                return Ok(accepted
+                    .client_hello()
+                    .server_name()
+                    .map(str::to_ascii_lowercase))
+            }
+            Ok(None) if n < buf.len() => {
+                // Part of it so far: `peek` would return the same bytes at once, so
+                // wait a moment for the rest (the login timeout bounds this).
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Ok(None) => return Err(ClientError::Protocol("ClientHello too large".into())),
+            Err((e, _)) => return Err(ClientError::Protocol(format!("TLS: {e}"))),
+        }
+    }
+}
+
+/// The TLS handshake (the certificate chosen after reading the server name) and the
+/// startup packet inside TLS.
+pub async fn tls_handshake(
+    tcp: TcpStream,
+    tls: &ServerTls,
     direct: bool,
 ) -> Result<Negotiated, (Option<ClientStream>, ClientError)> {
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
@@ -130,23 +162,12 @@ async fn handshake(
         .client_hello()
         .server_name()
         .map(str::to_ascii_lowercase);
-    Ok(Negotiated::Hello(Box::new(Hello { start, sni, direct })))
-}
-
-impl Hello {
-    /// Finishes the handshake and reads the startup packet inside TLS.
-    pub async fn complete(
-        self: Box<Self>,
-        tls: &ServerTls,
-    ) -> Result<Negotiated, (Option<ClientStream>, ClientError)> {
-        let Hello { start, sni, direct } = *self;
-        // One certificate for now; choosing per server name is where custom domains go.
-        let stream = start
-            .into_stream(tls.config.clone())
-            .await
-            .map_err(|e| (None, ClientError::Protocol(format!("TLS handshake: {e}"))))?;
-        after_handshake(stream, sni, direct).await
-    }
+    // One certificate for now; choosing per server name is where custom domains go.
+    let stream = start
+        .into_stream(tls.config.clone())
+        .await
+        .map_err(|e| (None, ClientError::Protocol(format!("TLS handshake: {e}"))))?;
+    after_handshake(stream, sni, direct).await
 }
 
 async fn after_handshake(

@@ -16,16 +16,42 @@ use crate::cancel;
 use crate::error::ClientError;
 use crate::listener::Proxy;
 use crate::login::{establish, Session};
-use crate::negotiate::{negotiate, Negotiated};
+use crate::negotiate::{negotiate, server_name, tls_handshake, Negotiated};
 use crate::relay::{relay, RelayEnd, Tally, Watch};
 use crate::stream::ClientStream;
 use crate::transaction;
 use router::{PoolMode, TenantId, Who};
 use std::sync::atomic::Ordering;
 
+/// What the front runtime hands to the main one: a socket ready for its TLS handshake,
+/// or a plaintext client with its startup packet read.
+enum Handoff {
+    Tls {
+        tcp: std::net::TcpStream,
+        direct: bool,
+    },
+    Plain {
+        tcp: std::net::TcpStream,
+        startup: wire::startup::StartupMessage,
+    },
+}
+
 /// Serves one accepted TCP connection to the end. Never panics on client input; every
 /// rejection the client can still read is a FATAL ErrorResponse.
-pub async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: u64) {
+///
+/// Runs on the front runtime (the accept loops' own thread) until the client has been
+/// admitted: reading its first packets and, for TLS, peeking at its ClientHello for the
+/// server name and the tenant's checks. Only then does the connection move to `main`,
+/// where handshakes, logins and relays run; so a storm of connections that are refused
+/// (or shed) never queues ahead of established sessions.
+pub async fn serve_connection(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    main: tokio::runtime::Handle,
+    tracker: tokio_util::task::TaskTracker,
+) {
     let span = tracing::info_span!(
         "conn",
         id,
@@ -33,6 +59,7 @@ pub async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAdd
         tenant = tracing::field::Empty,
         role = tracing::field::Empty
     );
+    let session_span = span.clone();
     async move {
         let _ = tcp.set_nodelay(true);
         let accepted = Instant::now();
@@ -42,75 +69,133 @@ pub async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAdd
             Ok(slot) => admission.process = Some(slot),
             Err(refused) => admission.refusal = Some(refused),
         }
-        let negotiated = async {
+        let front = async {
             match negotiate(tcp, proxy.tls.as_ref()).await? {
-                Negotiated::Hello(hello) => {
-                    at_client_hello(&proxy, hello.sni.as_deref(), peer.ip(), &mut admission).await;
+                Negotiated::Tls { tcp, direct } => {
+                    let sni = server_name(&tcp).await.map_err(|e| (None, e))?;
+                    at_client_hello(&proxy, sni.as_deref(), peer.ip(), &mut admission).await;
                     if let Some(ClientError::ConnectRateLimited(tenant)) = &admission.refusal {
                         let storm = admission.gate.as_ref().is_some_and(|g| g.shed_refusal());
                         if storm {
                             return Err((None, ClientError::ConnectRateShed(tenant.clone())));
                         }
                     }
-                    let tls = proxy
-                        .tls
-                        .as_ref()
-                        .expect("a ClientHello is read only with TLS");
-                    hello.complete(tls).await
+                    Ok(Negotiated::Tls { tcp, direct })
                 }
                 other => Ok(other),
             }
         };
-        let (mut stream, startup, sni) = match timeout_at(deadline, negotiated).await {
+        let handoff = match timeout_at(deadline, front).await {
             // Like Postgres: a client that never finishes its startup packet is dropped.
             Err(_) => return tracing::info!("login timeout before the startup packet"),
             Ok(Err((stream, err))) => {
                 return refuse(&proxy, stream, &err, admission.tenant.as_ref()).await;
             }
             Ok(Ok(Negotiated::Cancel(key))) => return handle_cancel(&proxy, key).await,
-            Ok(Ok(Negotiated::Hello(_))) => unreachable!("completed above"),
+            Ok(Ok(Negotiated::Tls { tcp, direct })) => {
+                tcp.into_std().map(|tcp| Handoff::Tls { tcp, direct })
+            }
             Ok(Ok(Negotiated::Startup {
-                stream,
-                startup,
-                sni,
-            })) => (stream, startup, sni),
+                stream, startup, ..
+            })) => match stream {
+                ClientStream::Plain(tcp) => {
+                    tcp.into_std().map(|tcp| Handoff::Plain { tcp, startup })
+                }
+                ClientStream::Tls(_) => unreachable!("TLS is negotiated on the main runtime"),
+            },
         };
-        let login = establish(
-            &proxy,
-            &mut stream,
-            &startup,
-            sni.as_deref(),
-            peer.ip(),
-            &mut admission,
-        );
-        let tenant = |a: &Admission| a.tenant.clone();
-        let session = match timeout_at(deadline, login).await {
-            Ok(Ok(session)) => session,
-            Ok(Err(err)) => {
-                return refuse(&proxy, Some(stream), &err, tenant(&admission).as_ref()).await
-            }
-            Err(_) => {
-                let err = ClientError::LoginTimeout;
-                return refuse(&proxy, Some(stream), &err, tenant(&admission).as_ref()).await;
-            }
+        let handoff = match handoff {
+            Ok(handoff) => handoff,
+            Err(e) => return tracing::warn!(error = %e, "could not hand the connection over"),
         };
-        drop(admission.login_slots);
-        let tally = Tally::default();
-        let outcome = match session.pool.settings().mode {
-            PoolMode::Session => run_session(&proxy, stream, session, &tally).await,
-            PoolMode::Transaction => transaction::run(&proxy, stream, session, id, &tally).await,
-        };
-        log_connection!(
-            proxy,
-            duration_ms = accepted.elapsed().as_millis() as u64,
-            bytes_from_client = tally.from_client.load(Ordering::Relaxed),
-            bytes_to_client = tally.to_client.load(Ordering::Relaxed),
-            outcome,
-            "connection closed"
+        let proxy = proxy.clone();
+        tracker.spawn_on(
+            async move { session(proxy, handoff, peer, id, admission, accepted, deadline).await }
+                .instrument(session_span),
+            &main,
         );
     }
     .instrument(span)
     .await
+}
+
+/// The rest of a connection, on the main runtime: TLS handshake, login, relay.
+async fn session(
+    proxy: Arc<Proxy>,
+    handoff: Handoff,
+    peer: SocketAddr,
+    id: u64,
+    mut admission: Admission,
+    accepted: Instant,
+    deadline: Instant,
+) {
+    let negotiated = match handoff {
+        Handoff::Plain { tcp, startup } => match TcpStream::from_std(tcp) {
+            Ok(tcp) => Ok(Negotiated::Startup {
+                stream: ClientStream::Plain(tcp),
+                startup,
+                sni: None,
+            }),
+            Err(e) => return tracing::warn!(error = %e, "could not take the connection over"),
+        },
+        Handoff::Tls { tcp, direct } => {
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(tcp) => tcp,
+                Err(e) => return tracing::warn!(error = %e, "could not take the connection over"),
+            };
+            let tls = proxy
+                .tls
+                .as_ref()
+                .expect("TLS is wanted only when configured");
+            match timeout_at(deadline, tls_handshake(tcp, tls, direct)).await {
+                Ok(result) => result,
+                Err(_) => return tracing::info!("login timeout during the TLS handshake"),
+            }
+        }
+    };
+    let (mut stream, startup, sni) = match negotiated {
+        Err((stream, err)) => return refuse(&proxy, stream, &err, admission.tenant.as_ref()).await,
+        Ok(Negotiated::Cancel(key)) => return handle_cancel(&proxy, key).await,
+        Ok(Negotiated::Tls { .. }) => unreachable!("the handshake is done"),
+        Ok(Negotiated::Startup {
+            stream,
+            startup,
+            sni,
+        }) => (stream, startup, sni),
+    };
+    let login = establish(
+        &proxy,
+        &mut stream,
+        &startup,
+        sni.as_deref(),
+        peer.ip(),
+        &mut admission,
+    );
+    let tenant = |a: &Admission| a.tenant.clone();
+    let session = match timeout_at(deadline, login).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(err)) => {
+            return refuse(&proxy, Some(stream), &err, tenant(&admission).as_ref()).await
+        }
+        Err(_) => {
+            let err = ClientError::LoginTimeout;
+            return refuse(&proxy, Some(stream), &err, tenant(&admission).as_ref()).await;
+        }
+    };
+    drop(admission.login_slots);
+    let tally = Tally::default();
+    let outcome = match session.pool.settings().mode {
+        PoolMode::Session => run_session(&proxy, stream, session, &tally).await,
+        PoolMode::Transaction => transaction::run(&proxy, stream, session, id, &tally).await,
+    };
+    log_connection!(
+        proxy,
+        duration_ms = accepted.elapsed().as_millis() as u64,
+        bytes_from_client = tally.from_client.load(Ordering::Relaxed),
+        bytes_to_client = tally.to_client.load(Ordering::Relaxed),
+        outcome,
+        "connection closed"
+    );
 }
 
 /// The tenant checks, as soon as SNI names a tenant in the catalog: before the TLS
