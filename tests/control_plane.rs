@@ -690,3 +690,62 @@ fn config_check_refuses_a_database_url_that_does_not_parse() {
     assert!(text.contains("control.database_url"), "{text}");
     assert!(!text.contains("pw@host"), "{text}");
 }
+
+/// A SIGKILLed Sluice leaves its embedded postmaster behind (a child outlives its
+/// parent): the next Sluice on the data_dir stops it and runs the store again, while a
+/// second Sluice next to a live one is refused the store (and still serves).
+#[test]
+fn a_killed_sluice_leaves_a_store_the_next_one_takes_over() {
+    let env = Env::new();
+    let mut first = env.start();
+    let pid_file = env.data_dir().join("control/pgdata/postmaster.pid");
+    let postmaster: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    first
+        .signal_and_wait(
+            nix::sys::signal::Signal::SIGKILL,
+            std::time::Duration::from_secs(10),
+        )
+        .expect("sluice killed");
+    // Running, not a zombie waiting for its new parent to reap it.
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(alive(postmaster), "the orphaned postmaster still runs");
+
+    let second = env.start();
+    let ready = expect(&second, "GET", "/readyz", None, "", 200);
+    assert_eq!(ready["control_store"], "ok (embedded)", "{ready}");
+    assert!(!alive(postmaster), "the leftover postmaster was stopped");
+    let key = second.admin_key.clone();
+    expect(
+        &second,
+        "GET",
+        "/v1/audit-events/verify",
+        Some(&key),
+        "",
+        200,
+    );
+
+    let third = env.start();
+    let ready = expect(&third, "GET", "/readyz", None, "", 200);
+    let store = ready["control_store"].as_str().unwrap();
+    assert!(
+        store.starts_with("unreachable") && store.contains("another Sluice"),
+        "{ready}"
+    );
+    drop(third);
+    // The owner is unaffected by the refused one.
+    let ready = expect(&second, "GET", "/readyz", None, "", 200);
+    assert_eq!(ready["control_store"], "ok (embedded)", "{ready}");
+}

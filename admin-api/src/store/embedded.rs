@@ -13,8 +13,12 @@
 //!
 //! Creation happens in `pgdata.new/` and ends with a rename to `pgdata/`, after the
 //! password file is written: an existing `pgdata/` is always complete, and a creation that
-//! died half-way is simply redone. Two Sluice processes must not share a `data_dir`: the
-//! second one's start fails on the first one's postmaster (its `postmaster.pid`).
+//! died half-way is simply redone.
+//!
+//! `owner.lock` is flock'ed by the Sluice that runs the store, for as long as it does: a
+//! second Sluice on the same `data_dir` fails at once. A postmaster found running while
+//! the lock was free was left by a Sluice that died (SIGKILL: the postmaster, its child,
+//! outlives it); it is stopped and the store started again.
 //!
 //! Starting and stopping block (about 0.2 s to start an existing cluster, 1 s for the
 //! first creation); async callers use `spawn_blocking`.
@@ -37,6 +41,7 @@ const PGDATA: &str = "pgdata";
 const STAGING: &str = "pgdata.new";
 const SOCKET_DIR: &str = "run";
 const PASSWORD_FILE: &str = "superuser.password";
+const OWNER_LOCK: &str = "owner.lock";
 
 /// A running embedded control cluster. Dropping it stops the postmaster (fast shutdown:
 /// open transactions roll back, clients are disconnected, the data is flushed).
@@ -46,6 +51,9 @@ pub struct EmbeddedControl {
     /// The postmaster this handle started; Drop stops only that one.
     pid: Option<u32>,
     password: String,
+    /// Held (flock) while this process owns the store; released after the postmaster
+    /// has been stopped (fields drop after `Drop::drop`).
+    _owner: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl EmbeddedControl {
@@ -54,6 +62,7 @@ impl EmbeddedControl {
     pub fn start(data_dir: &Path) -> anyhow::Result<EmbeddedControl> {
         let home = data_dir.join(HOME);
         create_private_dir(&home)?;
+        let owner = take_ownership(&home)?;
         let install = Installation::discover()
             .context("finding the PostgreSQL server binaries for the embedded control store")?;
         let pgdata = home.join(PGDATA);
@@ -63,13 +72,27 @@ impl EmbeddedControl {
         let password = read_password(&home.join(PASSWORD_FILE))?;
         let mut cluster = Cluster::open(&install, &pgdata)
             .with_context(|| format!("opening the embedded control store {}", pgdata.display()))?;
-        cluster.start().map_err(|e| start_error(e, &pgdata))?;
+        match cluster.start() {
+            Err(localpg::Error::AlreadyRunning { pid, .. }) => {
+                // We hold the owner lock, so no live Sluice runs this postmaster.
+                tracing::warn!(
+                    pid,
+                    "stopping the embedded control store's postmaster left by a Sluice that died"
+                );
+                cluster
+                    .stop(StopMode::Fast)
+                    .with_context(|| format!("stopping the leftover postmaster {pid}"))?;
+                cluster.start().map_err(|e| start_error(e, &pgdata))?;
+            }
+            other => other.map_err(|e| start_error(e, &pgdata))?,
+        }
         let pid = cluster.pid();
         tracing::info!(data_dir = %pgdata.display(), pid, "embedded control store started");
         Ok(EmbeddedControl {
             cluster,
             pid,
             password,
+            _owner: owner,
         })
     }
 
@@ -161,6 +184,29 @@ fn create_cluster(install: &Installation, home: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("renaming {} to {}", staging.display(), pgdata.display()))?;
     tracing::info!(data_dir = %pgdata.display(), "created the embedded control store");
     Ok(())
+}
+
+/// Locks `home/owner.lock` for this process, or says who else runs the store.
+fn take_ownership(home: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = home.join(OWNER_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+            "the embedded control store under {} is in use by another Sluice process \
+             (it holds {}): two Sluice processes cannot share a data_dir",
+            home.display(),
+            path.display()
+        ),
+        Err((_, e)) => Err(anyhow!("locking {}: {e}", path.display())),
+    }
 }
 
 /// A clear message for the one failure an operator can fix by themselves.
