@@ -616,7 +616,10 @@ async fn the_embedded_store_refuses_a_second_start_and_keeps_its_data() {
 
     let error = start_control(dir.path().to_owned()).await.unwrap_err();
     let message = format!("{error:#}");
-    assert!(message.contains("in use by another Sluice process"), "{message}");
+    assert!(
+        message.contains("in use by another Sluice process"),
+        "{message}"
+    );
     assert_eq!(first.pid(), Some(pid), "the refused start left it alone");
 
     tokio::task::spawn_blocking(move || first.stop())
