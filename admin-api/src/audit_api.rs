@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use crate::http::{authorize, json, percent_decode, ApiError, Pending, Req};
+use crate::http::{authorize, json, query_pairs, ApiError, Pending, Req};
 use crate::keys::{Caller, Role};
 use crate::store::{AuditEvent, AuditFilter};
 use crate::State;
@@ -84,17 +84,7 @@ pub(crate) fn verify<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
 fn audit_query(req: &Req) -> Result<(AuditFilter, Option<i64>, u32), ApiError> {
     let mut filter = AuditFilter::default();
     let (mut cursor, mut limit) = (None, 100);
-    for pair in req
-        .head
-        .uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value)
-            .ok_or_else(|| ApiError::bad_request(format!("bad percent-encoding in {key}")))?;
+    for (key, value) in query_pairs(req)? {
         let bad = |what: &str| ApiError::bad_request(format!("{key}: {value:?} is not {what}"));
         match key {
             "tenant" => filter.tenant = Some(value),

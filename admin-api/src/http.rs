@@ -447,19 +447,27 @@ pub(crate) struct ListQuery {
     pub ip: Option<String>,
 }
 
-pub(crate) fn list_query(req: &Req) -> Result<ListQuery, ApiError> {
-    let mut q = ListQuery::default();
-    for pair in req
-        .head
+/// The query string's `key=value` pairs, values percent-decoded (400 if they cannot
+/// be).
+pub(crate) fn query_pairs(req: &Req) -> Result<Vec<(&str, String)>, ApiError> {
+    req.head
         .uri
         .query()
         .unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value)
-            .ok_or_else(|| ApiError::bad_request(format!("bad percent-encoding in {key}")))?;
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value)
+                .ok_or_else(|| ApiError::bad_request(format!("bad percent-encoding in {key}")))?;
+            Ok((key, value))
+        })
+        .collect()
+}
+
+pub(crate) fn list_query(req: &Req) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery::default();
+    for (key, value) in query_pairs(req)? {
         match key {
             "tenant" => q.tenant = Some(value),
             "cursor" => q.cursor = Some(value),
