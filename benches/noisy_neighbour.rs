@@ -471,20 +471,6 @@ struct Storm {
     started_at: f64,
 }
 
-fn pg_config(target: &PgTarget) -> tokio_postgres::Config {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(target.sni_host.as_deref().expect("SNI host"))
-        .hostaddr(target.addr.ip())
-        .port(target.addr.port())
-        .user(&target.user)
-        .password(&target.password)
-        .dbname(&target.dbname)
-        .connect_timeout(ATTEMPT_TIMEOUT)
-        .ssl_mode(tokio_postgres::config::SslMode::Require);
-    config
-}
-
 impl Storm {
     fn start(target: &PgTarget, for_how_long: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
@@ -492,7 +478,8 @@ impl Storm {
         let (started, started_at) = (Instant::now(), epoch_now());
         let deadline = started + for_how_long;
         let tls = testkit::clients::tls_connector(&target.ca);
-        let config = pg_config(target);
+        let mut config = testkit::clients::pg_config(target);
+        config.connect_timeout(ATTEMPT_TIMEOUT);
         let expected = format!("connection rate limit exceeded for tenant \"{A}\"");
         let threads = (0..storm_threads())
             .map(|_| {

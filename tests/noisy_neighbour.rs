@@ -112,24 +112,10 @@ struct Storm {
     other: Vec<(String, String)>,
 }
 
-fn pg_config(target: &PgTarget) -> tokio_postgres::Config {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(target.sni_host.as_deref().unwrap())
-        .hostaddr(target.addr.ip())
-        .port(target.addr.port())
-        .user(&target.user)
-        .password(&target.password)
-        .dbname(&target.dbname)
-        .connect_timeout(Duration::from_secs(20))
-        .ssl_mode(tokio_postgres::config::SslMode::Require);
-    config
-}
-
 /// `STORM_TASKS` tasks connecting to `target` until `deadline` or the attempt budget.
 async fn storm(target: &PgTarget, deadline: Instant) -> Storm {
     let tls = testkit::clients::tls_connector(&target.ca);
-    let config = pg_config(target);
+    let config = testkit::clients::pg_config(target);
     let budget = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..STORM_TASKS)
         .map(|_| {

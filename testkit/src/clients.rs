@@ -181,7 +181,9 @@ pub async fn pg_connect_from(
     Ok((client, tokio::spawn(connection)))
 }
 
-fn pg_config(target: &PgTarget) -> tokio_postgres::Config {
+/// The tokio-postgres settings for `target` (SNI host, TLS unless `disable`, 20 s
+/// connect timeout), for tests that connect in their own way.
+pub fn pg_config(target: &PgTarget) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     match &target.sni_host {
         Some(host) => {
