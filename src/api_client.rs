@@ -1,8 +1,18 @@
 //! A small HTTP/1.1 client of Sluice's own admin API, shared by the CLI commands that
-//! talk to a running Sluice (`stats` now; `tenants`, `roles`, `audit` later).
+//! talk to a running Sluice (`stats`, `tenants`, `roles`, `audit`).
 //!
 //! One TCP connection per request: the CLI makes a handful of requests, so a pool
 //! would buy nothing, and a fresh connection can never be a half-closed stale one.
+
+#[cfg(test)]
+mod exchange_tests;
+#[cfg(test)]
+pub mod fake;
+mod idempotency;
+mod pages;
+
+pub use idempotency::IdempotencyKey;
+pub use pages::Listing;
 
 use std::fmt;
 use std::time::Duration;
@@ -59,9 +69,11 @@ pub enum ApiError {
         code: String,
         message: String,
     },
-    /// No complete answer within [`TIMEOUT`].
+    /// No complete answer within [`TIMEOUT`]. The request may have been applied.
     Timeout { url: String },
-    /// The API could not be reached, or the connection broke off.
+    /// No connection could be made: nothing was sent.
+    Unreachable { url: String, detail: String },
+    /// The connection broke off after it was made. The request may have been applied.
     Transport { url: String, detail: String },
     /// A 2xx answer whose body is not JSON.
     BadBody { url: String, detail: String },
@@ -78,7 +90,9 @@ impl fmt::Display for ApiError {
             ApiError::Timeout { url } => {
                 write!(f, "no answer from {url} within {}s", TIMEOUT.as_secs())
             }
-            ApiError::Transport { url, detail } => write!(f, "{url}: {detail}"),
+            ApiError::Unreachable { url, detail } | ApiError::Transport { url, detail } => {
+                write!(f, "{url}: {detail}")
+            }
             ApiError::BadBody { url, detail } => {
                 write!(f, "{url}: the answer is not JSON: {detail}")
             }
@@ -87,6 +101,14 @@ impl fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+impl ApiError {
+    /// Whether the server may have received and applied the request although no
+    /// answer came back: what makes a retry with the same idempotency key worth it.
+    pub fn may_have_been_applied(&self) -> bool {
+        matches!(self, ApiError::Timeout { .. } | ApiError::Transport { .. })
+    }
+}
 
 impl ApiClient {
     /// `base_url` is `http://host[:port][/prefix]` (a bare `host:port` means http).
@@ -119,19 +141,53 @@ impl ApiClient {
 
     /// `GET path_and_query` (which starts with `/`), expecting JSON back.
     pub async fn get_json(&self, path_and_query: &str) -> Result<Value, ApiError> {
-        self.request(Method::GET, path_and_query, None).await
+        self.request(Call::new(Method::GET, path_and_query)).await
     }
 
-    /// One request on a fresh connection, bounded by [`TIMEOUT`]. `body`, when given,
-    /// is sent as JSON; a 2xx answer's body is parsed as JSON (`null` when empty).
-    async fn request(
+    /// `POST path` with `body` (none: an empty body) as JSON.
+    pub async fn post_json(&self, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
+        self.request(Call {
+            body,
+            ..Call::new(Method::POST, path)
+        })
+        .await
+    }
+
+    /// `POST path` with an `Idempotency-Key` header: the server answers a repeat of the
+    /// same key with the first answer instead of acting twice.
+    pub async fn post_json_idempotent(
         &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<Value>,
+        path: &str,
+        body: &Value,
+        key: &IdempotencyKey,
     ) -> Result<Value, ApiError> {
-        let url = format!("{}{path_and_query}", self.base);
-        let exchange = self.exchange(method, path_and_query, body, &url);
+        self.request(Call {
+            body: Some(body),
+            idempotency_key: Some(key),
+            ..Call::new(Method::POST, path)
+        })
+        .await
+    }
+
+    /// `PATCH path` with `body` as JSON.
+    pub async fn patch_json(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
+        self.request(Call {
+            body: Some(body),
+            ..Call::new(Method::PATCH, path)
+        })
+        .await
+    }
+
+    /// `DELETE path`; an empty answer (204) is `null`.
+    pub async fn delete(&self, path: &str) -> Result<Value, ApiError> {
+        self.request(Call::new(Method::DELETE, path)).await
+    }
+
+    /// One request on a fresh connection, bounded by [`TIMEOUT`]; a 2xx answer's body
+    /// is parsed as JSON (`null` when empty).
+    async fn request(&self, call: Call<'_>) -> Result<Value, ApiError> {
+        let url = format!("{}{}", self.base, call.path_and_query);
+        let exchange = self.exchange(call, &url);
         let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
             .await
             .map_err(|_| ApiError::Timeout { url: url.clone() })??;
@@ -149,26 +205,24 @@ impl ApiClient {
 
     /// Connects, sends, and reads the whole answer. The connection is driven in this
     /// future (not a spawned task) so that a timeout drops it along with the request.
-    async fn exchange(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<Value>,
-        url: &str,
-    ) -> Result<(StatusCode, Bytes), ApiError> {
+    async fn exchange(&self, call: Call<'_>, url: &str) -> Result<(StatusCode, Bytes), ApiError> {
         let transport = |detail: String| ApiError::Transport {
             url: url.to_owned(),
             detail,
         };
+        let unreachable = |detail: String| ApiError::Unreachable {
+            url: url.to_owned(),
+            detail,
+        };
         let request = self
-            .build_request(method, path_and_query, body)
-            .map_err(|e| transport(format!("cannot build the request: {e:#}")))?;
+            .build_request(call)
+            .map_err(|e| unreachable(format!("cannot build the request: {e:#}")))?;
         let tcp = TcpStream::connect(&self.connect_to)
             .await
-            .map_err(|e| transport(format!("cannot connect to {}: {e}", self.connect_to)))?;
+            .map_err(|e| unreachable(format!("cannot connect to {}: {e}", self.connect_to)))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
-            .map_err(|e| transport(error_chain(&e)))?;
+            .map_err(|e| unreachable(error_chain(&e)))?;
         let send = async move {
             let response = sender.send_request(request).await?;
             let (parts, body) = response.into_parts();
@@ -182,17 +236,12 @@ impl ApiClient {
         answer.map_err(|e| transport(error_chain(e.as_ref())))
     }
 
-    fn build_request(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Request<Full<Bytes>>> {
-        let uri: Uri = format!("{}{path_and_query}", self.prefix)
+    fn build_request(&self, call: Call<'_>) -> anyhow::Result<Request<Full<Bytes>>> {
+        let uri: Uri = format!("{}{}", self.prefix, call.path_and_query)
             .parse()
             .context("invalid request path")?;
         let mut builder = Request::builder()
-            .method(method)
+            .method(call.method)
             .uri(uri)
             .header(HOST, self.host.clone())
             .header(ACCEPT, "application/json")
@@ -201,14 +250,38 @@ impl ApiClient {
         if let Some(authorization) = &self.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }
-        let bytes = match body {
+        if let Some(key) = call.idempotency_key {
+            builder = builder.header(IdempotencyKey::HEADER, key.header_value());
+        }
+        let bytes = match call.body {
             Some(value) => {
                 builder = builder.header(CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(&value)?)
+                Bytes::from(serde_json::to_vec(value)?)
             }
             None => Bytes::new(),
         };
         Ok(builder.body(Full::new(bytes))?)
+    }
+}
+
+/// What one request sends.
+struct Call<'a> {
+    method: Method,
+    /// Starts with `/`; the client's prefix goes in front.
+    path_and_query: &'a str,
+    /// Sent as JSON when given.
+    body: Option<&'a Value>,
+    idempotency_key: Option<&'a IdempotencyKey>,
+}
+
+impl<'a> Call<'a> {
+    fn new(method: Method, path_and_query: &'a str) -> Self {
+        Call {
+            method,
+            path_and_query,
+            body: None,
+            idempotency_key: None,
+        }
     }
 }
 

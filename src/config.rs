@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub control: ControlSection,
     #[serde(default)]
+    pub provisioner: ProvisionerSection,
+    #[serde(default)]
     pub defaults: DefaultsSection,
     /// Named bundles of pool settings and limits (`nano`, `lite`, …) that tenants pick
     /// with `plan = "…"`: defaults, then the plan, then the tenant's own keys.
@@ -83,13 +85,35 @@ impl Default for AdminSection {
     }
 }
 
-/// The control store: API keys and the audit log (later tenants, jobs).
+/// The control store: tenants, roles, jobs, API keys, secrets and the audit log.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlSection {
     /// An external PostgreSQL (`postgres://…` or libpq `key=value`). Unset: Sluice runs
     /// its own cluster under `<data_dir>/control`.
     pub database_url: Option<String>,
+    /// The AES-256 key that encrypts backend credentials in the store (64 hex digits,
+    /// mode 0600; generated when missing). Default `<data_dir>/secrets.key`. Every
+    /// Sluice sharing a store needs the same key.
+    pub secrets_key_file: Option<PathBuf>,
+}
+
+/// How `POST /v1/tenants` makes backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisionerSection {
+    /// The driver of a tenant created without `backend.driver`: `local` (a cluster per
+    /// tenant under `<data_dir>/backends`) or `static` (an existing server named in the
+    /// request). `none` disables provisioning.
+    pub driver: String,
+}
+
+impl Default for ProvisionerSection {
+    fn default() -> Self {
+        ProvisionerSection {
+            driver: "local".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,7 +182,7 @@ pub struct DefaultsSection {
 }
 
 /// Limits; unset keys take the plan's, then `[defaults.limits]`'s. 0 = none.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     pub query_timeout_ms: Option<u64>,
@@ -177,7 +201,7 @@ pub struct LimitsSection {
 
 /// Pool settings; in `[defaults.pool]` unset keys take the built-in defaults, in
 /// `[tenants.pool]` they take `[defaults.pool]`'s.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSection {
     pub mode: Option<String>,

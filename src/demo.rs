@@ -201,11 +201,17 @@ fn bootstrap_sql(app_password: &str, auth_password: &str) -> String {
 /// client code as the tenant's app role.
 async fn seed_marker(config: &Config, id: &str, app_password: &str) -> anyhow::Result<()> {
     let runtime = config.runtime()?;
-    let tenant = runtime
+    let declared = runtime
         .tenants
         .iter()
-        .find(|t| t.id.as_str() == id)
+        .find(|t| t.record.id == id)
         .context("demo tenant missing from its config")?;
+    let tenant = admin_api::catalog_sync::materialize(
+        &runtime.plans,
+        &declared.record,
+        Some(&declared.auth_password),
+    )?
+    .context("demo tenant is not active")?;
     let tls = pooler::TlsConnectors::new();
     let credential = pooler::ServerCredential::Password(app_password.to_owned());
     let mut conn = pooler::connect(

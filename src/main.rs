@@ -1,10 +1,15 @@
 //! The `sluice` binary: command line, wiring and signals only.
 
+mod api_args;
 mod api_client;
+mod audit_cmd;
 mod config;
 mod demo;
+mod roles_cmd;
 mod serve;
 mod stats_cmd;
+mod table;
+mod tenants_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +50,12 @@ enum Command {
     },
     /// Show pool and tenant statistics from a running Sluice's admin API.
     Stats(stats_cmd::StatsArgs),
+    /// Create, list, change, suspend and delete tenants through the admin API.
+    Tenants(tenants_cmd::TenantsArgs),
+    /// Manage a tenant's login roles through the admin API.
+    Roles(roles_cmd::RolesArgs),
+    /// Read and verify the admin API's audit log.
+    Audit(audit_cmd::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +81,9 @@ fn main() -> ExitCode {
             admin_listen,
         } => demo::run(&dir, listen, admin_listen),
         Command::Stats(args) => stats_cmd::run(args),
+        Command::Tenants(args) => tenants_cmd::run(args),
+        Command::Roles(args) => roles_cmd::run(args),
+        Command::Audit(args) => audit_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use admin_api::{Admin, OpenedControl};
+use admin_api::provision::{LocalDriver, StaticDriver};
+use admin_api::secrets::SecretBox;
+use admin_api::{Admin, CatalogSync, ConnectionHint, Drivers, OpenedControl, Plane};
 use anyhow::Context;
 use pooler::{Histograms, Pools};
 use proxy::tls::ServerTls;
@@ -79,6 +81,27 @@ pub struct Running {
     admin: Admin,
     /// The control store (and the embedded cluster, if Sluice runs it): stopped last.
     control: OpenedControl,
+    /// Provisioning drivers: the local driver's tenant clusters stop after the proxy.
+    drivers: Arc<Drivers>,
+}
+
+/// The provisioning drivers `[provisioner]` enables: `static` always (it only uses
+/// servers named in requests), `local` unless the driver is `none` or `static`.
+fn drivers(runtime: &Runtime) -> Drivers {
+    let mut drivers = Drivers::default();
+    drivers.add(Arc::new(StaticDriver));
+    if runtime.default_driver == Some("local") {
+        // Like an unreachable store, an unusable local driver (another Sluice owns the
+        // data_dir's backends) leaves the data plane serving; creates answer 422.
+        match LocalDriver::new(&runtime.data_dir) {
+            Ok(local) => drivers.add(Arc::new(local)),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "the local provisioner is unavailable")
+            }
+        }
+    }
+    drivers.default = runtime.default_driver;
+    drivers
 }
 
 pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
@@ -88,7 +111,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         .as_ref()
         .map(ServerTls::load)
         .transpose()?;
-    let catalog = Arc::new(CatalogHandle::new(Catalog::new(runtime.tenants)));
+    let catalog = Arc::new(CatalogHandle::new(Catalog::default()));
     let pools = Arc::new(Pools::with_histograms(Histograms::new(
         runtime.admin.metrics_enabled,
     )));
@@ -98,13 +121,34 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     let listeners = proxy::bind(&runtime.proxy.listen)
         .await
         .with_context(|| format!("binding {:?}", runtime.proxy.listen))?;
-    let addrs = listeners
+    let addrs: Vec<std::net::SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
+    let secrets = Arc::new(SecretBox::load(&runtime.secrets_key_file)?);
+    let drivers = Arc::new(drivers(&runtime));
+    let hint = runtime
+        .proxy
+        .identify
+        .sni_suffix
+        .clone()
+        .zip(addrs.first())
+        .map(|(sni_suffix, addr)| ConnectionHint {
+            sni_suffix,
+            port: addr.port(),
+        });
     // The control store is opened before anything listens; an unreachable one is logged
-    // and leaves the data plane serving the config's tenants.
+    // and leaves the data plane serving the snapshot and the config's tenants.
     let control = admin_api::control::open(&runtime.control).await;
+    let sync = Arc::new(CatalogSync::new(
+        catalog.clone(),
+        Arc::new(runtime.plans),
+        secrets,
+        &runtime.data_dir,
+        runtime.tenants,
+    ));
+    let source = sync.start(&control.control).await;
+    tracing::info!(source, tenants = catalog.snapshot().len(), "catalog loaded");
     let proxy = Arc::new(Proxy::new(
         runtime.proxy,
         tls,
@@ -112,6 +156,40 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         pools,
         rejections,
     ));
+    // Live changes (the admin API, catalog sync) reach running pools and admission
+    // gates; a tenant that leaves the catalog (deleted) has its sessions ended (57P01).
+    let weak = Arc::downgrade(&proxy);
+    let present = std::sync::Mutex::new(
+        catalog
+            .snapshot()
+            .iter()
+            .map(|t| t.id.clone())
+            .collect::<std::collections::HashSet<_>>(),
+    );
+    catalog.subscribe(move |catalog| {
+        let Some(proxy) = weak.upgrade() else { return };
+        proxy.gates.apply(catalog);
+        proxy.pools.apply(catalog);
+        let now: std::collections::HashSet<_> = catalog.iter().map(|t| t.id.clone()).collect();
+        let mut present = present.lock().expect("tenant set lock poisoned");
+        for gone in present.difference(&now) {
+            let ended = proxy.gates.terminate_sessions(gone);
+            tracing::info!(tenant = %gone, sessions = ended, "tenant left the catalog");
+        }
+        *present = now;
+    });
+    let weak = Arc::downgrade(&proxy);
+    catalog.subscribe_roles(move |tenant, role| {
+        if let Some(proxy) = weak.upgrade() {
+            proxy.secrets.invalidate(tenant, role);
+        }
+    });
+    let plane = Plane {
+        sync,
+        drivers: drivers.clone(),
+        wake: Arc::new(tokio::sync::Notify::new()),
+        hint,
+    };
     let admin = Admin::bind(
         &runtime.admin,
         catalog.clone(),
@@ -119,22 +197,16 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         proxy.rejections.clone(),
         proxy.gates.clone(),
         control.control.clone(),
+        plane,
     )
     .await?;
-    // Live changes (PATCH /v1/tenants/{id}) reach running pools and admission gates.
-    let weak = Arc::downgrade(&proxy);
-    catalog.subscribe(move |catalog| {
-        if let Some(proxy) = weak.upgrade() {
-            proxy.gates.apply(catalog);
-            proxy.pools.apply(catalog);
-        }
-    });
     Ok(Running {
         proxy,
         listeners,
         addrs,
         admin,
         control,
+        drivers,
     })
 }
 
@@ -176,6 +248,8 @@ impl Running {
         let _ = maintenance.await;
         stop_admin.cancel();
         let _ = admin.await;
+        let drivers = self.drivers.clone();
+        let _ = tokio::task::spawn_blocking(move || drivers.shutdown()).await;
         self.control.stop().await;
         tracing::info!("stopped");
     }

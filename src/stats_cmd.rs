@@ -4,12 +4,13 @@
 //! The command only fetches and formats; every number is computed by the server, so
 //! the CLI and the API can never disagree.
 
-use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::api_client::{encode_component, ApiClient, ApiError};
+use crate::api_args::{json_text, print, ApiArgs, Output};
+use crate::api_client::{encode_component, ApiClient, ApiError, Listing};
+use crate::table::{self, count, number, text, Align, Column};
 
 /// ANSI: clear the screen and move the cursor home, as `watch(1)` does.
 const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
@@ -19,35 +20,16 @@ pub struct StatsArgs {
     /// Show one tenant: a summary line, its refused logins by reason, and its pools.
     #[arg(long, value_name = "ID")]
     tenant: Option<String>,
-    /// table for people; json prints the API's own JSON, pretty-printed.
-    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = Output::Table)]
-    output: Output,
     /// Redraw every SECS seconds (2 when SECS is left out) until Ctrl-C.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     watch: Option<u64>,
-    /// Base URL of the admin API ([admin] listen): http://HOST:PORT[/PREFIX].
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "SLUICE_API",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    api: String,
-    /// Admin API key. Prefer the environment variable: a command line is visible to
-    /// every user of the machine.
-    #[arg(long, value_name = "KEY", env = "SLUICE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
-    Table,
-    Json,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 pub fn run(args: StatsArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(&args.api, args.token.clone())?;
+    let client = args.api.client()?;
     crate::serve::tokio_runtime()?.block_on(async {
         match args.watch {
             None => {
@@ -86,16 +68,6 @@ fn watch_header(api: &str, every: Duration, now: SystemTime) -> String {
     )
 }
 
-/// Writes `text` to stdout. A closed pipe (`sluice stats | head`) is a normal end,
-/// not an error worth a message.
-fn print(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
-}
-
 /// Fetches what `args` asks for and formats it.
 async fn render(client: &ApiClient, args: &StatsArgs) -> Result<String, ApiError> {
     let value = match &args.tenant {
@@ -105,56 +77,28 @@ async fn render(client: &ApiClient, args: &StatsArgs) -> Result<String, ApiError
         }
         None => all_pools(client).await?,
     };
-    let lines = match (args.output, &args.tenant) {
-        (Output::Json, _) => {
-            let pretty = serde_json::to_string_pretty(&value).unwrap_or_default();
-            return Ok(format!("{pretty}\n"));
-        }
+    let lines = match (args.api.output, &args.tenant) {
+        (Output::Json, _) => return Ok(json_text(&value)),
         (Output::Table, Some(_)) => tenant_lines(&value),
         (Output::Table, None) => pools_table(as_array(value.get("pools"))),
     };
     Ok(lines.iter().map(|l| format!("{l}\n")).collect())
 }
 
-/// `GET /v1/pools`, following `next_cursor` to the last page; answers in the API's
-/// own shape, as if it had all fit on one page.
+/// `GET /v1/pools`, following `next_cursor` to the last page.
 async fn all_pools(client: &ApiClient) -> Result<Value, ApiError> {
-    let mut pools = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/pools?cursor={}", encode_component(c)),
-            None => "/v1/pools".to_owned(),
-        };
-        let page = client.get_json(&path).await?;
-        pools.extend(as_array(page.get("pools")).iter().cloned());
-        let next = page
-            .get("next_cursor")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        // A cursor that does not move would loop forever; the API never sends one.
-        if next.is_none() || next == cursor {
-            break;
-        }
-        cursor = next;
-    }
-    Ok(serde_json::json!({ "pools": pools, "next_cursor": null }))
+    let listing = Listing {
+        path: "/v1/pools",
+        query: Vec::new(),
+        field: "pools",
+        max_items: None,
+    };
+    client.get_all(&listing).await
 }
 
 fn as_array(value: Option<&Value>) -> &[Value] {
     value.and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
-
-/// How a column lines up: names to the left, numbers to the right.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Align {
-    Left,
-    Right,
-}
-
-/// One column of the pools table: its header, alignment, and how to read a cell out
-/// of a PoolStatsView.
-type Column = (&'static str, Align, fn(&Value) -> String);
 
 const COLUMNS: &[Column] = &[
     ("TENANT", Align::Left, |p| text(p, "/tenant")),
@@ -184,42 +128,14 @@ const COLUMNS: &[Column] = &[
     ("UP", Align::Left, |p| up(p, "/backend_up")),
 ];
 
-/// The pools table, one line per pool under a header line. Pure, so it is tested
-/// without a server; fields missing from the JSON show as `-`.
+/// The pools table, one line per pool under a header line; fields missing from the
+/// JSON show as `-`.
 pub fn pools_table(pools: &[Value]) -> Vec<String> {
-    let header: Vec<String> = COLUMNS.iter().map(|(h, _, _)| (*h).to_owned()).collect();
-    let rows: Vec<Vec<String>> = pools
-        .iter()
-        .map(|p| COLUMNS.iter().map(|(_, _, cell)| cell(p)).collect())
-        .collect();
-    let widths: Vec<usize> = (0..COLUMNS.len())
-        .map(|i| {
-            std::iter::once(&header)
-                .chain(&rows)
-                .map(|row| row[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut lines = vec![table_line(&header, &widths)];
-    lines.extend(rows.iter().map(|row| table_line(row, &widths)));
-    if rows.is_empty() {
+    let mut lines = table::render(COLUMNS, pools);
+    if pools.is_empty() {
         lines.push("(no pools: a pool opens at its first client login)".to_owned());
     }
     lines
-}
-
-fn table_line(cells: &[String], widths: &[usize]) -> String {
-    let padded: Vec<String> = cells
-        .iter()
-        .zip(widths)
-        .zip(COLUMNS)
-        .map(|((cell, &width), (_, align, _))| match align {
-            Align::Left => format!("{cell:<width$}"),
-            Align::Right => format!("{cell:>width$}"),
-        })
-        .collect();
-    padded.join("  ").trim_end().to_owned()
 }
 
 /// The `--tenant` view: a summary line, refused logins by reason, then the pools.
@@ -270,30 +186,6 @@ fn rejected_line(s: &Value) -> String {
         "rejected: none".to_owned()
     } else {
         format!("rejected: {}", reasons.join(", "))
-    }
-}
-
-/// A string field, made printable: a database named with a newline or an escape
-/// sequence must not break the table or the terminal.
-fn text(v: &Value, pointer: &str) -> String {
-    match v.pointer(pointer).and_then(Value::as_str) {
-        Some(s) => s
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect(),
-        None => "-".to_owned(),
-    }
-}
-
-fn count(v: &Value, pointer: &str) -> String {
-    v.pointer(pointer).map_or_else(|| "-".to_owned(), number)
-}
-
-fn number(n: &Value) -> String {
-    match (n.as_u64(), n.as_f64()) {
-        (Some(i), _) => i.to_string(),
-        (None, Some(f)) => format!("{f:.1}"),
-        (None, None) => "-".to_owned(),
     }
 }
 

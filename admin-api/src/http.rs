@@ -17,6 +17,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,7 +26,7 @@ use crate::keys::{Caller, Role};
 use crate::stats;
 use crate::tenants;
 use crate::State;
-use crate::{audit_api, keys_api};
+use crate::{audit_api, keys_api, roles};
 
 /// Longest request head accepted (the API takes small JSON bodies only).
 const MAX_HEAD: usize = 64 * 1024;
@@ -34,7 +35,12 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most items a list returns at once.
 pub(crate) const MAX_PAGE: usize = 1000;
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
+
+/// An empty body (204 answers).
+pub(crate) fn empty() -> Body {
+    Full::new(Bytes::new())
+}
 /// What an endpoint answers.
 pub(crate) type Answer = Result<Response<Body>, ApiError>;
 /// The future of an endpoint that waits (for the control store).
@@ -212,20 +218,144 @@ async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
     };
     let req = Req { head, body, peer };
     let (route, handler) = route(&req);
-    let result = match (handler, too_big) {
-        (Ok(Now(handler)), None) => handler(state, &req),
-        (Ok(Later(handler)), None) => handler(state, &req).await,
-        (Err(e), _) | (_, Some(e)) => Err(e),
-    };
-    let response = match result {
-        Ok(response) => response,
-        Err(e) => e.response(),
+    let response = match (handler, too_big) {
+        (Ok(handler), None) => match idempotency_key(state, &req) {
+            Ok(Some(key)) => idempotent(state, &req, handler, key).await,
+            Ok(None) => run(state, &req, handler).await,
+            Err(e) => e.response(),
+        },
+        (Err(e), _) | (_, Some(e)) => e.response(),
     };
     state
         .admin_requests
         .record(route, response.status().as_u16());
     tracing::debug!(%peer, method = %req.head.method, route, status = response.status().as_u16(), "admin request");
     response
+}
+
+async fn run(state: &State, req: &Req, handler: Handler) -> Response<Body> {
+    let result = match handler {
+        Now(handler) => handler(state, req),
+        Later(handler) => handler(state, req).await,
+    };
+    result.unwrap_or_else(|e| e.response())
+}
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// An `Idempotency-Key` of a POST by a known API key: (key, API key id, request hash).
+type IdempotencyKey = (String, String, [u8; 32]);
+
+/// The request's `Idempotency-Key`, if it is a POST that carries one and a valid API key
+/// (an unauthenticated request is answered 401 by its handler as usual).
+fn idempotency_key(state: &State, req: &Req) -> Result<Option<IdempotencyKey>, ApiError> {
+    if req.head.method != Method::POST {
+        return Ok(None);
+    }
+    let Some(value) = req.head.headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            (1..=MAX_IDEMPOTENCY_KEY).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            ))
+        })?;
+    let Some(caller) = req
+        .head
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|token| state.keys.verify(token.trim()))
+    else {
+        return Ok(None);
+    };
+    let mut hash = Sha256::new();
+    hash.update(req.head.uri.path().as_bytes());
+    hash.update([0]);
+    hash.update(&req.body);
+    Ok(Some((
+        key.to_owned(),
+        caller.key_id,
+        hash.finalize().into(),
+    )))
+}
+
+/// Runs a POST at most once per (Idempotency-Key, API key): a retry gets the first
+/// answer (marked `Idempotent-Replayed: true`), a different request with the same key
+/// 422. Answers of 5xx are not kept, so the retry runs again.
+async fn idempotent(
+    state: &State,
+    req: &Req,
+    handler: Handler,
+    (key, key_id, hash): IdempotencyKey,
+) -> Response<Body> {
+    use crate::store::idempotency::Begin;
+    let store = match state.control.store() {
+        Ok(store) => store,
+        Err(e) => return e.response(),
+    };
+    let begun = match store.idempotency_begin(&key, &key_id, &hash).await {
+        Ok(begun) => begun,
+        Err(e) => {
+            return crate::audit_api::unavailable(format!("the control store: {e:#}")).response()
+        }
+    };
+    match begun {
+        Begin::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = status;
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+        }
+        Begin::Mismatch => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request",
+        )
+        .response(),
+        Begin::InFlight => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the first request with this Idempotency-Key is still being handled",
+        )
+        .response(),
+        Begin::New => {
+            let response = run(state, req, handler).await;
+            let (parts, body) = response.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let kept = if parts.status.is_server_error() {
+                store.idempotency_abandon(&key, &key_id).await
+            } else {
+                let text = if bytes.is_empty() {
+                    "null".to_owned()
+                } else {
+                    String::from_utf8_lossy(&bytes).into_owned()
+                };
+                store
+                    .idempotency_finish(&key, &key_id, parts.status.as_u16(), &text)
+                    .await
+            };
+            if let Err(e) = kept {
+                tracing::warn!(error = %format!("{e:#}"), "recording an idempotent answer; a retry may be refused as in flight");
+            }
+            Response::from_parts(parts, Full::new(bytes))
+        }
+    }
 }
 
 /// One endpoint: its path template (also the `route` label of
@@ -270,14 +400,37 @@ static ROUTES: &[Route] = &[
     },
     Route {
         template: "/v1/tenants",
-        methods: &[(Method::GET, Now(tenants::list))],
+        methods: &[
+            (Method::GET, Later(tenants::list)),
+            (Method::POST, Later(tenants::create)),
+        ],
     },
     Route {
         template: "/v1/tenants/{id}",
         methods: &[
-            (Method::GET, Now(tenants::get)),
+            (Method::GET, Later(tenants::get)),
             (Method::PATCH, Later(tenants::patch)),
+            (Method::DELETE, Later(tenants::delete)),
         ],
+    },
+    Route {
+        template: "/v1/tenants/{id}/roles",
+        methods: &[
+            (Method::GET, Later(roles::list)),
+            (Method::POST, Later(roles::create)),
+        ],
+    },
+    Route {
+        template: "/v1/tenants/{id}/roles/{name}",
+        methods: &[(Method::DELETE, Later(roles::delete))],
+    },
+    Route {
+        template: "/v1/tenants/{id}/roles/{name}/rotate",
+        methods: &[(Method::POST, Later(roles::rotate))],
+    },
+    Route {
+        template: "/v1/jobs/{id}",
+        methods: &[(Method::GET, Later(tenants::job))],
     },
     Route {
         template: "/v1/tenants/{id}/stats",
@@ -400,7 +553,7 @@ fn readyz<'a>(state: &'a State, _: &'a Req) -> Pending<'a> {
         let body = serde_json::json!({
             "ready": !draining,
             "reason": if draining { "shutting down: draining client connections" } else { "serving" },
-            "catalog": {"tenants": tenants, "source": "config file"},
+            "catalog": {"tenants": tenants, "source": state.plane.sync.source()},
             "control_store": state.control.status().await,
         });
         let status = if draining {

@@ -2,9 +2,6 @@
 //! and role. The first admin key comes from `[admin] bootstrap_key_file`, written with
 //! mode 0600 when it does not exist yet.
 
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -171,36 +168,14 @@ impl ApiKeys {
     /// Reads the bootstrap admin key from `path`, creating the file (0600, key and a
     /// newline) when it does not exist. A file others can read is refused.
     pub fn load_bootstrap(&self, path: &Path) -> anyhow::Result<String> {
-        let key = match fs::read_to_string(path) {
-            Ok(text) => {
-                let mode = fs::metadata(path)?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    bail!(
-                        "{} is readable by others (mode {:o}); chmod 600 it",
-                        path.display(),
-                        mode & 0o777
-                    );
-                }
-                text.trim().to_owned()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = generate();
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                }
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                writeln!(file, "{key}")?;
-                tracing::info!(path = %path.display(), "generated the bootstrap admin key");
-                key
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
+        let mut generated = false;
+        let key = crate::private_file::read_or_create(path, || {
+            generated = true;
+            generate()
+        })?;
+        if generated {
+            tracing::info!(path = %path.display(), "generated the bootstrap admin key");
+        }
         let id = self
             .insert(&key, Role::Admin)
             .with_context(|| format!("bootstrap key in {}", path.display()))?;

@@ -9,12 +9,18 @@
 //! takes, so a scrape cannot slow a query down.
 
 pub mod audit_api;
+pub mod catalog_sync;
 pub mod control;
 pub mod http;
+pub mod jobs;
 pub mod keys;
 pub mod keys_api;
 pub mod metrics;
+pub mod private_file;
+pub mod provision;
 pub mod refusals;
+pub mod roles;
+pub mod secrets;
 pub mod stats;
 pub mod store;
 pub mod tenants;
@@ -28,9 +34,12 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use catalog_sync::{CatalogSync, ConfigTenant, Plans};
 pub use control::{Control, ControlConfig, OpenedControl};
+pub use jobs::Drivers;
 pub use keys::{ApiKeys, Role};
 pub use metrics::{AdminRequests, Sources};
+pub use tenants::ConnectionHint;
 
 /// `[admin]` and `[metrics]` of the config file.
 #[derive(Debug, Clone)]
@@ -53,13 +62,26 @@ pub struct State {
     pub sampler: Arc<stats::RateSampler>,
     /// The data plane's admission gates (bans, ending a tenant's sessions).
     pub gates: Arc<dyn router::AdmissionControl>,
-    /// The control store (API keys, the audit log); changes need it.
+    /// The control store (tenants, API keys, the audit log); changes need it.
     pub control: Control,
+    /// Catalog sync, provisioning drivers and the job worker's wake-up.
+    pub plane: Plane,
     registry: Registry,
     metrics_enabled: bool,
     refusal_audit_interval: std::time::Duration,
     /// Fired when the process starts draining: `/readyz` then answers 503.
     pub draining: CancellationToken,
+}
+
+/// The control plane's moving parts, shared by the API handlers and the worker.
+#[derive(Debug, Clone)]
+pub struct Plane {
+    pub sync: Arc<CatalogSync>,
+    pub drivers: Arc<Drivers>,
+    /// Poked when a job is queued.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// For the `connection_string` of tenant views.
+    pub hint: Option<ConnectionHint>,
 }
 
 /// The admin listener, bound and ready to serve.
@@ -81,6 +103,7 @@ impl Admin {
         rejections: Arc<router::Rejections>,
         gates: Arc<dyn router::AdmissionControl>,
         control: Control,
+        plane: Plane,
     ) -> anyhow::Result<Admin> {
         let keys = ApiKeys::default();
         let bootstrap_id = keys.load_bootstrap(&config.bootstrap_key_file)?;
@@ -113,6 +136,7 @@ impl Admin {
             sampler: Arc::new(stats::RateSampler::default()),
             gates,
             control,
+            plane,
             metrics_enabled: config.metrics_enabled,
             refusal_audit_interval: config.refusal_audit_interval,
             draining: CancellationToken::new(),
@@ -128,8 +152,17 @@ impl Admin {
         })
     }
 
-    /// Serves until `stop`; rates are sampled meanwhile.
+    /// Serves until `stop`; rates are sampled, the catalog follows the store and the
+    /// provisioning worker runs meanwhile.
     pub async fn serve(self, stop: CancellationToken) {
+        let follow = tokio::spawn(
+            self.state
+                .plane
+                .sync
+                .clone()
+                .run(self.state.control.clone(), stop.clone()),
+        );
+        let worker = tokio::spawn(run_worker(self.state.clone(), stop.clone()));
         let sampler = tokio::spawn(
             self.state
                 .sampler
@@ -145,6 +178,8 @@ impl Admin {
         tracing::info!(addr = %self.addr, "admin API listening");
         http::serve(self.listener, self.state, stop).await;
         let _ = sampler.await;
+        let _ = follow.await;
+        let _ = worker.await;
         let _ = refusals.await;
         let _ = jobs.await;
     }
@@ -165,6 +200,39 @@ async fn count_jobs(state: Arc<State>, stop: CancellationToken) {
         match store.job_counts().await {
             Ok(counts) => state.sources.jobs.set(counts),
             Err(e) => tracing::debug!(error = %e, "counting provisioning jobs"),
+        }
+    }
+}
+
+/// Runs the provisioning worker on a connection of its own (its job locks live as long
+/// as that session), reconnecting while the store is away.
+async fn run_worker(state: Arc<State>, stop: CancellationToken) {
+    let Ok(store) = state.control.store() else {
+        return;
+    };
+    let worker = Arc::new(jobs::Worker {
+        sync: state.plane.sync.clone(),
+        drivers: state.plane.drivers.clone(),
+        gates: state.gates.clone(),
+        wake: state.plane.wake.clone(),
+        name: format!("sluice-{}", std::process::id()),
+    });
+    loop {
+        match store.another().await {
+            Ok(own) => {
+                let run = worker.clone().run(own, stop.clone());
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    () = run => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the provisioning worker cannot reach the control store")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
     }
 }

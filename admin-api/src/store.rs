@@ -14,9 +14,13 @@ pub mod api_keys;
 pub mod audit;
 pub mod canonical;
 pub mod embedded;
+pub mod idempotency;
 pub mod jobs;
 pub mod migrate;
 pub mod rfc3339;
+pub mod tenants;
+
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{Mutex, MutexGuard};
@@ -26,47 +30,90 @@ pub use api_keys::ApiKeyRecord;
 pub use audit::{AuditEvent, AuditFilter, AuditRow, AuditVerify};
 pub use canonical::canonical_json;
 pub use embedded::EmbeddedControl;
-pub use jobs::JOB_STATES;
+pub use jobs::{JobOutcome, JobRecord, JOB_STATES};
 pub use migrate::{Migration, SchemaMismatch, MIGRATIONS};
+pub use tenants::{BackendRecord, ChangeError, RoleRecord, TenantRecord};
 
 /// A connection to the control store.
 ///
-/// One connection for now. It sits behind an async mutex because a transaction needs the
-/// client to itself: tokio-postgres pipelines statements from concurrent callers on one
-/// connection, which would interleave their BEGIN/COMMIT. Every method takes `&self`, so a
-/// pool can replace the mutex later without changing callers.
+/// One connection, behind an async mutex because a transaction needs the client to
+/// itself: tokio-postgres pipelines statements from concurrent callers on one connection,
+/// which would interleave their BEGIN/COMMIT. A lost connection (the store restarted, a
+/// network cut) is replaced on the next call, so the store comes back without a Sluice
+/// restart; while it cannot be reached, every call fails fast (the connect timeout).
 #[derive(Debug)]
 pub struct Store {
+    config: tokio_postgres::Config,
     client: Mutex<Client>,
 }
+
+/// How long a reconnect may take before the call fails (and the API answers 503).
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Store {
     /// Connects without TLS (the embedded cluster is reached over its unix socket; an
     /// external store on another host should come with TLS later) and spawns the task that
     /// drives the connection. Must be called inside a tokio runtime.
     pub async fn connect(config: tokio_postgres::Config) -> anyhow::Result<Store> {
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .context("connecting to the control store")?;
-        tokio::spawn(async move {
-            // Ends when the client is dropped (Ok) or the server goes away (Err).
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "control store connection ended");
-            }
-        });
+        let client = open(&config).await?;
         Ok(Store {
+            config,
             client: Mutex::new(client),
         })
     }
 
-    /// True once the connection is gone; every call then fails until a new `Store`.
-    pub async fn is_closed(&self) -> bool {
-        self.client.lock().await.is_closed()
+    /// Another connection to the same store (the job worker holds its own, because its
+    /// advisory locks live as long as its session).
+    pub async fn another(&self) -> anyhow::Result<Store> {
+        Store::connect(self.config.clone()).await
     }
 
-    /// The client, held exclusively until the guard drops.
-    async fn client(&self) -> MutexGuard<'_, Client> {
-        self.client.lock().await
+    /// A new connection whose messages (notifications) the caller drives itself.
+    pub async fn connect_raw(
+        &self,
+    ) -> anyhow::Result<(
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    )> {
+        let mut config = self.config.clone();
+        config.connect_timeout(RECONNECT_TIMEOUT);
+        config
+            .connect(NoTls)
+            .await
+            .context("connecting to the control store")
     }
+
+    /// True once the connection is gone and could not be made again.
+    pub async fn is_closed(&self) -> bool {
+        self.client().await.is_err()
+    }
+
+    /// The client, held exclusively until the guard drops; reconnects first if the
+    /// connection was lost.
+    async fn client(&self) -> anyhow::Result<MutexGuard<'_, Client>> {
+        let mut client = self.client.lock().await;
+        if client.is_closed() {
+            let mut config = self.config.clone();
+            config.connect_timeout(RECONNECT_TIMEOUT);
+            *client = tokio::time::timeout(RECONNECT_TIMEOUT, open(&config))
+                .await
+                .map_err(|_| anyhow::anyhow!("reconnecting to the control store timed out"))??;
+            tracing::info!("reconnected to the control store");
+        }
+        Ok(client)
+    }
+}
+
+async fn open(config: &tokio_postgres::Config) -> anyhow::Result<Client> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .context("connecting to the control store")?;
+    tokio::spawn(async move {
+        // Ends when the client is dropped (Ok) or the server goes away (Err).
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "control store connection ended");
+        }
+    });
+    Ok(client)
 }

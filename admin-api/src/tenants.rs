@@ -1,23 +1,28 @@
-//! `/v1/tenants`: read the catalog, change a tenant's pool settings and limits live
-//! (`PATCH`), and list or lift its login bans.
+//! `/v1/tenants` and `/v1/jobs`: create (a provisioning job), read, change pool
+//! settings and limits live (`PATCH`), suspend, resume, delete (a job), and list or lift
+//! a tenant's login bans.
 //!
-//! A change replaces the catalog; the proxy, subscribed to it, applies the new pool
-//! settings to running pools and the new limits to its admission gates at once. Every
-//! change is first appended to the audit log (see [`crate::audit_api`]); with the
-//! control store unreachable, changes answer 503. The catalog itself is not in the store
-//! yet: changes last until the process restarts.
+//! Tenants live in the control store. A change is one store transaction with its audit
+//! event; this process then re-reads the tenant into its catalog at once (the proxy,
+//! subscribed to the catalog, applies new pool settings and limits to what is running),
+//! and every other process does when the store's notification reaches its catalog sync.
+//! With the store unreachable, these endpoints answer 503 while the data plane keeps
+//! serving the catalog it has.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use hyper::StatusCode;
-use router::{Cidr, Limits, PoolMode, PoolSettings, Tenant};
+use router::{Cidr, Limits, PoolMode, PoolSettings};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::audit_api::record;
+use crate::audit_api::{record, unavailable};
 use crate::http::{authorize, json, list_query, Answer, ApiError, Pending, Req, MAX_PAGE};
-use crate::keys::Role;
+use crate::keys::{Caller, Role};
+use crate::secrets::tenant_secret;
+use crate::store::rfc3339::format_micros;
+use crate::store::{AuditEvent, BackendRecord, ChangeError, JobRecord, TenantRecord};
 use crate::State;
 
 /// A tenant as the API shows it. Durations and limits use the config file's keys and
@@ -25,23 +30,32 @@ use crate::State;
 #[derive(Debug, Serialize)]
 pub struct TenantView {
     pub id: String,
-    /// `active` or `suspended` (provisioning states come with the control plane).
-    pub status: &'static str,
+    /// `provisioning`, `active`, `suspended`, `failed` or `deleting`.
+    pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspended_reason: Option<String>,
+    pub plan: Option<String>,
     pub backend: BackendView,
+    /// Effective settings: the plan's, with the tenant's own keys over them.
     pub pool: PoolPatch,
     pub limits: LimitsPatch,
+    /// How a client reaches the tenant through Sluice (the role and password are the
+    /// client's), when the proxy's SNI suffix is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_string: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct BackendView {
-    pub address: String,
-    pub tls: &'static str,
+    /// `local`, `static` or `config`.
+    pub driver: String,
+    /// `host:port` or the socket path; none until the backend is created.
+    pub address: Option<String>,
+    pub tls: String,
 }
 
 /// `[defaults.pool]` keys; in a PATCH, only those given change.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,7 +79,7 @@ pub struct PoolPatch {
 }
 
 /// `[defaults.limits]` keys; in a PATCH, only those given change.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,7 +129,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl PoolPatch {
-    fn of(p: &PoolSettings) -> Self {
+    pub(crate) fn of(p: &PoolSettings) -> Self {
         PoolPatch {
             mode: Some(
                 match p.mode {
@@ -136,7 +150,7 @@ impl PoolPatch {
     }
 
     /// `base` with the given keys changed, or what is wrong with them.
-    fn apply(&self, base: &PoolSettings) -> Result<PoolSettings, ApiError> {
+    pub(crate) fn apply(&self, base: &PoolSettings) -> Result<PoolSettings, ApiError> {
         let mut p = base.clone();
         if let Some(mode) = &self.mode {
             p.mode = match mode.as_str() {
@@ -195,7 +209,7 @@ impl PoolPatch {
 }
 
 impl LimitsPatch {
-    fn of(l: &Limits) -> Self {
+    pub(crate) fn of(l: &Limits) -> Self {
         let ms = |d: Option<Duration>| Some(d.map_or(0, millis));
         LimitsPatch {
             query_timeout_ms: ms(l.query_timeout),
@@ -213,7 +227,7 @@ impl LimitsPatch {
         }
     }
 
-    fn apply(&self, base: &Limits) -> Result<Limits, ApiError> {
+    pub(crate) fn apply(&self, base: &Limits) -> Result<Limits, ApiError> {
         let mut l = base.clone();
         let upto = |key: &str, v: u64, hi: u64| {
             if v <= hi {
@@ -280,26 +294,52 @@ impl LimitsPatch {
     }
 }
 
-fn view(t: &Tenant) -> TenantView {
+/// The API's view of a record: its effective settings (plan + overrides).
+pub(crate) fn view(state: &State, record: &TenantRecord) -> TenantView {
+    let plane = &state.plane;
+    let (pool, limits) = plane.sync.plans.resolve(record).unwrap_or_else(|e| {
+        tracing::warn!(tenant = %record.id, error = %format!("{e:#}"), "showing plan defaults");
+        let base = &plane.sync.plans.defaults;
+        (base.pool.clone(), base.limits.clone())
+    });
+    let b = &record.backend;
     TenantView {
-        id: t.id.to_string(),
-        status: if t.suspended.is_some() {
-            "suspended"
-        } else {
-            "active"
-        },
-        suspended_reason: t.suspended.clone(),
+        id: record.id.clone(),
+        status: record.status.clone(),
+        suspended_reason: record.suspended_reason.clone(),
+        plan: record.plan.clone(),
         backend: BackendView {
-            address: t.backend.addr.to_string(),
-            tls: match t.backend.tls {
-                router::BackendTls::Disable => "disable",
-                router::BackendTls::Prefer => "prefer",
-                router::BackendTls::Require => "require",
-                router::BackendTls::VerifyFull => "verify-full",
+            driver: b.driver.clone(),
+            address: match (&b.host, b.port) {
+                (Some(host), Some(port)) => {
+                    Some(router::BackendAddr::from_host(host, port).to_string())
+                }
+                _ => None,
             },
+            tls: b.tls.clone(),
         },
-        pool: PoolPatch::of(&t.pool),
-        limits: LimitsPatch::of(&t.limits),
+        pool: PoolPatch::of(&pool),
+        limits: LimitsPatch::of(&limits),
+        connection_string: plane.hint.as_ref().map(|h| h.connection_string(&record.id)),
+    }
+}
+
+/// How clients reach tenants, for the `connection_string` of a tenant view.
+#[derive(Debug, Clone)]
+pub struct ConnectionHint {
+    /// `acme` → `acme.<sni_suffix>`.
+    pub sni_suffix: String,
+    pub port: u16,
+}
+
+impl ConnectionHint {
+    fn connection_string(&self, id: &str) -> String {
+        format!(
+            "postgresql://{id}.{}:{}/{}?sslmode=require",
+            self.sni_suffix,
+            self.port,
+            crate::provision::sql::APP_DATABASE
+        )
     }
 }
 
@@ -311,94 +351,403 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("tenant \"{id}\" does not exist"))
 }
 
+/// A store failure as the API says it: 503, the store is what is missing.
+pub(crate) fn store_error(what: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
+    move |e| {
+        tracing::warn!(error = %format!("{e:#}"), "{what}");
+        unavailable(format!("{what}: {e:#}"))
+    }
+}
+
+/// How a refused store change reads to the caller.
+pub(crate) fn change_error(e: ChangeError) -> ApiError {
+    match e {
+        ChangeError::Exists(what) => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{what} already exists"),
+        ),
+        ChangeError::Missing(what) => ApiError::not_found(format!("{what} does not exist")),
+        ChangeError::Conflict(what) => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "tenant {what} was changed concurrently or is in the wrong state; read it again"
+            ),
+        ),
+        ChangeError::Store(e) => store_error("the control store")(e),
+    }
+}
+
+/// The tenant's record, or 404.
+pub(crate) async fn record_of(state: &State, id: &str) -> Result<TenantRecord, ApiError> {
+    let store = state.control.store()?;
+    store
+        .get_tenant(id)
+        .await
+        .map_err(store_error("reading the tenant"))?
+        .ok_or_else(|| not_found(id))
+}
+
+/// An audit event for `caller`'s change of `target`.
+pub(crate) fn event(
+    req: &Req,
+    caller: &Caller,
+    action: &str,
+    target: String,
+    details: serde_json::Value,
+) -> AuditEvent {
+    AuditEvent {
+        actor: Some(caller.key_id.clone()),
+        source_ip: Some(req.peer.ip().to_string()),
+        target: Some(target),
+        details,
+        ..AuditEvent::new(action)
+    }
+}
+
+/// Puts the change of tenant `id` into this process's catalog at once (other processes
+/// hear of it through the store's notification).
+pub(crate) async fn apply_locally(state: &State, id: &str) {
+    if let Ok(store) = state.control.store() {
+        if let Err(e) = state.plane.sync.refresh(store, id).await {
+            tracing::warn!(tenant = %id, error = %format!("{e:#}"), "applying the change to the catalog; the next resync will");
+        }
+    }
+}
+
 /// `GET /v1/tenants[?limit=N][&cursor=C]`: sorted by id.
-pub(crate) fn list(state: &State, req: &Req) -> Answer {
-    authorize(state, req, Role::Viewer)?;
-    let q = list_query(req)?;
-    let limit = q.limit.unwrap_or(MAX_PAGE);
-    let catalog = state.sources.catalog.snapshot();
-    let mut tenants: Vec<&Tenant> = catalog
-        .iter()
-        .map(|t| &**t)
-        .filter(|t| q.cursor.as_deref().is_none_or(|c| t.id.as_str() > c))
-        .collect();
-    tenants.sort_by(|a, b| a.id.cmp(&b.id));
-    let next_cursor = (tenants.len() > limit).then(|| tenants[limit - 1].id.to_string());
-    tenants.truncate(limit);
-    let views: Vec<TenantView> = tenants.into_iter().map(view).collect();
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"tenants": views, "next_cursor": next_cursor}),
-    ))
+pub(crate) fn list<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
+    Box::pin(async move {
+        authorize(state, req, Role::Viewer)?;
+        let q = list_query(req)?;
+        let limit = q.limit.unwrap_or(MAX_PAGE);
+        let store = state.control.store()?;
+        let records = store
+            .list_tenants()
+            .await
+            .map_err(store_error("listing tenants"))?;
+        let mut page: Vec<&TenantRecord> = records
+            .iter()
+            .filter(|t| q.cursor.as_deref().is_none_or(|c| t.id.as_str() > c))
+            .collect();
+        let next_cursor = (page.len() > limit).then(|| page[limit - 1].id.clone());
+        page.truncate(limit);
+        let views: Vec<TenantView> = page.into_iter().map(|r| view(state, r)).collect();
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"tenants": views, "next_cursor": next_cursor}),
+        ))
+    })
 }
 
 /// `GET /v1/tenants/{id}`.
-pub(crate) fn get(state: &State, req: &Req) -> Answer {
-    authorize(state, req, Role::Viewer)?;
-    let id = tenant_id(req);
-    let catalog = state.sources.catalog.snapshot();
-    let tenant = catalog.get(&id).ok_or_else(|| not_found(&id))?;
-    Ok(json(StatusCode::OK, &view(tenant)))
+pub(crate) fn get<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
+    Box::pin(async move {
+        authorize(state, req, Role::Viewer)?;
+        let record = record_of(state, &tenant_id(req)).await?;
+        Ok(json(StatusCode::OK, &view(state, &record)))
+    })
+}
+
+/// The body of `POST /v1/tenants`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub id: String,
+    #[serde(default)]
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub backend: Option<CreateBackend>,
+    #[serde(default)]
+    pub pool: Option<PoolPatch>,
+    #[serde(default)]
+    pub limits: Option<LimitsPatch>,
+}
+
+/// `backend` of `POST /v1/tenants`: the driver, and for `static` the server to use.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBackend {
+    #[serde(default)]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: Option<String>,
+    #[serde(default)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub admin_user: Option<String>,
+    #[serde(default)]
+    pub admin_password: Option<String>,
+    #[serde(default)]
+    pub admin_database: Option<String>,
+}
+
+/// `POST /v1/tenants`: 202 with the tenant (`provisioning`) and its job. The tenant,
+/// its job, its secrets and the audit event are one transaction: a refused or failed
+/// request leaves nothing behind.
+pub(crate) fn create<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
+    Box::pin(async move {
+        let caller = authorize(state, req, Role::Operator)?;
+        let body: CreateTenant = req.json()?;
+        let record = new_record(state, &body)?;
+        let store = state.control.store()?;
+        let mut secrets = Vec::new();
+        let backend = body.backend.unwrap_or_default();
+        if let Some(password) = &backend.admin_password {
+            let name = tenant_secret(&record.id, "admin");
+            secrets.push((name.clone(), state.plane.sync.secrets.seal(&name, password)));
+        }
+        let details = json!({
+            "plan": record.plan,
+            "driver": record.backend.driver,
+            "params": record.backend.params,
+            "pool": record.pool,
+            "limits": record.limits,
+        });
+        let event = event(req, &caller, "tenant.create", record.id.clone(), details);
+        let (tenant, job) = store
+            .create_tenant(&record, &secrets, &event)
+            .await
+            .map_err(change_error)?;
+        state.plane.wake.notify_one();
+        tracing::info!(tenant = %record.id, job = job.id, key_id = %caller.key_id, "tenant queued for provisioning");
+        Ok(json(
+            StatusCode::ACCEPTED,
+            &json!({"tenant": view(state, &tenant), "job": JobView::of(&job)}),
+        ))
+    })
+}
+
+/// Checks a create request and turns it into the record to insert.
+fn new_record(state: &State, body: &CreateTenant) -> Result<TenantRecord, ApiError> {
+    let id =
+        router::TenantId::parse(&body.id).map_err(|e| ApiError::invalid(format!("id: {e}")))?;
+    let plans = &state.plane.sync.plans;
+    if let Some(plan) = &body.plan {
+        plans
+            .base(Some(plan))
+            .map_err(|e| ApiError::invalid(format!("plan: {e}")))?;
+    }
+    let empty = CreateBackend::default();
+    let b = body.backend.as_ref().unwrap_or(&empty);
+    let drivers = &state.plane.drivers;
+    let driver = match b.driver.as_deref().or(drivers.default) {
+        Some(name) => drivers.get(name).map(|d| d.name()).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "backend.driver: {name:?} is not enabled here (enabled: {})",
+                drivers.names().join(", ")
+            ))
+        })?,
+        None => {
+            return Err(ApiError::invalid(
+                "backend.driver: no provisioner driver is enabled",
+            ))
+        }
+    };
+    let tls = b.tls.clone().unwrap_or_else(|| "require".into());
+    if !["disable", "prefer", "require", "verify-full"].contains(&tls.as_str()) {
+        return Err(ApiError::invalid(format!(
+            "backend.tls: {tls:?} is not one of disable, prefer, require, verify-full"
+        )));
+    }
+    let params = if driver == "static" {
+        let host = b
+            .host
+            .as_deref()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| ApiError::invalid("backend.host: required by the static driver"))?;
+        let admin_user = b
+            .admin_user
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid("backend.admin_user: required by the static driver")
+            })?;
+        if b.admin_password.as_deref().is_none_or(str::is_empty) {
+            return Err(ApiError::invalid(
+                "backend.admin_password: required by the static driver",
+            ));
+        }
+        json!({
+            "host": host,
+            "port": b.port.unwrap_or(5432),
+            "tls": tls,
+            "tls_ca": b.tls_ca,
+            "admin_user": admin_user,
+            "admin_database": b.admin_database.clone().unwrap_or_else(|| "postgres".into()),
+        })
+    } else {
+        if b.host.is_some() || b.admin_user.is_some() || b.admin_password.is_some() {
+            return Err(ApiError::invalid(format!(
+                "backend: host and admin credentials are only for the static driver, not {driver}"
+            )));
+        }
+        json!({})
+    };
+    let record = TenantRecord {
+        id: id.to_string(),
+        plan: body.plan.clone(),
+        status: "provisioning".into(),
+        suspended_reason: None,
+        backend: BackendRecord {
+            driver: driver.to_owned(),
+            host: None,
+            port: None,
+            tls,
+            tls_ca: None,
+            admin_user: None,
+            admin_database: None,
+            auth_user: crate::jobs::AUTH_USER.to_owned(),
+            auth_database: "postgres".into(),
+            auth_query: None,
+            params,
+        },
+        pool: body.pool.clone().unwrap_or_default(),
+        limits: body.limits.clone().unwrap_or_default(),
+        version: 0,
+    };
+    // Settings that do not resolve are refused now, not when the job ends.
+    plans
+        .resolve(&record)
+        .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+    Ok(record)
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: i64,
+    pub kind: String,
+    pub tenant: String,
+    pub state: String,
+    pub steps_done: Vec<String>,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl JobView {
+    pub fn of(job: &JobRecord) -> JobView {
+        JobView {
+            id: job.id,
+            kind: job.kind.clone(),
+            tenant: job.tenant.clone(),
+            state: job.state.clone(),
+            steps_done: job.steps_done.clone(),
+            attempts: job.attempts,
+            error: job.error.clone(),
+            created_at: format_micros(job.created_at),
+            updated_at: format_micros(job.updated_at),
+        }
+    }
+}
+
+/// `GET /v1/jobs/{id}`.
+pub(crate) fn job<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
+    Box::pin(async move {
+        authorize(state, req, Role::Viewer)?;
+        let raw = req.segments()[2];
+        let missing = || ApiError::not_found(format!("job {raw:?} does not exist"));
+        let id: i64 = raw.parse().map_err(|_| missing())?;
+        let store = state.control.store()?;
+        let job = store
+            .get_job(id)
+            .await
+            .map_err(store_error("reading the job"))?
+            .ok_or_else(missing)?;
+        Ok(json(StatusCode::OK, &JobView::of(&job)))
+    })
+}
+
+/// `DELETE /v1/tenants/{id}`: 202 with the delete job. The tenant leaves the catalog at
+/// once (new connections: 3D000); the job ends its sessions (57P01), removes the
+/// backend and then the tenant.
+pub(crate) fn delete<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
+    Box::pin(async move {
+        let caller = authorize(state, req, Role::Operator)?;
+        let id = tenant_id(req);
+        let before = record_of(state, &id).await?;
+        let store = state.control.store()?;
+        let details = json!({"before": {"status": before.status, "plan": before.plan, "driver": before.backend.driver}});
+        let event = event(req, &caller, "tenant.delete", id.clone(), details);
+        let job = store
+            .start_delete(&id, &event)
+            .await
+            .map_err(change_error)?;
+        apply_locally(state, &id).await;
+        state.plane.wake.notify_one();
+        tracing::info!(tenant = %id, job = job.id, key_id = %caller.key_id, "tenant queued for deletion");
+        Ok(json(
+            StatusCode::ACCEPTED,
+            &json!({"job": JobView::of(&job)}),
+        ))
+    })
 }
 
 /// `PATCH /v1/tenants/{id}` with `{"pool": {...}, "limits": {...}}`: only the keys
-/// given change; the whole patch applies or nothing does. Audited (`tenant.update`, with
-/// the request and the settings before and after) before it applies.
+/// given change; the whole patch applies or nothing does. The change and its audit
+/// event (`tenant.update`, with the request and the effective settings before and
+/// after) commit together; a concurrent change in between answers 409.
 pub(crate) fn patch<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
     Box::pin(async move {
         let caller = authorize(state, req, Role::Operator)?;
         let id = tenant_id(req);
         let patch: TenantPatch = req.json()?;
-        let apply = |current: &Tenant| -> Result<Tenant, ApiError> {
-            let mut next = current.clone();
-            if let Some(pool) = &patch.pool {
-                next.pool = pool.apply(&current.pool)?;
-            }
-            if let Some(limits) = &patch.limits {
-                next.limits = limits.apply(&current.limits)?;
-            }
-            Ok(next)
-        };
-        // Validate against the current catalog first: a refused request leaves no trace.
-        let (before, after) = {
-            let catalog = state.sources.catalog.snapshot();
-            let current = catalog.get(&id).ok_or_else(|| not_found(&id))?;
-            let next = apply(current)?;
-            (settings(current), settings(&next))
-        };
+        let current = record_of(state, &id).await?;
+        let mut next = current.clone();
+        if let Some(pool) = &patch.pool {
+            next.pool = overlay(&current.pool, pool);
+        }
+        if let Some(limits) = &patch.limits {
+            next.limits = overlay(&current.limits, limits);
+        }
+        let plans = &state.plane.sync.plans;
+        // Validate first: a refused request leaves no trace.
+        let after = settings_of(plans, &next).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+        let before = settings_of(plans, &current).unwrap_or_default();
         let details = json!({
             "request": serde_json::from_slice::<serde_json::Value>(&req.body).unwrap_or_default(),
             "before": before,
             "after": after,
         });
-        record(state, req, &caller, "tenant.update", id.clone(), details).await?;
-        let mut changed = None;
-        state
-            .sources
-            .catalog
-            .update(|catalog| {
-                let current = catalog.get(&id).ok_or_else(|| not_found(&id))?;
-                let next = apply(current)?;
-                changed = Some(view(&next));
-                Ok::<_, ApiError>(catalog.with(next))
-            })
-            .inspect_err(|e| unapplied(&id, e))?;
-        let answer = changed.expect("set when the update succeeded");
+        let event = event(req, &caller, "tenant.update", id.clone(), details);
+        let store = state.control.store()?;
+        let updated = store
+            .update_tenant_settings(&id, current.version, &next.pool, &next.limits, &event)
+            .await
+            .map_err(change_error)?;
+        apply_locally(state, &id).await;
         tracing::info!(tenant = %id, key_id = %caller.key_id, "tenant pool/limits changed through the API");
-        Ok(json(StatusCode::OK, &answer))
+        Ok(json(StatusCode::OK, &view(state, &updated)))
     })
 }
 
-/// A tenant's pool settings and limits as the API shows them (an audit event's
-/// before/after).
-fn settings(t: &Tenant) -> serde_json::Value {
-    json!({"pool": PoolPatch::of(&t.pool), "limits": LimitsPatch::of(&t.limits)})
+/// `base` with the keys set in `patch` written over it.
+fn overlay<T: Serialize + serde::de::DeserializeOwned>(base: &T, patch: &T) -> T {
+    let mut merged = serde_json::to_value(base).expect("settings serialize");
+    if let (serde_json::Value::Object(m), serde_json::Value::Object(p)) = (
+        &mut merged,
+        serde_json::to_value(patch).expect("settings serialize"),
+    ) {
+        m.extend(p);
+    }
+    serde_json::from_value(merged).expect("a merge of two valid settings is valid")
 }
 
-/// Logs a change that was audited but then could not be applied (a concurrent change
-/// made it invalid, or the tenant went away).
-fn unapplied(id: &str, e: &ApiError) {
-    tracing::warn!(tenant = %id, error = %e.message, "an audited change was not applied: the audit log records a change that did not happen");
+/// A tenant's effective pool settings and limits as the API shows them (an audit
+/// event's before/after).
+fn settings_of(
+    plans: &crate::catalog_sync::Plans,
+    record: &TenantRecord,
+) -> anyhow::Result<serde_json::Value> {
+    let (pool, limits) = plans.resolve(record)?;
+    Ok(json!({"pool": PoolPatch::of(&pool), "limits": LimitsPatch::of(&limits)}))
 }
 
 /// The body of `POST /v1/tenants/{id}/suspend`.
@@ -429,10 +778,22 @@ pub(crate) fn suspend<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
         if reason.len() > 1000 {
             return Err(ApiError::invalid("reason: at most 1000 bytes"));
         }
-        let before = status_of(state, &id)?;
-        let details = json!({"reason": reason, "terminate": body.terminate, "before": before});
-        record(state, req, &caller, "tenant.suspend", id.clone(), details).await?;
-        let answer = set_suspended(state, &id, Some(reason)).inspect_err(|e| unapplied(&id, e))?;
+        let before = record_of(state, &id).await?;
+        let details = json!({"reason": reason, "terminate": body.terminate,
+            "before": {"status": before.status, "suspended_reason": before.suspended_reason}});
+        let event = event(req, &caller, "tenant.suspend", id.clone(), details);
+        let store = state.control.store()?;
+        let updated = store
+            .set_tenant_status(
+                &id,
+                &["active", "suspended"],
+                "suspended",
+                Some(&reason),
+                Some(&event),
+            )
+            .await
+            .map_err(change_error)?;
+        apply_locally(state, &id).await;
         let terminated = if body.terminate {
             let tenant = router::TenantId::parse(&id).map_err(|_| not_found(&id))?;
             state.gates.terminate_sessions(&tenant)
@@ -440,7 +801,7 @@ pub(crate) fn suspend<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
             0
         };
         tracing::info!(tenant = %id, terminate = body.terminate, terminated, key_id = %caller.key_id, "tenant suspended through the API");
-        Ok(json(StatusCode::OK, &answer))
+        Ok(json(StatusCode::OK, &view(state, &updated)))
     })
 }
 
@@ -449,33 +810,18 @@ pub(crate) fn resume<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
     Box::pin(async move {
         let caller = authorize(state, req, Role::Operator)?;
         let id = tenant_id(req);
-        let before = status_of(state, &id)?;
-        let details = json!({"before": before});
-        record(state, req, &caller, "tenant.resume", id.clone(), details).await?;
-        let answer = set_suspended(state, &id, None).inspect_err(|e| unapplied(&id, e))?;
+        let before = record_of(state, &id).await?;
+        let details = json!({"before": {"status": before.status, "suspended_reason": before.suspended_reason}});
+        let event = event(req, &caller, "tenant.resume", id.clone(), details);
+        let store = state.control.store()?;
+        let updated = store
+            .set_tenant_status(&id, &["active", "suspended"], "active", None, Some(&event))
+            .await
+            .map_err(change_error)?;
+        apply_locally(state, &id).await;
         tracing::info!(tenant = %id, key_id = %caller.key_id, "tenant resumed through the API");
-        Ok(json(StatusCode::OK, &answer))
+        Ok(json(StatusCode::OK, &view(state, &updated)))
     })
-}
-
-/// `{"status", "suspended_reason"}` of a tenant now, or 404.
-fn status_of(state: &State, id: &str) -> Result<serde_json::Value, ApiError> {
-    let catalog = state.sources.catalog.snapshot();
-    let tenant = catalog.get(id).ok_or_else(|| not_found(id))?;
-    let v = view(tenant);
-    Ok(json!({"status": v.status, "suspended_reason": v.suspended_reason}))
-}
-
-fn set_suspended(state: &State, id: &str, reason: Option<String>) -> Result<TenantView, ApiError> {
-    let mut answer = None;
-    state.sources.catalog.update(|catalog| {
-        let current = catalog.get(id).ok_or_else(|| not_found(id))?;
-        let mut next = (**current).clone();
-        next.suspended = reason;
-        answer = Some(view(&next));
-        Ok::<_, ApiError>(catalog.with(next))
-    })?;
-    Ok(answer.expect("set when the update succeeded"))
 }
 
 #[derive(Serialize)]

@@ -43,6 +43,15 @@ impl Catalog {
         self.tenants.values()
     }
 
+    /// A copy of this catalog without the tenant `id`.
+    pub fn without(&self, id: &str) -> Catalog {
+        let mut tenants = self.tenants.clone();
+        if let Ok(id) = TenantId::parse(id) {
+            tenants.remove(&id);
+        }
+        Catalog { tenants }
+    }
+
     /// A copy of this catalog with `tenant` added or replacing the one with its id.
     pub fn with(&self, tenant: Tenant) -> Catalog {
         let mut tenants = self.tenants.clone();
@@ -52,6 +61,7 @@ impl Catalog {
 }
 
 type Listener = Box<dyn Fn(&Catalog) + Send + Sync>;
+type RoleListener = Box<dyn Fn(&TenantId, &str) + Send + Sync>;
 
 /// The live catalog shared by every connection task. Readers take a snapshot without
 /// locking; a change (the admin API, later catalog sync) builds a new `Catalog`, swaps
@@ -63,6 +73,7 @@ pub struct CatalogHandle {
     /// Held by writers for their whole read-modify-write, so no change is lost.
     writer: Mutex<()>,
     listeners: RwLock<Vec<Listener>>,
+    role_listeners: RwLock<Vec<RoleListener>>,
 }
 
 impl std::fmt::Debug for CatalogHandle {
@@ -105,6 +116,27 @@ impl CatalogHandle {
         for listener in self.listeners.read().expect("catalog lock poisoned").iter() {
             listener(&catalog);
         }
+    }
+
+    /// Says that a login role of `tenant` was created, rotated or dropped, so whatever
+    /// caches its secret (the proxy's auth cache) forgets it.
+    pub fn role_changed(&self, tenant: &TenantId, role: &str) {
+        for listener in self
+            .role_listeners
+            .read()
+            .expect("catalog lock poisoned")
+            .iter()
+        {
+            listener(tenant, role);
+        }
+    }
+
+    /// Calls `listener` for every [`CatalogHandle::role_changed`] from now on.
+    pub fn subscribe_roles(&self, listener: impl Fn(&TenantId, &str) + Send + Sync + 'static) {
+        self.role_listeners
+            .write()
+            .expect("catalog lock poisoned")
+            .push(Box::new(listener));
     }
 
     /// Calls `listener` with every catalog published from now on.

@@ -4,12 +4,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use admin_api::{AdminConfig, ControlConfig};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use admin_api::catalog_sync::Base;
+use admin_api::store::{BackendRecord, TenantRecord};
+use admin_api::{AdminConfig, ConfigTenant, ControlConfig, Plans};
 use proxy::config::{ProxyConfig, TlsFiles};
-use router::{
-    Backend, BackendAddr, BackendTls, BanPolicy, Cidr, IdentifyRules, Limits, PoolMode,
-    PoolSettings, Tenant, TenantId,
-};
+use router::{BanPolicy, Cidr, IdentifyRules, Limits, PoolMode, PoolSettings};
 
 use super::{Config, ConfigError, LimitsSection, PoolSection};
 
@@ -20,7 +22,14 @@ pub struct Runtime {
     pub admin: AdminConfig,
     pub control: ControlConfig,
     pub max_tenant_series: usize,
-    pub tenants: Vec<Tenant>,
+    /// `[defaults.*]` and `[plans.*]`, resolved.
+    pub plans: Plans,
+    /// `[[tenants]]`, upserted into the control store at start.
+    pub tenants: Vec<ConfigTenant>,
+    /// `[provisioner] driver`, or None for `none`.
+    pub default_driver: Option<&'static str>,
+    pub data_dir: PathBuf,
+    pub secrets_key_file: PathBuf,
 }
 
 impl Config {
@@ -68,6 +77,23 @@ impl Config {
         };
         let defaults = pool_settings(&self.defaults.pool, &PoolSettings::default());
         let default_limits = limits(&self.defaults.limits, &Limits::default());
+        let plans = Plans {
+            named: self
+                .plans
+                .iter()
+                .map(|(name, plan)| {
+                    let base = Base {
+                        pool: pool_settings(&plan.pool, &defaults),
+                        limits: limits(&plan.limits, &default_limits),
+                    };
+                    (name.clone(), base)
+                })
+                .collect::<HashMap<_, _>>(),
+            defaults: Base {
+                pool: defaults,
+                limits: default_limits,
+            },
+        };
         let mut tenants = Vec::with_capacity(self.tenants.len());
         for (i, t) in self.tenants.iter().enumerate() {
             let b = &t.backend;
@@ -77,48 +103,38 @@ impl Config {
                     line: None,
                     message: format!("cannot read {}: {e}", b.auth_password_file.display()),
                 })?;
-            // Defaults, then the tenant's plan, then its own keys.
-            let plan = t.plan.as_ref().map(|name| &self.plans[name]);
-            let (plan_pool, plan_limits) = match plan {
-                Some(plan) => (
-                    pool_settings(&plan.pool, &defaults),
-                    limits(&plan.limits, &default_limits),
-                ),
-                None => (defaults.clone(), default_limits.clone()),
-            };
-            let pool = pool_settings(&t.pool, &plan_pool);
-            if pool.min_idle > pool.size {
-                return Err(ConfigError {
-                    key: format!("tenants[{i}].pool.min_idle"),
-                    line: None,
-                    message: format!(
-                        "min_idle ({}) exceeds the pool size ({}) this tenant gets",
-                        pool.min_idle, pool.size
-                    ),
-                });
-            }
-            tenants.push(Tenant {
-                id: TenantId::parse(&t.id).expect("validated"),
-                backend: std::sync::Arc::new(Backend {
-                    addr: BackendAddr::from_host(&b.host, b.port),
-                    tls: match b.tls.as_str() {
-                        "disable" => BackendTls::Disable,
-                        "require" => BackendTls::Require,
-                        "verify-full" => BackendTls::VerifyFull,
-                        _ => BackendTls::Prefer,
-                    },
+            let record = TenantRecord {
+                id: t.id.clone(),
+                plan: t.plan.clone(),
+                status: "active".into(),
+                suspended_reason: None,
+                backend: BackendRecord {
+                    driver: "config".into(),
+                    host: Some(b.host.clone()),
+                    port: Some(b.port),
+                    tls: b.tls.clone(),
                     tls_ca: b.tls_ca.clone(),
+                    admin_user: None,
+                    admin_database: None,
                     auth_user: b.auth_user.clone(),
-                    auth_password: password.trim_end_matches(['\n', '\r']).to_owned(),
                     auth_database: b.auth_database.clone(),
-                    auth_query: b
-                        .auth_query
-                        .clone()
-                        .unwrap_or_else(|| router::tenant::DEFAULT_AUTH_QUERY.to_owned()),
-                }),
-                pool,
-                limits: limits(&t.limits, &plan_limits),
-                suspended: None,
+                    auth_query: b.auth_query.clone(),
+                    params: serde_json::Value::Null,
+                },
+                pool: as_patch(&t.pool),
+                limits: as_patch(&t.limits),
+                version: 0,
+            };
+            // The same resolution the catalog makes, so a bad combination is reported
+            // here with the tenant's key rather than at start.
+            plans.resolve(&record).map_err(|e| ConfigError {
+                key: format!("tenants[{i}]"),
+                line: None,
+                message: format!("{e:#}"),
+            })?;
+            tenants.push(ConfigTenant {
+                record,
+                auth_password: password.trim_end_matches(['\n', '\r']).to_owned(),
             });
         }
         Ok(Runtime {
@@ -126,7 +142,19 @@ impl Config {
             admin,
             control,
             max_tenant_series: self.metrics.max_tenant_series,
+            plans,
             tenants,
+            default_driver: match self.provisioner.driver.as_str() {
+                "local" => Some("local"),
+                "static" => Some("static"),
+                _ => None,
+            },
+            data_dir: self.data_dir.clone(),
+            secrets_key_file: self
+                .control
+                .secrets_key_file
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("secrets.key")),
         })
     }
 }
@@ -213,4 +241,10 @@ fn pool_settings(section: &PoolSection, base: &PoolSettings) -> PoolSettings {
             .map(Duration::from_secs)
             .unwrap_or(base.lifetime),
     }
+}
+
+/// A config section as the API's patch of the same keys (the shapes match by design).
+fn as_patch<S: serde::Serialize, P: serde::de::DeserializeOwned>(section: &S) -> P {
+    let value = serde_json::to_value(section).expect("config sections serialize");
+    serde_json::from_value(value).expect("config sections and API patches have the same keys")
 }

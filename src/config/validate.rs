@@ -101,6 +101,15 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
+    if !["local", "static", "none"].contains(&config.provisioner.driver.as_str()) {
+        problems.push(Problem::new(
+            vec![Key("provisioner"), Key("driver")],
+            format!(
+                "{:?} is not one of local, static, none (lxc and proxmox are not built yet)",
+                config.provisioner.driver
+            ),
+        ));
+    }
     if config.admin.refusal_audit_interval_s == 0 {
         problems.push(Problem::new(
             vec![Key("admin"), Key("refusal_audit_interval_s")],

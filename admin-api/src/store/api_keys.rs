@@ -35,7 +35,7 @@ impl Store {
         name: Option<&str>,
     ) -> anyhow::Result<()> {
         self.client()
-            .await
+            .await?
             .execute(
                 "INSERT INTO api_keys (id, hash, role, name) VALUES ($1, $2, $3, $4)",
                 &[&id, &hash.as_slice(), &role, &name],
@@ -49,7 +49,7 @@ impl Store {
     pub async fn lookup_api_key(&self, id: &str) -> anyhow::Result<Option<([u8; 32], String)>> {
         let row = self
             .client()
-            .await
+            .await?
             .query_opt(
                 "SELECT hash, role FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
                 &[&id],
@@ -74,7 +74,7 @@ impl Store {
     pub async fn revoke_api_key(&self, id: &str) -> anyhow::Result<bool> {
         let changed = self
             .client()
-            .await
+            .await?
             .execute(
                 "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
                 &[&id],
@@ -88,7 +88,7 @@ impl Store {
     pub async fn list_api_keys(&self) -> anyhow::Result<Vec<ApiKeyRecord>> {
         let rows = self
             .client()
-            .await
+            .await?
             .query(
                 "SELECT id, role, name, created_at, revoked_at FROM api_keys \
                  ORDER BY created_at, id",

@@ -39,7 +39,7 @@ use std::time::SystemTime;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio_postgres::Row;
+use tokio_postgres::{Row, Transaction};
 
 use super::{canonical_json, rfc3339, Store};
 
@@ -51,6 +51,67 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 const VERIFY_PAGE: i64 = 1000;
 /// The most events one [`Store::list_audit`] call returns.
 pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// Appends `event` inside `tx`, which the caller commits: a change and its event become
+/// durable together or not at all. Takes the audit lock until `tx` ends and makes the
+/// commit synchronous.
+pub async fn append_in(tx: &Transaction<'_>, event: &AuditEvent) -> anyhow::Result<i64> {
+    let details = details_text(&event.details)?;
+    tx.batch_execute("SET LOCAL synchronous_commit = on")
+        .await
+        .context("requiring a durable audit commit")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+        .await
+        .context("taking the audit lock")?;
+    let prev_hash = tx
+        .query_opt(
+            "SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .context("reading the last audit hash")?
+        .map(|row| row.try_get::<_, Vec<u8>>(0))
+        .transpose()
+        .context("decoding the last audit hash")?
+        .unwrap_or_else(|| GENESIS_HASH.to_vec());
+    let drawn = tx
+        .query_one(
+            "SELECT nextval(pg_get_serial_sequence('audit_events', 'id')), \
+             clock_timestamp(), $1::text::jsonb::text",
+            &[&details],
+        )
+        .await
+        .context("drawing the audit event's id and time")?;
+    let row = AuditRow {
+        id: drawn.try_get(0).context("decoding the audit id")?,
+        at: drawn.try_get(1).context("decoding the audit time")?,
+        actor: event.actor.clone(),
+        source_ip: event.source_ip.clone(),
+        action: event.action.clone(),
+        target: event.target.clone(),
+        details: parse_details(drawn.try_get(2).context("decoding the audit details")?)?,
+    };
+    let hash = chain_hash(&prev_hash, &row);
+    tx.execute(
+        "INSERT INTO audit_events \
+         (id, at, actor, source_ip, action, target, details, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9)",
+        &[
+            &row.id,
+            &row.at,
+            &row.actor,
+            &row.source_ip,
+            &row.action,
+            &row.target,
+            &details,
+            &prev_hash,
+            &hash.as_slice(),
+        ],
+    )
+    .await
+    .context("inserting the audit event")?;
+    Ok(row.id)
+}
 
 /// Columns decoded by [`decode_row`], in its order.
 const EVENT_COLUMNS: &str = "id, at, actor, source_ip, action, target, details::text";
@@ -146,67 +207,14 @@ pub struct AuditFilter {
 impl Store {
     /// Appends `event` to the chain and returns its id once committed (durable).
     pub async fn append_audit(&self, event: &AuditEvent) -> anyhow::Result<i64> {
-        let details = details_text(&event.details)?;
-        let mut client = self.client().await;
+        let mut client = self.client().await?;
         let tx = client
             .transaction()
             .await
             .context("starting an audit transaction")?;
-        tx.batch_execute("SET LOCAL synchronous_commit = on")
-            .await
-            .context("requiring a durable audit commit")?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-            .await
-            .context("taking the audit lock")?;
-        let prev_hash = tx
-            .query_opt(
-                "SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1",
-                &[],
-            )
-            .await
-            .context("reading the last audit hash")?
-            .map(|row| row.try_get::<_, Vec<u8>>(0))
-            .transpose()
-            .context("decoding the last audit hash")?
-            .unwrap_or_else(|| GENESIS_HASH.to_vec());
-        let drawn = tx
-            .query_one(
-                "SELECT nextval(pg_get_serial_sequence('audit_events', 'id')), \
-                 clock_timestamp(), $1::text::jsonb::text",
-                &[&details],
-            )
-            .await
-            .context("drawing the audit event's id and time")?;
-        let row = AuditRow {
-            id: drawn.try_get(0).context("decoding the audit id")?,
-            at: drawn.try_get(1).context("decoding the audit time")?,
-            actor: event.actor.clone(),
-            source_ip: event.source_ip.clone(),
-            action: event.action.clone(),
-            target: event.target.clone(),
-            details: parse_details(drawn.try_get(2).context("decoding the audit details")?)?,
-        };
-        let hash = chain_hash(&prev_hash, &row);
-        tx.execute(
-            "INSERT INTO audit_events \
-             (id, at, actor, source_ip, action, target, details, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9)",
-            &[
-                &row.id,
-                &row.at,
-                &row.actor,
-                &row.source_ip,
-                &row.action,
-                &row.target,
-                &details,
-                &prev_hash,
-                &hash.as_slice(),
-            ],
-        )
-        .await
-        .context("inserting the audit event")?;
+        let id = append_in(&tx, event).await?;
         tx.commit().await.context("committing the audit event")?;
-        Ok(row.id)
+        Ok(id)
     }
 
     /// Recomputes the chain in id order, a page at a time, and names the first event that
@@ -265,7 +273,7 @@ impl Store {
         );
         let rows = self
             .client()
-            .await
+            .await?
             .query(
                 &sql,
                 &[
@@ -299,7 +307,7 @@ impl Store {
              WHERE id > $1 ORDER BY id LIMIT $2"
         );
         self.client()
-            .await
+            .await?
             .query(&sql, &[&after, &VERIFY_PAGE])
             .await
             .context("reading audit events to verify")
@@ -308,7 +316,7 @@ impl Store {
     async fn audit_events_after(&self, id: i64) -> anyhow::Result<u64> {
         let row = self
             .client()
-            .await
+            .await?
             .query_one("SELECT count(*) FROM audit_events WHERE id > $1", &[&id])
             .await
             .context("counting audit events")?;

@@ -102,7 +102,7 @@ impl Store {
     /// (inside the `anyhow::Error`) when the store was migrated by a newer or different
     /// build; nothing is changed then.
     pub async fn migrate(&self) -> anyhow::Result<Vec<i32>> {
-        let mut client = self.client().await;
+        let mut client = self.client().await?;
         let mut applied = Vec::new();
         for migration in MIGRATIONS {
             let tx = client
