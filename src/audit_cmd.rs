@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::api_args::{print_json, print_lines, ApiArgs, Output};
 use crate::api_client::Listing;
-use crate::table::{self, count, text, Align, Column};
+use crate::table::{self, count, text, time, Align, Column};
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
@@ -105,7 +105,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
 
 const COLUMNS: &[Column] = &[
     ("ID", Align::Right, |e| count(e, "/id")),
-    ("AT", Align::Left, |e| seconds(&text(e, "/at"))),
+    ("AT", Align::Left, |e| time(e, "/at")),
     ("ACTOR", Align::Left, |e| text(e, "/actor")),
     ("ACTION", Align::Left, |e| text(e, "/action")),
     ("TARGET", Align::Left, |e| text(e, "/target")),
@@ -117,15 +117,6 @@ fn events_table(events: &[Value]) -> Vec<String> {
         lines.push("(no events)".to_owned());
     }
     lines
-}
-
-/// `2026-11-22T23:40:01.123456Z` as `2026-11-22T23:40:01Z`: still a time `--since`
-/// takes, without digits nobody reads.
-fn seconds(at: &str) -> String {
-    match (at.split_once('.'), at.ends_with('Z')) {
-        (Some((whole, _)), true) => format!("{whole}Z"),
-        _ => at.to_owned(),
-    }
 }
 
 fn verdict_line(v: &Value) -> String {

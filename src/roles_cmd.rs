@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::api_args::{print_json, print_lines, ApiArgs, Output};
 use crate::api_client::encode_component;
-use crate::table::{self, text, Align, Column};
+use crate::table::{self, text, time, Align, Column};
 
 #[derive(Debug, clap::Args)]
 pub struct RolesArgs {
@@ -147,8 +147,8 @@ fn password_lines(tenant: &str, answer: &Value, chosen: bool) -> Vec<String> {
 
 const COLUMNS: &[Column] = &[
     ("NAME", Align::Left, |r| text(r, "/name")),
-    ("CREATED", Align::Left, |r| text(r, "/created_at")),
-    ("ROTATED", Align::Left, |r| text(r, "/rotated_at")),
+    ("CREATED", Align::Left, |r| time(r, "/created_at")),
+    ("ROTATED", Align::Left, |r| time(r, "/rotated_at")),
 ];
 
 fn roles_table(answer: &Value) -> Vec<String> {
@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn the_roles_table_shows_when_a_role_was_rotated() {
         let answer = json!({"roles": [
-            {"name": "app", "created_at": "2026-01-01T00:00:00Z", "rotated_at": null},
+            {"name": "app", "created_at": "2026-01-01T00:00:00.123456Z", "rotated_at": null},
             {"name": "reporting", "created_at": "2026-01-02T00:00:00Z", "rotated_at": "2026-02-01T00:00:00Z"},
         ]});
         assert_eq!(

@@ -81,6 +81,16 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
+/// A time field as `2026-11-22T23:40:01Z`: the API's `2026-11-22T23:40:01.123456Z`
+/// without the fraction, still a time the API's filters take.
+pub fn time(v: &Value, pointer: &str) -> String {
+    let at = text(v, pointer);
+    match (at.split_once('.'), at.ends_with('Z')) {
+        (Some((whole, _)), true) => format!("{whole}Z"),
+        _ => at,
+    }
+}
+
 pub fn count(v: &Value, pointer: &str) -> String {
     v.pointer(pointer).map_or_else(|| "-".to_owned(), number)
 }
@@ -123,6 +133,15 @@ mod tests {
             &[json!({"name": "a\u{1b}b", "n": 1234}), json!({"n": -5})],
         );
         assert_eq!(lines, ["NAME     N", "a?b   1234", "-       -5"]);
+    }
+
+    #[test]
+    fn times_lose_their_fraction_only() {
+        let at = |s: &str| time(&json!({"at": s}), "/at");
+        assert_eq!(at("2026-11-22T23:40:01.123456Z"), "2026-11-22T23:40:01Z");
+        assert_eq!(at("2026-11-22T23:40:01Z"), "2026-11-22T23:40:01Z");
+        assert_eq!(at("yesterday"), "yesterday");
+        assert_eq!(time(&json!({"at": null}), "/at"), "-");
     }
 
     #[test]

@@ -16,7 +16,6 @@ use crate::api_args::{print_json, print_lines, ApiArgs, Output};
 use crate::api_client::{encode_component, ApiClient, IdempotencyKey, Listing};
 use crate::table::{self, scalar, text, Align, Column};
 use backend::StaticBackendArgs;
-use job::Outcome;
 use settings::Setting;
 
 #[derive(Debug, clap::Args)]
@@ -309,11 +308,12 @@ async fn create(client: &ApiClient, output: Output, args: CreateArgs) -> anyhow:
     };
     let timeout = Duration::from_secs(secs);
     let outcome = job::wait(client, answer["job"].clone(), timeout).await?;
-    let mut tenant = answer["tenant"].clone();
-    if let Outcome::Succeeded(_) = outcome {
-        // The answer's view is from before provisioning; show the tenant as it is now.
-        tenant = client.get_json(&tenant_path(&args.id)).await?;
-    }
+    // The answer's view is from before provisioning: show the tenant as it is now
+    // (active, or failed), or as it was if the API cannot say.
+    let tenant = match client.get_json(&tenant_path(&args.id)).await {
+        Ok(now) => now,
+        Err(_) => answer["tenant"].clone(),
+    };
     show_answer(output, &json!({"tenant": tenant, "job": outcome.job()}))?;
     match job::failure(&outcome, timeout) {
         Some(message) => Err(anyhow!(message)),

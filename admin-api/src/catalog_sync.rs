@@ -159,12 +159,23 @@ pub struct CatalogSync {
     config_tenants: Vec<ConfigTenant>,
     /// Where the catalog last came from: `control store`, `snapshot` or `config file`.
     source: std::sync::Mutex<&'static str>,
+    /// The tenant records behind the catalog (from the store or the snapshot).
+    records: std::sync::Mutex<Vec<TenantRecord>>,
 }
 
 impl CatalogSync {
     /// Where the catalog last came from, for `/readyz`.
     pub fn source(&self) -> &'static str {
         *self.source.lock().expect("source lock poisoned")
+    }
+
+    /// The records the catalog was last built from.
+    pub fn records(&self) -> Vec<TenantRecord> {
+        self.records.lock().expect("records lock poisoned").clone()
+    }
+
+    fn set_records(&self, records: Vec<TenantRecord>) {
+        *self.records.lock().expect("records lock poisoned") = records;
     }
 
     fn set_source(&self, source: &'static str) {
@@ -185,6 +196,7 @@ impl CatalogSync {
             snapshot_path: data_dir.join("catalog.snapshot"),
             config_tenants,
             source: std::sync::Mutex::new("none"),
+            records: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -264,6 +276,7 @@ impl CatalogSync {
         }
         self.catalog.replace(Catalog::new(tenants));
         self.set_source("control store");
+        self.set_records(snapshot.iter().map(|t| t.record.clone()).collect());
         if let Err(e) = self.write_snapshot(&Snapshot {
             version: 1,
             tenants: snapshot,
@@ -281,6 +294,11 @@ impl CatalogSync {
             Some(record) => self.build(record, sealed.get(&tenant_secret(id, "auth")))?,
             None => None,
         };
+        {
+            let mut records = self.records.lock().expect("records lock poisoned");
+            records.retain(|r| r.id != id);
+            records.extend(record.clone());
+        }
         let _ = self.catalog.update(|catalog| {
             Ok::<_, std::convert::Infallible>(match tenant {
                 Some(t) => catalog.with(t),
@@ -340,6 +358,7 @@ impl CatalogSync {
         }
         let n = catalog.len();
         self.catalog.replace(catalog);
+        self.set_records(snapshot.tenants.into_iter().map(|t| t.record).collect());
         Ok(n)
     }
 

@@ -55,10 +55,11 @@ impl Control {
     pub async fn status(&self) -> String {
         match self {
             Control::Ok { store, kind } => {
-                // The store's mutex may be held by a long call; do not hang readiness.
-                match tokio::time::timeout(Duration::from_millis(500), store.is_closed()).await {
-                    Ok(true) => "unreachable: the connection was lost".to_owned(),
-                    _ => format!("ok ({kind})"),
+                // A call may hold the store for a while; do not hang readiness on it.
+                match tokio::time::timeout(Duration::from_millis(2500), store.ping()).await {
+                    Ok(Ok(())) => format!("ok ({kind})"),
+                    Ok(Err(e)) => format!("unreachable: {e:#}"),
+                    Err(_) => format!("ok ({kind}, busy)"),
                 }
             }
             Control::Unreachable(why) => format!("unreachable: {why}"),
@@ -138,7 +139,20 @@ async fn connect_external(url: &str) -> anyhow::Result<Control> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
-    connect(config, "external").await
+    // An external store that is down now is connected (and migrated) when it returns.
+    let store = Store::lazy(config);
+    match store.ping().await {
+        Ok(()) => tracing::info!(kind = "external", "control store ready"),
+        Err(e) => tracing::error!(
+            error = %format!("{e:#}"),
+            "control store unreachable: serving the catalog snapshot and the config file's \
+             tenants; the API answers 503 until the store is back"
+        ),
+    }
+    Ok(Control::Ok {
+        store: Arc::new(store),
+        kind: "external",
+    })
 }
 
 async fn connect(config: tokio_postgres::Config, kind: &'static str) -> anyhow::Result<Control> {

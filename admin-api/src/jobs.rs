@@ -87,7 +87,6 @@ impl Worker {
     /// Starts the backends of known tenants (local clusters after a restart), then runs
     /// jobs until `stop`. `store` is the worker's own connection.
     pub async fn run(self: Arc<Self>, store: Store, stop: CancellationToken) {
-        self.start_backends(&store).await;
         loop {
             match store.claim_job(&self.name).await {
                 Ok(Some(job)) => {
@@ -109,15 +108,11 @@ impl Worker {
         }
     }
 
-    async fn start_backends(&self, store: &Store) {
-        let records = match store.list_tenants().await {
-            Ok(records) => records,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "listing tenants to start their backends");
-                return;
-            }
-        };
-        for record in records {
+    /// Starts the backends of the tenants in the catalog (local clusters after a
+    /// restart). Uses the records behind the catalog, so it works from the snapshot
+    /// while the store is away.
+    pub async fn start_backends(&self) {
+        for record in self.sync.records() {
             if record.status == "provisioning" || record.backend.host.is_none() {
                 continue; // its create job will start it
             }

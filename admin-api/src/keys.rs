@@ -154,6 +154,25 @@ impl ApiKeys {
         Ok(())
     }
 
+    /// Brings the accepted keys in line with the store: keys added elsewhere are accepted,
+    /// keys revoked or deleted elsewhere are not any more.
+    pub async fn refresh(
+        &self,
+        store: &crate::store::Store,
+        bootstrap_id: &str,
+    ) -> anyhow::Result<()> {
+        self.sync_with_store(store, bootstrap_id).await?;
+        let live: std::collections::HashSet<String> = store
+            .list_api_keys()
+            .await?
+            .into_iter()
+            .filter(|r| r.revoked_at.is_none())
+            .map(|r| r.id)
+            .collect();
+        self.by_id.retain(|id, _| live.contains(id));
+        Ok(())
+    }
+
     /// The caller a bearer token belongs to, if it is a key this process accepts.
     pub fn verify(&self, token: &str) -> Option<Caller> {
         let id = key_id(token)?;

@@ -58,6 +58,8 @@ pub struct AdminConfig {
 pub struct State {
     pub sources: Sources,
     pub keys: ApiKeys,
+    /// The id of the bootstrap key (kept in the store like any other).
+    bootstrap_id: String,
     pub admin_requests: Arc<AdminRequests>,
     pub sampler: Arc<stats::RateSampler>,
     /// The data plane's admission gates (bans, ending a tenant's sessions).
@@ -107,19 +109,12 @@ impl Admin {
     ) -> anyhow::Result<Admin> {
         let keys = ApiKeys::default();
         let bootstrap_id = keys.load_bootstrap(&config.bootstrap_key_file)?;
-        let control = match control {
-            Control::Ok { store, kind } => {
-                match keys.sync_with_store(&store, &bootstrap_id).await {
-                    Ok(()) => Control::Ok { store, kind },
-                    Err(e) => {
-                        let why = format!("loading API keys: {e:#}");
-                        tracing::error!(error = %why, "control store unusable");
-                        Control::Unreachable(why)
-                    }
-                }
+        if let Control::Ok { store, .. } = &control {
+            // Retried every few seconds by `upkeep` while the store is away.
+            if let Err(e) = keys.sync_with_store(store, &bootstrap_id).await {
+                tracing::warn!(error = %format!("{e:#}"), "loading API keys from the control store; only the bootstrap key works until it answers");
             }
-            unreachable => unreachable,
-        };
+        }
         let admin_requests = Arc::new(AdminRequests::default());
         let sources = Sources {
             catalog,
@@ -132,6 +127,7 @@ impl Admin {
             registry: metrics::registry(sources.clone()),
             sources,
             keys,
+            bootstrap_id,
             admin_requests,
             sampler: Arc::new(stats::RateSampler::default()),
             gates,
@@ -169,7 +165,7 @@ impl Admin {
                 .clone()
                 .run(self.state.sources.pools.clone(), stop.clone()),
         );
-        let jobs = tokio::spawn(count_jobs(self.state.clone(), stop.clone()));
+        let jobs = tokio::spawn(upkeep(self.state.clone(), stop.clone()));
         let refusals = tokio::spawn(refusals::run(
             self.state.clone(),
             self.state.refusal_audit_interval,
@@ -185,9 +181,11 @@ impl Admin {
     }
 }
 
-/// Reads the jobs per state from the control store every few seconds, for
-/// `sluice_provision_jobs{state}` (a scrape never waits on the store).
-async fn count_jobs(state: Arc<State>, stop: CancellationToken) {
+/// Every few seconds: reads the jobs per state from the control store (for
+/// `sluice_provision_jobs{state}`: a scrape never waits on the store) and the API keys
+/// (keys made or revoked through another Sluice process are honoured here within a
+/// period; those of this process at once).
+async fn upkeep(state: Arc<State>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(stats::SAMPLE_PERIOD);
     loop {
         tokio::select! {
@@ -200,6 +198,9 @@ async fn count_jobs(state: Arc<State>, stop: CancellationToken) {
         match store.job_counts().await {
             Ok(counts) => state.sources.jobs.set(counts),
             Err(e) => tracing::debug!(error = %e, "counting provisioning jobs"),
+        }
+        if let Err(e) = state.keys.refresh(store, &state.bootstrap_id).await {
+            tracing::debug!(error = %format!("{e:#}"), "refreshing API keys");
         }
     }
 }
@@ -217,22 +218,8 @@ async fn run_worker(state: Arc<State>, stop: CancellationToken) {
         wake: state.plane.wake.clone(),
         name: format!("sluice-{}", std::process::id()),
     });
-    loop {
-        match store.another().await {
-            Ok(own) => {
-                let run = worker.clone().run(own, stop.clone());
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    () = run => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "the provisioning worker cannot reach the control store")
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-        }
-    }
+    // Backends of known tenants (local clusters) start even while the store is away:
+    // the catalog (from the store or the snapshot) says which.
+    worker.start_backends().await;
+    worker.run(store.another(), stop).await;
 }

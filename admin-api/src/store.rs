@@ -23,7 +23,9 @@ pub mod tenants;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::{Client, NoTls};
 
 pub use api_keys::ApiKeyRecord;
@@ -44,7 +46,10 @@ pub use tenants::{BackendRecord, ChangeError, RoleRecord, TenantRecord};
 #[derive(Debug)]
 pub struct Store {
     config: tokio_postgres::Config,
-    client: Mutex<Client>,
+    client: Mutex<Option<Client>>,
+    /// Run the migrations on the first connection (a store that was down at start).
+    auto_migrate: bool,
+    migrated: AtomicBool,
 }
 
 /// How long a reconnect may take before the call fails (and the API answers 503).
@@ -58,14 +63,27 @@ impl Store {
         let client = open(&config).await?;
         Ok(Store {
             config,
-            client: Mutex::new(client),
+            client: Mutex::new(Some(client)),
+            auto_migrate: false,
+            migrated: AtomicBool::new(false),
         })
+    }
+
+    /// A store that connects (and migrates) on first use, so a store that is down when
+    /// Sluice starts is picked up when it comes back.
+    pub fn lazy(config: tokio_postgres::Config) -> Store {
+        Store {
+            config,
+            client: Mutex::new(None),
+            auto_migrate: true,
+            migrated: AtomicBool::new(false),
+        }
     }
 
     /// Another connection to the same store (the job worker holds its own, because its
     /// advisory locks live as long as its session).
-    pub async fn another(&self) -> anyhow::Result<Store> {
-        Store::connect(self.config.clone()).await
+    pub fn another(&self) -> Store {
+        Store::lazy(self.config.clone())
     }
 
     /// A new connection whose messages (notifications) the caller drives itself.
@@ -83,24 +101,34 @@ impl Store {
             .context("connecting to the control store")
     }
 
-    /// True once the connection is gone and could not be made again.
-    pub async fn is_closed(&self) -> bool {
-        self.client().await.is_err()
+    /// Whether the store answers now (connecting if need be), and why not.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.client().await?.simple_query("").await?;
+        Ok(())
     }
 
-    /// The client, held exclusively until the guard drops; reconnects first if the
-    /// connection was lost.
-    async fn client(&self) -> anyhow::Result<MutexGuard<'_, Client>> {
-        let mut client = self.client.lock().await;
-        if client.is_closed() {
+    /// The client, held exclusively until the guard drops; (re)connects first if there is
+    /// no live connection.
+    async fn client(&self) -> anyhow::Result<MappedMutexGuard<'_, Client>> {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = None;
             let mut config = self.config.clone();
             config.connect_timeout(RECONNECT_TIMEOUT);
-            *client = tokio::time::timeout(RECONNECT_TIMEOUT, open(&config))
+            let mut client = tokio::time::timeout(RECONNECT_TIMEOUT, open(&config))
                 .await
-                .map_err(|_| anyhow::anyhow!("reconnecting to the control store timed out"))??;
-            tracing::info!("reconnected to the control store");
+                .map_err(|_| anyhow::anyhow!("connecting to the control store timed out"))??;
+            if self.auto_migrate && !self.migrated.load(Ordering::Acquire) {
+                let applied = migrate::migrate_client(&mut client).await?;
+                tracing::info!(?applied, "control store migrated");
+                self.migrated.store(true, Ordering::Release);
+            }
+            tracing::info!("connected to the control store");
+            *slot = Some(client);
         }
-        Ok(client)
+        Ok(MutexGuard::map(slot, |c| {
+            c.as_mut().expect("just connected")
+        }))
     }
 }
 

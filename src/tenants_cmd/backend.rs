@@ -22,10 +22,9 @@ pub struct StaticBackendArgs {
         requires = "static_host"
     )]
     port: u16,
-    /// TLS from Sluice to the backend.
-    #[arg(long, value_name = "MODE", value_enum, default_value_t = BackendTls::Prefer,
-          requires = "static_host")]
-    tls: BackendTls,
+    /// TLS from Sluice to the backend (the server's default, require, when left out).
+    #[arg(long, value_name = "MODE", value_enum, requires = "static_host")]
+    tls: Option<BackendTls>,
     /// CA certificate for verify-full: a path on the Sluice host, as in the config file.
     #[arg(long, value_name = "PATH", requires = "static_host")]
     tls_ca: Option<String>,
@@ -80,10 +79,12 @@ impl StaticBackendArgs {
             "driver": "static",
             "host": host,
             "port": self.port,
-            "tls": self.tls.as_str(),
             "admin_user": user,
             "admin_password": read_password(password_file)?,
         });
+        if let Some(tls) = self.tls {
+            backend["tls"] = tls.as_str().into();
+        }
         if let Some(ca) = &self.tls_ca {
             backend["tls_ca"] = ca.as_str().into();
         }
@@ -181,7 +182,9 @@ mod tests {
             "--admin-password-file",
             "-",
         ]);
-        assert!(stdin.unwrap().reads_stdin());
+        let stdin = stdin.unwrap();
+        assert!(stdin.reads_stdin());
+        assert_eq!(stdin.tls, None, "the server picks the default");
     }
 
     #[test]

@@ -103,24 +103,31 @@ impl Store {
     /// build; nothing is changed then.
     pub async fn migrate(&self) -> anyhow::Result<Vec<i32>> {
         let mut client = self.client().await?;
-        let mut applied = Vec::new();
-        for migration in MIGRATIONS {
-            let tx = client
-                .transaction()
-                .await
-                .context("starting a migration transaction")?;
-            if apply_one(&tx, migration).await? {
-                applied.push(migration.version);
-            }
-            tx.commit().await.with_context(|| {
-                format!(
-                    "committing migration {} ({})",
-                    migration.version, migration.name
-                )
-            })?;
-        }
-        Ok(applied)
+        migrate_client(&mut client).await
     }
+}
+
+/// [`Store::migrate`] on a given connection.
+pub(crate) async fn migrate_client(
+    client: &mut tokio_postgres::Client,
+) -> anyhow::Result<Vec<i32>> {
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS {
+        let tx = client
+            .transaction()
+            .await
+            .context("starting a migration transaction")?;
+        if apply_one(&tx, migration).await? {
+            applied.push(migration.version);
+        }
+        tx.commit().await.with_context(|| {
+            format!(
+                "committing migration {} ({})",
+                migration.version, migration.name
+            )
+        })?;
+    }
+    Ok(applied)
 }
 
 /// Within `tx`: takes the lock, checks the recorded versions, and applies `migration` if it
