@@ -1,8 +1,9 @@
-//! Provisioning end to end on a real `sluice serve` (embedded control store, the `local`
-//! driver making a real Postgres cluster per tenant): the whole story through raw HTTP
-//! (create → job → role → connect by SNI → PATCH seen live → rotate → suspend/terminate
-//! → resume → delete → 3D000), `Idempotency-Key`, and bad create requests that leave
-//! nothing behind.
+//! Provisioning end to end on a real `sluice serve` (the `local` driver making a real
+//! Postgres cluster per tenant): the whole story through raw HTTP (create → job → role →
+//! connect by SNI → PATCH seen live → rotate → suspend/terminate → resume → delete →
+//! 3D000), `Idempotency-Key`, bad create requests that leave nothing behind, a Sluice
+//! killed mid-job, two Sluice processes on one external control store, and a control
+//! store that goes away and comes back.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -82,10 +83,83 @@ fn start() -> Env {
         .tempdir()
         .unwrap();
     let pki = Pki::generate(&dir.path().join("pki")).unwrap();
-    let config = SluiceConfig::new(&pki);
-    let sluice = SluiceProcess::start(BIN.as_ref(), &dir.path().join("sluice"), &config)
-        .expect("starting sluice");
+    let sluice = start_sluice(&dir.path().join("sluice"), &pki, "");
     Env { dir, pki, sluice }
+}
+
+/// A Sluice under `dir` with `extra` config appended (e.g. a `[control]` section).
+fn start_sluice(dir: &Path, pki: &Pki, extra: &str) -> SluiceProcess {
+    let mut config = SluiceConfig::new(pki);
+    config.plans = extra.to_owned();
+    SluiceProcess::start(BIN.as_ref(), dir, &config).expect("starting sluice")
+}
+
+/// Creates tenant `id` and waits for its job.
+fn provision(sluice: &SluiceProcess, id: &str) -> Value {
+    let created = expect(
+        sluice,
+        "POST",
+        "/v1/tenants",
+        &format!(r#"{{"id": "{id}"}}"#),
+        202,
+    );
+    let job = wait_job(
+        sluice,
+        created["job"]["id"].as_i64().unwrap(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+    job
+}
+
+/// A role's password, made through the API.
+fn make_role(sluice: &SluiceProcess, tenant: &str, role: &str) -> String {
+    let made = expect(
+        sluice,
+        "POST",
+        &format!("/v1/tenants/{tenant}/roles"),
+        &format!(r#"{{"name": "{role}"}}"#),
+        201,
+    );
+    made["password"].as_str().unwrap().to_owned()
+}
+
+/// An external control store: a throwaway cluster, and the `[control]` section that
+/// points Sluice at it with a shared secrets key.
+struct ExternalStore {
+    cluster: testkit::TestCluster,
+    section: String,
+}
+
+fn external_store(dir: &Path) -> ExternalStore {
+    let cluster = testkit::TestCluster::start(dir, "control", Default::default()).unwrap();
+    let section = format!(
+        "\n[control]\ndatabase_url = \"host={} port={} user={} dbname={} password={}\"\nsecrets_key_file = {:?}\n",
+        cluster.socket_dir.display(),
+        cluster.cluster.socket_port(),
+        testkit::cluster::APP_ROLE,
+        testkit::cluster::APP_DATABASE,
+        cluster.app_password,
+        dir.join("secrets.key").display().to_string(),
+    );
+    ExternalStore { cluster, section }
+}
+
+/// Retries `attempt` every 50 ms until it succeeds or `timeout` passes; returns how long
+/// it took.
+async fn eventually<F, Fut, T>(timeout: Duration, what: &str, mut attempt: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(v) => return (v, started.elapsed()),
+            Err(e) if started.elapsed() > timeout => panic!("{what}: still failing: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 fn backend_dir(data_dir: &Path, tenant: &str) -> std::path::PathBuf {
@@ -354,4 +428,241 @@ fn bad_create_requests_answer_4xx_and_create_nothing() {
     assert!(!env.dir.path().join("sluice/data/backends/shop").exists());
     expect(sluice, "GET", "/v1/jobs/1", "", 404);
     expect(sluice, "GET", "/v1/jobs/x", "", 404);
+}
+
+#[tokio::test]
+async fn a_sluice_killed_mid_job_finishes_it_after_restart_with_one_backend() {
+    let mut env = start();
+    let data_dir = env.dir.path().join("sluice/data");
+    let created = expect(&env.sluice, "POST", "/v1/tenants", r#"{"id": "shop"}"#, 202);
+    let id = created["job"]["id"].as_i64().unwrap();
+    // Kill as soon as a worker has the job: mid-way through its steps.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = expect(&env.sluice, "GET", &format!("/v1/jobs/{id}"), "", 200);
+        assert_ne!(
+            job["state"], "succeeded",
+            "the job ended before it could be interrupted"
+        );
+        if job["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never started: {job}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    env.sluice
+        .signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10))
+        .expect("sluice killed");
+
+    env.sluice = start_sluice(&env.dir.path().join("sluice"), &env.pki, "");
+    let job = wait_job(&env.sluice, id, Duration::from_secs(120));
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", env.sluice.log());
+    assert!(
+        job["attempts"].as_i64().unwrap() >= 2,
+        "resumed, not redone from scratch: {job}"
+    );
+    // One backend, no half-made leftovers beside it.
+    let mut entries: Vec<String> = std::fs::read_dir(data_dir.join("backends"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "owner.lock")
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["shop"]);
+    let password = make_role(&env.sluice, "shop", "app");
+    let client = pg_connect(&target(&env.sluice, &env.pki, "shop", "app", &password))
+        .await
+        .expect("the tenant works");
+    client.simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn two_sluices_on_one_store_serve_each_others_changes() {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-two-")
+        .tempdir()
+        .unwrap();
+    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+    let store = external_store(dir.path());
+    let one = start_sluice(&dir.path().join("one"), &pki, &store.section);
+    let two = start_sluice(&dir.path().join("two"), &pki, &store.section);
+
+    provision(&one, "shop");
+    let password = make_role(&one, "shop", "app");
+    let through_two = target(&two, &pki, "shop", "app", &password);
+    // Made through process 1, reachable through process 2's proxy.
+    let (_, took) = eventually(
+        Duration::from_secs(10),
+        "login through process 2",
+        || async { pg_connect(&through_two).await.map_err(|e| e.to_string()) },
+    )
+    .await;
+    println!("role created via process 1 -> first login via process 2: {took:?}");
+
+    // A suspension through process 2 is enforced by process 1's proxy.
+    let through_one = target(&one, &pki, "shop", "app", &password);
+    expect(
+        &two,
+        "POST",
+        "/v1/tenants/shop/suspend",
+        r#"{"reason": "two"}"#,
+        200,
+    );
+    let (_, took) = eventually(
+        Duration::from_secs(10),
+        "suspension seen by process 1",
+        || async {
+            match pg_connect(&through_one).await {
+                Err(e) if code(&e) == "28000" => Ok(()),
+                Err(e) => Err(e.to_string()),
+                Ok(_) => Err("still admitted".into()),
+            }
+        },
+    )
+    .await;
+    println!("suspend via process 2 -> refused by process 1: {took:?}");
+    expect(&two, "POST", "/v1/tenants/shop/resume", "", 200);
+    eventually(
+        Duration::from_secs(10),
+        "resumption seen by process 1",
+        || async {
+            pg_connect(&through_one)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    // A key revoked through one process stops working in the other.
+    let made = expect(&one, "POST", "/v1/api-keys", r#"{"role": "viewer"}"#, 201);
+    let viewer = made["key"].as_str().unwrap().to_owned();
+    let key_id = made["id"].as_str().unwrap().to_owned();
+    let status = |sluice: &SluiceProcess, key: &str| {
+        request(sluice.admin_addr, "GET", "/v1/tenants", Some(key), "", b"")
+            .unwrap()
+            .status
+    };
+    eventually(
+        Duration::from_secs(15),
+        "new key accepted by process 2",
+        || async {
+            match status(&two, &viewer) {
+                200 => Ok(()),
+                s => Err(format!("status {s}")),
+            }
+        },
+    )
+    .await;
+    expect(&one, "DELETE", &format!("/v1/api-keys/{key_id}"), "", 200);
+    eventually(
+        Duration::from_secs(15),
+        "revoked key refused by process 2",
+        || async {
+            match status(&two, &viewer) {
+                401 => Ok(()),
+                s => Err(format!("status {s}")),
+            }
+        },
+    )
+    .await;
+    drop(store);
+}
+
+#[tokio::test]
+async fn the_data_plane_outlives_the_control_store_and_the_api_resumes_when_it_returns() {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-store-down-")
+        .tempdir()
+        .unwrap();
+    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+    let mut store = external_store(dir.path());
+    let home = dir.path().join("sluice");
+    let mut sluice = start_sluice(&home, &pki, &store.section);
+    provision(&sluice, "shop");
+    let password = make_role(&sluice, "shop", "app");
+    let shop = target(&sluice, &pki, "shop", "app", &password);
+    let existing = pg_connect(&shop).await.unwrap();
+
+    store.cluster.stop(localpg::StopMode::Fast).unwrap();
+    existing
+        .simple_query("select 1")
+        .await
+        .expect("existing session");
+    pg_connect(&shop)
+        .await
+        .expect("new connection while the store is down");
+    let r = call(&sluice, "GET", "/v1/tenants", "", "");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "unavailable");
+    let ready = expect(&sluice, "GET", "/readyz", "", 200);
+    assert!(
+        ready["control_store"]
+            .as_str()
+            .unwrap()
+            .starts_with("unreachable"),
+        "{ready}"
+    );
+
+    // A restart while the store is down serves the snapshot (and starts the backend).
+    drop(existing);
+    drop(sluice);
+    sluice = start_sluice(&home, &pki, &store.section);
+    let ready = expect(&sluice, "GET", "/readyz", "", 200);
+    assert_eq!(ready["catalog"]["source"], "snapshot", "{ready}");
+    let shop = target(&sluice, &pki, "shop", "app", &password);
+    let client = eventually(
+        Duration::from_secs(30),
+        "login from the snapshot",
+        || async {
+            pg_connect(&shop)
+                .await
+                .map_err(|e| format!("{e:?}\n{}", sluice.log()))
+        },
+    )
+    .await
+    .0;
+
+    // The store returns: the API answers again and the catalog follows it, no restart.
+    store.cluster.restart().unwrap();
+    eventually(Duration::from_secs(30), "API back", || async {
+        match call(&sluice, "GET", "/v1/tenants/shop", "", "").status {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "catalog from the store again",
+        || async {
+            let ready = expect(&sluice, "GET", "/readyz", "", 200);
+            match ready["catalog"]["source"].as_str() {
+                Some("control store") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // A change made directly in the store reaches the running pool (LISTEN/NOTIFY).
+    client.simple_query("select 1").await.unwrap();
+    let out = store.cluster.psql_direct(
+        "UPDATE tenants SET pool = '{\"size\": 4}', version = version + 1 WHERE id = 'shop'",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        Duration::from_secs(10),
+        "pool resized from the store",
+        || async {
+            let pools = expect(&sluice, "GET", "/v1/pools?tenant=shop", "", 200);
+            match pools["pools"][0]["size"].as_u64() {
+                Some(4) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 }

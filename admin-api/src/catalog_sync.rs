@@ -137,13 +137,19 @@ pub fn materialize(
 }
 
 /// What `catalog.snapshot` holds: the records and their sealed auth secrets.
-#[derive(Debug, Serialize, Deserialize)]
-struct Snapshot {
+#[derive(Debug, Serialize)]
+struct Snapshot<'a> {
+    version: u32,
+    tenants: &'a [SnapshotTenant],
+}
+
+#[derive(Debug, Deserialize)]
+struct SnapshotFile {
     version: u32,
     tenants: Vec<SnapshotTenant>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SnapshotTenant {
     record: TenantRecord,
     auth: Option<Sealed>,
@@ -159,8 +165,9 @@ pub struct CatalogSync {
     config_tenants: Vec<ConfigTenant>,
     /// Where the catalog last came from: `control store`, `snapshot` or `config file`.
     source: std::sync::Mutex<&'static str>,
-    /// The tenant records behind the catalog (from the store or the snapshot).
-    records: std::sync::Mutex<Vec<TenantRecord>>,
+    /// The tenant records behind the catalog (from the store or the snapshot), with
+    /// their sealed auth secrets: what the snapshot holds.
+    records: std::sync::Mutex<Vec<SnapshotTenant>>,
 }
 
 impl CatalogSync {
@@ -171,11 +178,32 @@ impl CatalogSync {
 
     /// The records the catalog was last built from.
     pub fn records(&self) -> Vec<TenantRecord> {
-        self.records.lock().expect("records lock poisoned").clone()
+        let records = self.records.lock().expect("records lock poisoned");
+        records.iter().map(|t| t.record.clone()).collect()
     }
 
-    fn set_records(&self, records: Vec<TenantRecord>) {
-        *self.records.lock().expect("records lock poisoned") = records;
+    /// Replaces the records and writes them to the snapshot.
+    fn set_records(&self, records: Vec<SnapshotTenant>) {
+        let mut current = self.records.lock().expect("records lock poisoned");
+        *current = records;
+        self.save(&current);
+    }
+
+    /// Replaces (or removes) one tenant's record and writes the snapshot.
+    fn set_record(&self, id: &str, record: Option<SnapshotTenant>) {
+        let mut current = self.records.lock().expect("records lock poisoned");
+        current.retain(|t| t.record.id != id);
+        current.extend(record);
+        self.save(&current);
+    }
+
+    fn save(&self, tenants: &[SnapshotTenant]) {
+        if let Err(e) = self.write_snapshot(&Snapshot {
+            version: 1,
+            tenants,
+        }) {
+            tracing::warn!(error = %format!("{e:#}"), "writing the catalog snapshot");
+        }
     }
 
     fn set_source(&self, source: &'static str) {
@@ -276,13 +304,7 @@ impl CatalogSync {
         }
         self.catalog.replace(Catalog::new(tenants));
         self.set_source("control store");
-        self.set_records(snapshot.iter().map(|t| t.record.clone()).collect());
-        if let Err(e) = self.write_snapshot(&Snapshot {
-            version: 1,
-            tenants: snapshot,
-        }) {
-            tracing::warn!(error = %format!("{e:#}"), "writing the catalog snapshot");
-        }
+        self.set_records(snapshot);
         Ok(())
     }
 
@@ -294,11 +316,8 @@ impl CatalogSync {
             Some(record) => self.build(record, sealed.get(&tenant_secret(id, "auth")))?,
             None => None,
         };
-        {
-            let mut records = self.records.lock().expect("records lock poisoned");
-            records.retain(|r| r.id != id);
-            records.extend(record.clone());
-        }
+        let auth = sealed.get(&tenant_secret(id, "auth")).cloned();
+        self.set_record(id, record.map(|record| SnapshotTenant { record, auth }));
         let _ = self.catalog.update(|catalog| {
             Ok::<_, std::convert::Infallible>(match tenant {
                 Some(t) => catalog.with(t),
@@ -340,7 +359,13 @@ impl CatalogSync {
     fn load_snapshot(&self) -> anyhow::Result<usize> {
         let bytes = std::fs::read(&self.snapshot_path)
             .with_context(|| format!("reading {}", self.snapshot_path.display()))?;
-        let snapshot: Snapshot = serde_json::from_slice(&bytes).context("decoding the snapshot")?;
+        let snapshot: SnapshotFile =
+            serde_json::from_slice(&bytes).context("decoding the snapshot")?;
+        anyhow::ensure!(
+            snapshot.version == 1,
+            "snapshot version {} is not one this build reads",
+            snapshot.version
+        );
         let mut catalog = Catalog::default();
         for t in &snapshot.tenants {
             match self.build(&t.record, t.auth.as_ref()) {
@@ -358,7 +383,7 @@ impl CatalogSync {
         }
         let n = catalog.len();
         self.catalog.replace(catalog);
-        self.set_records(snapshot.tenants.into_iter().map(|t| t.record).collect());
+        *self.records.lock().expect("records lock poisoned") = snapshot.tenants;
         Ok(n)
     }
 
