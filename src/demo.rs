@@ -1,20 +1,24 @@
-//! `sluice demo`: two local tenants, `acme` and `globex`, each with its own Postgres
-//! cluster, behind one Sluice listener with TLS and SNI, ready for plain `psql`.
+//! `sluice demo`: two tenants, `acme` and `globex`, each with its own Postgres cluster,
+//! behind one Sluice listener with TLS and SNI, ready for plain `psql`.
 //!
-//! The first run creates everything under the demo directory; later runs reuse it
-//! (same CA, same passwords). The demo writes an ordinary config file
-//! (`DIR/sluice.toml`) and serves it through the same code path as `sluice serve`.
+//! The demo is `sluice serve` on a config it writes (`DIR/sluice.toml`: the embedded
+//! control store and the `local` provisioner under `DIR`), plus what an operator would
+//! do next through the admin API: create the two tenants (the same provisioning jobs as
+//! `POST /v1/tenants`), give each a login role `app`, and write `DIR/demo.json`. Later
+//! runs reuse everything (the store knows the tenants; the role passwords come back from
+//! the previous `demo.json`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use localpg::tls::CertificateAuthority;
-use localpg::{Cluster, ClusterConfig, Installation, StopMode, Template};
-use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
-use wire::scram::Verifier;
+use serde_json::{json, Value};
 
+use crate::api_client::{ApiClient, ApiError};
 use crate::config::Config;
 use crate::serve;
 
@@ -22,7 +26,8 @@ const SNI_SUFFIX: &str = "db.example.test";
 const TENANTS: [&str; 2] = ["acme", "globex"];
 const APP_ROLE: &str = "app";
 const APP_DATABASE: &str = "app";
-const AUTH_ROLE: &str = "sluice_auth";
+/// How long the first run may take to provision a tenant.
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `DIR/demo.json`: what a person (or a script) needs to connect.
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,41 +50,20 @@ struct DemoTenant {
     psql: String,
 }
 
-/// Per-tenant secrets kept between runs (`DIR/tenants/<id>/secrets.json`, mode 0600).
-#[derive(Debug, Serialize, Deserialize)]
-struct TenantSecrets {
-    app_password: String,
-}
-
 pub fn run(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
-    let install = Installation::discover().context("finding the PostgreSQL server binaries")?;
-    let template = Template::ensure(&install, &localpg::default_template_cache())
-        .context("preparing the initdb template")?;
     let ca_cert = certificates(&dir)?;
-
-    let mut clusters = Vec::new();
-    let mut secrets = Vec::new();
-    for id in TENANTS {
-        let (cluster, secret) = tenant_cluster(&install, &template, &dir, id)?;
-        clusters.push(cluster);
-        secrets.push(secret);
-    }
-
     let config_path = dir.join("sluice.toml");
     std::fs::write(&config_path, config_text(&dir, listen, admin_listen))
         .with_context(|| format!("writing {}", config_path.display()))?;
-    let config = Config::load(&config_path)?;
-    let runtime = config.runtime()?;
+    let runtime = Config::load(&config_path)?.runtime()?;
+    let previous = previous_passwords(&dir.join("demo.json"));
 
     let rt = serve::tokio_runtime()?;
-    let result = rt.block_on(async {
-        for (id, secret) in TENANTS.iter().zip(&secrets) {
-            seed_marker(&config, id, &secret.app_password).await?;
-        }
+    rt.block_on(async {
         let shutdown = serve::shutdown_on_signals()?;
         let running = serve::start(runtime).await.with_context(|| {
             format!(
@@ -87,28 +71,175 @@ pub fn run(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::
                  (pass --listen / --admin-listen 127.0.0.1:PORT if taken)"
             )
         })?;
-        let admin = Admin {
-            url: format!("http://{}", running.admin_addr()),
-            key: std::fs::read_to_string(dir.join("admin.key"))?
-                .trim()
-                .to_owned(),
-        };
-        let facts = facts(&config_path, &ca_cert, running.addrs[0], admin, &secrets);
-        write_private(
-            &dir.join("demo.json"),
-            serde_json::to_string_pretty(&facts)?.as_bytes(),
-        )?;
-        print_instructions(&facts);
-        running.wait(shutdown).await;
+        let proxy = running.addrs[0];
+        let admin_url = format!("http://{}", running.admin_addr());
+        let admin_key = std::fs::read_to_string(dir.join("admin.key"))?
+            .trim()
+            .to_owned();
+        let serving = tokio::spawn(running.wait(shutdown.clone()));
+        let api = ApiClient::new(&admin_url, Some(admin_key.clone()))?;
+        let mut passwords = Vec::new();
+        for id in TENANTS {
+            let prepared = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = prepare_tenant(&api, id, previous.get(id)) => r,
+            };
+            match prepared {
+                Ok(password) => passwords.push(password),
+                Err(e) => {
+                    shutdown.cancel();
+                    let _ = serving.await;
+                    return Err(e.context(format!("preparing demo tenant {id}")));
+                }
+            }
+        }
+        if passwords.len() == TENANTS.len() {
+            let facts = facts(
+                &config_path,
+                &ca_cert,
+                proxy,
+                admin_url,
+                admin_key,
+                &passwords,
+            );
+            write_private(
+                &dir.join("demo.json"),
+                serde_json::to_string_pretty(&facts)?.as_bytes(),
+            )?;
+            print_instructions(&facts);
+        }
+        serving.await.context("the demo's server task")?;
         anyhow::Ok(())
-    });
-    drop(rt);
-    for mut cluster in clusters {
-        if let Err(e) = cluster.stop(StopMode::Fast) {
-            eprintln!("stopping {}: {e}", cluster.data_dir().display());
+    })
+}
+
+/// The role passwords of the last run's `demo.json`, by tenant.
+fn previous_passwords(path: &Path) -> HashMap<String, String> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<DemoFacts>(&bytes).ok())
+        .map(|facts| {
+            facts
+                .tenants
+                .into_iter()
+                .map(|t| (t.id, t.password))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Makes sure tenant `id` is active with a role `app` and a marker table, through the
+/// admin API; returns the role's password.
+async fn prepare_tenant(
+    api: &ApiClient,
+    id: &str,
+    previous: Option<&String>,
+) -> anyhow::Result<String> {
+    let tenant = match api.get_json(&format!("/v1/tenants/{id}")).await {
+        Ok(tenant) => tenant,
+        Err(ApiError::Status { status, .. }) if status == hyper::StatusCode::NOT_FOUND => {
+            println!("sluice demo: provisioning tenant {id} (a Postgres cluster of its own)...");
+            let created = api
+                .post_json("/v1/tenants", Some(&json!({"id": id})))
+                .await?;
+            wait_job(api, created["job"]["id"].as_i64().unwrap_or_default()).await?;
+            api.get_json(&format!("/v1/tenants/{id}")).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match tenant["status"].as_str() {
+        Some("active") => {}
+        Some("provisioning") => {
+            bail!("tenant {id} is still provisioning; run the demo again in a moment")
+        }
+        other => bail!("tenant {id} is {other:?}; delete DIR to start over"),
+    }
+    let roles = api.get_json(&format!("/v1/tenants/{id}/roles")).await?;
+    let has_role = roles["roles"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|r| r["name"] == APP_ROLE));
+    let password = match (has_role, previous) {
+        (true, Some(password)) => password.clone(),
+        (true, None) => {
+            let rotated = api
+                .post_json(&format!("/v1/tenants/{id}/roles/{APP_ROLE}/rotate"), None)
+                .await?;
+            rotated["password"].as_str().unwrap_or_default().to_owned()
+        }
+        (false, _) => {
+            let made = api
+                .post_json(
+                    &format!("/v1/tenants/{id}/roles"),
+                    Some(&json!({"name": APP_ROLE})),
+                )
+                .await?;
+            made["password"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    seed_marker(id, &tenant, &password).await?;
+    Ok(password)
+}
+
+async fn wait_job(api: &ApiClient, job: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PROVISION_TIMEOUT;
+    loop {
+        let state = api.get_json(&format!("/v1/jobs/{job}")).await?;
+        match state["state"].as_str() {
+            Some("succeeded") => return Ok(()),
+            Some("failed") => bail!("provisioning job {job} failed: {}", state["error"]),
+            _ if Instant::now() > deadline => {
+                bail!("provisioning job {job} did not finish in {PROVISION_TIMEOUT:?}: {state}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    result
+}
+
+/// A table that says which tenant's database you are in, created as the tenant's app
+/// role on its own backend (the address the API shows).
+async fn seed_marker(id: &str, tenant: &Value, password: &str) -> anyhow::Result<()> {
+    let address = tenant["backend"]["address"]
+        .as_str()
+        .context("the tenant has no backend address")?;
+    let addr: SocketAddr = address
+        .parse()
+        .with_context(|| format!("backend address {address:?}"))?;
+    let backend = router::Backend {
+        addr: router::BackendAddr::from_host(&addr.ip().to_string(), addr.port()),
+        tls: router::BackendTls::Require,
+        tls_ca: None,
+        auth_user: String::new(),
+        auth_password: String::new(),
+        auth_database: String::new(),
+        auth_query: String::new(),
+    };
+    let tls = pooler::TlsConnectors::new();
+    let credential = pooler::ServerCredential::Password(password.to_owned());
+    let mut conn = pooler::connect(
+        pooler::ConnectRequest {
+            backend: &backend,
+            user: APP_ROLE,
+            database: APP_DATABASE,
+            credential: &credential,
+        },
+        &tls,
+    )
+    .await
+    .with_context(|| format!("logging into {id}'s backend as {APP_ROLE}"))?;
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS tenant_marker (tenant text PRIMARY KEY); \
+         INSERT INTO tenant_marker VALUES ('{id}') ON CONFLICT DO NOTHING"
+    );
+    let outcome = conn.simple_query(&sql).await?;
+    conn.terminate().await;
+    if let Some(e) = outcome.error {
+        bail!(
+            "creating the marker table for {id}: {} {}",
+            e.code,
+            e.message
+        );
+    }
+    Ok(())
 }
 
 /// The demo CA (reused across runs) and the proxy's wildcard certificate.
@@ -129,120 +260,8 @@ fn certificates(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(ca_cert)
 }
 
-fn random_password() -> String {
-    Alphanumeric.sample_string(&mut rand::thread_rng(), 24)
-}
-
-fn scram_verifier(password: &str) -> String {
-    let mut salt = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut salt);
-    Verifier::from_password(password, &salt, 4096).to_postgres_string()
-}
-
-/// Creates (first run) or opens the tenant's cluster and starts it. Returns the secrets.
-fn tenant_cluster(
-    install: &Installation,
-    template: &Template,
-    dir: &Path,
-    id: &str,
-) -> anyhow::Result<(Cluster, TenantSecrets)> {
-    let home = dir.join("tenants").join(id);
-    let data = home.join("data");
-    let secrets_path = home.join("secrets.json");
-    let mut cluster = if data.exists() && secrets_path.exists() {
-        Cluster::open(install, &data)?
-    } else {
-        if data.exists() {
-            std::fs::remove_dir_all(&data)?;
-        }
-        std::fs::create_dir_all(&home)?;
-        let cluster = Cluster::create(
-            install,
-            template,
-            ClusterConfig::new(&data, home.join("run")),
-        )?;
-        let app_password = random_password();
-        let auth_password = random_password();
-        cluster.run_single_user(&bootstrap_sql(&app_password, &auth_password))?;
-        write_private(&home.join("auth.pw"), auth_password.as_bytes())?;
-        write_private(
-            &secrets_path,
-            serde_json::to_string(&TenantSecrets { app_password })?.as_bytes(),
-        )?;
-        cluster
-    };
-    let secrets: TenantSecrets = serde_json::from_slice(&std::fs::read(&secrets_path)?)?;
-    if !cluster.is_running() {
-        cluster
-            .start()
-            .with_context(|| format!("starting tenant {id}'s cluster"))?;
-    }
-    Ok((cluster, secrets))
-}
-
-/// One statement per line (single-user mode). Roles get SCRAM verifiers, never
-/// plaintext; `sluice_auth` may only call a SECURITY DEFINER lookup function.
-fn bootstrap_sql(app_password: &str, auth_password: &str) -> String {
-    use localpg::bootstrap::{auth_lookup_sql, create_login_role};
-    [
-        format!(
-            "ALTER ROLE postgres PASSWORD '{}'",
-            scram_verifier(&random_password())
-        ),
-        create_login_role(APP_ROLE, &scram_verifier(app_password)),
-        create_login_role(AUTH_ROLE, &scram_verifier(auth_password)),
-        format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE}"),
-        auth_lookup_sql(AUTH_ROLE),
-    ]
-    .join("\n")
-}
-
-/// A table that says which tenant's database you are in, created through Sluice's own
-/// client code as the tenant's app role.
-async fn seed_marker(config: &Config, id: &str, app_password: &str) -> anyhow::Result<()> {
-    let runtime = config.runtime()?;
-    let declared = runtime
-        .tenants
-        .iter()
-        .find(|t| t.record.id == id)
-        .context("demo tenant missing from its config")?;
-    let tenant = admin_api::catalog_sync::materialize(
-        &runtime.plans,
-        &declared.record,
-        Some(&declared.auth_password),
-    )?
-    .context("demo tenant is not active")?;
-    let tls = pooler::TlsConnectors::new();
-    let credential = pooler::ServerCredential::Password(app_password.to_owned());
-    let mut conn = pooler::connect(
-        pooler::ConnectRequest {
-            backend: &tenant.backend,
-            user: APP_ROLE,
-            database: APP_DATABASE,
-            credential: &credential,
-        },
-        &tls,
-    )
-    .await
-    .with_context(|| format!("logging into {id}'s cluster as {APP_ROLE}"))?;
-    let sql = format!(
-        "CREATE TABLE IF NOT EXISTS tenant_marker (tenant text PRIMARY KEY); \
-         INSERT INTO tenant_marker VALUES ('{id}') ON CONFLICT DO NOTHING"
-    );
-    let outcome = conn.simple_query(&sql).await?;
-    conn.terminate().await;
-    if let Some(e) = outcome.error {
-        bail!(
-            "creating the marker table for {id}: {} {}",
-            e.code,
-            e.message
-        );
-    }
-    Ok(())
-}
-
 fn config_text(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> String {
-    let mut text = format!(
+    format!(
         "# Written by `sluice demo`; rewritten on every run.\n\
          data_dir = {data:?}\n\n\
          [proxy]\n\
@@ -255,6 +274,8 @@ fn config_text(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Stri
          [admin]\n\
          listen = \"{admin_listen}\"\n\
          bootstrap_key_file = {admin_key:?}\n\n\
+         [provisioner]\n\
+         driver = \"local\"   # a Postgres cluster per tenant under data_dir/backends\n\n\
          [defaults.pool]\n\
          mode = \"session\"\n\
          size = 10\n",
@@ -262,44 +283,21 @@ fn config_text(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Stri
         cert = dir.join("tls/proxy.crt").display().to_string(),
         key = dir.join("tls/proxy.key").display().to_string(),
         admin_key = dir.join("admin.key").display().to_string(),
-    );
-    for id in TENANTS {
-        let home = dir.join("tenants").join(id);
-        text.push_str(&format!(
-            "\n[[tenants]]\n\
-             id = \"{id}\"\n\
-             [tenants.backend]\n\
-             host = {host:?}\n\
-             port = 5432\n\
-             tls = \"disable\"   # a unix socket only Sluice (root) can reach\n\
-             auth_user = \"{AUTH_ROLE}\"\n\
-             auth_password_file = {pw:?}\n\
-             auth_query = \"{query}\"\n",
-            query = localpg::bootstrap::AUTH_QUERY,
-            host = home.join("run").display().to_string(),
-            pw = home.join("auth.pw").display().to_string(),
-        ));
-    }
-    text
-}
-
-/// Where the admin API answers, and the bootstrap admin key.
-struct Admin {
-    url: String,
-    key: String,
+    )
 }
 
 fn facts(
     config: &Path,
     ca_cert: &Path,
     proxy: SocketAddr,
-    admin: Admin,
-    secrets: &[TenantSecrets],
+    admin_url: String,
+    admin_key: String,
+    passwords: &[String],
 ) -> DemoFacts {
     let tenants = TENANTS
         .iter()
-        .zip(secrets)
-        .map(|(id, s)| {
+        .zip(passwords)
+        .map(|(id, password)| {
             let host = format!("{id}.{SNI_SUFFIX}");
             let conninfo = format!(
                 "host={host} hostaddr={ip} port={port} user={APP_ROLE} dbname={APP_DATABASE} sslmode=verify-full sslrootcert={ca}",
@@ -311,16 +309,16 @@ fn facts(
                 id: id.to_string(),
                 host,
                 role: APP_ROLE.into(),
-                password: s.app_password.clone(),
-                psql: format!("PGPASSWORD={} psql \"{conninfo}\"", s.app_password),
+                password: password.clone(),
+                psql: format!("PGPASSWORD={password} psql \"{conninfo}\""),
                 connection_string: conninfo,
             }
         })
         .collect();
     DemoFacts {
         proxy: proxy.to_string(),
-        admin_url: admin.url,
-        admin_key: admin.key,
+        admin_url,
+        admin_key,
         ca_cert: ca_cert.to_owned(),
         config: config.to_owned(),
         tenants,

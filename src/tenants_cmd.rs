@@ -96,8 +96,8 @@ struct UpdateArgs {
 
 #[derive(Debug, Clone, Copy, clap::Args)]
 struct WaitArg {
-    /// Wait until the job ends (at most SECS seconds, 300 when left out); exit 1 if it
-    /// fails or is still running then.
+    /// Wait until the job ends (at most SECS seconds, 300 when left out), then show
+    /// the tenant and job as they are; exit 1 if the job failed or is still running.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "300",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     wait: Option<u64>,

@@ -1,9 +1,7 @@
 //! The admin CLI end to end: the built `sluice` binary's `tenants`, `roles` and
 //! `audit` commands against a real `sluice serve` (embedded control store, tenants on
-//! real Postgres), checking what they print, what they change, and how they fail.
-//!
-//! Create, delete and roles need `POST /v1/tenants` and the roles endpoints; their
-//! tests are `#[ignore]`d until the server side lands.
+//! real Postgres, new ones provisioned by the `local` driver), checking what they
+//! print, what they change, and how they fail.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -381,7 +379,6 @@ fn errors_are_one_clear_line_and_exit_1() {
 /// Create (a repeat with the same idempotency key is the same request), wait for the
 /// job, read the tenant back, delete it and wait again.
 #[test]
-#[ignore = "needs POST /v1/tenants (control plane in progress)"]
 fn tenants_are_created_and_deleted_with_wait() {
     let (_dir, _pki, sluice) = admin_only_sluice();
     let cli = Cli::new(&sluice, &sluice.admin_key);
@@ -426,26 +423,39 @@ fn tenants_are_created_and_deleted_with_wait() {
     assert!(cli.run("audit verify").ok().starts_with("audit log OK"));
 }
 
-/// A create that fails (a static backend nobody listens on): `--wait` exits 1 with the
-/// job's error, and the backend's password never reaches the audit log.
+/// A create that fails (a static backend nobody listens on): a short `--wait` exits 1
+/// with the job still going; the same command again (same idempotency key) follows the
+/// same job to its failure and exits 1 with its error. The backend's password never
+/// reaches the audit log.
 #[test]
-#[ignore = "needs POST /v1/tenants (control plane in progress)"]
-fn a_failed_job_makes_wait_exit_1_with_its_error() {
+fn a_failed_or_unfinished_job_makes_wait_exit_1() {
     let (dir, _pki, sluice) = admin_only_sluice();
     let cli = Cli::new(&sluice, &sluice.admin_key);
     let password = dir.path().join("backend-admin");
     std::fs::write(&password, "secret-admin-pw\n").unwrap();
-    let run = cli.run(&format!(
-        "tenants create broken --static-host 127.0.0.1 --port 1 --tls disable \
-         --admin-user postgres --admin-password-file {} --wait 300",
-        password.display()
-    ));
-    let stderr = run.failed();
+    let create = |wait: &str| {
+        cli.run(&format!(
+            "tenants create broken --static-host 127.0.0.1 --port 1 --tls disable \
+             --admin-user postgres --admin-password-file {} --idempotency-key broken-1 \
+             --wait {wait}",
+            password.display()
+        ))
+    };
+    let early = create("1");
+    let stderr = early.failed();
+    assert!(stderr.contains(" after 1s"), "{stderr}");
+    let job = value(&early.stdout, "job.id").to_owned();
     assert!(
-        stderr.contains("error: job ") && stderr.contains(" failed: "),
+        stderr.contains(&format!("\nerror: job {job} is still ")),
         "{stderr}"
     );
+
+    let run = create("300");
+    let stderr = run.failed();
+    let failed = format!("error: job {job} failed: ");
+    assert!(stderr.contains(&failed), "the same job: {stderr}");
     assert_eq!(value(&run.stdout, "job.state"), "failed", "{}", run.stdout);
+    assert_eq!(value(&run.stdout, "status"), "failed", "{}", run.stdout);
     let events = cli.run("audit list --all --output json").json();
     assert!(!events.to_string().contains("secret-admin-pw"), "{events}");
     let half = cli.run("tenants create half --static-host db");
@@ -455,7 +465,6 @@ fn a_failed_job_makes_wait_exit_1_with_its_error() {
 /// Roles on a created tenant: the password is shown once, works through the proxy,
 /// stops working when rotated, and the role goes away on delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs POST /v1/tenants (control plane in progress)"]
 async fn roles_are_created_rotated_listed_and_deleted() {
     let (_dir, pki, sluice) = admin_only_sluice();
     let cli = Cli::new(&sluice, &sluice.admin_key);

@@ -47,7 +47,9 @@ fn run_demo_once(dir: &std::path::Path) -> serde_json::Value {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             printed.push_str(&line);
             printed.push('\n');
-            if line.starts_with("sluice: listening on") {
+            // The last line of the instructions, printed once the tenants are ready and
+            // demo.json is written.
+            if line.starts_with("Facts for scripts:") {
                 let _ = tx.send(printed.clone());
             }
         }

@@ -1,3 +1,6 @@
+//! `sluice tenants` without a server: arguments to requests (paths, bodies, flags)
+//! and answers to tables.
+
 use clap::Parser;
 use serde_json::json;
 
