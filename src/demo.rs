@@ -283,7 +283,18 @@ fn config_text(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Stri
         cert = dir.join("tls/proxy.crt").display().to_string(),
         key = dir.join("tls/proxy.key").display().to_string(),
         admin_key = dir.join("admin.key").display().to_string(),
-    )
+    ) + &shipped_plans()
+}
+
+/// The `[plans.*]` of configs/sluice.example.toml (nano, lite, pro, pro-heavy), so
+/// `sluice tenants create shop --plan nano` works against the demo as documented.
+fn shipped_plans() -> String {
+    let example = include_str!("../configs/sluice.example.toml");
+    let start = example.find("[plans.").unwrap_or(example.len());
+    let end = example[start..]
+        .find("\n# ---")
+        .map_or(example.len(), |i| start + i);
+    format!("\n{}\n", &example[start..end])
 }
 
 fn facts(
