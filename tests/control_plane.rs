@@ -441,30 +441,6 @@ fn every_route_answers_each_role_as_documented_and_bad_keys_create_nothing() {
     }
 }
 
-/// The store's unix socket directory and port, and the superuser password.
-fn store_connection(data_dir: &Path) -> tokio_postgres::Config {
-    let control = data_dir.join("control");
-    let run = control.join("run");
-    let port: u16 = std::fs::read_dir(&run)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .find_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let port = name.strip_prefix(".s.PGSQL.")?;
-            (!port.ends_with(".lock")).then(|| port.parse().ok())?
-        })
-        .expect("the control store's socket");
-    let password = std::fs::read_to_string(control.join("superuser.password")).unwrap();
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(&run)
-        .port(port)
-        .user("postgres")
-        .password(password.trim())
-        .dbname("sluice");
-    config
-}
-
 #[test]
 fn changes_are_audited_newest_first_and_tampering_is_named() {
     let env = Env::new();
@@ -599,7 +575,7 @@ fn changes_are_audited_newest_first_and_tampering_is_named() {
     let second = ids[ids.len() - 2];
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (client, connection) = store_connection(&env.data_dir())
+        let (client, connection) = testkit::sluice::embedded_store(&env.data_dir())
             .connect(tokio_postgres::NoTls)
             .await
             .expect("connecting to the embedded control store");

@@ -345,6 +345,32 @@ async fn a_tenant_lives_its_whole_life_through_the_api() {
     assert_eq!(verify["ok"], true, "{verify}");
     let text = serde_json::to_string(&audit).unwrap();
     assert!(!text.contains(&first_password) && !text.contains(&second_password));
+
+    // An UPDATE made directly in the store breaks the chain, and verify names the event.
+    let rotate = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "role.rotate")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (store, connection) = testkit::sluice::embedded_store(&data_dir)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connecting to the embedded control store");
+    tokio::spawn(connection);
+    let changed = store
+        .execute(
+            "UPDATE audit_events SET actor = 'someone-else' WHERE id = $1",
+            &[&rotate],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    let verify = expect(sluice, "GET", "/v1/audit-events/verify", "", 200);
+    assert_eq!(verify["ok"], false, "{verify}");
+    assert_eq!(verify["broken_at"], rotate, "{verify}");
 }
 
 #[test]

@@ -282,3 +282,30 @@ impl Drop for SluiceProcess {
         }
     }
 }
+
+/// How to reach the embedded control store of a Sluice whose data_dir is `data_dir`: its
+/// unix socket directory and port, and the superuser password (tests that tamper with
+/// the store directly).
+pub fn embedded_store(data_dir: &Path) -> tokio_postgres::Config {
+    let control = data_dir.join("control");
+    let run = control.join("run");
+    let port: u16 = std::fs::read_dir(&run)
+        .expect("the control store's socket directory")
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let port = name.strip_prefix(".s.PGSQL.")?;
+            (!port.ends_with(".lock")).then(|| port.parse().ok())?
+        })
+        .expect("the control store's socket");
+    let password = std::fs::read_to_string(control.join("superuser.password"))
+        .expect("the control store's superuser password");
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(&run)
+        .port(port)
+        .user("postgres")
+        .password(password.trim())
+        .dbname("sluice");
+    config
+}
