@@ -38,8 +38,7 @@ pub const MAX_ATTEMPTS: i32 = 5;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the queue is polled when nobody pokes the worker.
 const POLL: Duration = Duration::from_secs(1);
-/// The role the data plane reads verifiers with, on every provisioned backend.
-pub const AUTH_USER: &str = "sluice_auth";
+pub use crate::provision::sql::AUTH_USER;
 
 /// The drivers this process can run, by name.
 #[derive(Debug, Default, Clone)]
@@ -310,6 +309,6 @@ fn record_address(record: &mut TenantRecord, address: &BackendAddress) {
     b.admin_user = Some(address.admin_user.clone());
     b.admin_database = Some(address.admin_database.clone());
     b.auth_user = AUTH_USER.to_owned();
-    b.auth_database = "postgres".to_owned();
-    b.auth_query = Some(localpg::bootstrap::AUTH_QUERY.to_owned());
+    b.auth_database = sql::AUTH_DATABASE.to_owned();
+    b.auth_query = Some(sql::AUTH_QUERY.to_owned());
 }

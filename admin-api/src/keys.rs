@@ -205,6 +205,8 @@ impl ApiKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn keys_verify_only_themselves() {

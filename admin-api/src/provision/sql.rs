@@ -17,22 +17,23 @@
 //! that take a verifier refuse anything else. Statements with a verifier are utility
 //! statements, which take no bind parameters, so the verifier is a quoted literal; it is
 //! checked to be in Postgres' canonical form (base64 and `$:`) first.
+//!
+//! Everything runs over an [`AdminClient`] from [`connect_admin`] (`sql/connect.rs`),
+//! which opens further connections to `postgres` or `app` when a step must run there.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod connect;
 
 use anyhow::{anyhow, bail, Context};
 use localpg::bootstrap::{auth_lookup_sql, quote_ident};
 use rand::distributions::{Alphanumeric, DistString};
 use rand::rngs::OsRng;
 use rand::RngCore;
-use router::BackendTls;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_postgres::Client;
 use wire::scram::Verifier;
 
-use super::BackendAddress;
+pub(super) use connect::tls_mode;
+pub use connect::{connect_admin, wait_ready, AdminClient};
 
 /// The role Sluice's `auth_query` logs in as.
 pub const AUTH_USER: &str = "sluice_auth";
@@ -45,10 +46,6 @@ pub const APP_OWNER: &str = "app_owner";
 /// The tenant's database.
 pub const APP_DATABASE: &str = "app";
 
-/// How long opening an admin connection may take, TLS and authentication included.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause between attempts of [`wait_ready`].
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Iterations of PBKDF2 in the verifiers made here (Postgres' own default).
 const SCRAM_ITERATIONS: u32 = 4096;
 /// Length of [`generate_password`]'s passwords: 32 alphanumerics are about 190 bits.
@@ -85,218 +82,6 @@ pub enum RoleError {
     Missing,
     #[error(transparent)]
     Other(anyhow::Error),
-}
-
-/// An administrator's connection to one database of a backend (it derefs to the
-/// tokio-postgres [`Client`]), which can open more as the same administrator: setting a
-/// backend up and dropping a role need statements in `postgres` and in `app`, and a
-/// connection is bound to one database.
-pub struct AdminClient {
-    client: Client,
-    addr: BackendAddress,
-    password: String,
-    database: String,
-}
-
-impl std::fmt::Debug for AdminClient {
-    /// Never shows the password.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminClient")
-            .field("addr", &self.addr)
-            .field("database", &self.database)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::ops::Deref for AdminClient {
-    type Target = Client;
-
-    fn deref(&self) -> &Client {
-        &self.client
-    }
-}
-
-impl AdminClient {
-    /// The database this connection is in.
-    pub fn database(&self) -> &str {
-        &self.database
-    }
-
-    /// The backend it is connected to.
-    pub fn address(&self) -> &BackendAddress {
-        &self.addr
-    }
-
-    /// A connection to `database`: None when this one is already there (use `self`).
-    async fn open_in(&self, database: &str) -> anyhow::Result<Option<AdminClient>> {
-        if self.database == database {
-            return Ok(None);
-        }
-        connect_admin(&self.addr, &self.password, Some(database))
-            .await
-            .map(Some)
-    }
-}
-
-/// Logs into `addr` as its administrator, into `database` (default: the address's
-/// `admin_database`), with TLS as `addr.tls` says, and drives the connection in a task.
-/// Gives up after 10 s.
-pub async fn connect_admin(
-    addr: &BackendAddress,
-    password: &str,
-    database: Option<&str>,
-) -> anyhow::Result<AdminClient> {
-    let database = database.unwrap_or(&addr.admin_database);
-    let context = || {
-        format!(
-            "logging into {} as {:?} (database {database:?})",
-            describe(addr),
-            addr.admin_user
-        )
-    };
-    let tls = tls_connector(addr).with_context(context)?;
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(&addr.host)
-        .port(addr.port)
-        .user(&addr.admin_user)
-        .password(password)
-        .dbname(database)
-        .application_name("sluice-control")
-        .connect_timeout(CONNECT_TIMEOUT);
-    let connecting = async {
-        match tls {
-            None => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                let (client, connection) = config.connect(NoTls).await?;
-                tokio::spawn(drive(connection));
-                Ok::<_, tokio_postgres::Error>(client)
-            }
-            Some((mode, tls)) => {
-                config.ssl_mode(mode);
-                let (client, connection) = config.connect(tls).await?;
-                tokio::spawn(drive(connection));
-                Ok(client)
-            }
-        }
-    };
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(client)) => Ok(AdminClient {
-            client,
-            addr: addr.clone(),
-            password: password.to_owned(),
-            database: database.to_owned(),
-        }),
-        Ok(Err(e)) => Err(anyhow::Error::new(e).context(context())),
-        Err(_) => Err(anyhow!("timed out after {CONNECT_TIMEOUT:?}").context(context())),
-    }
-}
-
-/// Runs an admin connection until it ends; its errors reach the client's callers.
-async fn drive<F>(connection: F)
-where
-    F: std::future::Future<Output = Result<(), tokio_postgres::Error>>,
-{
-    if let Err(e) = connection.await {
-        tracing::debug!(error = %e, "admin connection to a backend ended");
-    }
-}
-
-/// The TLS side of an admin connection: None for plaintext (and unix sockets), else the
-/// sslmode and a connector that verifies nothing (`prefer`, `require`: libpq's meaning) or
-/// checks the chain to `tls_ca` and the host name (`verify-full`).
-fn tls_connector(
-    addr: &BackendAddress,
-) -> anyhow::Result<Option<(tokio_postgres::config::SslMode, MakeRustlsConnect)>> {
-    use tokio_postgres::config::SslMode;
-    let mode = tls_mode(&addr.tls).map_err(|e| anyhow!(e))?;
-    if addr.host.starts_with('/') {
-        return Ok(None);
-    }
-    let connectors = pooler::TlsConnectors::new();
-    let (ssl_mode, config) = match mode {
-        BackendTls::Disable => return Ok(None),
-        BackendTls::Prefer => (SslMode::Prefer, connectors.unverified()),
-        BackendTls::Require => (SslMode::Require, connectors.unverified()),
-        BackendTls::VerifyFull => {
-            let ca = addr
-                .tls_ca
-                .as_deref()
-                .context("tls = \"verify-full\" needs a tls_ca")?;
-            (SslMode::Require, connectors.verified(ca)?)
-        }
-    };
-    Ok(Some((
-        ssl_mode,
-        MakeRustlsConnect::new(Arc::unwrap_or_clone(config)),
-    )))
-}
-
-/// Parses libpq's sslmode words that Sluice supports.
-pub(super) fn tls_mode(word: &str) -> Result<BackendTls, String> {
-    match word {
-        "disable" => Ok(BackendTls::Disable),
-        "prefer" => Ok(BackendTls::Prefer),
-        "require" => Ok(BackendTls::Require),
-        "verify-full" => Ok(BackendTls::VerifyFull),
-        other => Err(format!(
-            "tls must be one of disable, prefer, require, verify-full (not {other:?})"
-        )),
-    }
-}
-
-/// `host:port`, or the socket directory and port, for messages.
-fn describe(addr: &BackendAddress) -> String {
-    if addr.host.starts_with('/') {
-        format!("{} (port {})", addr.host, addr.port)
-    } else {
-        format!("{}:{}", addr.host, addr.port)
-    }
-}
-
-/// Retries logging in and running `SELECT 1` until it works or `timeout` has passed. A
-/// refused login (wrong password, unknown role or database) fails at once: waiting would
-/// not change it.
-pub async fn wait_ready(
-    addr: &BackendAddress,
-    password: &str,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let attempt = async {
-            let client = connect_admin(addr, password, None).await?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .context("running SELECT 1")?;
-            anyhow::Ok(())
-        };
-        match attempt.await {
-            Ok(()) => return Ok(()),
-            Err(e) if is_refusal(&e) => return Err(e),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!(
-                    "the backend at {} was not ready after {timeout:?}",
-                    describe(addr)
-                )))
-            }
-            Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
-        }
-    }
-}
-
-/// True for errors that retrying cannot fix: the server refused the login itself.
-fn is_refusal(error: &anyhow::Error) -> bool {
-    let refusals = [
-        SqlState::INVALID_PASSWORD,
-        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-        SqlState::INVALID_CATALOG_NAME,
-    ];
-    error
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::code)
-        .is_some_and(|code| refusals.contains(code))
 }
 
 /// Prepares a backend for Sluice; safe to run again (each step checks or replaces what is
@@ -441,12 +226,13 @@ pub async fn set_password(client: &Client, name: &str, verifier: &str) -> Result
 /// role that does not exist or that Sluice did not make.
 ///
 /// Postgres lets DROP ROLE go through while the role has sessions (it checks owned
-/// objects and privileges, not sessions), and those sessions then go on running queries
-/// as a role that no longer exists (tested: `SELECT 1` still works, `current_user`
-/// reads NULL). So the role first loses LOGIN, then its sessions are terminated, and only
-/// then are its objects moved and the role dropped; a deleted credential stops working at
-/// once. (Server connections that Sluice's pools hold for the role are among those
-/// sessions.)
+/// objects and privileges, not sessions), and those sessions stay connected as a role
+/// that no longer exists (tested on PostgreSQL 15: `SELECT 1` still runs, `SELECT
+/// current_user` fails with "invalid role OID", CREATE TABLE is denied since the
+/// membership in `app_owner` went with the role). So the role first loses LOGIN, then
+/// its sessions are terminated, and only then are its objects moved and the role
+/// dropped: a deleted credential stops working at once. (Server connections that
+/// Sluice's pools hold for the role are among those sessions.)
 pub async fn drop_role(client: &AdminClient, name: &str) -> Result<(), RoleError> {
     valid_role_name(name).map_err(|e| RoleError::Other(anyhow!(e)))?;
     let other = |what: String| {
@@ -604,7 +390,7 @@ mod tests {
 
     #[test]
     fn tls_words_are_libpq_sslmodes() {
-        assert_eq!(tls_mode("verify-full"), Ok(BackendTls::VerifyFull));
+        assert_eq!(tls_mode("verify-full"), Ok(router::BackendTls::VerifyFull));
         assert!(tls_mode("verify-ca").is_err());
         assert!(tls_mode("").is_err());
     }
