@@ -905,6 +905,8 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
     let secs = seconds();
     let env = TwoTenants::start(BIN.as_ref(), |c| {
+        // Production logging: no line per refused attempt.
+        c.log = "info".into();
         for t in &mut c.tenants {
             t.limits = if t.id == A {
                 vec![
@@ -1046,7 +1048,7 @@ fn main() {
     }
     println!();
     println!(
-        "rejections counted by Sluice: acme: {}; globex: {}. Sluice log: {:.1} MB (testkit logs proxy=debug)",
+        "rejections counted by Sluice: acme: {}; globex: {}. Sluice log: {:.1} MB (SLUICE_LOG=info, as in production)",
         rejections(&body, A),
         rejections(&body, B),
         log_bytes as f64 / 1e6

@@ -5,7 +5,7 @@
 //! changed), and bad input that creates nothing.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use testkit::http::{request, HttpResponse};

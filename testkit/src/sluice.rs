@@ -98,6 +98,10 @@ pub struct SluiceConfig {
     /// Raw TOML appended before the tenants (e.g. `[plans.nano]` tables).
     pub plans: String,
     pub tenants: Vec<TenantEntry>,
+    /// `SLUICE_LOG` for the process. Tests log the proxy and pooler at debug;
+    /// benchmarks use `info`, what production runs (a connection storm at debug writes
+    /// a line per attempt, and that costs more than the storm).
+    pub log: String,
 }
 
 impl SluiceConfig {
@@ -116,6 +120,7 @@ impl SluiceConfig {
             admin_extra: Vec::new(),
             plans: String::new(),
             tenants: Vec::new(),
+            log: "info,proxy=debug,pooler=debug".into(),
         }
     }
 
@@ -201,7 +206,7 @@ impl SluiceProcess {
         let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env("SLUICE_LOG", "info,proxy=debug,pooler=debug")
+            .env("SLUICE_LOG", &config.log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
