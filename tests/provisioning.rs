@@ -211,15 +211,28 @@ async fn a_tenant_lives_its_whole_life_through_the_api() {
         )
     );
 
-    // A role, its password shown once; psql-equivalent login by SNI through Sluice.
-    let role = expect(
+    // A role, its password shown once (a retry with the same Idempotency-Key gets the
+    // same answer); psql-equivalent login by SNI through Sluice.
+    let key = "Idempotency-Key: role-app-1\r\n";
+    let role = call(
         sluice,
         "POST",
         "/v1/tenants/shop/roles",
         r#"{"name": "app"}"#,
-        201,
+        key,
     );
-    let first_password = role["password"].as_str().unwrap().to_owned();
+    assert_eq!(role.status, 201, "{}", role.body);
+    let replayed = call(
+        sluice,
+        "POST",
+        "/v1/tenants/shop/roles",
+        r#"{"name": "app"}"#,
+        key,
+    );
+    assert_eq!(replayed.status, 201, "{}", replayed.body);
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replayed.json(), role.json());
+    let first_password = role.json()["password"].as_str().unwrap().to_owned();
     assert!(first_password.len() >= 20);
     let t1 = target(sluice, &env.pki, "shop", "app", &first_password);
     let client = pg_connect(&t1).await.expect("login with the new role");
@@ -371,6 +384,21 @@ async fn a_tenant_lives_its_whole_life_through_the_api() {
     let verify = expect(sluice, "GET", "/v1/audit-events/verify", "", 200);
     assert_eq!(verify["ok"], false, "{verify}");
     assert_eq!(verify["broken_at"], rotate, "{verify}");
+
+    // No password is anywhere in the store in the clear, the kept answer included.
+    for password in [&first_password, &second_password] {
+        let found: i64 = store
+            .query_one(
+                "SELECT (SELECT count(*) FROM idempotency_keys WHERE body::text LIKE '%' || $1 || '%') \
+                      + (SELECT count(*) FROM audit_events WHERE details::text LIKE '%' || $1 || '%') \
+                      + (SELECT count(*) FROM roles WHERE scram_verifier LIKE '%' || $1 || '%')",
+                &[password],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(found, 0);
+    }
 }
 
 #[test]
@@ -428,6 +456,17 @@ fn bad_create_requests_answer_4xx_and_create_nothing() {
         (r#"{"id": "shop", "pool": {"size": 0}}"#, 422),
         (
             r#"{"id": "shop", "limits": {"allow_cidrs": ["nope"]}}"#,
+            422,
+        ),
+        (r#"{"id": "shop", "backend": {"port": 5433}}"#, 422),
+        (
+            r#"{"id": "shop", "backend": {"driver": "static", "host": "db", "port": 0,
+                "admin_user": "a", "admin_password": "p"}}"#,
+            422,
+        ),
+        (
+            r#"{"id": "shop", "backend": {"driver": "static", "host": "db", "tls": "verify-full",
+                "admin_user": "a", "admin_password": "p"}}"#,
             422,
         ),
     ] {
@@ -691,4 +730,29 @@ async fn the_data_plane_outlives_the_control_store_and_the_api_resumes_when_it_r
         },
     )
     .await;
+}
+
+#[test]
+fn a_tenant_deleted_while_it_is_provisioned_leaves_nothing() {
+    let env = start();
+    let sluice = &env.sluice;
+    let created = expect(sluice, "POST", "/v1/tenants", r#"{"id": "brief"}"#, 202);
+    let deleted = expect(sluice, "DELETE", "/v1/tenants/brief", "", 202);
+    let delete = wait_job(
+        sluice,
+        deleted["job"]["id"].as_i64().unwrap(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(delete["state"], "succeeded", "{delete}");
+    let create = wait_job(
+        sluice,
+        created["job"]["id"].as_i64().unwrap(),
+        Duration::from_secs(10),
+    );
+    // Either it finished before the delete was queued, or it stopped when it saw it.
+    if create["state"] == "failed" {
+        assert_eq!(create["error"], "the tenant is being deleted", "{create}");
+    }
+    expect(sluice, "GET", "/v1/tenants/brief", "", 404);
+    assert!(!backend_dir(&env.dir.path().join("sluice/data"), "brief").exists());
 }

@@ -256,6 +256,18 @@ fn idempotency_key(state: &State, req: &Req) -> Result<Option<IdempotencyKey>, A
     let Some(value) = req.head.headers.get("idempotency-key") else {
         return Ok(None);
     };
+    // Authentication comes first: an unauthenticated request is answered 401 by its
+    // handler, whatever its key looks like.
+    let Some(caller) = req
+        .head
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|token| state.keys.verify(token.trim()))
+    else {
+        return Ok(None);
+    };
     let key = value
         .to_str()
         .ok()
@@ -267,16 +279,6 @@ fn idempotency_key(state: &State, req: &Req) -> Result<Option<IdempotencyKey>, A
                 "Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
             ))
         })?;
-    let Some(caller) = req
-        .head
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .and_then(|token| state.keys.verify(token.trim()))
-    else {
-        return Ok(None);
-    };
     let mut hash = Sha256::new();
     hash.update(req.head.uri.path().as_bytes());
     hash.update([0]);
@@ -286,6 +288,13 @@ fn idempotency_key(state: &State, req: &Req) -> Result<Option<IdempotencyKey>, A
         caller.key_id,
         hash.finalize().into(),
     )))
+}
+
+/// The name a stored answer is sealed under: answers may carry a password or an API
+/// key, so they are kept only encrypted (like backend credentials) and bound to the
+/// API key and Idempotency-Key they answer.
+fn answer_secret(key_id: &str, key: &str) -> String {
+    format!("idempotency/{key_id}/{key}")
 }
 
 /// Runs a POST at most once per (Idempotency-Key, API key): a retry gets the first
@@ -311,6 +320,21 @@ async fn idempotent(
     match begun {
         Begin::Replay { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let secrets = &state.plane.sync.secrets;
+            let body = serde_json::from_str::<crate::secrets::Sealed>(&body)
+                .map_err(anyhow::Error::from)
+                .and_then(|sealed| secrets.open(&answer_secret(&key_id, &key), &sealed));
+            let body = match body {
+                Ok(body) => body,
+                Err(e) => {
+                    return ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!("the stored answer for this Idempotency-Key cannot be read: {e:#}"),
+                    )
+                    .response()
+                }
+            };
             let mut response = Response::new(Full::new(Bytes::from(body)));
             *response.status_mut() = status;
             let headers = response.headers_mut();
@@ -341,13 +365,15 @@ async fn idempotent(
             let kept = if parts.status.is_server_error() {
                 store.idempotency_abandon(&key, &key_id).await
             } else {
-                let text = if bytes.is_empty() {
-                    "null".to_owned()
-                } else {
-                    String::from_utf8_lossy(&bytes).into_owned()
-                };
+                let text = String::from_utf8_lossy(&bytes);
+                let sealed = state
+                    .plane
+                    .sync
+                    .secrets
+                    .seal(&answer_secret(&key_id, &key), &text);
+                let sealed = serde_json::to_string(&sealed).expect("a sealed value serializes");
                 store
-                    .idempotency_finish(&key, &key_id, parts.status.as_u16(), &text)
+                    .idempotency_finish(&key, &key_id, parts.status.as_u16(), &sealed)
                     .await
             };
             if let Err(e) = kept {

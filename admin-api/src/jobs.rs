@@ -40,6 +40,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_secs(1);
 pub use crate::provision::sql::AUTH_USER;
 
+/// A job that must stop at once, without retries (it ends `failed` with this reason).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Abandoned(pub String);
+
 /// The drivers this process can run, by name.
 #[derive(Debug, Default, Clone)]
 pub struct Drivers {
@@ -132,7 +137,11 @@ impl Worker {
             }
             Err(e) => {
                 let error = format!("{e:#}");
-                if job.attempts >= MAX_ATTEMPTS {
+                let abandoned = e.downcast_ref::<Abandoned>().is_some();
+                if abandoned {
+                    tracing::info!(job = job.id, tenant = %job.tenant, reason = %error, "job abandoned");
+                    store.release_job(job.id, JobOutcome::Failed(&error)).await
+                } else if job.attempts >= MAX_ATTEMPTS {
                     tracing::error!(job = job.id, tenant = %job.tenant, error = %error, "job failed");
                     if job.kind == "create" {
                         let event = AuditEvent {
@@ -194,8 +203,13 @@ impl Worker {
             .get_tenant(id)
             .await?
             .ok_or_else(|| anyhow!("tenant {id} no longer exists"))?;
-        if record.status != "provisioning" {
-            return Ok(()); // finished by an earlier run that died before recording it
+        match record.status.as_str() {
+            "provisioning" => {}
+            "deleting" => {
+                return Err(Abandoned("the tenant is being deleted".into()).into());
+            }
+            // Finished by an earlier run that died before recording it.
+            _ => return Ok(()),
         }
         let driver = self
             .drivers
@@ -281,6 +295,11 @@ impl Worker {
         let Some(record) = store.get_tenant(id).await? else {
             return Ok(()); // deleted by an earlier run
         };
+        // A create job still running could make the backend after it is destroyed:
+        // wait for it to give up (it stops at its next run once it sees `deleting`).
+        if store.unfinished_jobs(id, "create").await? > 0 {
+            return Err(anyhow!("waiting for the tenant's create job to stop"));
+        }
         self.sync.refresh(store, id).await?;
         if let Ok(tenant) = router::TenantId::parse(id) {
             let ended = self.gates.terminate_sessions(&tenant);

@@ -573,18 +573,29 @@ fn new_record(state: &State, body: &CreateTenant) -> Result<TenantRecord, ApiErr
                 "backend.admin_password: required by the static driver",
             ));
         }
-        json!({
+        let params = json!({
             "host": host,
             "port": b.port.unwrap_or(5432),
             "tls": tls,
             "tls_ca": b.tls_ca,
             "admin_user": admin_user,
             "admin_database": b.admin_database.clone().unwrap_or_else(|| "postgres".into()),
-        })
+        });
+        // What the job would find wrong, refused now.
+        crate::provision::StaticDriver::address_from_params(&params).map_err(ApiError::invalid)?;
+        params
     } else {
-        if b.host.is_some() || b.admin_user.is_some() || b.admin_password.is_some() {
+        let named = [
+            ("host", b.host.is_some()),
+            ("port", b.port.is_some()),
+            ("tls_ca", b.tls_ca.is_some()),
+            ("admin_user", b.admin_user.is_some()),
+            ("admin_password", b.admin_password.is_some()),
+            ("admin_database", b.admin_database.is_some()),
+        ];
+        if let Some((key, _)) = named.iter().find(|(_, given)| *given) {
             return Err(ApiError::invalid(format!(
-                "backend: host and admin credentials are only for the static driver, not {driver}"
+                "backend.{key}: only for the static driver, not {driver}"
             )));
         }
         json!({})

@@ -1,7 +1,9 @@
 //! `Idempotency-Key` answers: the first request with a key (per API key) is handled and
 //! its answer stored; a retry with the same key and the same request gets that answer
 //! again without running anything; the same key with a different request is refused.
-//! Answers are kept for [`RETENTION_HOURS`].
+//! Answers are kept for [`RETENTION_HOURS`], as the caller hands them over (the API
+//! stores them encrypted). A first request whose process died before answering holds
+//! its key for [`IN_FLIGHT_SECONDS`]; after that a retry runs it again.
 
 use anyhow::Context;
 
@@ -9,6 +11,8 @@ use super::Store;
 
 /// How long a key's answer is kept.
 pub const RETENTION_HOURS: i32 = 24;
+/// How long an unanswered first request keeps its key from being run again.
+pub const IN_FLIGHT_SECONDS: i32 = 60;
 
 /// What to do with a request that carries a key.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,9 +53,27 @@ impl Store {
         if inserted == 1 {
             return Ok(Begin::New);
         }
+        // A first request that never answered (its process died) gives its key up.
+        let taken_over = client
+            .execute(
+                "UPDATE idempotency_keys SET request_hash = $3, created_at = now() \
+                 WHERE key = $1 AND key_id = $2 AND status IS NULL \
+                 AND created_at < now() - make_interval(secs => $4)",
+                &[
+                    &key,
+                    &key_id,
+                    &request_hash.as_slice(),
+                    &f64::from(IN_FLIGHT_SECONDS),
+                ],
+            )
+            .await
+            .context("taking over an abandoned idempotency key")?;
+        if taken_over == 1 {
+            return Ok(Begin::New);
+        }
         let row = client
             .query_one(
-                "SELECT request_hash, status, body::text FROM idempotency_keys \
+                "SELECT request_hash, status, body #>> '{}' FROM idempotency_keys \
                  WHERE key = $1 AND key_id = $2",
                 &[&key, &key_id],
             )
@@ -83,7 +105,7 @@ impl Store {
         self.client()
             .await?
             .execute(
-                "UPDATE idempotency_keys SET status = $3, body = $4::text::jsonb \
+                "UPDATE idempotency_keys SET status = $3, body = to_jsonb($4::text) \
                  WHERE key = $1 AND key_id = $2",
                 &[&key, &key_id, &i32::from(status), &body],
             )

@@ -137,6 +137,21 @@ impl Store {
         Ok(None)
     }
 
+    /// How many jobs of `kind` for `tenant` are queued or running.
+    pub async fn unfinished_jobs(&self, tenant: &str, kind: &str) -> anyhow::Result<i64> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE tenant_id = $1 AND kind = $2 \
+                 AND state IN ('queued', 'running')",
+                &[&tenant, &kind],
+            )
+            .await
+            .context("counting the tenant's unfinished jobs")?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Records a finished step.
     pub async fn job_step_done(&self, id: i64, step: &str) -> anyhow::Result<()> {
         self.client()
