@@ -73,6 +73,22 @@ fn seconds() -> u64 {
         .unwrap_or(10)
 }
 
+/// `$SLUICE_BENCH_FLOOD_CPU`: the one CPU A's flood (its pgbench and the storm's
+/// threads) is confined to, as if A's clients ran on a machine of their own with one
+/// core; unset, the flood may use every CPU, like everything else.
+fn flood_cpu() -> Option<usize> {
+    std::env::var("SLUICE_BENCH_FLOOD_CPU")
+        .ok()
+        .and_then(|s| s.parse().ok())
+}
+
+/// `$SLUICE_BENCH_B_CPU`: the same for B's pgbench (in every phase).
+fn b_cpu() -> Option<usize> {
+    std::env::var("SLUICE_BENCH_B_CPU")
+        .ok()
+        .and_then(|s| s.parse().ok())
+}
+
 /// Threads of the connection storm: `$SLUICE_BENCH_STORM_THREADS`, default 8 (fewer
 /// leave the machine CPU to spare, to tell CPU saturation from contention in Sluice).
 fn storm_threads() -> usize {
@@ -264,9 +280,28 @@ struct Output {
 
 impl Pgbench {
     fn start(target: &PgTarget, args: &[&str], dir: &Path, label: &str) -> Self {
+        Self::start_on(None, target, args, dir, label)
+    }
+
+    /// `start`, confined to `cpu` when given (`taskset -c`).
+    fn start_on(
+        cpu: Option<usize>,
+        target: &PgTarget,
+        args: &[&str],
+        dir: &Path,
+        label: &str,
+    ) -> Self {
         let stdout = dir.join(format!("{label}.stdout"));
         let stderr = dir.join(format!("{label}.stderr"));
-        let child = Command::new("pgbench")
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "pgbench"]);
+                c
+            }
+            None => Command::new("pgbench"),
+        };
+        let child = command
             .args(args)
             .arg(target.conninfo())
             .env("PGPASSWORD", &target.password)
@@ -383,7 +418,8 @@ fn run_b(target: &PgTarget, secs: u64, dir: &Path, label: &str) -> (Output, Vec<
     std::fs::create_dir_all(&logs).unwrap();
     let prefix = logs.join("pgbench_log");
     let secs = secs.to_string();
-    let run = Pgbench::start(
+    let run = Pgbench::start_on(
+        b_cpu(),
         target,
         &[
             "-n",
@@ -523,6 +559,12 @@ fn storm_thread(
     config: tokio_postgres::Config,
     expected: &str,
 ) -> StormCounts {
+    if let Some(cpu) = flood_cpu() {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).expect("a CPU number");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .expect("confining the storm thread");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -700,7 +742,8 @@ fn flood_phase(ctx: &Ctx, name: &'static str, label: &str, pgbench: bool, storm:
     let a_secs = (ctx.secs + 3).to_string();
     let clients = A_CLIENTS.to_string();
     let a_run = pgbench.then(|| {
-        let run = Pgbench::start(
+        let run = Pgbench::start_on(
+            flood_cpu(),
             &ctx.a,
             &[
                 "-n", "-S", "-c", &clients, "-j", "2", "-T", &a_secs, "-P", "1",
