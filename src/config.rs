@@ -92,6 +92,9 @@ pub struct ControlSection {
     /// An external PostgreSQL (`postgres://…` or libpq `key=value`). Unset: Sluice runs
     /// its own cluster under `<data_dir>/control`.
     pub database_url: Option<String>,
+    /// A separate PostgreSQL for the audit log (same forms as `database_url`). Unset:
+    /// the control store keeps it.
+    pub audit_database_url: Option<String>,
     /// The AES-256 key that encrypts backend credentials in the store (64 hex digits,
     /// mode 0600; generated when missing). Default `<data_dir>/secrets.key`. Every
     /// Sluice sharing a store needs the same key.

@@ -794,3 +794,86 @@ fn a_killed_sluice_leaves_a_store_the_next_one_takes_over() {
     let ready = expect(&second, "GET", "/readyz", None, "", 200);
     assert_eq!(ready["control_store"], "ok (embedded)", "{ready}");
 }
+
+#[test]
+fn a_separate_audit_database_holds_the_chain() {
+    let mut env = Env::new();
+    let audit = testkit::TestCluster::start(env.dir.path(), "audit", Default::default()).unwrap();
+    env.config.plans = format!(
+        "\n[control]\naudit_database_url = \"host={} port={} user={} dbname={} password={}\"\n",
+        audit.socket_dir.display(),
+        audit.cluster.socket_port(),
+        testkit::cluster::APP_ROLE,
+        testkit::cluster::APP_DATABASE,
+        audit.app_password,
+    );
+    let sluice = env.start();
+    let admin = sluice.admin_key.clone();
+    expect(
+        &sluice,
+        "PATCH",
+        "/v1/tenants/acme",
+        Some(&admin),
+        r#"{"pool": {"size": 7}}"#,
+        200,
+    );
+    let events = expect(&sluice, "GET", "/v1/audit-events", Some(&admin), "", 200);
+    let update = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "tenant.update")
+        .expect("the change is audited")["id"]
+        .as_i64()
+        .unwrap();
+    let count = |sql: &str| -> String {
+        let out = audit.psql_direct(sql);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM audit_events WHERE action = 'tenant.update'"),
+        "1"
+    );
+    // Nothing in the control store's own table.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let in_store: i64 = rt.block_on(async {
+        let (client, connection) = testkit::sluice::embedded_store(&env.data_dir())
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .query_one("SELECT count(*) FROM audit_events", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(in_store, 0);
+    let verdict = expect(
+        &sluice,
+        "GET",
+        "/v1/audit-events/verify",
+        Some(&admin),
+        "",
+        200,
+    );
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    count(&format!(
+        "UPDATE audit_events SET actor = 'mallory' WHERE id = {update} RETURNING 1"
+    ));
+    let verdict = expect(
+        &sluice,
+        "GET",
+        "/v1/audit-events/verify",
+        Some(&admin),
+        "",
+        200,
+    );
+    assert_eq!(verdict["ok"], false, "{verdict}");
+    assert_eq!(verdict["broken_at"], update, "{verdict}");
+}

@@ -23,6 +23,8 @@ use crate::store::{EmbeddedControl, Store};
 pub struct ControlConfig {
     /// An external store; None: the embedded cluster under `data_dir/control`.
     pub database_url: Option<String>,
+    /// A separate database for the audit log; None: the control store keeps it.
+    pub audit_database_url: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -101,8 +103,20 @@ pub fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, String> {
 /// Connects to the configured store (starting the embedded one first) and migrates it.
 /// Never fails: an unreachable store is logged and reported as [`Control::Unreachable`].
 pub async fn open(config: &ControlConfig) -> OpenedControl {
+    let audit = match config.audit_database_url.as_deref().map(audit_store) {
+        Some(Ok(store)) => Some(store),
+        Some(Err(e)) => {
+            let why = format!("{e:#}");
+            tracing::error!(error = %why, "the audit database is misconfigured");
+            return OpenedControl {
+                control: Control::Unreachable(why),
+                embedded: None,
+            };
+        }
+        None => None,
+    };
     let (result, embedded) = match &config.database_url {
-        Some(url) => (connect_external(url).await, None),
+        Some(url) => (connect_external(url, audit).await, None),
         None => {
             let data_dir = config.data_dir.clone();
             let started = tokio::task::spawn_blocking(move || EmbeddedControl::start(&data_dir))
@@ -111,7 +125,7 @@ pub async fn open(config: &ControlConfig) -> OpenedControl {
                 .and_then(|r| r);
             match started {
                 Ok(embedded) => {
-                    let result = connect(embedded.config(), "embedded").await;
+                    let result = connect(embedded.config(), "embedded", audit).await;
                     (result, Some(embedded))
                 }
                 Err(e) => (Err(e), None),
@@ -133,14 +147,32 @@ pub async fn open(config: &ControlConfig) -> OpenedControl {
     OpenedControl { control, embedded }
 }
 
-async fn connect_external(url: &str) -> anyhow::Result<Control> {
+/// The audit database, connected (and migrated) on first use: an audit database that is
+/// down refuses changes (503) until it is back, like the control store.
+fn audit_store(url: &str) -> anyhow::Result<Store> {
+    let mut config =
+        parse_database_url(url).map_err(|e| anyhow::anyhow!("control.audit_database_url: {e}"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    Ok(Store::lazy(config))
+}
+
+fn attach(store: Store, audit: Option<Store>) -> Store {
+    match audit {
+        Some(audit) => store.with_audit(audit),
+        None => store,
+    }
+}
+
+async fn connect_external(url: &str, audit: Option<Store>) -> anyhow::Result<Control> {
     let mut config =
         parse_database_url(url).map_err(|e| anyhow::anyhow!("control.database_url: {e}"))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
     // An external store that is down now is connected (and migrated) when it returns.
-    let store = Store::lazy(config);
+    let store = attach(Store::lazy(config), audit);
     match store.ping().await {
         Ok(()) => tracing::info!(kind = "external", "control store ready"),
         Err(e) => tracing::error!(
@@ -155,8 +187,12 @@ async fn connect_external(url: &str) -> anyhow::Result<Control> {
     })
 }
 
-async fn connect(config: tokio_postgres::Config, kind: &'static str) -> anyhow::Result<Control> {
-    let store = Store::connect(config).await?;
+async fn connect(
+    config: tokio_postgres::Config,
+    kind: &'static str,
+    audit: Option<Store>,
+) -> anyhow::Result<Control> {
+    let store = attach(Store::connect(config).await?, audit);
     let applied = store
         .migrate()
         .await

@@ -50,6 +50,9 @@ pub struct Store {
     /// Run the migrations on the first connection (a store that was down at start).
     auto_migrate: bool,
     migrated: AtomicBool,
+    /// A separate audit database (`[control] audit_database_url`), if any: audit events
+    /// go there instead of this store's `audit_events`.
+    audit: Option<Box<Store>>,
 }
 
 /// How long a reconnect may take before the call fails (and the API answers 503).
@@ -66,6 +69,7 @@ impl Store {
             client: Mutex::new(Some(client)),
             auto_migrate: false,
             migrated: AtomicBool::new(false),
+            audit: None,
         })
     }
 
@@ -77,13 +81,25 @@ impl Store {
             client: Mutex::new(None),
             auto_migrate: true,
             migrated: AtomicBool::new(false),
+            audit: None,
         }
+    }
+
+    /// This store, with audit events kept in `audit` instead (connected and migrated on
+    /// first use, like [`Store::lazy`]).
+    pub fn with_audit(mut self, audit: Store) -> Store {
+        self.audit = Some(Box::new(audit));
+        self
     }
 
     /// Another connection to the same store (the job worker holds its own, because its
     /// advisory locks live as long as its session).
     pub fn another(&self) -> Store {
-        Store::lazy(self.config.clone())
+        let store = Store::lazy(self.config.clone());
+        match &self.audit {
+            Some(audit) => store.with_audit(Store::lazy(audit.config.clone())),
+            None => store,
+        }
     }
 
     /// A new connection whose messages (notifications) the caller drives itself.
@@ -104,6 +120,9 @@ impl Store {
     /// Whether the store answers now (connecting if need be), and why not.
     pub async fn ping(&self) -> anyhow::Result<()> {
         self.client().await?.simple_query("").await?;
+        if let Some(audit) = &self.audit {
+            Box::pin(audit.ping()).await.context("the audit database")?;
+        }
         Ok(())
     }
 

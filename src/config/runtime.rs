@@ -73,6 +73,7 @@ impl Config {
         };
         let control = ControlConfig {
             database_url: self.control.database_url.clone(),
+            audit_database_url: self.control.audit_database_url.clone(),
             data_dir: self.data_dir.clone(),
         };
         let defaults = pool_settings(&self.defaults.pool, &PoolSettings::default());

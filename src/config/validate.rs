@@ -92,11 +92,14 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             format!("{:?} is not an IP:port address", config.admin.listen),
         ));
     }
-    if let Some(url) = &config.control.database_url {
+    for (key, url) in [
+        ("database_url", &config.control.database_url),
+        ("audit_database_url", &config.control.audit_database_url),
+    ] {
         // The message never repeats the URL: it may carry a password.
-        if let Err(e) = admin_api::control::parse_database_url(url) {
+        if let Some(Err(e)) = url.as_deref().map(admin_api::control::parse_database_url) {
             problems.push(Problem::new(
-                vec![Key("control"), Key("database_url")],
+                vec![Key("control"), Key(key)],
                 format!("not a PostgreSQL connection string: {e}"),
             ));
         }

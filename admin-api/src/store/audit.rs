@@ -113,6 +113,23 @@ pub async fn append_in(tx: &Transaction<'_>, event: &AuditEvent) -> anyhow::Resu
     Ok(row.id)
 }
 
+impl Store {
+    /// Appends `event` as part of the change `tx` makes: inside `tx` (so both commit
+    /// or neither does), or, with a separate audit database, in that database before
+    /// `tx` commits (so the event is durable before the change; if the change then
+    /// fails, the log holds an event for a change that did not happen).
+    pub(crate) async fn audit_in(
+        &self,
+        tx: &Transaction<'_>,
+        event: &AuditEvent,
+    ) -> anyhow::Result<i64> {
+        match &self.audit {
+            None => append_in(tx, event).await,
+            Some(audit) => audit.append_audit(event).await,
+        }
+    }
+}
+
 /// Columns decoded by [`decode_row`], in its order.
 const EVENT_COLUMNS: &str = "id, at, actor, source_ip, action, target, details::text";
 
@@ -207,6 +224,9 @@ pub struct AuditFilter {
 impl Store {
     /// Appends `event` to the chain and returns its id once committed (durable).
     pub async fn append_audit(&self, event: &AuditEvent) -> anyhow::Result<i64> {
+        if let Some(audit) = &self.audit {
+            return Box::pin(audit.append_audit(event)).await;
+        }
         let mut client = self.client().await?;
         let tx = client
             .transaction()
@@ -220,6 +240,9 @@ impl Store {
     /// Recomputes the chain in id order, a page at a time, and names the first event that
     /// does not fit. Events appended meanwhile are checked too if the scan reaches them.
     pub async fn verify_audit(&self) -> anyhow::Result<AuditVerify> {
+        if let Some(audit) = &self.audit {
+            return Box::pin(audit.verify_audit()).await;
+        }
         let mut expected_prev = GENESIS_HASH.to_vec();
         let mut after = i64::MIN;
         let mut events = 0u64;
@@ -260,6 +283,9 @@ impl Store {
         cursor: Option<i64>,
         limit: u32,
     ) -> anyhow::Result<(Vec<AuditRow>, Option<i64>)> {
+        if let Some(audit) = &self.audit {
+            return Box::pin(audit.list_audit(filter, cursor, limit)).await;
+        }
         let limit = limit.clamp(1, MAX_LIST_LIMIT);
         let fetch = i64::from(limit) + 1;
         let sql = format!(

@@ -2,7 +2,7 @@
 //! them.
 //!
 //! Every change here is one transaction that also appends its audit event
-//! ([`super::audit::append_in`]), so a change and its event are durable together and an
+//! ([`Store::audit_in`]), so a change and its event are durable together and an
 //! API call answers 2xx only after both. The table triggers NOTIFY `sluice_catalog` at
 //! commit, which is how every Sluice process's catalog sync hears of it.
 //!
@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Row, Transaction};
 
-use super::audit::{append_in, AuditEvent};
+use super::audit::AuditEvent;
 use super::jobs::{JobRecord, JOB_COLUMNS};
 use super::Store;
 use crate::secrets::Sealed;
@@ -273,7 +273,7 @@ impl Store {
             put_secret(&tx, name, sealed).await?;
         }
         let job = insert_job(&tx, "create", &record.id).await?;
-        append_in(&tx, &with_job(event, &job)).await?;
+        self.audit_in(&tx, &with_job(event, &job)).await?;
         tx.commit().await.context("committing the new tenant")?;
         Ok((tenant, job))
     }
@@ -303,7 +303,7 @@ impl Store {
         let Some(row) = row else {
             return Err(missing_or_conflict(&tx, id).await);
         };
-        append_in(&tx, event).await?;
+        self.audit_in(&tx, event).await?;
         tx.commit().await.context("committing the tenant change")?;
         Ok(decode_tenant(&row)?)
     }
@@ -347,7 +347,7 @@ impl Store {
             });
         };
         if let Some(event) = event {
-            append_in(&tx, event).await?;
+            self.audit_in(&tx, event).await?;
         }
         tx.commit().await.context("committing the status change")?;
         Ok(decode_tenant(&row)?)
@@ -382,7 +382,7 @@ impl Store {
             });
         }
         let job = insert_job(&tx, "delete", id).await?;
-        append_in(&tx, &with_job(event, &job)).await?;
+        self.audit_in(&tx, &with_job(event, &job)).await?;
         tx.commit().await.context("committing the delete")?;
         Ok(job)
     }
@@ -463,7 +463,7 @@ impl Store {
         )
         .await
         .context("recording the role")?;
-        append_in(&tx, event).await?;
+        self.audit_in(&tx, event).await?;
         tx.commit().await.context("committing the role")?;
         Ok(())
     }
@@ -483,7 +483,7 @@ impl Store {
         )
         .await
         .context("deleting the role")?;
-        append_in(&tx, event).await?;
+        self.audit_in(&tx, event).await?;
         tx.commit().await.context("committing the role delete")?;
         Ok(())
     }
