@@ -147,15 +147,17 @@ async fn session(
                 .tls
                 .as_ref()
                 .expect("TLS is wanted only when configured");
-            match timeout_at(deadline, tls_handshake(tcp, tls, direct)).await {
+            match timeout_at(deadline, Box::pin(tls_handshake(tcp, tls, direct))).await {
                 Ok(result) => result,
                 Err(_) => return tracing::info!("login timeout during the TLS handshake"),
             }
         }
     };
     let (mut stream, startup, sni) = match negotiated {
-        Err((stream, err)) => return refuse(&proxy, stream, &err, admission.tenant.as_ref()).await,
-        Ok(Negotiated::Cancel(key)) => return handle_cancel(&proxy, key).await,
+        Err((stream, err)) => {
+            return Box::pin(refuse(&proxy, stream, &err, admission.tenant.as_ref())).await
+        }
+        Ok(Negotiated::Cancel(key)) => return Box::pin(handle_cancel(&proxy, key)).await,
         Ok(Negotiated::Tls { .. }) => unreachable!("the handshake is done"),
         Ok(Negotiated::Startup {
             stream,
@@ -163,30 +165,49 @@ async fn session(
             sni,
         }) => (stream, startup, sni),
     };
-    let login = establish(
+    // The handshake and login futures are boxed (here and above), and so are the
+    // relays below: each phase's state is allocated while it runs and freed after, so
+    // an idle client's task holds only what its relay needs (see docs/transaction-mode.md
+    // on memory per idle client).
+    let login = Box::pin(establish(
         &proxy,
         &mut stream,
         &startup,
         sni.as_deref(),
         peer.ip(),
         &mut admission,
-    );
+    ));
     let tenant = |a: &Admission| a.tenant.clone();
     let session = match timeout_at(deadline, login).await {
         Ok(Ok(session)) => session,
         Ok(Err(err)) => {
-            return refuse(&proxy, Some(stream), &err, tenant(&admission).as_ref()).await
+            return Box::pin(refuse(
+                &proxy,
+                Some(stream),
+                &err,
+                tenant(&admission).as_ref(),
+            ))
+            .await
         }
         Err(_) => {
             let err = ClientError::LoginTimeout;
-            return refuse(&proxy, Some(stream), &err, tenant(&admission).as_ref()).await;
+            return Box::pin(refuse(
+                &proxy,
+                Some(stream),
+                &err,
+                tenant(&admission).as_ref(),
+            ))
+            .await;
         }
     };
     drop(admission.login_slots);
+    drop(startup);
     let tally = Tally::default();
     let outcome = match session.pool.settings().mode {
-        PoolMode::Session => run_session(&proxy, stream, session, &tally).await,
-        PoolMode::Transaction => transaction::run(&proxy, stream, session, id, &tally).await,
+        PoolMode::Session => Box::pin(run_session(&proxy, stream, session, &tally)).await,
+        PoolMode::Transaction => {
+            Box::pin(transaction::run(&proxy, stream, session, id, &tally)).await
+        }
     };
     log_connection!(
         proxy,

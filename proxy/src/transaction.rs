@@ -45,6 +45,11 @@ const SETTABLE_REPORTED: &[&str] = &[
 
 const READ_BUFFER: usize = 16 * 1024;
 
+/// The read buffer of a client that is idle (nothing buffered, no server attached):
+/// big enough for a typical query, so a client that sends one and waits never grows
+/// it, and small, because most of the clients a transaction-mode pooler holds are idle.
+const IDLE_READ_BUFFER: usize = 512;
+
 /// Server messages longer than this are streamed rather than buffered whole.
 const STREAM_ABOVE: usize = 64 * 1024;
 
@@ -183,12 +188,11 @@ pub async fn run(
         view.insert(key, value);
     }
     if let Some(server) = server {
-        server
-            .release(Release::AtReadyForQuery {
-                status: tag::STATUS_IDLE,
-                discard: false,
-            })
-            .await;
+        Box::pin(server.release(Release::AtReadyForQuery {
+            status: tag::STATUS_IDLE,
+            discard: false,
+        }))
+        .await;
     }
     cancel.set_target(None);
     let mut client = Client {
@@ -207,64 +211,88 @@ pub async fn run(
     };
     let mut attached = None;
     let end = client.serve(&mut attached).await;
-    client.cancel.set_target(None);
-    let release = match attached.take() {
-        // A cancel sent for a timeout may still land later: never reuse that one.
-        Some(a) if a.at_rest() && !a.cancel_sent => Some((
-            a.server,
-            Release::AtReadyForQuery {
-                status: a.status,
-                discard: false,
-            },
-        )),
-        Some(a) => Some((a.server, Release::Dirty)),
-        None => None,
-    };
-    let error = match end {
-        End::ClientLeft => None,
-        End::ServerGone(detail) => {
-            tracing::warn!(detail, "server connection lost");
-            Some(ClientError::BackendUnavailable {
-                tenant: client.tenant.clone(),
-                detail,
-            })
-        }
-        End::Failed(e) => {
-            if matches!(e, ClientError::QueryRateLimited(_)) {
-                let who = router::Who::Tenant(&client.gate.id);
-                proxy.rejections.record(who, router::Reason::QueryRate);
+    Box::pin(client.finish(attached, end)).await
+}
+
+impl Client<'_> {
+    /// After the loop: the server connection back to its pool (or closed), and the
+    /// client told why it ends, if it can still hear it.
+    async fn finish(self, mut attached: Option<Attached>, end: End) -> String {
+        let proxy = self.proxy;
+        let mut client = self;
+        client.cancel.set_target(None);
+        let release = match attached.take() {
+            // A cancel sent for a timeout may still land later: never reuse that one.
+            Some(a) if a.at_rest() && !a.cancel_sent => Some((
+                a.server,
+                Release::AtReadyForQuery {
+                    status: a.status,
+                    discard: false,
+                },
+            )),
+            Some(a) => Some((a.server, Release::Dirty)),
+            None => None,
+        };
+        let error = match end {
+            End::ClientLeft => None,
+            End::ServerGone(detail) => {
+                tracing::warn!(detail, "server connection lost");
+                Some(ClientError::BackendUnavailable {
+                    tenant: client.tenant.clone(),
+                    detail,
+                })
             }
-            Some(e)
+            End::Failed(e) => {
+                if matches!(e, ClientError::QueryRateLimited(_)) {
+                    let who = router::Who::Tenant(&client.gate.id);
+                    proxy.rejections.record(who, router::Reason::QueryRate);
+                }
+                Some(e)
+            }
+            End::Terminated => Some(crate::session::terminated(proxy, &client.gate)),
+        };
+        match (release, &error) {
+            // A server that failed is not to be trusted with a reset.
+            (Some((server, _)), Some(ClientError::BackendUnavailable { .. })) => drop(server),
+            (Some((server, release)), _) => server.release(release).await,
+            (None, _) => {}
         }
-        End::Terminated => Some(crate::session::terminated(proxy, &client.gate)),
-    };
-    match (release, &error) {
-        // A server that failed is not to be trusted with a reset.
-        (Some((server, _)), Some(ClientError::BackendUnavailable { .. })) => drop(server),
-        (Some((server, release)), _) => server.release(release).await,
-        (None, _) => {}
+        let Some(e) = error else {
+            return "client left".to_owned();
+        };
+        if e.can_tell_client() {
+            let mut out = BytesMut::new();
+            e.to_response(&mut out);
+            let stream = &mut client.stream;
+            let _ = tokio::time::timeout(crate::session::REJECT_TIMEOUT, async {
+                stream.write_all(&out).await?;
+                stream.shutdown().await
+            })
+            .await;
+        }
+        e.to_string()
     }
-    let Some(e) = error else {
-        return "client left".to_owned();
-    };
-    if e.can_tell_client() {
-        let mut out = BytesMut::new();
-        e.to_response(&mut out);
-        let stream = &mut client.stream;
-        let _ = tokio::time::timeout(crate::session::REJECT_TIMEOUT, async {
-            stream.write_all(&out).await?;
-            stream.shutdown().await
-        })
-        .await;
+}
+
+/// Sizes the client read buffer for what comes next: room for a large read while a
+/// message is half-read or a server is attached, a small buffer again once the client
+/// is idle (the big one is freed).
+fn fit_read_buffer(cbuf: &mut BytesMut, attached: bool) {
+    if cbuf.is_empty() && !attached {
+        if cbuf.capacity() > IDLE_READ_BUFFER {
+            *cbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+        }
+    } else if cbuf.capacity() - cbuf.len() < IDLE_READ_BUFFER {
+        cbuf.reserve(READ_BUFFER);
     }
-    e.to_string()
 }
 
 impl Client<'_> {
     async fn serve(&mut self, attached: &mut Option<Attached>) -> End {
-        let mut cbuf = BytesMut::with_capacity(READ_BUFFER);
+        let mut cbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
         let terminate = self.gate.session_token();
         loop {
+            fit_read_buffer(&mut cbuf, attached.is_some());
             let deadline = match attached.as_ref() {
                 Some(a) if !a.idle() => a.deadline(&self.limits),
                 // Holding nothing (or nothing in progress): the client is idle.
@@ -274,7 +302,10 @@ impl Client<'_> {
                 read = self.stream.read_buf(&mut cbuf) => match read {
                     Ok(0) | Err(_) => return End::ClientLeft,
                     Ok(_) => {
-                        if let Some(end) = self.on_client_bytes(&mut cbuf, attached).await {
+                        // Boxed, like the other two: their states (a checkout, a
+                        // parameter sync) exist only while they run, not in every idle
+                        // client's task.
+                        if let Some(end) = Box::pin(self.on_client_bytes(&mut cbuf, attached)).await {
                             return end;
                         }
                     }
@@ -283,13 +314,13 @@ impl Client<'_> {
                     Ok(0) => return End::ServerGone("server closed the connection".into()),
                     Err(e) => return End::ServerGone(e.to_string()),
                     Ok(_) => {
-                        if let Some(end) = self.on_server_bytes(attached).await {
+                        if let Some(end) = Box::pin(self.on_server_bytes(attached)).await {
                             return end;
                         }
                     }
                 },
                 _ = sleep_until(deadline) => {
-                    if let Some(end) = self.on_deadline(attached).await {
+                    if let Some(end) = Box::pin(self.on_deadline(attached)).await {
                         return end;
                     }
                 }
