@@ -314,8 +314,21 @@ async fn a_tenant_lives_its_whole_life_through_the_api() {
     expect(sluice, "POST", "/v1/tenants/shop/resume", "", 200);
     pg_connect(&t2).await.expect("resumed");
 
-    // Delete: a job drains and removes the backend; the tenant is gone (3D000).
+    // Delete: a job drains (a running session ends with 57P01) and removes the backend;
+    // the tenant is gone (3D000).
+    let (victim, victim_conn) = testkit::clients::pg_config(&t2)
+        .connect(testkit::clients::tls_connector(&env.pki.ca_cert))
+        .await
+        .unwrap();
+    let victim_conn = tokio::spawn(victim_conn);
+    victim.simple_query("select 1").await.unwrap();
     let deleted = expect(sluice, "DELETE", "/v1/tenants/shop", "", 202);
+    let drained = tokio::time::timeout(Duration::from_secs(30), victim_conn)
+        .await
+        .expect("the running session ends")
+        .unwrap()
+        .expect_err("ended by Sluice");
+    assert_eq!(code(&drained), "57P01");
     let job = wait_job(
         sluice,
         deleted["job"]["id"].as_i64().unwrap(),

@@ -16,6 +16,7 @@
 
 mod fixed;
 mod local;
+pub mod proxmox;
 pub mod sql;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use fixed::StaticDriver;
 pub use local::LocalDriver;
+pub use proxmox::{ProxmoxConfig, ProxmoxDriver};
 
 /// A boxed future, so that [`Driver`] can be used as `dyn Driver`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -8,6 +8,7 @@
 pub mod clients;
 pub mod cluster;
 pub mod env;
+pub mod fake_pve;
 pub mod http;
 pub mod pki;
 pub mod sluice;
