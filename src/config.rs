@@ -49,6 +49,9 @@ pub struct Config {
 pub struct PlanSection {
     pub pool: PoolSection,
     pub limits: LimitsSection,
+    /// The backend's size (cores, memory, swap, disk) for drivers that size backends
+    /// (`proxmox`); unset: the driver's default size.
+    pub backend: Option<admin_api::provision::proxmox::PlanSize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -106,17 +109,49 @@ pub struct ControlSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ProvisionerSection {
     /// The driver of a tenant created without `backend.driver`: `local` (a cluster per
-    /// tenant under `<data_dir>/backends`) or `static` (an existing server named in the
-    /// request). `none` disables provisioning.
+    /// tenant under `<data_dir>/backends`), `static` (an existing server named in the
+    /// request) or `proxmox` (an LXC container per tenant on a Proxmox VE cluster,
+    /// `[provisioner.proxmox]`). `none`: every request names its driver.
     pub driver: String,
+    /// The Proxmox VE cluster; its presence enables the `proxmox` driver.
+    pub proxmox: Option<ProxmoxSection>,
 }
 
 impl Default for ProvisionerSection {
     fn default() -> Self {
         ProvisionerSection {
             driver: "local".into(),
+            proxmox: None,
         }
     }
+}
+
+/// `[provisioner.proxmox]`: see docs/drivers.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxmoxSection {
+    /// `https://HOST:8006`.
+    pub url: String,
+    /// `USER@REALM!TOKENID`.
+    pub token_id: String,
+    /// File holding the token's secret (one line).
+    pub token_secret_file: PathBuf,
+    /// SHA-256 fingerprint of the API's certificate (hex, colons allowed) ...
+    pub tls_fingerprint: Option<String>,
+    /// ... or a PEM file of CA certificates (one of the two).
+    pub tls_ca: Option<PathBuf>,
+    /// Nodes containers may go to; empty: every online node.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// The template volume, e.g. `local:vztmpl/sluice-pg15.tar.zst`.
+    pub ostemplate: String,
+    /// Storage for root disks.
+    pub storage: String,
+    /// Bridge of the containers' `net0` (default `vmbr0`).
+    pub bridge: Option<String>,
+    /// Addresses or CIDRs allowed to reach PostgreSQL in the containers (the Sluice
+    /// hosts).
+    pub sluice_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use admin_api::provision::{LocalDriver, StaticDriver};
+use admin_api::provision::{LocalDriver, ProxmoxDriver, StaticDriver};
 use admin_api::secrets::SecretBox;
 use admin_api::{Admin, CatalogSync, ConnectionHint, Drivers, OpenedControl, Plane};
 use anyhow::Context;
@@ -97,6 +97,14 @@ fn drivers(runtime: &Runtime) -> Drivers {
             Ok(local) => drivers.add(Arc::new(local)),
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "the local provisioner is unavailable")
+            }
+        }
+    }
+    if let Some(pve) = &runtime.proxmox {
+        match ProxmoxDriver::new(pve.clone()) {
+            Ok(driver) => drivers.add(Arc::new(driver)),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "the proxmox provisioner is unavailable")
             }
         }
     }

@@ -769,3 +769,101 @@ fn a_tenant_deleted_while_it_is_provisioned_leaves_nothing() {
     expect(sluice, "GET", "/v1/tenants/brief", "", 404);
     assert!(!backend_dir(&env.dir.path().join("sluice/data"), "brief").exists());
 }
+
+/// The `proxmox` driver end to end through Sluice, against testkit's fake Proxmox VE
+/// (whose containers are real Postgres clusters on loopback addresses): the plan's size
+/// reaches the container, the tenant is reachable by SNI, and delete purges the CT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
+    use testkit::fake_pve::{FakePve, FakePveOptions};
+    let fake = FakePve::start(FakePveOptions::default()).await.unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-proxmox-")
+        .tempdir()
+        .unwrap();
+    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+    let secret = dir.path().join("pve-token");
+    std::fs::write(&secret, format!("{}\n", fake.token_secret)).unwrap();
+    let extra = format!(
+        "\n[plans.nano.backend]\ncores = 2\nmemory_mib = 768\nswap_mib = 256\ndisk_gib = 4\n\
+         [provisioner]\ndriver = \"proxmox\"\n[provisioner.proxmox]\nurl = \"{}\"\n\
+         token_id = \"{}\"\ntoken_secret_file = {:?}\ntls_fingerprint = \"{}\"\n\
+         ostemplate = \"local:vztmpl/sluice-pg15.tar.zst\"\nstorage = \"local-lvm\"\n\
+         sluice_hosts = [\"127.0.0.1\"]\n",
+        fake.url,
+        fake.token_id,
+        secret.display().to_string(),
+        fake.fingerprint,
+    );
+    let home = dir.path().join("sluice");
+    let sluice = tokio::task::block_in_place(|| start_sluice(&home, &pki, &extra));
+    let sluice = &sluice;
+    let run = |f: &dyn Fn() -> Value| tokio::task::block_in_place(f);
+
+    let created = run(&|| {
+        expect(
+            sluice,
+            "POST",
+            "/v1/tenants",
+            r#"{"id": "pve1", "plan": "nano"}"#,
+            202,
+        )
+    });
+    let job = run(&|| {
+        wait_job(
+            sluice,
+            created["job"]["id"].as_i64().unwrap(),
+            Duration::from_secs(120),
+        )
+    });
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", sluice.log());
+    let tenant = run(&|| expect(sluice, "GET", "/v1/tenants/pve1", "", 200));
+    assert_eq!(tenant["backend"]["driver"], "proxmox", "{tenant}");
+    let guests = fake.guests();
+    assert_eq!(guests.len(), 1);
+    let config = &guests[0].config;
+    assert_eq!(
+        config.get("cores").map(String::as_str),
+        Some("2"),
+        "{config:?}"
+    );
+    assert_eq!(
+        config.get("memory").map(String::as_str),
+        Some("768"),
+        "{config:?}"
+    );
+    assert_eq!(config.get("unprivileged").map(String::as_str), Some("1"));
+
+    let password = run(&|| {
+        expect(
+            sluice,
+            "POST",
+            "/v1/tenants/pve1/roles",
+            r#"{"name": "app"}"#,
+            201,
+        )
+    })["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = pg_connect(&target(sluice, &pki, "pve1", "app", &password))
+        .await
+        .expect("login through Sluice to the container's Postgres");
+    client
+        .batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    drop(client);
+
+    let deleted = run(&|| expect(sluice, "DELETE", "/v1/tenants/pve1", "", 202));
+    let job = run(&|| {
+        wait_job(
+            sluice,
+            deleted["job"]["id"].as_i64().unwrap(),
+            Duration::from_secs(120),
+        )
+    });
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(fake.guests().is_empty(), "the container is purged");
+    assert_eq!(fake.destroyed().len(), 1);
+}

@@ -30,6 +30,8 @@ pub struct Runtime {
     pub default_driver: Option<&'static str>,
     pub data_dir: PathBuf,
     pub secrets_key_file: PathBuf,
+    /// `[provisioner.proxmox]`, with the token secret read and the plans' sizes.
+    pub proxmox: Option<admin_api::provision::ProxmoxConfig>,
 }
 
 impl Config {
@@ -148,8 +150,10 @@ impl Config {
             default_driver: match self.provisioner.driver.as_str() {
                 "local" => Some("local"),
                 "static" => Some("static"),
+                "proxmox" => Some("proxmox"),
                 _ => None,
             },
+            proxmox: self.proxmox()?,
             data_dir: self.data_dir.clone(),
             secrets_key_file: self
                 .control
@@ -248,4 +252,40 @@ fn pool_settings(section: &PoolSection, base: &PoolSettings) -> PoolSettings {
 fn as_patch<S: serde::Serialize, P: serde::de::DeserializeOwned>(section: &S) -> P {
     let value = serde_json::to_value(section).expect("config sections serialize");
     serde_json::from_value(value).expect("config sections and API patches have the same keys")
+}
+
+impl Config {
+    fn proxmox(&self) -> Result<Option<admin_api::provision::ProxmoxConfig>, ConfigError> {
+        use admin_api::provision::proxmox::PveTls;
+        let Some(pve) = &self.provisioner.proxmox else {
+            return Ok(None);
+        };
+        let secret = std::fs::read_to_string(&pve.token_secret_file).map_err(|e| ConfigError {
+            key: "provisioner.proxmox.token_secret_file".into(),
+            line: None,
+            message: format!("cannot read {}: {e}", pve.token_secret_file.display()),
+        })?;
+        let tls = match (&pve.tls_fingerprint, &pve.tls_ca) {
+            (Some(fingerprint), _) => PveTls::Fingerprint(fingerprint.clone()),
+            (None, Some(ca)) => PveTls::Ca(ca.clone()),
+            (None, None) => unreachable!("validated"),
+        };
+        Ok(Some(admin_api::provision::ProxmoxConfig {
+            url: pve.url.clone(),
+            token_id: pve.token_id.clone(),
+            token_secret: secret.trim().to_owned(),
+            tls,
+            nodes: pve.nodes.clone(),
+            ostemplate: pve.ostemplate.clone(),
+            storage: pve.storage.clone(),
+            bridge: pve.bridge.clone(),
+            sluice_hosts: pve.sluice_hosts.clone(),
+            plans: self
+                .plans
+                .iter()
+                .filter_map(|(name, plan)| Some((name.clone(), plan.backend?)))
+                .collect(),
+            default_plan: Default::default(),
+        }))
+    }
 }

@@ -104,14 +104,25 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
-    if !["local", "static", "none"].contains(&config.provisioner.driver.as_str()) {
-        problems.push(Problem::new(
+    match config.provisioner.driver.as_str() {
+        "local" | "static" | "none" => {}
+        "proxmox" if config.provisioner.proxmox.is_some() => {}
+        "proxmox" => problems.push(Problem::new(
             vec![Key("provisioner"), Key("driver")],
-            format!(
-                "{:?} is not one of local, static, none (lxc and proxmox are not built yet)",
-                config.provisioner.driver
-            ),
-        ));
+            "\"proxmox\" needs a [provisioner.proxmox] section",
+        )),
+        other => problems.push(Problem::new(
+            vec![Key("provisioner"), Key("driver")],
+            format!("{other:?} is not one of local, static, proxmox, none (lxc is not built yet)"),
+        )),
+    }
+    if let Some(pve) = &config.provisioner.proxmox {
+        if pve.tls_fingerprint.is_some() == pve.tls_ca.is_some() {
+            problems.push(Problem::new(
+                vec![Key("provisioner"), Key("proxmox")],
+                "set exactly one of tls_fingerprint and tls_ca",
+            ));
+        }
     }
     if config.admin.refusal_audit_interval_s == 0 {
         problems.push(Problem::new(
