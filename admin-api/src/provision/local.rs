@@ -31,7 +31,6 @@
 //! to start; the port cannot be changed afterwards).
 
 use std::collections::HashMap;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -39,12 +38,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use anyhow::{anyhow, bail, Context};
 use localpg::tls::CertificateAuthority;
 use localpg::{Cluster, ClusterConfig, Installation, StopMode, Template, TlsFiles};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
+
+use crate::private_file::{create_private_dir, take_ownership};
 
 use super::{sql, BackendAddress, BackendRequest, BoxFuture, Driver};
 
 const HOME: &str = "backends";
-const OWNER_LOCK: &str = "owner.lock";
 const PGDATA: &str = "pgdata";
 const STAGING: &str = "pgdata.new";
 const TLS_STAGING: &str = "tls.new";
@@ -85,7 +85,7 @@ impl LocalDriver {
     pub fn new(data_dir: &Path) -> anyhow::Result<LocalDriver> {
         let root = data_dir.join(HOME);
         create_private_dir(&root)?;
-        let owner = take_ownership(&root)?;
+        let owner = take_ownership(&root, "the local backends")?;
         let install = Installation::discover()
             .context("finding the PostgreSQL server binaries for the local provisioner")?;
         Ok(LocalDriver {
@@ -348,36 +348,6 @@ fn check_tenant(tenant: &str) -> anyhow::Result<()> {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Locks `root/owner.lock` for this process, or says that another Sluice holds it.
-fn take_ownership(root: &Path) -> anyhow::Result<Flock<std::fs::File>> {
-    let path = root.join(OWNER_LOCK);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(lock),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
-            "the local backends under {} are in use by another Sluice process (it holds \
-             {}): two Sluice processes cannot share a data_dir",
-            root.display(),
-            path.display()
-        ),
-        Err((_, e)) => Err(anyhow!("locking {}: {e}", path.display())),
-    }
-}
-
-fn create_private_dir(path: &Path) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .with_context(|| format!("creating {}", path.display()))
 }
 
 fn remove_dir_if_exists(path: &Path) -> anyhow::Result<()> {

@@ -24,12 +24,14 @@
 //! first creation); async callers use `spawn_blocking`.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use localpg::{Cluster, ClusterConfig, Installation, StopMode, Template};
+
+use crate::private_file::{create_private_dir, take_ownership};
 
 /// The database holding Sluice's tables.
 pub const DATABASE: &str = "sluice";
@@ -41,7 +43,6 @@ const PGDATA: &str = "pgdata";
 const STAGING: &str = "pgdata.new";
 const SOCKET_DIR: &str = "run";
 const PASSWORD_FILE: &str = "superuser.password";
-const OWNER_LOCK: &str = "owner.lock";
 
 /// A running embedded control cluster. Dropping it stops the postmaster (fast shutdown:
 /// open transactions roll back, clients are disconnected, the data is flushed).
@@ -62,7 +63,7 @@ impl EmbeddedControl {
     pub fn start(data_dir: &Path) -> anyhow::Result<EmbeddedControl> {
         let home = data_dir.join(HOME);
         create_private_dir(&home)?;
-        let owner = take_ownership(&home)?;
+        let owner = take_ownership(&home, "the embedded control store")?;
         let install = Installation::discover()
             .context("finding the PostgreSQL server binaries for the embedded control store")?;
         let pgdata = home.join(PGDATA);
@@ -186,29 +187,6 @@ fn create_cluster(install: &Installation, home: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Locks `home/owner.lock` for this process, or says who else runs the store.
-fn take_ownership(home: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    use nix::fcntl::{Flock, FlockArg};
-    let path = home.join(OWNER_LOCK);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(lock),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
-            "the embedded control store under {} is in use by another Sluice process \
-             (it holds {}): two Sluice processes cannot share a data_dir",
-            home.display(),
-            path.display()
-        ),
-        Err((_, e)) => Err(anyhow!("locking {}: {e}", path.display())),
-    }
-}
-
 /// A clear message for the one failure an operator can fix by themselves.
 fn start_error(error: localpg::Error, pgdata: &Path) -> anyhow::Error {
     match error {
@@ -228,14 +206,6 @@ fn start_error(error: localpg::Error, pgdata: &Path) -> anyhow::Error {
 fn random_password() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn create_private_dir(path: &Path) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .with_context(|| format!("creating {}", path.display()))
 }
 
 /// Writes `contents` to `path` with mode 0600 through a fresh temporary file and a rename,
