@@ -290,7 +290,8 @@ fn config_text(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Stri
 /// `sluice tenants create shop --plan nano` works against the demo as documented.
 fn shipped_plans() -> String {
     let example = include_str!("../configs/sluice.example.toml");
-    let start = example.find("[plans.").unwrap_or(example.len());
+    // The first table header (at the start of a line; comments mention plans too).
+    let start = example.find("\n[plans.").map_or(example.len(), |i| i + 1);
     let end = example[start..]
         .find("\n# ---")
         .map_or(example.len(), |i| start + i);

@@ -157,6 +157,9 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     ));
     let source = sync.start(&control.control).await;
     tracing::info!(source, tenants = catalog.snapshot().len(), "catalog loaded");
+    // Backends Sluice runs itself (local clusters) are up before clients can arrive;
+    // the catalog (from the store or the snapshot) says which.
+    admin_api::jobs::start_backends(&sync, &drivers).await;
     let proxy = Arc::new(Proxy::new(
         runtime.proxy,
         tls,

@@ -37,7 +37,7 @@ fn run_demo_once(dir: &std::path::Path) -> serde_json::Value {
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.with_extension("stderr")).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -56,7 +56,12 @@ fn run_demo_once(dir: &std::path::Path) -> serde_json::Value {
     });
     let printed = rx
         .recv_timeout(Duration::from_secs(120))
-        .expect("demo starts and listens");
+        .unwrap_or_else(|e| {
+            panic!(
+                "demo starts and listens ({e}); its stderr:\n{}",
+                std::fs::read_to_string(dir.with_extension("stderr")).unwrap_or_default()
+            )
+        });
     assert!(
         printed.contains("psql \"host=acme.db.example.test hostaddr=127.0.0.1"),
         "{printed}"

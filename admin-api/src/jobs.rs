@@ -76,6 +76,23 @@ impl Drivers {
     }
 }
 
+/// Starts the backends of the tenants in the catalog (local clusters after a restart),
+/// before the proxy listens. Uses the records behind the catalog, so it works from the
+/// snapshot while the store is away.
+pub async fn start_backends(sync: &CatalogSync, drivers: &Drivers) {
+    for record in sync.records() {
+        if record.status == "provisioning" || record.backend.host.is_none() {
+            continue; // its create job will start it
+        }
+        let Some(driver) = drivers.get(&record.backend.driver) else {
+            continue;
+        };
+        if let Err(e) = driver.ensure_running(&record.id).await {
+            tracing::error!(tenant = %record.id, error = %format!("{e:#}"), "starting the tenant's backend");
+        }
+    }
+}
+
 /// The worker of one process.
 #[derive(Debug)]
 pub struct Worker {
@@ -108,23 +125,6 @@ impl Worker {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
-            }
-        }
-    }
-
-    /// Starts the backends of the tenants in the catalog (local clusters after a
-    /// restart). Uses the records behind the catalog, so it works from the snapshot
-    /// while the store is away.
-    pub async fn start_backends(&self) {
-        for record in self.sync.records() {
-            if record.status == "provisioning" || record.backend.host.is_none() {
-                continue; // its create job will start it
-            }
-            let Some(driver) = self.drivers.get(&record.backend.driver) else {
-                continue;
-            };
-            if let Err(e) = driver.ensure_running(&record.id).await {
-                tracing::error!(tenant = %record.id, error = %format!("{e:#}"), "starting the tenant's backend");
             }
         }
     }

@@ -218,8 +218,5 @@ async fn run_worker(state: Arc<State>, stop: CancellationToken) {
         wake: state.plane.wake.clone(),
         name: format!("sluice-{}", std::process::id()),
     });
-    // Backends of known tenants (local clusters) start even while the store is away:
-    // the catalog (from the store or the snapshot) says which.
-    worker.start_backends().await;
     worker.run(store.another(), stop).await;
 }

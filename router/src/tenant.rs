@@ -38,6 +38,14 @@ impl TenantId {
     }
 }
 
+/// Lets a map keyed by `TenantId` be searched with a `&str` (no allocation): the hash
+/// and equality of a `TenantId` are those of its string.
+impl std::borrow::Borrow<str> for TenantId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -71,7 +71,12 @@ pub fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
     ConfigError {
         key,
         line: e.span().map(|s| line_at(text, s.start)),
-        message: e.message().trim().to_owned(),
+        message: match e.message().trim() {
+            // toml leaves it empty for some syntax errors (a key with no value at the
+            // end of the file): say at least that much.
+            "" => "invalid TOML here (a key without a value, or an unclosed table?)".to_owned(),
+            message => message.to_owned(),
+        },
     }
 }
 
