@@ -123,6 +123,27 @@ impl ApiKeys {
         store: &crate::store::Store,
         bootstrap_id: &str,
     ) -> anyhow::Result<()> {
+        self.refresh_from(store, bootstrap_id, false).await
+    }
+
+    /// Brings the accepted keys in line with the store: keys added elsewhere are accepted,
+    /// keys revoked or deleted elsewhere are not any more.
+    pub async fn refresh(
+        &self,
+        store: &crate::store::Store,
+        bootstrap_id: &str,
+    ) -> anyhow::Result<()> {
+        self.refresh_from(store, bootstrap_id, true).await
+    }
+
+    /// [`ApiKeys::sync_with_store`], and with `forget` also dropping the keys the store
+    /// no longer holds unrevoked. Two queries, whatever the number of keys.
+    async fn refresh_from(
+        &self,
+        store: &crate::store::Store,
+        bootstrap_id: &str,
+        forget: bool,
+    ) -> anyhow::Result<()> {
         let records = store.list_api_keys().await?;
         match records.iter().find(|r| r.id == bootstrap_id) {
             None => {
@@ -143,33 +164,17 @@ impl ApiKeys {
             }
             Some(_) => {}
         }
-        for record in records.iter().filter(|r| r.revoked_at.is_none()) {
-            let Some(role) = Role::parse(&record.role) else {
-                continue;
-            };
-            if let Some((hash, _)) = store.lookup_api_key(&record.id).await? {
-                self.insert_hashed(&record.id, hash, role);
+        let live = store.live_api_keys().await?;
+        if forget {
+            let ids: std::collections::HashSet<&str> =
+                live.iter().map(|(id, _, _)| id.as_str()).collect();
+            self.by_id.retain(|id, _| ids.contains(id.as_str()));
+        }
+        for (id, hash, role) in live {
+            if let Some(role) = Role::parse(&role) {
+                self.insert_hashed(&id, hash, role);
             }
         }
-        Ok(())
-    }
-
-    /// Brings the accepted keys in line with the store: keys added elsewhere are accepted,
-    /// keys revoked or deleted elsewhere are not any more.
-    pub async fn refresh(
-        &self,
-        store: &crate::store::Store,
-        bootstrap_id: &str,
-    ) -> anyhow::Result<()> {
-        self.sync_with_store(store, bootstrap_id).await?;
-        let live: std::collections::HashSet<String> = store
-            .list_api_keys()
-            .await?
-            .into_iter()
-            .filter(|r| r.revoked_at.is_none())
-            .map(|r| r.id)
-            .collect();
-        self.by_id.retain(|id, _| live.contains(id));
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use crate::provision::sql::{self, RoleError};
 use crate::provision::BackendAddress;
 use crate::secrets::tenant_secret;
 use crate::store::rfc3339::format_micros;
-use crate::tenants::{event, record_of, store_error};
+use crate::tenants::{event, record_of, store_error, tenant_id};
 use crate::State;
 
 /// Shortest password a caller may choose.
@@ -38,9 +38,10 @@ struct Rotate {
     password: Option<String>,
 }
 
-/// The tenant's backend and its administrator password, or 409 when the tenant has none
-/// (still provisioning, or declared in the config file without one).
-async fn admin_of(state: &State, id: &str) -> Result<(BackendAddress, String), ApiError> {
+/// A connection to the tenant's backend as its administrator: 409 when the tenant has
+/// no administrator credential (still provisioning, or declared in the config file),
+/// 503 when the backend does not answer.
+async fn admin_client(state: &State, id: &str) -> Result<sql::AdminClient, ApiError> {
     let record = record_of(state, id).await?;
     let conflict = |why: String| ApiError::new(StatusCode::CONFLICT, "conflict", why);
     if !matches!(record.status.as_str(), "active" | "suspended") {
@@ -82,7 +83,9 @@ async fn admin_of(state: &State, id: &str) -> Result<(BackendAddress, String), A
             .clone()
             .unwrap_or_else(|| "postgres".into()),
     };
-    Ok((address, password))
+    sql::connect_admin(&address, &password, None)
+        .await
+        .map_err(backend_error(id))
 }
 
 fn backend_error(id: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
@@ -123,12 +126,11 @@ fn password_or_generated(given: Option<String>) -> Result<String, ApiError> {
     }
 }
 
-fn role_name(req: &Req) -> String {
-    req.segments()[4].to_owned()
-}
-
-fn tenant_id(req: &Req) -> String {
-    req.segments()[2].to_owned()
+/// The role named in the path, if it is a name Sluice manages.
+fn role_name(req: &Req) -> Result<String, ApiError> {
+    let name = req.segments()[4];
+    sql::valid_role_name(name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
+    Ok(name.to_owned())
 }
 
 /// Tells this process's proxy at once (others hear it from the store).
@@ -171,11 +173,8 @@ pub(crate) fn create<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
         let body: CreateRole = req.json()?;
         sql::valid_role_name(&body.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
         let password = password_or_generated(body.password)?;
-        let (address, admin_password) = admin_of(state, &id).await?;
         let verifier = sql::scram_verifier(&password);
-        let client = sql::connect_admin(&address, &admin_password, None)
-            .await
-            .map_err(backend_error(&id))?;
+        let client = admin_client(state, &id).await?;
         sql::create_role(&client, &body.name, &verifier)
             .await
             .map_err(|e| role_error(&id, &body.name, e))?;
@@ -211,19 +210,15 @@ pub(crate) fn rotate<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
     Box::pin(async move {
         let caller = authorize(state, req, Role::Operator)?;
         let id = tenant_id(req);
-        let name = role_name(req);
+        let name = role_name(req)?;
         let body: Rotate = if req.body.is_empty() {
             Rotate::default()
         } else {
             req.json()?
         };
-        sql::valid_role_name(&name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
         let password = password_or_generated(body.password)?;
-        let (address, admin_password) = admin_of(state, &id).await?;
         let verifier = sql::scram_verifier(&password);
-        let client = sql::connect_admin(&address, &admin_password, None)
-            .await
-            .map_err(backend_error(&id))?;
+        let client = admin_client(state, &id).await?;
         sql::set_password(&client, &name, &verifier)
             .await
             .map_err(|e| role_error(&id, &name, e))?;
@@ -256,12 +251,8 @@ pub(crate) fn delete<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
     Box::pin(async move {
         let caller = authorize(state, req, Role::Operator)?;
         let id = tenant_id(req);
-        let name = role_name(req);
-        sql::valid_role_name(&name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
-        let (address, admin_password) = admin_of(state, &id).await?;
-        let client = sql::connect_admin(&address, &admin_password, None)
-            .await
-            .map_err(backend_error(&id))?;
+        let name = role_name(req)?;
+        let client = admin_client(state, &id).await?;
         sql::drop_role(&client, &name)
             .await
             .map_err(|e| role_error(&id, &name, e))?;

@@ -343,7 +343,8 @@ impl ConnectionHint {
     }
 }
 
-fn tenant_id(req: &Req) -> String {
+/// The tenant id of a `/v1/tenants/{id}/…` path.
+pub(crate) fn tenant_id(req: &Req) -> String {
     req.segments()[2].to_owned()
 }
 

@@ -70,6 +70,32 @@ impl Store {
         Ok(Some((hash, role)))
     }
 
+    /// Every unrevoked key: id, hash and role, in one query.
+    pub async fn live_api_keys(&self) -> anyhow::Result<Vec<(String, [u8; 32], String)>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, hash, role FROM api_keys WHERE revoked_at IS NULL",
+                &[],
+            )
+            .await
+            .context("reading the API keys")?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0)?;
+                let hash: Vec<u8> = row.try_get(1)?;
+                let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+                    bail!(
+                        "API key {id} has a stored hash of {} bytes, not 32",
+                        hash.len()
+                    );
+                };
+                Ok((id, hash, row.try_get(2)?))
+            })
+            .collect()
+    }
+
     /// Revokes key `id`; false if there is no such key or it was already revoked.
     pub async fn revoke_api_key(&self, id: &str) -> anyhow::Result<bool> {
         let changed = self
