@@ -1,15 +1,24 @@
-//! Create-tenant-to-first-query time with the `local` provisioner: one `sluice serve`
-//! (embedded control store), then for each of `SLUICE_BENCH_TENANTS` tenants (default
-//! 10), one after another, the clock runs from `POST /v1/tenants` through the job
-//! (`GET /v1/jobs/{id}` polled every 20 ms), `POST /v1/tenants/{id}/roles`, and a TLS
-//! login by SNI through Sluice up to the answer of `SELECT 1`. Prints each tenant's
-//! phases and the p50 / p90 / max of the total.
+//! Create-tenant-to-first-query time per provisioner driver (`SLUICE_BENCH_DRIVERS`,
+//! default `local,lxc,proxmox`): for each, one `sluice serve` (embedded control store),
+//! then for each of `SLUICE_BENCH_TENANTS` tenants (default 10), one after another, the
+//! clock runs from `POST /v1/tenants` through the job (`GET /v1/jobs/{id}` polled every
+//! 20 ms), `POST /v1/tenants/{id}/roles`, and a TLS login by SNI through Sluice up to the
+//! answer of `SELECT 1`. Prints each tenant's phases and the p50 / p90 / max of the
+//! total; for `lxc` also each container's memory (its cgroup's usage) once all run.
+//!
+//! `lxc` needs root, lxc, uidmap and mmdebstrap (skipped with the reason otherwise); its
+//! template is the tests' (`SLUICE_TEST_LXC_TEMPLATE`, default
+//! /var/tmp/sluice-test-lxc/template; built on first use). `proxmox` runs against the
+//! fake Proxmox VE of testkit (each container a real local cluster, tasks of 150 ms):
+//! it measures the driver's path, not a real cluster's.
 //!
 //! Run with `cargo bench --bench provision`; see benches/README.md.
 //!
 //! Every loop is bounded by a deadline; Sluice (and with it every tenant cluster) is
 //! stopped when the guard drops, also on panic.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use testkit::clients::{pg_connect, PgTarget};
@@ -49,24 +58,94 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank - 1]
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let tenants: usize = std::env::var("SLUICE_BENCH_TENANTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    let drivers =
+        std::env::var("SLUICE_BENCH_DRIVERS").unwrap_or_else(|_| "local,lxc,proxmox".into());
+    for driver in drivers.split(',').map(str::trim) {
+        match driver {
+            "local" => run(driver, tenants, String::new()).await,
+            "lxc" => match lxc_missing() {
+                Some(reason) => println!("\nprovision: SKIP lxc: {reason}"),
+                None => run(driver, tenants, String::new()).await,
+            },
+            "proxmox" => {
+                use testkit::fake_pve::{FakePve, FakePveOptions};
+                let fake = FakePve::start(FakePveOptions::default()).await.unwrap();
+                let secret =
+                    std::env::temp_dir().join(format!("sluice-bench-pve-{}", std::process::id()));
+                std::fs::write(&secret, &fake.token_secret).unwrap();
+                let section = format!(
+                    "[provisioner]\ndriver = \"proxmox\"\n[provisioner.proxmox]\nurl = \"{}\"\n\
+                     token_id = \"{}\"\ntoken_secret_file = {:?}\ntls_fingerprint = \"{}\"\n\
+                     ostemplate = \"local:vztmpl/sluice-pg15.tar.zst\"\nstorage = \"local-lvm\"\n\
+                     sluice_hosts = [\"127.0.0.1\"]\n",
+                    fake.url,
+                    fake.token_id,
+                    secret.display().to_string(),
+                    fake.fingerprint,
+                );
+                run(driver, tenants, section).await;
+                let _ = std::fs::remove_file(secret);
+            }
+            other => panic!("SLUICE_BENCH_DRIVERS: unknown driver {other:?}"),
+        }
+    }
+}
+
+/// Why the lxc driver cannot run here, if it cannot.
+fn lxc_missing() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    ["lxc-start", "mmdebstrap", "newuidmap"]
+        .iter()
+        .find(|c| {
+            !std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {c}")])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|c| format!("{c} is not installed"))
+}
+
+fn lxc_template() -> PathBuf {
+    std::env::var_os("SLUICE_TEST_LXC_TEMPLATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/sluice-test-lxc/template"))
+}
+
+/// Provisions `tenants` tenants one after another with `driver` (`extra`: its config).
+async fn run(driver: &str, tenants: usize, extra: String) {
     let dir = tempfile::Builder::new()
         .prefix("sluice-bench-provision-")
         .tempdir()
         .unwrap();
     let pki = Pki::generate(&dir.path().join("pki")).unwrap();
-    let sluice = SluiceProcess::start(
-        BIN.as_ref(),
-        &dir.path().join("sluice"),
-        &SluiceConfig::new(&pki),
-    )
+    let mut config = SluiceConfig::new(&pki);
+    config.log = "info".into();
+    config.plans = if driver == "lxc" {
+        // The containers' root passes through the directories above their rootfs.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        format!(
+            "\n[provisioner]\ndriver = \"lxc\"\n[provisioner.lxc]\npath = {:?}\ntemplate = {:?}\n",
+            dir.path().join("lxc").display().to_string(),
+            lxc_template().display().to_string(),
+        )
+    } else {
+        format!("\n{extra}")
+    };
+    let sluice = tokio::task::block_in_place(|| {
+        SluiceProcess::start(BIN.as_ref(), &dir.path().join("sluice"), &config)
+    })
     .expect("starting sluice");
-    println!("create-tenant-to-first-query, local driver, {tenants} tenants one after another");
+    println!(
+        "\ncreate-tenant-to-first-query, {driver} driver, {tenants} tenants one after another"
+    );
     println!(
         "{:<8} {:>10} {:>10} {:>10} {:>10}",
         "tenant", "job ms", "role ms", "login ms", "total ms"
@@ -75,16 +154,21 @@ async fn main() {
     for n in 0..tenants {
         let id = format!("bench{n}");
         let started = Instant::now();
-        let created = call(
-            &sluice,
-            "POST",
-            "/v1/tenants",
-            &format!(r#"{{"id": "{id}"}}"#),
-        );
+        let created = tokio::task::block_in_place(|| {
+            call(
+                &sluice,
+                "POST",
+                "/v1/tenants",
+                &format!(r#"{{"id": "{id}"}}"#),
+            )
+        });
         let job = created["job"]["id"].as_i64().unwrap();
-        let deadline = started + Duration::from_secs(120);
+        // The first lxc tenant on a machine builds the template (minutes).
+        let deadline = started + Duration::from_secs(600);
         loop {
-            let state = call(&sluice, "GET", &format!("/v1/jobs/{job}"), "");
+            let state = tokio::task::block_in_place(|| {
+                call(&sluice, "GET", &format!("/v1/jobs/{job}"), "")
+            });
             match state["state"].as_str() {
                 Some("succeeded") => break,
                 Some("failed") => panic!("job failed: {state}"),
@@ -94,12 +178,14 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let job_done = started.elapsed();
-        let role = call(
-            &sluice,
-            "POST",
-            &format!("/v1/tenants/{id}/roles"),
-            r#"{"name": "app"}"#,
-        );
+        let role = tokio::task::block_in_place(|| {
+            call(
+                &sluice,
+                "POST",
+                &format!("/v1/tenants/{id}/roles"),
+                r#"{"name": "app"}"#,
+            )
+        });
         let role_done = started.elapsed();
         let target = PgTarget {
             user: "app".into(),
@@ -131,9 +217,34 @@ async fn main() {
     let mut totals: Vec<Duration> = timings.iter().map(|t| t.total).collect();
     totals.sort();
     println!(
-        "total: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
+        "{driver} total: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
         percentile(&totals, 0.5).as_secs_f64() * 1e3,
         percentile(&totals, 0.9).as_secs_f64() * 1e3,
         totals.last().unwrap().as_secs_f64() * 1e3
     );
+    if driver == "lxc" {
+        let containers = dir.path().join("lxc/containers");
+        let mut mib = Vec::new();
+        for n in 0..tenants {
+            let out = std::process::Command::new("lxc-cgroup")
+                .args(["-n", &format!("bench{n}"), "-P"])
+                .arg(&containers)
+                .arg("memory.usage_in_bytes")
+                .output()
+                .unwrap();
+            if let Ok(bytes) = String::from_utf8_lossy(&out.stdout).trim().parse::<u64>() {
+                mib.push(bytes as f64 / 1048576.0);
+            }
+        }
+        if !mib.is_empty() {
+            mib.sort_by(f64::total_cmp);
+            println!(
+                "lxc memory per container (cgroup memory.usage_in_bytes, idle after one query): min {:.1} MiB, median {:.1} MiB, max {:.1} MiB",
+                mib[0],
+                mib[mib.len() / 2],
+                mib[mib.len() - 1]
+            );
+        }
+    }
+    drop(sluice);
 }

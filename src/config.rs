@@ -51,7 +51,7 @@ pub struct PlanSection {
     pub limits: LimitsSection,
     /// The backend's size (cores, memory, swap, disk) for drivers that size backends
     /// (`proxmox`); unset: the driver's default size.
-    pub backend: Option<admin_api::provision::proxmox::PlanSize>,
+    pub backend: Option<admin_api::provision::PlanSize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -111,10 +111,14 @@ pub struct ProvisionerSection {
     /// The driver of a tenant created without `backend.driver`: `local` (a cluster per
     /// tenant under `<data_dir>/backends`), `static` (an existing server named in the
     /// request) or `proxmox` (an LXC container per tenant on a Proxmox VE cluster,
-    /// `[provisioner.proxmox]`). `none`: every request names its driver.
+    /// `[provisioner.proxmox]`), or `lxc` (an unprivileged LXC container per tenant on
+    /// this host, `[provisioner.lxc]`). `none`: every request names its driver.
     pub driver: String,
     /// The Proxmox VE cluster; its presence enables the `proxmox` driver.
     pub proxmox: Option<ProxmoxSection>,
+    /// Containers on this host; its presence (or `driver = "lxc"`) enables the `lxc`
+    /// driver.
+    pub lxc: Option<LxcSection>,
 }
 
 impl Default for ProvisionerSection {
@@ -122,8 +126,28 @@ impl Default for ProvisionerSection {
         ProvisionerSection {
             driver: "local".into(),
             proxmox: None,
+            lxc: None,
         }
     }
+}
+
+/// `[provisioner.lxc]`: see docs/drivers.md. Every key has a default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LxcSection {
+    /// Where the template, the containers and their sockets live; default
+    /// `<data_dir>/lxc`. Every directory above it must be traversable by others (o+x).
+    pub path: Option<PathBuf>,
+    /// The pre-shifted rootfs template containers are copied from; default
+    /// `<path>/template`. Several Sluices on one machine may share one.
+    pub template: Option<PathBuf>,
+    /// The first of the 65536 host ids the containers map to (root's range in
+    /// /etc/subuid and /etc/subgid); default 200000.
+    pub subid_base: Option<u32>,
+    /// The Debian mirror the template is built from; default: the host's apt mirror.
+    pub mirror: Option<String>,
+    /// The Debian suite; default `bookworm`.
+    pub suite: Option<String>,
 }
 
 /// `[provisioner.proxmox]`: see docs/drivers.md.

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use admin_api::provision::{LocalDriver, ProxmoxDriver, StaticDriver};
+use admin_api::provision::{LocalDriver, LxcDriver, ProxmoxDriver, StaticDriver};
 use admin_api::secrets::SecretBox;
 use admin_api::{Admin, CatalogSync, ConnectionHint, Drivers, OpenedControl, Plane};
 use anyhow::Context;
@@ -98,6 +98,12 @@ fn drivers(runtime: &Runtime) -> Drivers {
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "the local provisioner is unavailable")
             }
+        }
+    }
+    if let Some(lxc) = &runtime.lxc {
+        match LxcDriver::new(lxc.clone()) {
+            Ok(driver) => drivers.add(Arc::new(driver)),
+            Err(e) => drivers.unavailable("lxc", format!("{e:#}")),
         }
     }
     if let Some(pve) = &runtime.proxmox {

@@ -201,6 +201,7 @@ const TENANT_FIRST: &[&str] = &[
     "id",
     "status",
     "suspended_reason",
+    "failed_reason",
     "plan",
     "backend",
     "connection_string",

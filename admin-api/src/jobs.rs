@@ -49,6 +49,8 @@ pub struct Abandoned(pub String);
 #[derive(Debug, Default, Clone)]
 pub struct Drivers {
     by_name: HashMap<&'static str, Arc<dyn Driver>>,
+    /// Drivers the configuration enables that cannot run here, with the reason.
+    unavailable: HashMap<&'static str, String>,
     /// The driver of a `POST /v1/tenants` that names none.
     pub default: Option<&'static str>,
 }
@@ -56,6 +58,18 @@ pub struct Drivers {
 impl Drivers {
     pub fn add(&mut self, driver: Arc<dyn Driver>) {
         self.by_name.insert(driver.name(), driver);
+    }
+
+    /// Records that the configured driver `name` cannot run here (logged now; a request
+    /// for it is refused with `reason`).
+    pub fn unavailable(&mut self, name: &'static str, reason: String) {
+        tracing::error!(driver = name, reason = %reason, "a provisioner driver is unavailable");
+        self.unavailable.insert(name, reason);
+    }
+
+    /// Why the configured driver `name` cannot run here, if it cannot.
+    pub fn why_unavailable(&self, name: &str) -> Option<&str> {
+        self.unavailable.get(name).map(String::as_str)
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Driver>> {

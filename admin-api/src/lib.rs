@@ -23,6 +23,7 @@ pub mod roles;
 pub mod secrets;
 pub mod stats;
 pub mod store;
+mod supervise;
 pub mod tenants;
 
 use std::net::SocketAddr;
@@ -166,6 +167,7 @@ impl Admin {
                 .run(self.state.sources.pools.clone(), stop.clone()),
         );
         let jobs = tokio::spawn(upkeep(self.state.clone(), stop.clone()));
+        let supervisor = tokio::spawn(supervise::run(self.state.clone(), stop.clone()));
         let refusals = tokio::spawn(refusals::run(
             self.state.clone(),
             self.state.refusal_audit_interval,
@@ -178,6 +180,7 @@ impl Admin {
         let _ = worker.await;
         let _ = refusals.await;
         let _ = jobs.await;
+        let _ = supervisor.await;
     }
 }
 

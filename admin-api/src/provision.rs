@@ -16,6 +16,7 @@
 
 mod fixed;
 mod local;
+pub mod lxc;
 pub mod proxmox;
 pub mod sql;
 
@@ -23,10 +24,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
+use anyhow::ensure;
 use serde::{Deserialize, Serialize};
 
 pub use fixed::StaticDriver;
 pub use local::LocalDriver;
+pub use lxc::{LxcConfig, LxcDriver};
 pub use proxmox::{ProxmoxConfig, ProxmoxDriver};
 
 /// A boxed future, so that [`Driver`] can be used as `dyn Driver`.
@@ -90,6 +93,86 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// removed, the operator's server is never touched.
     fn destroy<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
 
+    /// Whether the tenant's backend, if this process runs it, is up: `None` when it is
+    /// not this process's to watch (the default: servers Sluice does not run, or run by
+    /// another Sluice). A backend found down is restarted with `ensure_running`.
+    fn health<'a>(&'a self, _tenant: &'a str) -> BoxFuture<'a, Option<anyhow::Result<()>>> {
+        Box::pin(async { None })
+    }
+
+    /// Applies `plan`'s backend size to the tenant's existing backend (container
+    /// drivers); the default has no sizes and does nothing.
+    fn resize<'a>(
+        &'a self,
+        _tenant: &'a str,
+        _plan: Option<&'a str>,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Stops every backend this driver runs. Called once at Sluice shutdown; blocks.
     fn shutdown(&self);
+}
+
+/// Tenant ids become directory and container names: only DNS labels, so never `..`, `/`
+/// or a name with a dot (`<tenant>.removing` cannot be a tenant's).
+pub(crate) fn check_tenant(tenant: &str) -> anyhow::Result<()> {
+    router::TenantId::parse(tenant)
+        .map(drop)
+        .map_err(|_| anyhow::anyhow!("{tenant:?} is not a valid tenant id"))
+}
+
+/// Locks a driver's mutex; a panic on another thread poisons nothing that matters here.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn remove_dir_if_exists(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A backend container's size, from a plan's `[plans.NAME.backend]` (both container
+/// drivers, `lxc` and `proxmox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSize {
+    pub cores: u32,
+    pub memory_mib: u64,
+    pub swap_mib: u64,
+    pub disk_gib: u64,
+}
+
+impl Default for PlanSize {
+    /// The smallest useful PostgreSQL: 1 core, 1 GiB of memory, 512 MiB of swap, 8 GiB.
+    fn default() -> Self {
+        PlanSize {
+            cores: 1,
+            memory_mib: 1024,
+            swap_mib: 512,
+            disk_gib: 8,
+        }
+    }
+}
+
+impl PlanSize {
+    pub(crate) fn validate(&self, what: &str) -> anyhow::Result<()> {
+        ensure!(
+            (1..=8192).contains(&self.cores),
+            "{what}.cores must be 1 to 8192"
+        );
+        ensure!(
+            self.memory_mib >= 16,
+            "{what}.memory_mib must be at least 16"
+        );
+        ensure!(self.disk_gib >= 1, "{what}.disk_gib must be at least 1");
+        Ok(())
+    }
 }

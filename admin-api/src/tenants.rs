@@ -34,6 +34,9 @@ pub struct TenantView {
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspended_reason: Option<String>,
+    /// Why a tenant whose backend went down and did not come back is `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_reason: Option<String>,
     pub plan: Option<String>,
     pub backend: BackendView,
     /// Effective settings: the plan's, with the tenant's own keys over them.
@@ -112,6 +115,10 @@ pub struct LimitsPatch {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
+    /// A new plan: its settings apply at once, and a container driver resizes the
+    /// backend to the plan's size before the change is stored.
+    #[serde(default)]
+    pub plan: Option<String>,
     #[serde(default)]
     pub pool: Option<PoolPatch>,
     #[serde(default)]
@@ -306,7 +313,13 @@ pub(crate) fn view(state: &State, record: &TenantRecord) -> TenantView {
     TenantView {
         id: record.id.clone(),
         status: record.status.clone(),
-        suspended_reason: record.suspended_reason.clone(),
+        // One column holds the reason for the current status.
+        suspended_reason: (record.status == "suspended")
+            .then(|| record.suspended_reason.clone())
+            .flatten(),
+        failed_reason: (record.status == "failed")
+            .then(|| record.suspended_reason.clone())
+            .flatten(),
         plan: record.plan.clone(),
         backend: BackendView {
             driver: b.driver.clone(),
@@ -539,10 +552,13 @@ fn new_record(state: &State, body: &CreateTenant) -> Result<TenantRecord, ApiErr
     let drivers = &state.plane.drivers;
     let driver = match b.driver.as_deref().or(drivers.default) {
         Some(name) => drivers.get(name).map(|d| d.name()).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "backend.driver: {name:?} is not enabled here (enabled: {})",
-                drivers.names().join(", ")
-            ))
+            ApiError::invalid(match drivers.why_unavailable(name) {
+                Some(reason) => format!("backend.driver: {name:?} cannot run here: {reason}"),
+                None => format!(
+                    "backend.driver: {name:?} is not enabled here (enabled: {})",
+                    drivers.names().join(", ")
+                ),
+            })
         })?,
         None => {
             return Err(ApiError::invalid(
@@ -719,6 +735,9 @@ pub(crate) fn patch<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
         if let Some(limits) = &patch.limits {
             next.limits = overlay(&current.limits, limits);
         }
+        if let Some(plan) = &patch.plan {
+            next.plan = Some(plan.clone());
+        }
         let plans = &state.plane.sync.plans;
         // Validate first: a refused request leaves no trace.
         let after = settings_of(plans, &next).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
@@ -730,13 +749,47 @@ pub(crate) fn patch<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
         });
         let event = event(req, &caller, "tenant.update", id.clone(), details);
         let store = state.control.store()?;
+        if next.plan != current.plan {
+            resize_backend(state, &current, next.plan.as_deref()).await?;
+        }
         let updated = store
-            .update_tenant_settings(&id, current.version, &next.pool, &next.limits, &event)
+            .update_tenant_settings(
+                &id,
+                current.version,
+                next.plan.as_deref(),
+                &next.pool,
+                &next.limits,
+                &event,
+            )
             .await
             .map_err(change_error)?;
         apply_locally(state, &id).await;
         tracing::info!(tenant = %id, key_id = %caller.key_id, "tenant pool/limits changed through the API");
         Ok(json(StatusCode::OK, &view(state, &updated)))
+    })
+}
+
+/// Gives the tenant's backend `plan`'s size (container drivers; the others have no
+/// sizes). Done before the store records the plan, so that the store never names a plan
+/// the backend was not given; a failure answers 502 and changes nothing.
+async fn resize_backend(
+    state: &State,
+    record: &TenantRecord,
+    plan: Option<&str>,
+) -> Result<(), ApiError> {
+    let built = record.backend.host.is_some() && record.status != "provisioning";
+    let Some(driver) = state.plane.drivers.get(&record.backend.driver) else {
+        return Ok(());
+    };
+    if !built {
+        return Ok(()); // the create job sizes it from the stored plan
+    }
+    driver.resize(&record.id, plan).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "backend_error",
+            format!("resizing the tenant's backend to the plan failed: {e:#}"),
+        )
     })
 }
 

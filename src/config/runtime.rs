@@ -32,6 +32,8 @@ pub struct Runtime {
     pub secrets_key_file: PathBuf,
     /// `[provisioner.proxmox]`, with the token secret read and the plans' sizes.
     pub proxmox: Option<admin_api::provision::ProxmoxConfig>,
+    /// `[provisioner.lxc]` (or its defaults, with `driver = "lxc"`) and the plans' sizes.
+    pub lxc: Option<admin_api::provision::LxcConfig>,
 }
 
 impl Config {
@@ -151,9 +153,11 @@ impl Config {
                 "local" => Some("local"),
                 "static" => Some("static"),
                 "proxmox" => Some("proxmox"),
+                "lxc" => Some("lxc"),
                 _ => None,
             },
             proxmox: self.proxmox()?,
+            lxc: self.lxc(),
             data_dir: self.data_dir.clone(),
             secrets_key_file: self
                 .control
@@ -255,6 +259,35 @@ fn as_patch<S: serde::Serialize, P: serde::de::DeserializeOwned>(section: &S) ->
 }
 
 impl Config {
+    /// The plans' backend sizes, for the container drivers.
+    fn plan_sizes(&self) -> HashMap<String, admin_api::provision::PlanSize> {
+        self.plans
+            .iter()
+            .filter_map(|(name, plan)| Some((name.clone(), plan.backend?)))
+            .collect()
+    }
+
+    pub fn lxc(&self) -> Option<admin_api::provision::LxcConfig> {
+        use admin_api::provision::{lxc, LxcConfig};
+        let section = match (&self.provisioner.lxc, self.provisioner.driver.as_str()) {
+            (Some(section), _) => section.clone(),
+            (None, "lxc") => Default::default(),
+            (None, _) => return None,
+        };
+        let root = section.path.unwrap_or_else(|| self.data_dir.join("lxc"));
+        Some(LxcConfig {
+            template: section.template.unwrap_or_else(|| root.join("template")),
+            root,
+            subid_base: section.subid_base.unwrap_or(LxcConfig::DEFAULT_SUBID_BASE),
+            mirror: section.mirror.unwrap_or_else(lxc::host_mirror),
+            suite: section
+                .suite
+                .unwrap_or_else(|| LxcConfig::DEFAULT_SUITE.to_owned()),
+            plans: self.plan_sizes(),
+            default_plan: Default::default(),
+        })
+    }
+
     fn proxmox(&self) -> Result<Option<admin_api::provision::ProxmoxConfig>, ConfigError> {
         use admin_api::provision::proxmox::PveTls;
         let Some(pve) = &self.provisioner.proxmox else {
@@ -280,11 +313,7 @@ impl Config {
             storage: pve.storage.clone(),
             bridge: pve.bridge.clone(),
             sluice_hosts: pve.sluice_hosts.clone(),
-            plans: self
-                .plans
-                .iter()
-                .filter_map(|(name, plan)| Some((name.clone(), plan.backend?)))
-                .collect(),
+            plans: self.plan_sizes(),
             default_plan: Default::default(),
         }))
     }

@@ -105,7 +105,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
     }
     match config.provisioner.driver.as_str() {
-        "local" | "static" | "none" => {}
+        "local" | "static" | "none" | "lxc" => {}
         "proxmox" if config.provisioner.proxmox.is_some() => {}
         "proxmox" => problems.push(Problem::new(
             vec![Key("provisioner"), Key("driver")],
@@ -113,7 +113,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         )),
         other => problems.push(Problem::new(
             vec![Key("provisioner"), Key("driver")],
-            format!("{other:?} is not one of local, static, proxmox, none (lxc is not built yet)"),
+            format!("{other:?} is not one of local, static, lxc, proxmox, none"),
         )),
     }
     if let Some(pve) = &config.provisioner.proxmox {

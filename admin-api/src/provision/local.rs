@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context};
 use localpg::tls::CertificateAuthority;
@@ -42,7 +42,10 @@ use nix::fcntl::Flock;
 
 use crate::private_file::{create_private_dir, take_ownership};
 
-use super::{sql, BackendAddress, BackendRequest, BoxFuture, Driver};
+use super::{
+    check_tenant, lock, remove_dir_if_exists, sql, BackendAddress, BackendRequest, BoxFuture,
+    Driver,
+};
 
 const HOME: &str = "backends";
 const PGDATA: &str = "pgdata";
@@ -336,25 +339,4 @@ fn start(cluster: &mut Cluster, tenant: &str) -> anyhow::Result<()> {
         other => other,
     };
     started.with_context(|| format!("starting tenant {tenant}'s local backend"))
-}
-
-/// Tenant ids become directory names: only DNS labels, so never `..`, `/` or a name with
-/// a dot (`<tenant>.removing` cannot be a tenant's).
-fn check_tenant(tenant: &str) -> anyhow::Result<()> {
-    router::TenantId::parse(tenant)
-        .map(drop)
-        .map_err(|_| anyhow!("{tenant:?} is not a valid tenant id"))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn remove_dir_if_exists(path: &Path) -> anyhow::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
-        }
-        _ => Ok(()),
-    }
 }

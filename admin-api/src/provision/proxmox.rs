@@ -36,6 +36,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure};
 use serde::{Deserialize, Serialize};
 
+pub use super::PlanSize;
 use super::{sql, BackendAddress, BackendRequest, BoxFuture, Driver};
 use client::Client;
 
@@ -104,43 +105,6 @@ pub enum PveTls {
     Fingerprint(String),
     /// A PEM file of CA certificates, e.g. a copy of `/etc/pve/pve-root-ca.pem`.
     Ca(PathBuf),
-}
-
-/// A container's size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlanSize {
-    pub cores: u32,
-    pub memory_mib: u64,
-    pub swap_mib: u64,
-    pub disk_gib: u64,
-}
-
-impl Default for PlanSize {
-    /// The smallest useful PostgreSQL: 1 core, 1 GiB of memory, 512 MiB of swap, 8 GiB.
-    fn default() -> Self {
-        PlanSize {
-            cores: 1,
-            memory_mib: 1024,
-            swap_mib: 512,
-            disk_gib: 8,
-        }
-    }
-}
-
-impl PlanSize {
-    fn validate(&self, what: &str) -> anyhow::Result<()> {
-        ensure!(
-            (1..=8192).contains(&self.cores),
-            "{what}.cores must be 1 to 8192"
-        );
-        ensure!(
-            self.memory_mib >= 16,
-            "{what}.memory_mib must be at least 16"
-        );
-        ensure!(self.disk_gib >= 1, "{what}.disk_gib must be at least 1");
-        Ok(())
-    }
 }
 
 /// How often and how long the driver waits. The defaults suit a real cluster; tests

@@ -278,11 +278,13 @@ impl Store {
         Ok((tenant, job))
     }
 
-    /// Replaces a tenant's pool and limit overrides if it is still at `version`.
+    /// Replaces a tenant's plan and its pool and limit overrides if it is still at
+    /// `version`.
     pub async fn update_tenant_settings(
         &self,
         id: &str,
         version: i64,
+        plan: Option<&str>,
         pool: &PoolPatch,
         limits: &LimitsPatch,
         event: &AuditEvent,
@@ -293,10 +295,10 @@ impl Store {
             .query_opt(
                 &format!(
                     "UPDATE tenants SET pool = $3::text::jsonb, limits = $4::text::jsonb, \
-                     updated_at = now(), version = version + 1 \
+                     plan = $5, updated_at = now(), version = version + 1 \
                      WHERE id = $1 AND version = $2 RETURNING {TENANT_COLUMNS}"
                 ),
-                &[&id, &version, &to_json(pool)?, &to_json(limits)?],
+                &[&id, &version, &to_json(pool)?, &to_json(limits)?, &plan],
             )
             .await
             .context("updating the tenant")?;

@@ -1,0 +1,434 @@
+//! The `lxc` driver end to end, as root, with real unprivileged LXC containers: two
+//! tenants created through the admin API, each reached by SNI through Sluice in its own
+//! container (PostgreSQL as the container's init, shifted ids, no network, the plan's
+//! memory limit as its cgroup's), a plan change resizing the cgroup live, suspend and
+//! resume, a container's postgres killed and brought back by the supervisor, delete
+//! removing container, rootfs and socket directory; and a Sluice killed mid-provisioning
+//! finishing the job after its restart with no orphan container.
+//!
+//! Needs lxc, uidmap and mmdebstrap and root's subordinate ids (scripts/test installs
+//! them). The rootfs template is built once per machine (≈ 30–60 s, needs the Debian
+//! mirror) into `$SLUICE_TEST_LXC_TEMPLATE` (default /var/tmp/sluice-test-lxc/template)
+//! and shared by every run.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testkit::clients::{pg_connect, PgTarget};
+use testkit::http::request;
+use testkit::{Pki, SluiceConfig, SluiceProcess};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const SUBID_BASE: u32 = 200_000;
+const NANO_MIB: u64 = 256;
+const LITE_MIB: u64 = 384;
+
+fn template_dir() -> PathBuf {
+    std::env::var_os("SLUICE_TEST_LXC_TEMPLATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/sluice-test-lxc/template"))
+}
+
+/// A Sluice with the lxc driver, its containers under `<dir>/lxc`; stops every container
+/// left there when dropped (after Sluice itself, which stops them on a clean exit).
+struct Env {
+    dir: tempfile::TempDir,
+    pki: Pki,
+    sluice: Option<SluiceProcess>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-lxc-")
+            .tempdir()
+            .unwrap();
+        // The containers' root (uid 200000 on the host) passes through it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+        let mut env = Env {
+            dir,
+            pki,
+            sluice: None,
+        };
+        env.start();
+        env
+    }
+
+    fn start(&mut self) {
+        let mut config = SluiceConfig::new(&self.pki);
+        config.plans = format!(
+            "\n[plans.nano.backend]\ncores = 1\nmemory_mib = {NANO_MIB}\nswap_mib = 0\ndisk_gib = 1\n\
+             [plans.lite.backend]\ncores = 2\nmemory_mib = {LITE_MIB}\nswap_mib = 0\ndisk_gib = 2\n\
+             [provisioner]\ndriver = \"lxc\"\n[provisioner.lxc]\npath = {:?}\ntemplate = {:?}\n\
+             subid_base = {SUBID_BASE}\n",
+            self.lxc_path().display().to_string(),
+            template_dir().display().to_string(),
+        );
+        self.sluice = Some(
+            SluiceProcess::start(BIN.as_ref(), &self.dir.path().join("sluice"), &config)
+                .expect("starting sluice"),
+        );
+    }
+
+    fn sluice(&self) -> &SluiceProcess {
+        self.sluice.as_ref().expect("running")
+    }
+
+    fn lxc_path(&self) -> PathBuf {
+        self.dir.path().join("lxc")
+    }
+
+    fn containers(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.lxc_path().join("containers"))
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn lxc(&self, command: &str, name: &str, args: &[&str]) -> String {
+        let out = Command::new(command)
+            .args(["-n", name, "-P"])
+            .arg(self.lxc_path().join("containers"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The host pid of the container's init (its postmaster), if it runs.
+    fn init_pid(&self, name: &str) -> Option<u32> {
+        self.lxc("lxc-info", name, &["-p", "-H"]).parse().ok()
+    }
+
+    fn memory_limit(&self, name: &str) -> u64 {
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let key = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        let value = self.lxc("lxc-cgroup", name, &[key]);
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} of {name}: {value:?}"))
+    }
+
+    fn call(&self, method: &str, path: &str, body: &str, status: u16) -> Value {
+        let sluice = self.sluice();
+        let headers = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/json\r\n"
+        };
+        let r = request(
+            sluice.admin_addr,
+            method,
+            path,
+            Some(&sluice.admin_key),
+            headers,
+            body.as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert_eq!(
+            r.status,
+            status,
+            "{method} {path}: {}\n{}",
+            r.body,
+            sluice.log()
+        );
+        if r.body.is_empty() {
+            Value::Null
+        } else {
+            r.json()
+        }
+    }
+
+    fn wait_job(&self, job: i64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.call("GET", &format!("/v1/jobs/{job}"), "", 200);
+            if job["state"] == "succeeded" || job["state"] == "failed" {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job did not end: {job}\n{}",
+                self.sluice().log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Creates `id` on `plan` and waits for the job (the first one on a machine builds
+    /// the template).
+    fn provision(&self, id: &str, plan: &str) {
+        let created = self.call(
+            "POST",
+            "/v1/tenants",
+            &format!(r#"{{"id": "{id}", "plan": "{plan}"}}"#),
+            202,
+        );
+        let job = self.wait_job(
+            created["job"]["id"].as_i64().unwrap(),
+            Duration::from_secs(600),
+        );
+        assert_eq!(job["state"], "succeeded", "{job}\n{}", self.sluice().log());
+    }
+
+    fn role(&self, tenant: &str) -> String {
+        let made = self.call(
+            "POST",
+            &format!("/v1/tenants/{tenant}/roles"),
+            r#"{"name": "app"}"#,
+            201,
+        );
+        made["password"].as_str().unwrap().to_owned()
+    }
+
+    fn target(&self, tenant: &str, password: &str) -> PgTarget {
+        PgTarget {
+            user: "app".into(),
+            ..PgTarget::tenant(self.sluice().addr, tenant, password, &self.pki.ca_cert)
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        drop(self.sluice.take());
+        for name in self.containers() {
+            let _ = Command::new("lxc-stop")
+                .args(["-k", "-n", &name, "-P"])
+                .arg(self.lxc_path().join("containers"))
+                .output();
+        }
+    }
+}
+
+fn code(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map(|e| e.code().code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {err}"))
+}
+
+/// The postgres uid and gid in the template, as the host sees them.
+fn shifted_postgres_ids() -> (u32, u32) {
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(template_dir().join("sluice-template.json")).unwrap(),
+    )
+    .unwrap();
+    (
+        SUBID_BASE + info["postgres_uid"].as_u64().unwrap() as u32,
+        SUBID_BASE + info["postgres_gid"].as_u64().unwrap() as u32,
+    )
+}
+
+/// `Uid:` or `Gid:` of /proc/PID/status: real, effective, saved, filesystem.
+fn proc_ids(pid: u32, key: &str) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+fn namespace(pid: &str, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+/// The network interfaces the process sees (its namespace's /proc/net/dev).
+fn interfaces(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| Some(l.split(':').next()?.trim().to_owned()))
+        .collect()
+}
+
+async fn query_marker(target: &PgTarget) -> Result<String, String> {
+    let client = pg_connect(target).await.map_err(|e| code(&e))?;
+    let row = client
+        .query_one("SELECT name FROM marker", &[])
+        .await
+        .map_err(|e| code(&e))?;
+    Ok(row.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_gets_its_own_unprivileged_container() {
+    let env = tokio::task::block_in_place(Env::new);
+    tokio::task::block_in_place(|| {
+        env.provision("alpha", "nano");
+        env.provision("beta", "lite");
+    });
+    assert_eq!(env.containers(), ["alpha", "beta"]);
+    for (id, plan) in [("alpha", "nano"), ("beta", "lite")] {
+        let tenant = env.call("GET", &format!("/v1/tenants/{id}"), "", 200);
+        assert_eq!(tenant["status"], "active", "{tenant}");
+        assert_eq!(tenant["plan"], plan);
+        assert_eq!(tenant["backend"]["driver"], "lxc");
+    }
+
+    // Each tenant's role reaches its own server: a marker table written through one is
+    // not in the other.
+    let alpha = env.target("alpha", &env.role("alpha"));
+    let beta = env.target("beta", &env.role("beta"));
+    for (target, name) in [(&alpha, "alpha"), (&beta, "beta")] {
+        let client = pg_connect(target).await.expect("login by SNI");
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE marker (name text); INSERT INTO marker VALUES ('{name}')"
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(query_marker(&alpha).await.unwrap(), "alpha");
+    assert_eq!(query_marker(&beta).await.unwrap(), "beta");
+
+    // The server runs as the shifted postgres uid, in namespaces of its own, with no
+    // network interface but loopback; its cgroup's memory limit is its plan's.
+    let pid = env.init_pid("alpha").expect("alpha runs");
+    let (uid, gid) = shifted_postgres_ids();
+    assert_eq!(proc_ids(pid, "Uid:"), [uid; 4]);
+    assert_eq!(proc_ids(pid, "Gid:"), [gid; 4]);
+    for kind in ["user", "net", "mnt", "pid", "uts"] {
+        assert_ne!(
+            namespace(&pid.to_string(), kind),
+            namespace("self", kind),
+            "{kind} namespace"
+        );
+    }
+    assert_eq!(interfaces(pid), ["lo"]);
+    assert_eq!(env.memory_limit("alpha"), NANO_MIB << 20);
+    assert_eq!(env.memory_limit("beta"), LITE_MIB << 20);
+    let sockets = env.lxc_path().join("sockets/alpha");
+    let meta = std::fs::metadata(&sockets).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+
+    // A plan change resizes the running container.
+    let patched = env.call("PATCH", "/v1/tenants/alpha", r#"{"plan": "lite"}"#, 200);
+    assert_eq!(patched["plan"], "lite", "{patched}");
+    assert_eq!(env.memory_limit("alpha"), LITE_MIB << 20);
+    assert_eq!(
+        env.init_pid("alpha"),
+        Some(pid),
+        "resized without a restart"
+    );
+
+    // Suspend and resume.
+    env.call("POST", "/v1/tenants/alpha/suspend", "", 200);
+    assert_eq!(query_marker(&alpha).await.unwrap_err(), "28000");
+    env.call("POST", "/v1/tenants/alpha/resume", "", 200);
+    assert_eq!(query_marker(&alpha).await.unwrap(), "alpha");
+
+    // The server killed: the supervisor starts the container again, the data is there.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(60);
+    loop {
+        match query_marker(&alpha).await {
+            Ok(name) => {
+                assert_eq!(name, "alpha");
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "alpha did not come back: {e}\n{}",
+                env.sluice().log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "alpha answered again {:?} after its postgres was killed",
+        killed.elapsed()
+    );
+    assert_ne!(env.init_pid("alpha"), Some(pid));
+    assert!(env
+        .sluice()
+        .log()
+        .contains("restarted the tenant's backend"));
+
+    // Delete removes the container, its rootfs and its socket directory.
+    let deleted = env.call("DELETE", "/v1/tenants/beta", "", 202);
+    let job = tokio::task::block_in_place(|| {
+        env.wait_job(
+            deleted["job"]["id"].as_i64().unwrap(),
+            Duration::from_secs(60),
+        )
+    });
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(env.containers(), ["alpha"]);
+    assert!(!env.lxc_path().join("sockets/beta").exists());
+    assert_eq!(env.init_pid("beta"), None);
+    assert_eq!(query_marker(&beta).await.unwrap_err(), "3D000");
+
+    // A clean stop stops the containers.
+    let mut env = env;
+    let mut sluice = env.sluice.take().unwrap();
+    sluice
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(env.init_pid("alpha"), None, "stopped with Sluice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sluice_killed_mid_provisioning_finishes_with_one_container() {
+    let mut env = tokio::task::block_in_place(Env::new);
+    let created = env.call(
+        "POST",
+        "/v1/tenants",
+        r#"{"id": "gamma", "plan": "nano"}"#,
+        202,
+    );
+    let id = created["job"]["id"].as_i64().unwrap();
+    // Kill Sluice as soon as the container is being made (its staging directory exists),
+    // or, if the template must be built first, while that runs.
+    let staging = env.lxc_path().join("containers/gamma.new");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !staging.exists() {
+        let job = env.call("GET", &format!("/v1/jobs/{id}"), "", 200);
+        assert_ne!(
+            job["state"], "succeeded",
+            "ended before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "the job never started: {job}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    env.sluice
+        .as_mut()
+        .unwrap()
+        .signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10))
+        .expect("sluice killed");
+    env.sluice = None;
+
+    tokio::task::block_in_place(|| env.start());
+    let job = tokio::task::block_in_place(|| env.wait_job(id, Duration::from_secs(300)));
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", env.sluice().log());
+    assert!(job["attempts"].as_i64().unwrap() >= 2, "{job}");
+    assert_eq!(
+        env.containers(),
+        ["gamma"],
+        "no orphan or half-made container"
+    );
+    let gamma = env.target("gamma", &env.role("gamma"));
+    let client = pg_connect(&gamma).await.expect("the tenant works");
+    client.simple_query("SELECT 1").await.unwrap();
+}
