@@ -432,3 +432,67 @@ async fn a_sluice_killed_mid_provisioning_finishes_with_one_container() {
     let client = pg_connect(&gamma).await.expect("the tenant works");
     client.simple_query("SELECT 1").await.unwrap();
 }
+
+/// `sluice lxc prepare` names what the host lacks, with the fix, instead of failing
+/// inside a job; and a create on a driver that cannot run answers 422 with the same.
+#[test]
+fn a_host_that_lacks_something_is_told_what_and_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[proxy]\nrequire_tls = false\n[provisioner]\ndriver = \"lxc\"\n\
+             [provisioner.lxc]\nsubid_base = 900000\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["lxc", "prepare", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("/etc/subuid gives root no subordinate ids 900000-965535")
+            && stderr.contains("echo root:900000:65536 >> /etc/subuid")
+            && stderr.contains("/etc/subgid gives root no subordinate ids"),
+        "{stderr}"
+    );
+
+    // Without an lxc section or driver there is nothing to prepare.
+    std::fs::write(&config, "[proxy]\nrequire_tls = false\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["lxc", "prepare", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enables no lxc driver"));
+
+    // A Sluice whose lxc driver cannot run serves on, and says why to a create.
+    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+    let mut config = SluiceConfig::new(&pki);
+    config.plans =
+        "\n[provisioner]\ndriver = \"lxc\"\n[provisioner.lxc]\nsubid_base = 900000\n".into();
+    let sluice = SluiceProcess::start(BIN.as_ref(), &dir.path().join("sluice"), &config)
+        .expect("starting sluice");
+    let r = request(
+        sluice.admin_addr,
+        "POST",
+        "/v1/tenants",
+        Some(&sluice.admin_key),
+        "Content-Type: application/json\r\n",
+        br#"{"id": "delta"}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("\\\"lxc\\\" cannot run here") && r.body.contains("900000"),
+        "{}",
+        r.body
+    );
+}

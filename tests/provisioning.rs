@@ -786,6 +786,7 @@ async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
     std::fs::write(&secret, format!("{}\n", fake.token_secret)).unwrap();
     let extra = format!(
         "\n[plans.nano.backend]\ncores = 2\nmemory_mib = 768\nswap_mib = 256\ndisk_gib = 4\n\
+         [plans.lite.backend]\ncores = 3\nmemory_mib = 1536\nswap_mib = 512\ndisk_gib = 8\n\
          [provisioner]\ndriver = \"proxmox\"\n[provisioner.proxmox]\nurl = \"{}\"\n\
          token_id = \"{}\"\ntoken_secret_file = {:?}\ntls_fingerprint = \"{}\"\n\
          ostemplate = \"local:vztmpl/sluice-pg15.tar.zst\"\nstorage = \"local-lvm\"\n\
@@ -853,6 +854,39 @@ async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
         .batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
         .await
         .unwrap();
+    drop(client);
+
+    // A plan change resizes the container before the store records it.
+    let patched = run(&|| {
+        expect(
+            sluice,
+            "PATCH",
+            "/v1/tenants/pve1",
+            r#"{"plan": "lite"}"#,
+            200,
+        )
+    });
+    assert_eq!(patched["plan"], "lite", "{patched}");
+    let config = &fake.guests()[0].config;
+    assert_eq!(
+        config.get("cores").map(String::as_str),
+        Some("3"),
+        "{config:?}"
+    );
+    assert_eq!(
+        config.get("memory").map(String::as_str),
+        Some("1536"),
+        "{config:?}"
+    );
+    assert_eq!(
+        config.get("swap").map(String::as_str),
+        Some("512"),
+        "{config:?}"
+    );
+    let client = pg_connect(&target(sluice, &pki, "pve1", "app", &password))
+        .await
+        .expect("the resized container serves");
+    client.simple_query("SELECT 1").await.unwrap();
     drop(client);
 
     let deleted = run(&|| expect(sluice, "DELETE", "/v1/tenants/pve1", "", 202));

@@ -275,6 +275,14 @@ impl Driver for ProxmoxDriver {
     }
 
     /// Containers run on Proxmox and outlive Sluice: nothing to stop.
+    fn resize<'a>(
+        &'a self,
+        tenant: &'a str,
+        plan: Option<&'a str>,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(ProxmoxDriver::resize(self, tenant, plan))
+    }
+
     fn shutdown(&self) {}
 }
 
