@@ -62,7 +62,8 @@ fn line_at(text: &str, offset: usize) -> usize {
 }
 
 /// A TOML syntax or type error, located by the parser itself. The key is the one
-/// whose value holds the error (a string where a list belongs, say), else `(syntax)`.
+/// whose value holds the error (a string where a list belongs, say) or the key the
+/// error points at (an unknown key), else `(syntax)`.
 pub fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let key = e
         .span()
@@ -91,7 +92,16 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 fn find(item: &Item, offset: usize) -> Option<Vec<Seg>> {
     if let Some(table) = item.as_table_like() {
         return table.iter().find_map(|(key, child)| {
-            let mut rest = find(child, offset)?;
+            // The key itself (an unknown key's error points at it), else its value.
+            let on_key = table
+                .get_key_value(key)
+                .and_then(|(k, _)| k.span())
+                .is_some_and(|span| span.contains(&offset));
+            let mut rest = if on_key {
+                Vec::new()
+            } else {
+                find(child, offset)?
+            };
             rest.insert(0, Seg::Owned(key.to_owned()));
             Some(rest)
         });

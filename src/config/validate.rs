@@ -379,6 +379,8 @@ auth_password_file = "acme.pw"
             errs[0].message.contains("unknown field `sni_sufix`"),
             "{errs:?}"
         );
+        // Named by its path, not as a syntax error.
+        assert_eq!(errs[0].key, "proxy.sni_sufix", "{errs:?}");
     }
 
     #[test]
