@@ -107,6 +107,7 @@ fn lxc_missing() -> Option<String> {
         .find(|c| {
             !std::process::Command::new("sh")
                 .args(["-c", &format!("command -v {c}")])
+                .stdout(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
         })
