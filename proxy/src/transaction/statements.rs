@@ -94,18 +94,23 @@ pub struct ClientStatements {
 /// Whether a Query body is exactly `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL` (case,
 /// spacing and a trailing semicolon aside): the client asks to forget its statements.
 fn forgets_all_statements(query_body: &[u8]) -> bool {
-    let text = query_body.strip_suffix(&[0]).unwrap_or(query_body);
-    let words: Vec<String> = String::from_utf8_lossy(text)
-        .trim()
-        .trim_end_matches(';')
-        .split_ascii_whitespace()
-        .map(str::to_ascii_lowercase)
-        .collect();
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    matches!(
-        words.as_slice(),
-        ["discard", "all"] | ["deallocate", "all"] | ["deallocate", "prepare", "all"]
-    )
+    // Every simple Query passes here: the words are compared in place, nothing is
+    // allocated.
+    let mut text = query_body
+        .strip_suffix(&[0])
+        .unwrap_or(query_body)
+        .trim_ascii();
+    while let Some(rest) = text.strip_suffix(b";") {
+        text = rest.trim_ascii_end();
+    }
+    let mut words = text
+        .split(u8::is_ascii_whitespace)
+        .filter(|word| !word.is_empty());
+    let w: [Option<&[u8]>; 4] = [words.next(), words.next(), words.next(), words.next()];
+    let is = |i: usize, want: &[u8]| w[i].is_some_and(|word| word.eq_ignore_ascii_case(want));
+    (is(0, b"discard") && is(1, b"all") && w[2].is_none())
+        || (is(0, b"deallocate") && is(1, b"all") && w[2].is_none())
+        || (is(0, b"deallocate") && is(1, b"prepare") && is(2, b"all") && w[3].is_none())
 }
 
 /// Whether a CommandComplete body says the server dropped all prepared statements of
@@ -508,6 +513,34 @@ mod tests {
         assert_eq!(server.len(), 1, "the server's only once it confirms");
         assert!(forgets_all_statements(b"  deallocate   PREPARE all ;\0"));
         assert!(!forgets_all_statements(b"select 'discard all'\0"));
+        for yes in [
+            &b"DISCARD ALL"[..],
+            b"discard all;\0",
+            b"Deallocate All ;;\0",
+            b"\tdeallocate\nprepare all\0",
+        ] {
+            assert!(
+                forgets_all_statements(yes),
+                "{:?}",
+                String::from_utf8_lossy(yes)
+            );
+        }
+        for no in [
+            &b""[..],
+            b"\0",
+            b"discard",
+            b"discard all now\0",
+            b"deallocate prepare\0",
+            b"deallocate x\0",
+            b"deallocate prepare all more\0",
+            b"\xff\xfe all\0",
+        ] {
+            assert!(
+                !forgets_all_statements(no),
+                "{:?}",
+                String::from_utf8_lossy(no)
+            );
+        }
         assert!(server_forgot_all(b"DISCARD ALL\0"));
         assert!(!server_forgot_all(b"SELECT 1\0"));
     }
