@@ -772,7 +772,8 @@ fn a_tenant_deleted_while_it_is_provisioned_leaves_nothing() {
 
 /// The `proxmox` driver end to end through Sluice, against testkit's fake Proxmox VE
 /// (whose containers are real Postgres clusters on loopback addresses): the plan's size
-/// reaches the container, the tenant is reachable by SNI, and delete purges the CT.
+/// reaches the container, the tenant is reachable by SNI, a plan change resizes it, a
+/// second tenant gets its own container, suspend/resume work, and delete purges the CT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
     use testkit::fake_pve::{FakePve, FakePveOptions};
@@ -889,6 +890,62 @@ async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
     client.simple_query("SELECT 1").await.unwrap();
     drop(client);
 
+    // A second tenant in a container of its own: each sees only its own data.
+    let created = run(&|| {
+        expect(
+            sluice,
+            "POST",
+            "/v1/tenants",
+            r#"{"id": "pve2", "plan": "nano"}"#,
+            202,
+        )
+    });
+    let job = run(&|| {
+        wait_job(
+            sluice,
+            created["job"]["id"].as_i64().unwrap(),
+            Duration::from_secs(120),
+        )
+    });
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", sluice.log());
+    assert_eq!(fake.guests().len(), 2);
+    let password2 = run(&|| {
+        expect(
+            sluice,
+            "POST",
+            "/v1/tenants/pve2/roles",
+            r#"{"name": "app"}"#,
+            201,
+        )
+    })["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = pg_connect(&target(sluice, &pki, "pve2", "app", &password2))
+        .await
+        .expect("login to the second container");
+    let missing = other.simple_query("SELECT x FROM t").await.unwrap_err();
+    assert_eq!(
+        code(&missing),
+        "42P01",
+        "pve1's table is not in pve2's container"
+    );
+    drop(other);
+
+    // Suspend and resume are the gateway's, whatever the driver.
+    run(&|| expect(sluice, "POST", "/v1/tenants/pve1/suspend", "", 200));
+    let refused = pg_connect(&target(sluice, &pki, "pve1", "app", &password))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), "28000");
+    run(&|| expect(sluice, "POST", "/v1/tenants/pve1/resume", "", 200));
+    let client = pg_connect(&target(sluice, &pki, "pve1", "app", &password))
+        .await
+        .expect("resumed");
+    let row = client.query_one("SELECT x FROM t", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    drop(client);
+
     let deleted = run(&|| expect(sluice, "DELETE", "/v1/tenants/pve1", "", 202));
     let job = run(&|| {
         wait_job(
@@ -898,6 +955,15 @@ async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
         )
     });
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert!(fake.guests().is_empty(), "the container is purged");
+    let left: Vec<_> = fake
+        .guests()
+        .iter()
+        .map(|g| g.config.get("hostname").cloned())
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "pve1's container is purged, pve2's stays: {left:?}"
+    );
     assert_eq!(fake.destroyed().len(), 1);
 }
