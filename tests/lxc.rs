@@ -4,7 +4,8 @@
 //! memory limit as its cgroup's), a plan change resizing the cgroup live, suspend and
 //! resume, a container's postgres killed and brought back by the supervisor, delete
 //! removing container, rootfs and socket directory; and a Sluice killed mid-provisioning
-//! finishing the job after its restart with no orphan container.
+//! finishing the job after its restart with no orphan container; a backend that cannot
+//! restart failing its tenant until it can; and a host lacking a prerequisite told what.
 //!
 //! Needs lxc, uidmap and mmdebstrap and root's subordinate ids (scripts/test installs
 //! them). The rootfs template is built once per machine (≈ 30–60 s, needs the Debian
@@ -495,4 +496,82 @@ fn a_host_that_lacks_something_is_told_what_and_how_to_fix_it() {
         "{}",
         r.body
     );
+}
+
+/// A backend that cannot come back: after 5 failed restarts its tenant is `failed` with
+/// the reason (and an audit event); once it can start again the supervisor brings it
+/// back and the tenant is `active` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_cannot_restart_fails_its_tenant_until_it_can() {
+    let env = tokio::task::block_in_place(Env::new);
+    tokio::task::block_in_place(|| env.provision("omega", "nano"));
+    let omega = env.target("omega", &env.role("omega"));
+    pg_connect(&omega).await.expect("up");
+
+    // Break the server's settings, then kill it: every restart fails at once.
+    let plan_conf = env
+        .lxc_path()
+        .join("containers/omega/rootfs/etc/postgresql/15/main/conf.d/sluice-plan.conf");
+    let good = std::fs::read_to_string(&plan_conf).unwrap();
+    std::fs::write(&plan_conf, "shared_buffers = 'plenty'\n").unwrap();
+    let pid = env.init_pid("omega").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let wait_status = |status: &str, timeout: Duration| -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tenant = env.call("GET", "/v1/tenants/omega", "", 200);
+            if tenant["status"] == status {
+                return tenant;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "omega never became {status}: {tenant}\n{}",
+                env.sluice().log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let failed = tokio::task::block_in_place(|| wait_status("failed", Duration::from_secs(120)));
+    let reason = failed["failed_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("does not restart") && reason.contains("stopped right after starting"),
+        "{failed}"
+    );
+    assert_eq!(
+        query_marker(&omega).await.unwrap_err(),
+        "3D000",
+        "out of the catalog"
+    );
+    let events = env.call(
+        "GET",
+        "/v1/audit-events?tenant=omega&action=tenant.backend_failed",
+        "",
+        200,
+    );
+    assert_eq!(events["events"].as_array().unwrap().len(), 1, "{events}");
+
+    // Repaired: the next restart works and the tenant is active again.
+    std::fs::write(&plan_conf, good).unwrap();
+    tokio::task::block_in_place(|| wait_status("active", Duration::from_secs(90)));
+    // The store says active at once; the catalog follows a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client = loop {
+        match pg_connect(&omega).await {
+            Ok(client) => break client,
+            Err(e) => assert!(Instant::now() < deadline, "omega is not back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    client.simple_query("SELECT 1").await.unwrap();
+    let events = env.call(
+        "GET",
+        "/v1/audit-events?tenant=omega&action=tenant.backend_recovered",
+        "",
+        200,
+    );
+    assert_eq!(events["events"].as_array().unwrap().len(), 1, "{events}");
 }
