@@ -528,3 +528,49 @@ async fn a_failed_copy_in_leaves_a_usable_connection() {
         assert_eq!(n, 0);
     }
 }
+
+/// One client cancels its own short queries at random moments; another shares the only
+/// server connection and never cancels. A cancel that lands late (after its query
+/// finished and the connection went to the other client) must never cancel the other
+/// client's query: a connection a cancel was sent to is closed, not handed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_never_lands_on_another_clients_query() {
+    let env = env_with(&["size = 1"]);
+    let tls = testkit::clients::tls_connector(&env.pki.ca_cert);
+    let canceller = pg_connect(&env.target("acme")).await.unwrap();
+    let bystander = pg_connect(&env.target("acme")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let bystander_task = tokio::spawn(async move {
+        let (mut ok, mut cancelled) = (0, 0);
+        while Instant::now() < deadline {
+            match bystander.simple_query("select pg_sleep(0.003)").await {
+                Ok(_) => ok += 1,
+                Err(e) if e.code().map(|c| c.code()) == Some("57014") => cancelled += 1,
+                Err(e) => panic!("bystander: {e}"),
+            }
+        }
+        (ok, cancelled)
+    });
+    let token = canceller.cancel_token();
+    let canceller = Arc::new(canceller);
+    let (mut sent, mut n) = (0, 0u64);
+    while Instant::now() < deadline {
+        let c = canceller.clone();
+        let query = tokio::spawn(async move { c.simple_query("select pg_sleep(0.005)").await });
+        // 2 to 10 ms in: before, during and after the query's end on the server.
+        n += 1;
+        tokio::time::sleep(Duration::from_micros(2000 + (n * 7919) % 8000)).await;
+        if token.cancel_query(tls.clone()).await.is_ok() {
+            sent += 1;
+        }
+        let _ = query.await.unwrap();
+    }
+    let (ok, cancelled) = bystander_task.await.unwrap();
+    assert!(sent > 100, "only {sent} cancels were sent");
+    assert!(ok > 100, "the bystander ran only {ok} queries");
+    assert_eq!(
+        cancelled, 0,
+        "{cancelled} of the bystander's {} queries were cancelled by the other client's {sent} cancels",
+        ok + cancelled
+    );
+}

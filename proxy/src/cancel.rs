@@ -1,5 +1,13 @@
 //! Cancel keys: each client gets its own BackendKeyData from Sluice, mapped to the
 //! server connection it holds; a CancelRequest is forwarded only on an exact match.
+//!
+//! A forwarded cancel travels on a connection of its own and may land after the query
+//! it was meant for has finished, and Postgres (up to 17) may signal the backend a
+//! second time later still. So a server connection that a cancel was forwarded to is
+//! never handed to another client: [`CancelHandle::set_target`] says so when the
+//! client lets it go, and the client then closes it. Marking happens under the same lock
+//! that moves the key, so a cancel either finds the connection still the client's (and
+//! marks it) or finds nothing to cancel.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +27,14 @@ pub struct CancelTarget {
 #[derive(Debug)]
 struct Slot {
     secret: i32,
-    target: Mutex<Option<CancelTarget>>,
+    target: Mutex<Target>,
+}
+
+#[derive(Debug, Default)]
+struct Target {
+    current: Option<CancelTarget>,
+    /// A cancel was forwarded to `current`.
+    cancelled: bool,
 }
 
 #[derive(Debug, Default)]
@@ -37,8 +52,17 @@ pub struct CancelHandle {
 
 impl CancelHandle {
     /// Points the key at the server connection the client now holds (or at nothing).
-    pub fn set_target(&self, target: Option<CancelTarget>) {
-        *self.slot.target.lock().expect("cancel slot poisoned") = target;
+    /// True if a cancel was forwarded to the connection it pointed at until now: that
+    /// connection must be closed, not handed to another client.
+    #[must_use = "a connection a cancel was sent to must not be reused"]
+    pub fn set_target(&self, target: Option<CancelTarget>) -> bool {
+        let mut slot = self.slot.target.lock().expect("cancel slot poisoned");
+        let cancelled = slot.cancelled;
+        *slot = Target {
+            current: target,
+            cancelled: false,
+        };
+        cancelled
     }
 }
 
@@ -59,7 +83,7 @@ impl CancelRegistry {
             };
             let slot = Arc::new(Slot {
                 secret: key.secret,
-                target: Mutex::new(None),
+                target: Mutex::new(Target::default()),
             });
             if let dashmap::Entry::Vacant(v) = self.slots.entry(key.pid) {
                 v.insert(slot.clone());
@@ -72,7 +96,8 @@ impl CancelRegistry {
         }
     }
 
-    /// The server connection `key` may cancel, if the key is exactly right.
+    /// The server connection `key` may cancel, if the key is exactly right; it is
+    /// marked as cancelled (see the module documentation).
     pub fn resolve(&self, key: CancelKey) -> Option<CancelTarget> {
         let slot = self.slots.get(&key.pid)?.clone();
         let matches: bool = slot
@@ -83,8 +108,9 @@ impl CancelRegistry {
         if !matches {
             return None;
         }
-        let target = slot.target.lock().expect("cancel slot poisoned").clone();
-        target
+        let mut target = slot.target.lock().expect("cancel slot poisoned");
+        target.cancelled |= target.current.is_some();
+        target.current.clone()
     }
 
     pub fn len(&self) -> usize {
@@ -113,8 +139,18 @@ mod tests {
             addr: Arc::new(BackendAddr::from_host("/tmp", 5432)),
             key: CancelKey { pid: 7, secret: 9 },
         };
-        handle.set_target(Some(target));
+        assert!(!handle.set_target(Some(target.clone())));
         assert!(registry.resolve(handle.key).is_some());
+        assert!(
+            handle.set_target(Some(target)),
+            "the connection a cancel was sent to is reported when the key moves on"
+        );
+        assert!(!handle.set_target(None), "and only once");
+        assert!(registry.resolve(handle.key).is_none(), "nothing to cancel");
+        assert!(
+            !handle.set_target(None),
+            "a cancel that found nothing marks nothing"
+        );
         let forged = CancelKey {
             pid: handle.key.pid,
             secret: handle.key.secret.wrapping_add(1),

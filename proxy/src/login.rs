@@ -172,10 +172,11 @@ pub async fn establish(
 
     let conn = server.conn();
     if let Some(key) = conn.cancel_key {
-        cancel.set_target(Some(CancelTarget {
+        let cancelled = cancel.set_target(Some(CancelTarget {
             addr: conn.addr.clone(),
             key,
         }));
+        debug_assert!(!cancelled, "a new key points at no connection");
     }
     let params = conn.params.clone();
     if let Err(e) = greet(stream, &params, &cancel).await {

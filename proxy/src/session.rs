@@ -345,11 +345,14 @@ async fn run_session(
     )
     .await;
     // Forget the key before the server connection can go to another client, so a late
-    // cancel from this one can never hit that client's query.
+    // cancel from this one can never hit that client's query; a connection a cancel was
+    // sent to is closed rather than reused (the signal may still land; see cancel.rs).
+    let cancelled = cancel.set_target(None);
     drop(cancel);
+    let reusable = |release: Release| if cancelled { Release::Dirty } else { release };
     match end {
         RelayEnd::ClientLeft(release) => {
-            let release = match release {
+            let release = match reusable(release) {
                 Release::AtReadyForQuery { status, discard } => Release::AtReadyForQuery {
                     status,
                     discard: discard || settings_applied,
@@ -368,13 +371,13 @@ async fn run_session(
             err.to_string()
         }
         RelayEnd::IdleInTransaction(release) => {
-            server.release(release).await;
+            server.release(reusable(release)).await;
             let err = ClientError::IdleInTransactionTimeout;
             reject(Some(stream), &err).await;
             err.to_string()
         }
         RelayEnd::IdleSession(release) => {
-            server.release(release).await;
+            server.release(reusable(release)).await;
             let err = ClientError::IdleSessionTimeout;
             reject(Some(stream), &err).await;
             err.to_string()

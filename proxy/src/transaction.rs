@@ -187,14 +187,20 @@ pub async fn run(
             .unwrap_or(name);
         view.insert(key, value);
     }
+    // The key leaves the login's server connection before the connection goes back, and
+    // a connection a cancel was sent to meanwhile is closed (see cancel.rs).
+    let cancelled = cancel.set_target(None);
     if let Some(server) = server {
-        Box::pin(server.release(Release::AtReadyForQuery {
-            status: tag::STATUS_IDLE,
-            discard: false,
-        }))
-        .await;
+        let release = if cancelled {
+            Release::Dirty
+        } else {
+            Release::AtReadyForQuery {
+                status: tag::STATUS_IDLE,
+                discard: false,
+            }
+        };
+        Box::pin(server.release(release)).await;
     }
-    cancel.set_target(None);
     let mut client = Client {
         proxy,
         tally,
@@ -220,10 +226,11 @@ impl Client<'_> {
     async fn finish(self, mut attached: Option<Attached>, end: End) -> String {
         let proxy = self.proxy;
         let mut client = self;
-        client.cancel.set_target(None);
+        let cancelled = client.cancel.set_target(None);
         let release = match attached.take() {
-            // A cancel sent for a timeout may still land later: never reuse that one.
-            Some(a) if a.at_rest() && !a.cancel_sent => Some((
+            // A cancel sent for a timeout or by the client may still land later: never
+            // reuse that one.
+            Some(a) if a.at_rest() && !a.cancel_sent && !cancelled => Some((
                 a.server,
                 Release::AtReadyForQuery {
                     status: a.status,
@@ -478,16 +485,17 @@ impl Client<'_> {
         None
     }
 
-    /// Lets the server connection go if the client owes and is owed nothing. A query
-    /// cancelled for its timeout closes the connection instead: the cancel signal may
-    /// still be in flight and must not hit another client's query.
+    /// Lets the server connection go if the client owes and is owed nothing. A
+    /// connection a cancel was sent to (for a timeout, or by the client) is closed
+    /// instead: the cancel signal may still be in flight and must not hit another
+    /// client's query.
     async fn release_if_idle(&mut self, attached: &mut Option<Attached>) {
         if !attached.as_ref().is_some_and(Attached::idle) {
             return;
         }
         let a = attached.take().expect("checked");
-        self.cancel.set_target(None);
-        let release = if a.cancel_sent {
+        let cancelled = self.cancel.set_target(None);
+        let release = if a.cancel_sent || cancelled {
             Release::Dirty
         } else {
             Release::AtReadyForQuery {
@@ -520,10 +528,14 @@ impl Client<'_> {
             }
         }
         if let Some(key) = conn.cancel_key {
-            self.cancel.set_target(Some(CancelTarget {
+            let cancelled = self.cancel.set_target(Some(CancelTarget {
                 addr: conn.addr.clone(),
                 key,
             }));
+            debug_assert!(
+                !cancelled,
+                "the key pointed at no connection between attachments"
+            );
         }
         let now = Instant::now();
         Ok(Attached {
