@@ -22,26 +22,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use testkit::clients::{pg_connect, PgTarget};
-use testkit::http::request;
 use testkit::{Pki, SluiceConfig, SluiceProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 fn call(sluice: &SluiceProcess, method: &str, path: &str, body: &str) -> serde_json::Value {
-    let headers = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
-    };
-    let r = request(
-        sluice.admin_addr,
-        method,
-        path,
-        Some(&sluice.admin_key),
-        headers,
-        body.as_bytes(),
-    )
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let r = sluice.api(method, path, body, "");
     assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
     r.json()
 }
@@ -78,17 +64,7 @@ async fn main() {
                 let fake = FakePve::start(FakePveOptions::default()).await.unwrap();
                 let secret =
                     std::env::temp_dir().join(format!("sluice-bench-pve-{}", std::process::id()));
-                std::fs::write(&secret, &fake.token_secret).unwrap();
-                let section = format!(
-                    "[provisioner]\ndriver = \"proxmox\"\n[provisioner.proxmox]\nurl = \"{}\"\n\
-                     token_id = \"{}\"\ntoken_secret_file = {:?}\ntls_fingerprint = \"{}\"\n\
-                     ostemplate = \"local:vztmpl/sluice-pg15.tar.zst\"\nstorage = \"local-lvm\"\n\
-                     sluice_hosts = [\"127.0.0.1\"]\n",
-                    fake.url,
-                    fake.token_id,
-                    secret.display().to_string(),
-                    fake.fingerprint,
-                );
+                let section = fake.provisioner_section(&secret);
                 run(driver, tenants, section).await;
                 let _ = std::fs::remove_file(secret);
             }

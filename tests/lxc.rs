@@ -125,20 +125,7 @@ impl Env {
 
     fn call(&self, method: &str, path: &str, body: &str, status: u16) -> Value {
         let sluice = self.sluice();
-        let headers = if body.is_empty() {
-            ""
-        } else {
-            "Content-Type: application/json\r\n"
-        };
-        let r = request(
-            sluice.admin_addr,
-            method,
-            path,
-            Some(&sluice.admin_key),
-            headers,
-            body.as_bytes(),
-        )
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let r = sluice.api(method, path, body, "");
         assert_eq!(
             r.status,
             status,

@@ -16,19 +16,7 @@ use testkit::{Pki, SluiceConfig, SluiceProcess};
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 fn call(sluice: &SluiceProcess, method: &str, path: &str, body: &str, extra: &str) -> HttpResponse {
-    let mut headers = String::from(extra);
-    if !body.is_empty() {
-        headers.push_str("Content-Type: application/json\r\n");
-    }
-    request(
-        sluice.admin_addr,
-        method,
-        path,
-        Some(&sluice.admin_key),
-        &headers,
-        body.as_bytes(),
-    )
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    sluice.api(method, path, body, extra)
 }
 
 fn expect(sluice: &SluiceProcess, method: &str, path: &str, body: &str, status: u16) -> Value {
@@ -96,13 +84,12 @@ fn start_sluice(dir: &Path, pki: &Pki, extra: &str) -> SluiceProcess {
 
 /// Creates tenant `id` and waits for its job.
 fn provision(sluice: &SluiceProcess, id: &str) -> Value {
-    let created = expect(
-        sluice,
-        "POST",
-        "/v1/tenants",
-        &format!(r#"{{"id": "{id}"}}"#),
-        202,
-    );
+    provision_with(sluice, &format!(r#"{{"id": "{id}"}}"#))
+}
+
+/// Creates the tenant `body` describes and waits for its job to succeed.
+fn provision_with(sluice: &SluiceProcess, body: &str) -> Value {
+    let created = expect(sluice, "POST", "/v1/tenants", body, 202);
     let job = wait_job(
         sluice,
         created["job"]["id"].as_i64().unwrap(),
@@ -783,42 +770,17 @@ async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
         .tempdir()
         .unwrap();
     let pki = Pki::generate(&dir.path().join("pki")).unwrap();
-    let secret = dir.path().join("pve-token");
-    std::fs::write(&secret, format!("{}\n", fake.token_secret)).unwrap();
     let extra = format!(
         "\n[plans.nano.backend]\ncores = 2\nmemory_mib = 768\nswap_mib = 256\ndisk_gib = 4\n\
-         [plans.lite.backend]\ncores = 3\nmemory_mib = 1536\nswap_mib = 512\ndisk_gib = 8\n\
-         [provisioner]\ndriver = \"proxmox\"\n[provisioner.proxmox]\nurl = \"{}\"\n\
-         token_id = \"{}\"\ntoken_secret_file = {:?}\ntls_fingerprint = \"{}\"\n\
-         ostemplate = \"local:vztmpl/sluice-pg15.tar.zst\"\nstorage = \"local-lvm\"\n\
-         sluice_hosts = [\"127.0.0.1\"]\n",
-        fake.url,
-        fake.token_id,
-        secret.display().to_string(),
-        fake.fingerprint,
+         [plans.lite.backend]\ncores = 3\nmemory_mib = 1536\nswap_mib = 512\ndisk_gib = 8\n{}",
+        fake.provisioner_section(&dir.path().join("pve-token"))
     );
     let home = dir.path().join("sluice");
     let sluice = tokio::task::block_in_place(|| start_sluice(&home, &pki, &extra));
     let sluice = &sluice;
     let run = |f: &dyn Fn() -> Value| tokio::task::block_in_place(f);
 
-    let created = run(&|| {
-        expect(
-            sluice,
-            "POST",
-            "/v1/tenants",
-            r#"{"id": "pve1", "plan": "nano"}"#,
-            202,
-        )
-    });
-    let job = run(&|| {
-        wait_job(
-            sluice,
-            created["job"]["id"].as_i64().unwrap(),
-            Duration::from_secs(120),
-        )
-    });
-    assert_eq!(job["state"], "succeeded", "{job}\n{}", sluice.log());
+    run(&|| provision_with(sluice, r#"{"id": "pve1", "plan": "nano"}"#));
     let tenant = run(&|| expect(sluice, "GET", "/v1/tenants/pve1", "", 200));
     assert_eq!(tenant["backend"]["driver"], "proxmox", "{tenant}");
     let guests = fake.guests();
@@ -836,18 +798,7 @@ async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
     );
     assert_eq!(config.get("unprivileged").map(String::as_str), Some("1"));
 
-    let password = run(&|| {
-        expect(
-            sluice,
-            "POST",
-            "/v1/tenants/pve1/roles",
-            r#"{"name": "app"}"#,
-            201,
-        )
-    })["password"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let password = tokio::task::block_in_place(|| make_role(sluice, "pve1", "app"));
     let client = pg_connect(&target(sluice, &pki, "pve1", "app", &password))
         .await
         .expect("login through Sluice to the container's Postgres");
@@ -891,36 +842,9 @@ async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
     drop(client);
 
     // A second tenant in a container of its own: each sees only its own data.
-    let created = run(&|| {
-        expect(
-            sluice,
-            "POST",
-            "/v1/tenants",
-            r#"{"id": "pve2", "plan": "nano"}"#,
-            202,
-        )
-    });
-    let job = run(&|| {
-        wait_job(
-            sluice,
-            created["job"]["id"].as_i64().unwrap(),
-            Duration::from_secs(120),
-        )
-    });
-    assert_eq!(job["state"], "succeeded", "{job}\n{}", sluice.log());
+    run(&|| provision_with(sluice, r#"{"id": "pve2", "plan": "nano"}"#));
     assert_eq!(fake.guests().len(), 2);
-    let password2 = run(&|| {
-        expect(
-            sluice,
-            "POST",
-            "/v1/tenants/pve2/roles",
-            r#"{"name": "app"}"#,
-            201,
-        )
-    })["password"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let password2 = tokio::task::block_in_place(|| make_role(sluice, "pve2", "app"));
     let other = pg_connect(&target(sluice, &pki, "pve2", "app", &password2))
         .await
         .expect("login to the second container");

@@ -20,9 +20,12 @@ pub mod lxc;
 pub mod proxmox;
 pub mod sql;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::ensure;
 use serde::{Deserialize, Serialize};
@@ -114,6 +117,59 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     fn shutdown(&self);
 }
 
+/// The per-tenant state of a driver that runs backends on this machine: a mutex per
+/// tenant (serialising the operations on one tenant; slots are never removed, so two
+/// threads never hold different slots for one tenant) and the shutdown flag.
+#[derive(Debug)]
+pub(crate) struct TenantSlots<T> {
+    slots: Mutex<HashMap<String, Arc<Mutex<T>>>>,
+    stopped: AtomicBool,
+    /// `"local"` or `"lxc"`, for messages.
+    driver: &'static str,
+}
+
+impl<T: Default> TenantSlots<T> {
+    pub(crate) fn new(driver: &'static str) -> Self {
+        TenantSlots {
+            slots: Default::default(),
+            stopped: Default::default(),
+            driver,
+        }
+    }
+
+    /// The tenant's slot, made on first use.
+    pub(crate) fn slot(&self, tenant: &str) -> Arc<Mutex<T>> {
+        lock(&self.slots)
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Every slot made so far, with its tenant.
+    pub(crate) fn all(&self) -> Vec<(String, Arc<Mutex<T>>)> {
+        lock(&self.slots)
+            .iter()
+            .map(|(tenant, slot)| (tenant.clone(), slot.clone()))
+            .collect()
+    }
+
+    /// From now on nothing is started.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn check_not_stopped(&self) -> anyhow::Result<()> {
+        if self.is_stopped() {
+            anyhow::bail!("the {} provisioner is shutting down", self.driver);
+        }
+        Ok(())
+    }
+}
+
 /// Tenant ids become directory and container names: only DNS labels, so never `..`, `/`
 /// or a name with a dot (`<tenant>.removing` cannot be a tenant's).
 pub(crate) fn check_tenant(tenant: &str) -> anyhow::Result<()> {
@@ -123,10 +179,8 @@ pub(crate) fn check_tenant(tenant: &str) -> anyhow::Result<()> {
 }
 
 /// Locks a driver's mutex; a panic on another thread poisons nothing that matters here.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub(crate) fn remove_dir_if_exists(path: &std::path::Path) -> anyhow::Result<()> {

@@ -111,6 +111,23 @@ pub(crate) struct Injection {
 }
 
 impl FakePve {
+    /// The `[provisioner]` and `[provisioner.proxmox]` config sections that point a Sluice
+    /// at this fake (driver `proxmox`), with the token secret written to `secret_file`.
+    pub fn provisioner_section(&self, secret_file: &Path) -> String {
+        std::fs::write(secret_file, format!("{}\n", self.token_secret))
+            .expect("writing the token secret");
+        format!(
+            "[provisioner]\ndriver = \"proxmox\"\n[provisioner.proxmox]\nurl = \"{}\"\n\
+             token_id = \"{}\"\ntoken_secret_file = {:?}\ntls_fingerprint = \"{}\"\n\
+             ostemplate = \"local:vztmpl/sluice-pg15.tar.zst\"\nstorage = \"local-lvm\"\n\
+             sluice_hosts = [\"127.0.0.1\"]\n",
+            self.url,
+            self.token_id,
+            secret_file.display().to_string(),
+            self.fingerprint,
+        )
+    }
+
     /// Starts the fake on `127.0.0.1:0` (inside a tokio runtime).
     pub async fn start(options: FakePveOptions) -> anyhow::Result<FakePve> {
         let dir = tempfile::Builder::new().prefix("fake-pve-").tempdir()?;

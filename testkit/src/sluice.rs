@@ -254,6 +254,31 @@ impl SluiceProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// `method path` on the admin API with the bootstrap key, `body` sent as JSON when
+    /// not empty, `headers` (`Name: value\r\n` lines) added; panics if the request
+    /// itself fails (not on an error status).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &str,
+    ) -> crate::http::HttpResponse {
+        let mut headers = headers.to_owned();
+        if !body.is_empty() {
+            headers.push_str("Content-Type: application/json\r\n");
+        }
+        crate::http::request(
+            self.admin_addr,
+            method,
+            path,
+            Some(&self.admin_key),
+            &headers,
+            body.as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -30,10 +30,8 @@
 //! port taken by another process while the cluster was stopped (the cluster then fails
 //! to start; the port cannot be changed afterwards).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use localpg::tls::CertificateAuthority;
@@ -44,7 +42,7 @@ use crate::private_file::{create_private_dir, take_ownership};
 
 use super::{
     check_tenant, lock, remove_dir_if_exists, sql, BackendAddress, BackendRequest, BoxFuture,
-    Driver,
+    Driver, TenantSlots,
 };
 
 const HOME: &str = "backends";
@@ -69,13 +67,8 @@ struct Inner {
     root: PathBuf,
     install: Installation,
     /// A slot per tenant this process has touched, holding the cluster handle once
-    /// opened: the handle owns the postmaster it started (and stops it when dropped). The
-    /// slot's mutex serialises the operations on one tenant; the map's is held only to
-    /// find a slot. Slots are never removed, so two threads never hold different slots for
-    /// one tenant.
-    slots: Mutex<HashMap<String, Arc<Mutex<Option<Cluster>>>>>,
-    /// Set by `shutdown`: nothing is started after it.
-    stopped: AtomicBool,
+    /// opened: the handle owns the postmaster it started (and stops it when dropped).
+    slots: TenantSlots<Option<Cluster>>,
     /// Held while this driver lives; released after the clusters are stopped (fields
     /// drop after `Drop::drop`).
     _owner: Flock<std::fs::File>,
@@ -95,8 +88,7 @@ impl LocalDriver {
             inner: Arc::new(Inner {
                 root,
                 install,
-                slots: Mutex::new(HashMap::new()),
-                stopped: AtomicBool::new(false),
+                slots: TenantSlots::new("local"),
                 _owner: owner,
             }),
         })
@@ -150,9 +142,9 @@ impl Inner {
             !admin_password.is_empty(),
             "the backend's admin password is required"
         );
-        let slot = self.slot(tenant);
+        let slot = self.slots.slot(tenant);
         let mut slot = lock(&slot);
-        self.check_not_stopped()?;
+        self.slots.check_not_stopped()?;
         if slot.is_none() {
             let home = self.root.join(tenant);
             remove_dir_if_exists(&self.removing_dir(tenant))?;
@@ -178,9 +170,9 @@ impl Inner {
 
     fn ensure_running(&self, tenant: &str) -> anyhow::Result<()> {
         check_tenant(tenant)?;
-        let slot = self.slot(tenant);
+        let slot = self.slots.slot(tenant);
         let mut slot = lock(&slot);
-        self.check_not_stopped()?;
+        self.slots.check_not_stopped()?;
         if slot.is_none() {
             let home = self.root.join(tenant);
             if !home.join(PGDATA).exists() {
@@ -196,7 +188,7 @@ impl Inner {
 
     fn destroy(&self, tenant: &str) -> anyhow::Result<()> {
         check_tenant(tenant)?;
-        let slot = self.slot(tenant);
+        let slot = self.slots.slot(tenant);
         let mut slot = lock(&slot);
         let home = self.root.join(tenant);
         if slot.is_none() && home.join(PGDATA).exists() {
@@ -276,34 +268,16 @@ impl Inner {
             .with_context(|| format!("opening the local backend {}", pgdata.display()))
     }
 
-    fn slot(&self, tenant: &str) -> Arc<Mutex<Option<Cluster>>> {
-        lock(&self.slots)
-            .entry(tenant.to_owned())
-            .or_default()
-            .clone()
-    }
-
     fn removing_dir(&self, tenant: &str) -> PathBuf {
         self.root.join(format!("{tenant}{REMOVING_SUFFIX}"))
-    }
-
-    fn check_not_stopped(&self) -> anyhow::Result<()> {
-        if self.stopped.load(Ordering::SeqCst) {
-            bail!("the local provisioner is shutting down");
-        }
-        Ok(())
     }
 
     /// Stops every cluster this driver opened (fast shutdown: sessions are ended, data is
     /// flushed) and forbids starting more. Waits for an operation in progress on a tenant
     /// to finish first.
     fn stop_all(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        let slots: Vec<_> = lock(&self.slots)
-            .iter()
-            .map(|(tenant, slot)| (tenant.clone(), slot.clone()))
-            .collect();
-        for (tenant, slot) in slots {
+        self.slots.stop();
+        for (tenant, slot) in self.slots.all() {
             let Some(mut cluster) = lock(&slot).take() else {
                 continue;
             };

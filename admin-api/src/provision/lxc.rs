@@ -32,8 +32,7 @@ pub mod template;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -43,7 +42,7 @@ use crate::private_file::take_ownership;
 
 use super::{
     check_tenant, lock, remove_dir_if_exists, sql, BackendAddress, BackendRequest, BoxFuture,
-    Driver, PlanSize,
+    Driver, PlanSize, TenantSlots,
 };
 pub use container::{Container, State};
 pub use template::TemplateInfo;
@@ -124,8 +123,7 @@ pub struct LxcDriver {
 struct Inner {
     config: LxcConfig,
     /// A mutex per tenant this process has touched, serialising operations on it.
-    slots: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    stopped: AtomicBool,
+    slots: TenantSlots<()>,
     _owner: Flock<std::fs::File>,
 }
 
@@ -142,8 +140,7 @@ impl LxcDriver {
         Ok(LxcDriver {
             inner: Arc::new(Inner {
                 config,
-                slots: Mutex::new(HashMap::new()),
-                stopped: AtomicBool::new(false),
+                slots: TenantSlots::new("lxc"),
                 _owner: owner,
             }),
         })
@@ -256,9 +253,9 @@ impl Inner {
         let info = template::ensure(&self.config, &mut |line| {
             tracing::info!(tenant, "lxc template: {line}")
         })?;
-        let slot = self.slot(tenant);
+        let slot = self.slots.slot(tenant);
         let _slot = lock(&slot);
-        self.check_not_stopped()?;
+        self.slots.check_not_stopped()?;
         let ct = self.container(tenant);
         remove_dir_if_exists(&removing_dir(&ct))?;
         if !ct.config_path().exists() {
@@ -356,9 +353,9 @@ impl Inner {
 
     fn ensure_running(&self, tenant: &str) -> anyhow::Result<()> {
         check_tenant(tenant)?;
-        let slot = self.slot(tenant);
+        let slot = self.slots.slot(tenant);
         let _slot = lock(&slot);
-        self.check_not_stopped()?;
+        self.slots.check_not_stopped()?;
         let ct = self.container(tenant);
         if !ct.config_path().exists() {
             bail!(
@@ -375,7 +372,7 @@ impl Inner {
     /// `None` when the tenant has no container here (another process's, or none yet).
     fn health(&self, tenant: &str) -> Option<anyhow::Result<()>> {
         let ct = self.container(tenant);
-        if !ct.config_path().exists() || self.stopped.load(Ordering::SeqCst) {
+        if !ct.config_path().exists() || self.slots.is_stopped() {
             return None;
         }
         Some(match ct.state() {
@@ -388,7 +385,7 @@ impl Inner {
     /// Applies `plan`'s size: the config for the next start, the cgroup limits at once.
     fn resize(&self, tenant: &str, plan: Option<&str>) -> anyhow::Result<()> {
         check_tenant(tenant)?;
-        let slot = self.slot(tenant);
+        let slot = self.slots.slot(tenant);
         let _slot = lock(&slot);
         let ct = self.container(tenant);
         let Some(info) = template::current(&self.config) else {
@@ -410,7 +407,7 @@ impl Inner {
 
     fn destroy(&self, tenant: &str) -> anyhow::Result<()> {
         check_tenant(tenant)?;
-        let slot = self.slot(tenant);
+        let slot = self.slots.slot(tenant);
         let _slot = lock(&slot);
         let ct = self.container(tenant);
         if ct.config_path().exists() {
@@ -431,24 +428,10 @@ impl Inner {
         Ok(())
     }
 
-    fn slot(&self, tenant: &str) -> Arc<Mutex<()>> {
-        lock(&self.slots)
-            .entry(tenant.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    fn check_not_stopped(&self) -> anyhow::Result<()> {
-        if self.stopped.load(Ordering::SeqCst) {
-            bail!("the lxc provisioner is shutting down");
-        }
-        Ok(())
-    }
-
     /// Stops every running container under the root, in parallel, and forbids starting
     /// more.
     fn stop_all(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
+        self.slots.stop();
         let Ok(entries) = std::fs::read_dir(self.config.root.join("containers")) else {
             return;
         };
