@@ -23,7 +23,7 @@
 //!   Parse always gets this client's prefix;
 //! - a Parse never names a statement the server already has (Postgres would refuse
 //!   it), and a Bind or Describe of one of Sluice's names finds it on that server; the
-//!   unnamed statement a client Binds, when it has one, is its own;
+//!   unnamed statement a client Binds is its own, or none at all;
 //! - the queue of expected answers (`Pending`) matches the messages sent, in order;
 //! - what `answer_locally` answers is exactly one ParseComplete, CloseComplete or
 //!   ReadyForQuery 'I' where those are due, and nothing when it declines.
@@ -109,6 +109,11 @@ fn check_use(name: &[u8], me: usize, client: &Client, server: &Server) {
                 Some(me),
                 "another client's unnamed statement"
             );
+        } else {
+            assert!(
+                server.unnamed_owner.is_none_or(|owner| owner == me),
+                "a client without an unnamed statement reached another client's"
+            );
         }
     } else if name.starts_with(&client.prefix) {
         assert!(
@@ -164,6 +169,9 @@ fn follow(sent: BytesMut, me: usize, client: &Client, server: &mut Server, att: 
                         evicted = Some(std::str::from_utf8(name).expect("Sluice's names").into());
                     }
                     server.statements.remove(name);
+                    if name.is_empty() {
+                        server.unnamed_owner = None;
+                    }
                 }
                 att.expected.push(Pending::Close {
                     swallow: evicted.is_some(),

@@ -603,7 +603,12 @@ impl Client<'_> {
                             Pending::Parse {
                                 name: Some(name), ..
                             } => a.server.conn().prepared.remove(&name),
-                            Pending::Parse { name: None, .. } => a.unnamed_here = false,
+                            // (a Close of the unnamed statement Sluice added, too)
+                            Pending::Parse { name: None, .. }
+                            | Pending::Close {
+                                swallow: true,
+                                evicted: None,
+                            } => a.unnamed_here = false,
                             // ...or still holds the one Sluice meant to evict.
                             Pending::Close {
                                 evicted: Some(name),

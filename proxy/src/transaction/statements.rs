@@ -308,8 +308,17 @@ impl ClientStatements {
                         name: None,
                         swallow: true,
                     });
-                    *conv.unnamed_here = true;
+                } else {
+                    // The client has none: the server's, if any, is another client's.
+                    // Closing it first makes the server answer "does not exist", as it
+                    // would to this client alone.
+                    messages::close(out, b'S', b"");
+                    conv.pending.push_back(Pending::Close {
+                        swallow: true,
+                        evicted: None,
+                    });
                 }
+                *conv.unnamed_here = true;
             }
             return None;
         }
@@ -585,6 +594,30 @@ mod tests {
             Pending::Parse {
                 name: None,
                 swallow: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_unnamed_statement_the_client_never_made_is_closed_not_used() {
+        let mut stmts = ClientStatements::new(3);
+        let mut server = PreparedSet::new(5);
+        let (sent, pending) = run(&mut stmts, &mut server, |o| {
+            messages::bind_text(o, "", "", &[]);
+            messages::describe(o, b'S', b"");
+            messages::sync(o);
+        });
+        let tags: Vec<u8> = sent.iter().map(|f| f.tag).collect();
+        assert_eq!(
+            tags, b"CBDS",
+            "one Close of the unnamed statement, then as sent"
+        );
+        assert_eq!(&sent[0].body[..], b"S\0");
+        assert_eq!(
+            pending[0],
+            Pending::Close {
+                swallow: true,
+                evicted: None
             }
         );
     }
