@@ -9,7 +9,7 @@ use std::path::Path;
 use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry};
 
 mod common;
-use common::seconds;
+use common::{logged_latencies_us, percentile, seconds};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -31,28 +31,9 @@ fn tps(stdout: &str) -> f64 {
 
 /// p50 and p99 of per-transaction latencies (µs) from pgbench's `--log` files.
 fn latency_percentiles(log_dir: &Path, prefix: &str) -> (f64, f64) {
-    let mut latencies: Vec<u64> = Vec::new();
-    for entry in std::fs::read_dir(log_dir).unwrap() {
-        let path = entry.unwrap().path();
-        if !path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with(prefix)
-        {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            // client_id transaction_no time script_no time_epoch time_us
-            if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse().ok()) {
-                latencies.push(us);
-            }
-        }
-    }
+    let latencies = logged_latencies_us(log_dir, prefix);
     assert!(!latencies.is_empty(), "no pgbench log lines");
-    latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64;
-    (at(0.50), at(0.99))
+    (percentile(&latencies, 0.50), percentile(&latencies, 0.99))
 }
 
 fn main() {

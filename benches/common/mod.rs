@@ -1,14 +1,27 @@
-//! What the macro benchmarks share: run length, the CPU time a process has used, and
-//! reading pgbench's summary. Each bench target includes this with `mod common;`, and
-//! not every bench uses every item.
+//! What the macro benchmarks share: run length, the CPU time and memory of a process,
+//! running pgbench and reading its summary and per-transaction logs, a PgBouncer to
+//! compare with, and a crowd of idle clients. Each bench target includes this with
+//! `mod common;`, and not every bench uses every item.
 #![allow(dead_code)]
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Pid, User};
+use testkit::{PgTarget, Pki, SluiceConfig, TestCluster};
 
 /// Seconds per pgbench run: `SLUICE_BENCH_SECONDS`, default 10.
 pub fn seconds() -> String {
     std::env::var("SLUICE_BENCH_SECONDS").unwrap_or_else(|_| "10".into())
 }
+
+// ---------------------------------------------------------------------------------
+// Processes: CPU time, memory, open files
 
 /// Clock ticks per second for /proc/PID/stat times (`getconf CLK_TCK`).
 pub fn clock_ticks_per_second() -> f64 {
@@ -33,6 +46,61 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     utime + stime
 }
 
+/// The parent pid (field 4) and command name (field 2) of `pid`.
+pub fn ppid_and_comm(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let ppid = stat[close + 1..].split_whitespace().nth(1)?.parse().ok()?;
+    Some((ppid, comm))
+}
+
+/// VmRSS of `pid`, in KiB; `None` once the process is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The soft and hard RLIMIT_NOFILE of `pid`, from /proc/PID/limits.
+pub fn open_files_limits(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut words = line["Max open files".len()..].split_whitespace();
+    let soft = words.next()?.parse().ok()?;
+    let hard = words.next()?.parse().unwrap_or(u64::MAX);
+    Some((soft, hard))
+}
+
+/// Lets this process, and every process it starts afterwards (limits are inherited),
+/// open at least `n` files: raises RLIMIT_NOFILE with util-linux's `prlimit` when the
+/// soft limit is lower (past the hard limit only with CAP_SYS_RESOURCE). Returns the
+/// soft limit in force.
+pub fn ensure_open_files(n: u64) -> u64 {
+    let pid = std::process::id();
+    let Some((soft, hard)) = open_files_limits(pid) else {
+        return 0;
+    };
+    if soft >= n {
+        return soft;
+    }
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={n}:{}", hard.max(n)))
+        .status();
+    let now = open_files_limits(pid).map_or(soft, |(s, _)| s);
+    if now < n {
+        println!("warning: could not raise the open-files limit from {soft} to {n} ({status:?})");
+    }
+    now
+}
+
+// ---------------------------------------------------------------------------------
+// pgbench
+
 /// The first word after `prefix` on a line of pgbench's summary, parsed.
 pub fn field<T: std::str::FromStr>(stdout: &str, prefix: &str) -> Option<T> {
     stdout
@@ -40,4 +108,582 @@ pub fn field<T: std::str::FromStr>(stdout: &str, prefix: &str) -> Option<T> {
         .find_map(|l| l.trim().strip_prefix(prefix))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// What one pgbench run reported.
+#[derive(Debug, Default, Clone)]
+pub struct PgbenchRun {
+    pub tps: f64,
+    pub latency_ms: f64,
+    pub processed: u64,
+    pub failed: u64,
+    pub aborted_clients: usize,
+    /// The first client error if a client aborted, or why pgbench produced nothing.
+    pub first_error: Option<String>,
+    /// Pooler CPU µs per processed transaction (None without a pooler).
+    pub cpu_us_per_txn: Option<f64>,
+    pub stdout: String,
+}
+
+impl PgbenchRun {
+    /// Every client ran to the end and something was processed.
+    pub fn usable(&self) -> bool {
+        self.aborted_clients == 0 && self.processed > 0
+    }
+}
+
+/// Runs `pgbench args... target`; `pooler` is the pid whose CPU time (utime+stime
+/// around the run) is charged per processed transaction. Never panics on pgbench's
+/// own failures: they are in `aborted_clients` and `first_error`.
+pub fn run_pgbench(target: &PgTarget, args: &[&str], pooler: Option<u32>, hz: f64) -> PgbenchRun {
+    let before = pooler.map(cpu_ticks);
+    let out = Command::new("pgbench")
+        .args(args)
+        .arg(target.conninfo())
+        .env("PGPASSWORD", &target.password)
+        .output()
+        .expect("running pgbench");
+    let after = pooler.map(cpu_ticks);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let aborted: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("aborted in command"))
+        .collect();
+    let processed = field(&stdout, "number of transactions actually processed:").unwrap_or(0);
+    let first_error = match aborted.first() {
+        Some(l) => Some(l.find("ERROR:").map_or(*l, |at| &l[at..])),
+        None if processed == 0 => Some(stderr.lines().last().unwrap_or("no output")),
+        None => None,
+    }
+    .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "));
+    let cpu_us_per_txn = match (before, after) {
+        (Some(b), Some(a)) if processed > 0 => Some((a - b) as f64 / hz * 1e6 / processed as f64),
+        _ => None,
+    };
+    PgbenchRun {
+        tps: field(&stdout, "tps =").unwrap_or(0.0),
+        latency_ms: field(&stdout, "latency average =").unwrap_or(f64::NAN),
+        processed,
+        failed: field(&stdout, "number of failed transactions:").unwrap_or(0),
+        aborted_clients: aborted.len(),
+        first_error,
+        cpu_us_per_txn,
+        stdout,
+    }
+}
+
+/// Per-transaction latencies in µs, sorted, from pgbench's `--log` files whose names
+/// start with `prefix` in `dir` (one per pgbench thread).
+pub fn logged_latencies_us(dir: &Path, prefix: &str) -> Vec<u64> {
+    let mut latencies: Vec<u64> = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(prefix)
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            // client_id transaction_no time script_no time_epoch time_us
+            if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse().ok()) {
+                latencies.push(us);
+            }
+        }
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+/// The `q` quantile (0..=1) of sorted values, nearest rank below; NaN when empty.
+pub fn percentile(sorted: &[u64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n => sorted[((n - 1) as f64 * q) as usize] as f64,
+    }
+}
+
+/// `a / b` with two decimals, `n/a` when either side is missing.
+pub fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// HH:MM:SS (UTC) now, to line runs up with whatever else ran on the machine.
+pub fn utc_time_of_day() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        % 86_400;
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+// ---------------------------------------------------------------------------------
+// PgBouncer
+
+/// `(major, minor)` of the installed `pgbouncer`, if any.
+pub fn pgbouncer_version() -> Option<(u32, u32)> {
+    let out = Command::new("pgbouncer").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.lines().next()?.strip_prefix("PgBouncer ")?;
+    let mut parts = version.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Finds PgBouncer, installing it from apt if it is missing and we are root.
+/// `Err` is the reason to skip the PgBouncer column; `bench` names the caller in what
+/// is printed.
+pub fn ensure_pgbouncer(bench: &str) -> Result<(u32, u32), String> {
+    if User::from_name("postgres").ok().flatten().is_none() {
+        return Err("no `postgres` system user to run PgBouncer as".into());
+    }
+    if let Some(v) = pgbouncer_version() {
+        return Ok(v);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err("pgbouncer is not installed (apt-get install -y pgbouncer)".into());
+    }
+    println!("{bench}: pgbouncer not found; installing it with `apt-get install -y pgbouncer`");
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "pgbouncer"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status();
+    match (status, pgbouncer_version()) {
+        (_, Some(v)) => Ok(v),
+        (Ok(s), None) => Err(format!("`apt-get install -y pgbouncer` failed ({s})")),
+        (Err(e), None) => Err(format!("could not run apt-get: {e}")),
+    }
+}
+
+/// Lets the `postgres` user (PgBouncer) reach the cluster's unix socket: the bench's
+/// temporary directory and the cluster's directories down to the socket become 0711
+/// (no listing, only known names).
+pub fn let_postgres_reach_socket(bench_dir: &Path, cluster: &TestCluster) {
+    let home = cluster.socket_dir.parent().unwrap();
+    for path in [bench_dir, home, &cluster.socket_dir] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+}
+
+/// The backend's SCRAM verifier for `app`, read as `sluice_auth` through the
+/// SECURITY DEFINER function testkit creates (the same lookup Sluice uses): what
+/// PgBouncer's auth_file holds, so it can log into Postgres like Sluice's pass-through.
+pub fn app_scram_secret(cluster: &TestCluster) -> String {
+    let password = std::fs::read_to_string(&cluster.auth_password_file).unwrap();
+    let out = Command::new("psql")
+        .arg(format!(
+            "host={} port={} user={} dbname=postgres",
+            cluster.socket_dir.display(),
+            cluster.cluster.socket_port(),
+            testkit::cluster::AUTH_ROLE
+        ))
+        .args([
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &format!(
+                "SELECT secret FROM sluice.role_secret('{}')",
+                testkit::cluster::APP_ROLE
+            ),
+        ])
+        .env("PGPASSWORD", password.trim_end())
+        .output()
+        .expect("running psql");
+    let secret = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && secret.starts_with("SCRAM-SHA-256$"),
+        "reading app's verifier: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    secret
+}
+
+/// How a PgBouncer is set up, beyond what every bench shares (SCRAM auth with the
+/// backend's verifier, the test certificate, Postgres over its unix socket).
+#[derive(Debug, Clone)]
+pub struct PgBouncerSettings {
+    /// `session` or `transaction`.
+    pub pool_mode: &'static str,
+    pub default_pool_size: u32,
+    pub max_client_conn: u32,
+    /// `client_tls_sslmode`: `require` (TLS only) or `prefer` (TLS or plaintext).
+    pub client_tls_sslmode: &'static str,
+    /// Log every login and logout (PgBouncer's default); off to match Sluice at `warn`.
+    pub log_connections: bool,
+    /// The installed version, for the keys it knows.
+    pub version: (u32, u32),
+}
+
+/// A running PgBouncer, started as user `postgres` through `runuser` (which forks:
+/// `pid` is the pgbouncer child, `runner` the runuser parent) and `prlimit` (which
+/// execs it). Dropping it sends
+/// SIGTERM to pgbouncer's pid, then SIGKILL to both if they have not exited, and then
+/// removes its temporary directory.
+pub struct PgBouncer {
+    runner: Child,
+    pub pid: u32,
+    pub port: u16,
+    log: PathBuf,
+    /// Ini, auth_file, certificate and key, owned by `postgres`.
+    _dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    /// Writes the config into a temporary directory owned by `postgres`, starts
+    /// PgBouncer (its output goes to `log`) and waits until it accepts TCP connections.
+    /// The caller has made the cluster's socket reachable
+    /// ([`let_postgres_reach_socket`]).
+    pub fn start(
+        cluster: &TestCluster,
+        pki: &Pki,
+        scram_secret: &str,
+        settings: &PgBouncerSettings,
+        log: PathBuf,
+    ) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-bench-pgbouncer-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path();
+        let postgres = User::from_name("postgres").unwrap().expect("postgres user");
+        let cert = path.join("proxy.crt");
+        let key = path.join("proxy.key");
+        std::fs::copy(&pki.proxy_cert, &cert).unwrap();
+        std::fs::copy(&pki.proxy_key, &key).unwrap();
+        let userlist = path.join("userlist.txt");
+        std::fs::write(
+            &userlist,
+            format!("\"{}\" \"{scram_secret}\"\n", testkit::cluster::APP_ROLE),
+        )
+        .unwrap();
+        let port = localpg::free_port().unwrap();
+        // 1.18 refuses unknown keys ("cannot load config file"); protocol-level
+        // prepared statements in transaction mode exist from 1.21 on.
+        let prepared = if settings.version >= (1, 21) {
+            "max_prepared_statements = 200\n"
+        } else {
+            ""
+        };
+        let quiet = if settings.log_connections {
+            ""
+        } else {
+            "log_connections = 0\nlog_disconnections = 0\n"
+        };
+        let ini = path.join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n{db} = host={sock} port={sock_port} dbname={db}\n\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 pool_mode = {mode}\ndefault_pool_size = {size}\nmax_client_conn = {max_clients}\n\
+                 {prepared}{quiet}auth_type = scram-sha-256\nauth_file = {userlist}\n\
+                 client_tls_sslmode = {sslmode}\nclient_tls_key_file = {key}\n\
+                 client_tls_cert_file = {cert}\nignore_startup_parameters = extra_float_digits\n",
+                db = testkit::cluster::APP_DATABASE,
+                sock = cluster.socket_dir.display(),
+                sock_port = cluster.cluster.socket_port(),
+                mode = settings.pool_mode,
+                size = settings.default_pool_size,
+                max_clients = settings.max_client_conn,
+                sslmode = settings.client_tls_sslmode,
+                userlist = userlist.display(),
+                key = key.display(),
+                cert = cert.display(),
+            ),
+        )
+        .unwrap();
+        for file in [path, &cert, &key, &userlist, &ini] {
+            chown(
+                file,
+                Some(postgres.uid.as_raw()),
+                Some(postgres.gid.as_raw()),
+            )
+            .unwrap();
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        // runuser's PAM session may lower the soft open-files limit (1024 here), and
+        // only the process itself may raise it again (root lacks CAP_SYS_RESOURCE in
+        // some containers): `prlimit` sets it, up to the inherited hard limit, and
+        // execs pgbouncer. Enough for its clients, its server connections and a margin.
+        let hard = open_files_limits(std::process::id()).map_or(u64::MAX, |(_, hard)| hard);
+        let files = (u64::from(settings.max_client_conn + settings.default_pool_size) + 100)
+            .max(1024)
+            .min(hard);
+        let log_file = std::fs::File::create(&log).unwrap();
+        let runner = Command::new("runuser")
+            .args(["-u", "postgres", "--", "prlimit"])
+            .arg(format!("--nofile={files}:"))
+            .arg("pgbouncer")
+            .arg(&ini)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("running runuser -u postgres -- pgbouncer");
+        let mut bouncer = PgBouncer {
+            pid: 0,
+            runner,
+            port,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = bouncer.runner.try_wait() {
+                panic!("pgbouncer exited ({status}); log:\n{}", bouncer.log_text());
+            }
+            if bouncer.pid == 0 {
+                bouncer.pid = bouncer.find_child().unwrap_or(0);
+            }
+            let up = TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_millis(200),
+            )
+            .is_ok();
+            if up && bouncer.pid != 0 {
+                return bouncer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgbouncer did not start; log:\n{}",
+                bouncer.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The pgbouncer process whose parent is the runuser process.
+    fn find_child(&self) -> Option<u32> {
+        let parent = self.runner.id();
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|&pid| {
+                matches!(ppid_and_comm(pid), Some((ppid, comm)) if ppid == parent && comm == "pgbouncer")
+            })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        stop(&mut self.runner, self.pid);
+    }
+}
+
+/// Stops `child` by pid: SIGTERM to `pid` (the child itself, or the process it
+/// forked; 0: none), up to 10 s for `child` to exit, then SIGKILL to both.
+pub fn stop(child: &mut Child, pid: u32) {
+    if pid != 0 {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if pid != 0 {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// ---------------------------------------------------------------------------------
+// Sluice with a large catalog
+
+/// A `sluice serve` started like testkit's `SluiceProcess::start`, but waiting up to a
+/// given time for it to listen: testkit waits 30 s, and a config with 10,000
+/// `[[tenants]]` takes longer, since each is upserted into the control store before
+/// Sluice listens. Dropping it stops the process by pid (SIGTERM, SIGKILL after 10 s).
+pub struct SlowStartSluice {
+    child: Child,
+    pub addr: SocketAddr,
+    /// From spawning the process to its "listening" lines.
+    pub took: Duration,
+}
+
+impl SlowStartSluice {
+    /// Writes `config` into `dir` and starts `bin serve` on it (stderr to
+    /// `dir/sluice.log`); `Err` if it does not listen within `timeout`.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        config: &SluiceConfig,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let config_path = dir.join("sluice.toml");
+        std::fs::write(&config_path, config.to_toml(&dir.join("data")))
+            .map_err(|e| e.to_string())?;
+        let log_path = dir.join("sluice.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let mut child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("SLUICE_LOG", &config.log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads until the process exits; the "admin API" line comes after the proxy's.
+        std::thread::spawn(move || {
+            let mut proxy = None;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("sluice: listening on ") {
+                    proxy = addr.parse::<SocketAddr>().ok();
+                }
+                if line.starts_with("sluice: admin API listening on ") {
+                    let _ = tx.send(proxy);
+                }
+            }
+        });
+        let mut process = SlowStartSluice {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            took: Duration::ZERO,
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(Some(addr)) => {
+                process.addr = addr;
+                process.took = started.elapsed();
+                Ok(process)
+            }
+            _ => Err(format!(
+                "sluice did not listen within {timeout:?}; log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            )),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for SlowStartSluice {
+    fn drop(&mut self) {
+        let pid = self.child.id();
+        stop(&mut self.child, pid);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Idle clients
+
+/// Logins in flight at once while idle clients are opened.
+pub const IDLE_AT_ONCE: usize = 64;
+
+/// A pooler's resident memory around a crowd of idle clients.
+#[derive(Debug, Clone)]
+pub struct IdleHeld {
+    pub before_kib: u64,
+    pub after_kib: u64,
+    /// Clients that logged in and were held.
+    pub clients: usize,
+    /// Clients that could not log in or run their query.
+    pub failed: usize,
+    pub first_error: Option<String>,
+    pub took: Duration,
+}
+
+impl IdleHeld {
+    /// RSS growth per held client, in KiB.
+    pub fn per_client_kib(&self) -> f64 {
+        self.after_kib.saturating_sub(self.before_kib) as f64 / self.clients.max(1) as f64
+    }
+}
+
+/// How long one idle client may take to log in and run its query.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens up to `n` clients to `target` (TLS unless its sslmode is `disable`),
+/// [`IDLE_AT_ONCE`] at a time: each logs in (SCRAM), runs `SELECT 1` once and sits
+/// idle. Reads the VmRSS of `pid` after one warm-up client, and after the last client
+/// has been idle for 2 s; then closes them all. Stops opening new clients once `budget`
+/// has passed (each login and query also has [`LOGIN_TIMEOUT`]). `Err` if the warm-up
+/// client failed or the process `pid` is gone.
+pub async fn hold_idle_clients(
+    target: &PgTarget,
+    n: usize,
+    pid: u32,
+    budget: Duration,
+) -> Result<IdleHeld, String> {
+    let config = testkit::clients::pg_config(target);
+    let connector = testkit::clients::tls_connector(&target.ca);
+    let open = || {
+        let (config, connector) = (config.clone(), connector.clone());
+        async move {
+            let login = async {
+                let (client, conn) = config.connect(connector).await?;
+                let task = tokio::spawn(conn);
+                client.simple_query("SELECT 1").await?;
+                Ok::<_, tokio_postgres::Error>((client, task))
+            };
+            match tokio::time::timeout(LOGIN_TIMEOUT, login).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no login and answer within {LOGIN_TIMEOUT:?}")),
+            }
+        }
+    };
+    let gone = || format!("process {pid} is gone");
+    // One client first: pools, caches and the runtime's threads are warm.
+    let (first, first_task) = open().await.map_err(|e| format!("first client: {e}"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_kib = rss_kib(pid).ok_or_else(gone)?;
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(n);
+    let (mut failed, mut first_error) = (0, None);
+    for chunk_start in (0..n).step_by(IDLE_AT_ONCE) {
+        if started.elapsed() > budget {
+            break;
+        }
+        let size = IDLE_AT_ONCE.min(n - chunk_start);
+        let opened = futures_util::future::join_all((0..size).map(|_| open())).await;
+        for result in opened {
+            match result {
+                Ok(client) => held.push(client),
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_kib = rss_kib(pid).ok_or_else(gone)?;
+    let clients = held.len();
+    // Dropping a client sends Terminate; its connection task then ends.
+    drop(first);
+    let mut tasks: Vec<_> = held.into_iter().map(|(_client, task)| task).collect();
+    tasks.push(first_task);
+    let _ = tokio::time::timeout(LOGIN_TIMEOUT, futures_util::future::join_all(tasks)).await;
+    Ok(IdleHeld {
+        before_kib,
+        after_kib,
+        clients,
+        failed,
+        first_error,
+        took,
+    })
 }
