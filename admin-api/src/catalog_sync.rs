@@ -268,15 +268,23 @@ impl CatalogSync {
     }
 
     async fn upsert_config_tenants(&self, store: &Store) -> anyhow::Result<()> {
-        for t in &self.config_tenants {
-            let name = tenant_secret(&t.record.id, "auth");
-            let sealed = self.secrets.seal(&name, &t.auth_password);
-            if store
-                .upsert_config_tenant(&t.record, (&name, &sealed))
-                .await?
-            {
-                tracing::info!(tenant = %t.record.id, "config file tenant written to the control store");
-            }
+        let sealed: Vec<(String, crate::secrets::Sealed)> = self
+            .config_tenants
+            .iter()
+            .map(|t| {
+                let name = tenant_secret(&t.record.id, "auth");
+                let sealed = self.secrets.seal(&name, &t.auth_password);
+                (name, sealed)
+            })
+            .collect();
+        let batch: Vec<_> = self
+            .config_tenants
+            .iter()
+            .zip(&sealed)
+            .map(|(t, (name, sealed))| (&t.record, name.as_str(), sealed))
+            .collect();
+        for id in store.upsert_config_tenants(&batch).await? {
+            tracing::info!(tenant = %id, "config file tenant written to the control store");
         }
         Ok(())
     }

@@ -1876,7 +1876,7 @@ fn roles_refused(live: &mut Live, world: &World) {
             .block_on(async {
                 let store = &world.store;
                 store
-                    .upsert_config_tenant(&record, (&auth.0, &auth.1))
+                    .upsert_config_tenants(&[(&record, &auth.0, &auth.1)])
                     .await?;
                 store.put_secret(&tenant_secret(id, "admin"), &admin).await
             })

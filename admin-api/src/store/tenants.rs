@@ -186,53 +186,68 @@ impl Store {
         put_secret(&*client, name, sealed).await
     }
 
-    /// A tenant declared in the config file, inserted or brought in line with the file
-    /// (backend, plan, pool, limits). Its status and suspension are left as the store has
-    /// them: a tenant suspended through the API stays suspended across restarts.
-    pub async fn upsert_config_tenant(
+    /// The tenants declared in the config file, inserted or brought in line with the
+    /// file (backend, plan, pool, limits), with their auth secrets, in one transaction
+    /// (10,000 tenants: one commit, not 10,000). Their status and suspension are left as
+    /// the store has them: a tenant suspended through the API stays suspended across
+    /// restarts. Returns the ids that were inserted or changed.
+    pub async fn upsert_config_tenants(
         &self,
-        record: &TenantRecord,
-        auth_secret: (&str, &Sealed),
-    ) -> anyhow::Result<bool> {
+        tenants: &[(&TenantRecord, &str, &Sealed)],
+    ) -> anyhow::Result<Vec<String>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let existing = tx
-            .query_opt(
-                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1 FOR UPDATE"),
-                &[&record.id],
-            )
-            .await?
-            .as_ref()
-            .map(decode_tenant)
-            .transpose()?;
-        let changed = match &existing {
-            Some(old) => {
-                old.plan != record.plan
-                    || old.backend != record.backend
-                    || to_json(&old.pool)? != to_json(&record.pool)?
-                    || to_json(&old.limits)? != to_json(&record.limits)?
-            }
-            None => true,
-        };
-        if changed {
-            tx.execute(
+        let select = tx
+            .prepare(&format!(
+                "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1 FOR UPDATE"
+            ))
+            .await?;
+        let upsert = tx
+            .prepare(
                 "INSERT INTO tenants (id, plan, status, backend, pool, limits) \
                  VALUES ($1, $2, 'active', $3::text::jsonb, $4::text::jsonb, $5::text::jsonb) \
                  ON CONFLICT (id) DO UPDATE SET plan = EXCLUDED.plan, backend = EXCLUDED.backend, \
                  pool = EXCLUDED.pool, limits = EXCLUDED.limits, updated_at = now(), \
                  version = tenants.version + 1",
-                &[
-                    &record.id,
-                    &record.plan,
-                    &to_json(&record.backend)?,
-                    &to_json(&record.pool)?,
-                    &to_json(&record.limits)?,
-                ],
             )
-            .await
-            .with_context(|| format!("upserting config tenant {}", record.id))?;
+            .await?;
+        let secret = tx.prepare(PUT_SECRET).await?;
+        let mut changed = Vec::new();
+        for (record, name, sealed) in tenants {
+            let existing = tx
+                .query_opt(&select, &[&record.id])
+                .await?
+                .as_ref()
+                .map(decode_tenant)
+                .transpose()?;
+            let differs = match &existing {
+                Some(old) => {
+                    old.plan != record.plan
+                        || old.backend != record.backend
+                        || to_json(&old.pool)? != to_json(&record.pool)?
+                        || to_json(&old.limits)? != to_json(&record.limits)?
+                }
+                None => true,
+            };
+            if differs {
+                tx.execute(
+                    &upsert,
+                    &[
+                        &record.id,
+                        &record.plan,
+                        &to_json(&record.backend)?,
+                        &to_json(&record.pool)?,
+                        &to_json(&record.limits)?,
+                    ],
+                )
+                .await
+                .with_context(|| format!("upserting config tenant {}", record.id))?;
+                changed.push(record.id.clone());
+            }
+            tx.execute(&secret, &[name, &sealed.nonce, &sealed.ciphertext])
+                .await
+                .with_context(|| format!("storing secret {name}"))?;
         }
-        put_secret(&tx, auth_secret.0, auth_secret.1).await?;
         tx.commit().await?;
         Ok(changed)
     }
@@ -491,17 +506,16 @@ impl Store {
     }
 }
 
+const PUT_SECRET: &str = "INSERT INTO secrets (name, nonce, ciphertext) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext";
+
 async fn put_secret(
     client: &impl tokio_postgres::GenericClient,
     name: &str,
     sealed: &Sealed,
 ) -> anyhow::Result<()> {
     client
-        .execute(
-            "INSERT INTO secrets (name, nonce, ciphertext) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext",
-            &[&name, &sealed.nonce, &sealed.ciphertext],
-        )
+        .execute(PUT_SECRET, &[&name, &sealed.nonce, &sealed.ciphertext])
         .await
         .with_context(|| format!("storing secret {name}"))?;
     Ok(())
