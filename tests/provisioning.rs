@@ -891,3 +891,55 @@ async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
     );
     assert_eq!(fake.destroyed().len(), 1);
 }
+
+/// A Sluice killed while its proxmox create job runs (the container exists, the job has
+/// not finished) finishes the job after a restart with the same container: no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sluice_killed_mid_proxmox_job_makes_no_second_container() {
+    use testkit::fake_pve::{FakePve, FakePveOptions};
+    let fake = FakePve::start(FakePveOptions {
+        // Slow tasks, so that the kill lands while the creation runs.
+        task_duration: Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-proxmox-kill-")
+        .tempdir()
+        .unwrap();
+    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+    let extra = format!(
+        "\n{}",
+        fake.provisioner_section(&dir.path().join("pve-token"))
+    );
+    let home = dir.path().join("sluice");
+    let mut sluice = tokio::task::block_in_place(|| start_sluice(&home, &pki, &extra));
+    let created = tokio::task::block_in_place(|| {
+        expect(&sluice, "POST", "/v1/tenants", r#"{"id": "pvek"}"#, 202)
+    });
+    let id = created["job"]["id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fake.guests().is_empty() {
+        assert!(Instant::now() < deadline, "no container was ever created");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| {
+        sluice
+            .signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10))
+            .expect("sluice killed")
+    });
+    sluice = tokio::task::block_in_place(|| start_sluice(&home, &pki, &extra));
+    let job = tokio::task::block_in_place(|| wait_job(&sluice, id, Duration::from_secs(120)));
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", sluice.log());
+    assert_eq!(
+        fake.guests().len(),
+        1,
+        "one container, adopted by the rerun"
+    );
+    let password = tokio::task::block_in_place(|| make_role(&sluice, "pvek", "app"));
+    let client = pg_connect(&target(&sluice, &pki, "pvek", "app", &password))
+        .await
+        .expect("the tenant works");
+    client.simple_query("SELECT 1").await.unwrap();
+}
