@@ -46,7 +46,7 @@ use testkit::{PgTarget, SluiceProcess, TwoTenants};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod common;
-use common::{clock_ticks_per_second, field};
+use common::{clock_ticks_per_second, field, pgbench_logs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const A: &str = "acme";
@@ -369,16 +369,7 @@ impl Output {
 /// Log line: client_id transaction_no time script_no time_epoch time_us [schedule_lag].
 fn read_log(dir: &Path) -> Vec<(u64, u64, f64)> {
     let mut rows = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if !path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("pgbench_log")
-        {
-            continue;
-        }
+    for path in pgbench_logs(dir, "pgbench_log") {
         for line in std::fs::read_to_string(&path).unwrap().lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (Some(lat), Some(secs), Some(us)) = (

@@ -137,15 +137,9 @@ impl PgbenchRun {
 /// own failures: they are in `aborted_clients` and `first_error`.
 pub fn run_pgbench(target: &PgTarget, args: &[&str], pooler: Option<u32>, hz: f64) -> PgbenchRun {
     let before = pooler.map(cpu_ticks);
-    let out = Command::new("pgbench")
-        .args(args)
-        .arg(target.conninfo())
-        .env("PGPASSWORD", &target.password)
-        .output()
-        .expect("running pgbench");
+    let out = testkit::pgbench(target, args);
     let after = pooler.map(cpu_ticks);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stdout, stderr) = (out.stdout, out.stderr);
     let aborted: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("aborted in command"))
@@ -173,20 +167,24 @@ pub fn run_pgbench(target: &PgTarget, args: &[&str], pooler: Option<u32>, hz: f6
     }
 }
 
+/// pgbench's `--log` files in `dir` whose names start with `prefix` (one per pgbench
+/// thread).
+pub fn pgbench_logs(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with(prefix))
+        })
+        .collect()
+}
+
 /// Per-transaction latencies in µs, sorted, from pgbench's `--log` files whose names
 /// start with `prefix` in `dir` (one per pgbench thread).
 pub fn logged_latencies_us(dir: &Path, prefix: &str) -> Vec<u64> {
     let mut latencies: Vec<u64> = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if !path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with(prefix)
-        {
-            continue;
-        }
+    for path in pgbench_logs(dir, prefix) {
         for line in std::fs::read_to_string(&path).unwrap().lines() {
             // client_id transaction_no time script_no time_epoch time_us
             if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse().ok()) {

@@ -44,7 +44,7 @@ use super::{
     check_tenant, lock, remove_dir_if_exists, sql, BackendAddress, BackendRequest, BoxFuture,
     Driver, PlanSize, TenantSlots,
 };
-pub use container::{Container, State};
+use container::{Container, State};
 pub use template::TemplateInfo;
 
 /// The superuser the control plane manages a container's PostgreSQL as.
@@ -144,11 +144,6 @@ impl LxcDriver {
                 _owner: owner,
             }),
         })
-    }
-
-    /// The tenant's container (whether or not it exists).
-    pub fn container(&self, tenant: &str) -> Container {
-        self.inner.container(tenant)
     }
 
     async fn blocking<T: Send + 'static>(
