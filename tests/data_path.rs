@@ -228,6 +228,40 @@ async fn session_state_does_not_leak_between_clients() {
 }
 
 #[tokio::test]
+async fn a_client_that_vanishes_while_idle_gives_its_connection_back() {
+    // A client that disappears between queries without Terminate and, over TLS, without
+    // close_notify (a killed process, a dropped connection object) leaves the server
+    // connection at ReadyForQuery: it goes back to the pool like after a goodbye.
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.default_pool = vec!["size = 1".into()];
+    })
+    .unwrap();
+    let target = env.target("acme");
+    let (first, connection) = testkit::clients::pg_connect_from(&target, [127, 0, 0, 1].into())
+        .await
+        .unwrap();
+    let pid1: i32 = scalar(&first, "select pg_backend_pid()").await;
+    // Dropping the task's connection closes the socket: no Terminate, no close_notify.
+    connection.abort();
+    let _ = connection.await;
+    drop(first);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = pg_connect(&target).await.unwrap();
+        let pid: i32 = scalar(&c, "select pg_backend_pid()").await;
+        if pid == pid1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server connection {pid1} was not given back (got {pid})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn an_abandoned_transaction_is_rolled_back_before_reuse() {
     let env = TwoTenants::start(BIN.as_ref(), |c| {
         c.default_pool = vec!["size = 1".into()];

@@ -212,6 +212,15 @@ pub async fn relay(
     }
 }
 
+/// A read error that only says the client's connection ended.
+fn client_vanished(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
+}
+
 fn since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
@@ -316,6 +325,13 @@ where
         match read {
             Ok(0) => return (Ended::ClientEof, scanner.at_boundary()),
             Ok(_) => {}
+            // The client is gone without a goodbye: a TLS client that closed without
+            // close_notify, or a reset. Like an EOF, what the server connection is
+            // worth depends only on where the client's messages stopped.
+            Err(e) if client_vanished(&e) => {
+                tracing::debug!(error = %e, "client went away without a goodbye");
+                return (Ended::ClientEof, scanner.at_boundary());
+            }
             Err(e) => return (Ended::ClientFailed(e.to_string()), false),
         }
         let mut terminated = false;
