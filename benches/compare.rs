@@ -577,17 +577,33 @@ fn cpu_table(rows: &[Row], out: &mut String) {
     let _ = writeln!(
         out,
         "\n### Pooler CPU per transaction (µs, utime+stime of the pooler's pid over the pgbench run ÷ transactions)\n\n\
-         | mode | client leg | -M | -c | PgBouncer | Sluice | Sluice/PgBouncer |\n|---|---|---|---|---|---|---|"
+         user / system: the same time split into utime and stime; switches: the pooler's context \
+         switches (all threads, voluntary + involuntary) per transaction. The last column is \
+         Sluice's system time alone over PgBouncer's whole CPU time: the kernel's share of the \
+         work (the same four socket calls per transaction in both) that no user-space change \
+         removes.\n\n\
+         | mode | client leg | -M | -c | PgBouncer | Sluice | Sluice/PgBouncer | user / system PgBouncer | user / system Sluice | switches PgBouncer / Sluice | Sluice system / PgBouncer total |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in rows {
         let cpu = |m: &Measured| m.run.cpu_us_per_txn.unwrap_or(f64::NAN);
+        let system = |m: &Measured| m.run.cpu_split_us_per_txn.map_or(f64::NAN, |s| s.1);
         let cell = |m: &Option<Measured>| match usable(m) {
             Some(m) => format!("{:.1}", cpu(m)),
             None => "–".into(),
         };
+        let split = |m: &Option<Measured>| match usable(m).and_then(|m| m.run.cpu_split_us_per_txn)
+        {
+            Some((user, system)) => format!("{user:.1} / {system:.1}"),
+            None => "–".into(),
+        };
+        let switches = |m: &Option<Measured>| match usable(m).and_then(|m| m.run.switches_per_txn) {
+            Some(n) => format!("{n:.2}"),
+            None => "–".into(),
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
             r.mode.name(),
             r.leg.name(),
             r.protocol,
@@ -595,6 +611,11 @@ fn cpu_table(rows: &[Row], out: &mut String) {
             cell(&r.bouncer),
             cell(&r.sluice),
             ratio(value(&r.sluice, cpu), value(&r.bouncer, cpu)),
+            split(&r.bouncer),
+            split(&r.sluice),
+            switches(&r.bouncer),
+            switches(&r.sluice),
+            ratio(value(&r.sluice, system), value(&r.bouncer, cpu)),
         );
     }
 }

@@ -22,7 +22,15 @@
 //! 5. live change: A alone, `pgbench -P 1 --progress-timestamp -l`, its `query_rate`
 //!    lowered from 500 to 100 with `PATCH /v1/tenants/acme` about 3 s in; the per-second
 //!    progression and 250 ms buckets around the PATCH;
-//! 6. quiet again: B alone, as 1, to see drift.
+//! 6. quiet again: B alone, as 1, to see drift;
+//! 7. and 8. the control: "quiet" and "flood" again with B's pgbench connected straight
+//!    to its own Postgres (TCP, TLS without verification), not through Sluice, while A's
+//!    flood still goes through Sluice: what the flood costs a client on this machine
+//!    that Sluice is not serving. `SLUICE_BENCH_CONTROL=0` leaves them out.
+//!
+//! The storm runs as fast as its threads can (`$SLUICE_BENCH_STORM_THREADS`, default 8),
+//! or at `$SLUICE_BENCH_STORM_RATE` attempts per second in all (paced, as an attacker on
+//! a fixed budget would).
 //!
 //! Per phase also the CPU (in cores) of Sluice, of this process (the storm's clients),
 //! of both clusters (postmasters and backends), of the pgbench processes, of the machine
@@ -87,6 +95,21 @@ fn b_cpu() -> Option<usize> {
     std::env::var("SLUICE_BENCH_B_CPU")
         .ok()
         .and_then(|s| s.parse().ok())
+}
+
+/// `$SLUICE_BENCH_STORM_RATE`: the storm's attempts per second over all its threads;
+/// unset or 0, as fast as they go.
+fn storm_rate() -> Option<f64> {
+    std::env::var("SLUICE_BENCH_STORM_RATE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|&r| r > 0.0)
+}
+
+/// Whether to run the control phases (B straight to its Postgres); `$SLUICE_BENCH_CONTROL=0`
+/// leaves them out.
+fn control() -> bool {
+    std::env::var("SLUICE_BENCH_CONTROL").map_or(true, |v| v != "0")
 }
 
 /// Threads of the connection storm: `$SLUICE_BENCH_STORM_THREADS`, default 8 (fewer
@@ -157,9 +180,9 @@ fn cluster_ticks(postmaster: u32) -> u64 {
     ticks
 }
 
-/// (busy, user + nice + system) ticks of the whole machine from /proc/stat's
+/// (busy, user + nice + system, softirq) ticks of the whole machine from /proc/stat's
 /// `cpu` line; idle and iowait are not busy.
-fn machine_ticks() -> (u64, u64) {
+fn machine_ticks() -> (u64, u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").expect("reading /proc/stat");
     let line = stat.lines().next().expect("cpu line");
     let v: Vec<u64> = line
@@ -169,7 +192,24 @@ fn machine_ticks() -> (u64, u64) {
         .collect();
     // user nice system idle iowait irq softirq steal (guest time is in user already).
     let total: u64 = v.iter().take(8).sum();
-    (total - v[3] - v[4], v[0] + v[1] + v[2])
+    (total - v[3] - v[4], v[0] + v[1] + v[2], v[6])
+}
+
+/// CPU ticks of the kernel's `ksoftirqd/N` threads: network work deferred from
+/// interrupt context to a thread, where it waits its turn like any process.
+fn ksoftirqd_ticks() -> u64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            comm.starts_with("ksoftirqd/")
+                .then(|| cpu_ticks(&pid, false))
+        })
+        .sum()
 }
 
 /// CPU used over one phase, in cores (CPU seconds per wall-clock second).
@@ -185,6 +225,10 @@ struct Cpu {
     /// The pgbench processes (reaped children of this process).
     pgbench: f64,
     machine: f64,
+    /// Softirq time (/proc/stat), mostly the loopback network's receive side.
+    softirq: f64,
+    /// The ksoftirqd threads: softirq work the kernel deferred to them.
+    ksoftirqd: f64,
     /// Machine user + system time not spent by any process above: other work on the
     /// machine (builds, other tests), which disturbs the phase.
     others: f64,
@@ -197,7 +241,8 @@ struct Reading {
     client: u64,
     postgres: u64,
     pgbench: u64,
-    machine: (u64, u64),
+    machine: (u64, u64, u64),
+    ksoftirqd: u64,
 }
 
 struct CpuMeter {
@@ -220,7 +265,8 @@ impl CpuMeter {
                 client: 0,
                 postgres: 0,
                 pgbench: 0,
-                machine: (0, 0),
+                machine: (0, 0, 0),
+                ksoftirqd: 0,
             },
         };
         meter.start = meter.read();
@@ -235,6 +281,7 @@ impl CpuMeter {
             pgbench: own[16 - 3] + own[17 - 3],
             postgres: self.postmasters.iter().map(|&p| cluster_ticks(p)).sum(),
             machine: machine_ticks(),
+            ksoftirqd: ksoftirqd_ticks(),
         }
     }
 
@@ -255,6 +302,8 @@ impl CpuMeter {
             postgres: cores(b.postgres - a.postgres),
             pgbench: cores(b.pgbench - a.pgbench),
             machine: cores(b.machine.0 - a.machine.0),
+            softirq: cores(b.machine.2 - a.machine.2),
+            ksoftirqd: cores(b.ksoftirqd - a.ksoftirqd),
             others: cores((b.machine.1 - a.machine.1).saturating_sub(ours)),
         }
     }
@@ -508,12 +557,16 @@ impl Storm {
         let mut config = testkit::clients::pg_config(target);
         config.connect_timeout(ATTEMPT_TIMEOUT);
         let expected = format!("connection rate limit exceeded for tenant \"{A}\"");
-        let threads = (0..storm_threads())
+        let n = storm_threads();
+        // Each thread's attempts are `gap` apart when the storm is paced.
+        let gap = storm_rate().map(|rate| Duration::from_secs_f64(n as f64 / rate));
+        let threads = (0..n)
             .map(|_| {
                 let (stop, budget) = (stop.clone(), budget.clone());
                 let (tls, config, expected) = (tls.clone(), config.clone(), expected.clone());
                 std::thread::spawn(move || {
-                    storm_thread(&stop, &budget, (started, deadline), tls, config, &expected)
+                    let pace = (started, deadline, gap);
+                    storm_thread(&stop, &budget, pace, tls, config, &expected)
                 })
             })
             .collect();
@@ -545,7 +598,7 @@ impl Drop for Storm {
 fn storm_thread(
     stop: &AtomicBool,
     budget: &AtomicU64,
-    (started, deadline): (Instant, Instant),
+    (started, deadline, gap): (Instant, Instant, Option<Duration>),
     tls: MakeRustlsConnect,
     config: tokio_postgres::Config,
     expected: &str,
@@ -562,10 +615,16 @@ fn storm_thread(
         .expect("runtime");
     let mut counts = StormCounts::default();
     runtime.block_on(async {
+        let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed)
             && Instant::now() < deadline
             && budget.fetch_add(1, Ordering::Relaxed) < STORM_MAX_ATTEMPTS
         {
+            if let Some(gap) = gap {
+                // A fixed schedule: an attempt that ran late does not make the next early.
+                tokio::time::sleep_until(next.into()).await;
+                next = (next + gap).max(Instant::now());
+            }
             counts.attempts += 1;
             let second = started.elapsed().as_secs() as usize;
             if counts.per_second.len() <= second {
@@ -693,6 +752,8 @@ struct ARun {
 /// One phase: B's run, and whatever flooded A meanwhile.
 struct Phase {
     name: &'static str,
+    /// B's pgbench went straight to its Postgres (a control phase), not through Sluice.
+    direct: bool,
     b: BRun,
     a: Option<ARun>,
     storm: Option<StormCounts>,
@@ -706,18 +767,31 @@ struct Ctx<'a> {
     postmasters: Vec<u32>,
     a: PgTarget,
     b: PgTarget,
+    /// B's own Postgres, not through Sluice (the control phases).
+    b_direct: PgTarget,
     work: PathBuf,
     secs: u64,
     hz: f64,
 }
 
-/// B alone.
-fn quiet_phase(ctx: &Ctx, name: &'static str, label: &str) -> Phase {
+impl Ctx<'_> {
+    fn b_target(&self, direct: bool) -> &PgTarget {
+        if direct {
+            &self.b_direct
+        } else {
+            &self.b
+        }
+    }
+}
+
+/// B alone, through Sluice or (`direct`) straight to its Postgres.
+fn quiet_phase(ctx: &Ctx, name: &'static str, label: &str, direct: bool) -> Phase {
     println!("noisy_neighbour: {name}: B alone, {} s", ctx.secs);
     let meter = CpuMeter::start(ctx);
-    let (out, lat, lag) = run_b(&ctx.b, ctx.secs, &ctx.work, label);
+    let (out, lat, lag) = run_b(ctx.b_target(direct), ctx.secs, &ctx.work, label);
     Phase {
         name,
+        direct,
         b: b_run(out, lat, lag, meter.stop()),
         a: None,
         storm: None,
@@ -725,9 +799,27 @@ fn quiet_phase(ctx: &Ctx, name: &'static str, label: &str) -> Phase {
     }
 }
 
-/// B while A is flooded by its pgbench and/or the connection storm. Both floods start
-/// before B's run and last past its end.
-fn flood_phase(ctx: &Ctx, name: &'static str, label: &str, pgbench: bool, storm: bool) -> Phase {
+/// What floods A in a phase.
+#[derive(Clone, Copy)]
+struct Flood {
+    pgbench: bool,
+    storm: bool,
+}
+
+const FLOOD: Flood = Flood {
+    pgbench: true,
+    storm: true,
+};
+
+/// B (through Sluice, or `direct`) while A is flooded by its pgbench and/or the
+/// connection storm. Both floods start before B's run and last past its end.
+fn flood_phase(
+    ctx: &Ctx,
+    name: &'static str,
+    label: &str,
+    Flood { pgbench, storm }: Flood,
+    direct: bool,
+) -> Phase {
     println!("noisy_neighbour: {name}: B with A flooded, {} s", ctx.secs);
     let meter = CpuMeter::start(ctx);
     let a_secs = (ctx.secs + 3).to_string();
@@ -751,7 +843,7 @@ fn flood_phase(ctx: &Ctx, name: &'static str, label: &str, pgbench: bool, storm:
     let storm = storm.then(|| Storm::start(&ctx.a, Duration::from_secs(ctx.secs + 2)));
     let base = storm.as_ref().map_or(started_at, |s| s.started_at);
     std::thread::sleep(Duration::from_millis(500));
-    let (out, lat, lag) = run_b(&ctx.b, ctx.secs, &ctx.work, label);
+    let (out, lat, lag) = run_b(ctx.b_target(direct), ctx.secs, &ctx.work, label);
     let storm = storm.map(Storm::finish);
     let a = a_run.map(|run| {
         let out = run.finish();
@@ -767,6 +859,7 @@ fn flood_phase(ctx: &Ctx, name: &'static str, label: &str, pgbench: bool, storm:
         .collect();
     Phase {
         name,
+        direct,
         b: b_run(out, lat, lag, meter.stop()),
         a,
         storm,
@@ -803,8 +896,16 @@ fn fmt_errors(r: &BRun) -> String {
     )
 }
 
+/// The first quiet phase with B on the same path as `phase`: its baseline.
+fn baseline<'p>(phases: &'p [Phase], phase: &Phase) -> &'p BRun {
+    &phases
+        .iter()
+        .find(|p| p.a.is_none() && p.storm.is_none() && p.direct == phase.direct)
+        .expect("a quiet phase first")
+        .b
+}
+
 fn print_table(phases: &[Phase]) {
-    let quiet = &phases[0].b;
     let mut head = String::from("| |");
     let mut rule = String::from("|---|");
     for p in phases {
@@ -817,10 +918,14 @@ fn print_table(phases: &[Phase]) {
         let cells: Vec<String> = phases.iter().map(cell).collect();
         println!("| {what} | {} |", cells.join(" | "));
     };
-    // A B figure, with its ratio to the first quiet phase after the flood phases.
+    row("B's path", &|p| {
+        if p.direct { "direct" } else { "Sluice" }.into()
+    });
+    // A B figure; under a flood, with its ratio to the quiet phase on the same path.
     let b_row = |what: &str, f: &dyn Fn(&BRun) -> f64| {
         row(what, &|p| {
             if p.a.is_some() || p.storm.is_some() {
+                let quiet = baseline(phases, p);
                 format!("{} (×{})", fmt_us(f(&p.b)), ratio(f(&p.b), f(quiet)))
             } else {
                 fmt_us(f(&p.b))
@@ -889,6 +994,12 @@ fn print_table(phases: &[Phase]) {
     });
     row("machine CPU busy (cores)", &|p| {
         format!("{:.2}", p.b.cpu.machine)
+    });
+    row("softirq time, machine (cores)", &|p| {
+        format!("{:.2}", p.b.cpu.softirq)
+    });
+    row("ksoftirqd threads (cores)", &|p| {
+        format!("{:.2}", p.b.cpu.ksoftirqd)
     });
     row("other processes' CPU (cores)", &|p| {
         format!("{:.2}", p.b.cpu.others)
@@ -962,6 +1073,12 @@ fn main() {
             .collect(),
         a: env.target(A),
         b: env.target(B),
+        b_direct: PgTarget {
+            addr: ([127, 0, 0, 1], env.globex.tcp_port.expect("globex on TCP")).into(),
+            sni_host: None,
+            sslmode: "require",
+            ..env.target(B)
+        },
         work: env.dir.path().join("noisy"),
         secs,
         hz,
@@ -990,19 +1107,33 @@ fn main() {
     let pause = || std::thread::sleep(Duration::from_secs(3));
     pause();
 
-    let mut phases = vec![quiet_phase(&ctx, "quiet", "quiet")];
+    let mut phases = vec![quiet_phase(&ctx, "quiet", "quiet", false)];
     pause();
-    phases.push(flood_phase(&ctx, "flood", "flood", true, true));
+    phases.push(flood_phase(&ctx, "flood", "flood", FLOOD, false));
     pause();
+    let pgbench_only = Flood {
+        storm: false,
+        ..FLOOD
+    };
+    let storm_only = Flood {
+        pgbench: false,
+        ..FLOOD
+    };
     phases.push(flood_phase(
         &ctx,
         "A pgbench only",
         "pgbench-only",
-        true,
+        pgbench_only,
         false,
     ));
     pause();
-    phases.push(flood_phase(&ctx, "A storm only", "storm-only", false, true));
+    phases.push(flood_phase(
+        &ctx,
+        "A storm only",
+        "storm-only",
+        storm_only,
+        false,
+    ));
     pause();
 
     // Live change of A's query rate.
@@ -1039,9 +1170,23 @@ fn main() {
     patch_query_rate(sluice, A_QUERY_RATE_LOWERED);
     let patched_at = epoch_now();
     let live_out = live.finish();
+    // The control phases flood A as the first ones did.
+    patch_query_rate(sluice, A_QUERY_RATE);
     pause();
 
-    phases.push(quiet_phase(&ctx, "quiet again", "quiet-again"));
+    phases.push(quiet_phase(&ctx, "quiet again", "quiet-again", false));
+    if control() {
+        pause();
+        phases.push(quiet_phase(&ctx, "control: quiet", "control-quiet", true));
+        pause();
+        phases.push(flood_phase(
+            &ctx,
+            "control: flood",
+            "control-flood",
+            FLOOD,
+            true,
+        ));
+    }
 
     let body = metrics(sluice);
     let log_bytes = std::fs::metadata(&sluice.log_path).map_or(0, |m| m.len());
@@ -1097,7 +1242,22 @@ fn main() {
         ratio(flood.p99, quiet.p99),
         flood.out.errors()
     );
+    let control_flood = phases.iter().find(|p| p.direct && p.storm.is_some());
+    if let Some(control) = control_flood {
+        let control_quiet = baseline(&phases, control);
+        println!(
+            "control, B straight to its Postgres: p99 {} µs quiet, {} µs under the same flood (×{}); \
+             under the flood B's p99 through Sluice / straight to Postgres = {}",
+            fmt_us(control_quiet.p99),
+            fmt_us(control.b.p99),
+            ratio(control.b.p99, control_quiet.p99),
+            ratio(flood.p99, control.b.p99)
+        );
+    }
     print_timeline(&phases[1]);
+    if let Some(control) = control_flood {
+        print_timeline(control);
+    }
 
     // Live change.
     println!();

@@ -35,6 +35,12 @@ pub fn clock_ticks_per_second() -> f64 {
 
 /// utime + stime (fields 14 and 15 of /proc/PID/stat) of `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> u64 {
+    let (user, system) = cpu_ticks_split(pid);
+    user + system
+}
+
+/// utime and stime (fields 14 and 15 of /proc/PID/stat) of `pid`, in clock ticks.
+pub fn cpu_ticks_split(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
     // The command name (field 2) may contain spaces: count from after its ')'.
@@ -43,7 +49,24 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     // `rest` starts at field 3, so field N is fields[N - 3].
     let utime: u64 = fields[14 - 3].parse().expect("utime");
     let stime: u64 = fields[15 - 3].parse().expect("stime");
-    utime + stime
+    (utime, stime)
+}
+
+/// Context switches of all of `pid`'s threads so far: voluntary (the thread blocked:
+/// epoll_wait, a futex) plus involuntary (preempted), from /proc/PID/task/*/status.
+/// Threads that ended before the call are not counted.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| {
+            let count = |key: &str| field::<u64>(&status, key).unwrap_or(0);
+            count("voluntary_ctxt_switches:") + count("nonvoluntary_ctxt_switches:")
+        })
+        .sum()
 }
 
 /// The parent pid (field 4) and command name (field 2) of `pid`.
@@ -122,6 +145,10 @@ pub struct PgbenchRun {
     pub first_error: Option<String>,
     /// Pooler CPU µs per processed transaction (None without a pooler).
     pub cpu_us_per_txn: Option<f64>,
+    /// The same split: (user, system) µs per processed transaction.
+    pub cpu_split_us_per_txn: Option<(f64, f64)>,
+    /// The pooler's context switches (all threads) per processed transaction.
+    pub switches_per_txn: Option<f64>,
     pub stdout: String,
 }
 
@@ -136,9 +163,9 @@ impl PgbenchRun {
 /// around the run) is charged per processed transaction. Never panics on pgbench's
 /// own failures: they are in `aborted_clients` and `first_error`.
 pub fn run_pgbench(target: &PgTarget, args: &[&str], pooler: Option<u32>, hz: f64) -> PgbenchRun {
-    let before = pooler.map(cpu_ticks);
+    let before = pooler.map(|pid| (cpu_ticks_split(pid), context_switches(pid)));
     let out = testkit::pgbench(target, args);
-    let after = pooler.map(cpu_ticks);
+    let after = pooler.map(|pid| (cpu_ticks_split(pid), context_switches(pid)));
     let (stdout, stderr) = (out.stdout, out.stderr);
     let aborted: Vec<&str> = stderr
         .lines()
@@ -151,10 +178,15 @@ pub fn run_pgbench(target: &PgTarget, args: &[&str], pooler: Option<u32>, hz: f6
         None => None,
     }
     .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "));
-    let cpu_us_per_txn = match (before, after) {
-        (Some(b), Some(a)) if processed > 0 => Some((a - b) as f64 / hz * 1e6 / processed as f64),
-        _ => None,
+    let per_txn = |ticks: u64| ticks as f64 / hz * 1e6 / processed as f64;
+    let (cpu_split_us_per_txn, switches_per_txn) = match (before, after) {
+        (Some(((bu, bs), bw)), Some(((au, as_), aw))) if processed > 0 => (
+            Some((per_txn(au - bu), per_txn(as_ - bs))),
+            Some(aw.saturating_sub(bw) as f64 / processed as f64),
+        ),
+        _ => (None, None),
     };
+    let cpu_us_per_txn = cpu_split_us_per_txn.map(|(user, system)| user + system);
     PgbenchRun {
         tps: field(&stdout, "tps =").unwrap_or(0.0),
         latency_ms: field(&stdout, "latency average =").unwrap_or(f64::NAN),
@@ -163,6 +195,8 @@ pub fn run_pgbench(target: &PgTarget, args: &[&str], pooler: Option<u32>, hz: f6
         aborted_clients: aborted.len(),
         first_error,
         cpu_us_per_txn,
+        cpu_split_us_per_txn,
+        switches_per_txn,
         stdout,
     }
 }
