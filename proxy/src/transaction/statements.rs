@@ -183,7 +183,9 @@ impl ClientStatements {
             },
             tag::CLOSE => match messages::parse_target(&frame.body) {
                 Ok((kind, name)) => {
-                    if kind == b'S' {
+                    if kind == b'S' && name.is_empty() {
+                        self.unnamed = None;
+                    } else if kind == b'S' {
                         self.by_name.remove(name);
                     }
                     // Outside a transaction no portal exists; closing one is a no-op.
@@ -248,6 +250,13 @@ impl ClientStatements {
                         }
                         None => forward(frame, out),
                     },
+                    Ok((b'S', _)) => {
+                        // The client's unnamed statement is gone, here and on the
+                        // server, which answers "does not exist" to a later Bind("").
+                        self.unnamed = None;
+                        *conv.unnamed_here = true;
+                        forward(frame, out);
+                    }
                     _ => forward(frame, out),
                 }
                 conv.pending.push_back(Pending::Close {
@@ -595,6 +604,30 @@ mod tests {
                 name: None,
                 swallow: true
             }
+        );
+    }
+
+    #[test]
+    fn a_closed_unnamed_statement_is_not_prepared_again() {
+        let mut stmts = ClientStatements::new(3);
+        let mut server = PreparedSet::new(5);
+        run(&mut stmts, &mut server, |o| {
+            messages::parse(o, "", "select $1", &[]);
+            messages::sync(o);
+        });
+        run(&mut stmts, &mut server, |o| {
+            messages::close(o, b'S', b"");
+            messages::sync(o);
+        });
+        // On the next server connection Bind("") must fail as it would on Postgres.
+        let (sent, _) = run(&mut stmts, &mut server, |o| {
+            messages::bind_text(o, "", "", &[Some(b"1")]);
+            messages::sync(o);
+        });
+        let tags: Vec<u8> = sent.iter().map(|f| f.tag).collect();
+        assert_eq!(
+            tags, b"CBS",
+            "the server's unnamed statement closed, not re-prepared"
         );
     }
 
