@@ -2,7 +2,7 @@
 //! by a connection storm and a full-speed pgbench, `globex` runs a paced pgbench without
 //! a single error, the storm is refused with 53400 and the exact message, the refusals
 //! are counted against acme only, and acme's own pgbench meets nothing but its rate
-//! limits. Functional only: no timing is asserted (benches/noisy_neighbour.rs measures).
+//! limits. Functional only: no timing is asserted (benches/noisy_neighbour/ measures).
 //!
 //! Every loop is bounded (a deadline and an attempt budget); pgbench processes are
 //! killed by pid if the test fails before they finish.

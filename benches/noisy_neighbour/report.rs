@@ -1,0 +1,180 @@
+//! The tables the bench prints: per phase, and B second by second in a flood.
+
+use super::*;
+
+pub(crate) fn fmt_us(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.0}")
+    } else {
+        "n/a".into()
+    }
+}
+
+pub(crate) fn ratio(x: f64, y: f64) -> String {
+    if x.is_finite() && y.is_finite() && y > 0.0 {
+        format!("{:.2}", x / y)
+    } else {
+        "n/a".into()
+    }
+}
+
+pub(crate) fn fmt_errors(r: &BRun) -> String {
+    format!(
+        "{} / {}{}",
+        r.out.failed(),
+        r.out.aborted(),
+        if r.out.success {
+            ""
+        } else {
+            " (pgbench failed)"
+        }
+    )
+}
+
+/// The first quiet phase with B on the same path as `phase`: its baseline.
+pub(crate) fn baseline<'p>(phases: &'p [Phase], phase: &Phase) -> &'p BRun {
+    &phases
+        .iter()
+        .find(|p| p.a.is_none() && p.storm.is_none() && p.direct == phase.direct)
+        .expect("a quiet phase first")
+        .b
+}
+
+pub(crate) fn print_table(phases: &[Phase]) {
+    let mut head = String::from("| |");
+    let mut rule = String::from("|---|");
+    for p in phases {
+        head.push_str(&format!(" {} |", p.name));
+        rule.push_str("---|");
+    }
+    println!("{head}");
+    println!("{rule}");
+    let row = |what: &str, cell: &dyn Fn(&Phase) -> String| {
+        let cells: Vec<String> = phases.iter().map(cell).collect();
+        println!("| {what} | {} |", cells.join(" | "));
+    };
+    row("B's path", &|p| {
+        if p.direct { "direct" } else { "Sluice" }.into()
+    });
+    // A B figure; under a flood, with its ratio to the quiet phase on the same path.
+    let b_row = |what: &str, f: &dyn Fn(&BRun) -> f64| {
+        row(what, &|p| {
+            if p.a.is_some() || p.storm.is_some() {
+                let quiet = baseline(phases, p);
+                format!("{} (×{})", fmt_us(f(&p.b)), ratio(f(&p.b), f(quiet)))
+            } else {
+                fmt_us(f(&p.b))
+            }
+        });
+    };
+    b_row("B p50 latency (µs)", &|r| r.p50);
+    b_row("B p99 latency (µs)", &|r| r.p99);
+    b_row("B max latency (µs)", &|r| r.max);
+    b_row("B p99 schedule lag (µs)", &|r| r.lag_p99);
+    row("B transactions", &|p| p.b.out.processed().to_string());
+    row("B failed txns / aborted clients", &|p| fmt_errors(&p.b));
+    row(
+        &format!("A TPS: whole run / steady (query_rate {A_QUERY_RATE})"),
+        &|p| {
+            p.a.as_ref().map_or("—".into(), |a| {
+                format!("{:.0} / {:.0}", a.out.tps(), a.steady_tps)
+            })
+        },
+    );
+    row("A failed txns / aborted clients", &|p| {
+        p.a.as_ref().map_or("—".into(), |a| {
+            format!("{} / {}", a.out.failed(), a.out.aborted())
+        })
+    });
+    row(
+        "storm attempts / admitted / refused 53400 / shed / other",
+        &|p| {
+            p.storm.as_ref().map_or("—".into(), |s| {
+                format!(
+                    "{} / {} / {} / {} / {}",
+                    s.attempts, s.admitted, s.refused_rate, s.shed, s.other
+                )
+            })
+        },
+    );
+    row("storm attempts/s (active for)", &|p| {
+        p.storm.as_ref().map_or("—".into(), |s| {
+            format!(
+                "{:.0} ({:.1} s)",
+                s.attempts as f64 / s.ended_after,
+                s.ended_after
+            )
+        })
+    });
+    row(
+        "Sluice CPU per storm attempt (µs, all of Sluice's CPU)",
+        &|p| {
+            p.storm.as_ref().map_or("—".into(), |s| {
+                format!(
+                    "{:.0}",
+                    p.b.cpu.sluice_secs * 1e6 / s.attempts.max(1) as f64
+                )
+            })
+        },
+    );
+    row("Sluice CPU (cores)", &|p| format!("{:.2}", p.b.cpu.sluice));
+    row("storm client CPU (cores)", &|p| {
+        format!("{:.2}", p.b.cpu.client)
+    });
+    row("Postgres CPU, both clusters (cores)", &|p| {
+        format!("{:.2}", p.b.cpu.postgres)
+    });
+    row("pgbench CPU (cores)", &|p| {
+        format!("{:.2}", p.b.cpu.pgbench)
+    });
+    row("machine CPU busy (cores)", &|p| {
+        format!("{:.2}", p.b.cpu.machine)
+    });
+    row("softirq time, machine (cores)", &|p| {
+        format!("{:.2}", p.b.cpu.softirq)
+    });
+    row("ksoftirqd threads (cores)", &|p| {
+        format!("{:.2}", p.b.cpu.ksoftirqd)
+    });
+    row("other processes' CPU (cores)", &|p| {
+        format!("{:.2}", p.b.cpu.others)
+    });
+}
+
+/// B's latency second by second during a flood, next to the storm's attempts.
+pub(crate) fn print_timeline(phase: &Phase) {
+    println!();
+    println!(
+        "B second by second during \"{}\" (seconds since the flood started; B started at +0.5):",
+        phase.name
+    );
+    println!();
+    println!("| second | storm attempts | B txns | B p50 (µs) | B p99 (µs) | B max (µs) |");
+    println!("|---|---|---|---|---|---|");
+    let last = phase
+        .b_timeline
+        .iter()
+        .map(|t| t.0)
+        .fold(0.0, f64::max)
+        .ceil() as usize;
+    for second in 0..last {
+        let mut lat: Vec<u64> = phase
+            .b_timeline
+            .iter()
+            .filter(|t| t.0 >= second as f64 && t.0 < (second + 1) as f64)
+            .map(|t| t.1)
+            .collect();
+        lat.sort_unstable();
+        let attempts = phase
+            .storm
+            .as_ref()
+            .map_or(0, |s| s.per_second.get(second).copied().unwrap_or(0));
+        println!(
+            "| {second} | {attempts} | {} | {} | {} | {} |",
+            lat.len(),
+            fmt_us(percentile(&lat, 0.5)),
+            fmt_us(percentile(&lat, 0.99)),
+            lat.last().map_or("n/a".into(), |v| v.to_string())
+        );
+    }
+}
