@@ -264,19 +264,19 @@ pub(crate) fn cpu_table(rows: &[Row], out: &mut String) {
     for r in rows {
         let cpu = |m: &Measured| m.run.cpu_us_per_txn.unwrap_or(f64::NAN);
         let system = |m: &Measured| m.run.cpu_split_us_per_txn.map_or(f64::NAN, |s| s.1);
-        let cell = |m: &Option<Measured>| match usable(m) {
-            Some(m) => format!("{:.1}", cpu(m)),
-            None => "–".into(),
+        // A usable measurement's figure, else a dash.
+        let show = |m: &Option<Measured>, f: &dyn Fn(&Measured) -> Option<String>| {
+            usable(m).and_then(f).unwrap_or_else(|| "–".into())
         };
-        let split = |m: &Option<Measured>| match usable(m).and_then(|m| m.run.cpu_split_us_per_txn)
-        {
-            Some((user, system)) => format!("{user:.1} / {system:.1}"),
-            None => "–".into(),
+        let cell = |m: &Option<Measured>| show(m, &|m| Some(format!("{:.1}", cpu(m))));
+        let split = |m: &Option<Measured>| {
+            show(m, &|m| {
+                let (user, system) = m.run.cpu_split_us_per_txn?;
+                Some(format!("{user:.1} / {system:.1}"))
+            })
         };
-        let switches = |m: &Option<Measured>| match usable(m).and_then(|m| m.run.switches_per_txn) {
-            Some(n) => format!("{n:.2}"),
-            None => "–".into(),
-        };
+        let switches =
+            |m: &Option<Measured>| show(m, &|m| m.run.switches_per_txn.map(|n| format!("{n:.2}")));
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
