@@ -51,7 +51,7 @@ pub struct PlanSection {
     pub limits: LimitsSection,
     /// The backend's size (cores, memory, swap, disk) for drivers that size backends
     /// (`proxmox`); unset: the driver's default size.
-    pub backend: Option<admin_api::provision::PlanSize>,
+    pub backend: Option<provision::PlanSize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

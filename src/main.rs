@@ -138,7 +138,7 @@ fn lxc_prepare(file: &std::path::Path) -> anyhow::Result<()> {
         )
     })?;
     let started = std::time::Instant::now();
-    let info = admin_api::provision::lxc::prepare(&lxc, &mut |line| {
+    let info = provision::lxc::prepare(&lxc, &mut |line| {
         println!("[{:6.1}s] {line}", started.elapsed().as_secs_f64());
     })?;
     println!(

@@ -3,11 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use admin_api::provision::{LocalDriver, LxcDriver, ProxmoxDriver, StaticDriver};
-use admin_api::secrets::SecretBox;
-use admin_api::{Admin, CatalogSync, ConnectionHint, Drivers, OpenedControl, Plane};
+use admin_api::{Admin, ConnectionHint};
 use anyhow::Context;
+use control::secrets::SecretBox;
+use control::{CatalogSync, Drivers, OpenedControl, Plane};
 use pooler::{Histograms, Pools};
+use provision::{LocalDriver, LxcDriver, ProxmoxDriver, StaticDriver};
 use proxy::tls::ServerTls;
 use proxy::Proxy;
 use router::{Catalog, CatalogHandle, Rejections, TenantLabels};
@@ -79,6 +80,10 @@ pub struct Running {
     listeners: Vec<tokio::net::TcpListener>,
     pub addrs: Vec<std::net::SocketAddr>,
     admin: Admin,
+    /// The control plane's parts, for its background tasks.
+    plane: Plane,
+    /// `[admin] refusal_audit_interval_s`.
+    refusal_audit_interval: std::time::Duration,
     /// The control store (and the embedded cluster, if Sluice runs it): stopped last.
     control: OpenedControl,
     /// Provisioning drivers: the local driver's tenant clusters stop after the proxy.
@@ -153,7 +158,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         });
     // The control store is opened before anything listens; an unreachable one is logged
     // and leaves the data plane serving the snapshot and the config's tenants.
-    let control = admin_api::control::open(&runtime.control).await;
+    let control = control::open::open(&runtime.control).await;
     let sync = Arc::new(CatalogSync::new(
         catalog.clone(),
         Arc::new(runtime.plans),
@@ -165,7 +170,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     tracing::info!(source, tenants = catalog.snapshot().len(), "catalog loaded");
     // Backends Sluice runs itself (local clusters) are up before clients can arrive;
     // the catalog (from the store or the snapshot) says which.
-    admin_api::jobs::start_backends(&sync, &drivers).await;
+    control::drivers::start_backends(&sync, &drivers).await;
     let proxy = Arc::new(Proxy::new(
         runtime.proxy,
         tls,
@@ -202,19 +207,19 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         }
     });
     let plane = Plane {
+        control: control.control.clone(),
         sync,
         drivers: drivers.clone(),
         wake: Arc::new(tokio::sync::Notify::new()),
-        hint,
+        gates: proxy.gates.clone(),
     };
     let admin = Admin::bind(
         &runtime.admin,
         catalog.clone(),
         proxy.pools.clone(),
         proxy.rejections.clone(),
-        proxy.gates.clone(),
-        control.control.clone(),
-        plane,
+        plane.clone(),
+        hint,
     )
     .await?;
     Ok(Running {
@@ -222,6 +227,8 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         listeners,
         addrs,
         admin,
+        plane,
+        refusal_audit_interval: runtime.control.refusal_audit_interval,
         control,
         drivers,
     })
@@ -244,6 +251,13 @@ impl Running {
         let draining = self.admin.state.draining.clone();
         let stop_admin = CancellationToken::new();
         let admin = tokio::spawn(self.admin.serve(stop_admin.clone()));
+        // The control plane (catalog follower, job worker, backend supervisor, refusal
+        // audit) runs as long as the admin listener.
+        let plane = tokio::spawn(self.plane.run(
+            self.proxy.rejections.clone(),
+            self.refusal_audit_interval,
+            stop_admin.clone(),
+        ));
         let maintenance = tokio::spawn(self.proxy.pools.clone().maintain(shutdown.clone()));
         let proxy = self.proxy.clone();
         let prune_stop = shutdown.clone();
@@ -265,6 +279,7 @@ impl Running {
         let _ = maintenance.await;
         stop_admin.cancel();
         let _ = admin.await;
+        let _ = plane.await;
         let drivers = self.drivers.clone();
         let _ = tokio::task::spawn_blocking(move || drivers.shutdown()).await;
         self.control.stop().await;

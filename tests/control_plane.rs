@@ -273,7 +273,7 @@ fn every_route_answers_each_role_as_documented_and_bad_keys_create_nothing() {
         .iter()
         .map(|(m, t, ..)| (t.to_string(), m.to_string()))
         .collect();
-    let served: BTreeSet<(String, String)> = admin_api::http::routes()
+    let served: BTreeSet<(String, String)> = admin_api::routes::routes()
         .into_iter()
         .map(|(t, m)| (t.to_owned(), m.to_owned()))
         .collect();

@@ -1,46 +1,43 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` (OpenMetrics), the stats API
-//! (`/v1/pools`, `/v1/tenants/{id}/stats`), live tenant changes
-//! (`/v1/tenants[/{id}[/bans]]`), API keys (`/v1/api-keys`) and the audit log
-//! (`/v1/audit-events`), with bearer API keys; and the control store behind the last
-//! two ([`store`], opened by [`control`]).
+//! Sluice's admin API: HTTP only. The admin listener serves `/healthz`, `/readyz`,
+//! `/metrics` (OpenMetrics), the stats API (`/v1/pools`, `/v1/tenants/{id}/stats`),
+//! tenants and their changes (`/v1/tenants[/{id}[/roles|/bans|/suspend|/resume]]`,
+//! `/v1/jobs/{id}`), API keys (`/v1/api-keys`) and the audit log
+//! (`/v1/audit-events`), with bearer API keys, as `openapi.json` describes.
 //!
-//! Only this crate speaks HTTP. It reads the data plane through shared handles (the
-//! catalog, the pools, the rejection counters) and never takes a lock the relay path
-//! takes, so a scrape cannot slow a query down.
+//! - [`server`] accepts and reads requests; [`routes`] is the route table;
+//!   [`handlers`] the endpoints, one module per resource.
+//! - [`request`], [`response`] and [`error`] are what every endpoint works with;
+//!   [`state`] is what every request can see. None of them imports an endpoint.
+//! - [`metrics`] and [`stats`] expose the data plane's counters.
+//!
+//! What the endpoints change lives in the control plane (the `control` crate): this
+//! crate authorizes, validates, answers and counts. It reads the data plane through
+//! shared handles (the catalog, the pools, the rejection counters) and never takes a lock
+//! the relay path takes, so a scrape cannot slow a query down.
 
-pub mod audit_api;
-pub mod catalog_sync;
-pub mod control;
-pub mod http;
-pub mod jobs;
-pub mod keys;
-pub mod keys_api;
+pub mod error;
+pub mod handlers;
 pub mod metrics;
-pub mod private_file;
-pub mod provision;
-pub mod refusals;
-pub mod roles;
-pub mod secrets;
+pub mod openapi;
+pub mod request;
+pub mod response;
+pub mod routes;
+pub mod server;
+pub mod state;
 pub mod stats;
-pub mod store;
-mod supervise;
-pub mod tenants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use prometheus_client::registry::Registry;
+use control::keys::ApiKeys;
+use control::Plane;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use catalog_sync::{CatalogSync, ConfigTenant, Plans};
-pub use control::{Control, ControlConfig, OpenedControl};
-pub use jobs::Drivers;
-pub use keys::{ApiKeys, Role};
 pub use metrics::{AdminRequests, Sources};
-pub use tenants::ConnectionHint;
+pub use state::{ConnectionHint, State};
 
 /// `[admin]` and `[metrics]` of the config file.
 #[derive(Debug, Clone)]
@@ -50,41 +47,6 @@ pub struct AdminConfig {
     pub bootstrap_key_file: PathBuf,
     /// `/metrics` answers (and the latency histograms are fed).
     pub metrics_enabled: bool,
-    /// How often refused connections are summed into the audit log.
-    pub refusal_audit_interval: std::time::Duration,
-}
-
-/// What every admin request can see.
-#[derive(Debug)]
-pub struct State {
-    pub sources: Sources,
-    pub keys: ApiKeys,
-    /// The id of the bootstrap key (kept in the store like any other).
-    bootstrap_id: String,
-    pub admin_requests: Arc<AdminRequests>,
-    pub sampler: Arc<stats::RateSampler>,
-    /// The data plane's admission gates (bans, ending a tenant's sessions).
-    pub gates: Arc<dyn router::AdmissionControl>,
-    /// The control store (tenants, API keys, the audit log); changes need it.
-    pub control: Control,
-    /// Catalog sync, provisioning drivers and the job worker's wake-up.
-    pub plane: Plane,
-    registry: Registry,
-    metrics_enabled: bool,
-    refusal_audit_interval: std::time::Duration,
-    /// Fired when the process starts draining: `/readyz` then answers 503.
-    pub draining: CancellationToken,
-}
-
-/// The control plane's moving parts, shared by the API handlers and the worker.
-#[derive(Debug, Clone)]
-pub struct Plane {
-    pub sync: Arc<CatalogSync>,
-    pub drivers: Arc<Drivers>,
-    /// Poked when a job is queued.
-    pub wake: Arc<tokio::sync::Notify>,
-    /// For the `connection_string` of tenant views.
-    pub hint: Option<ConnectionHint>,
 }
 
 /// The admin listener, bound and ready to serve.
@@ -96,7 +58,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Binds `config.listen`, loads the bootstrap key and, with a reachable `control`
+    /// Binds `config.listen`, loads the bootstrap key and, with a reachable control
     /// store, stores it there and accepts the store's keys. `catalog`, `pools` and
     /// `rejections` are the data plane's own handles.
     pub async fn bind(
@@ -104,13 +66,12 @@ impl Admin {
         catalog: Arc<router::CatalogHandle>,
         pools: Arc<pooler::Pools>,
         rejections: Arc<router::Rejections>,
-        gates: Arc<dyn router::AdmissionControl>,
-        control: Control,
         plane: Plane,
+        hint: Option<ConnectionHint>,
     ) -> anyhow::Result<Admin> {
         let keys = ApiKeys::default();
         let bootstrap_id = keys.load_bootstrap(&config.bootstrap_key_file)?;
-        if let Control::Ok { store, .. } = &control {
+        if let control::Control::Ok { store, .. } = &plane.control {
             // Retried every few seconds by `upkeep` while the store is away.
             if let Err(e) = keys.sync_with_store(store, &bootstrap_id).await {
                 tracing::warn!(error = %format!("{e:#}"), "loading API keys from the control store; only the bootstrap key works until it answers");
@@ -131,11 +92,9 @@ impl Admin {
             bootstrap_id,
             admin_requests,
             sampler: Arc::new(stats::RateSampler::default()),
-            gates,
-            control,
             plane,
+            hint,
             metrics_enabled: config.metrics_enabled,
-            refusal_audit_interval: config.refusal_audit_interval,
             draining: CancellationToken::new(),
         });
         let listener = TcpListener::bind(config.listen)
@@ -149,17 +108,10 @@ impl Admin {
         })
     }
 
-    /// Serves until `stop`; rates are sampled, the catalog follows the store and the
-    /// provisioning worker runs meanwhile.
+    /// Serves until `stop`; rates are sampled, and the job counts and API keys re-read
+    /// from the store, meanwhile. (The control plane's own tasks run beside it:
+    /// `control::Plane::run`.)
     pub async fn serve(self, stop: CancellationToken) {
-        let follow = tokio::spawn(
-            self.state
-                .plane
-                .sync
-                .clone()
-                .run(self.state.control.clone(), stop.clone()),
-        );
-        let worker = tokio::spawn(run_worker(self.state.clone(), stop.clone()));
         let sampler = tokio::spawn(
             self.state
                 .sampler
@@ -167,20 +119,10 @@ impl Admin {
                 .run(self.state.sources.pools.clone(), stop.clone()),
         );
         let jobs = tokio::spawn(upkeep(self.state.clone(), stop.clone()));
-        let supervisor = tokio::spawn(supervise::run(self.state.clone(), stop.clone()));
-        let refusals = tokio::spawn(refusals::run(
-            self.state.clone(),
-            self.state.refusal_audit_interval,
-            stop.clone(),
-        ));
         tracing::info!(addr = %self.addr, "admin API listening");
-        http::serve(self.listener, self.state, stop).await;
+        server::serve(self.listener, self.state, stop).await;
         let _ = sampler.await;
-        let _ = follow.await;
-        let _ = worker.await;
-        let _ = refusals.await;
         let _ = jobs.await;
-        let _ = supervisor.await;
     }
 }
 
@@ -195,7 +137,7 @@ async fn upkeep(state: Arc<State>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(store) = state.control.store() else {
+        let Ok(store) = state.plane.control.store() else {
             continue;
         };
         match store.job_counts().await {
@@ -206,20 +148,4 @@ async fn upkeep(state: Arc<State>, stop: CancellationToken) {
             tracing::debug!(error = %format!("{e:#}"), "refreshing API keys");
         }
     }
-}
-
-/// Runs the provisioning worker on a connection of its own (its job locks live as long
-/// as that session), reconnecting while the store is away.
-async fn run_worker(state: Arc<State>, stop: CancellationToken) {
-    let Ok(store) = state.control.store() else {
-        return;
-    };
-    let worker = Arc::new(jobs::Worker {
-        sync: state.plane.sync.clone(),
-        drivers: state.plane.drivers.clone(),
-        gates: state.gates.clone(),
-        wake: state.plane.wake.clone(),
-        name: format!("sluice-{}", std::process::id()),
-    });
-    worker.run(store.another(), stop).await;
 }

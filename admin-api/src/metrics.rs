@@ -308,7 +308,7 @@ impl Collector for DataPlane {
                 None,
                 MetricType::Gauge,
             )?;
-            for (state, n) in crate::store::JOB_STATES.iter().zip(&jobs.counts) {
+            for (state, n) in control::store::JOB_STATES.iter().zip(&jobs.counts) {
                 let labels = [("state", *state)];
                 gauge(n.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
             }

@@ -11,16 +11,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use admin_api::http::{routes, OPENAPI_JSON};
-use admin_api::provision::{
+use admin_api::openapi::OPENAPI_JSON;
+use admin_api::routes::routes;
+use admin_api::{stats, Admin, AdminConfig, ConnectionHint};
+use control::keys::Role;
+use control::secrets::{tenant_secret, SecretBox};
+use control::store::idempotency::Begin;
+use control::store::{BackendRecord, EmbeddedControl, Store, TenantRecord};
+use control::{CatalogSync, ConfigTenant, Control, Drivers, Plane, Plans};
+use provision::{
     sql, BackendAddress, BackendRequest, BoxFuture, Driver, LocalDriver, StaticDriver,
-};
-use admin_api::secrets::{tenant_secret, SecretBox};
-use admin_api::store::idempotency::Begin;
-use admin_api::store::{BackendRecord, EmbeddedControl, Store, TenantRecord};
-use admin_api::{
-    stats, tenants, Admin, AdminConfig, CatalogSync, ConfigTenant, ConnectionHint, Control,
-    Drivers, Plane, Plans, Role,
 };
 use router::{Catalog, CatalogHandle, TenantId};
 use serde_json::{json, Value};
@@ -530,7 +530,7 @@ fn schemas_match_the_serde_structs() {
     };
     check("TenantStats", &to_json(&tenant_stats), true);
 
-    let pool_settings = tenants::PoolPatch {
+    let pool_settings = control::settings::PoolPatch {
         mode: Some("session".into()),
         size: Some(20),
         min_idle: Some(0),
@@ -541,7 +541,7 @@ fn schemas_match_the_serde_structs() {
         reserve: Some(0),
         reserve_wait_ms: Some(1000),
     };
-    let limits = tenants::LimitsPatch {
+    let limits = control::settings::LimitsPatch {
         query_timeout_ms: Some(0),
         idle_in_transaction_timeout_ms: Some(0),
         client_idle_timeout_s: Some(0),
@@ -562,9 +562,10 @@ fn schemas_match_the_serde_structs() {
     check("LimitsPatch", &to_json(&limits), false);
     let patch = json!({"plan": "pro", "pool": to_json(&pool_settings), "limits": to_json(&limits)});
     check("TenantPatch", &patch, false);
-    serde_json::from_value::<tenants::TenantPatch>(patch).expect("the struct takes it");
+    serde_json::from_value::<admin_api::handlers::tenant_changes::TenantPatch>(patch)
+        .expect("the struct takes it");
 
-    let backend = |address: Option<&str>| tenants::BackendView {
+    let backend = |address: Option<&str>| admin_api::handlers::tenants::BackendView {
         driver: "static".into(),
         address: address.map(str::to_owned),
         tls: "verify-full".into(),
@@ -575,7 +576,7 @@ fn schemas_match_the_serde_structs() {
         true,
     );
     check("Backend", &to_json(&backend(None)), true);
-    let suspended = tenants::TenantView {
+    let suspended = admin_api::handlers::tenants::TenantView {
         id: "acme".into(),
         status: "suspended".into(),
         suspended_reason: Some("unpaid".into()),
@@ -587,7 +588,7 @@ fn schemas_match_the_serde_structs() {
         limits: limits.clone(),
         connection_string: Some("postgresql://acme.db.example.com:6432/app?sslmode=require".into()),
     };
-    let provisioning = tenants::TenantView {
+    let provisioning = admin_api::handlers::tenants::TenantView {
         id: "shop".into(),
         status: "provisioning".into(),
         suspended_reason: None,
@@ -603,7 +604,7 @@ fn schemas_match_the_serde_structs() {
     assert_eq!(keys(&minimal), required(schema(&doc, "Tenant")));
     validate(&doc, schema(&doc, "Tenant"), &minimal, "Tenant").unwrap();
 
-    let job = |error: Option<&str>| tenants::JobView {
+    let job = |error: Option<&str>| admin_api::handlers::jobs::JobView {
         id: 7,
         kind: "create".into(),
         tenant: "shop".into(),
@@ -627,11 +628,20 @@ fn schemas_match_the_serde_structs() {
     // The request structs take exactly the keys their schemas list (serde names them
     // when it refuses an unknown one), and the documented examples.
     for (name, fields) in [
-        ("CreateTenant", fields_of::<tenants::CreateTenant>()),
-        ("CreateBackend", fields_of::<tenants::CreateBackend>()),
-        ("TenantPatch", fields_of::<tenants::TenantPatch>()),
-        ("PoolPatch", fields_of::<tenants::PoolPatch>()),
-        ("LimitsPatch", fields_of::<tenants::LimitsPatch>()),
+        (
+            "CreateTenant",
+            fields_of::<admin_api::handlers::tenant_create::CreateTenant>(),
+        ),
+        (
+            "CreateBackend",
+            fields_of::<admin_api::handlers::tenant_create::CreateBackend>(),
+        ),
+        (
+            "TenantPatch",
+            fields_of::<admin_api::handlers::tenant_changes::TenantPatch>(),
+        ),
+        ("PoolPatch", fields_of::<control::settings::PoolPatch>()),
+        ("LimitsPatch", fields_of::<control::settings::LimitsPatch>()),
     ] {
         assert_eq!(fields, keys(&schema(&doc, name)["properties"]), "{name}");
         assert_eq!(
@@ -645,8 +655,10 @@ fn schemas_match_the_serde_structs() {
         .as_object()
         .unwrap();
     for (name, example) in examples {
-        serde_json::from_value::<tenants::CreateTenant>(example["value"].clone())
-            .unwrap_or_else(|e| panic!("example {name}: {e}"));
+        serde_json::from_value::<admin_api::handlers::tenant_create::CreateTenant>(
+            example["value"].clone(),
+        )
+        .unwrap_or_else(|e| panic!("example {name}: {e}"));
     }
 }
 
@@ -807,28 +819,23 @@ fn bind(
         listen: "127.0.0.1:0".parse().unwrap(),
         bootstrap_key_file: key_file.to_owned(),
         metrics_enabled,
-        refusal_audit_interval: std::time::Duration::from_secs(60),
     };
     let mut drivers = Drivers::default();
     drivers.add(Arc::new(StaticDriver));
     drivers.add(Arc::new(Stuck));
     let plane = Plane {
+        control,
         sync,
         drivers: Arc::new(drivers),
         wake: Arc::new(tokio::sync::Notify::new()),
-        hint: Some(ConnectionHint {
-            sni_suffix: SNI_SUFFIX.into(),
-            port: 6432,
-        }),
+        gates: Arc::new(Gates),
     };
+    let hint = Some(ConnectionHint {
+        sni_suffix: SNI_SUFFIX.into(),
+        port: 6432,
+    });
     rt.block_on(Admin::bind(
-        &config,
-        catalog,
-        pools,
-        rejections,
-        Arc::new(Gates),
-        control,
-        plane,
+        &config, catalog, pools, rejections, plane, hint,
     ))
     .unwrap()
 }
@@ -1125,16 +1132,21 @@ fn live_answers_match_the_document() {
     let no_metrics = bind(&rt, &no_store_dir, &key_file, false, unreachable);
     // A viewer key, in the store (each listener re-reads its keys from there every few
     // seconds) and accepted at once by the listener with the store.
-    let viewer_key = admin_api::keys::generate();
-    let viewer_id = admin_api::keys::key_id(&viewer_key).unwrap();
-    let hash = admin_api::keys::hash(&viewer_key);
+    let viewer_key = control::keys::generate();
+    let viewer_id = control::keys::key_id(&viewer_key).unwrap();
+    let hash = control::keys::hash(&viewer_key);
     rt.block_on(store.insert_api_key(viewer_id, &hash, "viewer", Some("test viewer")))
         .unwrap();
     admin.state.keys.insert(&viewer_key, Role::Viewer).unwrap();
     let state = admin.state.clone();
     let (addr, no_metrics_addr) = (admin.addr, no_metrics.addr);
-    rt.spawn(admin.serve(stop.clone()));
-    rt.spawn(no_metrics.serve(stop.clone()));
+    for admin in [admin, no_metrics] {
+        // Each process runs its control plane beside its listener, as `sluice serve` does.
+        let plane = admin.state.plane.clone();
+        let rejections = admin.state.sources.rejections.clone();
+        rt.spawn(plane.run(rejections, Duration::from_secs(60), stop.clone()));
+        rt.spawn(admin.serve(stop.clone()));
+    }
     let mut live = Live {
         doc: doc(),
         addr,
@@ -1982,9 +1994,7 @@ fn api_keys(live: &mut Live, world: &World) {
 /// body (422 `idempotency_key_reused`); and a replay with the header.
 fn idempotency_keys(live: &mut Live, world: &World) {
     let key = world.key;
-    let key_id = admin_api::keys::key_id(&world.admin_key)
-        .unwrap()
-        .to_owned();
+    let key_id = control::keys::key_id(&world.admin_key).unwrap().to_owned();
     let posts: Vec<String> = routes()
         .into_iter()
         .filter(|(_, m)| *m == "POST")

@@ -23,11 +23,13 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use admin_api::catalog_sync::{materialize, Base, Plans};
-use admin_api::keys::{ApiKeys, Role};
-use admin_api::provision::StaticDriver;
-use admin_api::store::{BackendRecord, TenantRecord};
-use admin_api::tenants::{CreateTenant, LimitsPatch, PoolPatch, TenantPatch};
+use admin_api::handlers::tenant_changes::TenantPatch;
+use admin_api::handlers::tenant_create::CreateTenant;
+use control::catalog_sync::{materialize, Base, Plans};
+use control::keys::{ApiKeys, Role};
+use control::settings::{LimitsPatch, PoolPatch};
+use control::store::{BackendRecord, TenantRecord};
+use provision::StaticDriver;
 use libfuzzer_sys::fuzz_target;
 use router::{PoolMode, PoolSettings, TenantId};
 use serde_json::Value;

@@ -7,9 +7,10 @@ use std::time::Duration;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use admin_api::catalog_sync::Base;
-use admin_api::store::{BackendRecord, TenantRecord};
-use admin_api::{AdminConfig, ConfigTenant, ControlConfig, Plans};
+use admin_api::AdminConfig;
+use control::catalog_sync::Base;
+use control::store::{BackendRecord, TenantRecord};
+use control::{ConfigTenant, ControlConfig, Plans};
 use proxy::config::{ProxyConfig, TlsFiles};
 use router::{BanPolicy, Cidr, IdentifyRules, Limits, PoolMode, PoolSettings};
 
@@ -31,9 +32,9 @@ pub struct Runtime {
     pub data_dir: PathBuf,
     pub secrets_key_file: PathBuf,
     /// `[provisioner.proxmox]`, with the token secret read and the plans' sizes.
-    pub proxmox: Option<admin_api::provision::ProxmoxConfig>,
+    pub proxmox: Option<provision::ProxmoxConfig>,
     /// `[provisioner.lxc]` (or its defaults, with `driver = "lxc"`) and the plans' sizes.
-    pub lxc: Option<admin_api::provision::LxcConfig>,
+    pub lxc: Option<provision::LxcConfig>,
 }
 
 impl Config {
@@ -73,12 +74,12 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("admin.key")),
             metrics_enabled: self.metrics.enabled,
-            refusal_audit_interval: Duration::from_secs(self.admin.refusal_audit_interval_s),
         };
         let control = ControlConfig {
             database_url: self.control.database_url.clone(),
             audit_database_url: self.control.audit_database_url.clone(),
             data_dir: self.data_dir.clone(),
+            refusal_audit_interval: Duration::from_secs(self.admin.refusal_audit_interval_s),
         };
         let defaults = pool_settings(&self.defaults.pool, &PoolSettings::default());
         let default_limits = limits(&self.defaults.limits, &Limits::default());
@@ -260,15 +261,15 @@ fn as_patch<S: serde::Serialize, P: serde::de::DeserializeOwned>(section: &S) ->
 
 impl Config {
     /// The plans' backend sizes, for the container drivers.
-    fn plan_sizes(&self) -> HashMap<String, admin_api::provision::PlanSize> {
+    fn plan_sizes(&self) -> HashMap<String, provision::PlanSize> {
         self.plans
             .iter()
             .filter_map(|(name, plan)| Some((name.clone(), plan.backend?)))
             .collect()
     }
 
-    pub fn lxc(&self) -> Option<admin_api::provision::LxcConfig> {
-        use admin_api::provision::{lxc, LxcConfig};
+    pub fn lxc(&self) -> Option<provision::LxcConfig> {
+        use provision::{lxc, LxcConfig};
         let section = match (&self.provisioner.lxc, self.provisioner.driver.as_str()) {
             (Some(section), _) => section.clone(),
             (None, "lxc") => Default::default(),
@@ -288,8 +289,8 @@ impl Config {
         })
     }
 
-    fn proxmox(&self) -> Result<Option<admin_api::provision::ProxmoxConfig>, ConfigError> {
-        use admin_api::provision::proxmox::PveTls;
+    fn proxmox(&self) -> Result<Option<provision::ProxmoxConfig>, ConfigError> {
+        use provision::proxmox::PveTls;
         let Some(pve) = &self.provisioner.proxmox else {
             return Ok(None);
         };
@@ -303,7 +304,7 @@ impl Config {
             (None, Some(ca)) => PveTls::Ca(ca.clone()),
             (None, None) => unreachable!("validated"),
         };
-        Ok(Some(admin_api::provision::ProxmoxConfig {
+        Ok(Some(provision::ProxmoxConfig {
             url: pve.url.clone(),
             token_id: pve.token_id.clone(),
             token_secret: secret.trim().to_owned(),

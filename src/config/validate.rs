@@ -97,7 +97,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         ("audit_database_url", &config.control.audit_database_url),
     ] {
         // The message never repeats the URL: it may carry a password.
-        if let Some(Err(e)) = url.as_deref().map(admin_api::control::parse_database_url) {
+        if let Some(Err(e)) = url.as_deref().map(control::open::parse_database_url) {
             problems.push(Problem::new(
                 vec![Key("control"), Key(key)],
                 format!("not a PostgreSQL connection string: {e}"),
