@@ -149,6 +149,15 @@ impl Store {
             c.as_mut().expect("just connected")
         }))
     }
+
+    /// Applies the migrations the store lacks, in order, and returns the versions this call
+    /// applied (empty when the schema was already current). Fails with a [`SchemaMismatch`]
+    /// (inside the `anyhow::Error`) when the store was migrated by a newer or different
+    /// build; nothing is changed then.
+    pub async fn migrate(&self) -> anyhow::Result<Vec<i32>> {
+        let mut client = self.client().await?;
+        migrate::migrate_client(&mut client).await
+    }
 }
 
 async fn open(config: &tokio_postgres::Config) -> anyhow::Result<Client> {

@@ -8,17 +8,18 @@
 //! program's own (the postmaster's pid, for `postgres`).
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::{Error, Installation};
+use crate::Error;
 
 /// Inner uid/gid the server runs as when started by root (`nobody` on every Debian).
 const UNPRIVILEGED_ID: &str = "65534";
 
-/// A command that runs `program` from the installation's bin directory, as an unprivileged
+/// A command that runs `program` from `bin_dir` (an installation's), as an unprivileged
 /// user when we are root.
-pub(crate) fn server_command(install: &Installation, program: &str) -> Command {
-    let binary = install.bin_dir.join(program);
+pub(crate) fn server_command(bin_dir: &Path, program: &str) -> Command {
+    let binary = bin_dir.join(program);
     if nix::unistd::geteuid().is_root() {
         let mut command = Command::new("unshare");
         command

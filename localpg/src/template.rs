@@ -61,7 +61,7 @@ impl Template {
 fn initdb(install: &Installation, data_dir: &Path, scratch: &Path) -> Result<(), Error> {
     let password_file = scratch.join("pwfile");
     write_random_password(&password_file)?;
-    let mut command = launcher::server_command(install, "initdb");
+    let mut command = launcher::server_command(&install.bin_dir, "initdb");
     command
         .arg("-D")
         .arg(data_dir)

@@ -25,11 +25,11 @@
 //! CPU quota and weight, a process cap). Disk is not limited: a directory rootfs on the
 //! host's filesystem has no size of its own (docs/drivers.md).
 
+mod config;
 mod container;
 pub mod requirements;
 pub mod template;
 
-use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +44,7 @@ use super::{
     check_tenant, lock, remove_dir_if_exists, sql, BackendAddress, BackendRequest, BoxFuture,
     Driver, PlanSize, TenantSlots,
 };
+pub use config::LxcConfig;
 use container::{Container, State};
 pub use template::TemplateInfo;
 
@@ -52,37 +53,6 @@ const SUPERUSER: &str = "postgres";
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a started container may take to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(30);
-
-/// `[provisioner.lxc]`, resolved.
-#[derive(Debug, Clone)]
-pub struct LxcConfig {
-    /// Where the containers and their sockets live.
-    pub root: PathBuf,
-    /// The pre-shifted rootfs template (default `<root>/template`).
-    pub template: PathBuf,
-    /// The first host id the containers' ids map to (root's range in /etc/subuid and
-    /// /etc/subgid); 65536 ids from there.
-    pub subid_base: u32,
-    /// The Debian mirror and suite the template is built from.
-    pub mirror: String,
-    pub suite: String,
-    /// Container sizes by Sluice plan name.
-    pub plans: HashMap<String, PlanSize>,
-    /// The size for a tenant without a plan, or whose plan is not in `plans`.
-    pub default_plan: PlanSize,
-}
-
-impl LxcConfig {
-    pub const DEFAULT_SUBID_BASE: u32 = 200_000;
-    pub const DEFAULT_SUITE: &'static str = "bookworm";
-
-    /// The size of `plan`'s containers.
-    pub fn plan_size(&self, plan: Option<&str>) -> PlanSize {
-        plan.and_then(|name| self.plans.get(name))
-            .copied()
-            .unwrap_or(self.default_plan)
-    }
-}
 
 /// The first Debian mirror this host's apt uses (deb822 `URIs:` or a one-line `deb`
 /// entry), else deb.debian.org.

@@ -30,11 +30,10 @@ mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 pub use super::PlanSize;
 use super::{sql, BackendAddress, BackendRequest, BoxFuture, Driver};
@@ -42,6 +41,7 @@ use client::Client;
 
 pub use client::PveError;
 pub use handoff::MARKER as HANDOFF_MARKER;
+pub use tls::PveTls;
 
 /// The PostgreSQL port inside every container (the template's default).
 pub const POSTGRES_PORT: u16 = 5432;
@@ -95,16 +95,6 @@ impl std::fmt::Debug for ProxmoxConfig {
             .field("default_plan", &self.default_plan)
             .finish_non_exhaustive()
     }
-}
-
-/// How the driver trusts the Proxmox API's certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PveTls {
-    /// SHA-256 of the server certificate (DER), hex, with or without colons.
-    Fingerprint(String),
-    /// A PEM file of CA certificates, e.g. a copy of `/etc/pve/pve-root-ca.pem`.
-    Ca(PathBuf),
 }
 
 /// How often and how long the driver waits. The defaults suit a real cluster; tests

@@ -26,10 +26,10 @@ pub use cidr::{AllowList, Cidr, CidrError};
 pub trait AdmissionControl: std::fmt::Debug + Send + Sync {
     /// Ends every running session of the tenant (57P01); returns how many clients
     /// it had.
-    fn terminate_sessions(&self, tenant: &crate::TenantId) -> usize;
+    fn terminate_sessions(&self, tenant: &crate::tenant_id::TenantId) -> usize;
     /// The tenant's active bans.
-    fn bans(&self, tenant: &crate::TenantId) -> Vec<Ban>;
+    fn bans(&self, tenant: &crate::tenant_id::TenantId) -> Vec<Ban>;
     /// Lifts the ban of one address (and forgets its failures), or of all; returns
     /// how many addresses were cleared.
-    fn lift(&self, tenant: &crate::TenantId, ip: Option<std::net::IpAddr>) -> usize;
+    fn lift(&self, tenant: &crate::tenant_id::TenantId, ip: Option<std::net::IpAddr>) -> usize;
 }

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 
-use crate::tenant::{Tenant, TenantId};
+use crate::tenant::Tenant;
+use crate::tenant_id::TenantId;
 
 /// An immutable snapshot of all tenants. Lookups are one hash probe, so their cost does
 /// not depend on how many tenants there are.

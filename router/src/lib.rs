@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod identify;
 pub mod rejections;
 pub mod tenant;
+pub mod tenant_id;
 
 pub use admission::{
     AdmissionControl, AllowList, Ban, BanPolicy, Cidr, CidrError, FailedLogins, TokenBucket,
@@ -17,7 +18,5 @@ pub use admission::{
 pub use catalog::{Catalog, CatalogHandle};
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};
 pub use rejections::{Reason, Rejections, TenantLabels, Who};
-pub use tenant::{
-    Backend, BackendAddr, BackendTls, Limits, PoolMode, PoolSettings, Tenant, TenantId,
-    TenantIdError,
-};
+pub use tenant::{Backend, BackendAddr, BackendTls, Limits, PoolMode, PoolSettings, Tenant};
+pub use tenant_id::{TenantId, TenantIdError};

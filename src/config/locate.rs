@@ -2,7 +2,7 @@
 
 use toml_edit::{ImDocument, Item};
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// A path segment: a table key or an array index.
 #[derive(Debug, Clone)]

@@ -14,7 +14,8 @@ use control::{ConfigTenant, ControlConfig, Plans};
 use proxy::config::{ProxyConfig, TlsFiles};
 use router::{BanPolicy, Cidr, IdentifyRules, Limits, PoolMode, PoolSettings};
 
-use super::{Config, ConfigError, LimitsSection, PoolSection};
+use super::error::ConfigError;
+use super::schema::{Config, LimitsSection, PoolSection};
 
 /// Everything `serve` needs from the config.
 #[derive(Debug)]

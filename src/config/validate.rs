@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 
 use router::TenantId;
 
+use super::error::ConfigError;
 use super::locate::{line_of, path_string, Seg};
-use super::{Config, ConfigError, LimitsSection, PoolSection};
+use super::schema::{Config, LimitsSection, PoolSection};
 use router::Cidr;
 
 /// A problem at a key path, before it is located in the text.
@@ -310,7 +311,7 @@ fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
+    use crate::config::Config;
     use std::path::Path;
 
     const GOOD: &str = r#"

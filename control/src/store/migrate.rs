@@ -12,8 +12,6 @@ use std::fmt;
 use anyhow::Context;
 use tokio_postgres::Transaction;
 
-use super::Store;
-
 /// The `pg_advisory_xact_lock` key that serialises migrations ("sluice" + 0001 in hex, so
 /// it is recognisable in `pg_locks` and unlikely to collide with another application's).
 pub const MIGRATION_LOCK: i64 = 0x736c_7569_6365_0001;
@@ -95,17 +93,6 @@ impl fmt::Display for SchemaMismatch {
 }
 
 impl std::error::Error for SchemaMismatch {}
-
-impl Store {
-    /// Applies the migrations the store lacks, in order, and returns the versions this call
-    /// applied (empty when the schema was already current). Fails with a [`SchemaMismatch`]
-    /// (inside the `anyhow::Error`) when the store was migrated by a newer or different
-    /// build; nothing is changed then.
-    pub async fn migrate(&self) -> anyhow::Result<Vec<i32>> {
-        let mut client = self.client().await?;
-        migrate_client(&mut client).await
-    }
-}
 
 /// [`Store::migrate`] on a given connection.
 pub(crate) async fn migrate_client(

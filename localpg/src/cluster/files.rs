@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::ClusterConfig;
+use super::config::ClusterConfig;
 use crate::Error;
 
 /// Our settings file, relative to the data directory.
@@ -51,7 +51,7 @@ pub(super) fn write_server_config(
             "port",
             config
                 .port
-                .unwrap_or(super::DEFAULT_SOCKET_PORT)
+                .unwrap_or(super::config::DEFAULT_SOCKET_PORT)
                 .to_string(),
         ),
         (

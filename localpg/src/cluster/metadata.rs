@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::ClusterConfig;
+use super::config::ClusterConfig;
 use crate::Error;
 
 const FILE_NAME: &str = "sluice-localpg.json";

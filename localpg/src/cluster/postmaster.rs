@@ -44,7 +44,7 @@ impl Cluster {
             .try_clone()
             .map_err(|e| Error::io(format!("duplicating {}", log_path.display()), e))?;
 
-        let mut command = launcher::server_command(&self.install, "postgres");
+        let mut command = launcher::server_command(&self.install.bin_dir, "postgres");
         command
             .arg("-D")
             .arg(&self.data_dir)

@@ -34,7 +34,7 @@ impl Cluster {
             });
         }
         self.clear_stale()?;
-        let mut command = launcher::server_command(&self.install, "postgres");
+        let mut command = launcher::server_command(&self.install.bin_dir, "postgres");
         command
             .arg("--single")
             .arg("-D")

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::template::{TemplateInfo, ID_COUNT};
-use super::PlanSize;
+use super::config::ID_COUNT;
+use super::template::TemplateInfo;
+use crate::PlanSize;
 
 /// The file names PostgreSQL leaves in its socket directory; a killed container leaves
 /// them behind, and a stale lock file stops the next start.

@@ -4,8 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use super::template::ID_COUNT;
-use super::LxcConfig;
+use super::config::{LxcConfig, ID_COUNT};
 
 /// One thing the host lacks, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,15 +21,13 @@ use anyhow::{anyhow, bail, Context};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::LxcConfig;
+use super::config::{LxcConfig, ID_COUNT};
 use crate::remove_dir_if_exists;
 
 const ROOTFS: &str = "rootfs";
 const DESCRIPTION: &str = "sluice-template.json";
 /// Bumped whenever what `configure` writes changes, so that old templates are rebuilt.
 const FORMAT: u32 = 1;
-/// Ids a container maps (its uid and gid 0 to 65535).
-pub const ID_COUNT: u32 = 65536;
 
 /// What a template was built from, and what the driver needs to know about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

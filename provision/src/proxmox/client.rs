@@ -21,8 +21,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::tls::client_config;
-use super::PveTls;
+use super::tls::{client_config, PveTls};
 
 /// How long one request may take, connection included (pveproxy itself gives up on a
 /// proxied call after 30 s).

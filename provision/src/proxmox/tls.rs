@@ -3,6 +3,7 @@
 //! cluster's `/etc/pve/pve-root-ca.pem`, or the CA of a custom certificate). There is no
 //! "insecure" mode.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
@@ -11,9 +12,18 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::PveTls;
+/// How the driver trusts the Proxmox API's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PveTls {
+    /// SHA-256 of the server certificate (DER), hex, with or without colons.
+    Fingerprint(String),
+    /// A PEM file of CA certificates, e.g. a copy of `/etc/pve/pve-root-ca.pem`.
+    Ca(PathBuf),
+}
 
 /// The client config for `tls`.
 pub fn client_config(tls: &PveTls) -> anyhow::Result<ClientConfig> {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::TenantId;
+use crate::tenant_id::TenantId;
 
 /// How many (tenant, address) pairs [`FailedLogins::new`] tracks at most.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
