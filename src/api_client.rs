@@ -9,10 +9,9 @@ mod exchange_tests;
 #[cfg(test)]
 pub mod fake;
 mod idempotency;
-mod pages;
+pub mod pages;
 
 pub use idempotency::IdempotencyKey;
-pub use pages::Listing;
 
 use std::fmt;
 use std::time::Duration;

@@ -5,7 +5,7 @@ use anyhow::bail;
 use serde_json::Value;
 
 use crate::api_args::{print_json, print_lines, ApiArgs, Output};
-use crate::api_client::Listing;
+use crate::api_client::pages::Listing;
 use crate::table::{self, count, text, time, Align, Column};
 
 #[derive(Debug, clap::Args)]

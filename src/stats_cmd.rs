@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::api_args::{json_text, print, ApiArgs, Output};
-use crate::api_client::{encode_component, ApiClient, ApiError, Listing};
+use crate::api_client::pages::Listing;
+use crate::api_client::{encode_component, ApiClient, ApiError};
 use crate::table::{self, count, number, text, Align, Column};
 
 /// ANSI: clear the screen and move the cursor home, as `watch(1)` does.

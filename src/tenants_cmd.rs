@@ -13,7 +13,8 @@ use anyhow::{anyhow, bail};
 use serde_json::{json, Map, Value};
 
 use crate::api_args::{print_json, print_lines, ApiArgs, Output};
-use crate::api_client::{encode_component, ApiClient, IdempotencyKey, Listing};
+use crate::api_client::pages::Listing;
+use crate::api_client::{encode_component, ApiClient, IdempotencyKey};
 use crate::table::{self, scalar, text, Align, Column};
 use backend::StaticBackendArgs;
 use settings::Setting;

@@ -40,10 +40,11 @@ use nix::fcntl::Flock;
 
 use crate::private_file::{create_private_dir, take_ownership};
 
-use super::{
-    check_tenant, lock, remove_dir_if_exists, sql, BackendAddress, BackendRequest, BoxFuture,
-    Driver, TenantSlots,
+use crate::driver::{
+    check_tenant, lock, remove_dir_if_exists, BackendAddress, BackendRequest, BoxFuture, Driver,
+    TenantSlots,
 };
+use crate::sql;
 
 const HOME: &str = "backends";
 const PGDATA: &str = "pgdata";

@@ -40,10 +40,11 @@ use nix::fcntl::Flock;
 
 use crate::private_file::take_ownership;
 
-use super::{
-    check_tenant, lock, remove_dir_if_exists, sql, BackendAddress, BackendRequest, BoxFuture,
-    Driver, PlanSize, TenantSlots,
+use crate::driver::{
+    check_tenant, lock, remove_dir_if_exists, BackendAddress, BackendRequest, BoxFuture, Driver,
+    PlanSize, TenantSlots,
 };
+use crate::sql;
 pub use config::LxcConfig;
 use container::{Container, State};
 pub use template::TemplateInfo;

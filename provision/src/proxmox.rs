@@ -35,8 +35,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure};
 use serde::Deserialize;
 
-pub use super::PlanSize;
-use super::{sql, BackendAddress, BackendRequest, BoxFuture, Driver};
+pub use crate::driver::PlanSize;
+use crate::driver::{BackendAddress, BackendRequest, BoxFuture, Driver};
+use crate::sql;
 use client::Client;
 
 pub use client::PveError;

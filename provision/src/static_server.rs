@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::{Map, Value};
 
-use super::{sql, BackendAddress, BackendRequest, BoxFuture, Driver};
+use crate::driver::{BackendAddress, BackendRequest, BoxFuture, Driver};
+use crate::sql;
 
 /// The keys of the request's `backend` object.
 const KEYS: [&str; 6] = [

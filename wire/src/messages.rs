@@ -19,6 +19,7 @@ pub use from_server::{
     parse_authentication, parse_backend_key_data, parse_data_row, parse_error_fields,
     parse_parameter_status, parse_ready_for_query, Authentication, ErrorFields,
 };
+pub use reader::ParseError;
 pub use to_client::{
     auth_cleartext, auth_md5, auth_ok, auth_sasl, auth_sasl_continue, auth_sasl_final,
     backend_key_data, close_complete, error_response, negotiate_protocol_version, notice_response,
@@ -28,31 +29,6 @@ pub use to_server::{
     bind_raw, bind_text, close, describe, describe_portal, execute, parse, parse_raw,
     password_message, query, sasl_initial_response, sync, terminate,
 };
-
-/// A message body that does not have the layout its tag promises.
-#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
-pub enum ParseError {
-    /// The body ended while reading a field.
-    #[error("message truncated while reading {0}")]
-    Truncated(&'static str),
-    /// A string field has no NUL terminator.
-    #[error("string field {0} is not NUL-terminated")]
-    MissingNul(&'static str),
-    /// A string field is not UTF-8.
-    #[error("string field {0} is not valid UTF-8")]
-    NonUtf8(&'static str),
-    /// A numeric field has an impossible value.
-    #[error("invalid {what}: {value}")]
-    Invalid {
-        /// The field.
-        what: &'static str,
-        /// Its value.
-        value: i64,
-    },
-    /// Bytes left over after the last field.
-    #[error("{0} unexpected bytes after the end of the message")]
-    TrailingBytes(usize),
-}
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use anyhow::{bail, Context};
 use tokio_postgres::Row;
 
-use super::Store;
+use super::connection::Store;
 
 /// A key as listed: everything but its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,7 +41,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Row, Transaction};
 
-use super::{canonical_json, rfc3339, Store};
+use super::canonical::canonical_json;
+use super::connection::Store;
+use super::rfc3339;
 
 /// The `pg_advisory_xact_lock` key that serialises appends ("sluice" + 0002 in hex).
 pub const AUDIT_LOCK: i64 = 0x736c_7569_6365_0002;

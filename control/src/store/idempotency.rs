@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 
-use super::Store;
+use super::connection::Store;
 
 /// How long a key's answer is kept.
 pub const RETENTION_HOURS: i32 = 24;

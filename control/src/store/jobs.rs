@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use tokio_postgres::Row;
 
-use super::Store;
+use super::connection::Store;
 
 /// The states of a job, in the order [`Store::job_counts`] answers.
 pub const JOB_STATES: [&str; 4] = ["queued", "running", "succeeded", "failed"];

@@ -21,8 +21,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Row, Transaction};
 
 use super::audit::AuditEvent;
+use super::connection::Store;
 use super::jobs::{JobRecord, JOB_COLUMNS};
-use super::Store;
 use crate::secrets::Sealed;
 use crate::settings::{LimitsPatch, PoolPatch};
 

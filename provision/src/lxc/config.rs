@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::PlanSize;
+use crate::driver::PlanSize;
 
 /// Ids a container maps (its uid and gid 0 to 65535).
 pub const ID_COUNT: u32 = 65536;

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 
 use super::config::ID_COUNT;
 use super::template::TemplateInfo;
-use crate::PlanSize;
+use crate::driver::PlanSize;
 
 /// The file names PostgreSQL leaves in its socket directory; a killed container leaves
 /// them behind, and a stale lock file stops the next start.

@@ -22,7 +22,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::config::{LxcConfig, ID_COUNT};
-use crate::remove_dir_if_exists;
+use crate::driver::remove_dir_if_exists;
 
 const ROOTFS: &str = "rootfs";
 const DESCRIPTION: &str = "sluice-template.json";

@@ -10,7 +10,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::BackendAddress;
+use crate::driver::BackendAddress;
 
 /// How long opening an admin connection may take, TLS and authentication included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,7 +1,6 @@
 //! Parsers for client messages Sluice reads during authentication.
 
-use super::reader::Reader;
-use super::ParseError;
+use super::reader::{ParseError, Reader};
 
 /// Parses a SASLInitialResponse body into the mechanism name and the
 /// client-first-message (empty when the client sent length -1).

@@ -1,9 +1,8 @@
 //! Parsers for server messages Sluice reads when it logs into a backend or
 //! watches a relayed session.
 
-use super::reader::Reader;
+use super::reader::{ParseError, Reader};
 use super::to_client::auth_code;
-use super::ParseError;
 use crate::startup::CancelKey;
 
 /// An Authentication request (`'R'`), borrowing the body.

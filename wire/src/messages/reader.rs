@@ -3,8 +3,6 @@
 //! Every read returns a [`ParseError`] instead of panicking when the body is
 //! too short, so parsers can be written as straight-line code.
 
-use super::ParseError;
-
 /// Reads fields off the front of a body.
 pub(crate) struct Reader<'a> {
     rest: &'a [u8],
@@ -80,4 +78,29 @@ impl<'a> Reader<'a> {
             n => Err(ParseError::TrailingBytes(n)),
         }
     }
+}
+
+/// A message body that does not have the layout its tag promises.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum ParseError {
+    /// The body ended while reading a field.
+    #[error("message truncated while reading {0}")]
+    Truncated(&'static str),
+    /// A string field has no NUL terminator.
+    #[error("string field {0} is not NUL-terminated")]
+    MissingNul(&'static str),
+    /// A string field is not UTF-8.
+    #[error("string field {0} is not valid UTF-8")]
+    NonUtf8(&'static str),
+    /// A numeric field has an impossible value.
+    #[error("invalid {what}: {value}")]
+    Invalid {
+        /// The field.
+        what: &'static str,
+        /// Its value.
+        value: i64,
+    },
+    /// Bytes left over after the last field.
+    #[error("{0} unexpected bytes after the end of the message")]
+    TrailingBytes(usize),
 }

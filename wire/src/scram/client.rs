@@ -3,8 +3,10 @@
 
 use subtle::ConstantTimeEq;
 
+use super::error::ScramError;
+use super::keys::{self, ClientKey};
+use super::mechanism::MAX_ITERATIONS;
 use super::messages;
-use super::{keys, ClientKey, ScramError, MAX_ITERATIONS};
 
 /// The gs2 header Sluice sends: no channel binding, no authzid. Sluice's
 /// backend connections rely on the TLS setup they were configured with.

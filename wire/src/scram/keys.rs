@@ -61,3 +61,23 @@ pub(crate) fn auth_message<'a>(
         client_final_without_proof.as_bytes(),
     ]
 }
+
+/// A SCRAM ClientKey: `HMAC(SaltedPassword, "Client Key")`.
+///
+/// Anyone holding it can log in as the role wherever the same verifier is
+/// stored, so it is as sensitive as a password and its `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKey(pub [u8; 32]);
+
+impl ClientKey {
+    /// `SHA-256(ClientKey)`, the StoredKey it authenticates against.
+    pub fn stored_key(&self) -> [u8; 32] {
+        sha256(&self.0)
+    }
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientKey(<redacted>)")
+    }
+}

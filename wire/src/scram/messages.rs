@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use rand::RngCore;
 
-use super::ScramError;
+use super::error::ScramError;
 
 /// Raw nonce length, as Postgres (`SCRAM_RAW_NONCE_LEN`).
 const RAW_NONCE_LEN: usize = 18;

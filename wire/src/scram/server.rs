@@ -3,9 +3,11 @@
 
 use subtle::ConstantTimeEq;
 
+use super::error::ScramError;
+use super::keys::{self, ClientKey};
+use super::mechanism::{SCRAM_SHA_256, SCRAM_SHA_256_PLUS, TLS_SERVER_END_POINT};
 use super::messages::{self, CbindFlag};
-use super::{keys, ClientKey, ScramError, Verifier};
-use super::{SCRAM_SHA_256, SCRAM_SHA_256_PLUS, TLS_SERVER_END_POINT};
+use super::verifier::Verifier;
 
 /// Mechanisms advertised on a TLS connection, preferred first.
 const WITH_TLS: &[&str] = &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256];

@@ -3,8 +3,8 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
+use super::error::ScramError;
 use super::keys;
-use super::ScramError;
 
 /// What the server stores instead of a password (`pg_authid.rolpassword`).
 ///
