@@ -48,11 +48,12 @@ use setup::{Base, Leg, Mode, Pooler, Side, LEGS, MODES};
 use storm::storm_table;
 
 use common::{
-    app_scram_secret, clock_ticks_per_second, ensure_open_files, ensure_pgbouncer, field,
-    hold_idle_clients, let_postgres_reach_socket, logged_latencies_us, percentile, ratio, rss_kib,
-    run_pgbench, seconds, utc_time_of_day, IdleHeld, PgBouncer, PgBouncerSettings, PgbenchRun,
-    SlowStartSluice, LOGIN_TIMEOUT,
+    app_scram_secret, ensure_pgbouncer, hold_idle_clients, let_postgres_reach_socket, ratio,
+    seconds, utc_time_of_day, IdleHeld, PgBouncer, PgBouncerSettings, SlowStartSluice,
+    LOGIN_TIMEOUT,
 };
+use testkit::pgbench::{field, logged_latencies_us, percentile, run_pgbench, PgbenchRun};
+use testkit::procfs::{clock_ticks_per_second, ensure_open_files, rss_kib};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const SECTIONS: [&str; 5] = ["pgbench", "cpu", "storm", "idle", "routing"];

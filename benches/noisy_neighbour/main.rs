@@ -60,11 +60,12 @@ mod pgbench;
 mod report;
 mod storm;
 
-use common::{clock_ticks_per_second, field, pgbench_logs};
 use cpu::{Cpu, CpuMeter};
 use pgbench::{b_run, percentile, read_log, run_b, BRun, Output, Pgbench};
 use report::{baseline, fmt_us, print_table, print_timeline, ratio};
 use storm::{Storm, StormCounts};
+use testkit::pgbench::{field, pgbench_logs};
+use testkit::procfs::clock_ticks_per_second;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const A: &str = "acme";

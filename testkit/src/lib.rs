@@ -10,7 +10,9 @@ pub mod cluster;
 pub mod env;
 pub mod fake_pve;
 pub mod http;
+pub mod pgbench;
 pub mod pki;
+pub mod procfs;
 pub mod sluice;
 
 pub use clients::{pg_connect, pg_connect_from, pgbench, psql, scalar, PgTarget, PsqlOutput};
