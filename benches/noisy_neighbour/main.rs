@@ -44,7 +44,6 @@
 //! process started is stopped by pid on exit, also on panic (Drop guards).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -61,10 +60,10 @@ mod report;
 mod storm;
 
 use cpu::{Cpu, CpuMeter};
-use pgbench::{b_run, percentile, read_log, run_b, BRun, Output, Pgbench};
+use pgbench::{b_run, percentile, read_log, run_b, BRun};
 use report::{baseline, fmt_us, print_table, print_timeline, ratio};
 use storm::{Storm, StormCounts};
-use testkit::pgbench::{field, pgbench_logs};
+use testkit::pgbench::{pgbench_logs, Output, Pgbench};
 use testkit::procfs::clock_ticks_per_second;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -569,7 +568,7 @@ fn main() {
          `PATCH /v1/tenants/acme {{\"limits\": {{\"query_rate\": {A_QUERY_RATE_LOWERED}}}}}` about {} s in \
          (failed {}, aborted {})",
         LIVE_PATCH_AFTER.as_secs(),
-        live_out.failed(),
+        live_out.failed().unwrap_or(0),
         live_out.aborted()
     );
     println!();

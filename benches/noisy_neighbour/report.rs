@@ -21,7 +21,7 @@ pub(crate) fn ratio(x: f64, y: f64) -> String {
 pub(crate) fn fmt_errors(r: &BRun) -> String {
     format!(
         "{} / {}{}",
-        r.out.failed(),
+        r.out.failed().unwrap_or(0),
         r.out.aborted(),
         if r.out.success {
             ""
@@ -83,7 +83,7 @@ pub(crate) fn print_table(phases: &[Phase]) {
     );
     row("A failed txns / aborted clients", &|p| {
         p.a.as_ref().map_or("—".into(), |a| {
-            format!("{} / {}", a.out.failed(), a.out.aborted())
+            format!("{} / {}", a.out.failed().unwrap_or(0), a.out.aborted())
         })
     });
     row(

@@ -1,9 +1,12 @@
 //! Running pgbench for a measurement and reading what it reports: its summary
-//! ([`run_pgbench`], with the CPU time a pooler spent meanwhile), and its `--log`
-//! per-transaction files ([`logged_latencies_us`], [`percentile`]). A plain run, its
-//! output unparsed, is `testkit::pgbench` ([`crate::clients::pgbench`]).
+//! ([`run_pgbench`], with the CPU time a pooler spent meanwhile), its `--log`
+//! per-transaction files ([`logged_latencies_us`], [`percentile`]), and a run in the
+//! background while something else happens ([`Pgbench`], killed by pid if dropped
+//! before it finished). A plain run, its output unparsed, is `testkit::pgbench`
+//! ([`crate::clients::pgbench`]).
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use crate::clients::PgTarget;
 use crate::procfs::{context_switches, cpu_ticks_split};
@@ -120,5 +123,121 @@ pub fn percentile(sorted: &[u64], q: f64) -> f64 {
     match sorted.len() {
         0 => f64::NAN,
         n => sorted[((n - 1) as f64 * q) as usize] as f64,
+    }
+}
+
+/// A pgbench process in the background, writing its output to files; killed by pid if
+/// dropped before it finished.
+pub struct Pgbench {
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+/// What a finished background pgbench printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Pgbench {
+    /// Starts `pgbench args... target`, its output in `dir/label.stdout` and
+    /// `dir/label.stderr`.
+    pub fn start(target: &PgTarget, args: &[&str], dir: &Path, label: &str) -> Self {
+        Self::start_on(None, target, args, dir, label)
+    }
+
+    /// `start`, confined to `cpu` when given (`taskset -c`).
+    pub fn start_on(
+        cpu: Option<usize>,
+        target: &PgTarget,
+        args: &[&str],
+        dir: &Path,
+        label: &str,
+    ) -> Self {
+        let stdout = dir.join(format!("{label}.stdout"));
+        let stderr = dir.join(format!("{label}.stderr"));
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "pgbench"]);
+                c
+            }
+            None => Command::new("pgbench"),
+        };
+        let child = command
+            .args(args)
+            .arg(target.conninfo())
+            .env("PGPASSWORD", &target.password)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("running pgbench");
+        Pgbench {
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for the run (bounded by its `-T`).
+    pub fn finish(mut self) -> Output {
+        let status = self.child.take().expect("running").wait().expect("pgbench");
+        Output {
+            success: status.success(),
+            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Pgbench {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Output {
+    pub fn tps(&self) -> f64 {
+        field(&self.stdout, "tps =").unwrap_or(0.0)
+    }
+
+    pub fn processed(&self) -> u64 {
+        field(&self.stdout, "number of transactions actually processed:").unwrap_or(0)
+    }
+
+    /// Failed transactions; `None` when pgbench printed no such line.
+    pub fn failed(&self) -> Option<u64> {
+        field(&self.stdout, "number of failed transactions:")
+    }
+
+    /// Lines of stderr about an aborted client (or the aborted run).
+    pub fn aborted(&self) -> usize {
+        self.stderr
+            .lines()
+            .filter(|l| l.contains("aborted"))
+            .count()
+    }
+
+    /// Errors of any kind: failed transactions, aborted clients, or a failed run.
+    pub fn errors(&self) -> u64 {
+        self.failed().unwrap_or(0)
+            + self.aborted() as u64
+            + u64::from(!self.success && self.aborted() == 0)
+    }
+
+    /// The first line of stderr with an error, a FATAL or an abort, its white space
+    /// folded.
+    pub fn first_error(&self) -> Option<String> {
+        self.stderr
+            .lines()
+            .find(|l| l.contains("error") || l.contains("FATAL") || l.contains("aborted"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 }
