@@ -4,7 +4,6 @@
 //! bench target includes this with `mod common;`, and not every bench uses every item.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
 use testkit::procfs::{open_files_limits, ppid_and_comm, rss_kib};
-use testkit::{PgTarget, Pki, SluiceConfig, TestCluster};
+use testkit::{PgTarget, Pki, TestCluster};
 
 /// Seconds per pgbench run: `SLUICE_BENCH_SECONDS`, default 10.
 pub fn seconds() -> String {
@@ -317,89 +316,6 @@ pub fn stop(child: &mut Child, pid: u32) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-// ---------------------------------------------------------------------------------
-// Sluice with a large catalog
-
-/// A `sluice serve` started like testkit's `SluiceProcess::start`, but waiting up to a
-/// given time for it to listen: testkit waits 30 s, and a config with 10,000
-/// `[[tenants]]` takes longer, since each is upserted into the control store before
-/// Sluice listens. Dropping it stops the process by pid (SIGTERM, SIGKILL after 10 s).
-pub struct SlowStartSluice {
-    child: Child,
-    pub addr: SocketAddr,
-    /// From spawning the process to its "listening" lines.
-    pub took: Duration,
-}
-
-impl SlowStartSluice {
-    /// Writes `config` into `dir` and starts `bin serve` on it (stderr to
-    /// `dir/sluice.log`); `Err` if it does not listen within `timeout`.
-    pub fn start(
-        bin: &Path,
-        dir: &Path,
-        config: &SluiceConfig,
-        timeout: Duration,
-    ) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let config_path = dir.join("sluice.toml");
-        std::fs::write(&config_path, config.to_toml(&dir.join("data")))
-            .map_err(|e| e.to_string())?;
-        let log_path = dir.join("sluice.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let started = Instant::now();
-        let mut child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("SLUICE_LOG", &config.log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads until the process exits; the "admin API" line comes after the proxy's.
-        std::thread::spawn(move || {
-            let mut proxy = None;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("sluice: listening on ") {
-                    proxy = addr.parse::<SocketAddr>().ok();
-                }
-                if line.starts_with("sluice: admin API listening on ") {
-                    let _ = tx.send(proxy);
-                }
-            }
-        });
-        let mut process = SlowStartSluice {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            took: Duration::ZERO,
-        };
-        match rx.recv_timeout(timeout) {
-            Ok(Some(addr)) => {
-                process.addr = addr;
-                process.took = started.elapsed();
-                Ok(process)
-            }
-            _ => Err(format!(
-                "sluice did not listen within {timeout:?}; log:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            )),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for SlowStartSluice {
-    fn drop(&mut self) {
-        let pid = self.child.id();
-        stop(&mut self.child, pid);
-    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testkit::{PgTarget, Pki, SluiceConfig, TenantEntry, TestCluster, TestClusterOptions};
+use testkit::{
+    PgTarget, Pki, SluiceConfig, SluiceProcess, TenantEntry, TestCluster, TestClusterOptions,
+};
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -49,8 +51,7 @@ use storm::storm_table;
 
 use common::{
     app_scram_secret, ensure_pgbouncer, hold_idle_clients, let_postgres_reach_socket, ratio,
-    seconds, utc_time_of_day, IdleHeld, PgBouncer, PgBouncerSettings, SlowStartSluice,
-    LOGIN_TIMEOUT,
+    seconds, utc_time_of_day, IdleHeld, PgBouncer, PgBouncerSettings, LOGIN_TIMEOUT,
 };
 use testkit::pgbench::{field, logged_latencies_us, percentile, run_pgbench, PgbenchRun};
 use testkit::procfs::{clock_ticks_per_second, ensure_open_files, rss_kib};
@@ -238,7 +239,7 @@ fn main() {
             poolers.extend(base.start_bouncer(mode, 1000, &format!("main-{}", mode.name())));
             let config = base.sluice_config(mode);
             let label = format!("main-{}", mode.name());
-            let sluice = base.start_sluice(mode, &config, &label, START_TIMEOUT);
+            let sluice = base.start_sluice(mode, &config, &label);
             poolers.push(sluice.unwrap_or_else(|e| panic!("{e}")));
         }
         warm_up(&base, &poolers);
