@@ -49,11 +49,11 @@ use routing::routing_table;
 use setup::{Base, Leg, Mode, Pooler, Side, LEGS, MODES};
 use storm::storm_table;
 
-use common::{
-    app_scram_secret, ensure_pgbouncer, hold_idle_clients, let_postgres_reach_socket, ratio,
-    seconds, utc_time_of_day, IdleHeld, PgBouncer, PgBouncerSettings, LOGIN_TIMEOUT,
-};
+use common::{hold_idle_clients, ratio, seconds, utc_time_of_day, IdleHeld, LOGIN_TIMEOUT};
 use testkit::pgbench::{field, logged_latencies_us, percentile, run_pgbench, PgbenchRun};
+use testkit::pgbouncer::{
+    app_scram_secret, ensure_pgbouncer, let_postgres_reach_socket, PgBouncer, PgBouncerSettings,
+};
 use testkit::procfs::{clock_ticks_per_second, ensure_open_files, rss_kib};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");

@@ -11,6 +11,7 @@ pub mod env;
 pub mod fake_pve;
 pub mod http;
 pub mod pgbench;
+pub mod pgbouncer;
 pub mod pki;
 pub mod procfs;
 pub mod sluice;
