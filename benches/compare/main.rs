@@ -49,7 +49,8 @@ use routing::routing_table;
 use setup::{Base, Leg, Mode, Pooler, Side, LEGS, MODES};
 use storm::storm_table;
 
-use common::{hold_idle_clients, ratio, seconds, utc_time_of_day, IdleHeld, LOGIN_TIMEOUT};
+use common::{ratio, seconds, utc_time_of_day};
+use testkit::idle::{hold_idle_clients, IdleHeld, LOGIN_TIMEOUT};
 use testkit::pgbench::{field, logged_latencies_us, percentile, run_pgbench, PgbenchRun};
 use testkit::pgbouncer::{
     app_scram_secret, ensure_pgbouncer, let_postgres_reach_socket, PgBouncer, PgBouncerSettings,

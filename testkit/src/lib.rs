@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod env;
 pub mod fake_pve;
 pub mod http;
+pub mod idle;
 pub mod pgbench;
 pub mod pgbouncer;
 pub mod pki;
