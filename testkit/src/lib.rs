@@ -2,6 +2,11 @@
 //! `localpg`), real certificates, a real `sluice` process on an OS-assigned port, and
 //! real clients (psql, pgbench, tokio-postgres).
 //!
+//! The benchmarks (benches/) measure with the same blocks and a few of their own:
+//! pgbench runs and what they report (`pgbench`), /proc readings of a process's CPU
+//! time and memory (`procfs`), a PgBouncer to compare with (`pgbouncer`), and crowds of
+//! idle clients (`idle`).
+//!
 //! Everything started here is stopped by `Drop` (by pid), and lives in temporary
 //! directories.
 
