@@ -9,7 +9,8 @@ use std::path::Path;
 use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry};
 
 mod common;
-use common::{logged_latencies_us, percentile, seconds};
+use common::seconds;
+use testkit::pgbench::{logged_latencies_us, percentile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry};
 
-mod common;
-use common::hold_idle_clients;
+use testkit::idle::hold_idle_clients;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// At most this long opening clients (each login has its own 30 s timeout).

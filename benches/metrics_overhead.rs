@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry};
 
 mod common;
-use common::{clock_ticks_per_second, cpu_ticks, field, seconds};
+use common::seconds;
+use testkit::pgbench::field;
+use testkit::procfs::{clock_ticks_per_second, cpu_ticks};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const MODES: [&str; 2] = ["simple", "extended"];

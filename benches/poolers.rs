@@ -17,10 +17,12 @@ use std::process::Command;
 use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry};
 
 mod common;
-use common::{
-    app_scram_secret, clock_ticks_per_second, ensure_pgbouncer, let_postgres_reach_socket, ratio,
-    run_pgbench, seconds, utc_time_of_day, PgBouncer, PgBouncerSettings, PgbenchRun,
+use common::{ratio, seconds, utc_time_of_day};
+use testkit::pgbench::{run_pgbench, PgbenchRun};
+use testkit::pgbouncer::{
+    app_scram_secret, ensure_pgbouncer, let_postgres_reach_socket, PgBouncer, PgBouncerSettings,
 };
+use testkit::procfs::clock_ticks_per_second;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const CLIENTS: &str = "50";

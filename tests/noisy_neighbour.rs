@@ -7,13 +7,12 @@
 //! Every loop is bounded (a deadline and an attempt budget); pgbench processes are
 //! killed by pid if the test fails before they finish.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use testkit::http::get;
+use testkit::pgbench::Pgbench;
 use testkit::{PgTarget, SluiceProcess, TwoTenants};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -22,82 +21,6 @@ const STORM_MAX_ATTEMPTS: u64 = 2_000;
 const FLOOD: Duration = Duration::from_secs(5);
 const CONNECT_REFUSED: &str = "connection rate limit exceeded for tenant \"acme\"";
 const QUERY_REFUSED: &str = "query rate limit exceeded for tenant \"acme\"";
-
-/// A pgbench process writing to files; killed if dropped before it finished.
-struct Pgbench {
-    child: Option<Child>,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-struct Output {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Pgbench {
-    fn start(target: &PgTarget, args: &[&str], dir: &Path, label: &str) -> Self {
-        let stdout = dir.join(format!("{label}.stdout"));
-        let stderr = dir.join(format!("{label}.stderr"));
-        let child = Command::new("pgbench")
-            .args(args)
-            .arg(target.conninfo())
-            .env("PGPASSWORD", &target.password)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("running pgbench");
-        Pgbench {
-            child: Some(child),
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Waits for the run (bounded by its `-T`).
-    fn finish(mut self) -> Output {
-        let status = self.child.take().unwrap().wait().expect("pgbench");
-        Output {
-            success: status.success(),
-            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
-        }
-    }
-}
-
-impl Drop for Pgbench {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Output {
-    fn field(&self, prefix: &str) -> Option<u64> {
-        self.stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    }
-    fn processed(&self) -> u64 {
-        self.field("number of transactions actually processed:")
-            .unwrap_or(0)
-    }
-    fn failed(&self) -> Option<u64> {
-        self.field("number of failed transactions:")
-    }
-    fn aborted(&self) -> usize {
-        self.stderr
-            .lines()
-            .filter(|l| l.contains("aborted"))
-            .count()
-    }
-}
 
 /// What the storm's connection attempts got.
 #[derive(Debug, Default)]

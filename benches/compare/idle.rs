@@ -12,7 +12,7 @@ pub(crate) fn idle_table(base: &Base, rt: &tokio::runtime::Runtime, n: usize, ou
             let pooler = match side {
                 Side::PgBouncer => base.start_bouncer(mode, max_clients, &label)?,
                 _ => base
-                    .start_sluice(mode, &base.sluice_config(mode), &label, START_TIMEOUT)
+                    .start_sluice(mode, &base.sluice_config(mode), &label)
                     .unwrap_or_else(|e| panic!("{e}")),
             };
             println!(

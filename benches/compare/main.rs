@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testkit::{PgTarget, Pki, SluiceConfig, TenantEntry, TestCluster, TestClusterOptions};
+use testkit::{
+    PgTarget, Pki, SluiceConfig, SluiceProcess, TenantEntry, TestCluster, TestClusterOptions,
+};
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -47,12 +49,13 @@ use routing::routing_table;
 use setup::{Base, Leg, Mode, Pooler, Side, LEGS, MODES};
 use storm::storm_table;
 
-use common::{
-    app_scram_secret, clock_ticks_per_second, ensure_open_files, ensure_pgbouncer, field,
-    hold_idle_clients, let_postgres_reach_socket, logged_latencies_us, percentile, ratio, rss_kib,
-    run_pgbench, seconds, utc_time_of_day, IdleHeld, PgBouncer, PgBouncerSettings, PgbenchRun,
-    SlowStartSluice, LOGIN_TIMEOUT,
+use common::{ratio, seconds, utc_time_of_day};
+use testkit::idle::{hold_idle_clients, IdleHeld, LOGIN_TIMEOUT};
+use testkit::pgbench::{field, logged_latencies_us, percentile, run_pgbench, PgbenchRun};
+use testkit::pgbouncer::{
+    app_scram_secret, ensure_pgbouncer, let_postgres_reach_socket, PgBouncer, PgBouncerSettings,
 };
+use testkit::procfs::{clock_ticks_per_second, ensure_open_files, rss_kib};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const SECTIONS: [&str; 5] = ["pgbench", "cpu", "storm", "idle", "routing"];
@@ -237,7 +240,7 @@ fn main() {
             poolers.extend(base.start_bouncer(mode, 1000, &format!("main-{}", mode.name())));
             let config = base.sluice_config(mode);
             let label = format!("main-{}", mode.name());
-            let sluice = base.start_sluice(mode, &config, &label, START_TIMEOUT);
+            let sluice = base.start_sluice(mode, &config, &label);
             poolers.push(sluice.unwrap_or_else(|e| panic!("{e}")));
         }
         warm_up(&base, &poolers);

@@ -105,6 +105,7 @@ pub(crate) fn routing_table(
     }
     for extra in [0, knobs.tenants] {
         let mut config = base.sluice_config(mode);
+        config.start_timeout = LARGE_START_TIMEOUT;
         let template = config.tenants[0].clone();
         config.tenants.extend((0..extra).map(|i| TenantEntry {
             id: format!("t{i:05}"),
@@ -112,7 +113,7 @@ pub(crate) fn routing_table(
         }));
         let count = config.tenants.len();
         let label = format!("routing-{count}");
-        match base.start_sluice(mode, &config, &label, LARGE_START_TIMEOUT) {
+        match base.start_sluice(mode, &config, &label) {
             Ok(sluice) => {
                 let mut r = routed(rt, base, &sluice, knobs, &count.to_string());
                 r.start_s = Some(sluice.started_in.as_secs_f64());

@@ -127,10 +127,12 @@ impl Base {
     }
 
     /// Sluice's config for `mode`: the tenant over the unix socket, plaintext clients
-    /// allowed, no per-tenant connection caps or connect rate, logging at `warn`.
+    /// allowed, no per-tenant connection caps or connect rate, logging at `warn`,
+    /// [`START_TIMEOUT`] to listen.
     pub(crate) fn sluice_config(&self, mode: Mode) -> SluiceConfig {
         let mut c = SluiceConfig::new(&self.pki);
         c.log = "warn".into();
+        c.start_timeout = START_TIMEOUT;
         c.require_tls = false;
         c.tenants = vec![TenantEntry::over_unix_socket(&self.cluster, &self.pki)];
         c.default_pool = vec![
@@ -144,22 +146,22 @@ impl Base {
         c
     }
 
-    /// Starts `sluice serve` with `config`; `Err` if it does not listen within `timeout`.
+    /// Starts `sluice serve` with `config`; `Err` if it does not listen within the
+    /// config's `start_timeout`.
     pub(crate) fn start_sluice(
         &self,
         mode: Mode,
         config: &SluiceConfig,
         label: &str,
-        timeout: Duration,
     ) -> Result<Pooler, String> {
         let dir = self.dir.path().join(format!("sluice-{label}"));
-        let sluice = SlowStartSluice::start(BIN.as_ref(), &dir, config, timeout)?;
+        let sluice = SluiceProcess::start(BIN.as_ref(), &dir, config).map_err(|e| e.to_string())?;
         Ok(Pooler {
             side: Side::Sluice,
             mode,
             pid: sluice.pid(),
             addr: sluice.addr,
-            started_in: sluice.took,
+            started_in: sluice.started_in,
             _process: Box::new(sluice),
         })
     }
@@ -201,6 +203,6 @@ pub(crate) struct Pooler {
     pub(crate) addr: SocketAddr,
     /// From spawning Sluice to its "listening" lines (zero for PgBouncer).
     pub(crate) started_in: Duration,
-    /// The `SlowStartSluice` or `PgBouncer` guard.
+    /// The `SluiceProcess` or `PgBouncer` guard.
     pub(crate) _process: Box<dyn std::any::Any>,
 }

@@ -1,108 +1,7 @@
-//! The pgbench runs: A's flood and B's fixed-rate run with its per-transaction log.
+//! B's fixed-rate pgbench runs and what their per-transaction logs say (the runs
+//! themselves are testkit's background [`Pgbench`]).
 
 use super::*;
-
-/// A pgbench process writing to files; killed by pid if dropped before it finished.
-pub(crate) struct Pgbench {
-    pub(crate) child: Option<Child>,
-    pub(crate) stdout: PathBuf,
-    pub(crate) stderr: PathBuf,
-}
-
-/// What a finished pgbench run printed.
-#[derive(Debug, Clone)]
-pub(crate) struct Output {
-    pub(crate) success: bool,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-}
-
-impl Pgbench {
-    pub(crate) fn start(target: &PgTarget, args: &[&str], dir: &Path, label: &str) -> Self {
-        Self::start_on(None, target, args, dir, label)
-    }
-
-    /// `start`, confined to `cpu` when given (`taskset -c`).
-    pub(crate) fn start_on(
-        cpu: Option<usize>,
-        target: &PgTarget,
-        args: &[&str],
-        dir: &Path,
-        label: &str,
-    ) -> Self {
-        let stdout = dir.join(format!("{label}.stdout"));
-        let stderr = dir.join(format!("{label}.stderr"));
-        let mut command = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string(), "pgbench"]);
-                c
-            }
-            None => Command::new("pgbench"),
-        };
-        let child = command
-            .args(args)
-            .arg(target.conninfo())
-            .env("PGPASSWORD", &target.password)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("running pgbench");
-        Pgbench {
-            child: Some(child),
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Waits for the run (bounded by its `-T`).
-    pub(crate) fn finish(mut self) -> Output {
-        let status = self.child.take().expect("running").wait().expect("pgbench");
-        Output {
-            success: status.success(),
-            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
-        }
-    }
-}
-
-impl Drop for Pgbench {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Output {
-    pub(crate) fn tps(&self) -> f64 {
-        field(&self.stdout, "tps =").unwrap_or(0.0)
-    }
-    pub(crate) fn processed(&self) -> u64 {
-        field(&self.stdout, "number of transactions actually processed:").unwrap_or(0)
-    }
-    pub(crate) fn failed(&self) -> u64 {
-        field(&self.stdout, "number of failed transactions:").unwrap_or(0)
-    }
-    pub(crate) fn aborted(&self) -> usize {
-        self.stderr
-            .lines()
-            .filter(|l| l.contains("aborted"))
-            .count()
-    }
-    /// Errors of any kind: failed transactions, aborted clients, or a failed run.
-    pub(crate) fn errors(&self) -> u64 {
-        self.failed() + self.aborted() as u64 + u64::from(!self.success && self.aborted() == 0)
-    }
-    pub(crate) fn first_error(&self) -> Option<String> {
-        self.stderr
-            .lines()
-            .find(|l| l.contains("error") || l.contains("FATAL") || l.contains("aborted"))
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-    }
-}
 
 /// Per-transaction latencies and schedule lags (µs) from the `-l` files under `dir`.
 /// Log line: client_id transaction_no time script_no time_epoch time_us [schedule_lag].
@@ -125,6 +24,9 @@ pub(crate) fn read_log(dir: &Path) -> Vec<(u64, u64, f64)> {
     rows
 }
 
+/// The `q` quantile of sorted values, the nearest rank rounded (testkit's
+/// `pgbench::percentile` takes the rank below; this bench's figures have always been
+/// rounded); NaN when empty.
 pub(crate) fn percentile(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

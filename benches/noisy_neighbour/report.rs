@@ -10,18 +10,10 @@ pub(crate) fn fmt_us(v: f64) -> String {
     }
 }
 
-pub(crate) fn ratio(x: f64, y: f64) -> String {
-    if x.is_finite() && y.is_finite() && y > 0.0 {
-        format!("{:.2}", x / y)
-    } else {
-        "n/a".into()
-    }
-}
-
 pub(crate) fn fmt_errors(r: &BRun) -> String {
     format!(
         "{} / {}{}",
-        r.out.failed(),
+        r.out.failed().unwrap_or(0),
         r.out.aborted(),
         if r.out.success {
             ""
@@ -83,7 +75,7 @@ pub(crate) fn print_table(phases: &[Phase]) {
     );
     row("A failed txns / aborted clients", &|p| {
         p.a.as_ref().map_or("—".into(), |a| {
-            format!("{} / {}", a.out.failed(), a.out.aborted())
+            format!("{} / {}", a.out.failed().unwrap_or(0), a.out.aborted())
         })
     });
     row(
@@ -176,5 +168,77 @@ pub(crate) fn print_timeline(phase: &Phase) {
             fmt_us(percentile(&lat, 0.99)),
             lat.last().map_or("n/a".into(), |v| v.to_string())
         );
+    }
+}
+
+/// Everything after the phases but the live change: first errors, the phase table and
+/// its warnings, Sluice's rejection counts, whether the target was met, the control's
+/// ratio, and B second by second in the floods.
+pub(crate) fn print_summary(phases: &[Phase], body: &str, log_bytes: u64, secs: u64, cores: f64) {
+    for p in phases {
+        if let Some(e) = p.b.out.first_error() {
+            println!("noisy_neighbour: B in {}: first error: {e}", p.name);
+        }
+        if let Some(e) = p.a.as_ref().and_then(|a| a.out.first_error()) {
+            println!("noisy_neighbour: A in {}: first error: {e}", p.name);
+        }
+        if let Some(e) = p.storm.as_ref().and_then(|s| s.first_other.as_ref()) {
+            println!(
+                "noisy_neighbour: storm in {}: first other outcome: {e}",
+                p.name
+            );
+        }
+    }
+    println!();
+    println!(
+        "B = globex: `pgbench -n -S -R {B_RATE} -c 4 -j 2 -T {secs} -l`. A = acme (query_rate {A_QUERY_RATE}, \
+         connect_rate {A_CONNECT_RATE}), flooded by `pgbench -n -S -c {A_CLIENTS} -j 2 -T {} -P 1` and/or a \
+         {}-thread connection storm (≤ {STORM_MAX_ATTEMPTS} attempts, ≤ {} s). Session mode, client \
+         TLS with SNI, {cores} cores. (×N) = ratio to the first quiet phase; A steady = median of its \
+         per-second rates after the first second (the first has the 2 × rate burst).",
+        secs + 3,
+        storm_threads(),
+        secs + 2
+    );
+    println!();
+    print_table(phases);
+    for p in phases.iter().filter(|p| p.b.cpu.others > OTHERS_WARN) {
+        println!(
+            "noisy_neighbour: WARNING: other processes used {:.2} cores during \"{}\": its figures are disturbed",
+            p.b.cpu.others, p.name
+        );
+    }
+    println!();
+    println!(
+        "rejections counted by Sluice: acme: {}; globex: {}. Sluice log: {:.1} MB (SLUICE_LOG=info, as in production)",
+        rejections(body, A),
+        rejections(body, B),
+        log_bytes as f64 / 1e6
+    );
+    let (quiet, flood) = (&phases[0].b, &phases[1].b);
+    let met = flood.p99 <= 2.0 * quiet.p99 && flood.out.errors() == 0;
+    println!(
+        "target (B p99 under flood ≤ 2 × quiet, zero errors): {} (p99 {} / {} µs = {}, {} errors)",
+        if met { "met" } else { "NOT met" },
+        fmt_us(flood.p99),
+        fmt_us(quiet.p99),
+        ratio(flood.p99, quiet.p99),
+        flood.out.errors()
+    );
+    let control_flood = phases.iter().find(|p| p.direct && p.storm.is_some());
+    if let Some(control) = control_flood {
+        let control_quiet = baseline(phases, control);
+        println!(
+            "control, B straight to its Postgres: p99 {} µs quiet, {} µs under the same flood (×{}); \
+             under the flood B's p99 through Sluice / straight to Postgres = {}",
+            fmt_us(control_quiet.p99),
+            fmt_us(control.b.p99),
+            ratio(control.b.p99, control_quiet.p99),
+            ratio(flood.p99, control.b.p99)
+        );
+    }
+    print_timeline(&phases[1]);
+    if let Some(control) = control_flood {
+        print_timeline(control);
     }
 }

@@ -2,6 +2,11 @@
 //! `localpg`), real certificates, a real `sluice` process on an OS-assigned port, and
 //! real clients (psql, pgbench, tokio-postgres).
 //!
+//! The benchmarks (benches/) measure with the same blocks and a few of their own:
+//! pgbench runs and what they report (`pgbench`), /proc readings of a process's CPU
+//! time and memory (`procfs`), a PgBouncer to compare with (`pgbouncer`), and crowds of
+//! idle clients (`idle`).
+//!
 //! Everything started here is stopped by `Drop` (by pid), and lives in temporary
 //! directories.
 
@@ -10,7 +15,11 @@ pub mod cluster;
 pub mod env;
 pub mod fake_pve;
 pub mod http;
+pub mod idle;
+pub mod pgbench;
+pub mod pgbouncer;
 pub mod pki;
+pub mod procfs;
 pub mod sluice;
 
 pub use clients::{pg_connect, pg_connect_from, pgbench, psql, scalar, PgTarget, PsqlOutput};

@@ -102,6 +102,10 @@ pub struct SluiceConfig {
     /// benchmarks use `info`, what production runs (a connection storm at debug writes
     /// a line per attempt, and that costs more than the storm).
     pub log: String,
+    /// How long [`SluiceProcess::start`] waits for the process to listen: 30 s. A config
+    /// with 10,000 `[[tenants]]` takes longer, since each is upserted into the control
+    /// store before Sluice listens.
+    pub start_timeout: Duration,
 }
 
 impl SluiceConfig {
@@ -121,6 +125,7 @@ impl SluiceConfig {
             plans: String::new(),
             tenants: Vec::new(),
             log: "info,proxy=debug,pooler=debug".into(),
+            start_timeout: Duration::from_secs(30),
         }
     }
 
@@ -192,17 +197,21 @@ pub struct SluiceProcess {
     pub admin_key: String,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// From spawning the process to its "listening" lines.
+    pub started_in: Duration,
 }
 
 impl SluiceProcess {
-    /// Writes the config into `dir` and starts `bin serve` on it; returns once it
-    /// listens.
+    /// Writes the config into `dir` and starts `bin serve` on it (stderr to
+    /// `dir/sluice.log`); returns once it listens, an error if it does not within the
+    /// config's `start_timeout`.
     pub fn start(bin: &Path, dir: &Path, config: &SluiceConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let config_path = dir.join("sluice.toml");
         std::fs::write(&config_path, config.to_toml(&dir.join("data")))?;
         let log_path = dir.join("sluice.log");
         let log = std::fs::File::create(&log_path)?;
+        let started = Instant::now();
         let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&config_path)
@@ -232,13 +241,19 @@ impl SluiceProcess {
             admin_key: String::new(),
             config_path,
             log_path,
+            started_in: Duration::ZERO,
         };
-        match rx.recv_timeout(Duration::from_secs(30)) {
+        let timeout = config.start_timeout;
+        match rx.recv_timeout(timeout) {
             Ok((Some(addr), Some(admin))) => {
                 process.addr = addr;
                 process.admin_addr = admin;
+                process.started_in = started.elapsed();
             }
-            _ => anyhow::bail!("sluice did not start; log:\n{}", process.log()),
+            _ => anyhow::bail!(
+                "sluice did not listen within {timeout:?}; log:\n{}",
+                process.log()
+            ),
         }
         process.admin_key = std::fs::read_to_string(admin_key_file(&dir.join("data")))?
             .trim()
