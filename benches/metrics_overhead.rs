@@ -23,7 +23,7 @@ use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry};
 
 mod common;
 use common::seconds;
-use testkit::pgbench::field;
+use testkit::procfs::field;
 use testkit::procfs::{clock_ticks_per_second, cpu_ticks};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");

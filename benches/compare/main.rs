@@ -51,10 +51,11 @@ use storm::storm_table;
 
 use common::{ratio, seconds, utc_time_of_day};
 use testkit::idle::{hold_idle_clients, IdleHeld, LOGIN_TIMEOUT};
-use testkit::pgbench::{field, logged_latencies_us, percentile, run_pgbench, PgbenchRun};
+use testkit::pgbench::{logged_latencies_us, percentile, run_pgbench, PgbenchRun};
 use testkit::pgbouncer::{
     app_scram_secret, ensure_pgbouncer, let_postgres_reach_socket, PgBouncer, PgBouncerSettings,
 };
+use testkit::procfs::field;
 use testkit::procfs::{clock_ticks_per_second, ensure_open_files, rss_kib};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");

@@ -30,7 +30,7 @@ impl PgTarget {
     pub fn tenant(addr: SocketAddr, tenant: &str, password: &str, ca: &Path) -> Self {
         PgTarget {
             addr,
-            sni_host: Some(format!("{tenant}.{}", crate::SNI_SUFFIX)),
+            sni_host: Some(format!("{tenant}.{}", crate::pki::SNI_SUFFIX)),
             user: crate::cluster::APP_ROLE.into(),
             password: password.into(),
             dbname: crate::cluster::APP_DATABASE.into(),

@@ -1,5 +1,5 @@
 //! A fake Proxmox VE API for the `proxmox` driver's tests: exactly the endpoints the
-//! driver calls, with the shapes and quirks of the real one (shared/proxmox-api.md):
+//! driver calls, with the shapes and quirks of the real one (docs/drivers.md):
 //! HTTPS with its own certificate, `PVEAPIToken` auth (401 with an empty body after a
 //! delay for a bad token), the `{"data": …}` envelope, 500s whose text is in the reason
 //! phrase and (unless `legacy_errors`) the body's `message`, 400s with `errors`, UPIDs
@@ -20,14 +20,15 @@
 //! container's postmaster.
 
 mod api;
+mod call;
 mod guests;
 mod http;
+mod options;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use localpg::tls::CertificateAuthority;
 use rustls::pki_types::pem::PemObject;
@@ -35,35 +36,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 pub use guests::{FirewallView, GuestView};
-
-/// How the fake behaves.
-#[derive(Debug, Clone)]
-pub struct FakePveOptions {
-    /// Node names and their memory in MiB (all online).
-    pub nodes: Vec<(String, u64)>,
-    /// How long every task stays `running` before its work is done.
-    pub task_duration: Duration,
-    /// The delay before a 401 for a bad token (pveproxy: 3 s).
-    pub auth_failure_delay: Duration,
-    /// Errors as servers before libpve-http-server-perl 5.2.0: text only in the reason
-    /// phrase, body `{"data":null}`.
-    pub legacy_errors: bool,
-    /// A creation that starts while another one runs on the same node fails with
-    /// `can't lock file '/var/lock/pve-manager/pve-storage-…' - got timeout`.
-    pub storage_lock_conflicts: bool,
-}
-
-impl Default for FakePveOptions {
-    fn default() -> Self {
-        FakePveOptions {
-            nodes: vec![("pve1".to_owned(), 64 * 1024)],
-            task_duration: Duration::from_millis(150),
-            auth_failure_delay: Duration::from_secs(3),
-            legacy_errors: false,
-            storage_lock_conflicts: false,
-        }
-    }
-}
+use guests::{Injection, Shared};
+pub use options::FakePveOptions;
 
 /// A running fake; see the module documentation.
 pub struct FakePve {
@@ -80,34 +54,6 @@ pub struct FakePve {
     server: tokio::task::JoinHandle<()>,
     // Last: removed after the containers are stopped.
     _dir: tempfile::TempDir,
-}
-
-/// What the server tasks share.
-pub(crate) struct Shared {
-    pub options: FakePveOptions,
-    pub token_id: String,
-    pub token_secret: String,
-    pub ca: CertificateAuthority,
-    pub fingerprint: String,
-    /// Containers' file systems and clusters live under here.
-    pub dir: PathBuf,
-    pub state: Mutex<guests::State>,
-}
-
-impl Shared {
-    pub fn state(&self) -> MutexGuard<'_, guests::State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A scripted error answer.
-#[derive(Debug, Clone)]
-pub(crate) struct Injection {
-    pub method: String,
-    pub path_suffix: String,
-    pub status: u16,
-    pub message: String,
-    pub times: u32,
 }
 
 impl FakePve {

@@ -25,8 +25,5 @@ pub mod sluice;
 pub use clients::{pg_connect, pg_connect_from, pgbench, psql, scalar, PgTarget, PsqlOutput};
 pub use cluster::{TestCluster, TestClusterOptions};
 pub use env::{OneTenant, TwoTenants};
-pub use pki::Pki;
+pub use pki::{Pki, SNI_SUFFIX};
 pub use sluice::{SluiceConfig, SluiceProcess, TenantEntry};
-
-/// The SNI suffix every test uses.
-pub const SNI_SUFFIX: &str = "db.example.test";

@@ -9,16 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::clients::PgTarget;
-use crate::procfs::{context_switches, cpu_ticks_split};
-
-/// The first word after `prefix` on a line of `text` (pgbench's summary, a /proc
-/// status file), parsed.
-pub fn field<T: std::str::FromStr>(text: &str, prefix: &str) -> Option<T> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
+use crate::procfs::{context_switches, cpu_ticks_split, field};
 
 /// What one pgbench run reported.
 #[derive(Debug, Default, Clone)]

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use localpg::tls::CertificateAuthority;
 
+/// The SNI suffix every test uses: the proxy certificate is a wildcard for it.
+pub const SNI_SUFFIX: &str = "db.example.test";
+
 #[derive(Debug, Clone)]
 pub struct Pki {
     pub ca_cert: PathBuf,
@@ -25,7 +28,7 @@ impl Pki {
             backend_key: dir.join("backend.key"),
         };
         ca.write(&pki.ca_cert, &dir.join("ca.key"))?;
-        let wildcard = format!("*.{}", crate::SNI_SUFFIX);
+        let wildcard = format!("*.{}", SNI_SUFFIX);
         ca.issue(&[&wildcard, "localhost", "127.0.0.1"])?
             .write(&pki.proxy_cert, &pki.proxy_key)?;
         ca.issue(&["localhost", "127.0.0.1"])?

@@ -4,7 +4,14 @@
 
 use std::process::Command;
 
-use crate::pgbench::field;
+/// The first word after `prefix` on a line of `text` (pgbench's summary, a /proc
+/// status file), parsed.
+pub fn field<T: std::str::FromStr>(text: &str, prefix: &str) -> Option<T> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
 
 /// Clock ticks per second for /proc/PID/stat times (`getconf CLK_TCK`).
 pub fn clock_ticks_per_second() -> f64 {

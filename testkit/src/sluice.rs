@@ -139,7 +139,7 @@ impl SluiceConfig {
             self.log_format,
             self.pki.proxy_cert.display().to_string(),
             self.pki.proxy_key.display().to_string(),
-            crate::SNI_SUFFIX,
+            crate::pki::SNI_SUFFIX,
             self.require_tls,
             self.tenant_from_options,
             self.login_timeout_ms,

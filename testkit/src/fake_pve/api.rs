@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::http::{Answer, Call};
-use super::Shared;
+use super::call::{Answer, Call};
+use super::guests::Shared;
 
 pub(crate) fn route(shared: &Arc<Shared>, call: Call) -> Answer {
     let template = template_of(&call.segments);

@@ -4,12 +4,41 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use localpg::tls::CertificateAuthority;
 use localpg::{Cluster, ClusterConfig, Installation, StopMode, Template};
 
-use super::{Injection, Shared};
+use super::options::FakePveOptions;
+
+/// What the server tasks share.
+pub(crate) struct Shared {
+    pub options: FakePveOptions,
+    pub token_id: String,
+    pub token_secret: String,
+    pub ca: CertificateAuthority,
+    pub fingerprint: String,
+    /// Containers' file systems and clusters live under here.
+    pub dir: PathBuf,
+    pub state: Mutex<State>,
+}
+
+impl Shared {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A scripted error answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Injection {
+    pub method: String,
+    pub path_suffix: String,
+    pub status: u16,
+    pub message: String,
+    pub times: u32,
+}
 
 /// The comment prefix of the handoff line in `authorized_keys` (the driver's
 /// `HANDOFF_MARKER`; the template's first-boot unit looks for it).

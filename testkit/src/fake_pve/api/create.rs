@@ -6,9 +6,9 @@ use std::sync::{Arc, PoisonError};
 
 use serde_json::json;
 
+use crate::fake_pve::call::{Answer, Call};
+use crate::fake_pve::guests::Shared;
 use crate::fake_pve::guests::{self, spawn_task, FirewallView, Guest, Work};
-use crate::fake_pve::http::{Answer, Call};
-use crate::fake_pve::Shared;
 
 /// Parameters `POST /nodes/{node}/lxc` accepts (a subset of Proxmox's; others are 400).
 const CREATE_PARAMS: [&str; 17] = [

@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 
+use crate::fake_pve::call::{Answer, Call};
 use crate::fake_pve::guests::FirewallView;
-use crate::fake_pve::http::{Answer, Call};
 
 pub(super) fn firewall(fw: &mut FirewallView, method: &str, rest: &[&str], call: &Call) -> Answer {
     match (method, rest) {

@@ -6,9 +6,9 @@ use std::sync::{Arc, PoisonError};
 use serde_json::{json, Value};
 
 use super::firewall::firewall;
+use crate::fake_pve::call::{Answer, Call};
+use crate::fake_pve::guests::Shared;
 use crate::fake_pve::guests::{self, spawn_task, State, Work};
-use crate::fake_pve::http::{Answer, Call};
-use crate::fake_pve::Shared;
 
 fn missing(node: &str, vmid: u64) -> Answer {
     Answer::error(
