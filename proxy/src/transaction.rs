@@ -24,9 +24,10 @@ use wire::messages::{self, tag};
 use crate::admit::TenantGate;
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::error::ClientError;
-use crate::listener::Proxy;
+use crate::goodbye::{terminated, REJECT_TIMEOUT};
 use crate::login::{checkout, Session};
 use crate::relay::Tally;
+use crate::state::Proxy;
 use crate::stream::ClientStream;
 use statements::{ClientStatements, Conversation, Pending};
 
@@ -256,7 +257,7 @@ impl Client<'_> {
                 }
                 Some(e)
             }
-            End::Terminated => Some(crate::session::terminated(proxy, &client.gate)),
+            End::Terminated => Some(terminated(proxy, &client.gate)),
         };
         match (release, &error) {
             // A server that failed is not to be trusted with a reset.
@@ -271,7 +272,7 @@ impl Client<'_> {
             let mut out = BytesMut::new();
             e.to_response(&mut out);
             let stream = &mut client.stream;
-            let _ = tokio::time::timeout(crate::session::REJECT_TIMEOUT, async {
+            let _ = tokio::time::timeout(REJECT_TIMEOUT, async {
                 stream.write_all(&out).await?;
                 stream.shutdown().await
             })
