@@ -55,7 +55,6 @@ const PENDING: &[&str] = &[
     "router",  // tenant.rs <-> admission/bans.rs (TenantId, BanPolicy)
     "localpg", // installation.rs <-> launcher.rs; cluster.rs <-> cluster/*.rs
     "testkit", // lib.rs <-> its modules (SNI_SUFFIX); fake_pve.rs <-> fake_pve/*.rs
-    "pooler",  // pool.rs <-> tenant_servers.rs (Pool, TenantServers)
 ];
 
 fn allowed(krate: &str) -> Option<Vec<&'static str>> {
