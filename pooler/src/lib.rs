@@ -5,6 +5,11 @@
 //! [`PooledConn`] guard that comes back only through an explicit, successful
 //! [`PooledConn::release`] — dropping it closes the connection.
 //!
+//! The files depend one way (checked by `testkit/tests/layout.rs`): [`pools`] holds
+//! [`pool`]s, a pool hands out [`server`] connections, and each connection holds a slot
+//! of its tenant's cap ([`tenant_servers`]), which knows the pools only as
+//! [`tenant_servers::SiblingPool`]s.
+//!
 //! Invariant: a server connection belongs to exactly one pool key for its whole life;
 //! nothing here can move it to another tenant, database or role.
 //! Invariant: a connection goes back to the idle list only after its reset succeeded.

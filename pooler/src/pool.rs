@@ -13,9 +13,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::connect::{connect, ConnectError, ConnectRequest};
 use crate::credential::ServerCredential;
 use crate::resizable::Resizable;
-use crate::server::{ServerConn, ServerError};
+use crate::server::ServerConn;
 use crate::stats::{Histograms, PoolCounts, PoolStats};
-use crate::tenant_servers::TenantServers;
+use crate::tenant_servers::{SiblingPool, TenantServers};
 use crate::tls::TlsConnectors;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -426,6 +426,16 @@ impl Pool {
     }
 }
 
+impl SiblingPool for Pool {
+    fn close_one_idle(&self) -> bool {
+        Pool::close_one_idle(self)
+    }
+
+    fn name(&self) -> &dyn fmt::Display {
+        &self.key
+    }
+}
+
 fn close_in_background(conn: ServerConn) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         handle.spawn(conn.terminate());
@@ -480,7 +490,7 @@ impl PooledConn {
             Release::Dirty => false,
             Release::AtReadyForQuery { .. } if expired || conn.buffered() > 0 => false,
             Release::AtReadyForQuery { status, discard } => {
-                match reset(&mut conn, status, discard).await {
+                match conn.reset(status, discard).await {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::info!(pool = %self.pool.key, error = %e, "server reset failed; closing");
@@ -519,38 +529,6 @@ impl Drop for PooledConn {
             self.pool.settle_shrink_debt();
         }
     }
-}
-
-/// Ends any transaction, then runs `DISCARD ALL` if asked (which also drops every
-/// prepared statement).
-async fn reset(conn: &mut ServerConn, status: u8, discard: bool) -> Result<(), ServerError> {
-    if status != b'I' {
-        let outcome = conn.simple_query("ROLLBACK").await?;
-        if let Some(e) = outcome.error {
-            return Err(ServerError::Protocol(format!(
-                "ROLLBACK failed: {}",
-                e.message
-            )));
-        }
-    }
-    if discard {
-        conn.prepared.clear();
-        conn.unreported_settings.clear();
-        conn.settings_unknown = false;
-        let outcome = conn.simple_query("DISCARD ALL").await?;
-        if let Some(e) = outcome.error {
-            return Err(ServerError::Protocol(format!(
-                "DISCARD ALL failed: {}",
-                e.message
-            )));
-        }
-        if outcome.status != b'I' {
-            return Err(ServerError::Protocol(
-                "server not idle after DISCARD ALL".into(),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// `lifetime` minus up to 10%, so connections opened together (a burst, a restart) do

@@ -205,6 +205,38 @@ impl ServerConn {
             .map_err(|_| ServerError::Timeout(CONTROL_TIMEOUT))?
     }
 
+    /// Ends any transaction, then runs `DISCARD ALL` if asked (which also drops every
+    /// prepared statement): what the pool does before a connection goes idle again.
+    pub(crate) async fn reset(&mut self, status: u8, discard: bool) -> Result<(), ServerError> {
+        if status != b'I' {
+            let outcome = self.simple_query("ROLLBACK").await?;
+            if let Some(e) = outcome.error {
+                return Err(ServerError::Protocol(format!(
+                    "ROLLBACK failed: {}",
+                    e.message
+                )));
+            }
+        }
+        if discard {
+            self.prepared.clear();
+            self.unreported_settings.clear();
+            self.settings_unknown = false;
+            let outcome = self.simple_query("DISCARD ALL").await?;
+            if let Some(e) = outcome.error {
+                return Err(ServerError::Protocol(format!(
+                    "DISCARD ALL failed: {}",
+                    e.message
+                )));
+            }
+            if outcome.status != b'I' {
+                return Err(ServerError::Protocol(
+                    "server not idle after DISCARD ALL".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Says goodbye politely; errors are irrelevant since the connection is going.
     pub async fn terminate(mut self) {
         let mut out = BytesMut::new();

@@ -2,20 +2,32 @@
 //! each open server connection holds one slot. When the tenant is at its cap, a pool
 //! that needs a new connection first closes an idle one of a sibling pool, so idle
 //! connections of one (database, role) cannot starve another.
+//!
+//! The pools are known here only as [`SiblingPool`]s (pool.rs implements it), so this
+//! file stays below pool.rs and server.rs, which use it.
 
+use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::pool::Pool;
 use crate::resizable::Resizable;
 
 #[derive(Debug)]
 pub struct TenantServers {
     slots: Resizable,
     /// The tenant's pools, to take an idle connection from when at the cap.
-    pools: Mutex<Vec<Weak<Pool>>>,
+    pools: Mutex<Vec<Weak<dyn SiblingPool>>>,
+}
+
+/// What the tenant's cap needs of a pool: to close one of its idle connections so a
+/// sibling pool can open one.
+pub trait SiblingPool: Send + Sync {
+    /// Closes the least recently used idle connection, if there is one.
+    fn close_one_idle(&self) -> bool;
+    /// The pool's name in logs.
+    fn name(&self) -> &dyn fmt::Display;
 }
 
 /// One server connection's place in its tenant's cap; given back when dropped.
@@ -52,10 +64,11 @@ impl TenantServers {
         self.slots.resize(size_of(max));
     }
 
-    pub(crate) fn register(&self, pool: &Arc<Pool>) {
+    pub(crate) fn register<P: SiblingPool + 'static>(&self, pool: &Arc<P>) {
         let mut pools = self.pools.lock().expect("tenant lock poisoned");
         pools.retain(|p| p.strong_count() > 0);
-        pools.push(Arc::downgrade(pool));
+        let pool = Arc::downgrade(pool);
+        pools.push(pool);
     }
 
     /// A slot for a new server connection of `for_pool`: at once if one is free;
@@ -63,7 +76,7 @@ impl TenantServers {
     /// waiting up to `wait`. `None` when none came in time.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
-        for_pool: &Pool,
+        for_pool: &dyn SiblingPool,
         wait: Duration,
     ) -> Option<ServerSlot> {
         let semaphore = self.slots.semaphore().clone();
@@ -83,8 +96,8 @@ impl TenantServers {
         })
     }
 
-    fn close_an_idle_sibling(&self, for_pool: &Pool) {
-        let pools: Vec<Arc<Pool>> = self
+    fn close_an_idle_sibling(&self, for_pool: &dyn SiblingPool) {
+        let pools: Vec<Arc<dyn SiblingPool>> = self
             .pools
             .lock()
             .expect("tenant lock poisoned")
@@ -92,11 +105,11 @@ impl TenantServers {
             .filter_map(Weak::upgrade)
             .collect();
         for pool in pools {
-            if std::ptr::eq(&*pool, for_pool) {
+            if std::ptr::addr_eq(&*pool, for_pool) {
                 continue;
             }
             if pool.close_one_idle() {
-                tracing::debug!(pool = %pool.key, "closed an idle connection for a sibling pool at the tenant's cap");
+                tracing::debug!(pool = %pool.name(), "closed an idle connection for a sibling pool at the tenant's cap");
                 return;
             }
         }

@@ -6,6 +6,10 @@
 //! checkout → relay → release. Every rejection a client sees is built in one place,
 //! [`error::ClientError::to_response`].
 //!
+//! What every connection shares is [`Proxy`] ([`state`]), which knows no phase;
+//! [`listener`] only accepts and hands each connection to [`session`], which runs the
+//! phases. Files use the files below them only (checked by `testkit/tests/layout.rs`).
+//!
 //! Invariant: after an 8-byte SSLRequest nothing more is read before the TLS handshake.
 //! Invariant: a client's bytes only ever reach the server connection checked out from
 //! the pool of its own (tenant, database, role).
@@ -27,6 +31,7 @@ pub mod auth;
 pub mod cancel;
 pub mod config;
 pub mod error;
+mod goodbye;
 pub mod listener;
 pub mod login;
 pub mod negotiate;
@@ -34,9 +39,11 @@ pub mod params;
 pub mod relay;
 pub mod secrets;
 pub mod session;
+pub mod state;
 pub mod stream;
 pub mod tls;
 pub mod transaction;
 
 pub use config::ProxyConfig;
-pub use listener::{bind, serve, Proxy};
+pub use listener::{bind, serve};
+pub use state::Proxy;

@@ -1,71 +1,16 @@
-//! Accept loops and the state every connection task shares.
+//! Listening: binding the addresses, the accept loops, and graceful shutdown. Each
+//! accepted connection is handed to the session pipeline (session.rs).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pooler::Pools;
-use router::{CatalogHandle, Rejections};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admit::Gates;
-use crate::auth::MockSecret;
-use crate::cancel::CancelRegistry;
-use crate::config::ProxyConfig;
-use crate::secrets::SecretCache;
 use crate::session::serve_connection;
-use crate::tls::ServerTls;
-
-/// What connection tasks share. Built once; the catalog inside swaps snapshots.
-#[derive(Debug)]
-pub struct Proxy {
-    pub config: ProxyConfig,
-    pub tls: Option<ServerTls>,
-    pub catalog: Arc<CatalogHandle>,
-    pub pools: Arc<Pools>,
-    pub secrets: SecretCache,
-    pub cancels: Arc<CancelRegistry>,
-    pub mock_secret: MockSecret,
-    /// Refused connections and failed logins per tenant (for `/metrics`).
-    pub rejections: Arc<Rejections>,
-    /// Admission: connection limits, rates, bans (admit.rs).
-    pub gates: Arc<Gates>,
-    /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
-    pub terminate: CancellationToken,
-    next_id: AtomicU64,
-}
-
-impl Proxy {
-    pub fn new(
-        config: ProxyConfig,
-        tls: Option<ServerTls>,
-        catalog: Arc<CatalogHandle>,
-        pools: Arc<Pools>,
-        rejections: Arc<Rejections>,
-    ) -> Self {
-        let terminate = CancellationToken::new();
-        Proxy {
-            rejections,
-            gates: Arc::new(Gates::new(
-                config.max_client_connections,
-                config.max_concurrent_logins,
-                terminate.clone(),
-            )),
-            secrets: SecretCache::new(config.auth_cache_ttl),
-            config,
-            tls,
-            catalog,
-            pools,
-            cancels: Arc::new(CancelRegistry::default()),
-            mock_secret: MockSecret::random(),
-            terminate,
-            next_id: AtomicU64::new(1),
-        }
-    }
-}
+use crate::state::Proxy;
 
 /// Serves `listeners` until `shutdown` fires; then stops accepting, lets clients finish
 /// for `shutdown_grace`, tells the rest 57P01, and returns once every task is done.
@@ -142,7 +87,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let id = proxy.next_id.fetch_add(1, Ordering::Relaxed);
+                let id = proxy.next_connection_id();
                 tracker.spawn(serve_connection(
                     proxy.clone(),
                     tcp,

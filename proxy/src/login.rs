@@ -21,8 +21,8 @@ use crate::admit::{Admission, TenantGate, TenantSlot};
 use crate::auth::authenticate;
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::error::ClientError;
-use crate::listener::Proxy;
 use crate::params;
+use crate::state::Proxy;
 use crate::stream::ClientStream;
 
 /// A client that is in: it holds a server connection and has been greeted.

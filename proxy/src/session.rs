@@ -14,10 +14,11 @@ use tracing::Instrument;
 use crate::admit::Admission;
 use crate::cancel;
 use crate::error::ClientError;
-use crate::listener::Proxy;
+use crate::goodbye::{terminated, REJECT_TIMEOUT};
 use crate::login::{establish, Session};
 use crate::negotiate::{negotiate, server_name, tls_handshake, Negotiated};
 use crate::relay::{relay, RelayEnd, Tally, Watch};
+use crate::state::Proxy;
 use crate::stream::ClientStream;
 use crate::transaction;
 use router::{PoolMode, TenantId, Who};
@@ -285,19 +286,6 @@ async fn reject(stream: Option<ClientStream>, err: &ClientError) {
     })
     .await;
 }
-
-/// Why a session was ended from outside: Sluice's shutdown, or its tenant's
-/// suspension.
-pub(crate) fn terminated(proxy: &Proxy, gate: &crate::admit::TenantGate) -> ClientError {
-    if proxy.terminate.is_cancelled() {
-        ClientError::Terminating("Sluice is shutting down")
-    } else {
-        ClientError::TenantTerminated(gate.id.to_string())
-    }
-}
-
-/// How long Sluice tries to tell a departing client why.
-pub(crate) const REJECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn handle_cancel(proxy: &Proxy, key: wire::startup::CancelKey) {
     match proxy.cancels.resolve(key) {

@@ -7,151 +7,41 @@
 //! carried across server connections by `statements`. Messages are handled whole on
 //! both sides (headers are checked, bodies of the few rewritten or tracked types are
 //! read), and each batch is written with one write.
+//!
+//! The files, each using only those listed after it: this one runs a client's session
+//! (the loop, the limits, the end); `from_client` forwards the client's messages,
+//! attaching a server connection when needed; `from_server` forwards the server's;
+//! `client` is the client's state; `attached` the server connection it holds during a
+//! transaction; `statements` carries its prepared statements across connections.
 
+mod attached;
+mod client;
+mod from_client;
+mod from_server;
 mod statements;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
-use bytes::{Buf, BytesMut};
-use pooler::{Pool, PooledConn, Release};
-use router::Limits;
+use bytes::BytesMut;
+use pooler::Release;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use wire::frame::{split_frame, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
-use wire::messages::{self, tag};
+use wire::messages::tag;
 
-use crate::admit::TenantGate;
-use crate::cancel::{CancelHandle, CancelTarget};
 use crate::error::ClientError;
-use crate::listener::Proxy;
-use crate::login::{checkout, Session};
+use crate::goodbye::{terminated, REJECT_TIMEOUT};
+use crate::login::Session;
 use crate::relay::Tally;
+use crate::state::Proxy;
 use crate::stream::ClientStream;
-use statements::{ClientStatements, Conversation, Pending};
-
-/// Reported parameters a client may change with SET, and so may differ between the
-/// client's view and a server connection's.
-const SETTABLE_REPORTED: &[&str] = &[
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "IntervalStyle",
-    "TimeZone",
-    "standard_conforming_strings",
-    "default_transaction_read_only",
-    "search_path",
-];
-
-const READ_BUFFER: usize = 16 * 1024;
+use attached::{read_server, Attached, READ_BUFFER};
+use client::{Client, End, SETTABLE_REPORTED};
+use statements::ClientStatements;
 
 /// The read buffer of a client that is idle (nothing buffered, no server attached):
 /// big enough for a typical query, so a client that sends one and waits never grows
 /// it, and small, because most of the clients a transaction-mode pooler holds are idle.
 const IDLE_READ_BUFFER: usize = 512;
-
-/// Server messages longer than this are streamed rather than buffered whole.
-const STREAM_ABOVE: usize = 64 * 1024;
-
-/// Server messages whose bodies the relay reads (so they are always whole).
-const INSPECTED: [u8; 4] = [
-    tag::READY_FOR_QUERY,
-    tag::PARSE_COMPLETE,
-    tag::CLOSE_COMPLETE,
-    tag::PARAMETER_STATUS,
-];
-
-/// While writing a client batch, server output buffered beyond this waits.
-const DRAIN_LIMIT: usize = 1 << 20;
-
-/// How a transaction-mode session ended.
-enum End {
-    ClientLeft,
-    ServerGone(String),
-    Failed(ClientError),
-    Terminated,
-}
-
-/// The server connection a client holds during one transaction.
-struct Attached {
-    server: PooledConn,
-    buf: BytesMut,
-    pending: VecDeque<Pending>,
-    /// Messages sent after the last Sync/Query (so a ReadyForQuery is not the end).
-    unsynced: bool,
-    status: u8,
-    /// When the request now running was sent (for `query_timeout`), and whether it
-    /// has been cancelled already.
-    request_started: Instant,
-    cancelled: bool,
-    /// A cancel was sent during this attachment: the connection is not reused.
-    cancel_sent: bool,
-    /// When the server last became idle inside a transaction.
-    idle_since: Instant,
-    /// Bytes of a large message still to be forwarded as they arrive, unbuffered.
-    passthrough: usize,
-    /// A batch is being written: the server has part of a message.
-    writing: bool,
-    /// The server is in COPY FROM STDIN (it ignores Syncs until CopyDone/CopyFail).
-    copy_in: bool,
-    /// This client's unnamed statement is prepared on this server connection.
-    unnamed_here: bool,
-}
-
-impl Attached {
-    fn in_flight(&self) -> bool {
-        self.pending.iter().any(Pending::is_ready)
-    }
-
-    /// The next moment a limit needs attention, if any applies now.
-    fn deadline(&self, limits: &Limits) -> Option<Instant> {
-        if self.in_flight() {
-            limits
-                .query_timeout
-                .filter(|_| !self.cancelled)
-                .map(|t| self.request_started + t)
-        } else if self.status != tag::STATUS_IDLE {
-            limits
-                .idle_in_transaction_timeout
-                .map(|t| self.idle_since + t)
-        } else {
-            None
-        }
-    }
-
-    /// Nothing is owed in either direction and no transaction is open: the server
-    /// connection can go back to the pool.
-    fn idle(&self) -> bool {
-        self.status == tag::STATUS_IDLE && self.at_rest()
-    }
-
-    /// At a clean boundary (a transaction may be open): safe to roll back and reuse.
-    fn at_rest(&self) -> bool {
-        !self.unsynced
-            && !self.in_flight()
-            && !self.copy_in
-            && !self.writing
-            && self.buf.is_empty()
-            && self.passthrough == 0
-    }
-}
-
-struct Client<'a> {
-    proxy: &'a Proxy,
-    tally: &'a Tally,
-    pool: Arc<Pool>,
-    tenant: String,
-    stream: ClientStream,
-    cancel: CancelHandle,
-    /// What the client believes its session settings are.
-    settings: BTreeMap<String, String>,
-    statements: ClientStatements,
-    credential: pooler::ServerCredential,
-    limits: Limits,
-    gate: Arc<TenantGate>,
-    /// When the client last sent anything (for `client_idle_timeout`).
-    active_at: Instant,
-}
 
 /// Serves a logged-in transaction-mode client until it leaves; says how it ended.
 pub async fn run(
@@ -256,7 +146,7 @@ impl Client<'_> {
                 }
                 Some(e)
             }
-            End::Terminated => Some(crate::session::terminated(proxy, &client.gate)),
+            End::Terminated => Some(terminated(proxy, &client.gate)),
         };
         match (release, &error) {
             // A server that failed is not to be trusted with a reset.
@@ -271,7 +161,7 @@ impl Client<'_> {
             let mut out = BytesMut::new();
             e.to_response(&mut out);
             let stream = &mut client.stream;
-            let _ = tokio::time::timeout(crate::session::REJECT_TIMEOUT, async {
+            let _ = tokio::time::timeout(REJECT_TIMEOUT, async {
                 stream.write_all(&out).await?;
                 stream.shutdown().await
             })
@@ -356,336 +246,6 @@ impl Client<'_> {
             Some(End::Failed(ClientError::IdleInTransactionTimeout))
         }
     }
-
-    /// Forwards the client's complete messages, attaching a server first if needed.
-    async fn on_client_bytes(
-        &mut self,
-        cbuf: &mut BytesMut,
-        attached: &mut Option<Attached>,
-    ) -> Option<End> {
-        let mut out = BytesMut::new();
-        // Answers Sluice gives itself; they precede anything a server will answer.
-        let mut local = BytesMut::new();
-        loop {
-            let frame = match split_frame(cbuf, DEFAULT_MAX_FRAME_LEN) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => return Some(End::Failed(ClientError::Protocol(e.to_string()))),
-            };
-            self.active_at = Instant::now();
-            if frame.tag == tag::QUERY || frame.tag == tag::EXECUTE {
-                let pool = &self.pool;
-                if let Err(e) = self.gate.queries(1, || pool.settings().max_wait).await {
-                    return Some(End::Failed(e));
-                }
-            }
-            if frame.tag == tag::TERMINATE {
-                if !out.is_empty() {
-                    if let Some(end) = self.send(attached, &out).await {
-                        return Some(end);
-                    }
-                }
-                return Some(End::ClientLeft);
-            }
-            if attached.is_none() {
-                if self.statements.answer_locally(&frame, &mut local) {
-                    continue;
-                }
-                if !local.is_empty() {
-                    if self.stream.write_all(&local).await.is_err() {
-                        return Some(End::ClientLeft);
-                    }
-                    local.clear();
-                }
-                match self.attach().await {
-                    Ok(a) => *attached = Some(a),
-                    Err(e) => return Some(End::Failed(e)),
-                }
-            }
-            let a = attached.as_mut().expect("attached above");
-            self.pool.stats.client_message(frame.tag);
-            let now = Instant::now();
-            if !a.in_flight() {
-                a.request_started = now;
-            }
-            // The client is talking: it is not idle in its transaction.
-            a.idle_since = now;
-            let mut conv = Conversation {
-                prepared: &mut a.server.conn().prepared,
-                pending: &mut a.pending,
-                copy_in: &mut a.copy_in,
-                unnamed_here: &mut a.unnamed_here,
-            };
-            self.statements.rewrite(&frame, &mut conv, &mut out);
-            a.unsynced = match frame.tag {
-                tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => false,
-                // COPY data belongs to the Query that started it.
-                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => a.unsynced,
-                _ => true,
-            };
-        }
-        if !local.is_empty() {
-            if self.stream.write_all(&local).await.is_err() {
-                return Some(End::ClientLeft);
-            }
-            let _ = self.stream.flush().await;
-        }
-        if !out.is_empty() {
-            return self.send(attached, &out).await;
-        }
-        None
-    }
-
-    /// Writes a batch to the server. While the server is not taking it, whatever the
-    /// server sends is relayed to the client meanwhile: a server blocked writing
-    /// results stops reading, and must not wait for Sluice while Sluice waits for it.
-    async fn send(&mut self, attached: &mut Option<Attached>, bytes: &[u8]) -> Option<End> {
-        self.pool
-            .stats
-            .bytes_from_clients
-            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.tally.from_client(bytes.len());
-        let mut written = 0;
-        if let Some(a) = attached.as_mut() {
-            a.writing = true;
-        }
-        while written < bytes.len() {
-            let a = attached.as_mut()?;
-            let Attached { server, buf, .. } = a;
-            let (mut reader, mut writer) = tokio::io::split(server.conn().stream_mut());
-            let drained = tokio::select! {
-                n = writer.write(&bytes[written..]) => match n {
-                    Ok(0) => return Some(End::ServerGone("server stopped reading".into())),
-                    Ok(n) => {
-                        written += n;
-                        false
-                    }
-                    Err(e) => return Some(End::ServerGone(e.to_string())),
-                },
-                n = reader.read_buf(buf), if buf.len() < DRAIN_LIMIT => match n {
-                    Ok(0) => return Some(End::ServerGone("server closed the connection".into())),
-                    Ok(_) => true,
-                    Err(e) => return Some(End::ServerGone(e.to_string())),
-                },
-            };
-            if drained {
-                // `writing` keeps the connection attached: it has part of a message.
-                if let Some(end) = self.on_server_bytes(attached).await {
-                    return Some(end);
-                }
-            }
-        }
-        let a = attached.as_mut()?;
-        if let Err(e) = a.server.conn().stream_mut().flush().await {
-            return Some(End::ServerGone(e.to_string()));
-        }
-        a.writing = false;
-        // What was drained meanwhile may have finished the client's last request.
-        self.release_if_idle(attached).await;
-        None
-    }
-
-    /// Lets the server connection go if the client owes and is owed nothing. A
-    /// connection a cancel was sent to (for a timeout, or by the client) is closed
-    /// instead: the cancel signal may still be in flight and must not hit another
-    /// client's query.
-    async fn release_if_idle(&mut self, attached: &mut Option<Attached>) {
-        if !attached.as_ref().is_some_and(Attached::idle) {
-            return;
-        }
-        let a = attached.take().expect("checked");
-        let cancelled = self.cancel.set_target(None);
-        let release = if a.cancel_sent || cancelled {
-            Release::Dirty
-        } else {
-            Release::AtReadyForQuery {
-                status: tag::STATUS_IDLE,
-                discard: false,
-            }
-        };
-        a.server.release(release).await;
-    }
-
-    /// Takes a server connection from the pool and makes it match this client.
-    async fn attach(&mut self) -> Result<Attached, ClientError> {
-        let mut server = checkout(self.proxy, &self.pool, &self.credential).await?;
-        let settings: Vec<(String, String)> = self
-            .settings
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        crate::params::sync(server.conn(), &settings, &self.tenant).await?;
-        let conn = server.conn();
-        // The client now sees what the server reports, in the server's spelling
-        // (`iso` becomes `ISO, MDY`), so the next sync finds nothing to change.
-        for (name, value) in self.settings.iter_mut() {
-            if let Some((_, reported)) = conn
-                .params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            {
-                value.clone_from(reported);
-            }
-        }
-        if let Some(key) = conn.cancel_key {
-            let cancelled = self.cancel.set_target(Some(CancelTarget {
-                addr: conn.addr.clone(),
-                key,
-            }));
-            debug_assert!(
-                !cancelled,
-                "the key pointed at no connection between attachments"
-            );
-        }
-        let now = Instant::now();
-        Ok(Attached {
-            server,
-            buf: BytesMut::with_capacity(READ_BUFFER),
-            pending: VecDeque::new(),
-            unsynced: false,
-            status: tag::STATUS_IDLE,
-            request_started: now,
-            cancelled: false,
-            cancel_sent: false,
-            idle_since: now,
-            passthrough: 0,
-            writing: false,
-            copy_in: false,
-            unnamed_here: false,
-        })
-    }
-
-    /// Forwards the server's complete messages, dropping answers to messages Sluice
-    /// added, and lets the server go when the client is idle again.
-    async fn on_server_bytes(&mut self, attached: &mut Option<Attached>) -> Option<End> {
-        // A client waiting for its answer is not idle: idleness counts from here.
-        self.active_at = Instant::now();
-        let a = attached.as_mut()?;
-        let mut out = BytesMut::new();
-        // The rest of a large message being streamed goes first, untouched.
-        let mut pos = a.passthrough.min(a.buf.len());
-        a.passthrough -= pos;
-        let mut kept_from = 0;
-        while a.passthrough == 0 {
-            let (msg, len) = match header_at(&a.buf, pos) {
-                Ok(Some(header)) => header,
-                Ok(None) => break,
-                Err(e) => return Some(End::ServerGone(e)),
-            };
-            let end = pos + 1 + len;
-            if end > a.buf.len() {
-                // A large message Sluice does not need to read (rows, COPY data) is
-                // forwarded as it arrives, so relaying it costs no more than a buffer.
-                if len > STREAM_ABOVE && !INSPECTED.contains(&msg) {
-                    self.pool.stats.server_message(msg, None);
-                    a.passthrough = end - a.buf.len();
-                    pos = a.buf.len();
-                }
-                break;
-            }
-            let body = &a.buf[pos + HEADER_LEN..end];
-            self.pool.stats.server_message(msg, body.first().copied());
-            let mut drop_it = false;
-            match msg {
-                tag::READY_FOR_QUERY => {
-                    a.status = body.first().copied().unwrap_or(tag::STATUS_IDLE);
-                    a.idle_since = Instant::now();
-                    if a.in_flight() {
-                        let took = a.idle_since.duration_since(a.request_started);
-                        self.pool.histograms.query_duration(took);
-                    }
-                    a.request_started = a.idle_since;
-                    a.cancelled = false;
-                    while let Some(p) = a.pending.pop_front() {
-                        match p {
-                            Pending::Sync | Pending::Query => break,
-                            // Skipped after an error: the server does not hold it...
-                            Pending::Parse {
-                                name: Some(name), ..
-                            } => a.server.conn().prepared.remove(&name),
-                            // (a Close of the unnamed statement Sluice added, too)
-                            Pending::Parse { name: None, .. }
-                            | Pending::Close {
-                                swallow: true,
-                                evicted: None,
-                            } => a.unnamed_here = false,
-                            // ...or still holds the one Sluice meant to evict.
-                            Pending::Close {
-                                evicted: Some(name),
-                                ..
-                            } => {
-                                a.server.conn().prepared.insert(name);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                tag::COPY_IN_RESPONSE => a.copy_in = statements::copy_in_started(&mut a.pending),
-                // An error ends COPY FROM STDIN on the server side.
-                tag::ERROR_RESPONSE if a.copy_in => a.copy_in = false,
-                tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => match a.pending.pop_front() {
-                    Some(Pending::Parse { swallow, .. }) if msg == tag::PARSE_COMPLETE => {
-                        drop_it = swallow
-                    }
-                    Some(Pending::Close { swallow, .. }) if msg == tag::CLOSE_COMPLETE => {
-                        drop_it = swallow
-                    }
-                    other => {
-                        return Some(End::Failed(ClientError::Protocol(format!(
-                            "unexpected {:?} from server while expecting {other:?}",
-                            msg as char
-                        ))))
-                    }
-                },
-                tag::COMMAND_COMPLETE => {
-                    if statements::server_forgot_all(body) {
-                        a.server.conn().prepared.clear();
-                    }
-                    if [&b"SET"[..], b"RESET", b"DISCARD"]
-                        .iter()
-                        .any(|t| body.starts_with(t))
-                    {
-                        a.server.conn().settings_unknown = true;
-                    }
-                }
-                tag::PARAMETER_STATUS => {
-                    if let Ok((name, value)) = messages::parse_parameter_status(body) {
-                        if SETTABLE_REPORTED.contains(&name) {
-                            self.settings.insert(name.to_owned(), value.to_owned());
-                        }
-                        a.server
-                            .conn()
-                            .params
-                            .insert(name.to_owned(), value.to_owned());
-                    }
-                }
-                _ => {}
-            }
-            if drop_it {
-                out.extend_from_slice(&a.buf[kept_from..pos]);
-                kept_from = end;
-            }
-            pos = end;
-        }
-        let result = if kept_from == 0 {
-            self.stream.write_all(&a.buf[..pos]).await
-        } else {
-            out.extend_from_slice(&a.buf[kept_from..pos]);
-            self.stream.write_all(&out).await
-        };
-        a.buf.advance(pos);
-        self.pool
-            .stats
-            .bytes_to_clients
-            .fetch_add(pos as u64, std::sync::atomic::Ordering::Relaxed);
-        self.tally.to_client(pos);
-        if result.is_err() {
-            return Some(End::ClientLeft);
-        }
-        let _ = self.stream.flush().await;
-        self.release_if_idle(attached).await;
-        None
-    }
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -694,28 +254,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Reads from the attached server, or waits forever when there is none.
-async fn read_server(attached: &mut Option<Attached>) -> std::io::Result<usize> {
-    match attached {
-        Some(a) => {
-            let Attached { server, buf, .. } = a;
-            server.conn().stream_mut().read_buf(buf).await
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// The tag and length (after the tag) of the message starting at `pos`, once its
-/// header is complete.
-fn header_at(buf: &[u8], pos: usize) -> Result<Option<(u8, usize)>, String> {
-    let Some(header) = buf.get(pos..pos + HEADER_LEN) else {
-        return Ok(None);
-    };
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if !(4..=DEFAULT_MAX_FRAME_LEN).contains(&len) {
-        return Err(format!("server sent a message of length {len}"));
-    }
-    Ok(Some((header[0], len)))
 }

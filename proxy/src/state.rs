@@ -1,0 +1,72 @@
+//! The state every connection task shares ([`Proxy`]): configuration, TLS, the
+//! catalog, the pools, the caches and registries, admission and shutdown.
+//!
+//! Built once, before the listeners start. It uses no phase of a connection: every
+//! phase (session.rs, login.rs, transaction.rs, ...) uses it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pooler::Pools;
+use router::{CatalogHandle, Rejections};
+use tokio_util::sync::CancellationToken;
+
+use crate::admit::Gates;
+use crate::auth::MockSecret;
+use crate::cancel::CancelRegistry;
+use crate::config::ProxyConfig;
+use crate::secrets::SecretCache;
+use crate::tls::ServerTls;
+
+/// What connection tasks share. Built once; the catalog inside swaps snapshots.
+#[derive(Debug)]
+pub struct Proxy {
+    pub config: ProxyConfig,
+    pub tls: Option<ServerTls>,
+    pub catalog: Arc<CatalogHandle>,
+    pub pools: Arc<Pools>,
+    pub secrets: SecretCache,
+    pub cancels: Arc<CancelRegistry>,
+    pub mock_secret: MockSecret,
+    /// Refused connections and failed logins per tenant (for `/metrics`).
+    pub rejections: Arc<Rejections>,
+    /// Admission: connection limits, rates, bans (admit.rs).
+    pub gates: Arc<Gates>,
+    /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
+    pub terminate: CancellationToken,
+    next_id: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(
+        config: ProxyConfig,
+        tls: Option<ServerTls>,
+        catalog: Arc<CatalogHandle>,
+        pools: Arc<Pools>,
+        rejections: Arc<Rejections>,
+    ) -> Self {
+        let terminate = CancellationToken::new();
+        Proxy {
+            rejections,
+            gates: Arc::new(Gates::new(
+                config.max_client_connections,
+                config.max_concurrent_logins,
+                terminate.clone(),
+            )),
+            secrets: SecretCache::new(config.auth_cache_ttl),
+            config,
+            tls,
+            catalog,
+            pools,
+            cancels: Arc::new(CancelRegistry::default()),
+            mock_secret: MockSecret::random(),
+            terminate,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The id of the next accepted connection (1, 2, ...; for logs and statement names).
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,81 @@
+//! One transaction-mode client as the relay sees it ([`Client`]): its stream, its pool,
+//! the settings it believes it has, its statements and limits; how its session ends
+//! ([`End`]); and letting its server connection go once nothing is owed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pooler::{Pool, Release};
+use router::Limits;
+use tokio::time::Instant;
+use wire::messages::tag;
+
+use super::attached::Attached;
+use super::statements::ClientStatements;
+use crate::admit::TenantGate;
+use crate::cancel::CancelHandle;
+use crate::error::ClientError;
+use crate::relay::Tally;
+use crate::state::Proxy;
+use crate::stream::ClientStream;
+
+/// Reported parameters a client may change with SET, and so may differ between the
+/// client's view and a server connection's.
+pub(super) const SETTABLE_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "default_transaction_read_only",
+    "search_path",
+];
+
+/// How a transaction-mode session ended.
+pub(super) enum End {
+    ClientLeft,
+    ServerGone(String),
+    Failed(ClientError),
+    Terminated,
+}
+
+pub(super) struct Client<'a> {
+    pub(super) proxy: &'a Proxy,
+    pub(super) tally: &'a Tally,
+    pub(super) pool: Arc<Pool>,
+    pub(super) tenant: String,
+    pub(super) stream: ClientStream,
+    pub(super) cancel: CancelHandle,
+    /// What the client believes its session settings are.
+    pub(super) settings: BTreeMap<String, String>,
+    pub(super) statements: ClientStatements,
+    pub(super) credential: pooler::ServerCredential,
+    pub(super) limits: Limits,
+    pub(super) gate: Arc<TenantGate>,
+    /// When the client last sent anything (for `client_idle_timeout`).
+    pub(super) active_at: Instant,
+}
+
+impl Client<'_> {
+    /// Lets the server connection go if the client owes and is owed nothing. A
+    /// connection a cancel was sent to (for a timeout, or by the client) is closed
+    /// instead: the cancel signal may still be in flight and must not hit another
+    /// client's query.
+    pub(super) async fn release_if_idle(&mut self, attached: &mut Option<Attached>) {
+        if !attached.as_ref().is_some_and(Attached::idle) {
+            return;
+        }
+        let a = attached.take().expect("checked");
+        let cancelled = self.cancel.set_target(None);
+        let release = if a.cancel_sent || cancelled {
+            Release::Dirty
+        } else {
+            Release::AtReadyForQuery {
+                status: tag::STATUS_IDLE,
+                discard: false,
+            }
+        };
+        a.server.release(release).await;
+    }
+}
