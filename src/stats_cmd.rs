@@ -109,6 +109,7 @@ const COLUMNS: &[Column] = &[
     ("CL_ACTIVE", Align::Right, |p| count(p, "/clients/active")),
     ("CL_WAITING", Align::Right, |p| count(p, "/clients/waiting")),
     ("CL_IDLE", Align::Right, |p| count(p, "/clients/idle")),
+    ("CL_PINNED", Align::Right, |p| count(p, "/clients/pinned")),
     ("SV_ACTIVE", Align::Right, |p| count(p, "/servers/active")),
     ("SV_IDLE", Align::Right, |p| count(p, "/servers/idle")),
     ("SV_CONNECTING", Align::Right, |p| {
@@ -148,11 +149,12 @@ pub fn tenant_lines(stats: &Value) -> Vec<String> {
 
 fn tenant_summary(s: &Value) -> String {
     format!(
-        "tenant {}: clients {} active, {} waiting, {} idle; servers {} active, {} idle, \
+        "tenant {}: clients {} active ({} pinned), {} waiting, {} idle; servers {} active, {} idle, \
          {} connecting; {} q/s, {} tx/s, in {}/s, out {}/s; wait avg {} ms, max {} ms; \
          backend {}",
         text(s, "/tenant"),
         count(s, "/clients/active"),
+        count(s, "/clients/pinned"),
         count(s, "/clients/waiting"),
         count(s, "/clients/idle"),
         count(s, "/servers/active"),
@@ -268,7 +270,7 @@ mod tests {
     fn pool(tenant: &str, database: &str, role: &str, mode: &str, up: bool) -> Value {
         json!({
             "tenant": tenant, "database": database, "role": role, "mode": mode, "size": 10,
-            "clients": {"active": 3, "waiting": 12, "idle": 0},
+            "clients": {"active": 3, "waiting": 12, "idle": 0, "pinned": 1},
             "servers": {"active": 3, "idle": 1, "connecting": 0},
             "totals": {"queries": 100, "transactions": 50, "bytes_from_clients": 1,
                        "bytes_to_clients": 2, "waits": 4},
@@ -291,9 +293,9 @@ mod tests {
         });
         let lines = pools_table(as_array(pools.get("pools")));
         let expected = [
-            "TENANT       DATABASE  ROLE  MODE         CL_ACTIVE  CL_WAITING  CL_IDLE  SV_ACTIVE  SV_IDLE  SV_CONNECTING     QPS  TPS  IN/s  OUT/s  AVG_WAIT_MS  MAX_WAIT_MS  UP",
-            "acme         app       web   transaction          3          12        0          3        1              0  1234.6  0.0  1.3K   3.4M          1.2         17.0  yes",
-            "globex-long  db        r     session              3           0        0          3        1              0     0.0  0.0    12   3.4M          1.2         17.0  NO",
+            "TENANT       DATABASE  ROLE  MODE         CL_ACTIVE  CL_WAITING  CL_IDLE  CL_PINNED  SV_ACTIVE  SV_IDLE  SV_CONNECTING     QPS  TPS  IN/s  OUT/s  AVG_WAIT_MS  MAX_WAIT_MS  UP",
+            "acme         app       web   transaction          3          12        0          1          3        1              0  1234.6  0.0  1.3K   3.4M          1.2         17.0  yes",
+            "globex-long  db        r     session              3           0        0          1          3        1              0     0.0  0.0    12   3.4M          1.2         17.0  NO",
         ];
         assert_eq!(lines, expected);
     }
@@ -311,7 +313,7 @@ mod tests {
     fn tenant_view_has_summary_rejections_and_pools() {
         let stats = json!({
             "tenant": "acme",
-            "clients": {"active": 1, "waiting": 0, "idle": 2},
+            "clients": {"active": 1, "waiting": 0, "idle": 2, "pinned": 0},
             "servers": {"active": 1, "idle": 0, "connecting": 1},
             "totals": {"queries": 9, "transactions": 9, "bytes_from_clients": 0,
                        "bytes_to_clients": 0, "waits": 0},
@@ -325,7 +327,7 @@ mod tests {
         let lines = tenant_lines(&stats);
         assert_eq!(
             lines[0],
-            "tenant acme: clients 1 active, 0 waiting, 2 idle; servers 1 active, 0 idle, \
+            "tenant acme: clients 1 active (0 pinned), 0 waiting, 2 idle; servers 1 active, 0 idle, \
              1 connecting; 2.0 q/s, 1.0 tx/s, in 100/s, out 2.0K/s; wait avg 0.0 ms, \
              max 0.0 ms; backend up"
         );

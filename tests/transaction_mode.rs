@@ -453,7 +453,8 @@ async fn futures_join_all<F: std::future::Future>(
 
 #[tokio::test]
 async fn list_settings_and_client_sets_do_not_leak_or_break() {
-    let env = env_with(&["size = 1"]);
+    // Two server connections: the client whose SET pins it keeps one of them.
+    let env = env_with(&["size = 2"]);
     let mut listed = env.target("acme");
     listed.options = Some("-c search_path=app,public".into());
     let a = pg_connect(&listed).await.unwrap();
@@ -471,10 +472,12 @@ async fn list_settings_and_client_sets_do_not_leak_or_break() {
     assert_eq!(tb, "0");
     let pb: String = scalar(&b, "show search_path").await;
     assert_eq!(pb, "\"$user\", public");
-    // ...and the client that set it keeps its startup settings (its SET is lost at
-    // the transaction boundary: documented in docs/transaction-mode.md).
+    // ...and the client that set it keeps its startup settings and its SET (it is
+    // pinned to its server connection: docs/transaction-mode.md).
     let path: String = scalar(&a, "show search_path").await;
     assert_eq!(path, "app,public");
+    let ta: String = scalar(&a, "show statement_timeout").await;
+    assert_eq!(ta, "7s");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use pooler::stats::PIN_REASONS;
 use pooler::{HistogramSnapshot, Pools};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -109,6 +110,8 @@ struct TenantSums {
     transactions: u64,
     bytes_from_clients: u64,
     bytes_to_clients: u64,
+    pinned: u64,
+    pins: [u64; PIN_REASONS.len()],
     backend_up: bool,
 }
 
@@ -135,6 +138,10 @@ impl DataPlane {
             s.transactions += c.transactions;
             s.bytes_from_clients += c.bytes_from_clients;
             s.bytes_to_clients += c.bytes_to_clients;
+            s.pinned += c.pinned as u64;
+            for (sum, n) in s.pins.iter_mut().zip(c.pins) {
+                *sum += n;
+            }
             s.backend_up &= !pool.backend_down();
         }
         sums
@@ -222,6 +229,28 @@ impl Collector for DataPlane {
             for (tenant, sums) in &tenants {
                 let labels = [("tenant", &**tenant)];
                 ConstCounter::new(pick(sums)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "pinned_clients",
+            "Transaction-mode clients holding their server connection because their session holds state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tenant, sums) in &tenants {
+            gauge(sums.pinned).encode(family.encode_family(&[("tenant", &**tenant)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "pins",
+            "Transaction-mode clients pinned to their server connection, by the statement that made session state",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tenant, sums) in &tenants {
+            for (reason, n) in PIN_REASONS.iter().zip(sums.pins) {
+                let labels = [("tenant", &**tenant), ("reason", *reason)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
 

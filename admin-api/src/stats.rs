@@ -44,6 +44,9 @@ pub struct Clients {
     pub waiting: usize,
     /// Logged in, holding nothing (transaction mode between transactions).
     pub idle: usize,
+    /// Of the active, transaction-mode clients that keep their server connection
+    /// between transactions because their session holds state.
+    pub pinned: usize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
@@ -158,6 +161,7 @@ fn counts_view(c: &PoolCounts, rates: Rates, backend_up: bool) -> CountsView {
             active,
             waiting: c.waiting,
             idle: c.clients.saturating_sub(active + c.waiting),
+            pinned: c.pinned,
         },
         servers: Servers {
             active: c.active,
@@ -230,6 +234,7 @@ pub fn tenant_view(
         sum.clients.active += c.clients.active;
         sum.clients.waiting += c.clients.waiting;
         sum.clients.idle += c.clients.idle;
+        sum.clients.pinned += c.clients.pinned;
         sum.servers.active += c.servers.active;
         sum.servers.idle += c.servers.idle;
         sum.servers.connecting += c.servers.connecting;

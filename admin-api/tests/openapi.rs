@@ -483,6 +483,7 @@ fn schemas_match_the_serde_structs() {
             active: 1,
             waiting: 2,
             idle: 3,
+            pinned: 1,
         },
         servers: stats::Servers {
             active: 1,
@@ -540,6 +541,7 @@ fn schemas_match_the_serde_structs() {
         max_prepared_statements: Some(200),
         reserve: Some(0),
         reserve_wait_ms: Some(1000),
+        session_state: Some("pin".into()),
     };
     let limits = control::settings::LimitsPatch {
         query_timeout_ms: Some(0),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use router::{Cidr, Limits, PoolMode, PoolSettings};
+use router::{Cidr, Limits, PoolMode, PoolSettings, SessionState};
 use serde::{Deserialize, Serialize};
 
 /// A setting out of its range, or not one of its values: the message starts with the
@@ -42,6 +42,8 @@ pub struct PoolPatch {
     pub reserve: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reserve_wait_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_state: Option<String>,
 }
 
 /// `[defaults.limits]` keys; in a PATCH, only those given change.
@@ -102,6 +104,7 @@ impl PoolPatch {
             max_prepared_statements: Some(p.max_prepared_statements),
             reserve: Some(p.reserve),
             reserve_wait_ms: Some(millis(p.reserve_wait)),
+            session_state: Some(p.session_state.as_str().to_owned()),
         }
     }
 
@@ -140,6 +143,13 @@ impl PoolPatch {
         }
         if let Some(v) = self.max_wait_ms {
             p.max_wait = Duration::from_millis(range("max_wait_ms", v, 0, TEN_YEARS_S * 1000)?);
+        }
+        if let Some(word) = &self.session_state {
+            p.session_state = SessionState::parse(word).ok_or_else(|| {
+                InvalidSetting::new(format!(
+                    "pool.session_state: {word:?} is not one of pin, refuse"
+                ))
+            })?;
         }
         if let Some(v) = self.reserve_wait_ms {
             let v = range("reserve_wait_ms", v, 0, TEN_YEARS_S * 1000)?;

@@ -27,7 +27,27 @@ pub struct PoolStats {
     pub waits: AtomicU64,
     pub wait_us_total: AtomicU64,
     pub wait_us_max: AtomicU64,
+    /// Transaction-mode clients holding their server connection because their session
+    /// holds state (see the proxy's `session_state`), right now.
+    pub pinned: AtomicUsize,
+    /// Pins so far, by reason ([`PIN_REASONS`]).
+    pub pins: [AtomicU64; PIN_REASONS.len()],
 }
+
+/// Why a transaction-mode client keeps its server connection: the `reason` label of
+/// `sluice_pins_total`, in the proxy's `PinReason::ALL` order (a test there checks).
+pub const PIN_REASONS: [&str; 10] = [
+    "set",
+    "set_role",
+    "set_config",
+    "prepare",
+    "listen",
+    "temp_table",
+    "advisory_lock",
+    "hold_cursor",
+    "load",
+    "do",
+];
 
 /// A snapshot of [`PoolStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +64,8 @@ pub struct PoolCounts {
     pub waits: u64,
     pub wait_us_total: u64,
     pub wait_us_max: u64,
+    pub pinned: usize,
+    pub pins: [u64; PIN_REASONS.len()],
 }
 
 impl PoolStats {
@@ -62,6 +84,8 @@ impl PoolStats {
             waits: get(&self.waits),
             wait_us_total: get(&self.wait_us_total),
             wait_us_max: get(&self.wait_us_max),
+            pinned: self.pinned.load(Ordering::Relaxed),
+            pins: std::array::from_fn(|i| get(&self.pins[i])),
         }
     }
 

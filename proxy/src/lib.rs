@@ -39,6 +39,7 @@ pub mod params;
 pub mod relay;
 pub mod secrets;
 pub mod session;
+pub mod session_state;
 pub mod state;
 pub mod stream;
 pub mod tls;

@@ -11,13 +11,16 @@
 //! The files, each using only those listed after it: this one runs a client's session
 //! (the loop, the limits, the end); `from_client` forwards the client's messages,
 //! attaching a server connection when needed; `from_server` forwards the server's;
-//! `client` is the client's state; `attached` the server connection it holds during a
-//! transaction; `statements` carries its prepared statements across connections.
+//! `pinning` keeps a client whose session holds state on its server connection (or
+//! refuses the statement); `client` is the client's state; `attached` the server
+//! connection it holds during a transaction; `statements` carries its prepared
+//! statements across connections.
 
 mod attached;
 mod client;
 mod from_client;
 mod from_server;
+mod pinning;
 mod statements;
 
 use std::collections::BTreeMap;
@@ -64,6 +67,7 @@ pub async fn run(
         counted: _counted,
         ..
     } = session;
+    let reported = params.keys().map(|k| k.to_ascii_lowercase()).collect();
     // The client's view: the settable values it was greeted with, then its own settings.
     let mut view: BTreeMap<String, String> = params
         .into_iter()
@@ -104,6 +108,9 @@ pub async fn run(
         limits,
         gate,
         active_at: Instant::now(),
+        reported,
+        pins: Default::default(),
+        pins_pending: false,
     };
     let mut attached = None;
     let end = client.serve(&mut attached).await;
@@ -117,6 +124,8 @@ impl Client<'_> {
         let proxy = self.proxy;
         let mut client = self;
         let cancelled = client.cancel.set_target(None);
+        // A pinned client's state goes with it: DISCARD ALL before anyone else.
+        let discard = client.drop_pins();
         let release = match attached.take() {
             // A cancel sent for a timeout or by the client may still land later: never
             // reuse that one.
@@ -124,7 +133,7 @@ impl Client<'_> {
                 a.server,
                 Release::AtReadyForQuery {
                     status: a.status,
-                    discard: false,
+                    discard,
                 },
             )),
             Some(a) => Some((a.server, Release::Dirty)),

@@ -18,5 +18,7 @@ pub use admission::{
 pub use catalog::{Catalog, CatalogHandle};
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};
 pub use rejections::{Reason, Rejections, TenantLabels, Who};
-pub use tenant::{Backend, BackendAddr, BackendTls, Limits, PoolMode, PoolSettings, Tenant};
+pub use tenant::{
+    Backend, BackendAddr, BackendTls, Limits, PoolMode, PoolSettings, SessionState, Tenant,
+};
 pub use tenant_id::{TenantId, TenantIdError};

@@ -182,6 +182,40 @@ pub struct PoolSettings {
     /// Extra connections beyond `size` for clients that waited `reserve_wait`.
     pub reserve: usize,
     pub reserve_wait: Duration,
+    /// Transaction mode: what happens to a client whose SQL leaves state on its
+    /// server connection (`SET`, `LISTEN`, a temporary table, …).
+    pub session_state: SessionState,
+}
+
+/// `[pool] session_state`: what transaction mode does with a client whose session
+/// starts holding state on its server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionState {
+    /// The client keeps its server connection until the state is gone (`DISCARD ALL`)
+    /// or it leaves, as on a direct connection.
+    #[default]
+    Pin,
+    /// The statement fails with SQLSTATE 0A000; the client's connection stays usable.
+    Refuse,
+}
+
+impl SessionState {
+    /// The config file's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Pin => "pin",
+            SessionState::Refuse => "refuse",
+        }
+    }
+
+    /// The policy a config word names.
+    pub fn parse(word: &str) -> Option<SessionState> {
+        match word {
+            "pin" => Some(SessionState::Pin),
+            "refuse" => Some(SessionState::Refuse),
+            _ => None,
+        }
+    }
 }
 
 impl Default for PoolSettings {
@@ -196,6 +230,7 @@ impl Default for PoolSettings {
             min_idle: 0,
             reserve: 0,
             reserve_wait: Duration::from_millis(1000),
+            session_state: SessionState::Pin,
         }
     }
 }

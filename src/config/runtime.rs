@@ -12,7 +12,7 @@ use control::catalog_sync::Base;
 use control::store::{BackendRecord, TenantRecord};
 use control::{ConfigTenant, ControlConfig, Plans};
 use proxy::config::{ProxyConfig, TlsFiles};
-use router::{BanPolicy, Cidr, IdentifyRules, Limits, PoolMode, PoolSettings};
+use router::{BanPolicy, Cidr, IdentifyRules, Limits, PoolMode, PoolSettings, SessionState};
 
 use super::error::ConfigError;
 use super::schema::{Config, LimitsSection, PoolSection};
@@ -224,6 +224,11 @@ fn limits(section: &LimitsSection, base: &Limits) -> Limits {
 
 fn pool_settings(section: &PoolSection, base: &PoolSettings) -> PoolSettings {
     PoolSettings {
+        session_state: section
+            .session_state
+            .as_deref()
+            .and_then(SessionState::parse)
+            .unwrap_or(base.session_state),
         mode: match section.mode.as_deref() {
             Some("transaction") => PoolMode::Transaction,
             Some(_) => PoolMode::Session,

@@ -269,6 +269,9 @@ pub struct PoolSection {
     pub min_idle: Option<usize>,
     pub reserve: Option<usize>,
     pub reserve_wait_ms: Option<u64>,
+    /// Transaction mode: `pin` (default) or `refuse` a client whose SQL leaves state
+    /// on its server connection.
+    pub session_state: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

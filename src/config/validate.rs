@@ -267,6 +267,14 @@ fn check_pool(pool: &PoolSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
             format!("{other:?} is not one of session, transaction"),
         )),
     }
+    if let Some(word) = pool.session_state.as_deref() {
+        if router::SessionState::parse(word).is_none() {
+            problems.push(Problem::new(
+                at("session_state"),
+                format!("{word:?} is not one of pin, refuse"),
+            ));
+        }
+    }
     if let Some(size) = pool.size {
         if !(1..=10_000).contains(&size) {
             problems.push(Problem::new(at("size"), "must be between 1 and 10000"));

@@ -16,6 +16,7 @@ use crate::admit::TenantGate;
 use crate::cancel::CancelHandle;
 use crate::error::ClientError;
 use crate::relay::Tally;
+use crate::session_state::PinReason;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
 
@@ -55,6 +56,34 @@ pub(super) struct Client<'a> {
     pub(super) gate: Arc<TenantGate>,
     /// When the client last sent anything (for `client_idle_timeout`).
     pub(super) active_at: Instant,
+    /// The parameters the server reports (lowercase): a `SET` of one of them is
+    /// carried across server connections by `settings`, not by pinning.
+    pub(super) reported: Vec<String>,
+    /// The session state the client holds on its server connection: while any, it
+    /// keeps that connection (see `pinning`).
+    pub(super) pins: Pins,
+    /// A request that pins was sent since the last ReadyForQuery: a `DISCARD ALL`
+    /// answered meanwhile does not unpin (the request may make state after it).
+    pub(super) pins_pending: bool,
+}
+
+/// The reasons a client keeps its server connection, as a set of
+/// [`PinReason::index`] bits.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Pins(u16);
+
+impl Pins {
+    pub(super) fn any(self) -> bool {
+        self.0 != 0
+    }
+
+    pub(super) fn has(self, reason: PinReason) -> bool {
+        self.0 & (1 << reason.index()) != 0
+    }
+
+    pub(super) fn add(&mut self, reason: PinReason) {
+        self.0 |= 1 << reason.index();
+    }
 }
 
 impl Client<'_> {
@@ -63,7 +92,7 @@ impl Client<'_> {
     /// instead: the cancel signal may still be in flight and must not hit another
     /// client's query.
     pub(super) async fn release_if_idle(&mut self, attached: &mut Option<Attached>) {
-        if !attached.as_ref().is_some_and(Attached::idle) {
+        if self.pins.any() || !attached.as_ref().is_some_and(Attached::idle) {
             return;
         }
         let a = attached.take().expect("checked");

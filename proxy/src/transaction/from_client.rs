@@ -53,6 +53,7 @@ impl Client<'_> {
                 }
                 return Some(End::ClientLeft);
             }
+            let frame = self.watch_session_state(frame);
             if attached.is_none() {
                 if self.statements.answer_locally(&frame, &mut local) {
                     continue;

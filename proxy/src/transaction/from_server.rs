@@ -59,6 +59,7 @@ impl Client<'_> {
             let mut drop_it = false;
             match msg {
                 tag::READY_FOR_QUERY => {
+                    self.pins_pending = false;
                     a.status = body.first().copied().unwrap_or(tag::STATUS_IDLE);
                     a.idle_since = Instant::now();
                     if a.in_flight() {
@@ -111,6 +112,11 @@ impl Client<'_> {
                 tag::COMMAND_COMPLETE => {
                     if statements::server_forgot_all(body) {
                         a.server.conn().prepared.clear();
+                    }
+                    // State made by a request still running stays, whatever this cleared.
+                    if body.starts_with(b"DISCARD ALL\0") && !self.pins_pending && self.drop_pins()
+                    {
+                        tracing::info!("client unpinned: DISCARD ALL cleared its session state");
                     }
                     if [&b"SET"[..], b"RESET", b"DISCARD"]
                         .iter()
