@@ -943,3 +943,33 @@ async fn a_sluice_killed_mid_proxmox_job_makes_no_second_container() {
         .expect("the tenant works");
     client.simple_query("SELECT 1").await.unwrap();
 }
+
+/// A tenant deleted and created again with the same id, while Sluice runs: the new
+/// tenant gets new pools on its new backend (not the destroyed one's address), and the
+/// deleted tenant's pools are gone from the stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_deleted_and_created_again_is_reached_on_its_new_backend() {
+    let env = start();
+    let sluice = &env.sluice;
+    for round in 0..2 {
+        provision(sluice, "shop");
+        let password = make_role(sluice, "shop", "web");
+        let client = pg_connect(&target(sluice, &env.pki, "shop", "web", &password))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", sluice.log()));
+        let one: i32 = client.query_one("select 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1);
+        let pools = expect(sluice, "GET", "/v1/pools?tenant=shop", "", 200);
+        assert_eq!(pools["pools"].as_array().unwrap().len(), 1, "{pools}");
+        drop(client);
+        let deleted = expect(sluice, "DELETE", "/v1/tenants/shop", "", 202);
+        let job = wait_job(
+            sluice,
+            deleted["job"]["id"].as_i64().unwrap(),
+            Duration::from_secs(120),
+        );
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let pools = expect(sluice, "GET", "/v1/pools?tenant=shop", "", 200);
+        assert_eq!(pools["pools"], json!([]), "a deleted tenant's pools stay");
+    }
+}

@@ -81,6 +81,8 @@ pub struct Pool {
     pub histograms: Arc<Histograms>,
     /// The tenant's cap on server connections across its pools.
     servers: Arc<TenantServers>,
+    /// Out of service: connections close instead of going idle (see `retire`).
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Pool {
@@ -125,6 +127,16 @@ impl Pool {
             stats: PoolStats::default(),
             histograms,
             servers,
+            retired: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Takes the pool out of service (its tenant left the catalog, or its backend
+    /// changed): its idle connections close now, the ones in use when released.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        for conn in self.close_idle() {
+            close_in_background(conn);
         }
     }
 
@@ -501,7 +513,7 @@ impl PooledConn {
         };
         // Reserve connections are for bursts: they close instead of idling.
         let from_reserve = Arc::ptr_eq(permit.semaphore(), self.pool.reserve.semaphore());
-        if reusable && !from_reserve {
+        if reusable && !from_reserve && !self.pool.retired.load(Ordering::Relaxed) {
             self.pool.put_idle(conn);
         } else {
             if how == Release::Dirty {

@@ -49,7 +49,18 @@ impl Pools {
         max_servers: Option<usize>,
     ) -> Arc<Pool> {
         if let Some(pool) = self.pools.get(&key) {
-            return pool.clone();
+            if pool.backend() == backend {
+                return pool.clone();
+            }
+        }
+        // A pool on another backend than the caller's (the tenant's catalog entry
+        // changed under it): retired and replaced.
+        let replaced = self
+            .pools
+            .remove_if(&key, |_, pool| pool.backend() != backend);
+        if let Some((_, old)) = replaced {
+            tracing::info!(pool = %key, "pool retired: its backend changed");
+            old.retire();
         }
         let servers = self
             .tenants
@@ -88,6 +99,27 @@ impl Pools {
     /// [`Pool::update_settings`]). Pools of tenants no longer in the catalog are left
     /// alone.
     pub fn apply(&self, catalog: &router::Catalog) {
+        // A pool whose tenant left the catalog (deleted, failed), or whose backend is
+        // not the tenant's any more (deleted and created again, moved), goes: the next
+        // login makes a pool on the backend of now, and the stats forget the old one.
+        let stale: Vec<PoolKey> = self
+            .pools
+            .iter()
+            .filter(|e| {
+                catalog
+                    .get(e.key().tenant.as_str())
+                    .is_none_or(|t| **e.value().backend() != *t.backend)
+            })
+            .map(|e| e.key().clone())
+            .collect();
+        for key in stale {
+            if let Some((_, pool)) = self.pools.remove(&key) {
+                tracing::info!(pool = %key, "pool retired: its tenant or backend changed");
+                pool.retire();
+            }
+        }
+        self.tenants
+            .retain(|tenant, _| catalog.get(tenant.as_str()).is_some());
         for entry in self.tenants.iter() {
             if let Some(tenant) = catalog.get(entry.key().as_str()) {
                 entry.value().set_max(tenant.limits.max_server_connections);

@@ -71,7 +71,7 @@ impl Default for Limits {
 }
 
 /// How to reach a tenant's Postgres and how to read its roles' secrets.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Backend {
     pub addr: BackendAddr,
     pub tls: BackendTls,
