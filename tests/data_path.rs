@@ -160,6 +160,18 @@ async fn rejections_carry_the_designed_sqlstates() {
     no_db.dbname = "missing".into();
     let err = pg_connect(&no_db).await.unwrap_err();
     assert_eq!(sqlstate(&err), "3D000", "{err}");
+    // ...and leaves no pool behind (no lasting stats row per name a client makes up).
+    let pools = env
+        .sluice
+        .api("GET", "/v1/pools?tenant=globex", "", "")
+        .json();
+    let databases: Vec<&str> = pools["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["database"].as_str())
+        .collect();
+    assert!(!databases.contains(&"missing"), "{pools}");
 }
 
 #[test]

@@ -83,6 +83,22 @@ impl Pools {
             .clone()
     }
 
+    /// Drops the pool for `key` if nothing uses it (no client, no connection in any
+    /// state): a login the backend refused for its database (3D000) leaves no pool, no
+    /// stats row behind. Whether it went.
+    pub fn forget_unused(&self, key: &PoolKey) -> bool {
+        self.pools
+            .remove_if(key, |_, pool| {
+                let c = pool.counts();
+                c.clients == 0
+                    && c.active == 0
+                    && c.idle == 0
+                    && c.connecting == 0
+                    && c.waiting == 0
+            })
+            .is_some()
+    }
+
     pub fn get(&self, key: &PoolKey) -> Option<Arc<Pool>> {
         self.pools.get(key).map(|p| p.clone())
     }

@@ -247,6 +247,11 @@ pub(crate) async fn checkout(
             if matches!(&e, ClientError::BackendRefused(f) if f.code == "28P01") {
                 proxy.secrets.invalidate(&key.tenant, &key.role);
             }
+            // A database that does not exist makes no lasting pool (any client could
+            // otherwise add stats rows by naming databases).
+            if matches!(&e, ClientError::BackendRefused(f) if f.code == "3D000") {
+                proxy.pools.forget_unused(key);
+            }
             Err(e)
         }
     }
