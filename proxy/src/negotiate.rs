@@ -5,7 +5,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
-use wire::startup::{self, CancelKey, StartupMessage, StartupPacket};
+use wire::startup::{self, CancelKey, StartupError, StartupMessage, StartupPacket};
 
 use crate::error::ClientError;
 use crate::stream::ClientStream;
@@ -37,7 +37,10 @@ pub enum Negotiated {
 async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<StartupPacket, ClientError> {
     let mut header = [0u8; 4];
     stream.read_exact(&mut header).await?;
-    let len = startup::parse_len(header).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let len = startup::parse_len(header).map_err(|e| match e {
+        StartupError::BadLength(len) => ClientError::InvalidStartupLength(len),
+        other => ClientError::Protocol(other.to_string()),
+    })?;
     // `len` is bounded by MAX_STARTUP_LEN, so this allocation is too.
     let mut packet = vec![0u8; len];
     packet[..4].copy_from_slice(&header);

@@ -273,11 +273,13 @@ async fn reject(stream: Option<ClientStream>, err: &ClientError) {
         _ => tracing::info!(error = %err, "client rejected"),
     }
     let Some(mut stream) = stream else { return };
-    if !err.can_tell_client() {
+    if !err.can_close_cleanly() {
         return;
     }
     let mut out = BytesMut::new();
-    err.to_response(&mut out);
+    if err.can_tell_client() {
+        err.to_response(&mut out);
+    }
     // A client that stopped reading must not hold this task (or shutdown) forever.
     let _ = tokio::time::timeout(REJECT_TIMEOUT, async {
         stream.write_all(&out).await?;
