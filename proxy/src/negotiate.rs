@@ -24,8 +24,12 @@ pub enum Negotiated {
         /// The TLS server name the client sent, if any.
         sni: Option<String>,
     },
-    /// A cancel request (plaintext or over TLS); the connection carries nothing else.
-    Cancel(CancelKey),
+    /// A cancel request (plaintext or over TLS); the connection carries nothing else
+    /// and is closed, in order, once the request has been dealt with.
+    Cancel {
+        key: CancelKey,
+        stream: ClientStream,
+    },
     /// The client wants TLS (after an SSLRequest, or direct TLS); nothing of its
     /// ClientHello has been read yet, so the connection can still move to another
     /// runtime and the handshake start from scratch there.
@@ -88,7 +92,12 @@ pub async fn negotiate(
             StartupPacket::GssEncRequest => {
                 tcp.write_all(b"N").await.map_err(|e| (None, e.into()))?
             }
-            StartupPacket::Cancel(key) => return Ok(Negotiated::Cancel(key)),
+            StartupPacket::Cancel(key) => {
+                return Ok(Negotiated::Cancel {
+                    key,
+                    stream: ClientStream::Plain(tcp),
+                })
+            }
             StartupPacket::Startup(startup) => {
                 return Ok(Negotiated::Startup {
                     stream: ClientStream::Plain(tcp),
@@ -193,7 +202,7 @@ async fn after_handshake(
             startup,
             sni,
         }),
-        Ok(StartupPacket::Cancel(key)) => Ok(Negotiated::Cancel(key)),
+        Ok(StartupPacket::Cancel(key)) => Ok(Negotiated::Cancel { key, stream }),
         Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => Err((
             Some(stream),
             ClientError::Protocol("encryption request inside TLS".into()),
