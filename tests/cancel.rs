@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use testkit::raw_client::{self, RawClient};
 use testkit::{TestCluster, TwoTenants};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use wire::startup::{self, CancelKey};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
@@ -67,6 +68,34 @@ async fn a_cancel_inside_tls_is_carried_out_and_closed_with_close_notify() {
         "the cancel connection must end with close_notify and nothing else, got {end:?}"
     );
 
+    let result = client.result().await.expect("the query's result");
+    let err = result.expect_err("the query was cancelled");
+    assert_eq!(err.code, "57014", "{err:?}");
+}
+#[tokio::test]
+async fn session_mode_clients_see_their_real_backend_pid_and_can_cancel() {
+    let env = env();
+    let target = env.target("acme");
+    let mut client = RawClient::connect(&target).await.expect("logging in");
+    let other = RawClient::connect(&target).await.expect("logging in");
+
+    // The pid in BackendKeyData is the backend's own, as a direct connection's is
+    // (drivers compare it with pg_backend_pid() and with a NOTIFY's sender).
+    let pid: i32 = client
+        .scalar("select pg_backend_pid()")
+        .await
+        .expect("pg_backend_pid")
+        .parse()
+        .expect("a pid");
+    assert_eq!(client.key.pid, pid, "BackendKeyData {:?}", client.key);
+    assert_ne!(client.key, other.key, "each client has its own key");
+
+    // The secret is Sluice's own, and the key still cancels (plaintext, as libpq <= 17).
+    client.send_query(SLEEP).await.expect("sending the query");
+    wait_until_running(&env.acme, SLEEP).await;
+    let tcp = TcpStream::connect(env.sluice.addr).await.expect("connect");
+    let end = cancel_and_read_to_close(tcp, client.key).await;
+    assert!(matches!(end, Ok(0)), "{end:?}");
     let result = client.result().await.expect("the query's result");
     let err = result.expect_err("the query was cancelled");
     assert_eq!(err.code, "57014", "{err:?}");

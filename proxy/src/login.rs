@@ -134,9 +134,10 @@ pub async fn establish(
         &tenant.pool,
         tenant.limits.max_server_connections,
     );
-    let cancel = proxy.cancels.register();
     if pool.settings().mode == PoolMode::Transaction {
         if let Some(fresh) = pool.fresh_params() {
+            // No fixed backend: the process id in the client's key is Sluice's own.
+            let cancel = proxy.cancels.register(None);
             // What a server would report once the client's settings are applied.
             let mut params = (*fresh).clone();
             for (name, value) in &settings {
@@ -171,6 +172,13 @@ pub async fn establish(
     let settings_applied = !settings.is_empty();
 
     let conn = server.conn();
+    // In session mode the client keeps this backend, so its key carries the backend's
+    // own process id (as `pg_backend_pid()` says), with Sluice's secret.
+    let pid = match pool.settings().mode {
+        PoolMode::Session => conn.cancel_key.map(|key| key.pid),
+        PoolMode::Transaction => None,
+    };
+    let cancel = proxy.cancels.register(pid);
     if let Some(key) = conn.cancel_key {
         let cancelled = cancel.set_target(Some(CancelTarget {
             addr: conn.addr.clone(),
