@@ -101,7 +101,7 @@ pub async fn establish(
         negotiate_version(stream, startup).await?;
     }
 
-    let secret = proxy
+    let looked = proxy
         .secrets
         .lookup(&tenant, role, &proxy.pools.tls)
         .await?;
@@ -109,16 +109,34 @@ pub async fn establish(
         .tls
         .as_ref()
         .and_then(|t| t.channel_binding.as_deref());
-    let credential =
-        match authenticate(stream, role, secret, channel_binding, &proxy.mock_secret).await {
-            Ok(credential) => credential,
-            Err(e) => {
-                if matches!(e, ClientError::AuthFailed(_)) {
-                    gate.login_failed(ip);
-                }
-                return Err(e);
+    // A failed password check against a cached secret: the password may have changed.
+    let cached_since = looked.cached_since;
+    let second_look = async || match cached_since {
+        Some(seen) => {
+            let tls = &proxy.pools.tls;
+            proxy.secrets.reread(&tenant, role, tls, seen).await
+        }
+        None => None,
+    };
+    let mock = &proxy.mock_secret;
+    let credential = match authenticate(
+        stream,
+        role,
+        looked.secret,
+        channel_binding,
+        mock,
+        second_look,
+    )
+    .await
+    {
+        Ok(credential) => credential,
+        Err(e) => {
+            if matches!(e, ClientError::AuthFailed(_)) {
+                gate.login_failed(ip);
             }
-        };
+            return Err(e);
+        }
+    };
     gate.login_succeeded(ip);
     // The expensive part of the login is over: let the next one in.
     admission.login_slots.clear();
