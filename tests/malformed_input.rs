@@ -241,20 +241,69 @@ fn truncated_startup_packet_is_dropped_and_sluice_keeps_serving() {
     assert_still_serves(&mut env);
 }
 
+/// Reads to the end of the connection and insists on an orderly close with nothing
+/// before it: what Postgres 15 does when the length of the first packet is invalid
+/// (it logs "invalid length of startup packet" and closes, no ErrorResponse).
+async fn expect_silent_close<S: AsyncRead + Unpin>(s: &mut S, what: &str) {
+    let mut chunk = [0u8; 64];
+    match read_some(s, &mut chunk).await {
+        Ok(0) => {}
+        Ok(n) => panic!("{what}: expected a silent close, got {:?}", &chunk[..n]),
+        Err(e) => panic!("{what}: expected an orderly close, got {e}"),
+    }
+}
+
 #[test]
-fn absurd_startup_lengths_get_fatal_08p01() {
+fn absurd_startup_lengths_are_closed_silently_as_postgres_does() {
     let mut env = start(|_| {});
     block_on(async {
         // Only the four length bytes are sent: Sluice must decide from them alone,
         // without waiting for (or allocating) the body they announce.
-        for len in [0xFFFF_FFFFu32, 0, 3, 7, 10_001, 0x7FFF_FFFF] {
+        for len in [0xFFFF_FFFFu32, 0, 3, 7, 10_005, 0x7FFF_FFFF] {
             let mut tcp = connect(&env).await;
             send(&mut tcp, &len.to_be_bytes()).await;
-            let fields = expect_fatal(&mut tcp, "08P01").await;
-            assert!(
-                fields.message.contains("invalid length of startup packet"),
-                "length {len}: {fields:?}"
-            );
+            expect_silent_close(&mut tcp, &format!("length {len}")).await;
+        }
+        // A valid length with a protocol Postgres does not speak still gets FATAL.
+        let mut tcp = connect(&env).await;
+        let mut packet = BytesMut::new();
+        packet.put_u32(8);
+        packet.put_u32(2 << 16);
+        send(&mut tcp, &packet).await;
+        let fields = expect_fatal(&mut tcp, "08P01").await;
+        assert!(
+            fields.message.contains("unsupported frontend protocol 2.0"),
+            "{fields:?}"
+        );
+    });
+    assert_still_serves(&mut env);
+}
+
+#[test]
+fn terminate_or_a_query_before_startup_is_closed_silently() {
+    let mut env = start(|_| {});
+    block_on(async {
+        // A typed message where the startup packet belongs: its tag byte makes the
+        // length absurd (b'X' << 24), so Postgres closes without a word. So does Sluice,
+        // in order: an end of file in plaintext, close_notify inside TLS.
+        let terminate: &[u8] = b"X\0\0\0\x04";
+        let query: &[u8] = b"Q\0\0\0\x0dselect 1\0";
+        for (what, bytes) in [("Terminate", terminate), ("Query", query)] {
+            let mut tcp = connect(&env).await;
+            send(&mut tcp, bytes).await;
+            expect_silent_close(&mut tcp, what).await;
+
+            let mut tcp = connect(&env).await;
+            send(&mut tcp, &ssl_request()).await;
+            let mut answer = [0u8; 1];
+            tokio::time::timeout(READ_TIMEOUT, tcp.read_exact(&mut answer))
+                .await
+                .expect("no answer to SSLRequest: sluice hangs")
+                .expect("reading the SSLRequest answer");
+            assert_eq!(answer[0], b'S');
+            let mut tls = tls_handshake(&env, tcp, "acme.db.example.test", false).await;
+            send(&mut tls, bytes).await;
+            expect_silent_close(&mut tls, &format!("{what} inside TLS")).await;
         }
     });
     assert_still_serves(&mut env);

@@ -43,23 +43,35 @@ impl std::fmt::Debug for MockSecret {
 /// Authenticates `role` on `stream`. `secret` is `None` for roles that cannot log in:
 /// they go through a SCRAM exchange against a fake verifier and fail exactly like a
 /// wrong password.
+///
+/// When the client's password does not match, `second_look` is called once: it reads
+/// the role's secret again, if it may have changed on the backend since `secret` was
+/// read (`SecretCache::reread`, which also puts it in the cache). An md5 answer is then
+/// checked against a changed md5 secret: the md5 salt is Sluice's own, so the same
+/// answer can be. A SCRAM proof cannot: it is bound to the salt and iteration count
+/// sent in server-first, taken from `secret`, and a new password comes with a new
+/// salt. That attempt fails; the next one meets the new verifier.
 pub async fn authenticate(
     stream: &mut ClientStream,
     role: &str,
     secret: Option<RoleSecret>,
     channel_binding: Option<&[u8]>,
     mock: &MockSecret,
+    second_look: impl AsyncFnOnce() -> Option<RoleSecret>,
 ) -> Result<ServerCredential, ClientError> {
     let channel_binding = channel_binding.filter(|_| stream.is_tls());
-    match secret {
-        Some(RoleSecret::Md5(stored)) => md5(stream, role, &stored).await,
-        Some(RoleSecret::Scram(verifier)) => {
-            scram(stream, role, verifier, false, channel_binding).await
+    let (verifier, is_mock) = match secret {
+        Some(RoleSecret::Md5(stored)) => return md5(stream, role, &stored, second_look).await,
+        Some(RoleSecret::Scram(verifier)) => (verifier, false),
+        None => (Verifier::mock(&mock.0, role, MOCK_ITERATIONS), true),
+    };
+    match scram(stream, role, verifier, is_mock, channel_binding).await {
+        Err(ClientError::AuthFailed(role)) => {
+            // Only so that the next attempt meets the current secret.
+            second_look().await;
+            Err(ClientError::AuthFailed(role))
         }
-        None => {
-            let fake = Verifier::mock(&mock.0, role, MOCK_ITERATIONS);
-            scram(stream, role, fake, true, channel_binding).await
-        }
+        other => other,
     }
 }
 
@@ -110,6 +122,7 @@ async fn md5(
     stream: &mut ClientStream,
     role: &str,
     stored: &str,
+    second_look: impl AsyncFnOnce() -> Option<RoleSecret>,
 ) -> Result<ServerCredential, ClientError> {
     let mut salt = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut salt);
@@ -119,13 +132,21 @@ async fn md5(
     let mut inbuf = BytesMut::new();
     let body = read_password_message(stream, &mut inbuf).await?;
     let answer = body.strip_suffix(&[0]).unwrap_or(&body);
-    let expected = wire::md5::md5_response(stored, salt);
-    if !bool::from(answer.ct_eq(expected.as_bytes())) {
-        return Err(ClientError::AuthFailed(role.to_owned()));
-    }
+    let matches = |stored: &str| {
+        let expected = wire::md5::md5_response(stored, salt);
+        bool::from(answer.ct_eq(expected.as_bytes()))
+    };
+    let stored = if matches(stored) {
+        stored.to_owned()
+    } else {
+        match second_look().await {
+            Some(RoleSecret::Md5(changed)) if changed != stored && matches(&changed) => changed,
+            _ => return Err(ClientError::AuthFailed(role.to_owned())),
+        }
+    };
     messages::auth_ok(&mut out);
     send(stream, &mut out).await?;
-    Ok(ServerCredential::Md5Hash(stored.to_owned()))
+    Ok(ServerCredential::Md5Hash(stored))
 }
 
 async fn send(stream: &mut ClientStream, out: &mut BytesMut) -> Result<(), ClientError> {

@@ -24,6 +24,11 @@ pub enum ClientError {
     BackendRefused(ErrorFields),
     #[error("{0}")]
     Protocol(String),
+    /// The first packet's length is out of range (a Terminate or any typed message
+    /// sent instead of a startup packet, or noise): Postgres logs it and closes
+    /// without a word, and so does Sluice.
+    #[error("invalid length of startup packet: {0}")]
+    InvalidStartupLength(usize),
     #[error("{0}")]
     Unsupported(String),
     #[error("terminating connection: {0}")]
@@ -77,7 +82,9 @@ impl ClientError {
             ClientError::PoolTimeout => ("53300", self.to_string()),
             ClientError::BackendUnavailable { .. } => ("08006", self.to_string()),
             ClientError::BackendRefused(fields) => (fields.code.as_str(), fields.message.clone()),
-            ClientError::Protocol(_) => ("08P01", self.to_string()),
+            ClientError::Protocol(_) | ClientError::InvalidStartupLength(_) => {
+                ("08P01", self.to_string())
+            }
             ClientError::Unsupported(_) => ("0A000", self.to_string()),
             ClientError::Terminating(_) => ("57P01", self.to_string()),
             ClientError::LoginTimeout => ("57014", self.to_string()),
@@ -110,7 +117,9 @@ impl ClientError {
             ClientError::PoolTimeout => Reason::PoolTimeout,
             ClientError::BackendUnavailable { .. } => Reason::BackendUnavailable,
             ClientError::BackendRefused(_) => Reason::BackendRefused,
-            ClientError::Protocol(_) => Reason::ProtocolError,
+            ClientError::Protocol(_) | ClientError::InvalidStartupLength(_) => {
+                Reason::ProtocolError
+            }
             ClientError::Unsupported(_) => Reason::Unsupported,
             ClientError::Terminating(_) => Reason::ShuttingDown,
             ClientError::LoginTimeout => Reason::LoginTimeout,
@@ -135,8 +144,18 @@ impl ClientError {
         messages::error_response(out, Severity::Fatal, code, &message);
     }
 
-    /// Whether the client can still be written to.
+    /// Whether the client is told why with an ErrorResponse: not when it can no
+    /// longer be written to, nor where Postgres closes silently.
     pub fn can_tell_client(&self) -> bool {
+        !matches!(
+            self,
+            ClientError::Io(_) | ClientError::InvalidStartupLength(_)
+        )
+    }
+
+    /// Whether the connection still works, so that Sluice closes it in order (TLS
+    /// close_notify, no reset) even when it says nothing.
+    pub fn can_close_cleanly(&self) -> bool {
         !matches!(self, ClientError::Io(_))
     }
 }

@@ -101,7 +101,7 @@ pub async fn establish(
         negotiate_version(stream, startup).await?;
     }
 
-    let secret = proxy
+    let looked = proxy
         .secrets
         .lookup(&tenant, role, &proxy.pools.tls)
         .await?;
@@ -109,16 +109,34 @@ pub async fn establish(
         .tls
         .as_ref()
         .and_then(|t| t.channel_binding.as_deref());
-    let credential =
-        match authenticate(stream, role, secret, channel_binding, &proxy.mock_secret).await {
-            Ok(credential) => credential,
-            Err(e) => {
-                if matches!(e, ClientError::AuthFailed(_)) {
-                    gate.login_failed(ip);
-                }
-                return Err(e);
+    // A failed password check against a cached secret: the password may have changed.
+    let cached_since = looked.cached_since;
+    let second_look = async || match cached_since {
+        Some(seen) => {
+            let tls = &proxy.pools.tls;
+            proxy.secrets.reread(&tenant, role, tls, seen).await
+        }
+        None => None,
+    };
+    let mock = &proxy.mock_secret;
+    let credential = match authenticate(
+        stream,
+        role,
+        looked.secret,
+        channel_binding,
+        mock,
+        second_look,
+    )
+    .await
+    {
+        Ok(credential) => credential,
+        Err(e) => {
+            if matches!(e, ClientError::AuthFailed(_)) {
+                gate.login_failed(ip);
             }
-        };
+            return Err(e);
+        }
+    };
     gate.login_succeeded(ip);
     // The expensive part of the login is over: let the next one in.
     admission.login_slots.clear();
@@ -134,9 +152,10 @@ pub async fn establish(
         &tenant.pool,
         tenant.limits.max_server_connections,
     );
-    let cancel = proxy.cancels.register();
     if pool.settings().mode == PoolMode::Transaction {
         if let Some(fresh) = pool.fresh_params() {
+            // No fixed backend: the process id in the client's key is Sluice's own.
+            let cancel = proxy.cancels.register(None);
             // What a server would report once the client's settings are applied.
             let mut params = (*fresh).clone();
             for (name, value) in &settings {
@@ -171,6 +190,13 @@ pub async fn establish(
     let settings_applied = !settings.is_empty();
 
     let conn = server.conn();
+    // In session mode the client keeps this backend, so its key carries the backend's
+    // own process id (as `pg_backend_pid()` says), with Sluice's secret.
+    let pid = match pool.settings().mode {
+        PoolMode::Session => conn.cancel_key.map(|key| key.pid),
+        PoolMode::Transaction => None,
+    };
+    let cancel = proxy.cancels.register(pid);
     if let Some(key) = conn.cancel_key {
         let cancelled = cancel.set_target(Some(CancelTarget {
             addr: conn.addr.clone(),

@@ -5,7 +5,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
-use wire::startup::{self, CancelKey, StartupMessage, StartupPacket};
+use wire::startup::{self, CancelKey, StartupError, StartupMessage, StartupPacket};
 
 use crate::error::ClientError;
 use crate::stream::ClientStream;
@@ -24,8 +24,12 @@ pub enum Negotiated {
         /// The TLS server name the client sent, if any.
         sni: Option<String>,
     },
-    /// A cancel request (plaintext or over TLS); the connection carries nothing else.
-    Cancel(CancelKey),
+    /// A cancel request (plaintext or over TLS); the connection carries nothing else
+    /// and is closed, in order, once the request has been dealt with.
+    Cancel {
+        key: CancelKey,
+        stream: ClientStream,
+    },
     /// The client wants TLS (after an SSLRequest, or direct TLS); nothing of its
     /// ClientHello has been read yet, so the connection can still move to another
     /// runtime and the handshake start from scratch there.
@@ -37,7 +41,10 @@ pub enum Negotiated {
 async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<StartupPacket, ClientError> {
     let mut header = [0u8; 4];
     stream.read_exact(&mut header).await?;
-    let len = startup::parse_len(header).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let len = startup::parse_len(header).map_err(|e| match e {
+        StartupError::BadLength(len) => ClientError::InvalidStartupLength(len),
+        other => ClientError::Protocol(other.to_string()),
+    })?;
     // `len` is bounded by MAX_STARTUP_LEN, so this allocation is too.
     let mut packet = vec![0u8; len];
     packet[..4].copy_from_slice(&header);
@@ -85,7 +92,12 @@ pub async fn negotiate(
             StartupPacket::GssEncRequest => {
                 tcp.write_all(b"N").await.map_err(|e| (None, e.into()))?
             }
-            StartupPacket::Cancel(key) => return Ok(Negotiated::Cancel(key)),
+            StartupPacket::Cancel(key) => {
+                return Ok(Negotiated::Cancel {
+                    key,
+                    stream: ClientStream::Plain(tcp),
+                })
+            }
             StartupPacket::Startup(startup) => {
                 return Ok(Negotiated::Startup {
                     stream: ClientStream::Plain(tcp),
@@ -190,7 +202,7 @@ async fn after_handshake(
             startup,
             sni,
         }),
-        Ok(StartupPacket::Cancel(key)) => Ok(Negotiated::Cancel(key)),
+        Ok(StartupPacket::Cancel(key)) => Ok(Negotiated::Cancel { key, stream }),
         Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => Err((
             Some(stream),
             ClientError::Protocol("encryption request inside TLS".into()),

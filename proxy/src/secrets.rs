@@ -3,6 +3,9 @@
 //! Like PgBouncer's auth_query: Sluice logs in as the tenant's `auth_user` and reads the
 //! role's `rolpassword` (a SCRAM verifier or an md5 hash) and its expiry. Unknown roles
 //! are cached too, so a flood of bad user names does not become a flood of queries.
+//!
+//! A password check that fails against a cached secret gets a second look
+//! ([`SecretCache::reread`]): the password may have changed on the backend since.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +43,19 @@ struct Cached {
     /// `rolvaliduntil`, as seconds since the epoch; `None` means no expiry.
     valid_until: Option<f64>,
     fetched: Instant,
+    /// Read again because a login failed against the entry before it.
+    reread: bool,
+}
+
+/// A role's secret as one login found it.
+#[derive(Debug)]
+pub struct Looked {
+    /// `None` when the role cannot log in (unknown, NOLOGIN, expired, no password).
+    pub secret: Option<RoleSecret>,
+    /// When the secret was read from the backend, if that was before this login
+    /// began (it came from the cache): then a failed password check against it is
+    /// worth a [`SecretCache::reread`].
+    pub cached_since: Option<Instant>,
 }
 
 /// Lookups in flight at once per tenant: bounds the connections Sluice opens to a
@@ -48,6 +64,10 @@ const LOOKUPS_PER_TENANT: usize = 4;
 
 /// Entries kept before expired ones are swept (and, if still too many, all dropped).
 const MAX_ENTRIES: usize = 100_000;
+
+/// A role's secret is read again for a failed login at most this often, so that wrong
+/// passwords, however many, cost its backend at most one `auth_query` a second.
+const REREAD_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct SecretCache {
@@ -74,24 +94,19 @@ impl SecretCache {
         }
     }
 
-    /// The role's secret, or `None` when the role cannot log in (unknown, NOLOGIN,
-    /// expired, or no password).
+    /// The role's secret, from the cache or the backend.
     pub async fn lookup(
         &self,
         tenant: &Tenant,
         role: &str,
         tls: &TlsConnectors,
-    ) -> Result<Option<RoleSecret>, ClientError> {
+    ) -> Result<Looked, ClientError> {
+        let asked = Instant::now();
         let key = (tenant.id.clone(), role.to_owned());
         let cached = match self.fresh(&key) {
             Some(c) => c,
             None => {
-                let gate = self
-                    .lookups
-                    .entry(tenant.id.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(LOOKUPS_PER_TENANT)))
-                    .clone();
-                let _permit = gate.acquire_owned().await.expect("never closed");
+                let _permit = self.lookup_permit(&tenant.id).await;
                 // Whoever held the permit before us may have fetched this very role.
                 match self.fresh(&key) {
                     Some(c) => c,
@@ -103,14 +118,69 @@ impl SecretCache {
                 }
             }
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        Ok(match cached.valid_until {
-            Some(until) if until <= now => None,
-            _ => cached.secret,
+        Ok(Looked {
+            cached_since: (cached.fetched < asked).then_some(cached.fetched),
+            secret: usable(cached),
         })
+    }
+
+    /// A second look after a password check failed against a cached secret read at
+    /// `seen`: the role's secret as the backend has it now, bypassing the cache (and
+    /// put into it), when it may differ from the one the client was checked against.
+    /// `None` when nothing new can be said: the role cannot log in, or its secret was
+    /// read again for a failed login less than [`REREAD_EVERY`] ago, or the read
+    /// failed (logged). Failures at the same time share one read.
+    pub async fn reread(
+        &self,
+        tenant: &Tenant,
+        role: &str,
+        tls: &TlsConnectors,
+        seen: Instant,
+    ) -> Option<RoleSecret> {
+        let key = (tenant.id.clone(), role.to_owned());
+        let _permit = self.lookup_permit(&tenant.id).await;
+        match self.entries.get(&key).map(|e| e.clone()) {
+            // Read again since this login looked (by another failed login, say).
+            Some(c) if c.fetched > seen => return usable(c),
+            Some(c) if c.reread && c.fetched.elapsed() < REREAD_EVERY => return None,
+            _ => {}
+        }
+        match fetch(tenant, role, tls).await {
+            Ok(fresh) => {
+                let fresh = Cached {
+                    reread: true,
+                    ..fresh
+                };
+                self.insert(key, fresh.clone());
+                usable(fresh)
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, "reading a role's secret again failed");
+                None
+            }
+        }
+    }
+
+    /// A turn to read from the tenant's backend (at most [`LOOKUPS_PER_TENANT`] at once).
+    async fn lookup_permit(&self, tenant: &TenantId) -> tokio::sync::OwnedSemaphorePermit {
+        let gate = self
+            .lookups
+            .entry(tenant.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(LOOKUPS_PER_TENANT)))
+            .clone();
+        gate.acquire_owned().await.expect("never closed")
+    }
+}
+
+/// The secret of an entry, or `None` if the role's password has expired.
+fn usable(cached: Cached) -> Option<RoleSecret> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    match cached.valid_until {
+        Some(until) if until <= now => None,
+        _ => cached.secret,
     }
 }
 
@@ -181,6 +251,7 @@ async fn fetch(tenant: &Tenant, role: &str, tls: &TlsConnectors) -> Result<Cache
         secret,
         valid_until,
         fetched: Instant::now(),
+        reread: false,
     })
 }
 

@@ -92,7 +92,9 @@ pub async fn serve_connection(
             Ok(Err((stream, err))) => {
                 return refuse(&proxy, stream, &err, admission.tenant.as_ref()).await;
             }
-            Ok(Ok(Negotiated::Cancel(key))) => return handle_cancel(&proxy, key).await,
+            Ok(Ok(Negotiated::Cancel { key, stream })) => {
+                return handle_cancel(&proxy, key, stream).await
+            }
             Ok(Ok(Negotiated::Tls { tcp, direct })) => {
                 tcp.into_std().map(|tcp| Handoff::Tls { tcp, direct })
             }
@@ -158,7 +160,9 @@ async fn session(
         Err((stream, err)) => {
             return Box::pin(refuse(&proxy, stream, &err, admission.tenant.as_ref())).await
         }
-        Ok(Negotiated::Cancel(key)) => return Box::pin(handle_cancel(&proxy, key)).await,
+        Ok(Negotiated::Cancel { key, stream }) => {
+            return Box::pin(handle_cancel(&proxy, key, stream)).await
+        }
         Ok(Negotiated::Tls { .. }) => unreachable!("the handshake is done"),
         Ok(Negotiated::Startup {
             stream,
@@ -273,11 +277,13 @@ async fn reject(stream: Option<ClientStream>, err: &ClientError) {
         _ => tracing::info!(error = %err, "client rejected"),
     }
     let Some(mut stream) = stream else { return };
-    if !err.can_tell_client() {
+    if !err.can_close_cleanly() {
         return;
     }
     let mut out = BytesMut::new();
-    err.to_response(&mut out);
+    if err.can_tell_client() {
+        err.to_response(&mut out);
+    }
     // A client that stopped reading must not hold this task (or shutdown) forever.
     let _ = tokio::time::timeout(REJECT_TIMEOUT, async {
         stream.write_all(&out).await?;
@@ -287,7 +293,10 @@ async fn reject(stream: Option<ClientStream>, err: &ClientError) {
     .await;
 }
 
-async fn handle_cancel(proxy: &Proxy, key: wire::startup::CancelKey) {
+/// Carries out a CancelRequest, then closes its connection in order, as Postgres does:
+/// after the cancel was sent on (libpq takes the close as "processed"), and inside TLS
+/// with close_notify, so the client does not see a truncated stream.
+async fn handle_cancel(proxy: &Proxy, key: wire::startup::CancelKey, mut stream: ClientStream) {
     match proxy.cancels.resolve(key) {
         Some(target) => match cancel::forward(&target).await {
             Ok(()) => tracing::info!(backend_pid = target.key.pid, "cancel request forwarded"),
@@ -295,6 +304,7 @@ async fn handle_cancel(proxy: &Proxy, key: wire::startup::CancelKey) {
         },
         None => tracing::info!("cancel request with unknown key ignored"),
     }
+    let _ = tokio::time::timeout(REJECT_TIMEOUT, stream.shutdown()).await;
 }
 
 /// Relays until someone leaves, then puts the server connection back or closes it;

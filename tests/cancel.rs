@@ -1,0 +1,102 @@
+//! Cancel requests through Sluice as clients send them, plaintext or inside TLS (libpq
+//! 18 with `sslmode=prefer`), with the key of the BackendKeyData Sluice sent; and what
+//! that key says. A raw protocol client (`testkit::raw_client`) reads the key and the
+//! way each connection ends, which client libraries keep to themselves.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use testkit::raw_client::{self, RawClient};
+use testkit::{TestCluster, TwoTenants};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wire::startup::{self, CancelKey};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const SLEEP: &str = "select pg_sleep(60)";
+
+fn env() -> TwoTenants {
+    TwoTenants::start(BIN.as_ref(), |_| {}).expect("test environment")
+}
+
+/// Waits until `sql` runs on `cluster` (seen directly in pg_stat_activity), so that a
+/// cancel sent next finds it running.
+async fn wait_until_running(cluster: &TestCluster, sql: &str) {
+    let check =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '{sql}'");
+    for _ in 0..600 {
+        let out = cluster.psql_direct(&check);
+        if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{sql:?} never started on {}", cluster.name);
+}
+
+/// Sends a CancelRequest for `key` and reads until the server closes: what the read
+/// returned at the end (`Ok(0)` for an orderly close, inside TLS one with close_notify).
+async fn cancel_and_read_to_close<S>(mut stream: S, key: CancelKey) -> std::io::Result<usize>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut packet = BytesMut::new();
+    startup::encode_cancel(key, &mut packet);
+    stream.write_all(&packet).await?;
+    stream.flush().await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest))
+        .await
+        .expect("sluice keeps the cancel connection open")
+}
+
+#[tokio::test]
+async fn a_cancel_inside_tls_is_carried_out_and_closed_with_close_notify() {
+    let env = env();
+    let target = env.target("acme");
+    let mut client = RawClient::connect(&target).await.expect("logging in");
+    client.send_query(SLEEP).await.expect("sending the query");
+    wait_until_running(&env.acme, SLEEP).await;
+
+    // SSLRequest, handshake, then the CancelRequest as the first packet inside TLS. The
+    // end must be a clean TLS close: tokio-rustls reports a close without close_notify
+    // as UnexpectedEof (libpq: "SSL error: unexpected eof while reading").
+    let tls = raw_client::tls_to(&target).await.expect("TLS to sluice");
+    let end = cancel_and_read_to_close(tls, client.key).await;
+    assert!(
+        matches!(end, Ok(0)),
+        "the cancel connection must end with close_notify and nothing else, got {end:?}"
+    );
+
+    let result = client.result().await.expect("the query's result");
+    let err = result.expect_err("the query was cancelled");
+    assert_eq!(err.code, "57014", "{err:?}");
+}
+#[tokio::test]
+async fn session_mode_clients_see_their_real_backend_pid_and_can_cancel() {
+    let env = env();
+    let target = env.target("acme");
+    let mut client = RawClient::connect(&target).await.expect("logging in");
+    let other = RawClient::connect(&target).await.expect("logging in");
+
+    // The pid in BackendKeyData is the backend's own, as a direct connection's is
+    // (drivers compare it with pg_backend_pid() and with a NOTIFY's sender).
+    let pid: i32 = client
+        .scalar("select pg_backend_pid()")
+        .await
+        .expect("pg_backend_pid")
+        .parse()
+        .expect("a pid");
+    assert_eq!(client.key.pid, pid, "BackendKeyData {:?}", client.key);
+    assert_ne!(client.key, other.key, "each client has its own key");
+
+    // The secret is Sluice's own, and the key still cancels (plaintext, as libpq <= 17).
+    client.send_query(SLEEP).await.expect("sending the query");
+    wait_until_running(&env.acme, SLEEP).await;
+    let tcp = TcpStream::connect(env.sluice.addr).await.expect("connect");
+    let end = cancel_and_read_to_close(tcp, client.key).await;
+    assert!(matches!(end, Ok(0)), "{end:?}");
+    let result = client.result().await.expect("the query's result");
+    let err = result.expect_err("the query was cancelled");
+    assert_eq!(err.code, "57014", "{err:?}");
+}
