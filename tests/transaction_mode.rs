@@ -577,3 +577,30 @@ async fn a_cancel_never_lands_on_another_clients_query() {
         ok + cancelled
     );
 }
+
+/// A transaction-mode login greeted without a server connection still reports values
+/// as the server spells them (`utf-8` is `UTF8`, `iso` is `ISO, MDY`), and the
+/// client's own `application_name`.
+#[tokio::test]
+async fn the_greeting_spells_values_as_the_server_does() {
+    let env = env_with(&["size = 1"]);
+    // The first login teaches the pool what a fresh connection reports.
+    let first = pg_connect(&env.target("acme")).await.unwrap();
+    let _: i32 = scalar(&first, "select 1").await;
+    let mut target = env.target("acme");
+    target.options =
+        Some("-c client_encoding=utf-8 -c DateStyle=iso -c application_name=mine".into());
+    let client = testkit::raw_client::RawClient::connect(&target)
+        .await
+        .unwrap();
+    let reported = |name: &str| {
+        client
+            .params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(reported("client_encoding").as_deref(), Some("UTF8"));
+    assert_eq!(reported("DateStyle").as_deref(), Some("ISO, MDY"));
+    assert_eq!(reported("application_name").as_deref(), Some("mine"));
+}

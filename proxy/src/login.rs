@@ -153,20 +153,11 @@ pub async fn establish(
         tenant.limits.max_server_connections,
     );
     if pool.settings().mode == PoolMode::Transaction {
-        if let Some(fresh) = pool.fresh_params() {
+        // What a server would report once the client's settings are applied, when
+        // Sluice can tell without asking one.
+        if let Some(params) = pool.fresh_params().and_then(|f| greeting(&f, &settings)) {
             // No fixed backend: the process id in the client's key is Sluice's own.
             let cancel = proxy.cancels.register(None);
-            // What a server would report once the client's settings are applied.
-            let mut params = (*fresh).clone();
-            for (name, value) in &settings {
-                if let Some(key) = params
-                    .keys()
-                    .find(|k| k.eq_ignore_ascii_case(name))
-                    .cloned()
-                {
-                    params.insert(key, value.clone());
-                }
-            }
             greet(stream, &params, &cancel).await?;
             log_connection!(proxy, "session started (transaction mode)");
             return Ok(Session {
@@ -298,6 +289,43 @@ fn checkout_error(tenant: &str, e: CheckoutError) -> ClientError {
             detail: e.to_string(),
         },
     }
+}
+
+/// The ParameterStatus values a server would greet this client with: what a fresh
+/// connection reported, with the client's settings written over them, spelled as the
+/// server spells them. None when Sluice cannot know the server's spelling of a value
+/// (`DateStyle=iso` is reported as `ISO, MDY`): the login then asks a server.
+fn greeting(
+    fresh: &std::collections::BTreeMap<String, String>,
+    settings: &[(String, String)],
+) -> Option<std::collections::BTreeMap<String, String>> {
+    // Loose spelling: case, `-` and `_` aside (`utf-8` is `UTF8`).
+    let loose = |v: &str| -> String {
+        v.chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let mut params = fresh.clone();
+    for (name, value) in settings {
+        let Some((key, now)) = params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) else {
+            continue;
+        };
+        let key = key.clone();
+        let spelled = if loose(now) == loose(value) {
+            now.clone()
+        } else if key == "application_name"
+            && value.len() < 64
+            && value.bytes().all(|b| (b' '..=b'~').contains(&b))
+        {
+            // Reported as given (Postgres only truncates it and masks non-ASCII).
+            value.clone()
+        } else {
+            return None;
+        };
+        params.insert(key, spelled);
+    }
+    Some(params)
 }
 
 /// Protocol 3.x with x > 0, or `_pq_` options: Sluice speaks 3.0 and says so.

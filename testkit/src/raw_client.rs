@@ -66,6 +66,8 @@ pub struct RawClient {
     buf: BytesMut,
     /// The BackendKeyData the server sent.
     pub key: CancelKey,
+    /// The ParameterStatus values of the greeting, in order.
+    pub params: Vec<(String, String)>,
 }
 
 impl RawClient {
@@ -76,6 +78,7 @@ impl RawClient {
             stream,
             buf: BytesMut::new(),
             key: CancelKey { pid: 0, secret: 0 },
+            params: Vec::new(),
         };
         let mut params = vec![("user", target.user.as_str())];
         params.push(("database", target.dbname.as_str()));
@@ -113,6 +116,10 @@ impl RawClient {
                     other => bail!("unexpected authentication request {other:?}"),
                 },
                 b'K' => key = Some(messages::parse_backend_key_data(&frame.body)?),
+                b'S' => {
+                    let (name, value) = messages::parse_parameter_status(&frame.body)?;
+                    client.params.push((name.to_owned(), value.to_owned()));
+                }
                 b'E' => bail!(
                     "login refused: {:?}",
                     messages::parse_error_fields(&frame.body)?
