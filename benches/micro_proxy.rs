@@ -1,7 +1,8 @@
 //! Micro-benchmarks of transaction-mode statement tracking: the per-message work of
 //! `proxy/src/transaction/statements.rs` (mapping a client's statement names to
 //! server names, re-preparing a statement on a server connection that lacks it, and
-//! queueing the answers to expect).
+//! queueing the answers to expect); and of `proxy::session_state::effects`, the look
+//! at every Query and Parse text for session state.
 //!
 //! That module is private to `proxy` (`mod statements;` in `transaction.rs`), so this
 //! bench compiles the very same source file into itself with `#[path]` rather than
@@ -145,6 +146,29 @@ fn bench_statements(c: &mut Criterion) {
     group.finish();
 }
 
+/// The session-state check every Query and Parse text of a transaction-mode client
+/// goes through: pgbench's statements (nothing found) and a `set_config` (a pin).
+fn bench_session_state(c: &mut Criterion) {
+    let mut group = c.benchmark_group("session_state");
+    for (name, sql) in [
+        ("select", SELECT),
+        (
+            "update",
+            "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+        ),
+        (
+            "set_config",
+            "select set_config('search_path', 'app, public', false)",
+        ),
+    ] {
+        group.throughput(Throughput::Bytes(sql.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| proxy::session_state::effects(black_box(sql)))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = micro_proxy;
     // Trimmed so the whole target runs in well under a minute; see benches/README.md.
@@ -152,6 +176,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(30);
-    targets = bench_statements
+    targets = bench_statements, bench_session_state
 }
 criterion_main!(micro_proxy);
