@@ -3,7 +3,11 @@
 //!
 //! Both directions run concurrently inside the connection's one task (`join!`), so a
 //! server blocked writing a large result while the client is writing a large request
-//! cannot deadlock the relay.
+//! cannot deadlock the relay. A client that closes its side (a TCP half-close, or a TLS
+//! close_notify) at a message boundary still gets the answers to what it sent: the
+//! server's side runs on until they are delivered, as Postgres would answer them.
+
+mod progress;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -13,7 +17,6 @@ use bytes::BytesMut;
 use pooler::{Pool, Release, ServerStream};
 use router::{BackendAddr, Limits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wire::frame::DEFAULT_MAX_FRAME_LEN;
 use wire::messages::tag;
@@ -22,6 +25,7 @@ use wire::startup::CancelKey;
 
 use crate::admit::TenantGate;
 use crate::stream::ClientStream;
+use progress::Progress;
 
 /// Per-direction read buffer. Reads take what is there up to this size, and each read
 /// becomes one write, so batches of small messages cost one syscall each way.
@@ -77,39 +81,13 @@ pub struct Watch<'a> {
     pub cancel: Option<(Arc<BackendAddr>, CancelKey)>,
 }
 
-/// What both directions know about the conversation.
-#[derive(Debug, Default)]
-struct Progress {
-    /// ReadyForQuery messages the client's requests will produce (one per Query,
-    /// Sync and FunctionCall).
-    expected_ready: AtomicU64,
-    /// ReadyForQuery messages the server has sent.
-    seen_ready: AtomicU64,
-    /// Transaction status of the last ReadyForQuery.
-    status: AtomicU8,
-    /// Extended-protocol messages sent after the last Sync.
-    unsynced: AtomicBool,
-    /// The client sent anything at all.
-    used: AtomicBool,
-    /// The client's stream is at a message boundary.
-    client_boundary: AtomicBool,
-    /// Nanoseconds since the relay began: when the running request was sent, when
-    /// the server last reported ReadyForQuery, and when the client last sent bytes.
-    request_started: AtomicU64,
-    last_ready: AtomicU64,
-    client_active: AtomicU64,
-    /// The running request was cancelled for its timeout already.
-    cancelled: AtomicBool,
-    /// The client's queries were refused by the tenant's query rate.
-    rate_limited: AtomicBool,
-    /// Wakes the watchdog when any of the above changes.
-    changed: Notify,
-}
-
 #[derive(Debug)]
 enum Ended {
     ClientTerminate,
+    /// The client closed its side (EOF, or a TLS close_notify).
     ClientEof,
+    /// The client's connection broke (a reset, a TLS close without close_notify).
+    ClientVanished,
     ClientFailed(String),
     ServerEof,
     ServerFailed(String),
@@ -144,6 +122,13 @@ pub async fn relay(
             (&watch, epoch),
         )
         .await;
+        if matches!(end, (Ended::ClientEof, true)) {
+            // Only the client's side is closed: the server side decides when the
+            // answers it is owed are delivered.
+            progress.client_done.store(true, Ordering::Release);
+            progress.client_done_notify.notify_one();
+            stop.cancelled().await;
+        }
         stop.cancel();
         end
     };
@@ -189,7 +174,7 @@ pub async fn relay(
     match (up, down) {
         (_, Ended::ServerEof) => RelayEnd::ServerGone("server closed the connection".into()),
         (Ended::ServerFailed(e), _) | (_, Ended::ServerFailed(e)) => RelayEnd::ServerGone(e),
-        (Ended::ClientTerminate | Ended::ClientEof, Ended::Stopped) => {
+        (Ended::ClientTerminate | Ended::ClientEof | Ended::ClientVanished, Ended::Stopped) => {
             let clean = up_boundary
                 && down_boundary
                 && !progress.unsynced.load(Ordering::Acquire)
@@ -330,7 +315,7 @@ where
             // worth depends only on where the client's messages stopped.
             Err(e) if client_vanished(&e) => {
                 tracing::debug!(error = %e, "client went away without a goodbye");
-                return (Ended::ClientEof, scanner.at_boundary());
+                return (Ended::ClientVanished, scanner.at_boundary());
             }
             Err(e) => return (Ended::ClientFailed(e.to_string()), false),
         }
@@ -347,7 +332,13 @@ where
             }
             match msg {
                 tag::TERMINATE => terminated = true,
+                // Postgres ignores a Sync that arrives during COPY FROM STDIN.
+                tag::SYNC if progress.copy_in.load(Ordering::Acquire) => {}
                 tag::QUERY | tag::SYNC | b'F' => {
+                    progress.last_request.store(msg, Ordering::Release);
+                    progress
+                        .copy_end_since_request
+                        .store(false, Ordering::Release);
                     let before = progress.expected_ready.fetch_add(1, Ordering::AcqRel);
                     if before == progress.seen_ready.load(Ordering::Acquire) {
                         progress
@@ -358,7 +349,13 @@ where
                     progress.unsynced.store(false, Ordering::Release);
                     progress.changed.notify_one();
                 }
-                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {}
+                tag::COPY_DONE | tag::COPY_FAIL => {
+                    progress.copy_in.store(false, Ordering::Release);
+                    progress
+                        .copy_end_since_request
+                        .store(true, Ordering::Release);
+                }
+                tag::COPY_DATA => {}
                 _ => progress.unsynced.store(true, Ordering::Release),
             }
         });
@@ -429,8 +426,12 @@ where
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
+        if let Some(clean) = progress.client_may_go() {
+            return (Ended::Stopped, clean && scanner.at_boundary());
+        }
         let read = tokio::select! {
             _ = &mut stopped => return (Ended::Stopped, scanner.at_boundary()),
+            () = progress.client_done_notify.notified() => continue,
             read = server.read_buf(&mut buf) => read,
         };
         match read {
@@ -451,6 +452,10 @@ where
                     let started = progress.request_started.load(Ordering::Acquire);
                     let took = Duration::from_nanos(now.saturating_sub(started));
                     pool.histograms.query_duration(took);
+                } else {
+                    // The answer to a request that was not counted: a Sync sent during
+                    // a COPY FROM STDIN the server had already ended with an error.
+                    progress.expected_ready.fetch_add(1, Ordering::AcqRel);
                 }
                 progress.last_ready.store(now, Ordering::Release);
                 // The next pipelined request, if any, starts running now.
@@ -458,6 +463,14 @@ where
                 progress.cancelled.store(false, Ordering::Release);
                 progress.seen_ready.fetch_add(1, Ordering::AcqRel);
                 progress.changed.notify_one();
+            }
+            match msg {
+                tag::COPY_IN_RESPONSE | tag::COPY_BOTH_RESPONSE => progress.copy_in_started(),
+                // The server left COPY FROM STDIN (an error ends it too).
+                tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE => {
+                    progress.copy_in.store(false, Ordering::Release)
+                }
+                _ => {}
             }
         });
         if let Err(e) = scanned {
