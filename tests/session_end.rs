@@ -1,9 +1,11 @@
 //! How a session ends, in both pool modes, seen from a client that speaks the protocol
 //! by hand (`testkit::raw`: no driver half-closes, and the point is the exact messages
 //! that arrive before the end): a client that closes its side after a query still gets
-//! the whole answer, as from Postgres itself.
+//! the whole answer, as from Postgres itself; a backend that ends the session (here
+//! `pg_terminate_backend`) is heard once, through its own FATAL, with nothing added by
+//! Sluice.
 
-use testkit::raw::{message, tags, RawClient, Transport};
+use testkit::raw::{error_fields, message, tags, RawClient, Transport};
 use testkit::{pg_connect, scalar, PgTarget, TwoTenants};
 use wire::messages::parse_data_row;
 
@@ -40,6 +42,14 @@ fn value(frames: &[wire::frame::Frame]) -> String {
     assert_eq!(rows.len(), 1, "{frames:?}");
     let row = parse_data_row(&rows[0].body).expect("DataRow");
     String::from_utf8(row[0].expect("not null").to_vec()).expect("text")
+}
+
+/// Ends the backend `pid` from a direct connection, and waits until it is gone.
+fn terminate(env: &TwoTenants, pid: &str) {
+    let out = env
+        .acme
+        .psql_direct(&format!("select pg_terminate_backend({pid}, 10000)"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "{out:?}");
 }
 
 #[tokio::test]
@@ -80,6 +90,89 @@ async fn a_client_that_half_closes_still_gets_its_answer() {
             env.sluice.log()
         );
     }
+}
+
+/// Logs in and opens a transaction (so that in transaction mode too the client holds
+/// its backend); returns the client and its backend's pid.
+async fn in_a_transaction(env: &TwoTenants) -> (RawClient, String) {
+    let mut client = RawClient::login(&target(env), Transport::Tls)
+        .await
+        .unwrap();
+    client
+        .query("begin; select pg_backend_pid()")
+        .await
+        .unwrap();
+    let frames = client.until_ready().await.unwrap();
+    assert_eq!(frames.last().unwrap().body[..], b"T"[..], "{frames:?}");
+    let pid = value(&frames);
+    (client, pid)
+}
+
+/// Reads to the end and checks that exactly one ErrorResponse arrived, FATAL `code`,
+/// as the last message (a query's RowDescription may come before it).
+async fn exactly_one_fatal(client: &mut RawClient, code: &str, env: &TwoTenants, case: &str) {
+    let frames = client.to_end().await.unwrap();
+    let errors: Vec<_> = frames
+        .iter()
+        .filter(|f| f.tag == b'E')
+        .map(error_fields)
+        .collect();
+    let tags = tags(&frames);
+    assert!(
+        errors.len() == 1 && tags.ends_with('E'),
+        "{case}: {errors:?} {frames:?}\n{}",
+        env.sluice.log()
+    );
+    assert_eq!(errors[0].severity, "FATAL", "{case}: {errors:?}");
+    assert_eq!(errors[0].code, code, "{case}: {errors:?}");
+}
+
+#[tokio::test]
+async fn a_backend_that_ends_the_session_is_heard_once() {
+    for mode in MODES {
+        let env = env(mode);
+        // Idle in its transaction.
+        let (mut client, pid) = in_a_transaction(&env).await;
+        terminate(&env, &pid);
+        exactly_one_fatal(&mut client, "57P01", &env, &format!("{mode} mode, idle")).await;
+
+        // Waiting for a query.
+        let (mut client, pid) = in_a_transaction(&env).await;
+        client.query("select pg_sleep(60)").await.unwrap();
+        terminate(&env, &pid);
+        exactly_one_fatal(&mut client, "57P01", &env, &format!("{mode} mode, query")).await;
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_vanishes_without_a_word_is_reported_by_sluice() {
+    // A backend killed outright sends nothing: then the client hears from Sluice.
+    for mode in MODES {
+        let env = env(mode);
+        let (mut client, pid) = in_a_transaction(&env).await;
+        let pid = nix::unistd::Pid::from_raw(pid.parse().unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        exactly_one_fatal(&mut client, "08006", &env, &format!("{mode} mode")).await;
+    }
+}
+
+#[tokio::test]
+async fn in_transaction_mode_a_backend_ended_between_transactions_goes_unnoticed() {
+    // Between transactions a client holds no backend: ending the one it last used is
+    // no business of the client's. Its next query runs on a new server connection.
+    let env = env("transaction");
+    let mut client = RawClient::login(&target(&env), Transport::Tls)
+        .await
+        .unwrap();
+    client.query("select pg_backend_pid()").await.unwrap();
+    let frames = client.until_ready().await.unwrap();
+    let pid = value(&frames);
+    terminate(&env, &pid);
+
+    client.query("select pg_backend_pid()").await.unwrap();
+    let frames = client.until_ready().await.unwrap();
+    assert_eq!(tags(&frames), "TDCZ", "{frames:?}\n{}", env.sluice.log());
+    assert_ne!(value(&frames), pid);
 }
 
 /// A table for COPY FROM STDIN on `acme`.

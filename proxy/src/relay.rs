@@ -24,6 +24,7 @@ use wire::scan::Scanner;
 use wire::startup::CancelKey;
 
 use crate::admit::TenantGate;
+use crate::farewell::LastWord;
 use crate::stream::ClientStream;
 use progress::Progress;
 
@@ -42,6 +43,9 @@ pub enum RelayEnd {
     ClientLeft(Release),
     /// The server closed or failed; the client should be told and disconnected.
     ServerGone(String),
+    /// The server ended the session with a FATAL or PANIC error, which the client has
+    /// been sent: it needs no other (what the error said, for the log).
+    ServerEnded(String),
     /// Sluice is shutting down and the grace period is over.
     Terminated,
     /// The client sat idle inside a transaction past the tenant's limit; `Release`
@@ -110,6 +114,7 @@ pub async fn relay(
         ..Progress::default()
     };
     let stop = CancellationToken::new();
+    let mut last_word = LastWord::default();
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
     let upstream = async {
@@ -140,6 +145,7 @@ pub async fn relay(
             &stop,
             (pool, tally),
             epoch,
+            &mut last_word,
         )
         .await;
         stop.cancel();
@@ -169,6 +175,10 @@ pub async fn relay(
     };
     if progress.rate_limited.load(Ordering::Acquire) {
         return RelayEnd::QueryRateLimited;
+    }
+    if let Some(said) = last_word.said.take() {
+        // Whatever else ended, the server connection is over, and the client heard why.
+        return RelayEnd::ServerEnded(said);
     }
     tracing::trace!(?up, ?down, "relay ended");
     match (up, down) {
@@ -415,6 +425,7 @@ async fn server_to_client<R, W>(
     stop: &CancellationToken,
     (pool, tally): (&Pool, &Tally),
     epoch: Instant,
+    last_word: &mut LastWord,
 ) -> (Ended, bool)
 where
     R: AsyncRead + Unpin,
@@ -439,7 +450,9 @@ where
             Ok(_) => {}
             Err(e) => return (Ended::ServerFailed(e.to_string()), false),
         }
-        let scanned = scanner.feed(&buf, |msg, first| {
+        last_word.chunk_begins(scanner.at_boundary());
+        let scanned = scanner.feed_ends(&buf, |msg, first, end| {
+            last_word.message_ends(&buf, msg, end);
             pool.stats.server_message(msg, first);
             if msg == tag::READY_FOR_QUERY {
                 if let Some(status) = first {
@@ -476,6 +489,7 @@ where
         if let Err(e) = scanned {
             return (Ended::ServerFailed(e.to_string()), false);
         }
+        last_word.chunk_ends(&buf);
         pool.stats
             .bytes_to_clients
             .fetch_add(buf.len() as u64, Ordering::Relaxed);

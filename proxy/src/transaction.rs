@@ -132,6 +132,14 @@ impl Client<'_> {
         };
         let error = match end {
             End::ClientLeft => None,
+            End::ServerEnded(said) => {
+                tracing::warn!(said, "the server ended the session");
+                drop(release);
+                // Its own FATAL was the client's last message, as from Postgres.
+                let stream = &mut client.stream;
+                let _ = tokio::time::timeout(REJECT_TIMEOUT, stream.shutdown()).await;
+                return format!("the server ended the session: {said}");
+            }
             End::ServerGone(detail) => {
                 tracing::warn!(detail, "server connection lost");
                 Some(ClientError::BackendUnavailable {
