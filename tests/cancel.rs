@@ -1,12 +1,12 @@
 //! Cancel requests through Sluice as clients send them, plaintext or inside TLS (libpq
 //! 18 with `sslmode=prefer`), with the key of the BackendKeyData Sluice sent; and what
-//! that key says. A raw protocol client (`testkit::raw_client`) reads the key and the
+//! that key says. A raw protocol client (`testkit::raw`) reads the key and the
 //! way each connection ends, which client libraries keep to themselves.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use testkit::raw_client::{self, RawClient};
+use testkit::raw::{self, RawClient, Transport};
 use testkit::{TestCluster, TwoTenants};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,14 +54,16 @@ where
 async fn a_cancel_inside_tls_is_carried_out_and_closed_with_close_notify() {
     let env = env();
     let target = env.target("acme");
-    let mut client = RawClient::connect(&target).await.expect("logging in");
-    client.send_query(SLEEP).await.expect("sending the query");
+    let mut client = RawClient::login(&target, Transport::Tls)
+        .await
+        .expect("logging in");
+    client.query(SLEEP).await.expect("sending the query");
     wait_until_running(&env.acme, SLEEP).await;
 
     // SSLRequest, handshake, then the CancelRequest as the first packet inside TLS. The
     // end must be a clean TLS close: tokio-rustls reports a close without close_notify
     // as UnexpectedEof (libpq: "SSL error: unexpected eof while reading").
-    let tls = raw_client::tls_to(&target).await.expect("TLS to sluice");
+    let tls = raw::tls_to(&target).await.expect("TLS to sluice");
     let end = cancel_and_read_to_close(tls, client.key).await;
     assert!(
         matches!(end, Ok(0)),
@@ -76,8 +78,12 @@ async fn a_cancel_inside_tls_is_carried_out_and_closed_with_close_notify() {
 async fn session_mode_clients_see_their_real_backend_pid_and_can_cancel() {
     let env = env();
     let target = env.target("acme");
-    let mut client = RawClient::connect(&target).await.expect("logging in");
-    let other = RawClient::connect(&target).await.expect("logging in");
+    let mut client = RawClient::login(&target, Transport::Tls)
+        .await
+        .expect("logging in");
+    let other = RawClient::login(&target, Transport::Tls)
+        .await
+        .expect("logging in");
 
     // The pid in BackendKeyData is the backend's own, as a direct connection's is
     // (drivers compare it with pg_backend_pid() and with a NOTIFY's sender).
@@ -91,7 +97,7 @@ async fn session_mode_clients_see_their_real_backend_pid_and_can_cancel() {
     assert_ne!(client.key, other.key, "each client has its own key");
 
     // The secret is Sluice's own, and the key still cancels (plaintext, as libpq <= 17).
-    client.send_query(SLEEP).await.expect("sending the query");
+    client.query(SLEEP).await.expect("sending the query");
     wait_until_running(&env.acme, SLEEP).await;
     let tcp = TcpStream::connect(env.sluice.addr).await.expect("connect");
     let end = cancel_and_read_to_close(tcp, client.key).await;

@@ -177,20 +177,7 @@ async fn send<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) {
 
 /// A rustls client that trusts the test CA, offering ALPN `postgresql` if `alpn`.
 fn tls_connector(env: &TwoTenants, alpn: bool) -> TlsConnector {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&env.pki.ca_cert).expect("reading the test CA");
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.expect("CA PEM")).expect("CA certificate");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = testkit::clients::rustls_config(&env.pki.ca_cert);
     if alpn {
         config.alpn_protocols = vec![b"postgresql".to_vec()];
     }

@@ -590,7 +590,7 @@ async fn the_greeting_spells_values_as_the_server_does() {
     let mut target = env.target("acme");
     target.options =
         Some("-c client_encoding=utf-8 -c DateStyle=iso -c application_name=mine".into());
-    let client = testkit::raw_client::RawClient::connect(&target)
+    let client = testkit::raw::RawClient::login(&target, testkit::raw::Transport::Tls)
         .await
         .unwrap();
     let reported = |name: &str| {

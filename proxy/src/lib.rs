@@ -31,6 +31,7 @@ pub mod auth;
 pub mod cancel;
 pub mod config;
 pub mod error;
+mod farewell;
 mod goodbye;
 pub mod listener;
 pub mod login;

@@ -3,7 +3,11 @@
 //!
 //! Both directions run concurrently inside the connection's one task (`join!`), so a
 //! server blocked writing a large result while the client is writing a large request
-//! cannot deadlock the relay.
+//! cannot deadlock the relay. A client that closes its side (a TCP half-close, or a TLS
+//! close_notify) at a message boundary still gets the answers to what it sent: the
+//! server's side runs on until they are delivered, as Postgres would answer them.
+
+mod progress;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -13,7 +17,6 @@ use bytes::BytesMut;
 use pooler::{Pool, Release, ServerStream};
 use router::{BackendAddr, Limits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wire::frame::DEFAULT_MAX_FRAME_LEN;
 use wire::messages::tag;
@@ -21,7 +24,9 @@ use wire::scan::Scanner;
 use wire::startup::CancelKey;
 
 use crate::admit::TenantGate;
+use crate::farewell::LastWord;
 use crate::stream::ClientStream;
+use progress::Progress;
 
 /// Per-direction read buffer. Reads take what is there up to this size, and each read
 /// becomes one write, so batches of small messages cost one syscall each way.
@@ -38,6 +43,9 @@ pub enum RelayEnd {
     ClientLeft(Release),
     /// The server closed or failed; the client should be told and disconnected.
     ServerGone(String),
+    /// The server ended the session with a FATAL or PANIC error, which the client has
+    /// been sent: it needs no other (what the error said, for the log).
+    ServerEnded(String),
     /// Sluice is shutting down and the grace period is over.
     Terminated,
     /// The client sat idle inside a transaction past the tenant's limit; `Release`
@@ -77,39 +85,13 @@ pub struct Watch<'a> {
     pub cancel: Option<(Arc<BackendAddr>, CancelKey)>,
 }
 
-/// What both directions know about the conversation.
-#[derive(Debug, Default)]
-struct Progress {
-    /// ReadyForQuery messages the client's requests will produce (one per Query,
-    /// Sync and FunctionCall).
-    expected_ready: AtomicU64,
-    /// ReadyForQuery messages the server has sent.
-    seen_ready: AtomicU64,
-    /// Transaction status of the last ReadyForQuery.
-    status: AtomicU8,
-    /// Extended-protocol messages sent after the last Sync.
-    unsynced: AtomicBool,
-    /// The client sent anything at all.
-    used: AtomicBool,
-    /// The client's stream is at a message boundary.
-    client_boundary: AtomicBool,
-    /// Nanoseconds since the relay began: when the running request was sent, when
-    /// the server last reported ReadyForQuery, and when the client last sent bytes.
-    request_started: AtomicU64,
-    last_ready: AtomicU64,
-    client_active: AtomicU64,
-    /// The running request was cancelled for its timeout already.
-    cancelled: AtomicBool,
-    /// The client's queries were refused by the tenant's query rate.
-    rate_limited: AtomicBool,
-    /// Wakes the watchdog when any of the above changes.
-    changed: Notify,
-}
-
 #[derive(Debug)]
 enum Ended {
     ClientTerminate,
+    /// The client closed its side (EOF, or a TLS close_notify).
     ClientEof,
+    /// The client's connection broke (a reset, a TLS close without close_notify).
+    ClientVanished,
     ClientFailed(String),
     ServerEof,
     ServerFailed(String),
@@ -132,6 +114,7 @@ pub async fn relay(
         ..Progress::default()
     };
     let stop = CancellationToken::new();
+    let mut last_word = LastWord::default();
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
     let upstream = async {
@@ -144,6 +127,13 @@ pub async fn relay(
             (&watch, epoch),
         )
         .await;
+        if matches!(end, (Ended::ClientEof, true)) {
+            // Only the client's side is closed: the server side decides when the
+            // answers it is owed are delivered.
+            progress.client_done.store(true, Ordering::Release);
+            progress.client_done_notify.notify_one();
+            stop.cancelled().await;
+        }
         stop.cancel();
         end
     };
@@ -155,6 +145,7 @@ pub async fn relay(
             &stop,
             (pool, tally),
             epoch,
+            &mut last_word,
         )
         .await;
         stop.cancel();
@@ -185,11 +176,15 @@ pub async fn relay(
     if progress.rate_limited.load(Ordering::Acquire) {
         return RelayEnd::QueryRateLimited;
     }
+    if let Some(said) = last_word.said.take() {
+        // Whatever else ended, the server connection is over, and the client heard why.
+        return RelayEnd::ServerEnded(said);
+    }
     tracing::trace!(?up, ?down, "relay ended");
     match (up, down) {
         (_, Ended::ServerEof) => RelayEnd::ServerGone("server closed the connection".into()),
         (Ended::ServerFailed(e), _) | (_, Ended::ServerFailed(e)) => RelayEnd::ServerGone(e),
-        (Ended::ClientTerminate | Ended::ClientEof, Ended::Stopped) => {
+        (Ended::ClientTerminate | Ended::ClientEof | Ended::ClientVanished, Ended::Stopped) => {
             let clean = up_boundary
                 && down_boundary
                 && !progress.unsynced.load(Ordering::Acquire)
@@ -330,7 +325,7 @@ where
             // worth depends only on where the client's messages stopped.
             Err(e) if client_vanished(&e) => {
                 tracing::debug!(error = %e, "client went away without a goodbye");
-                return (Ended::ClientEof, scanner.at_boundary());
+                return (Ended::ClientVanished, scanner.at_boundary());
             }
             Err(e) => return (Ended::ClientFailed(e.to_string()), false),
         }
@@ -347,7 +342,13 @@ where
             }
             match msg {
                 tag::TERMINATE => terminated = true,
+                // Postgres ignores a Sync that arrives during COPY FROM STDIN.
+                tag::SYNC if progress.copy_in.load(Ordering::Acquire) => {}
                 tag::QUERY | tag::SYNC | b'F' => {
+                    progress.last_request.store(msg, Ordering::Release);
+                    progress
+                        .copy_end_since_request
+                        .store(false, Ordering::Release);
                     let before = progress.expected_ready.fetch_add(1, Ordering::AcqRel);
                     if before == progress.seen_ready.load(Ordering::Acquire) {
                         progress
@@ -358,7 +359,13 @@ where
                     progress.unsynced.store(false, Ordering::Release);
                     progress.changed.notify_one();
                 }
-                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {}
+                tag::COPY_DONE | tag::COPY_FAIL => {
+                    progress.copy_in.store(false, Ordering::Release);
+                    progress
+                        .copy_end_since_request
+                        .store(true, Ordering::Release);
+                }
+                tag::COPY_DATA => {}
                 _ => progress.unsynced.store(true, Ordering::Release),
             }
         });
@@ -418,6 +425,7 @@ async fn server_to_client<R, W>(
     stop: &CancellationToken,
     (pool, tally): (&Pool, &Tally),
     epoch: Instant,
+    last_word: &mut LastWord,
 ) -> (Ended, bool)
 where
     R: AsyncRead + Unpin,
@@ -429,8 +437,12 @@ where
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
+        if let Some(clean) = progress.client_may_go() {
+            return (Ended::Stopped, clean && scanner.at_boundary());
+        }
         let read = tokio::select! {
             _ = &mut stopped => return (Ended::Stopped, scanner.at_boundary()),
+            () = progress.client_done_notify.notified() => continue,
             read = server.read_buf(&mut buf) => read,
         };
         match read {
@@ -438,7 +450,9 @@ where
             Ok(_) => {}
             Err(e) => return (Ended::ServerFailed(e.to_string()), false),
         }
-        let scanned = scanner.feed(&buf, |msg, first| {
+        last_word.chunk_begins(scanner.at_boundary());
+        let scanned = scanner.feed_ends(&buf, |msg, first, end| {
+            last_word.message_ends(&buf, msg, end);
             pool.stats.server_message(msg, first);
             if msg == tag::READY_FOR_QUERY {
                 if let Some(status) = first {
@@ -451,6 +465,10 @@ where
                     let started = progress.request_started.load(Ordering::Acquire);
                     let took = Duration::from_nanos(now.saturating_sub(started));
                     pool.histograms.query_duration(took);
+                } else {
+                    // The answer to a request that was not counted: a Sync sent during
+                    // a COPY FROM STDIN the server had already ended with an error.
+                    progress.expected_ready.fetch_add(1, Ordering::AcqRel);
                 }
                 progress.last_ready.store(now, Ordering::Release);
                 // The next pipelined request, if any, starts running now.
@@ -459,10 +477,19 @@ where
                 progress.seen_ready.fetch_add(1, Ordering::AcqRel);
                 progress.changed.notify_one();
             }
+            match msg {
+                tag::COPY_IN_RESPONSE | tag::COPY_BOTH_RESPONSE => progress.copy_in_started(),
+                // The server left COPY FROM STDIN (an error ends it too).
+                tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE => {
+                    progress.copy_in.store(false, Ordering::Release)
+                }
+                _ => {}
+            }
         });
         if let Err(e) = scanned {
             return (Ended::ServerFailed(e.to_string()), false);
         }
+        last_word.chunk_ends(&buf);
         pool.stats
             .bytes_to_clients
             .fetch_add(buf.len() as u64, Ordering::Relaxed);

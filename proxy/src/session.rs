@@ -368,6 +368,13 @@ async fn run_session(
             reject(Some(stream), &err).await;
             err.to_string()
         }
+        RelayEnd::ServerEnded(said) => {
+            tracing::warn!(said, "the server ended the session");
+            drop(server);
+            // Its own FATAL was the client's last message, as from Postgres.
+            let _ = tokio::time::timeout(REJECT_TIMEOUT, stream.shutdown()).await;
+            format!("the server ended the session: {said}")
+        }
         RelayEnd::IdleInTransaction(release) => {
             server.release(reusable(release)).await;
             let err = ClientError::IdleInTransactionTimeout;

@@ -141,6 +141,14 @@ impl Client<'_> {
         };
         let error = match end {
             End::ClientLeft => None,
+            End::ServerEnded(said) => {
+                tracing::warn!(said, "the server ended the session");
+                drop(release);
+                // Its own FATAL was the client's last message, as from Postgres.
+                let stream = &mut client.stream;
+                let _ = tokio::time::timeout(REJECT_TIMEOUT, stream.shutdown()).await;
+                return format!("the server ended the session: {said}");
+            }
             End::ServerGone(detail) => {
                 tracing::warn!(detail, "server connection lost");
                 Some(ClientError::BackendUnavailable {
@@ -197,6 +205,9 @@ impl Client<'_> {
     async fn serve(&mut self, attached: &mut Option<Attached>) -> End {
         let mut cbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
         let terminate = self.gate.session_token();
+        // The client closed its side (EOF, or a TLS close_notify) after whole messages:
+        // the server's answers to them are still relayed, as Postgres would send them.
+        let mut client_done = false;
         loop {
             fit_read_buffer(&mut cbuf, attached.is_some());
             let deadline = match attached.as_ref() {
@@ -205,7 +216,8 @@ impl Client<'_> {
                 _ => self.limits.client_idle_timeout.map(|t| self.active_at + t),
             };
             tokio::select! {
-                read = self.stream.read_buf(&mut cbuf) => match read {
+                read = self.stream.read_buf(&mut cbuf), if !client_done => match read {
+                    Ok(0) if cbuf.is_empty() && owed(attached) => client_done = true,
                     Ok(0) | Err(_) => return End::ClientLeft,
                     Ok(_) => {
                         // Boxed, like the other two: their states (a checkout, a
@@ -222,6 +234,9 @@ impl Client<'_> {
                     Ok(_) => {
                         if let Some(end) = Box::pin(self.on_server_bytes(attached)).await {
                             return end;
+                        }
+                        if client_done && !owed(attached) {
+                            return End::ClientLeft;
                         }
                     }
                 },
@@ -255,6 +270,15 @@ impl Client<'_> {
             Some(End::Failed(ClientError::IdleInTransactionTimeout))
         }
     }
+}
+
+/// Whether the server still owes the client answers it can give: a ReadyForQuery is
+/// pending, and the server is not waiting for COPY data (from a client that closed its
+/// side, none can come).
+fn owed(attached: &Option<Attached>) -> bool {
+    attached
+        .as_ref()
+        .is_some_and(|a| a.in_flight() && !a.copy_in)
 }
 
 /// Sleeps until `deadline`, or forever without one.

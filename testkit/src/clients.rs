@@ -106,18 +106,22 @@ pub fn pgbench(target: &PgTarget, args: &[&str]) -> PsqlOutput {
 
 /// A tokio-postgres TLS connector trusting `ca`.
 pub fn tls_connector(ca: &Path) -> MakeRustlsConnect {
+    MakeRustlsConnect::new(rustls_config(ca))
+}
+
+/// A rustls client config trusting `ca` (no ALPN, no client certificate).
+pub fn rustls_config(ca: &Path) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).expect("reading CA");
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.expect("CA PEM")).expect("CA cert");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    MakeRustlsConnect::new(config)
+        .with_no_client_auth()
 }
 
 use rustls_pki_types::pem::PemObject;

@@ -1,7 +1,7 @@
 //! Test-only building blocks for end-to-end tests: real Postgres clusters (through
 //! `localpg`), real certificates, a real `sluice` process on an OS-assigned port, and
-//! real clients (psql, pgbench, tokio-postgres, and `raw_client`, which speaks the
-//! protocol itself).
+//! real clients (psql, pgbench, tokio-postgres, and `raw`, one that speaks the protocol
+//! by hand).
 //!
 //! The benchmarks (benches/) measure with the same blocks and a few of their own:
 //! pgbench runs and what they report (`pgbench`), /proc readings of a process's CPU
@@ -21,12 +21,12 @@ pub mod pgbench;
 pub mod pgbouncer;
 pub mod pki;
 pub mod procfs;
-pub mod raw_client;
+pub mod raw;
 pub mod sluice;
 
 pub use clients::{pg_connect, pg_connect_from, pgbench, psql, scalar, PgTarget, PsqlOutput};
 pub use cluster::{TestCluster, TestClusterOptions};
 pub use env::{OneTenant, TwoTenants};
 pub use pki::{Pki, SNI_SUFFIX};
-pub use raw_client::RawClient;
+pub use raw::RawClient;
 pub use sluice::{SluiceConfig, SluiceProcess, TenantEntry};

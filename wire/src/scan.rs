@@ -63,9 +63,23 @@ impl Scanner {
     /// every later call returns the same error.
     pub fn feed(
         &mut self,
-        mut chunk: &[u8],
+        chunk: &[u8],
         mut on_message: impl FnMut(u8, Option<u8>),
     ) -> Result<(), FrameError> {
+        self.feed_ends(chunk, |tag, first, _| on_message(tag, first))
+    }
+
+    /// Like [`feed`](Self::feed), also telling where in `chunk` each message
+    /// ends: `on_message(tag, first_body_byte, end)`, the message's last byte
+    /// being `chunk[end - 1]`. A message that ends at `end` began at the end of
+    /// the one reported before it in the same chunk, else at 0 if the scanner
+    /// was at a boundary before this chunk, else in an earlier chunk.
+    pub fn feed_ends(
+        &mut self,
+        mut chunk: &[u8],
+        mut on_message: impl FnMut(u8, Option<u8>, usize),
+    ) -> Result<(), FrameError> {
+        let total = chunk.len();
         loop {
             match &mut self.state {
                 State::Failed(err) => return Err(err.clone()),
@@ -82,7 +96,7 @@ impl Scanner {
                     match frame::body_len(len, self.max_len) {
                         Err(err) => self.state = State::Failed(err),
                         Ok(0) => {
-                            on_message(tag, None);
+                            on_message(tag, None, total - chunk.len());
                             self.state = State::BOUNDARY;
                         }
                         Ok(remaining) => {
@@ -108,7 +122,7 @@ impl Scanner {
                     *remaining -= take;
                     chunk = &chunk[take..];
                     if *remaining == 0 {
-                        on_message(*tag, *first);
+                        on_message(*tag, *first, total - chunk.len());
                         self.state = State::BOUNDARY;
                     }
                 }

@@ -37,6 +37,8 @@ pub(super) const SETTABLE_REPORTED: &[&str] = &[
 pub(super) enum End {
     ClientLeft,
     ServerGone(String),
+    /// The server sent a FATAL or PANIC error (relayed) and is going away.
+    ServerEnded(String),
     Failed(ClientError),
     Terminated,
 }

@@ -13,6 +13,7 @@ use super::attached::{header_at, Attached};
 use super::client::{Client, End, SETTABLE_REPORTED};
 use super::statements::{self, Pending};
 use crate::error::ClientError;
+use crate::farewell;
 
 /// Server messages longer than this are streamed rather than buffered whole.
 const STREAM_ABOVE: usize = 64 * 1024;
@@ -37,6 +38,8 @@ impl Client<'_> {
         let mut pos = a.passthrough.min(a.buf.len());
         a.passthrough -= pos;
         let mut kept_from = 0;
+        // A FATAL or PANIC error: the server's last word, relayed, then the end.
+        let mut last_word = None;
         while a.passthrough == 0 {
             let (msg, len) = match header_at(&a.buf, pos) {
                 Ok(Some(header)) => header,
@@ -93,8 +96,11 @@ impl Client<'_> {
                     }
                 }
                 tag::COPY_IN_RESPONSE => a.copy_in = statements::copy_in_started(&mut a.pending),
-                // An error ends COPY FROM STDIN on the server side.
-                tag::ERROR_RESPONSE if a.copy_in => a.copy_in = false,
+                tag::ERROR_RESPONSE => {
+                    // An error ends COPY FROM STDIN on the server side.
+                    a.copy_in = false;
+                    last_word = last_word.or_else(|| farewell::session_ended(body));
+                }
                 tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => match a.pending.pop_front() {
                     Some(Pending::Parse { swallow, .. }) if msg == tag::PARSE_COMPLETE => {
                         drop_it = swallow
@@ -160,6 +166,9 @@ impl Client<'_> {
             return Some(End::ClientLeft);
         }
         let _ = self.stream.flush().await;
+        if let Some(said) = last_word {
+            return Some(End::ServerEnded(said));
+        }
         self.release_if_idle(attached).await;
         None
     }

@@ -110,6 +110,23 @@ proptest! {
             framed.push((frame.tag, frame.body.first().copied()));
         }
 
+        // Where each message ends, whole and byte by byte.
+        let mut whole_ends = Vec::new();
+        let mut scanner = Scanner::new(DEFAULT_MAX_FRAME_LEN);
+        scanner.feed_ends(&stream, |_, _, end| whole_ends.push(end)).unwrap();
+        prop_assert_eq!(&whole_ends, &ends);
+        let mut scanner = Scanner::new(DEFAULT_MAX_FRAME_LEN);
+        let mut bytewise_ends = Vec::new();
+        for (i, byte) in stream.iter().enumerate() {
+            scanner
+                .feed_ends(std::slice::from_ref(byte), |_, _, end| {
+                    assert_eq!(end, 1);
+                    bytewise_ends.push(i + end);
+                })
+                .unwrap();
+        }
+        prop_assert_eq!(&bytewise_ends, &ends);
+
         let want = expected(&msgs);
         prop_assert_eq!(&whole, &want);
         prop_assert_eq!(&chunked, &want);
