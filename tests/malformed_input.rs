@@ -197,6 +197,22 @@ async fn tls_handshake(
         .expect("TLS handshake with sluice")
 }
 
+/// SSLRequest on a fresh connection, its `S`, then the TLS handshake with `sni`.
+async fn tls_after_ssl_request(
+    env: &TwoTenants,
+    sni: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tcp = connect(env).await;
+    send(&mut tcp, &ssl_request()).await;
+    let mut answer = [0u8; 1];
+    tokio::time::timeout(READ_TIMEOUT, tcp.read_exact(&mut answer))
+        .await
+        .expect("no answer to SSLRequest: sluice hangs")
+        .expect("reading the SSLRequest answer");
+    assert_eq!(answer[0], b'S');
+    tls_handshake(env, tcp, sni, false).await
+}
+
 // ---------------------------------------------------------------------------------
 // The tests.
 
@@ -280,15 +296,7 @@ fn terminate_or_a_query_before_startup_is_closed_silently() {
             send(&mut tcp, bytes).await;
             expect_silent_close(&mut tcp, what).await;
 
-            let mut tcp = connect(&env).await;
-            send(&mut tcp, &ssl_request()).await;
-            let mut answer = [0u8; 1];
-            tokio::time::timeout(READ_TIMEOUT, tcp.read_exact(&mut answer))
-                .await
-                .expect("no answer to SSLRequest: sluice hangs")
-                .expect("reading the SSLRequest answer");
-            assert_eq!(answer[0], b'S');
-            let mut tls = tls_handshake(&env, tcp, "acme.db.example.test", false).await;
+            let mut tls = tls_after_ssl_request(&env, "acme.db.example.test").await;
             send(&mut tls, bytes).await;
             expect_silent_close(&mut tls, &format!("{what} inside TLS")).await;
         }
@@ -451,15 +459,7 @@ fn direct_tls_needs_alpn_postgresql() {
 fn unknown_tenant_by_sni_gets_a_readable_3d000_inside_tls() {
     let mut env = start(|_| {});
     block_on(async {
-        let mut tcp = connect(&env).await;
-        send(&mut tcp, &ssl_request()).await;
-        let mut answer = [0u8; 1];
-        tokio::time::timeout(READ_TIMEOUT, tcp.read_exact(&mut answer))
-            .await
-            .expect("no answer to SSLRequest: sluice hangs")
-            .expect("reading the SSLRequest answer");
-        assert_eq!(answer[0], b'S');
-        let mut tls = tls_handshake(&env, tcp, "nope.db.example.test", false).await;
+        let mut tls = tls_after_ssl_request(&env, "nope.db.example.test").await;
         send(&mut tls, &app_startup()).await;
         let fields = expect_fatal(&mut tls, "3D000").await;
         assert_eq!(fields.message, "tenant \"nope\" does not exist");
@@ -523,9 +523,9 @@ fn a_forged_cancel_request_cancels_nothing() {
             };
             let mut packet = BytesMut::new();
             startup::encode_cancel(key, &mut packet);
-            let mut tcp = connect(&env).await;
             if i % 2 == 0 {
                 // Plaintext, as libpq sends it.
+                let mut tcp = connect(&env).await;
                 send(&mut tcp, &packet).await;
                 let answer = read_to_end(&mut tcp).await;
                 assert!(
@@ -534,14 +534,7 @@ fn a_forged_cancel_request_cancels_nothing() {
                 );
             } else {
                 // Inside TLS.
-                send(&mut tcp, &ssl_request()).await;
-                let mut answer = [0u8; 1];
-                tokio::time::timeout(READ_TIMEOUT, tcp.read_exact(&mut answer))
-                    .await
-                    .expect("no answer to SSLRequest: sluice hangs")
-                    .expect("reading the SSLRequest answer");
-                assert_eq!(answer[0], b'S');
-                let mut tls = tls_handshake(&env, tcp, "acme.db.example.test", false).await;
+                let mut tls = tls_after_ssl_request(&env, "acme.db.example.test").await;
                 send(&mut tls, &packet).await;
                 let mut buf = BytesMut::new();
                 match next_frame(&mut tls, &mut buf).await {
