@@ -184,9 +184,20 @@ async fn pins_are_counted_and_discard_all_unpins() {
     assert_eq!(pools(&env)["pools"][0]["clients"]["pinned"], 1);
     drop(all);
     // Leaving unpins.
-    let after = clients(&env, 1).await;
+    let after = clients(&env, 2).await;
     let _: i32 = scalar(&after[0], "select 1").await;
     assert_eq!(pools(&env)["pools"][0]["clients"]["pinned"], 0);
+    // A text too long to look into pins: it could hide anything after its first MiB.
+    let padded = format!("select 1 /* {} */", "x".repeat(1 << 20));
+    after[0].batch_execute(&padded).await.unwrap();
+    assert_eq!(pools(&env)["pools"][0]["clients"]["pinned"], 1);
+    assert_eq!(
+        metric(
+            &env,
+            "sluice_pins_total{tenant=\"acme\",reason=\"unscanned\"}"
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]

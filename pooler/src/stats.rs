@@ -36,7 +36,7 @@ pub struct PoolStats {
 
 /// Why a transaction-mode client keeps its server connection: the `reason` label of
 /// `sluice_pins_total`, in the proxy's `PinReason::ALL` order (a test there checks).
-pub const PIN_REASONS: [&str; 10] = [
+pub const PIN_REASONS: [&str; 11] = [
     "set",
     "set_role",
     "set_config",
@@ -47,6 +47,7 @@ pub const PIN_REASONS: [&str; 10] = [
     "hold_cursor",
     "load",
     "do",
+    "unscanned",
 ];
 
 /// A snapshot of [`PoolStats`].

@@ -37,11 +37,18 @@ pub enum PinReason {
     Load,
     /// `DO`: a block that may do any of the above.
     Do,
+    /// A text longer than [`MAX_SCANNED`], not looked into: it may hold any of the
+    /// above (lexing it would cost the shared runtime thread too much).
+    Unscanned,
 }
+
+/// The longest SQL text looked into (1 MiB); a longer one pins as
+/// [`PinReason::Unscanned`].
+pub const MAX_SCANNED: usize = 1 << 20;
 
 impl PinReason {
     /// Every reason, in the order of [`PinReason::index`].
-    pub const ALL: [PinReason; 10] = [
+    pub const ALL: [PinReason; 11] = [
         PinReason::Set,
         PinReason::Role,
         PinReason::SetConfig,
@@ -52,6 +59,7 @@ impl PinReason {
         PinReason::HoldCursor,
         PinReason::Load,
         PinReason::Do,
+        PinReason::Unscanned,
     ];
 
     /// The `reason` label of `sluice_pins_total` and the word in logs and errors.
@@ -67,6 +75,7 @@ impl PinReason {
             PinReason::HoldCursor => "hold_cursor",
             PinReason::Load => "load",
             PinReason::Do => "do",
+            PinReason::Unscanned => "unscanned",
         }
     }
 
@@ -83,6 +92,7 @@ impl PinReason {
             PinReason::HoldCursor => "DECLARE ... WITH HOLD",
             PinReason::Load => "LOAD",
             PinReason::Do => "DO",
+            PinReason::Unscanned => "a statement text over 1 MiB",
         }
     }
 

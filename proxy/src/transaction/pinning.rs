@@ -4,7 +4,8 @@
 //! `DISCARD ALL` or it leaves, and it is reset with `DISCARD ALL` before anyone else
 //! gets it) or is swapped for a statement that fails with SQLSTATE 0A000 (policy
 //! `refuse`). A statement that names one of Sluice's own prepared statements
-//! (`sluice_…`) always fails, as if the statement did not exist.
+//! (`sluice_…`) always fails, as if the statement did not exist. A text longer than
+//! `MAX_SCANNED` is not looked into and pins, whatever the policy.
 //!
 //! Refusals are raised by the server itself (a `DO` block that raises), so the
 //! protocol stays in step: the client gets the ErrorResponse, the ReadyForQuery and,
@@ -36,6 +37,12 @@ impl Client<'_> {
             },
             _ => return frame,
         };
+        if sql.len() > session_state::MAX_SCANNED {
+            // Not looked into: it may hold anything, so it pins (under either policy: a
+            // refusal of every large statement would refuse bulk loads).
+            self.pin(PinReason::Unscanned);
+            return frame;
+        }
         let sql = String::from_utf8_lossy(sql);
         let policy = self.pool.settings().session_state;
         let mut refusal = None;
