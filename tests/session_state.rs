@@ -287,3 +287,24 @@ async fn sluice_statement_names_cannot_be_run_or_dropped_from_sql() {
     let row = a.query_one(&statement, &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "secret of a");
 }
+
+/// Sluice's idle server connections to a database do not make `DROP DATABASE` of it
+/// fail "being accessed by other users": they are closed before it runs.
+#[tokio::test]
+async fn drop_database_is_not_blocked_by_idle_pooled_connections() {
+    let env = env_with(&["size = 2"]);
+    {
+        let gone = pg_connect(&env.target("acme")).await.unwrap();
+        let _: i32 = scalar(&gone, "select 1").await;
+        // Its server connection to `app` now idles in the pool.
+    }
+    let mut elsewhere = env.target("acme");
+    elsewhere.dbname = "postgres".into();
+    let owner = pg_connect(&elsewhere).await.unwrap();
+    owner
+        .batch_execute("DROP DATABASE app")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", env.sluice.log()));
+    let left: i64 = scalar(&owner, "select count(*) from pg_database where datname = 'app'").await;
+    assert_eq!(left, 0);
+}

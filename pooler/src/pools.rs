@@ -184,6 +184,21 @@ impl Pools {
         self.close_all_idle().await;
     }
 
+    /// Closes the idle server connections of `tenant`'s pools of `database` (before a
+    /// `DROP DATABASE` of it, say), and waits until each has said goodbye; how many.
+    pub async fn close_idle_of(&self, tenant: &TenantId, database: &str) -> usize {
+        let mut closed = 0;
+        for pool in self.all() {
+            if pool.key.tenant == *tenant && pool.key.database == database {
+                for conn in pool.close_idle() {
+                    conn.terminate().await;
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
     pub async fn close_all_idle(&self) {
         for pool in self.all() {
             for conn in pool.close_idle() {

@@ -116,6 +116,10 @@ pub enum Effect {
     /// It names one of Sluice's own prepared statements (`sluice_…`): the statement
     /// keyword and the name.
     SluiceName(&'static str, String),
+    /// It fails while other sessions use database `name` (`DROP DATABASE`, `ALTER
+    /// DATABASE … RENAME`, `CREATE DATABASE … TEMPLATE name`): Sluice's own idle
+    /// connections to it must go first.
+    NeedsDatabaseFree(String),
 }
 
 /// The prefix of the statement names Sluice gives clients' prepared statements.
@@ -179,6 +183,24 @@ fn statement_effects(t: &[Token], found: &mut Vec<Effect>) {
         let n = if at(1, "prepare") { 2 } else { 1 };
         if let Some(name) = name_of(t.get(first + n)).filter(|n| n.starts_with(SLUICE_PREFIX)) {
             found.push(Effect::SluiceName("DEALLOCATE", name));
+        }
+    } else if at(0, "drop") && at(1, "database") {
+        let n = if at(2, "if") && at(3, "exists") { 4 } else { 2 };
+        if let Some(name) = name_of(t.get(first + n)) {
+            found.push(Effect::NeedsDatabaseFree(name));
+        }
+    } else if at(0, "alter") && at(1, "database") && at(3, "rename") {
+        if let Some(name) = name_of(t.get(first + 2)) {
+            found.push(Effect::NeedsDatabaseFree(name));
+        }
+    } else if at(0, "create") && at(1, "database") {
+        let template = t.iter().position(|tok| tok.is("template"));
+        let name = template.and_then(|i| match t.get(i + 1) {
+            Some(Token::Punct(b'=')) => name_of(t.get(i + 2)),
+            other => name_of(other),
+        });
+        if let Some(name) = name {
+            found.push(Effect::NeedsDatabaseFree(name));
         }
     } else if at(0, "listen") {
         found.push(Effect::Pins(PinReason::Listen));

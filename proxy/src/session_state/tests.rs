@@ -145,3 +145,18 @@ fn reasons_are_the_metric_labels() {
     let labels = PinReason::ALL.map(PinReason::as_str);
     assert_eq!(labels, pooler::stats::PIN_REASONS);
 }
+
+#[test]
+fn statements_that_need_a_database_free_name_it() {
+    let free = |name: &str| vec![Effect::NeedsDatabaseFree(name.into())];
+    assert_eq!(effects("DROP DATABASE app"), free("app"));
+    assert_eq!(effects("drop database if exists \"App\""), free("App"));
+    assert_eq!(effects("ALTER DATABASE app RENAME TO old"), free("app"));
+    assert_eq!(effects("CREATE DATABASE copy TEMPLATE app"), free("app"));
+    assert_eq!(
+        effects("create database copy with owner me template = app"),
+        free("app")
+    );
+    assert_eq!(effects("create database fresh"), []);
+    assert_eq!(effects("alter database app set work_mem = '1MB'"), []);
+}

@@ -53,7 +53,17 @@ impl Client<'_> {
                 }
                 return Some(End::ClientLeft);
             }
-            let frame = self.watch_session_state(frame);
+            let (frame, databases) = self.watch_session_state(frame);
+            for database in databases {
+                // Sluice's idle connections would make it fail "being accessed by
+                // other users"; the client's own sessions elsewhere still count.
+                let closed = self
+                    .proxy
+                    .pools
+                    .close_idle_of(&self.pool.key.tenant, &database)
+                    .await;
+                tracing::info!(database, closed, "idle server connections to a database closed before a statement that needs it free");
+            }
             if attached.is_none() {
                 if self.statements.answer_locally(&frame, &mut local) {
                     continue;

@@ -5,7 +5,9 @@
 //! gets it) or is swapped for a statement that fails with SQLSTATE 0A000 (policy
 //! `refuse`). A statement that names one of Sluice's own prepared statements
 //! (`sluice_…`) always fails, as if the statement did not exist. A text longer than
-//! `MAX_SCANNED` is not looked into and pins, whatever the policy.
+//! `MAX_SCANNED` is not looked into and pins, whatever the policy. Before a statement
+//! that needs a database without other sessions (`DROP DATABASE`, `CREATE DATABASE …
+//! TEMPLATE`), Sluice closes its own idle connections to it.
 //!
 //! Refusals are raised by the server itself (a `DO` block that raises), so the
 //! protocol stays in step: the client gets the ErrorResponse, the ReadyForQuery and,
@@ -27,27 +29,33 @@ struct Refusal {
 
 impl Client<'_> {
     /// Looks at a Query or Parse for session state: pins the client or refuses the
-    /// statement. Returns the frame to forward (the client's, or its refusal).
-    pub(super) fn watch_session_state(&mut self, frame: Frame) -> Frame {
+    /// statement. Returns the frame to forward (the client's, or its refusal) and the
+    /// databases Sluice's idle connections must leave before it runs.
+    pub(super) fn watch_session_state(&mut self, frame: Frame) -> (Frame, Vec<String>) {
         let sql = match frame.tag {
             tag::QUERY => frame.body.strip_suffix(&[0]).unwrap_or(&frame.body),
             tag::PARSE => match messages::parse_parse(&frame.body) {
                 Ok(p) => p.query,
-                Err(_) => return frame,
+                Err(_) => return (frame, Vec::new()),
             },
-            _ => return frame,
+            _ => return (frame, Vec::new()),
         };
         if sql.len() > session_state::MAX_SCANNED {
             // Not looked into: it may hold anything, so it pins (under either policy: a
             // refusal of every large statement would refuse bulk loads).
             self.pin(PinReason::Unscanned);
-            return frame;
+            return (frame, Vec::new());
         }
         let sql = String::from_utf8_lossy(sql);
         let policy = self.pool.settings().session_state;
         let mut refusal = None;
+        let mut databases = Vec::new();
         for effect in session_state::effects(&sql) {
             let reason = match effect {
+                Effect::NeedsDatabaseFree(name) => {
+                    databases.push(name);
+                    continue;
+                }
                 Effect::Pins(reason) => reason,
                 Effect::Sets(name) if self.reported.contains(&name.to_ascii_lowercase()) => {
                     continue
@@ -75,8 +83,8 @@ impl Client<'_> {
             }
         }
         match refusal {
-            Some(r) => refused(&frame, &r),
-            None => frame,
+            Some(r) => (refused(&frame, &r), Vec::new()),
+            None => (frame, databases),
         }
     }
 
