@@ -305,6 +305,10 @@ async fn drop_database_is_not_blocked_by_idle_pooled_connections() {
         .batch_execute("DROP DATABASE app")
         .await
         .unwrap_or_else(|e| panic!("{e:?}\n{}", env.sluice.log()));
-    let left: i64 = scalar(&owner, "select count(*) from pg_database where datname = 'app'").await;
+    let left: i64 = scalar(
+        &owner,
+        "select count(*) from pg_database where datname = 'app'",
+    )
+    .await;
     assert_eq!(left, 0);
 }
