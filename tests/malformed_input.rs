@@ -204,13 +204,18 @@ async fn tls_after_ssl_request(
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut tcp = connect(env).await;
     send(&mut tcp, &ssl_request()).await;
+    expect_ssl_accepted(&mut tcp).await;
+    tls_handshake(env, tcp, sni, false).await
+}
+
+/// Reads Sluice's one-byte answer to an SSLRequest, which must be `S`.
+async fn expect_ssl_accepted(tcp: &mut TcpStream) {
     let mut answer = [0u8; 1];
     tokio::time::timeout(READ_TIMEOUT, tcp.read_exact(&mut answer))
         .await
         .expect("no answer to SSLRequest: sluice hangs")
         .expect("reading the SSLRequest answer");
     assert_eq!(answer[0], b'S');
-    tls_handshake(env, tcp, sni, false).await
 }
 
 // ---------------------------------------------------------------------------------
@@ -317,13 +322,7 @@ fn bytes_after_ssl_request_are_never_read_as_plaintext() {
             ("options", "tenant=acme"),
         ]));
         send(&mut tcp, &both).await;
-
-        let mut answer = [0u8; 1];
-        tokio::time::timeout(READ_TIMEOUT, tcp.read_exact(&mut answer))
-            .await
-            .expect("no answer to SSLRequest: sluice hangs")
-            .expect("reading the SSLRequest answer");
-        assert_eq!(answer[0], b'S');
+        expect_ssl_accepted(&mut tcp).await;
 
         // What follows the 'S' must be TLS's business: the startup bytes are an invalid
         // ClientHello. At most a TLS alert record, never an Authentication request.
