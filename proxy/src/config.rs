@@ -27,6 +27,12 @@ pub struct ProxyConfig {
     pub max_client_connections: Option<usize>,
     /// Logins in progress at once, whole process.
     pub max_concurrent_logins: usize,
+    /// Cancel requests per second forwarded for one client key (bucket of 2 × rate);
+    /// `None`: no limit.
+    pub cancel_rate_per_key: Option<u32>,
+    /// Cancel requests per second from one client address (IPv6: one /64), whatever
+    /// their key (bucket of 2 × rate); `None`: no limit.
+    pub cancel_rate_per_ip: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +57,8 @@ impl Default for ProxyConfig {
             log_connections: true,
             max_client_connections: Some(100_000),
             max_concurrent_logins: 1000,
+            cancel_rate_per_key: Some(5),
+            cancel_rate_per_ip: Some(100),
         }
     }
 }

@@ -66,6 +66,8 @@ impl Config {
                 n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
             },
             max_concurrent_logins: p.max_concurrent_logins as usize,
+            cancel_rate_per_key: (p.cancel_rate_per_key > 0).then_some(p.cancel_rate_per_key),
+            cancel_rate_per_ip: (p.cancel_rate_per_ip > 0).then_some(p.cancel_rate_per_ip),
         };
         let admin = AdminConfig {
             listen: self.admin.listen.parse().expect("validated"),

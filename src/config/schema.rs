@@ -210,6 +210,10 @@ pub struct ProxySection {
     pub max_client_connections: u64,
     /// Logins (TLS handshake to authenticated) in progress at once, whole process.
     pub max_concurrent_logins: u32,
+    /// Cancel requests forwarded per second for one client key; 0 = no limit.
+    pub cancel_rate_per_key: u32,
+    /// Cancel requests per second from one client address (IPv6: /64); 0 = no limit.
+    pub cancel_rate_per_ip: u32,
 }
 
 impl Default for ProxySection {
@@ -226,6 +230,8 @@ impl Default for ProxySection {
             auth_cache_ttl_s: 30,
             max_client_connections: 100_000,
             max_concurrent_logins: 1000,
+            cancel_rate_per_key: 5,
+            cancel_rate_per_ip: 100,
         }
     }
 }
