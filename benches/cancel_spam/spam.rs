@@ -196,3 +196,57 @@ async fn sleep_loop(mut client: RawClient, stop: Arc<AtomicBool>) -> (u64, u64) 
     }
     (done, cancelled)
 }
+
+/// The control target: a listener on a thread of its own that accepts, reads the 16
+/// bytes of a CancelRequest and closes, as cheaply as a server can. Stopped on drop.
+pub struct Sink {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the sink");
+        listener
+            .set_nonblocking(true)
+            .expect("a nonblocking listener");
+        let addr = listener.local_addr().expect("the sink's address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("the sink");
+                while !flag.load(Ordering::Relaxed) {
+                    let accepted =
+                        tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+                    let Ok(Ok((mut tcp, _))) = accepted else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let mut packet = [0u8; 16];
+                        let _ = tcp.read_exact(&mut packet).await;
+                    });
+                }
+            });
+        });
+        Sink {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
