@@ -55,6 +55,8 @@ const CLIENTS: &str = "8";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Quiet,
+    /// The control for `OwnKey`: its owner's sleeps in the pool, no cancels.
+    Owner,
     OwnKey,
     Forged,
     /// The control: forged keys at a sink that only accepts, reads and closes.
@@ -66,6 +68,7 @@ impl Phase {
     fn name(self) -> &'static str {
         match self {
             Phase::Quiet => "quiet",
+            Phase::Owner => "owner only",
             Phase::OwnKey => "own key",
             Phase::Forged => "forged keys",
             Phase::Sink => "sink",
@@ -225,6 +228,7 @@ fn main() {
     let mut runs: Vec<Run> = Vec::new();
     let phases = [
         Phase::Quiet,
+        Phase::Owner,
         Phase::OwnKey,
         Phase::Forged,
         Phase::Sink,
@@ -237,6 +241,7 @@ fn main() {
             }
             let started = utc_time_of_day();
             let spam = match phase {
+                Phase::Owner => Some(Spam::start(p.bench.addr, Some(p.owner.clone()), 0)),
                 Phase::OwnKey => Some(Spam::start(p.bench.addr, Some(p.owner.clone()), rate)),
                 Phase::Forged => Some(Spam::start(p.bench.addr, None, rate)),
                 Phase::Sink => Some(Spam::start(sink.addr, None, rate)),
@@ -272,8 +277,9 @@ fn main() {
                     .map(|e| format!(" (first: {e})"))
                     .unwrap_or_default(),
                 spam.as_ref().map_or("no spam".into(), |s| format!(
-                    "{} cancels ({:.0}/s), {} errors{}, owner {} sleeps, {} cancelled",
+                    "{} cancels closed in order and {} reset ({:.0}/s), {} errors{}, owner {} sleeps, {} cancelled",
                     s.sent,
+                    s.reset,
                     s.rate(),
                     s.errors,
                     s.first_error
@@ -313,13 +319,22 @@ fn main() {
          requested, plaintext, one connection each"
     );
     println!();
-    println!("| phase | pooler | TPS | / quiet | failed | aborted | pooler µs/txn | cancels/s sent | spam errors | owner sleeps cancelled | sessions started | Sluice outcomes | cores: pooler | spam | pgbench | postgres | softirq | machine | others |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| phase | pooler | TPS | / quiet | / control | failed | aborted | pooler µs/txn | cancels/s taken | of them reset | spam errors | owner sleeps cancelled | sessions started | Sluice outcomes | cores: pooler | spam | pgbench | postgres | softirq | machine | others |");
+    println!(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in &runs {
-        let quiet = runs
-            .iter()
-            .find(|q| q.phase == Phase::Quiet && q.pooler == r.pooler)
-            .map_or(f64::NAN, |q| q.bench.tps);
+        let tps_of = |phase| {
+            runs.iter()
+                .find(|q| q.phase == phase && q.pooler == r.pooler)
+                .map_or(f64::NAN, |q| q.bench.tps)
+        };
+        // Both quiet runs, so drift over the bench hits every ratio alike.
+        let quiet = (tps_of(Phase::Quiet) + tps_of(Phase::QuietAgain)) / 2.0;
+        let control = match r.phase {
+            Phase::OwnKey => tps_of(Phase::Owner),
+            _ => quiet,
+        };
         let flags = match (r.bench.usable(), r.cpu.others > OTHERS_WARN) {
             (true, false) => "",
             (false, false) => " *",
@@ -328,17 +343,22 @@ fn main() {
         };
         let c = &r.cpu;
         println!(
-            "| {} | {} | {:.0}{flags} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {:.0}{flags} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             r.phase.name(),
             if r.phase == Phase::Sink { "Sluice (spam at a sink)" } else { r.pooler },
             r.bench.tps,
             ratio(r.bench.tps, quiet),
+            ratio(r.bench.tps, control),
             r.bench.failed,
             r.bench.aborted_clients,
             r.bench
                 .cpu_us_per_txn
                 .map_or("—".into(), |c| format!("{c:.1}")),
             r.spam.as_ref().map_or("—".into(), |s| format!("{:.0}", s.rate())),
+            r.spam.as_ref().map_or("—".into(), |s| format!(
+                "{:.0} %",
+                100.0 * s.reset as f64 / (s.sent + s.reset).max(1) as f64
+            )),
             r.spam.as_ref().map_or("—".into(), |s| s.errors.to_string()),
             r.spam
                 .as_ref()
@@ -369,7 +389,8 @@ fn main() {
     }
     println!(
         "(* a client aborted; † other processes used more than {OTHERS_WARN} cores: disturbed; \
-         / quiet: TPS over the same pooler's first quiet phase; sink: the same spam at a \
+         / quiet: TPS over the mean of the same pooler's two quiet runs; / control: over \
+         its owner-only run for own key, else as / quiet; sink: the same spam at a \
          listener in this process that only accepts, reads 16 bytes and closes)"
     );
 
