@@ -6,21 +6,27 @@
 //! (Sluice with its default cancel rates: 5 per second and key, 100 per second and
 //! address, buckets of twice that). The other clients: `pgbench -n -M simple -f
 //! select1.sql -c 8 -j 2 -T $SLUICE_BENCH_SECONDS` (`SELECT 1` transactions, client TLS,
-//! `sslmode=require`). Phases, each run against Sluice then PgBouncer:
+//! `sslmode=require`). Runs, each against Sluice then PgBouncer:
 //!
 //! 1. quiet: pgbench alone;
-//! 2. own key: while pgbench runs, a client of the same pool runs `select pg_sleep(0.01)`
-//!    in a loop and `$SLUICE_BENCH_CANCEL_RATE` (default 10,000) CancelRequests a second
-//!    carry its key, each on its own plaintext connection;
-//! 3. forged keys: the same rate with a random key each;
-//! 4. quiet again, to see drift.
+//! 2. owner only (the control for 3): a client of the same pool runs
+//!    `select pg_sleep(0.01)` in a loop, holding one of the 5 server connections about
+//!    half the time;
+//! 3. own key: the same client, and `$SLUICE_BENCH_CANCEL_RATE` (default 10,000)
+//!    CancelRequests a second carrying its key, each on its own plaintext connection;
+//! 4. forged keys: the same rate with a random key each;
+//! 5. sink (Sluice only, the control for 4): the same forged spam aimed at a listener
+//!    in this process that only accepts, reads 16 bytes and closes, while pgbench runs
+//!    against Sluice: what the attack traffic itself costs this machine;
+//! 6. quiet again, to see drift.
 //!
 //! The spam starts a second before pgbench and stops after it. Per run: TPS, its ratio
-//! to the same pooler's quiet TPS, failed transactions and aborted clients, the pooler's
-//! CPU per transaction and in cores, the cancels sent per second (and errors), how many
-//! of the owner's sleeps were cancelled, the server sessions Postgres started
-//! (`pg_stat_database.sessions`; cancel connections are not sessions), and for Sluice
-//! its `sluice_cancel_requests_total` by outcome.
+//! to the mean of the same pooler's two quiet runs and to its control, failed
+//! transactions and aborted clients, the pooler's CPU per transaction, the cancels per
+//! second the target took (and errors), how many of the owner's sleeps were cancelled,
+//! the server sessions Postgres started (`pg_stat_database.sessions`: pool churn; cancel
+//! connections are not sessions), for Sluice its `sluice_cancel_requests_total` by
+//! outcome, and the CPU of each process group (cpu.rs).
 //!
 //! Run with `cargo bench --bench cancel_spam`; see benches/README.md (PgBouncer must be
 //! installed, or installable with apt-get; without it its column is skipped).
