@@ -1,6 +1,7 @@
 //! Everything that can end a client connection, and the one place that turns it into
 //! what the client reads (SQLSTATEs from DESIGN.md §4).
 
+use crate::memory::Exhausted;
 use bytes::BytesMut;
 use router::Reason;
 use wire::messages::{self, ErrorFields, Severity};
@@ -66,6 +67,23 @@ pub enum ClientError {
     /// Postgres' words for `idle_session_timeout`.
     #[error("terminating connection due to idle-session timeout")]
     IdleSessionTimeout,
+    /// A message that must be held whole is larger than `max_client_message_buffer`.
+    #[error("message of {len} bytes exceeds max_client_message_buffer ({limit} bytes)")]
+    MessageTooLarge { len: usize, limit: usize },
+    /// Holding what the client sent would take its tenant's share of the memory
+    /// budget, or the process's budget, past its limit.
+    #[error("out of memory: the {} ({limit} bytes){} is in use", match .exhausted {
+        Exhausted::Tenant => "memory_budget_per_tenant",
+        Exhausted::Process => "memory_budget",
+    }, match .exhausted {
+        Exhausted::Tenant => format!(" of tenant \"{tenant}\""),
+        Exhausted::Process => String::new(),
+    })]
+    OutOfMemory {
+        tenant: String,
+        exhausted: Exhausted,
+        limit: usize,
+    },
     #[error("client I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -102,6 +120,8 @@ impl ClientError {
             ClientError::IdleSessionTimeout => ("57P05", self.to_string()),
             ClientError::Suspended(_) => ("28000", self.to_string()),
             ClientError::TenantTerminated(_) => ("57P01", self.to_string()),
+            ClientError::MessageTooLarge { .. } => ("54000", self.to_string()),
+            ClientError::OutOfMemory { .. } => ("53200", self.to_string()),
             ClientError::Io(_) => ("08006", "connection failure".to_owned()),
         }
     }
@@ -131,6 +151,8 @@ impl ClientError {
             ClientError::Banned { .. } => Reason::Banned,
             ClientError::AddressNotAllowed { .. } => Reason::AddressNotAllowed,
             ClientError::Suspended(_) => Reason::Suspended,
+            ClientError::MessageTooLarge { .. } => Reason::MessageTooLarge,
+            ClientError::OutOfMemory { .. } => Reason::MemoryBudget,
             ClientError::IdleInTransactionTimeout
             | ClientError::IdleSessionTimeout
             | ClientError::TenantTerminated(_)

@@ -15,6 +15,7 @@ use crate::admit::Gates;
 use crate::auth::MockSecret;
 use crate::cancel::CancelRegistry;
 use crate::config::ProxyConfig;
+use crate::memory::MemoryBudget;
 use crate::secrets::SecretCache;
 use crate::tls::ServerTls;
 
@@ -32,6 +33,8 @@ pub struct Proxy {
     pub rejections: Arc<Rejections>,
     /// Admission: connection limits, rates, bans (admit.rs).
     pub gates: Arc<Gates>,
+    /// What clients may make Sluice hold (memory.rs).
+    pub memory: Arc<MemoryBudget>,
     /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
     pub terminate: CancellationToken,
     next_id: AtomicU64,
@@ -54,6 +57,7 @@ impl Proxy {
                 terminate.clone(),
             )),
             secrets: SecretCache::new(config.auth_cache_ttl),
+            memory: MemoryBudget::new(config.memory_budget, config.memory_budget_per_tenant),
             config,
             tls,
             catalog,

@@ -66,6 +66,9 @@ impl Config {
                 n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
             },
             max_concurrent_logins: p.max_concurrent_logins as usize,
+            max_client_message_buffer: bytes(p.max_client_message_buffer),
+            memory_budget: bytes(p.memory_budget),
+            memory_budget_per_tenant: bytes(p.memory_budget_per_tenant),
         };
         let admin = AdminConfig {
             listen: self.admin.listen.parse().expect("validated"),
@@ -324,4 +327,9 @@ impl Config {
             default_plan: Default::default(),
         }))
     }
+}
+
+/// A size from the config file (validated to fit) as a `usize`.
+fn bytes(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }

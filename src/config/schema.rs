@@ -210,6 +210,13 @@ pub struct ProxySection {
     pub max_client_connections: u64,
     /// Logins (TLS handshake to authenticated) in progress at once, whole process.
     pub max_concurrent_logins: u32,
+    /// Bytes: the largest client message held whole (larger ones are streamed to the
+    /// server, or refused with 54000 when they cannot be).
+    pub max_client_message_buffer: u64,
+    /// Bytes all clients together may make Sluice hold beyond their read buffers.
+    pub memory_budget: u64,
+    /// Bytes the clients of one tenant may make Sluice hold beyond their read buffers.
+    pub memory_budget_per_tenant: u64,
 }
 
 impl Default for ProxySection {
@@ -226,6 +233,9 @@ impl Default for ProxySection {
             auth_cache_ttl_s: 30,
             max_client_connections: 100_000,
             max_concurrent_logins: 1000,
+            max_client_message_buffer: proxy::config::DEFAULT_MAX_CLIENT_MESSAGE_BUFFER as u64,
+            memory_budget: proxy::config::DEFAULT_MEMORY_BUDGET as u64,
+            memory_budget_per_tenant: proxy::config::DEFAULT_MEMORY_BUDGET_PER_TENANT as u64,
         }
     }
 }
