@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use wire::messages::tag;
 
 use crate::error::ClientError;
-use crate::goodbye::{terminated, REJECT_TIMEOUT};
+use crate::goodbye::{tell_and_close, terminated, REJECT_TIMEOUT};
 use crate::login::Session;
 use crate::memory::Exhausted;
 use crate::relay::Tally;
@@ -190,12 +190,7 @@ impl Client<'_> {
         if e.can_tell_client() {
             let mut out = BytesMut::new();
             e.to_response(&mut out);
-            let stream = &mut client.stream;
-            let _ = tokio::time::timeout(REJECT_TIMEOUT, async {
-                stream.write_all(&out).await?;
-                stream.shutdown().await
-            })
-            .await;
+            tell_and_close(&mut client.stream, &out).await;
         }
         e.to_string()
     }
@@ -344,12 +339,12 @@ impl Client<'_> {
 }
 
 /// Whether the server still owes the client answers it can give: a ReadyForQuery is
-/// pending, and the server is not waiting for COPY data (from a client that closed its
-/// side, none can come).
+/// pending, and the server is not waiting for COPY data or the rest of a streamed
+/// message (from a client that closed its side, none can come).
 fn owed(attached: &Option<Attached>) -> bool {
     attached
         .as_ref()
-        .is_some_and(|a| a.in_flight() && !a.copy_in)
+        .is_some_and(|a| a.in_flight() && !a.copy_in && a.inflow == 0)
 }
 
 /// Sleeps until `deadline`, or forever without one.

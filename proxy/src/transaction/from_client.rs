@@ -23,6 +23,10 @@ use crate::session_state::PinReason;
 /// While writing a client batch, server output buffered beyond this waits.
 const DRAIN_LIMIT: usize = 1 << 20;
 
+/// A batch for the server is written once it is this long: statements prepared again
+/// for the client's Binds can make it far longer than what the client sent.
+const MAX_BATCH: usize = 64 * 1024;
+
 impl Client<'_> {
     /// Forwards the client's complete messages, attaching a server first if needed.
     pub(super) async fn on_client_bytes(
@@ -137,6 +141,12 @@ impl Client<'_> {
                 tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => a.unsynced,
                 _ => true,
             };
+            if out.len() >= MAX_BATCH {
+                if let Some(end) = self.send(attached, &out).await {
+                    return Some(end);
+                }
+                out.clear();
+            }
         }
         if !local.is_empty() {
             if self.stream.write_all(&local).await.is_err() {
