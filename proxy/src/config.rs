@@ -27,6 +27,11 @@ pub struct ProxyConfig {
     pub max_client_connections: Option<usize>,
     /// Logins in progress at once, whole process.
     pub max_concurrent_logins: usize,
+    /// Connections between accept and a proved password, whole process; `None`: no
+    /// limit (prelogin.rs).
+    pub max_pending_logins: Option<usize>,
+    /// The same per client address; `None`: no limit.
+    pub max_pending_logins_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +56,8 @@ impl Default for ProxyConfig {
             log_connections: true,
             max_client_connections: Some(100_000),
             max_concurrent_logins: 1000,
+            max_pending_logins: Some(10_000),
+            max_pending_logins_per_ip: Some(1000),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::admit::Gates;
 use crate::auth::MockSecret;
 use crate::cancel::CancelRegistry;
 use crate::config::ProxyConfig;
+use crate::prelogin::PendingLogins;
 use crate::secrets::SecretCache;
 use crate::tls::ServerTls;
 
@@ -32,6 +33,8 @@ pub struct Proxy {
     pub rejections: Arc<Rejections>,
     /// Admission: connection limits, rates, bans (admit.rs).
     pub gates: Arc<Gates>,
+    /// Connections in the pre-login phase, and their caps (prelogin.rs).
+    pub pending: PendingLogins,
     /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
     pub terminate: CancellationToken,
     next_id: AtomicU64,
@@ -54,6 +57,10 @@ impl Proxy {
                 terminate.clone(),
             )),
             secrets: SecretCache::new(config.auth_cache_ttl),
+            pending: PendingLogins::new(
+                config.max_pending_logins,
+                config.max_pending_logins_per_ip,
+            ),
             config,
             tls,
             catalog,

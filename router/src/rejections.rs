@@ -37,10 +37,12 @@ pub enum Reason {
     Banned,
     AddressNotAllowed,
     Suspended,
+    TooManyPendingLogins,
+    AuthUserLogin,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Reason::NoTenant,
         Reason::UnknownTenant,
         Reason::TlsRequired,
@@ -58,6 +60,8 @@ impl Reason {
         Reason::Banned,
         Reason::AddressNotAllowed,
         Reason::Suspended,
+        Reason::TooManyPendingLogins,
+        Reason::AuthUserLogin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +83,8 @@ impl Reason {
             Reason::Banned => "banned",
             Reason::AddressNotAllowed => "address_not_allowed",
             Reason::Suspended => "suspended",
+            Reason::TooManyPendingLogins => "too_many_pending_logins",
+            Reason::AuthUserLogin => "auth_user_login",
         }
     }
 }

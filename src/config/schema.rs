@@ -210,6 +210,11 @@ pub struct ProxySection {
     pub max_client_connections: u64,
     /// Logins (TLS handshake to authenticated) in progress at once, whole process.
     pub max_concurrent_logins: u32,
+    /// Connections between accept and a proved password (the pre-login phase), whole
+    /// process; past it new connections get 53300 at accept. 0 = no limit.
+    pub max_pending_logins: u64,
+    /// The same per client address. 0 = no limit.
+    pub max_pending_logins_per_ip: u64,
 }
 
 impl Default for ProxySection {
@@ -226,6 +231,8 @@ impl Default for ProxySection {
             auth_cache_ttl_s: 30,
             max_client_connections: 100_000,
             max_concurrent_logins: 1000,
+            max_pending_logins: 10_000,
+            max_pending_logins_per_ip: 1000,
         }
     }
 }
@@ -296,6 +303,9 @@ pub struct BackendSection {
     pub tls: String,
     pub tls_ca: Option<PathBuf>,
     pub auth_user: String,
+    /// Clients may log in through Sluice as `auth_user` (default false: 28000).
+    #[serde(default)]
+    pub allow_auth_user_login: bool,
     pub auth_password_file: PathBuf,
     #[serde(default = "default_auth_database")]
     pub auth_database: String,
