@@ -161,26 +161,15 @@ pub async fn negotiate(
 /// Reads the ClientHello (`first`: its bytes read already) with real reads into a
 /// rustls `Acceptor`, until it yields `Accepted`. A client that closes (a read of 0),
 /// sends more than [`MAX_CLIENT_HELLO`] bytes without completing it, or sends
-/// something that is not a ClientHello, ends here; a TLS alert is sent where rustls
-/// has one (without waiting for it to be read).
+/// something that is not a ClientHello, ends here.
 async fn client_hello(
     mut tcp: TcpStream,
     first: &[u8],
     direct: bool,
 ) -> Result<Negotiated, (Option<ClientStream>, ClientError)> {
-    let accepted = match read_client_hello(&mut tcp, first).await {
-        Ok(accepted) => accepted,
-        Err(Refused::Alert(err, mut alert)) => {
-            let mut out = Vec::new();
-            if alert.write_all(&mut out).is_ok() && !out.is_empty() {
-                // A fresh socket's send buffer takes a few bytes at once; whatever it
-                // does not take is not waited for.
-                let _ = tcp.try_write(&out);
-            }
-            return Err((None, err));
-        }
-        Err(Refused::Plain(err)) => return Err((None, err)),
-    };
+    let accepted = read_client_hello(&mut tcp, first)
+        .await
+        .map_err(|e| (None, e))?;
     let sni = accepted
         .client_hello()
         .server_name()
@@ -193,19 +182,7 @@ async fn client_hello(
     }))
 }
 
-/// Why a ClientHello was not accepted, and the alert rustls would send, if any.
-enum Refused {
-    Alert(ClientError, rustls::server::AcceptedAlert),
-    Plain(ClientError),
-}
-
-impl From<io::Error> for Refused {
-    fn from(e: io::Error) -> Self {
-        Refused::Plain(e.into())
-    }
-}
-
-async fn read_client_hello(tcp: &mut TcpStream, first: &[u8]) -> Result<Accepted, Refused> {
+async fn read_client_hello(tcp: &mut TcpStream, first: &[u8]) -> Result<Accepted, ClientError> {
     let mut acceptor = Acceptor::default();
     let mut total = first.len();
     feed(&mut acceptor, first)?;
@@ -213,17 +190,18 @@ async fn read_client_hello(tcp: &mut TcpStream, first: &[u8]) -> Result<Accepted
         match acceptor.accept() {
             Ok(Some(accepted)) => return Ok(accepted),
             Ok(None) => {}
-            Err((e, alert)) => {
-                return Err(Refused::Alert(
-                    ClientError::Protocol(format!("TLS: {e}")),
-                    alert,
-                ))
+            Err((e, mut alert)) => {
+                // The alert rustls has for it, into the socket's send buffer without
+                // waiting (a fresh socket takes a few bytes at once).
+                let mut out = Vec::new();
+                if alert.write_all(&mut out).is_ok() && !out.is_empty() {
+                    let _ = tcp.try_write(&out);
+                }
+                return Err(ClientError::Protocol(format!("TLS: {e}")));
             }
         }
         if total >= MAX_CLIENT_HELLO {
-            return Err(Refused::Plain(ClientError::Protocol(
-                "ClientHello too large".into(),
-            )));
+            return Err(ClientError::Protocol("ClientHello too large".into()));
         }
         tcp.readable().await?;
         // Not held across an await: a connection waiting for the rest of its
@@ -232,9 +210,9 @@ async fn read_client_hello(tcp: &mut TcpStream, first: &[u8]) -> Result<Accepted
         let want = (MAX_CLIENT_HELLO - total).min(HELLO_CHUNK);
         match tcp.try_read(&mut chunk[..want]) {
             Ok(0) => {
-                return Err(Refused::Plain(ClientError::Protocol(
+                return Err(ClientError::Protocol(
                     "client closed during its ClientHello".into(),
-                )))
+                ))
             }
             Ok(n) => {
                 total += n;
@@ -247,12 +225,12 @@ async fn read_client_hello(tcp: &mut TcpStream, first: &[u8]) -> Result<Accepted
 }
 
 /// Hands `bytes` to the acceptor (it may take them in several reads).
-fn feed(acceptor: &mut Acceptor, mut bytes: &[u8]) -> Result<(), Refused> {
+fn feed(acceptor: &mut Acceptor, mut bytes: &[u8]) -> Result<(), ClientError> {
     // An empty read would tell rustls the client closed.
     while !bytes.is_empty() {
         let n = acceptor
             .read_tls(&mut bytes)
-            .map_err(|e| Refused::Plain(ClientError::Protocol(format!("TLS: {e}"))))?;
+            .map_err(|e| ClientError::Protocol(format!("TLS: {e}")))?;
         if n == 0 {
             break;
         }
@@ -357,9 +335,7 @@ mod tests {
         .await
         .expect("read_client_hello kept waiting");
         drop(kept);
-        result.map_err(|refused| match refused {
-            Refused::Alert(e, _) | Refused::Plain(e) => e,
-        })
+        result
     }
 
     fn message(result: Result<Accepted, ClientError>) -> String {

@@ -888,10 +888,9 @@ fn the_pending_login_caps_refuse_at_accept_with_53300() {
         let message = expect_fatal(&mut tcp, &mut buf, "53300").await;
         assert_eq!(message, "sorry, too many connections waiting to log in");
         // tokio-postgres, in plaintext, reads the same.
-        let err = pg_connect_from(&plaintext_target(&env), fresh)
-            .await
-            .err()
-            .expect("tokio-postgres got in past the process cap");
+        let Err(err) = pg_connect_from(&plaintext_target(&env), fresh).await else {
+            panic!("tokio-postgres got in past the process cap");
+        };
         let db = err
             .as_db_error()
             .unwrap_or_else(|| panic!("not a server error: {err}"));
@@ -1075,11 +1074,15 @@ fn auth_user_cannot_log_in_through_sluice_unless_the_tenant_allows_it() {
         // is the same, while an ordinary role's login needs the lookup and fails 08006.
         let mut dead = env.target("dead");
         dead.user = "sluice_auth".into();
-        let err = testkit::pg_connect(&dead).await.err().expect("refused");
+        let Err(err) = testkit::pg_connect(&dead).await else {
+            panic!("{} logged into a tenant whose backend is down", dead.user);
+        };
         let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
         assert_eq!((db.code().code(), db.message()), ("28000", refusal));
         dead.user = "app".into();
-        let err = testkit::pg_connect(&dead).await.err().expect("refused");
+        let Err(err) = testkit::pg_connect(&dead).await else {
+            panic!("{} logged into a tenant whose backend is down", dead.user);
+        };
         let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
         assert_eq!(db.code().code(), "08006", "{err}");
 
