@@ -571,6 +571,7 @@ fn schemas_match_the_serde_structs() {
         driver: "static".into(),
         address: address.map(str::to_owned),
         tls: "verify-full".into(),
+        allow_auth_user_login: false,
     };
     check(
         "Backend",
@@ -759,6 +760,7 @@ fn backend_record(admin_user: Option<&str>) -> BackendRecord {
         admin_user: admin_user.map(str::to_owned),
         admin_database: admin_user.map(|_| "postgres".to_owned()),
         auth_user: "sluice".into(),
+        allow_auth_user_login: false,
         auth_database: "postgres".into(),
         auth_query: None,
         params: Value::Null,

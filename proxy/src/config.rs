@@ -34,6 +34,11 @@ pub struct ProxyConfig {
     pub memory_budget: usize,
     /// Bytes the clients of one tenant may make Sluice hold.
     pub memory_budget_per_tenant: usize,
+    /// Connections between accept and a proved password, whole process; `None`: no
+    /// limit (prelogin.rs).
+    pub max_pending_logins: Option<usize>,
+    /// The same per client address; `None`: no limit.
+    pub max_pending_logins_per_ip: Option<usize>,
 }
 
 /// Default `max_client_message_buffer`: 1 MiB, the largest SQL text Sluice looks into.
@@ -68,6 +73,8 @@ impl Default for ProxyConfig {
             max_client_message_buffer: DEFAULT_MAX_CLIENT_MESSAGE_BUFFER,
             memory_budget: DEFAULT_MEMORY_BUDGET,
             memory_budget_per_tenant: DEFAULT_MEMORY_BUDGET_PER_TENANT,
+            max_pending_logins: Some(10_000),
+            max_pending_logins_per_ip: Some(1000),
         }
     }
 }

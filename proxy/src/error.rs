@@ -45,6 +45,16 @@ pub enum ClientError {
         None => "sorry, too many clients already".to_owned(),
     })]
     TooManyConnections(Option<String>),
+    /// Over `[proxy] max_pending_logins` (or its per-address cap) at accept.
+    #[error("{}", if *.per_address {
+        "sorry, too many connections from this address waiting to log in"
+    } else {
+        "sorry, too many connections waiting to log in"
+    })]
+    TooManyPendingLogins { per_address: bool },
+    /// The tenant's `auth_user` asked to log in as an ordinary client.
+    #[error("role \"{0}\" is Sluice's auth_user and cannot log in through Sluice")]
+    AuthUserLogin(String),
     #[error("connection rate limit exceeded for tenant \"{0}\"")]
     ConnectRateLimited(String),
     /// Over the connect rate during a storm: closed at the ClientHello, untold.
@@ -108,6 +118,8 @@ impl ClientError {
             ClientError::LoginTimeout => ("57014", self.to_string()),
             ClientError::IdleInTransactionTimeout => ("25P03", self.to_string()),
             ClientError::TooManyConnections(_) => ("53300", self.to_string()),
+            ClientError::TooManyPendingLogins { .. } => ("53300", self.to_string()),
+            ClientError::AuthUserLogin(_) => ("28000", self.to_string()),
             ClientError::ConnectRateLimited(_) | ClientError::QueryRateLimited(_) => {
                 ("53400", self.to_string())
             }
@@ -144,6 +156,8 @@ impl ClientError {
             ClientError::Terminating(_) => Reason::ShuttingDown,
             ClientError::LoginTimeout => Reason::LoginTimeout,
             ClientError::TooManyConnections(_) => Reason::TooManyConnections,
+            ClientError::TooManyPendingLogins { .. } => Reason::TooManyPendingLogins,
+            ClientError::AuthUserLogin(_) => Reason::AuthUserLogin,
             ClientError::ConnectRateLimited(_) | ClientError::ConnectRateShed(_) => {
                 Reason::ConnectRate
             }
@@ -207,6 +221,15 @@ mod tests {
                 "53300",
             ),
             (ClientError::TooManyConnections(None), "53300"),
+            (
+                ClientError::TooManyPendingLogins { per_address: false },
+                "53300",
+            ),
+            (
+                ClientError::TooManyPendingLogins { per_address: true },
+                "53300",
+            ),
+            (ClientError::AuthUserLogin("sluice_auth".into()), "28000"),
             (ClientError::ConnectRateLimited("acme".into()), "53400"),
             (ClientError::QueryRateLimited("acme".into()), "53400"),
             (ClientError::Banned { retry_in_s: 120 }, "28P01"),

@@ -16,6 +16,7 @@ use crate::auth::MockSecret;
 use crate::cancel::CancelRegistry;
 use crate::config::ProxyConfig;
 use crate::memory::MemoryBudget;
+use crate::prelogin::PendingLogins;
 use crate::secrets::SecretCache;
 use crate::tls::ServerTls;
 
@@ -35,6 +36,8 @@ pub struct Proxy {
     pub gates: Arc<Gates>,
     /// What clients may make Sluice hold (memory.rs).
     pub memory: Arc<MemoryBudget>,
+    /// Connections in the pre-login phase, and their caps (prelogin.rs).
+    pub pending: PendingLogins,
     /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
     pub terminate: CancellationToken,
     next_id: AtomicU64,
@@ -58,6 +61,10 @@ impl Proxy {
             )),
             secrets: SecretCache::new(config.auth_cache_ttl),
             memory: MemoryBudget::new(config.memory_budget, config.memory_budget_per_tenant),
+            pending: PendingLogins::new(
+                config.max_pending_logins,
+                config.max_pending_logins_per_ip,
+            ),
             config,
             tls,
             catalog,

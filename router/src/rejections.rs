@@ -39,10 +39,12 @@ pub enum Reason {
     Suspended,
     MessageTooLarge,
     MemoryBudget,
+    TooManyPendingLogins,
+    AuthUserLogin,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 21] = [
         Reason::NoTenant,
         Reason::UnknownTenant,
         Reason::TlsRequired,
@@ -62,6 +64,8 @@ impl Reason {
         Reason::Suspended,
         Reason::MessageTooLarge,
         Reason::MemoryBudget,
+        Reason::TooManyPendingLogins,
+        Reason::AuthUserLogin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +89,8 @@ impl Reason {
             Reason::Suspended => "suspended",
             Reason::MessageTooLarge => "message_too_large",
             Reason::MemoryBudget => "memory_budget",
+            Reason::TooManyPendingLogins => "too_many_pending_logins",
+            Reason::AuthUserLogin => "auth_user_login",
         }
     }
 }

@@ -61,14 +61,13 @@ impl Config {
             shutdown_grace: Duration::from_secs(p.shutdown_grace_s),
             auth_cache_ttl: Duration::from_secs(p.auth_cache_ttl_s),
             log_connections: self.log_connections,
-            max_client_connections: match p.max_client_connections {
-                0 => None,
-                n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-            },
+            max_client_connections: cap(p.max_client_connections),
             max_concurrent_logins: p.max_concurrent_logins as usize,
             max_client_message_buffer: bytes(p.max_client_message_buffer),
             memory_budget: bytes(p.memory_budget),
             memory_budget_per_tenant: bytes(p.memory_budget_per_tenant),
+            max_pending_logins: cap(p.max_pending_logins),
+            max_pending_logins_per_ip: cap(p.max_pending_logins_per_ip),
         };
         let admin = AdminConfig {
             listen: self.admin.listen.parse().expect("validated"),
@@ -127,6 +126,7 @@ impl Config {
                     admin_user: None,
                     admin_database: None,
                     auth_user: b.auth_user.clone(),
+                    allow_auth_user_login: b.allow_auth_user_login,
                     auth_database: b.auth_database.clone(),
                     auth_query: b.auth_query.clone(),
                     params: serde_json::Value::Null,
@@ -170,6 +170,14 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("secrets.key")),
         })
+    }
+}
+
+/// A process-wide count from the config: 0 switches it off.
+fn cap(n: u64) -> Option<usize> {
+    match n {
+        0 => None,
+        n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
     }
 }
 

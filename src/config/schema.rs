@@ -217,6 +217,11 @@ pub struct ProxySection {
     pub memory_budget: u64,
     /// Bytes the clients of one tenant may make Sluice hold beyond their read buffers.
     pub memory_budget_per_tenant: u64,
+    /// Connections between accept and a proved password (the pre-login phase), whole
+    /// process; past it new connections get 53300 at accept. 0 = no limit.
+    pub max_pending_logins: u64,
+    /// The same per client address. 0 = no limit.
+    pub max_pending_logins_per_ip: u64,
 }
 
 impl Default for ProxySection {
@@ -236,6 +241,8 @@ impl Default for ProxySection {
             max_client_message_buffer: proxy::config::DEFAULT_MAX_CLIENT_MESSAGE_BUFFER as u64,
             memory_budget: proxy::config::DEFAULT_MEMORY_BUDGET as u64,
             memory_budget_per_tenant: proxy::config::DEFAULT_MEMORY_BUDGET_PER_TENANT as u64,
+            max_pending_logins: 10_000,
+            max_pending_logins_per_ip: 1000,
         }
     }
 }
@@ -306,6 +313,9 @@ pub struct BackendSection {
     pub tls: String,
     pub tls_ca: Option<PathBuf>,
     pub auth_user: String,
+    /// Clients may log in through Sluice as `auth_user` (default false: 28000).
+    #[serde(default)]
+    pub allow_auth_user_login: bool,
     pub auth_password_file: PathBuf,
     #[serde(default = "default_auth_database")]
     pub auth_database: String,
