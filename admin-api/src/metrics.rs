@@ -106,6 +106,7 @@ struct TenantSums {
     servers_active: u64,
     servers_idle: u64,
     servers_connecting: u64,
+    servers_opened: u64,
     queries: u64,
     transactions: u64,
     bytes_from_clients: u64,
@@ -134,6 +135,7 @@ impl DataPlane {
             s.servers_active += c.active as u64;
             s.servers_idle += c.idle as u64;
             s.servers_connecting += c.connecting as u64;
+            s.servers_opened += c.opened;
             s.queries += c.queries;
             s.transactions += c.transactions;
             s.bytes_from_clients += c.bytes_from_clients;
@@ -212,11 +214,16 @@ impl Collector for DataPlane {
             }
         }
 
-        let counters: [(&str, &str, Pick); 2] = [
+        let counters: [(&str, &str, Pick); 3] = [
             (
                 "queries",
                 "Queries relayed (Query and Execute messages)",
                 |s| s.queries,
+            ),
+            (
+                "server_connections_opened",
+                "Server connections opened to tenant backends",
+                |s| s.servers_opened,
             ),
             (
                 "transactions",
@@ -290,6 +297,16 @@ impl Collector for DataPlane {
         )?;
         for (tenant, reason, n) in rejections.refused() {
             let labels = [("tenant", &*tenant), ("reason", reason.as_str())];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "cancel_requests",
+            "Cancel requests by what became of them",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tenant, outcome, n) in rejections.cancels() {
+            let labels = [("tenant", &*tenant), ("outcome", outcome.as_str())];
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
         let mut family = encoder.encode_descriptor(

@@ -298,6 +298,7 @@ impl Pool {
         match opened {
             Ok(mut conn) => {
                 *health = Health::default();
+                self.stats.opened.fetch_add(1, Ordering::Relaxed);
                 conn.slot = Some(slot);
                 let settings = self.settings.load();
                 conn.retire_at = Some(conn.created + jittered(settings.lifetime));

@@ -14,6 +14,9 @@ pub struct PoolStats {
     pub idle: AtomicUsize,
     /// Server connections being opened.
     pub connecting: AtomicUsize,
+    /// Server connections opened so far (with the ones open now, how many closed:
+    /// churn, e.g. connections closed because a cancel was sent to them).
+    pub opened: AtomicU64,
     /// Clients queued for a server connection.
     pub waiting: AtomicUsize,
     /// Transactions completed (ReadyForQuery 'I' ending a request).
@@ -57,6 +60,7 @@ pub struct PoolCounts {
     pub active: usize,
     pub idle: usize,
     pub connecting: usize,
+    pub opened: u64,
     pub waiting: usize,
     pub transactions: u64,
     pub queries: u64,
@@ -77,6 +81,7 @@ impl PoolStats {
             active: self.active.load(Ordering::Relaxed),
             idle: self.idle.load(Ordering::Relaxed),
             connecting: self.connecting.load(Ordering::Relaxed),
+            opened: get(&self.opened),
             waiting: self.waiting.load(Ordering::Relaxed),
             transactions: get(&self.transactions),
             queries: get(&self.queries),

@@ -15,12 +15,36 @@
 //! client lets it go, and the client then closes it. Marking happens under the same lock
 //! that moves the key, so a cancel either finds the connection still the client's (and
 //! marks it) or finds nothing to cancel.
+//!
+//! Every forwarded cancel therefore costs a connection to the backend and, later, a
+//! server connection of the pool. What bounds that cost ([`CancelRegistry::decide`]),
+//! cheapest check first:
+//! - the client address's rate (`[proxy] cancel_rate_per_ip`), whatever the key, so a
+//!   stream of forged keys is dropped before anything is looked up for it and a brute
+//!   force on the secret is slowed to that rate;
+//! - a key no live client has is dropped;
+//! - a client with no request running on its server connection (the relays say when
+//!   one runs, [`CancelHandle::running`]), or holding none (transaction mode between
+//!   transactions), has nothing to cancel: nothing is forwarded and nothing is marked
+//!   (Postgres ignores a cancel that reaches an idle backend, too);
+//! - while a cancel to that server connection is on its way, another is not sent;
+//! - the key's own rate (`[proxy] cancel_rate_per_key`), taken only by a cancel that
+//!   would be forwarded.
+//!
+//! Each request's outcome is counted (`sluice_cancel_requests_total`). A CancelRequest
+//! gets no answer in the protocol: whatever became of it, its connection is closed.
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use dashmap::DashMap;
 use rand::Rng;
-use router::BackendAddr;
+use router::{
+    AddressBuckets, BackendAddr, CancelOutcome, Rejections, TenantId, TokenBucket, Who,
+    DEFAULT_MAX_ADDRESSES,
+};
 use subtle::ConstantTimeEq;
 use wire::startup::CancelKey;
 
@@ -31,23 +55,45 @@ pub struct CancelTarget {
     pub key: CancelKey,
 }
 
+/// The cancel rates, per second (each a token bucket of twice that); `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CancelRates {
+    /// Cancels forwarded for one client key.
+    pub per_key: Option<u32>,
+    /// Cancel requests from one client address (IPv6: one /64), whatever their key.
+    pub per_ip: Option<u32>,
+}
+
 #[derive(Debug)]
 struct Slot {
     secret: i32,
+    tenant: TenantId,
+    /// A request of the client is running on its server connection: the relays say so
+    /// as requests start and are answered.
+    running: AtomicBool,
     target: Mutex<Target>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Target {
     current: Option<CancelTarget>,
     /// A cancel was forwarded to `current`.
     cancelled: bool,
+    /// A cancel to `current` is on its way (its connection to the backend is open).
+    in_flight: bool,
+    /// Counts the moves of the key, so a forward that ends late leaves the next
+    /// target's `in_flight` alone.
+    generation: u64,
+    /// The key's own rate; `None`: no limit.
+    bucket: Option<TokenBucket>,
 }
 
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     /// By process id, each client with its own secret.
     slots: DashMap<i32, Vec<Arc<Slot>>>,
+    per_key: Option<u32>,
+    per_ip: Option<Mutex<AddressBuckets>>,
 }
 
 /// A client's registration; dropping it forgets the key.
@@ -58,19 +104,69 @@ pub struct CancelHandle {
     slot: Arc<Slot>,
 }
 
+/// What to do with one cancel request: [`CancelRegistry::decide`].
+#[derive(Debug)]
+pub struct Decision {
+    /// What became of it (`Forwarded` when `forward` is set, which may still fail).
+    pub outcome: CancelOutcome,
+    /// The tenant of the client whose key it carried, if a live client has it.
+    pub tenant: Option<TenantId>,
+    pub forward: Option<Forward>,
+}
+
+/// A cancel to send to a backend. While it lives no other cancel is sent to the same
+/// server connection; dropping it (sent or not) lets the next one go.
+#[derive(Debug)]
+pub struct Forward {
+    pub target: CancelTarget,
+    slot: Arc<Slot>,
+    generation: u64,
+}
+
+impl Forward {
+    /// Sends the CancelRequest; returns once the backend has closed its connection
+    /// (it has then signalled the session), or with the error.
+    pub async fn send(&self) -> std::io::Result<()> {
+        pooler::cancel::send_cancel(&self.target.addr, self.target.key).await
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let mut target = self.slot.target.lock().expect("cancel slot poisoned");
+        if target.generation == self.generation {
+            target.in_flight = false;
+        }
+    }
+}
+
+fn bucket(rate: u32, now: Instant) -> TokenBucket {
+    let rate = f64::from(rate);
+    TokenBucket::new(rate, (2.0 * rate).max(1.0), now)
+}
+
 impl CancelHandle {
-    /// Points the key at the server connection the client now holds (or at nothing).
-    /// True if a cancel was forwarded to the connection it pointed at until now: that
-    /// connection must be closed, not handed to another client.
+    /// Points the key at the server connection the client now holds (or at nothing),
+    /// with no request running on it yet. True if a cancel was forwarded to the
+    /// connection it pointed at until now: that connection must be closed, not handed
+    /// to another client.
     #[must_use = "a connection a cancel was sent to must not be reused"]
     pub fn set_target(&self, target: Option<CancelTarget>) -> bool {
         let mut slot = self.slot.target.lock().expect("cancel slot poisoned");
         let cancelled = slot.cancelled;
-        *slot = Target {
-            current: target,
-            cancelled: false,
-        };
+        slot.current = target;
+        slot.cancelled = false;
+        slot.in_flight = false;
+        slot.generation += 1;
+        self.slot.running.store(false, Ordering::Release);
         cancelled
+    }
+
+    /// Whether a request of the client is running on its server connection now (sent,
+    /// and not yet answered with its ReadyForQuery): only then is a cancel forwarded.
+    /// Called by the relays as requests start and end; a store, no lock.
+    pub fn running(&self, running: bool) {
+        self.slot.running.store(running, Ordering::Release);
     }
 }
 
@@ -86,9 +182,23 @@ impl Drop for CancelHandle {
 }
 
 impl CancelRegistry {
-    /// A key for a new client: process id `pid` (the backend's, in session mode), or a
-    /// random one; the secret random, and the pair unique among live clients.
-    pub fn register(self: &Arc<Self>, pid: Option<i32>) -> CancelHandle {
+    pub fn new(rates: CancelRates) -> Self {
+        let now = Instant::now();
+        CancelRegistry {
+            slots: DashMap::new(),
+            per_key: rates.per_key,
+            per_ip: rates.per_ip.map(|rate| {
+                let rate = f64::from(rate);
+                let burst = (2.0 * rate).max(1.0);
+                Mutex::new(AddressBuckets::new(rate, burst, DEFAULT_MAX_ADDRESSES, now))
+            }),
+        }
+    }
+
+    /// A key for a new client of `tenant`: process id `pid` (the backend's, in session
+    /// mode), or a random one; the secret random, and the pair unique among live
+    /// clients.
+    pub fn register(self: &Arc<Self>, pid: Option<i32>, tenant: &TenantId) -> CancelHandle {
         let mut rng = rand::thread_rng();
         loop {
             let key = CancelKey {
@@ -101,7 +211,15 @@ impl CancelRegistry {
             }
             let slot = Arc::new(Slot {
                 secret: key.secret,
-                target: Mutex::new(Target::default()),
+                tenant: tenant.clone(),
+                running: AtomicBool::new(false),
+                target: Mutex::new(Target {
+                    current: None,
+                    cancelled: false,
+                    in_flight: false,
+                    generation: 0,
+                    bucket: self.per_key.map(|rate| bucket(rate, Instant::now())),
+                }),
             });
             slots.push(slot.clone());
             return CancelHandle {
@@ -112,28 +230,71 @@ impl CancelRegistry {
         }
     }
 
-    /// The server connection `key` may cancel, if the key is exactly right; it is
-    /// marked as cancelled (see the module documentation). Every secret registered
-    /// under the process id is compared, in constant time.
-    pub fn resolve(&self, key: CancelKey) -> Option<CancelTarget> {
-        let slot = {
-            let slots = self.slots.get(&key.pid)?;
-            let mut found = None;
-            for slot in slots.iter() {
-                let matches: bool = slot
-                    .secret
-                    .to_be_bytes()
-                    .ct_eq(&key.secret.to_be_bytes())
-                    .into();
-                if matches {
-                    found = Some(slot.clone());
-                }
+    /// The live client whose key is exactly `key`. Every secret registered under the
+    /// process id is compared, in constant time.
+    fn find(&self, key: CancelKey) -> Option<Arc<Slot>> {
+        let slots = self.slots.get(&key.pid)?;
+        let mut found = None;
+        for slot in slots.iter() {
+            let matches: bool = slot
+                .secret
+                .to_be_bytes()
+                .ct_eq(&key.secret.to_be_bytes())
+                .into();
+            if matches {
+                found = Some(slot.clone());
             }
-            found?
+        }
+        found
+    }
+
+    /// Decides what becomes of a CancelRequest for `key` from `ip` at `now` (see the
+    /// module documentation for the order of the checks). A cancel to be forwarded
+    /// marks its server connection as cancelled, and holds it as "in flight" until
+    /// its [`Forward`] is dropped.
+    pub fn decide(&self, key: CancelKey, ip: IpAddr, now: Instant) -> Decision {
+        let slot = self.find(key);
+        let tenant = slot.as_ref().map(|s| s.tenant.clone());
+        let dropped = |outcome| Decision {
+            outcome,
+            tenant: tenant.clone(),
+            forward: None,
+        };
+        if let Some(addresses) = &self.per_ip {
+            let mut addresses = addresses.lock().expect("cancel rate lock poisoned");
+            if !addresses.try_take(ip, now) {
+                return dropped(CancelOutcome::RateLimited);
+            }
+        }
+        let Some(slot) = slot else {
+            return dropped(CancelOutcome::UnknownKey);
         };
         let mut target = slot.target.lock().expect("cancel slot poisoned");
-        target.cancelled |= target.current.is_some();
-        target.current.clone()
+        let running = slot.running.load(Ordering::Acquire);
+        let Some(current) = target.current.clone().filter(|_| running) else {
+            return dropped(CancelOutcome::Idle);
+        };
+        if target.in_flight {
+            return dropped(CancelOutcome::InFlight);
+        }
+        if let Some(bucket) = target.bucket.as_mut() {
+            if !bucket.try_take(now) {
+                return dropped(CancelOutcome::RateLimited);
+            }
+        }
+        target.cancelled = true;
+        target.in_flight = true;
+        let generation = target.generation;
+        drop(target);
+        Decision {
+            outcome: CancelOutcome::Forwarded,
+            tenant,
+            forward: Some(Forward {
+                target: current,
+                slot,
+                generation,
+            }),
+        }
     }
 
     /// Live clients.
@@ -146,79 +307,44 @@ impl CancelRegistry {
     }
 }
 
-/// Sends a CancelRequest for `target` to its backend.
-pub async fn forward(target: &CancelTarget) -> std::io::Result<()> {
-    pooler::cancel::send_cancel(&target.addr, target.key).await
+/// Carries out a CancelRequest for `key` from `ip`: forwards it to the backend, or
+/// drops it ([`CancelRegistry::decide`]), and counts what became of it.
+pub async fn carry_out(
+    registry: &CancelRegistry,
+    rejections: &Rejections,
+    key: CancelKey,
+    ip: IpAddr,
+) -> CancelOutcome {
+    let Decision {
+        outcome,
+        tenant,
+        forward,
+    } = registry.decide(key, ip, Instant::now());
+    if let Some(tenant) = &tenant {
+        tracing::Span::current().record("tenant", tenant.as_str());
+    }
+    let outcome = match forward {
+        Some(forward) => match forward.send().await {
+            Ok(()) => {
+                let backend_pid = forward.target.key.pid;
+                tracing::info!(backend_pid, "cancel request forwarded");
+                CancelOutcome::Forwarded
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "forwarding cancel request failed");
+                CancelOutcome::Failed
+            }
+        },
+        // Counted; a line each would let a storm of them fill the log.
+        None => {
+            tracing::debug!(outcome = outcome.as_str(), "cancel request dropped");
+            outcome
+        }
+    };
+    let who = tenant.as_ref().map_or(Who::Nobody, Who::Tenant);
+    rejections.record_cancel(who, outcome);
+    outcome
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_exact_key_resolves() {
-        let registry = Arc::new(CancelRegistry::default());
-        let handle = registry.register(None);
-        let target = CancelTarget {
-            addr: Arc::new(BackendAddr::from_host("/tmp", 5432)),
-            key: CancelKey { pid: 7, secret: 9 },
-        };
-        assert!(!handle.set_target(Some(target.clone())));
-        assert!(registry.resolve(handle.key).is_some());
-        assert!(
-            handle.set_target(Some(target)),
-            "the connection a cancel was sent to is reported when the key moves on"
-        );
-        assert!(!handle.set_target(None), "and only once");
-        assert!(registry.resolve(handle.key).is_none(), "nothing to cancel");
-        assert!(
-            !handle.set_target(None),
-            "a cancel that found nothing marks nothing"
-        );
-        let forged = CancelKey {
-            pid: handle.key.pid,
-            secret: handle.key.secret.wrapping_add(1),
-        };
-        assert!(registry.resolve(forged).is_none());
-        let key = handle.key;
-        drop(handle);
-        assert!(registry.resolve(key).is_none(), "stale key cancels nothing");
-        assert!(registry.is_empty());
-    }
-
-    #[test]
-    fn clients_sharing_a_backend_pid_keep_their_own_keys() {
-        // Two tenants' backends may both have pid 4242: each client's key still reaches
-        // only its own server connection, and only with its own secret.
-        let registry = Arc::new(CancelRegistry::default());
-        let target = |port| CancelTarget {
-            addr: Arc::new(BackendAddr::from_host("/tmp", port)),
-            key: CancelKey {
-                pid: 4242,
-                secret: 1,
-            },
-        };
-        let a = registry.register(Some(4242));
-        let b = registry.register(Some(4242));
-        assert_eq!((a.key.pid, b.key.pid), (4242, 4242));
-        assert_ne!(a.key.secret, b.key.secret);
-        assert!(!a.set_target(Some(target(5432))));
-        assert!(!b.set_target(Some(target(5433))));
-        assert_eq!(registry.len(), 2);
-        let resolved = |key| registry.resolve(key).map(|t| t.addr);
-        assert_eq!(resolved(a.key), Some(target(5432).addr));
-        assert_eq!(resolved(b.key), Some(target(5433).addr));
-        let forged = CancelKey {
-            pid: 4242,
-            secret: a.key.secret.wrapping_add(1),
-        };
-        if forged.secret != b.key.secret {
-            assert!(resolved(forged).is_none(), "the pid alone cancels nothing");
-        }
-        let b_key = b.key;
-        drop(a);
-        assert_eq!(resolved(b_key), Some(target(5433).addr), "b outlives a");
-        drop(b);
-        assert!(registry.is_empty());
-    }
-}
+mod tests;

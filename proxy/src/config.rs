@@ -39,6 +39,12 @@ pub struct ProxyConfig {
     pub max_pending_logins: Option<usize>,
     /// The same per client address; `None`: no limit.
     pub max_pending_logins_per_ip: Option<usize>,
+    /// Cancel requests per second forwarded for one client key (bucket of 2 × rate);
+    /// `None`: no limit.
+    pub cancel_rate_per_key: Option<u32>,
+    /// Cancel requests per second from one client address (IPv6: one /64), whatever
+    /// their key (bucket of 2 × rate); `None`: no limit.
+    pub cancel_rate_per_ip: Option<u32>,
 }
 
 /// Default `max_client_message_buffer`: 1 MiB, the largest SQL text Sluice looks into.
@@ -75,6 +81,8 @@ impl Default for ProxyConfig {
             memory_budget_per_tenant: DEFAULT_MEMORY_BUDGET_PER_TENANT,
             max_pending_logins: Some(10_000),
             max_pending_logins_per_ip: Some(1000),
+            cancel_rate_per_key: Some(5),
+            cancel_rate_per_ip: Some(100),
         }
     }
 }

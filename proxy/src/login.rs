@@ -164,7 +164,7 @@ pub async fn establish(
         // Sluice can tell without asking one.
         if let Some(params) = pool.fresh_params().and_then(|f| greeting(&f, &settings)) {
             // No fixed backend: the process id in the client's key is Sluice's own.
-            let cancel = proxy.cancels.register(None);
+            let cancel = proxy.cancels.register(None, &tenant.id);
             greet(stream, &params, &cancel).await?;
             log_connection!(proxy, "session started (transaction mode)");
             return Ok(Session {
@@ -194,7 +194,7 @@ pub async fn establish(
         PoolMode::Session => conn.cancel_key.map(|key| key.pid),
         PoolMode::Transaction => None,
     };
-    let cancel = proxy.cancels.register(pid);
+    let cancel = proxy.cancels.register(pid, &tenant.id);
     if let Some(key) = conn.cancel_key {
         let cancelled = cancel.set_target(Some(CancelTarget {
             addr: conn.addr.clone(),

@@ -24,6 +24,7 @@ use wire::scan::Scanner;
 use wire::startup::CancelKey;
 
 use crate::admit::TenantGate;
+use crate::cancel::CancelHandle;
 use crate::farewell::LastWord;
 use crate::stream::ClientStream;
 use progress::Progress;
@@ -83,6 +84,9 @@ pub struct Watch<'a> {
     pub gate: &'a TenantGate,
     /// Where to send a cancel for a query that runs too long.
     pub cancel: Option<(Arc<BackendAddr>, CancelKey)>,
+    /// The client's own cancel key, told whether a request is running (a client's
+    /// cancel is forwarded only then).
+    pub client_key: &'a CancelHandle,
 }
 
 #[derive(Debug)]
@@ -144,7 +148,7 @@ pub async fn relay(
             &progress,
             &stop,
             (pool, tally),
-            epoch,
+            (epoch, watch.client_key),
             &mut last_word,
         )
         .await;
@@ -205,6 +209,14 @@ pub async fn relay(
         }
         _ => RelayEnd::ClientLeft(Release::Dirty),
     }
+}
+
+/// Whether the client has a request on the server that is not answered yet (what
+/// its own cancel may act on).
+fn request_running(progress: &Progress) -> bool {
+    progress.unsynced.load(Ordering::Acquire)
+        || progress.expected_ready.load(Ordering::Acquire)
+            > progress.seen_ready.load(Ordering::Acquire)
 }
 
 /// A read error that only says the client's connection ended.
@@ -375,6 +387,7 @@ where
         progress
             .client_boundary
             .store(scanner.at_boundary(), Ordering::Release);
+        watch.client_key.running(request_running(progress));
         let forward: &[u8] = if terminated {
             // Terminate is the client's last word: anything after it is a violation,
             // and the Terminate itself is Sluice's to act on, not the server's.
@@ -424,7 +437,7 @@ async fn server_to_client<R, W>(
     progress: &Progress,
     stop: &CancellationToken,
     (pool, tally): (&Pool, &Tally),
-    epoch: Instant,
+    (epoch, client_key): (Instant, &CancelHandle),
     last_word: &mut LastWord,
 ) -> (Ended, bool)
 where
@@ -489,6 +502,7 @@ where
         if let Err(e) = scanned {
             return (Ended::ServerFailed(e.to_string()), false);
         }
+        client_key.running(request_running(progress));
         last_word.chunk_ends(&buf);
         pool.stats
             .bytes_to_clients

@@ -102,7 +102,7 @@ pub async fn serve_connection(
                 return refuse(&proxy, stream, &err, admission.tenant.as_ref()).await;
             }
             Ok(Ok(Negotiated::Cancel { key, stream })) => {
-                return handle_cancel(&proxy, key, stream).await
+                return handle_cancel(&proxy, key, peer, stream).await
             }
             Ok(Ok(Negotiated::Tls(ClientHello {
                 tcp,
@@ -189,7 +189,7 @@ async fn session(
             return Box::pin(refuse(&proxy, stream, &err, admission.tenant.as_ref())).await
         }
         Ok(Negotiated::Cancel { key, stream }) => {
-            return Box::pin(handle_cancel(&proxy, key, stream)).await
+            return Box::pin(handle_cancel(&proxy, key, peer, stream)).await
         }
         Ok(Negotiated::Tls(_)) => unreachable!("the handshake is done"),
         Ok(Negotiated::Startup {
@@ -321,17 +321,17 @@ async fn reject(stream: Option<ClientStream>, err: &ClientError) {
     .await;
 }
 
-/// Carries out a CancelRequest, then closes its connection in order, as Postgres does:
-/// after the cancel was sent on (libpq takes the close as "processed"), and inside TLS
-/// with close_notify, so the client does not see a truncated stream.
-async fn handle_cancel(proxy: &Proxy, key: wire::startup::CancelKey, mut stream: ClientStream) {
-    match proxy.cancels.resolve(key) {
-        Some(target) => match cancel::forward(&target).await {
-            Ok(()) => tracing::info!(backend_pid = target.key.pid, "cancel request forwarded"),
-            Err(e) => tracing::warn!(error = %e, "forwarding cancel request failed"),
-        },
-        None => tracing::info!("cancel request with unknown key ignored"),
-    }
+/// Carries out a CancelRequest (or drops it: cancel.rs), then closes its connection in
+/// order, as Postgres does: after the cancel was sent on (libpq takes the close as
+/// "processed"), and inside TLS with close_notify, so the client does not see a
+/// truncated stream.
+async fn handle_cancel(
+    proxy: &Proxy,
+    key: wire::startup::CancelKey,
+    peer: SocketAddr,
+    mut stream: ClientStream,
+) {
+    cancel::carry_out(&proxy.cancels, &proxy.rejections, key, peer.ip()).await;
     let _ = tokio::time::timeout(REJECT_TIMEOUT, stream.shutdown()).await;
 }
 
@@ -360,6 +360,7 @@ async fn run_session(
         limits: &limits,
         gate: &gate,
         cancel: conn.cancel_key.map(|key| (conn.addr.clone(), key)),
+        client_key: &cancel,
     };
     let end = relay(
         &mut stream,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admit::Gates;
 use crate::auth::MockSecret;
-use crate::cancel::CancelRegistry;
+use crate::cancel::{CancelRates, CancelRegistry};
 use crate::config::ProxyConfig;
 use crate::memory::MemoryBudget;
 use crate::prelogin::PendingLogins;
@@ -52,6 +52,10 @@ impl Proxy {
         rejections: Arc<Rejections>,
     ) -> Self {
         let terminate = CancellationToken::new();
+        let cancels = Arc::new(CancelRegistry::new(CancelRates {
+            per_key: config.cancel_rate_per_key,
+            per_ip: config.cancel_rate_per_ip,
+        }));
         Proxy {
             rejections,
             gates: Arc::new(Gates::new(
@@ -69,7 +73,7 @@ impl Proxy {
             tls,
             catalog,
             pools,
-            cancels: Arc::new(CancelRegistry::default()),
+            cancels,
             mock_secret: MockSecret::random(),
             terminate,
             next_id: AtomicU64::new(1),

@@ -1,7 +1,7 @@
 //! Admission control: whether a connection may proceed before it costs a backend
 //! session or a password check.
 //!
-//! Three plain data structures, each deciding from its own state and a `now` passed in
+//! Plain data structures, each deciding from its own state and a `now` passed in
 //! by the caller, so they are deterministic and tested without a clock:
 //!
 //! - [`TokenBucket`]: connection-rate limiting, with FIFO reservations for callers that
@@ -9,6 +9,8 @@
 //! - [`FailedLogins`]: bans a (tenant, client address) pair after repeated failed
 //!   logins, in bounded memory.
 //! - [`AllowList`]: which client addresses a tenant accepts at all.
+//! - [`AddressBuckets`]: a token bucket per client address (IPv6 per /64), in bounded
+//!   memory, for requests that name no tenant (cancel requests).
 //!
 //! None of them lock: callers own them (typically behind a `Mutex`, one per tenant or
 //! one shared) and decide what a refusal means on the wire.
@@ -16,10 +18,12 @@
 mod bans;
 mod bucket;
 mod cidr;
+mod per_address;
 
 pub use bans::{Ban, BanPolicy, FailedLogins, DEFAULT_MAX_KEYS};
 pub use bucket::TokenBucket;
 pub use cidr::{AllowList, Cidr, CidrError};
+pub use per_address::{AddressBuckets, DEFAULT_MAX_ADDRESSES};
 
 /// What the admin API may ask of the data plane's admission gates (implemented by the
 /// proxy, which keeps a [`FailedLogins`] and a session token per tenant).

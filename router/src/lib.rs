@@ -13,11 +13,12 @@ pub mod tenant;
 pub mod tenant_id;
 
 pub use admission::{
-    AdmissionControl, AllowList, Ban, BanPolicy, Cidr, CidrError, FailedLogins, TokenBucket,
+    AddressBuckets, AdmissionControl, AllowList, Ban, BanPolicy, Cidr, CidrError, FailedLogins,
+    TokenBucket, DEFAULT_MAX_ADDRESSES,
 };
 pub use catalog::{Catalog, CatalogHandle};
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};
-pub use rejections::{Reason, Rejections, TenantLabels, Who};
+pub use rejections::{CancelOutcome, Reason, Rejections, TenantLabels, Who};
 pub use tenant::{
     Backend, BackendAddr, BackendTls, Limits, PoolMode, PoolSettings, SessionState, Tenant,
 };

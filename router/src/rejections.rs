@@ -1,5 +1,6 @@
-//! Why connections were turned away, counted per tenant, and the cap that keeps the
-//! number of per-tenant series bounded however many tenants there are.
+//! Why connections were turned away, counted per tenant, what became of cancel
+//! requests, and the cap that keeps the number of per-tenant series bounded however
+//! many tenants there are.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -95,6 +96,47 @@ impl Reason {
     }
 }
 
+/// What became of a CancelRequest (which gets no answer in the protocol either way).
+/// The label value is part of the metrics contract (docs/observability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CancelOutcome {
+    /// Sent on to the backend running the client's request.
+    Forwarded,
+    /// Meant to be forwarded, but the backend could not be reached in time.
+    Failed,
+    /// No live client has that key (a forged or stale one).
+    UnknownKey,
+    /// Over the per-address or the per-key rate: dropped.
+    RateLimited,
+    /// The client had no request running (or held no server connection): there was
+    /// nothing to cancel, so nothing was sent (Postgres ignores such a cancel too).
+    Idle,
+    /// A cancel for the same server connection was still on its way: not sent twice.
+    InFlight,
+}
+
+impl CancelOutcome {
+    pub const ALL: [CancelOutcome; 6] = [
+        CancelOutcome::Forwarded,
+        CancelOutcome::Failed,
+        CancelOutcome::UnknownKey,
+        CancelOutcome::RateLimited,
+        CancelOutcome::Idle,
+        CancelOutcome::InFlight,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelOutcome::Forwarded => "forwarded",
+            CancelOutcome::Failed => "failed",
+            CancelOutcome::UnknownKey => "unknown_key",
+            CancelOutcome::RateLimited => "rate_limited",
+            CancelOutcome::Idle => "idle",
+            CancelOutcome::InFlight => "in_flight",
+        }
+    }
+}
+
 /// Hands out per-tenant label values, first come first served, up to a cap; every
 /// tenant after that is labelled [`OTHER`]. A tenant keeps the label it got for the
 /// life of the process, so counters summed under a label never go backwards.
@@ -153,13 +195,15 @@ impl TenantLabels {
     }
 }
 
-/// Refused connections per (tenant label, reason), and failed password checks per
-/// tenant label. Updated once per refused connection, never on the relay path.
+/// Refused connections per (tenant label, reason), failed password checks per tenant
+/// label, and cancel requests per (tenant label, outcome). Updated once per refused
+/// connection or cancel request, never on the relay path.
 #[derive(Debug)]
 pub struct Rejections {
     labels: Arc<TenantLabels>,
     refused: DashMap<(Arc<str>, Reason), AtomicU64>,
     auth_failures: DashMap<Arc<str>, AtomicU64>,
+    cancels: DashMap<(Arc<str>, CancelOutcome), AtomicU64>,
 }
 
 /// Who a refused connection was for, as far as Sluice got.
@@ -178,6 +222,7 @@ impl Rejections {
             labels,
             refused: DashMap::new(),
             auth_failures: DashMap::new(),
+            cancels: DashMap::new(),
         }
     }
 
@@ -205,6 +250,32 @@ impl Rejections {
             .entry((label, reason))
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A cancel request and what became of it; `who` is the tenant of the client whose
+    /// key it carried (`Nobody` for a key no live client has).
+    pub fn record_cancel(&self, who: Who<'_>, outcome: CancelOutcome) {
+        self.cancels
+            .entry((self.label(who), outcome))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (tenant label, outcome, count), sorted.
+    pub fn cancels(&self) -> Vec<(Arc<str>, CancelOutcome, u64)> {
+        let mut all: Vec<_> = self
+            .cancels
+            .iter()
+            .map(|e| {
+                (
+                    e.key().0.clone(),
+                    e.key().1,
+                    e.value().load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        all.sort();
+        all
     }
 
     /// (tenant label, reason, count), sorted.
@@ -317,6 +388,34 @@ mod tests {
         assert_eq!(
             rejections.refused_for(&id("acme")),
             vec![(Reason::AuthFailed, 1)]
+        );
+    }
+
+    #[test]
+    fn cancels_are_counted_by_tenant_and_outcome() {
+        let rejections = Rejections::new(Arc::new(TenantLabels::new(1)));
+        rejections.record_cancel(Who::Nobody, CancelOutcome::UnknownKey);
+        rejections.record_cancel(Who::Tenant(&id("acme")), CancelOutcome::Forwarded);
+        rejections.record_cancel(Who::Tenant(&id("acme")), CancelOutcome::RateLimited);
+        rejections.record_cancel(Who::Tenant(&id("acme")), CancelOutcome::RateLimited);
+        rejections.record_cancel(Who::Tenant(&id("globex")), CancelOutcome::Idle);
+        let counted: Vec<(String, &str, u64)> = rejections
+            .cancels()
+            .into_iter()
+            .map(|(t, o, n)| (t.to_string(), o.as_str(), n))
+            .collect();
+        assert_eq!(
+            counted,
+            vec![
+                ("_none".into(), "unknown_key", 1),
+                ("_other".into(), "idle", 1),
+                ("acme".into(), "forwarded", 1),
+                ("acme".into(), "rate_limited", 2),
+            ]
+        );
+        assert!(
+            rejections.refused().is_empty(),
+            "a cancel is no refused login"
         );
     }
 }

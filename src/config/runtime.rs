@@ -68,6 +68,8 @@ impl Config {
             memory_budget_per_tenant: bytes(p.memory_budget_per_tenant),
             max_pending_logins: cap(p.max_pending_logins),
             max_pending_logins_per_ip: cap(p.max_pending_logins_per_ip),
+            cancel_rate_per_key: (p.cancel_rate_per_key > 0).then_some(p.cancel_rate_per_key),
+            cancel_rate_per_ip: (p.cancel_rate_per_ip > 0).then_some(p.cancel_rate_per_ip),
         };
         let admin = AdminConfig {
             listen: self.admin.listen.parse().expect("validated"),

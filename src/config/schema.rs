@@ -222,6 +222,10 @@ pub struct ProxySection {
     pub max_pending_logins: u64,
     /// The same per client address. 0 = no limit.
     pub max_pending_logins_per_ip: u64,
+    /// Cancel requests forwarded per second for one client key; 0 = no limit.
+    pub cancel_rate_per_key: u32,
+    /// Cancel requests per second from one client address (IPv6: /64); 0 = no limit.
+    pub cancel_rate_per_ip: u32,
 }
 
 impl Default for ProxySection {
@@ -243,6 +247,8 @@ impl Default for ProxySection {
             memory_budget_per_tenant: proxy::config::DEFAULT_MEMORY_BUDGET_PER_TENANT as u64,
             max_pending_logins: 10_000,
             max_pending_logins_per_ip: 1000,
+            cancel_rate_per_key: 5,
+            cancel_rate_per_ip: 100,
         }
     }
 }

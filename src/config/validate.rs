@@ -151,6 +151,16 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "must be at least memory_budget_per_tenant",
         ));
     }
+    if proxy.cancel_rate_per_ip > 0 && proxy.cancel_rate_per_ip < proxy.cancel_rate_per_key {
+        problems.push(Problem::new(
+            vec![Key("proxy"), Key("cancel_rate_per_ip")],
+            format!(
+                "must be 0 (no limit) or at least cancel_rate_per_key ({}): one client's \
+                 cancels would hit the address's limit first",
+                proxy.cancel_rate_per_key
+            ),
+        ));
+    }
     if proxy.login_timeout_ms == 0 {
         problems.push(Problem::new(
             vec![Key("proxy"), Key("login_timeout_ms")],
@@ -445,6 +455,38 @@ auth_password_file = "acme.pw"
         let text = GOOD.replace("host = \"/run/acme\"", "host = \"/run/acme\"\nport = \"x\"");
         let errs = Config::parse(&text, Path::new("/")).unwrap_err();
         assert_eq!(errs[0].key, "tenants[0].backend.port", "{errs:?}");
+    }
+
+    #[test]
+    fn cancel_rates_default_and_go_together() {
+        let c = Config::parse(GOOD, Path::new("/")).unwrap();
+        assert_eq!(
+            (c.proxy.cancel_rate_per_key, c.proxy.cancel_rate_per_ip),
+            (5, 100)
+        );
+        let rates = |text: &str| {
+            let p = Config::parse(text, Path::new("/")).unwrap().proxy;
+            (p.cancel_rate_per_key, p.cancel_rate_per_ip)
+        };
+        let text = GOOD.replace(
+            "sni_suffix = ",
+            "cancel_rate_per_key = 0\ncancel_rate_per_ip = 0\nsni_suffix = ",
+        );
+        assert_eq!(rates(&text), (0, 0), "0 switches both off");
+        let text = GOOD.replace(
+            "sni_suffix = ",
+            "cancel_rate_per_key = 20\ncancel_rate_per_ip = 10\nsni_suffix = ",
+        );
+        let errs = Config::parse(&text, Path::new("/")).unwrap_err();
+        assert_eq!(errs[0].key, "proxy.cancel_rate_per_ip", "{errs:?}");
+        assert!(errs[0]
+            .message
+            .contains("at least cancel_rate_per_key (20)"));
+        let text = GOOD.replace(
+            "sni_suffix = ",
+            "cancel_rate_per_key = 0\ncancel_rate_per_ip = 10\nsni_suffix = ",
+        );
+        assert_eq!(rates(&text), (0, 10), "a per-address limit alone is fine");
     }
 
     #[test]

@@ -264,6 +264,8 @@ impl Client<'_> {
         let mut written = 0;
         if let Some(a) = attached.as_mut() {
             a.writing = true;
+            // From now on the client's own cancel may act on what it sent.
+            self.cancel.running(a.in_flight() || a.unsynced);
         }
         while written < bytes.len() {
             let a = attached.as_mut()?;

@@ -150,6 +150,7 @@ impl Client<'_> {
             }
             pos = end;
         }
+        self.cancel.running(a.in_flight() || a.unsynced);
         let result = if kept_from == 0 {
             self.stream.write_all(&a.buf[..pos]).await
         } else {
