@@ -1,5 +1,5 @@
 //! Everything that can end a client connection, and the one place that turns it into
-//! what the client reads (SQLSTATEs from DESIGN.md §4).
+//! what the client reads (the documented SQLSTATEs, docs/limits.md and docs/auth.md).
 
 use crate::memory::Exhausted;
 use bytes::BytesMut;

@@ -49,7 +49,7 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// DESIGN.md §4's defaults.
+    /// The documented defaults (configs/sluice.example.toml).
     fn default() -> Self {
         Limits {
             query_timeout: None,
