@@ -257,6 +257,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         catalog.clone(),
         proxy.pools.clone(),
         proxy.rejections.clone(),
+        proxy.memory.clone(),
         plane.clone(),
         hint,
     )

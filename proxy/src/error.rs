@@ -1,8 +1,8 @@
 //! Everything that can end a client connection, and the one place that turns it into
 //! what the client reads (the documented SQLSTATEs, docs/limits.md and docs/auth.md).
 
-use crate::memory::Exhausted;
 use bytes::BytesMut;
+use router::memory::Exhausted;
 use router::Reason;
 use wire::messages::{self, ErrorFields, Severity};
 

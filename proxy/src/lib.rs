@@ -36,7 +36,6 @@ mod farewell;
 mod goodbye;
 pub mod listener;
 pub mod login;
-pub mod memory;
 pub mod negotiate;
 pub mod params;
 pub mod prelogin;

@@ -15,10 +15,10 @@ use crate::admit::Gates;
 use crate::auth::MockSecret;
 use crate::cancel::{CancelRates, CancelRegistry};
 use crate::config::ProxyConfig;
-use crate::memory::MemoryBudget;
 use crate::prelogin::PendingLogins;
 use crate::secrets::SecretCache;
 use crate::tls::ServerTls;
+use router::memory::MemoryBudget;
 
 /// What connection tasks share. Built once; the catalog inside swaps snapshots.
 #[derive(Debug)]

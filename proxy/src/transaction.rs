@@ -34,12 +34,12 @@ use wire::messages::tag;
 use crate::error::ClientError;
 use crate::goodbye::{tell_and_close, terminated, REJECT_TIMEOUT};
 use crate::login::Session;
-use crate::memory::Exhausted;
 use crate::relay::Tally;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
 use attached::{header_at, read_server, Attached, READ_BUFFER};
 use client::{Client, End, SETTABLE_REPORTED};
+use router::memory::Exhausted;
 use statements::ClientStatements;
 
 /// The read buffer of a client that is idle (nothing buffered, no server attached):

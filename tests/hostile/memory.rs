@@ -304,6 +304,18 @@ fn a_message_that_must_be_held_whole_is_capped() {
     });
 }
 
+/// `sluice_client_memory_bytes` of `tenant` on /metrics (0 without a series).
+fn memory_gauge(env: &TwoTenants, tenant: &str) -> f64 {
+    let scrape = testkit::http::get(env.sluice.admin_addr, "/metrics", None);
+    assert_eq!(scrape.status, 200);
+    let series = format!("sluice_client_memory_bytes{{tenant=\"{tenant}\"}} ");
+    scrape
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
 /// Partial messages held by many clients are charged to their tenant's share of the
 /// memory budget: past it a client gets 53200 and only it goes; small messages are
 /// never charged, and the other tenant's large messages still fit the process budget.
@@ -343,6 +355,12 @@ fn the_memory_budget_has_a_share_per_tenant() {
             }
         }
         let refused = refused.expect("the third holder is past acme's 2 MiB share");
+        // What the two holders hold is on /metrics.
+        let held = memory_gauge(&env, "acme");
+        assert!(
+            (1_700_000.0..=2_097_152.0).contains(&held),
+            "sluice_client_memory_bytes{{tenant=\"acme\"}} = {held}"
+        );
         assert_eq!(holders.len(), 2, "two fit in 2 MiB");
         assert_eq!(refused.code, "53200", "{refused:?}");
         assert!(
@@ -360,6 +378,11 @@ fn the_memory_budget_has_a_share_per_tenant() {
         // The holders that fit are still connected, and their charge goes with them.
         drop(holders);
         tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            memory_gauge(&env, "acme"),
+            0.0,
+            "the holders' charge was given back"
+        );
         let mut c = RawClient::login(&env.target("acme"), Transport::Tls)
             .await
             .unwrap();

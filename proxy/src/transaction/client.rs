@@ -15,11 +15,11 @@ use super::statements::ClientStatements;
 use crate::admit::TenantGate;
 use crate::cancel::CancelHandle;
 use crate::error::ClientError;
-use crate::memory::Grant;
 use crate::relay::Tally;
 use crate::session_state::PinReason;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
+use router::memory::Grant;
 
 /// Reported parameters a client may change with SET, and so may differ between the
 /// client's view and a server connection's.

@@ -1,5 +1,6 @@
 //! The memory clients can make Sluice hold, bounded: a process-wide budget with a share
-//! per tenant ([`MemoryBudget`]), drawn on by each client through a [`Grant`].
+//! per tenant ([`MemoryBudget`]), drawn on by each client through a [`Grant`]. The
+//! proxy draws on it; the admin listener reports it (`/metrics`).
 //!
 //! What is charged is what a client chooses the size of: a client message held whole
 //! beyond the read buffer every busy client has anyway (a message over
@@ -12,8 +13,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::TenantId;
 use dashmap::DashMap;
-use router::TenantId;
 
 /// The budget and what is drawn on it, process-wide and per tenant.
 #[derive(Debug)]
@@ -54,6 +55,14 @@ impl MemoryBudget {
 
     pub fn per_tenant(&self) -> usize {
         self.per_tenant
+    }
+
+    /// Bytes drawn now by each tenant that has drawn any since it was first seen.
+    pub fn tenants(&self) -> Vec<(TenantId, usize)> {
+        self.tenants
+            .iter()
+            .map(|t| (t.key().clone(), t.value().load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Bytes drawn by `tenant` now.
