@@ -29,6 +29,7 @@ fn catalog(size: usize) -> Catalog {
         tls: BackendTls::Disable,
         tls_ca: None,
         auth_user: "sluice_auth".into(),
+        allow_auth_user_login: false,
         auth_password: "secret".into(),
         auth_database: "postgres".into(),
         auth_query: router::tenant::DEFAULT_AUTH_QUERY.into(),

@@ -209,6 +209,7 @@ async fn seed_marker(id: &str, tenant: &Value, password: &str) -> anyhow::Result
         tls: router::BackendTls::Require,
         tls_ca: None,
         auth_user: String::new(),
+        allow_auth_user_login: false,
         auth_password: String::new(),
         auth_database: String::new(),
         auth_query: String::new(),

@@ -123,7 +123,46 @@ fn drivers(runtime: &Runtime) -> Drivers {
     drivers
 }
 
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit, so that the proxy can
+/// hold as many sockets as the system lets it (every client, pre-login or not, and
+/// every server connection is a file descriptor; the usual soft default is 1024).
+/// Says what it did, and warns when the limit is below what `[proxy]` allows.
+fn raise_open_files_limit(proxy: &proxy::ProxyConfig) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => return tracing::warn!(error = %e, "cannot read the open-files limit"),
+    };
+    let now = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "raised the open-files limit");
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let wanted = proxy
+        .max_client_connections
+        .unwrap_or(0)
+        .saturating_add(proxy.max_pending_logins.unwrap_or(0));
+    if (now as u128) < wanted as u128 {
+        tracing::warn!(
+            open_files = now,
+            wanted,
+            "the open-files limit is below max_client_connections + max_pending_logins; \
+             accepting fails past it (raise the hard limit, e.g. LimitNOFILE= in systemd)"
+        );
+    }
+}
+
 pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
+    raise_open_files_limit(&runtime.proxy);
     let tls = runtime
         .proxy
         .tls
@@ -218,6 +257,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         catalog.clone(),
         proxy.pools.clone(),
         proxy.rejections.clone(),
+        proxy.memory.clone(),
         plane.clone(),
         hint,
     )

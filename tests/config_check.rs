@@ -1,5 +1,5 @@
 //! `sluice config check FILE` and `sluice serve --config FILE` on good and bad configs,
-//! run as processes (DESIGN.md §4: "validates a config and prints what is wrong, with
+//! run as processes (the CLI contract: "validates a config and prints what is wrong, with
 //! line numbers"; "unknown keys are errors").
 
 use std::path::{Path, PathBuf};

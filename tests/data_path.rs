@@ -148,12 +148,16 @@ async fn rejections_carry_the_designed_sqlstates() {
     assert_eq!(sqlstate(&err), "28P01", "{err}");
     assert!(message(&err).contains("password authentication failed for user \"nobody\""));
 
-    // The auth role's secret is not served to clients (the lookup excludes it only if
-    // superuser, but a wrong password is still wrong).
+    // The tenant's auth_user is Sluice's own role: no client logs in as it (unless the
+    // tenant allows it), whatever the password; tests/hostile/prelogin.rs has more.
     let mut auth_user = env.target("acme");
     auth_user.user = "sluice_auth".into();
     let err = pg_connect(&auth_user).await.unwrap_err();
-    assert_eq!(sqlstate(&err), "28P01", "{err}");
+    assert_eq!(sqlstate(&err), "28000", "{err}");
+    assert_eq!(
+        message(&err),
+        "role \"sluice_auth\" is Sluice's auth_user and cannot log in through Sluice"
+    );
 
     // A database that does not exist: the backend's own answer reaches the client.
     let mut no_db = env.target("globex");

@@ -1,5 +1,5 @@
 //! Malformed and hostile input at Sluice's front door, over real sockets to a real
-//! `sluice serve` process (DESIGN.md §1: "malformed input from any peer yields an
+//! `sluice serve` process (the design's rule: "malformed input from any peer yields an
 //! error and a closed connection, never a panic, a hang, or an allocation sized by an
 //! untrusted length field"; "no bytes before TLS"; "every rejection is a readable
 //! ErrorResponse").

@@ -59,13 +59,14 @@ pub struct Admin {
 
 impl Admin {
     /// Binds `config.listen`, loads the bootstrap key and, with a reachable control
-    /// store, stores it there and accepts the store's keys. `catalog`, `pools` and
-    /// `rejections` are the data plane's own handles.
+    /// store, stores it there and accepts the store's keys. `catalog`, `pools`,
+    /// `rejections` and `memory` are the data plane's own handles.
     pub async fn bind(
         config: &AdminConfig,
         catalog: Arc<router::CatalogHandle>,
         pools: Arc<pooler::Pools>,
         rejections: Arc<router::Rejections>,
+        memory: Arc<router::MemoryBudget>,
         plane: Plane,
         hint: Option<ConnectionHint>,
     ) -> anyhow::Result<Admin> {
@@ -82,6 +83,7 @@ impl Admin {
             catalog,
             pools,
             rejections,
+            memory,
             admin_requests: admin_requests.clone(),
             jobs: Arc::new(metrics::JobCounts::default()),
         };

@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use router::{CatalogHandle, Rejections};
+use router::{CatalogHandle, MemoryBudget, Rejections};
 
 /// The OpenMetrics content type `/metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -70,6 +70,7 @@ pub struct Sources {
     pub catalog: Arc<CatalogHandle>,
     pub pools: Arc<Pools>,
     pub rejections: Arc<Rejections>,
+    pub memory: Arc<MemoryBudget>,
     pub admin_requests: Arc<AdminRequests>,
     pub jobs: Arc<JobCounts>,
 }
@@ -299,6 +300,28 @@ impl Collector for DataPlane {
             let labels = [("tenant", &*tenant), ("reason", reason.as_str())];
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
+        let memory = &self.0.memory;
+        let mut family = encoder.encode_descriptor(
+            "client_memory_bytes",
+            "Bytes clients make Sluice hold beyond their read buffers (messages held whole, statement texts), drawn on [proxy] memory_budget",
+            None,
+            MetricType::Gauge,
+        )?;
+        let mut by_label: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        for (tenant, bytes) in memory.tenants() {
+            *by_label
+                .entry(rejections.labels().label(&tenant))
+                .or_default() += bytes as u64;
+        }
+        for (tenant, bytes) in &by_label {
+            gauge(*bytes).encode(family.encode_family(&[("tenant", &**tenant)])?)?;
+        }
+        gauge(memory.limit() as u64).encode(encoder.encode_descriptor(
+            "client_memory_budget_bytes",
+            "[proxy] memory_budget: what all clients together may make Sluice hold",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let mut family = encoder.encode_descriptor(
             "cancel_requests",
             "Cancel requests by what became of them",

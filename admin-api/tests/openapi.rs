@@ -571,6 +571,7 @@ fn schemas_match_the_serde_structs() {
         driver: "static".into(),
         address: address.map(str::to_owned),
         tls: "verify-full".into(),
+        allow_auth_user_login: false,
     };
     check(
         "Backend",
@@ -759,6 +760,7 @@ fn backend_record(admin_user: Option<&str>) -> BackendRecord {
         admin_user: admin_user.map(str::to_owned),
         admin_database: admin_user.map(|_| "postgres".to_owned()),
         auth_user: "sluice".into(),
+        allow_auth_user_login: false,
         auth_database: "postgres".into(),
         auth_query: None,
         params: Value::Null,
@@ -836,8 +838,9 @@ fn bind(
         sni_suffix: SNI_SUFFIX.into(),
         port: 6432,
     });
+    let memory = router::MemoryBudget::new(1 << 30, 1 << 28);
     rt.block_on(Admin::bind(
-        &config, catalog, pools, rejections, plane, hint,
+        &config, catalog, pools, rejections, memory, plane, hint,
     ))
     .unwrap()
 }
@@ -1181,7 +1184,7 @@ fn live_answers_match_the_document() {
     assert_eq!(pending["tenant"]["status"], "provisioning");
     assert_eq!(
         pending["tenant"]["backend"],
-        json!({"driver": "stuck", "address": null, "tls": "require"})
+        json!({"driver": "stuck", "address": null, "tls": "require", "allow_auth_user_login": false})
     );
     assert_eq!(
         (&pending["job"]["kind"], &pending["job"]["state"]),
@@ -1481,7 +1484,7 @@ fn tenants_read_and_changed(live: &mut Live, world: &World) {
         (
             &json!("active"),
             &Value::Null,
-            &json!({"driver": "config", "address": "127.0.0.1:1", "tls": "disable"})
+            &json!({"driver": "config", "address": "127.0.0.1:1", "tls": "disable", "allow_auth_user_login": false})
         )
     );
     assert_eq!(
@@ -1755,7 +1758,7 @@ fn the_story(live: &mut Live, world: &World) -> LocalDriver {
     assert_eq!(shop["status"], "active");
     assert_eq!(
         shop["backend"],
-        json!({"driver": "static", "address": format!("127.0.0.1:{}", backend.port), "tls": "require"})
+        json!({"driver": "static", "address": format!("127.0.0.1:{}", backend.port), "tls": "require", "allow_auth_user_login": false})
     );
     assert_eq!(shop["pool"]["size"], 5);
     assert_eq!(

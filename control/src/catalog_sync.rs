@@ -123,6 +123,7 @@ pub fn materialize(
             },
             tls_ca: b.tls_ca.clone(),
             auth_user: b.auth_user.clone(),
+            allow_auth_user_login: b.allow_auth_user_login,
             auth_password: auth_password.to_owned(),
             auth_database: b.auth_database.clone(),
             auth_query: b

@@ -85,6 +85,7 @@ fn record(id: &str, plan: Option<String>, pool: PoolPatch, limits: LimitsPatch) 
             admin_user: Some("postgres".into()),
             admin_database: None,
             auth_user: "sluice_auth".into(),
+            allow_auth_user_login: false,
             auth_database: "postgres".into(),
             auth_query: None,
             params: Value::Null,

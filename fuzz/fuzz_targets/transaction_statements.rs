@@ -7,8 +7,13 @@
 //! copied); it needs only `bytes`, `pooler::PreparedSet` and `wire`.
 //!
 //! Input: a flags byte (bits 0-1: each server's `max_prepared_statements` - 1, so
-//! evictions happen; bit 2: two clients; bits 3-4: extra servers), then the client
-//! stream. Each message goes through `answer_locally` while the client holds no server,
+//! evictions happen; bit 2: two clients; bits 3-4: extra servers; bit 5: messages are
+//! "too large to hold"), then the client stream. With bit 5, a Query, FunctionCall,
+//! CopyData or Bind with a body over 16 bytes goes through `stream_head` as the relay
+//! streams a message over `max_client_message_buffer`: first with a head cut short by
+//! the input (a Bind whose names are not all there must wait), then whole; what it
+//! writes followed by the rest of the body is what the server gets, and must pass the
+//! same checks. Each message goes through `answer_locally` while the client holds no server,
 //! else (or when that declines) through `rewrite` on the server attached for it. After
 //! each Sync, Query or FunctionCall the server is given back (as at ReadyForQuery 'I')
 //! and the other client, if any, goes next; each attach takes a server in turn, shifted
@@ -26,7 +31,10 @@
 //!   unnamed statement a client Binds is its own, or none at all;
 //! - the queue of expected answers (`Pending`) matches the messages sent, in order;
 //! - what `answer_locally` answers is exactly one ParseComplete, CloseComplete or
-//!   ReadyForQuery 'I' where those are due, and nothing when it declines.
+//!   ReadyForQuery 'I' where those are due, and nothing when it declines;
+//! - the statement text kept for a client (`held_bytes`, what its memory grant is
+//!   charged) never exceeds what its Parse messages carried, and is nothing once it
+//!   ran `DISCARD ALL`.
 #![no_main]
 
 use std::collections::{HashSet, VecDeque};
@@ -238,6 +246,8 @@ fuzz_target!(|data: &[u8]| {
     let capacity = usize::from(flags & 3) + 1;
     let n_clients = 1 + usize::from(flags >> 2 & 1);
     let n_servers = 1 + usize::from(flags >> 3 & 1) + usize::from(flags >> 4 & 1);
+    let streamed = flags >> 5 & 1 == 1;
+    let mut parsed_bytes = vec![0usize; n_clients];
 
     let mut servers: Vec<Server> = (0..n_servers)
         .map(|_| Server {
@@ -258,6 +268,11 @@ fuzz_target!(|data: &[u8]| {
 
     for frame in frames_of_input(stream) {
         let client = &mut clients[me];
+        if frame.tag == tag::PARSE {
+            // Its text and parameter types, and a server name of at most
+            // `sluice_<u64>_<u64>`.
+            parsed_bytes[me] += frame.body.len() + 48;
+        }
         if client.attached.is_none() {
             let mut local = BytesMut::new();
             let answered = client.statements.answer_locally(&frame, &mut local);
@@ -284,7 +299,31 @@ fuzz_target!(|data: &[u8]| {
             copy_in: &mut att.copy_in,
             unnamed_here: &mut att.unnamed_here,
         };
-        client.statements.rewrite(&frame, &mut conv, &mut sent);
+        let streamable = matches!(
+            frame.tag,
+            tag::QUERY | tag::FUNCTION_CALL | tag::COPY_DATA | tag::BIND
+        );
+        if streamed && streamable && frame.body.len() > 16 {
+            let body = &frame.body;
+            let cut = usize::from(body[0]) % body.len();
+            let statements = &mut client.statements;
+            let head =
+                statements.stream_head(frame.tag, body.len(), &body[..cut], &mut conv, &mut sent);
+            let replaced = match head {
+                Some(replaced) => Some(replaced),
+                None => {
+                    assert!(sent.is_empty(), "wrote something for an incomplete head");
+                    assert_eq!(frame.tag, tag::BIND, "only a Bind waits for its head");
+                    // A Bind without both names is refused by the relay (54000).
+                    statements.stream_head(frame.tag, body.len(), body, &mut conv, &mut sent)
+                }
+            };
+            if let Some(replaced) = replaced {
+                sent.extend_from_slice(&body[replaced..]);
+            }
+        } else {
+            client.statements.rewrite(&frame, &mut conv, &mut sent);
+        }
         match frame.tag {
             tag::PARSE => {
                 if let Ok(p) = messages::parse_parse(&frame.body) {
@@ -293,6 +332,13 @@ fuzz_target!(|data: &[u8]| {
             }
             tag::QUERY => client.has_unnamed = false,
             _ => {}
+        }
+        assert!(
+            client.statements.held_bytes() <= parsed_bytes[me],
+            "more statement text kept than was sent"
+        );
+        if frame.tag == tag::QUERY && frame.body.eq_ignore_ascii_case(b"discard all\0") {
+            assert_eq!(client.statements.held_bytes(), 0, "DISCARD ALL kept text");
         }
         follow(sent, me, client, server, &mut att);
         if matches!(frame.tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL) {

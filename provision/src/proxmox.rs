@@ -1,6 +1,6 @@
 //! The `proxmox` driver: one unprivileged LXC container per tenant on a Proxmox VE
 //! cluster, through its HTTP API with an API token. The path past one machine: Proxmox is
-//! the cluster. Operators' guide: docs/drivers.md; API facts: shared/proxmox-api.md.
+//! the cluster. Operators' guide, with the API calls it makes: docs/drivers.md.
 //!
 //! A tenant's container is created from an `ostemplate` (a template with PostgreSQL,
 //! see docs/drivers.md) on the node with the most free memory, with the plan's cores,

@@ -5,6 +5,7 @@
 //! limits follow the catalog live (see [`Gates::apply`]).
 //!
 //! What is refused where (docs/limits.md):
+//! - accept: `max_pending_logins` and its per-address cap (53300, prelogin.rs);
 //! - process: `max_client_connections` (53300), `max_concurrent_logins` (wait);
 //! - tenant, as soon as it is known (ClientHello for SNI, else the startup packet):
 //!   concurrent logins (wait), allow-list (28000), ban (28P01), connect rate (53400;
@@ -24,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ClientError;
+use crate::prelogin::PendingSlot;
 
 /// Most (tenant, address) pairs a tenant tracks failed logins for.
 const MAX_TRACKED_ADDRESSES: usize = 10_000;
@@ -39,6 +41,8 @@ pub struct Admission {
     /// A refusal decided before the client could be told (before TLS finished).
     pub refusal: Option<ClientError>,
     pub process: Option<ProcessSlot>,
+    /// Held from accept until the password is proved (prelogin.rs).
+    pub pending: Option<PendingSlot>,
 }
 
 impl Admission {

@@ -99,6 +99,7 @@ async fn scram(
     send(stream, &mut out).await?;
 
     let client_final = read_password_message(stream, &mut inbuf).await?;
+    nothing_after_the_last(&inbuf)?;
     let outcome = server
         .handle_client_final(&client_final)
         .map_err(|e| scram_error(e, role))?;
@@ -131,6 +132,7 @@ async fn md5(
     send(stream, &mut out).await?;
     let mut inbuf = BytesMut::new();
     let body = read_password_message(stream, &mut inbuf).await?;
+    nothing_after_the_last(&inbuf)?;
     let answer = body.strip_suffix(&[0]).unwrap_or(&body);
     let matches = |stored: &str| {
         let expected = wire::md5::md5_response(stored, salt);
@@ -156,12 +158,22 @@ async fn send(stream: &mut ClientStream, out: &mut BytesMut) -> Result<(), Clien
     Ok(())
 }
 
-/// Reads one PasswordMessage-family ('p') message; anything else ends the exchange.
+/// Reads one PasswordMessage-family ('p') message; anything else ends the exchange
+/// with 08P01 as soon as its first byte is in: a typed message of another kind, or an
+/// untyped startup-phase packet (a second StartupMessage or an SSLRequest sent in the
+/// middle of SCRAM, whose first byte is the high byte of its length, 0). Such a packet
+/// never gets as far as being read whole, so it cannot hold the login until its
+/// timeout, let alone start another one.
 async fn read_password_message(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<bytes::Bytes, ClientError> {
     loop {
+        if let Some(&first) = buf.first() {
+            if first != tag::PASSWORD_MESSAGE && first != tag::TERMINATE {
+                return Err(out_of_phase(first));
+            }
+        }
         match split_frame(buf, AUTH_FRAME_LIMIT) {
             Ok(Some(frame)) if frame.tag == tag::PASSWORD_MESSAGE => return Ok(frame.body),
             Ok(Some(frame)) if frame.tag == tag::TERMINATE => {
@@ -169,12 +181,7 @@ async fn read_password_message(
                     "client ended the authentication".into(),
                 ))
             }
-            Ok(Some(frame)) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected a password message, got {:?}",
-                    frame.tag as char
-                )))
-            }
+            Ok(Some(frame)) => return Err(out_of_phase(frame.tag)),
             Ok(None) => {}
             Err(e) => return Err(ClientError::Protocol(e.to_string())),
         }
@@ -183,5 +190,92 @@ async fn read_password_message(
                 "client closed during authentication".into(),
             ));
         }
+    }
+}
+
+/// The error for a message that has no place in the authentication exchange, named
+/// by its first byte.
+fn out_of_phase(first: u8) -> ClientError {
+    ClientError::Protocol(match first {
+        0 => "expected a password message, got a startup packet".to_owned(),
+        b' '..=b'~' => format!("expected a password message, got {:?}", first as char),
+        other => format!("expected a password message, got byte 0x{other:02x}"),
+    })
+}
+
+/// After the client's last authentication message nothing may follow before Sluice
+/// has answered it: bytes already there are out of phase (08P01), not a query to keep.
+fn nothing_after_the_last(buf: &BytesMut) -> Result<(), ClientError> {
+    match buf.first() {
+        None => Ok(()),
+        Some(&first) => Err(ClientError::Protocol(match first {
+            0 => "unexpected startup packet after the authentication response".to_owned(),
+            _ => "unexpected data after the authentication response".to_owned(),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Feeds `bytes` to [`read_password_message`] over a loopback TCP connection whose
+    /// client keeps it open, and returns what it made of them.
+    async fn read_after(bytes: &[u8]) -> Result<bytes::Bytes, ClientError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(bytes).await.unwrap();
+        let mut stream = ClientStream::Plain(server);
+        let mut buf = BytesMut::new();
+        // The client stays open: only the bytes can end the read, not an EOF.
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            read_password_message(&mut stream, &mut buf),
+        )
+        .await
+        .expect("read_password_message waited for more instead of refusing");
+        drop(client);
+        result
+    }
+
+    fn protocol_message(result: Result<bytes::Bytes, ClientError>) -> String {
+        match result {
+            Err(ClientError::Protocol(message)) => message,
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_startup_packet_or_ssl_request_mid_scram_is_refused_at_its_first_byte() {
+        let mut startup = BytesMut::new();
+        wire::startup::encode_startup(&[("user", "postgres"), ("database", "x")], &mut startup);
+        let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        for bytes in [&startup[..], &ssl_request[..], &ssl_request[..1]] {
+            let message = protocol_message(read_after(bytes).await);
+            assert_eq!(message, "expected a password message, got a startup packet");
+        }
+        let err = ClientError::Protocol(String::new());
+        assert_eq!(err.sqlstate_and_message().0, "08P01");
+    }
+
+    #[tokio::test]
+    async fn other_typed_messages_are_refused_and_password_messages_read() {
+        let message = protocol_message(read_after(b"Q\0\0\0\x0dselect 1\0").await);
+        assert_eq!(message, "expected a password message, got 'Q'");
+        let message = protocol_message(read_after(&[0xff]).await);
+        assert_eq!(message, "expected a password message, got byte 0xff");
+        let body = read_after(b"p\0\0\0\x08abc\0").await.unwrap();
+        assert_eq!(&body[..], b"abc\0");
+    }
+
+    #[test]
+    fn bytes_after_the_last_message_are_out_of_phase() {
+        assert!(nothing_after_the_last(&BytesMut::new()).is_ok());
+        assert!(nothing_after_the_last(&BytesMut::from(&b"Q"[..])).is_err());
+        assert!(nothing_after_the_last(&BytesMut::from(&[0u8, 0, 0, 8][..])).is_err());
     }
 }

@@ -27,6 +27,18 @@ pub struct ProxyConfig {
     pub max_client_connections: Option<usize>,
     /// Logins in progress at once, whole process.
     pub max_concurrent_logins: usize,
+    /// The largest client message held whole; larger ones are streamed to the server
+    /// (Query, FunctionCall, CopyData, Bind) or refused with 54000.
+    pub max_client_message_buffer: usize,
+    /// Bytes all clients together may make Sluice hold (memory.rs).
+    pub memory_budget: usize,
+    /// Bytes the clients of one tenant may make Sluice hold.
+    pub memory_budget_per_tenant: usize,
+    /// Connections between accept and a proved password, whole process; `None`: no
+    /// limit (prelogin.rs).
+    pub max_pending_logins: Option<usize>,
+    /// The same per client address; `None`: no limit.
+    pub max_pending_logins_per_ip: Option<usize>,
     /// Cancel requests per second forwarded for one client key (bucket of 2 × rate);
     /// `None`: no limit.
     pub cancel_rate_per_key: Option<u32>,
@@ -34,6 +46,13 @@ pub struct ProxyConfig {
     /// their key (bucket of 2 × rate); `None`: no limit.
     pub cancel_rate_per_ip: Option<u32>,
 }
+
+/// Default `max_client_message_buffer`: 1 MiB, the largest SQL text Sluice looks into.
+pub const DEFAULT_MAX_CLIENT_MESSAGE_BUFFER: usize = 1 << 20;
+/// Default `memory_budget`: 1 GiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
+/// Default `memory_budget_per_tenant`: 256 MiB.
+pub const DEFAULT_MEMORY_BUDGET_PER_TENANT: usize = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -57,6 +76,11 @@ impl Default for ProxyConfig {
             log_connections: true,
             max_client_connections: Some(100_000),
             max_concurrent_logins: 1000,
+            max_client_message_buffer: DEFAULT_MAX_CLIENT_MESSAGE_BUFFER,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            memory_budget_per_tenant: DEFAULT_MEMORY_BUDGET_PER_TENANT,
+            max_pending_logins: Some(10_000),
+            max_pending_logins_per_ip: Some(1000),
             cancel_rate_per_key: Some(5),
             cancel_rate_per_ip: Some(100),
         }

@@ -1,7 +1,8 @@
 //! Everything that can end a client connection, and the one place that turns it into
-//! what the client reads (SQLSTATEs from DESIGN.md §4).
+//! what the client reads (the documented SQLSTATEs, docs/limits.md and docs/auth.md).
 
 use bytes::BytesMut;
+use router::memory::Exhausted;
 use router::Reason;
 use wire::messages::{self, ErrorFields, Severity};
 
@@ -44,6 +45,16 @@ pub enum ClientError {
         None => "sorry, too many clients already".to_owned(),
     })]
     TooManyConnections(Option<String>),
+    /// Over `[proxy] max_pending_logins` (or its per-address cap) at accept.
+    #[error("{}", if *.per_address {
+        "sorry, too many connections from this address waiting to log in"
+    } else {
+        "sorry, too many connections waiting to log in"
+    })]
+    TooManyPendingLogins { per_address: bool },
+    /// The tenant's `auth_user` asked to log in as an ordinary client.
+    #[error("role \"{0}\" is Sluice's auth_user and cannot log in through Sluice")]
+    AuthUserLogin(String),
     #[error("connection rate limit exceeded for tenant \"{0}\"")]
     ConnectRateLimited(String),
     /// Over the connect rate during a storm: closed at the ClientHello, untold.
@@ -66,6 +77,23 @@ pub enum ClientError {
     /// Postgres' words for `idle_session_timeout`.
     #[error("terminating connection due to idle-session timeout")]
     IdleSessionTimeout,
+    /// A message that must be held whole is larger than `max_client_message_buffer`.
+    #[error("message of {len} bytes exceeds max_client_message_buffer ({limit} bytes)")]
+    MessageTooLarge { len: usize, limit: usize },
+    /// Holding what the client sent would take its tenant's share of the memory
+    /// budget, or the process's budget, past its limit.
+    #[error("out of memory: the {} ({limit} bytes){} is in use", match .exhausted {
+        Exhausted::Tenant => "memory_budget_per_tenant",
+        Exhausted::Process => "memory_budget",
+    }, match .exhausted {
+        Exhausted::Tenant => format!(" of tenant \"{tenant}\""),
+        Exhausted::Process => String::new(),
+    })]
+    OutOfMemory {
+        tenant: String,
+        exhausted: Exhausted,
+        limit: usize,
+    },
     #[error("client I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -90,6 +118,8 @@ impl ClientError {
             ClientError::LoginTimeout => ("57014", self.to_string()),
             ClientError::IdleInTransactionTimeout => ("25P03", self.to_string()),
             ClientError::TooManyConnections(_) => ("53300", self.to_string()),
+            ClientError::TooManyPendingLogins { .. } => ("53300", self.to_string()),
+            ClientError::AuthUserLogin(_) => ("28000", self.to_string()),
             ClientError::ConnectRateLimited(_) | ClientError::QueryRateLimited(_) => {
                 ("53400", self.to_string())
             }
@@ -102,6 +132,8 @@ impl ClientError {
             ClientError::IdleSessionTimeout => ("57P05", self.to_string()),
             ClientError::Suspended(_) => ("28000", self.to_string()),
             ClientError::TenantTerminated(_) => ("57P01", self.to_string()),
+            ClientError::MessageTooLarge { .. } => ("54000", self.to_string()),
+            ClientError::OutOfMemory { .. } => ("53200", self.to_string()),
             ClientError::Io(_) => ("08006", "connection failure".to_owned()),
         }
     }
@@ -124,6 +156,8 @@ impl ClientError {
             ClientError::Terminating(_) => Reason::ShuttingDown,
             ClientError::LoginTimeout => Reason::LoginTimeout,
             ClientError::TooManyConnections(_) => Reason::TooManyConnections,
+            ClientError::TooManyPendingLogins { .. } => Reason::TooManyPendingLogins,
+            ClientError::AuthUserLogin(_) => Reason::AuthUserLogin,
             ClientError::ConnectRateLimited(_) | ClientError::ConnectRateShed(_) => {
                 Reason::ConnectRate
             }
@@ -131,6 +165,8 @@ impl ClientError {
             ClientError::Banned { .. } => Reason::Banned,
             ClientError::AddressNotAllowed { .. } => Reason::AddressNotAllowed,
             ClientError::Suspended(_) => Reason::Suspended,
+            ClientError::MessageTooLarge { .. } => Reason::MessageTooLarge,
+            ClientError::OutOfMemory { .. } => Reason::MemoryBudget,
             ClientError::IdleInTransactionTimeout
             | ClientError::IdleSessionTimeout
             | ClientError::TenantTerminated(_)
@@ -185,6 +221,15 @@ mod tests {
                 "53300",
             ),
             (ClientError::TooManyConnections(None), "53300"),
+            (
+                ClientError::TooManyPendingLogins { per_address: false },
+                "53300",
+            ),
+            (
+                ClientError::TooManyPendingLogins { per_address: true },
+                "53300",
+            ),
+            (ClientError::AuthUserLogin("sluice_auth".into()), "28000"),
             (ClientError::ConnectRateLimited("acme".into()), "53400"),
             (ClientError::QueryRateLimited("acme".into()), "53400"),
             (ClientError::Banned { retry_in_s: 120 }, "28P01"),

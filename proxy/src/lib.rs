@@ -3,7 +3,8 @@
 //!
 //! A connection goes through phases that each take and return owned values
 //! ([`session`]): negotiate → TLS → identify tenant → admit → authenticate →
-//! checkout → relay → release. Every rejection a client sees is built in one place,
+//! checkout → relay → release. From accept to a proved password a connection is in
+//! the pre-login phase, capped by [`prelogin`]. Every rejection a client sees is built in one place,
 //! [`error::ClientError::to_response`].
 //!
 //! What every connection shares is [`Proxy`] ([`state`]), which knows no phase;
@@ -37,6 +38,7 @@ pub mod listener;
 pub mod login;
 pub mod negotiate;
 pub mod params;
+pub mod prelogin;
 pub mod relay;
 pub mod secrets;
 pub mod session;

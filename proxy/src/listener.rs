@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::prelogin::turn_away;
 use crate::session::serve_connection;
 use crate::state::Proxy;
 
@@ -18,7 +19,9 @@ use crate::state::Proxy;
 /// Accepting, and each connection until it is admitted, runs on a front runtime of its
 /// own (one thread); admitted connections move to the runtime this is called on. A
 /// connection storm is then refused on the front thread without queueing ahead of the
-/// established sessions' relays (see `session::serve_connection`).
+/// established sessions' relays (see `session::serve_connection`). A connection over
+/// the pre-login caps (`max_pending_logins`, per process and per address) is refused
+/// by the accept loop itself (prelogin.rs).
 pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let main = tokio::runtime::Handle::current();
@@ -87,10 +90,22 @@ async fn accept_loop(
         };
         match accepted {
             Ok((tcp, peer)) => {
+                // Over the pre-login caps: told and closed here, without a task.
+                let pending = match proxy.pending.enter(peer.ip()) {
+                    Ok(pending) => pending,
+                    Err(refused) => {
+                        if let Some(reason) = refused.reason() {
+                            proxy.rejections.record(router::Who::Nobody, reason);
+                        }
+                        tracing::debug!(client_addr = %peer, error = %refused, "client rejected at accept");
+                        turn_away(tcp, &refused);
+                        continue;
+                    }
+                };
                 let id = proxy.next_connection_id();
                 tracker.spawn(serve_connection(
                     proxy.clone(),
-                    tcp,
+                    (tcp, pending),
                     peer,
                     id,
                     main.clone(),

@@ -95,6 +95,11 @@ pub async fn establish(
         .cloned()
         .ok_or(ClientError::UnknownTenant(identified.tenant))?;
     let gate = admission.tenant(&proxy.gates, &tenant, ip).await?;
+    // Sluice's own role for reading secrets is no client's, unless the tenant says so:
+    // refused before any secret lookup or SCRAM work.
+    if role == tenant.backend.auth_user && !tenant.backend.allow_auth_user_login {
+        return Err(ClientError::AuthUserLogin(role.to_owned()));
+    }
     let slot = gate.enter()?;
     let settings = params::client_settings(&startup.params, identified.options.as_deref())?;
     if startup.minor > 0 || startup.params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
@@ -138,8 +143,10 @@ pub async fn establish(
         }
     };
     gate.login_succeeded(ip);
-    // The expensive part of the login is over: let the next one in.
+    // The expensive part of the login is over: let the next one in. The pre-login
+    // phase ends here too (prelogin.rs).
     admission.login_slots.clear();
+    admission.pending = None;
 
     let key = PoolKey {
         tenant: tenant.id.clone(),

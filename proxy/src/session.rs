@@ -16,7 +16,8 @@ use crate::cancel;
 use crate::error::ClientError;
 use crate::goodbye::{terminated, REJECT_TIMEOUT};
 use crate::login::{establish, Session};
-use crate::negotiate::{negotiate, server_name, tls_handshake, Negotiated};
+use crate::negotiate::{negotiate, tls_handshake, ClientHello, Negotiated};
+use crate::prelogin::PendingSlot;
 use crate::relay::{relay, RelayEnd, Tally, Watch};
 use crate::state::Proxy;
 use crate::stream::ClientStream;
@@ -24,11 +25,14 @@ use crate::transaction;
 use router::{PoolMode, TenantId, Who};
 use std::sync::atomic::Ordering;
 
-/// What the front runtime hands to the main one: a socket ready for its TLS handshake,
-/// or a plaintext client with its startup packet read.
+/// What the front runtime hands to the main one: a socket whose ClientHello has been
+/// read (the handshake continues from it), or a plaintext client with its startup
+/// packet read.
 enum Handoff {
     Tls {
         tcp: std::net::TcpStream,
+        accepted: Box<rustls::server::Accepted>,
+        sni: Option<String>,
         direct: bool,
     },
     Plain {
@@ -38,16 +42,18 @@ enum Handoff {
 }
 
 /// Serves one accepted TCP connection to the end. Never panics on client input; every
-/// rejection the client can still read is a FATAL ErrorResponse.
+/// rejection the client can still read is a FATAL ErrorResponse. `pending` counts it
+/// in the pre-login phase until its password is proved (prelogin.rs).
 ///
 /// Runs on the front runtime (the accept loops' own thread) until the client has been
-/// admitted: reading its first packets and, for TLS, peeking at its ClientHello for the
-/// server name and the tenant's checks. Only then does the connection move to `main`,
-/// where handshakes, logins and relays run; so a storm of connections that are refused
-/// (or shed) never queues ahead of established sessions.
+/// admitted: reading its first packets and, for TLS, its whole ClientHello (for the
+/// server name) and the tenant's checks. Only then does the connection move to
+/// `main`, where the rest of the TLS handshake, logins and relays run; so a storm of
+/// connections that are refused (or shed) never queues ahead of established sessions.
+/// Everything on the front waits for the socket to be readable, never polls.
 pub async fn serve_connection(
     proxy: Arc<Proxy>,
-    tcp: TcpStream,
+    (tcp, pending): (TcpStream, PendingSlot),
     peer: SocketAddr,
     id: u64,
     main: tokio::runtime::Handle,
@@ -65,23 +71,26 @@ pub async fn serve_connection(
         let _ = tcp.set_nodelay(true);
         let accepted = Instant::now();
         let deadline = accepted + proxy.config.login_timeout;
-        let mut admission = Admission::default();
+        let mut admission = Admission {
+            pending: Some(pending),
+            ..Admission::default()
+        };
         match proxy.gates.enter_process() {
             Ok(slot) => admission.process = Some(slot),
             Err(refused) => admission.refusal = Some(refused),
         }
         let front = async {
             match negotiate(tcp, proxy.tls.as_ref()).await? {
-                Negotiated::Tls { tcp, direct } => {
-                    let sni = server_name(&tcp).await.map_err(|e| (None, e))?;
-                    at_client_hello(&proxy, sni.as_deref(), peer.ip(), &mut admission).await;
+                Negotiated::Tls(hello) => {
+                    let sni = hello.sni.as_deref();
+                    at_client_hello(&proxy, sni, peer.ip(), &mut admission).await;
                     if let Some(ClientError::ConnectRateLimited(tenant)) = &admission.refusal {
                         let storm = admission.gate.as_ref().is_some_and(|g| g.shed_refusal());
                         if storm {
                             return Err((None, ClientError::ConnectRateShed(tenant.clone())));
                         }
                     }
-                    Ok(Negotiated::Tls { tcp, direct })
+                    Ok(Negotiated::Tls(hello))
                 }
                 other => Ok(other),
             }
@@ -95,9 +104,17 @@ pub async fn serve_connection(
             Ok(Ok(Negotiated::Cancel { key, stream })) => {
                 return handle_cancel(&proxy, key, peer, stream).await
             }
-            Ok(Ok(Negotiated::Tls { tcp, direct })) => {
-                tcp.into_std().map(|tcp| Handoff::Tls { tcp, direct })
-            }
+            Ok(Ok(Negotiated::Tls(ClientHello {
+                tcp,
+                accepted,
+                sni,
+                direct,
+            }))) => tcp.into_std().map(|tcp| Handoff::Tls {
+                tcp,
+                accepted,
+                sni,
+                direct,
+            }),
             Ok(Ok(Negotiated::Startup {
                 stream, startup, ..
             })) => match stream {
@@ -141,7 +158,12 @@ async fn session(
             }),
             Err(e) => return tracing::warn!(error = %e, "could not take the connection over"),
         },
-        Handoff::Tls { tcp, direct } => {
+        Handoff::Tls {
+            tcp,
+            accepted,
+            sni,
+            direct,
+        } => {
             let tcp = match TcpStream::from_std(tcp) {
                 Ok(tcp) => tcp,
                 Err(e) => return tracing::warn!(error = %e, "could not take the connection over"),
@@ -150,7 +172,13 @@ async fn session(
                 .tls
                 .as_ref()
                 .expect("TLS is wanted only when configured");
-            match timeout_at(deadline, Box::pin(tls_handshake(tcp, tls, direct))).await {
+            let hello = ClientHello {
+                tcp,
+                accepted,
+                sni,
+                direct,
+            };
+            match timeout_at(deadline, Box::pin(tls_handshake(hello, tls))).await {
                 Ok(result) => result,
                 Err(_) => return tracing::info!("login timeout during the TLS handshake"),
             }
@@ -163,7 +191,7 @@ async fn session(
         Ok(Negotiated::Cancel { key, stream }) => {
             return Box::pin(handle_cancel(&proxy, key, peer, stream)).await
         }
-        Ok(Negotiated::Tls { .. }) => unreachable!("the handshake is done"),
+        Ok(Negotiated::Tls(_)) => unreachable!("the handshake is done"),
         Ok(Negotiated::Startup {
             stream,
             startup,

@@ -15,8 +15,10 @@ use crate::admit::Gates;
 use crate::auth::MockSecret;
 use crate::cancel::{CancelRates, CancelRegistry};
 use crate::config::ProxyConfig;
+use crate::prelogin::PendingLogins;
 use crate::secrets::SecretCache;
 use crate::tls::ServerTls;
+use router::memory::MemoryBudget;
 
 /// What connection tasks share. Built once; the catalog inside swaps snapshots.
 #[derive(Debug)]
@@ -32,6 +34,10 @@ pub struct Proxy {
     pub rejections: Arc<Rejections>,
     /// Admission: connection limits, rates, bans (admit.rs).
     pub gates: Arc<Gates>,
+    /// What clients may make Sluice hold (memory.rs).
+    pub memory: Arc<MemoryBudget>,
+    /// Connections in the pre-login phase, and their caps (prelogin.rs).
+    pub pending: PendingLogins,
     /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
     pub terminate: CancellationToken,
     next_id: AtomicU64,
@@ -58,6 +64,11 @@ impl Proxy {
                 terminate.clone(),
             )),
             secrets: SecretCache::new(config.auth_cache_ttl),
+            memory: MemoryBudget::new(config.memory_budget, config.memory_budget_per_tenant),
+            pending: PendingLogins::new(
+                config.max_pending_logins,
+                config.max_pending_logins_per_ip,
+            ),
             config,
             tls,
             catalog,

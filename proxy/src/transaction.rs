@@ -32,13 +32,14 @@ use tokio::time::Instant;
 use wire::messages::tag;
 
 use crate::error::ClientError;
-use crate::goodbye::{terminated, REJECT_TIMEOUT};
+use crate::goodbye::{tell_and_close, terminated, REJECT_TIMEOUT};
 use crate::login::Session;
 use crate::relay::Tally;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
-use attached::{read_server, Attached, READ_BUFFER};
+use attached::{header_at, read_server, Attached, READ_BUFFER};
 use client::{Client, End, SETTABLE_REPORTED};
+use router::memory::Exhausted;
 use statements::ClientStatements;
 
 /// The read buffer of a client that is idle (nothing buffered, no server attached):
@@ -95,6 +96,7 @@ pub async fn run(
         };
         Box::pin(server.release(release)).await;
     }
+    let memory = proxy.memory.grant(&gate.id);
     let mut client = Client {
         proxy,
         tally,
@@ -111,6 +113,8 @@ pub async fn run(
         reported,
         pins: Default::default(),
         pins_pending: false,
+        skip: 0,
+        memory,
     };
     let mut attached = None;
     let end = client.serve(&mut attached).await;
@@ -158,9 +162,18 @@ impl Client<'_> {
                 })
             }
             End::Failed(e) => {
-                if matches!(e, ClientError::QueryRateLimited(_)) {
-                    let who = router::Who::Tenant(&client.gate.id);
-                    proxy.rejections.record(who, router::Reason::QueryRate);
+                // Limits applied mid-session are counted with the refusals.
+                if let Some(reason) = e.reason().filter(|_| {
+                    matches!(
+                        e,
+                        ClientError::QueryRateLimited(_)
+                            | ClientError::MessageTooLarge { .. }
+                            | ClientError::OutOfMemory { .. }
+                    )
+                }) {
+                    proxy
+                        .rejections
+                        .record(router::Who::Tenant(&client.gate.id), reason);
                 }
                 Some(e)
             }
@@ -178,27 +191,78 @@ impl Client<'_> {
         if e.can_tell_client() {
             let mut out = BytesMut::new();
             e.to_response(&mut out);
-            let stream = &mut client.stream;
-            let _ = tokio::time::timeout(REJECT_TIMEOUT, async {
-                stream.write_all(&out).await?;
-                stream.shutdown().await
-            })
-            .await;
+            tell_and_close(&mut client.stream, &out).await;
         }
         e.to_string()
     }
 }
 
-/// Sizes the client read buffer for what comes next: room for a large read while a
-/// message is half-read or a server is attached, a small buffer again once the client
-/// is idle (the big one is freed).
-fn fit_read_buffer(cbuf: &mut BytesMut, attached: bool) {
-    if cbuf.is_empty() && !attached {
-        if cbuf.capacity() > IDLE_READ_BUFFER {
-            *cbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+impl Client<'_> {
+    /// Sizes the client read buffer for what comes next, and charges what the client
+    /// makes Sluice hold to its memory grant: room for the whole of a message up to
+    /// `max_client_message_buffer` once its header is here (charged beyond
+    /// [`READ_BUFFER`]), a busy client's read buffer while it has a message half-read
+    /// or a server attached, a small buffer again once it is idle (the big one freed).
+    /// Statement texts it keeps are charged too. Past the tenant's share or the
+    /// process budget the client is refused with 53200.
+    fn fit_read_buffer(
+        &mut self,
+        cbuf: &mut BytesMut,
+        attached: &Option<Attached>,
+    ) -> Result<(), ClientError> {
+        let streaming = self.skip > 0 || attached.as_ref().is_some_and(|a| a.inflow > 0);
+        let whole = match header_at(cbuf, 0) {
+            Ok(Some((_, len)))
+                if !streaming && len < self.proxy.config.max_client_message_buffer =>
+            {
+                Some(len + 1)
+            }
+            _ => None,
+        };
+        let capacity = match whole {
+            Some(total) if total > READ_BUFFER => total,
+            _ if cbuf.is_empty() && attached.is_none() => IDLE_READ_BUFFER,
+            _ => READ_BUFFER,
+        };
+        let charge = capacity.saturating_sub(READ_BUFFER) + self.statements.held_bytes();
+        if let Err(exhausted) = self.memory.resize(charge) {
+            return Err(ClientError::OutOfMemory {
+                tenant: self.tenant.clone(),
+                exhausted,
+                limit: match exhausted {
+                    Exhausted::Tenant => self.proxy.memory.per_tenant(),
+                    Exhausted::Process => self.proxy.memory.limit(),
+                },
+            });
         }
-    } else if cbuf.capacity() - cbuf.len() < IDLE_READ_BUFFER {
-        cbuf.reserve(READ_BUFFER);
+        match whole {
+            // Exact (no doubling), so the charge is what is held.
+            Some(total) if total > READ_BUFFER => {
+                if cbuf.capacity() < total {
+                    let mut fitted = BytesMut::with_capacity(total);
+                    fitted.extend_from_slice(cbuf);
+                    *cbuf = fitted;
+                }
+            }
+            _ if cbuf.is_empty() && attached.is_none() => {
+                if cbuf.capacity() > IDLE_READ_BUFFER {
+                    *cbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+                }
+            }
+            _ => {
+                if cbuf.capacity() - cbuf.len() < IDLE_READ_BUFFER {
+                    // In place when the messages read before are gone.
+                    cbuf.reserve(READ_BUFFER);
+                }
+                if cbuf.capacity() > 4 * READ_BUFFER && cbuf.len() < READ_BUFFER {
+                    // The room a large message had: given back.
+                    let mut fitted = BytesMut::with_capacity(READ_BUFFER);
+                    fitted.extend_from_slice(cbuf);
+                    *cbuf = fitted;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -210,7 +274,9 @@ impl Client<'_> {
         // the server's answers to them are still relayed, as Postgres would send them.
         let mut client_done = false;
         loop {
-            fit_read_buffer(&mut cbuf, attached.is_some());
+            if let Err(e) = self.fit_read_buffer(&mut cbuf, attached) {
+                return End::Failed(e);
+            }
             let deadline = match attached.as_ref() {
                 Some(a) if !a.idle() => a.deadline(&self.limits),
                 // Holding nothing (or nothing in progress): the client is idle.
@@ -274,12 +340,12 @@ impl Client<'_> {
 }
 
 /// Whether the server still owes the client answers it can give: a ReadyForQuery is
-/// pending, and the server is not waiting for COPY data (from a client that closed its
-/// side, none can come).
+/// pending, and the server is not waiting for COPY data or the rest of a streamed
+/// message (from a client that closed its side, none can come).
 fn owed(attached: &Option<Attached>) -> bool {
     attached
         .as_ref()
-        .is_some_and(|a| a.in_flight() && !a.copy_in)
+        .is_some_and(|a| a.in_flight() && !a.copy_in && a.inflow == 0)
 }
 
 /// Sleeps until `deadline`, or forever without one.

@@ -161,6 +161,7 @@ mod tests {
                 tls: BackendTls::Disable,
                 tls_ca: None,
                 auth_user: "a".into(),
+                allow_auth_user_login: false,
                 auth_password: "p".into(),
                 auth_database: "postgres".into(),
                 auth_query: crate::tenant::DEFAULT_AUTH_QUERY.into(),

@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod catalog;
 pub mod identify;
+pub mod memory;
 pub mod rejections;
 pub mod tenant;
 pub mod tenant_id;
@@ -18,6 +19,7 @@ pub use admission::{
 };
 pub use catalog::{Catalog, CatalogHandle};
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};
+pub use memory::MemoryBudget;
 pub use rejections::{CancelOutcome, Reason, Rejections, TenantLabels, Who};
 pub use tenant::{
     Backend, BackendAddr, BackendTls, Limits, PoolMode, PoolSettings, SessionState, Tenant,

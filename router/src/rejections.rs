@@ -38,10 +38,14 @@ pub enum Reason {
     Banned,
     AddressNotAllowed,
     Suspended,
+    MessageTooLarge,
+    MemoryBudget,
+    TooManyPendingLogins,
+    AuthUserLogin,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 21] = [
         Reason::NoTenant,
         Reason::UnknownTenant,
         Reason::TlsRequired,
@@ -59,6 +63,10 @@ impl Reason {
         Reason::Banned,
         Reason::AddressNotAllowed,
         Reason::Suspended,
+        Reason::MessageTooLarge,
+        Reason::MemoryBudget,
+        Reason::TooManyPendingLogins,
+        Reason::AuthUserLogin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +88,10 @@ impl Reason {
             Reason::Banned => "banned",
             Reason::AddressNotAllowed => "address_not_allowed",
             Reason::Suspended => "suspended",
+            Reason::MessageTooLarge => "message_too_large",
+            Reason::MemoryBudget => "memory_budget",
+            Reason::TooManyPendingLogins => "too_many_pending_logins",
+            Reason::AuthUserLogin => "auth_user_login",
         }
     }
 }

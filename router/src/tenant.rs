@@ -49,7 +49,7 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// DESIGN.md §4's defaults.
+    /// The documented defaults (configs/sluice.example.toml).
     fn default() -> Self {
         Limits {
             query_timeout: None,
@@ -79,6 +79,8 @@ pub struct Backend {
     pub tls_ca: Option<PathBuf>,
     /// The role Sluice logs in as to run `auth_query` (never used for client sessions).
     pub auth_user: String,
+    /// Whether a client may log in through Sluice as `auth_user` (default no: 28000).
+    pub allow_auth_user_login: bool,
     /// Its password, read from `auth_password_file` when the config was loaded.
     pub auth_password: String,
     /// The database `auth_query` runs in.
@@ -96,6 +98,7 @@ impl fmt::Debug for Backend {
             .field("tls", &self.tls)
             .field("tls_ca", &self.tls_ca)
             .field("auth_user", &self.auth_user)
+            .field("allow_auth_user_login", &self.allow_auth_user_login)
             .field("auth_database", &self.auth_database)
             .finish_non_exhaustive()
     }

@@ -61,11 +61,13 @@ impl Config {
             shutdown_grace: Duration::from_secs(p.shutdown_grace_s),
             auth_cache_ttl: Duration::from_secs(p.auth_cache_ttl_s),
             log_connections: self.log_connections,
-            max_client_connections: match p.max_client_connections {
-                0 => None,
-                n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-            },
+            max_client_connections: cap(p.max_client_connections),
             max_concurrent_logins: p.max_concurrent_logins as usize,
+            max_client_message_buffer: bytes(p.max_client_message_buffer),
+            memory_budget: bytes(p.memory_budget),
+            memory_budget_per_tenant: bytes(p.memory_budget_per_tenant),
+            max_pending_logins: cap(p.max_pending_logins),
+            max_pending_logins_per_ip: cap(p.max_pending_logins_per_ip),
             cancel_rate_per_key: (p.cancel_rate_per_key > 0).then_some(p.cancel_rate_per_key),
             cancel_rate_per_ip: (p.cancel_rate_per_ip > 0).then_some(p.cancel_rate_per_ip),
         };
@@ -126,6 +128,7 @@ impl Config {
                     admin_user: None,
                     admin_database: None,
                     auth_user: b.auth_user.clone(),
+                    allow_auth_user_login: b.allow_auth_user_login,
                     auth_database: b.auth_database.clone(),
                     auth_query: b.auth_query.clone(),
                     params: serde_json::Value::Null,
@@ -169,6 +172,14 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("secrets.key")),
         })
+    }
+}
+
+/// A process-wide count from the config: 0 switches it off.
+fn cap(n: u64) -> Option<usize> {
+    match n {
+        0 => None,
+        n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
     }
 }
 
@@ -326,4 +337,9 @@ impl Config {
             default_plan: Default::default(),
         }))
     }
+}
+
+/// A size from the config file (validated to fit) as a `usize`.
+fn bytes(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }

@@ -210,6 +210,18 @@ pub struct ProxySection {
     pub max_client_connections: u64,
     /// Logins (TLS handshake to authenticated) in progress at once, whole process.
     pub max_concurrent_logins: u32,
+    /// Bytes: the largest client message held whole (larger ones are streamed to the
+    /// server, or refused with 54000 when they cannot be).
+    pub max_client_message_buffer: u64,
+    /// Bytes all clients together may make Sluice hold beyond their read buffers.
+    pub memory_budget: u64,
+    /// Bytes the clients of one tenant may make Sluice hold beyond their read buffers.
+    pub memory_budget_per_tenant: u64,
+    /// Connections between accept and a proved password (the pre-login phase), whole
+    /// process; past it new connections get 53300 at accept. 0 = no limit.
+    pub max_pending_logins: u64,
+    /// The same per client address. 0 = no limit.
+    pub max_pending_logins_per_ip: u64,
     /// Cancel requests forwarded per second for one client key; 0 = no limit.
     pub cancel_rate_per_key: u32,
     /// Cancel requests per second from one client address (IPv6: /64); 0 = no limit.
@@ -230,6 +242,11 @@ impl Default for ProxySection {
             auth_cache_ttl_s: 30,
             max_client_connections: 100_000,
             max_concurrent_logins: 1000,
+            max_client_message_buffer: proxy::config::DEFAULT_MAX_CLIENT_MESSAGE_BUFFER as u64,
+            memory_budget: proxy::config::DEFAULT_MEMORY_BUDGET as u64,
+            memory_budget_per_tenant: proxy::config::DEFAULT_MEMORY_BUDGET_PER_TENANT as u64,
+            max_pending_logins: 10_000,
+            max_pending_logins_per_ip: 1000,
             cancel_rate_per_key: 5,
             cancel_rate_per_ip: 100,
         }
@@ -302,6 +319,9 @@ pub struct BackendSection {
     pub tls: String,
     pub tls_ca: Option<PathBuf>,
     pub auth_user: String,
+    /// Clients may log in through Sluice as `auth_user` (default false: 28000).
+    #[serde(default)]
+    pub allow_auth_user_login: bool,
     pub auth_password_file: PathBuf,
     #[serde(default = "default_auth_database")]
     pub auth_database: String,

@@ -131,6 +131,26 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "must be at least 1",
         ));
     }
+    // A message buffer must hold at least a read buffer's worth (16 KiB), and no more
+    // than Postgres' own message limit (1 GiB).
+    if !(16 * 1024..=1 << 30).contains(&proxy.max_client_message_buffer) {
+        problems.push(Problem::new(
+            vec![Key("proxy"), Key("max_client_message_buffer")],
+            "must be between 16384 and 1073741824 bytes",
+        ));
+    }
+    if proxy.memory_budget_per_tenant < proxy.max_client_message_buffer {
+        problems.push(Problem::new(
+            vec![Key("proxy"), Key("memory_budget_per_tenant")],
+            "must be at least max_client_message_buffer (a tenant must fit one message)",
+        ));
+    }
+    if proxy.memory_budget < proxy.memory_budget_per_tenant {
+        problems.push(Problem::new(
+            vec![Key("proxy"), Key("memory_budget")],
+            "must be at least memory_budget_per_tenant",
+        ));
+    }
     if proxy.cancel_rate_per_ip > 0 && proxy.cancel_rate_per_ip < proxy.cancel_rate_per_key {
         problems.push(Problem::new(
             vec![Key("proxy"), Key("cancel_rate_per_ip")],

@@ -98,6 +98,8 @@ pub struct SluiceConfig {
     /// Raw TOML appended before the tenants (e.g. `[plans.nano]` tables).
     pub plans: String,
     pub tenants: Vec<TenantEntry>,
+    /// More lines for the `[tenants.backend]` of the tenant with this id.
+    pub backend_extra: std::collections::BTreeMap<String, Vec<String>>,
     /// `SLUICE_LOG` for the process. Tests log the proxy and pooler at debug;
     /// benchmarks use `info`, what production runs (a connection storm at debug writes
     /// a line per attempt, and that costs more than the storm).
@@ -124,6 +126,7 @@ impl SluiceConfig {
             admin_extra: Vec::new(),
             plans: String::new(),
             tenants: Vec::new(),
+            backend_extra: Default::default(),
             log: "info,proxy=debug,pooler=debug".into(),
             start_timeout: Duration::from_secs(30),
         }
@@ -170,6 +173,9 @@ impl SluiceConfig {
             }
             if let Some(q) = &t.auth_query {
                 s.push_str(&format!("auth_query = {q:?}\n"));
+            }
+            for line in self.backend_extra.get(&t.id).into_iter().flatten() {
+                s.push_str(&format!("{line}\n"));
             }
             if !t.pool.is_empty() {
                 s.push_str(&format!("[tenants.pool]\n{}\n", t.pool.join("\n")));

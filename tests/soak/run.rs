@@ -171,7 +171,7 @@ impl Shared {
         let mut tally = self.tally.lock().unwrap();
         let label = match expected {
             Some(label) => {
-                // Accepted, but DESIGN promises an ErrorResponse: worth a look.
+                // Accepted, but the design promises an ErrorResponse: worth a look.
                 if matches!(seen, Seen::Closed(_)) && tally.notes.len() < 20 {
                     tally.notes.push(detail);
                 }

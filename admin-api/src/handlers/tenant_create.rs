@@ -52,6 +52,9 @@ pub struct CreateBackend {
     pub admin_password: Option<String>,
     #[serde(default)]
     pub admin_database: Option<String>,
+    /// Let clients log in through Sluice as the tenant's `auth_user` (default false).
+    #[serde(default)]
+    pub allow_auth_user_login: Option<bool>,
 }
 
 /// `POST /v1/tenants`: 202 with the tenant (`provisioning`) and its job. The tenant,
@@ -184,6 +187,7 @@ fn new_record(state: &State, body: &CreateTenant) -> Result<TenantRecord, ApiErr
             admin_user: None,
             admin_database: None,
             auth_user: control::jobs::AUTH_USER.to_owned(),
+            allow_auth_user_login: b.allow_auth_user_login.unwrap_or(false),
             auth_database: "postgres".into(),
             auth_query: None,
             params,

@@ -51,6 +51,8 @@ pub struct BackendView {
     /// `host:port` or the socket path; none until the backend is created.
     pub address: Option<String>,
     pub tls: String,
+    /// Whether clients may log in through Sluice as the tenant's `auth_user`.
+    pub allow_auth_user_login: bool,
 }
 
 /// The API's view of a record: its effective settings (plan + overrides).
@@ -82,6 +84,7 @@ pub(crate) fn view(state: &State, record: &TenantRecord) -> TenantView {
                 _ => None,
             },
             tls: b.tls.clone(),
+            allow_auth_user_login: b.allow_auth_user_login,
         },
         pool: PoolPatch::of(&pool),
         limits: LimitsPatch::of(&limits),

@@ -47,6 +47,10 @@ pub struct BackendRecord {
     pub admin_database: Option<String>,
     /// The role the data plane reads verifiers with (secret `tenant/<id>/auth`).
     pub auth_user: String,
+    /// Whether clients may log in through Sluice as `auth_user` (default false: they
+    /// get 28000). Left out of the stored JSON while false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_auth_user_login: bool,
     pub auth_database: String,
     #[serde(default)]
     pub auth_query: Option<String>,

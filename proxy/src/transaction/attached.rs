@@ -42,6 +42,9 @@ pub(super) struct Attached {
     pub(super) copy_in: bool,
     /// This client's unnamed statement is prepared on this server connection.
     pub(super) unnamed_here: bool,
+    /// Bytes of a client message too large to hold still to be forwarded as they
+    /// arrive: the server has part of it.
+    pub(super) inflow: usize,
 }
 
 impl Attached {
@@ -79,6 +82,7 @@ impl Attached {
             && !self.writing
             && self.buf.is_empty()
             && self.passthrough == 0
+            && self.inflow == 0
     }
 }
 

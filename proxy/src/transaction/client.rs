@@ -19,6 +19,7 @@ use crate::relay::Tally;
 use crate::session_state::PinReason;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
+use router::memory::Grant;
 
 /// Reported parameters a client may change with SET, and so may differ between the
 /// client's view and a server connection's.
@@ -67,6 +68,12 @@ pub(super) struct Client<'a> {
     /// A request that pins was sent since the last ReadyForQuery: a `DISCARD ALL`
     /// answered meanwhile does not unpin (the request may make state after it).
     pub(super) pins_pending: bool,
+    /// Bytes of a client message too large to hold still to be read and dropped
+    /// (CopyData outside COPY, which Postgres ignores).
+    pub(super) skip: usize,
+    /// What this client holds of the memory budget: a message held whole beyond the
+    /// read buffer, and its statement texts.
+    pub(super) memory: Grant,
 }
 
 /// The reasons a client keeps its server connection, as a set of

@@ -6,21 +6,26 @@
 
 use std::collections::VecDeque;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use wire::frame::{split_frame, DEFAULT_MAX_FRAME_LEN};
+use wire::frame::{split_frame, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 use wire::messages::tag;
 
-use super::attached::{Attached, READ_BUFFER};
+use super::attached::{header_at, Attached, READ_BUFFER};
 use super::client::{Client, End};
 use super::statements::Conversation;
 use crate::cancel::CancelTarget;
 use crate::error::ClientError;
 use crate::login::checkout;
+use crate::session_state::PinReason;
 
 /// While writing a client batch, server output buffered beyond this waits.
 const DRAIN_LIMIT: usize = 1 << 20;
+
+/// A batch for the server is written once it is this long: statements prepared again
+/// for the client's Binds can make it far longer than what the client sent.
+const MAX_BATCH: usize = 64 * 1024;
 
 impl Client<'_> {
     /// Forwards the client's complete messages, attaching a server first if needed.
@@ -33,6 +38,42 @@ impl Client<'_> {
         // Answers Sluice gives itself; they precede anything a server will answer.
         let mut local = BytesMut::new();
         loop {
+            // The rest of a message too large to hold, forwarded (or skipped) as it
+            // arrives.
+            if self.skip > 0 {
+                let n = self.skip.min(cbuf.len());
+                cbuf.advance(n);
+                self.skip -= n;
+                if cbuf.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            if let Some(a) = attached.as_mut().filter(|a| a.inflow > 0) {
+                let n = a.inflow.min(cbuf.len());
+                out.extend_from_slice(&cbuf.split_to(n));
+                a.inflow -= n;
+                if cbuf.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            let cap = self.proxy.config.max_client_message_buffer;
+            // (A malformed length is split_frame's to report.)
+            if let Ok(Some((tag, len))) = header_at(cbuf, 0) {
+                if len + 1 > cap {
+                    let body_len = len - 4;
+                    match Box::pin(
+                        self.start_stream(tag, body_len, cbuf, attached, &mut out, &mut local),
+                    )
+                    .await
+                    {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(end) => return Some(end),
+                    }
+                }
+            }
             let frame = match split_frame(cbuf, DEFAULT_MAX_FRAME_LEN) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -100,6 +141,12 @@ impl Client<'_> {
                 tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => a.unsynced,
                 _ => true,
             };
+            if out.len() >= MAX_BATCH {
+                if let Some(end) = self.send(attached, &out).await {
+                    return Some(end);
+                }
+                out.clear();
+            }
         }
         if !local.is_empty() {
             if self.stream.write_all(&local).await.is_err() {
@@ -111,6 +158,94 @@ impl Client<'_> {
             return self.send(attached, &out).await;
         }
         None
+    }
+
+    /// The start of a message over `max_client_message_buffer` (`body_len` bytes of
+    /// body) at the front of `cbuf`: a Query, FunctionCall, CopyData or Bind is
+    /// forwarded as it arrives, once its head is here (a server attached first; the
+    /// message holds it until the last byte is through); CopyData outside COPY is
+    /// skipped, as Postgres ignores it; any other type must be held whole and is
+    /// refused. True once streaming has begun, false while the head is incomplete.
+    async fn start_stream(
+        &mut self,
+        tag: u8,
+        body_len: usize,
+        cbuf: &mut BytesMut,
+        attached: &mut Option<Attached>,
+        out: &mut BytesMut,
+        local: &mut BytesMut,
+    ) -> Result<bool, End> {
+        let too_large = || {
+            End::Failed(ClientError::MessageTooLarge {
+                len: body_len + HEADER_LEN,
+                limit: self.proxy.config.max_client_message_buffer,
+            })
+        };
+        if !matches!(
+            tag,
+            tag::QUERY | tag::FUNCTION_CALL | tag::COPY_DATA | tag::BIND
+        ) {
+            return Err(too_large());
+        }
+        let head = &cbuf[HEADER_LEN..cbuf.len().min(HEADER_LEN + body_len)];
+        if tag == tag::BIND && head.iter().filter(|&&b| b == 0).count() < 2 {
+            // A Bind's names come first; they must fit the read buffer.
+            return if head.len() >= READ_BUFFER {
+                Err(too_large())
+            } else {
+                Ok(false)
+            };
+        }
+        self.active_at = Instant::now();
+        if tag == tag::QUERY {
+            let pool = &self.pool;
+            if let Err(e) = self.gate.queries(1, || pool.settings().max_wait).await {
+                return Err(End::Failed(e));
+            }
+        }
+        if attached.is_none() {
+            if tag == tag::COPY_DATA {
+                self.skip = HEADER_LEN + body_len;
+                return Ok(true);
+            }
+            if !local.is_empty() {
+                if self.stream.write_all(local).await.is_err() {
+                    return Err(End::ClientLeft);
+                }
+                local.clear();
+            }
+            *attached = Some(self.attach().await.map_err(End::Failed)?);
+        }
+        if tag == tag::QUERY {
+            // Its text is not looked into: it may make any session state.
+            self.pin(PinReason::Unscanned);
+        }
+        let a = attached.as_mut().expect("attached above");
+        self.pool.stats.client_message(tag);
+        let now = Instant::now();
+        if !a.in_flight() {
+            a.request_started = now;
+        }
+        a.idle_since = now;
+        let mut conv = Conversation {
+            prepared: &mut a.server.conn().prepared,
+            pending: &mut a.pending,
+            copy_in: &mut a.copy_in,
+            unnamed_here: &mut a.unnamed_here,
+        };
+        let head = &cbuf[HEADER_LEN..cbuf.len().min(HEADER_LEN + body_len)];
+        let replaced = self
+            .statements
+            .stream_head(tag, body_len, head, &mut conv, out)
+            .expect("a Bind's names are here");
+        a.unsynced = match tag {
+            tag::QUERY | tag::FUNCTION_CALL => false,
+            tag::COPY_DATA => a.unsynced,
+            _ => true,
+        };
+        cbuf.advance(HEADER_LEN + replaced);
+        a.inflow = body_len - replaced;
+        Ok(true)
     }
 
     /// Writes a batch to the server. While the server is not taking it, whatever the
@@ -214,6 +349,7 @@ impl Client<'_> {
             writing: false,
             copy_in: false,
             unnamed_here: false,
+            inflow: 0,
         })
     }
 }

@@ -41,6 +41,13 @@ pub struct Statement {
     used: AtomicU64,
 }
 
+impl Statement {
+    /// The bytes kept for it.
+    fn size(&self) -> usize {
+        self.query.len() + self.param_types.len() + self.server_name.len()
+    }
+}
+
 /// What a response in the server's stream belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pending {
@@ -89,6 +96,9 @@ pub struct ClientStatements {
     /// The client's unnamed statement: it outlives a transaction in Postgres, so it
     /// must follow the client to its next server connection too.
     unnamed: Option<Arc<Statement>>,
+    /// Bytes of statement text kept for the statements above (charged to the
+    /// client's memory grant).
+    held: usize,
 }
 
 /// Whether a Query body is exactly `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL` (case,
@@ -127,6 +137,37 @@ impl ClientStatements {
             next: 0,
             by_name: HashMap::new(),
             unnamed: None,
+            held: 0,
+        }
+    }
+
+    /// Bytes of statement text kept for this client.
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    fn insert_named(&mut self, name: Bytes, statement: Arc<Statement>) {
+        self.held += statement.size();
+        if let Some(old) = self.by_name.insert(name, statement) {
+            self.held -= old.size();
+        }
+    }
+
+    fn remove_named(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        let removed = self.by_name.remove(name)?;
+        self.held -= removed.size();
+        Some(removed)
+    }
+
+    fn clear_named(&mut self) {
+        self.by_name.clear();
+        self.held = self.unnamed.as_ref().map_or(0, |s| s.size());
+    }
+
+    fn set_unnamed(&mut self, statement: Option<Arc<Statement>>) {
+        self.held += statement.as_ref().map_or(0, |s| s.size());
+        if let Some(old) = std::mem::replace(&mut self.unnamed, statement) {
+            self.held -= old.size();
         }
     }
 
@@ -148,8 +189,7 @@ impl ClientStatements {
     fn define(&mut self, p: &messages::ParseView<'_>) -> Arc<Statement> {
         self.next += 1;
         let statement = self.statement(p, format!("{}{}", self.prefix, self.next).into());
-        self.by_name
-            .insert(Bytes::copy_from_slice(p.name), statement.clone());
+        self.insert_named(Bytes::copy_from_slice(p.name), statement.clone());
         if self.by_name.len() > MAX_CLIENT_STATEMENTS {
             let oldest = self
                 .by_name
@@ -157,7 +197,7 @@ impl ClientStatements {
                 .min_by_key(|(_, s)| s.used.load(Ordering::Relaxed))
                 .map(|(name, _)| name.clone());
             if let Some(oldest) = oldest {
-                self.by_name.remove(&oldest);
+                self.remove_named(&oldest);
             }
         }
         statement
@@ -184,9 +224,9 @@ impl ClientStatements {
             tag::CLOSE => match messages::parse_target(&frame.body) {
                 Ok((kind, name)) => {
                     if kind == b'S' && name.is_empty() {
-                        self.unnamed = None;
+                        self.set_unnamed(None);
                     } else if kind == b'S' {
-                        self.by_name.remove(name);
+                        self.remove_named(name);
                     }
                     // Outside a transaction no portal exists; closing one is a no-op.
                     messages::close_complete(to_client);
@@ -214,7 +254,8 @@ impl ClientStatements {
                     prepare(&statement, conv, out, false);
                 }
                 Ok(p) => {
-                    self.unnamed = Some(self.statement(&p, Arc::from("")));
+                    let unnamed = self.statement(&p, Arc::from(""));
+                    self.set_unnamed(Some(unnamed));
                     *conv.unnamed_here = true;
                     conv.pending.push_back(Pending::Parse {
                         name: None,
@@ -240,7 +281,7 @@ impl ClientStatements {
             },
             tag::CLOSE => {
                 match messages::parse_target(&frame.body) {
-                    Ok((b'S', name)) if !name.is_empty() => match self.by_name.remove(name) {
+                    Ok((b'S', name)) if !name.is_empty() => match self.remove_named(name) {
                         Some(statement) => {
                             conv.prepared.remove(&statement.server_name);
                             messages::close(out, b'S', statement.server_name.as_bytes());
@@ -253,7 +294,7 @@ impl ClientStatements {
                     Ok((b'S', _)) => {
                         // The client's unnamed statement is gone, here and on the
                         // server, which answers "does not exist" to a later Bind("").
-                        self.unnamed = None;
+                        self.set_unnamed(None);
                         *conv.unnamed_here = true;
                         forward(frame, out);
                     }
@@ -268,10 +309,10 @@ impl ClientStatements {
                 // The client asked to forget its statements. What the server forgets
                 // is learned from its CommandComplete (the command can fail).
                 if forgets_all_statements(&frame.body) {
-                    self.by_name.clear();
+                    self.clear_named();
                 }
                 // A simple Query replaces the session's unnamed statement.
-                self.unnamed = None;
+                self.set_unnamed(None);
                 *conv.unnamed_here = false;
                 conv.pending.push_back(Pending::Query);
                 forward(frame, out);
@@ -297,6 +338,59 @@ impl ClientStatements {
             }
             _ => forward(frame, out),
         }
+    }
+
+    /// The start of a client message too large to hold whole (`body_len` bytes of
+    /// body, of which `head` has arrived): writes to `out` what replaces the header and
+    /// the first bytes of the body, and records what its responses will be, like
+    /// [`Self::rewrite`]; the rest of the body then goes to the server unchanged, as it
+    /// arrives. Returns how many bytes of `head` were replaced, or `None` while a Bind's
+    /// names are still incomplete. Only a Query, FunctionCall, CopyData and Bind are
+    /// streamed (their bulk is SQL text or values Sluice does not keep).
+    pub fn stream_head(
+        &mut self,
+        tag: u8,
+        body_len: usize,
+        head: &[u8],
+        conv: &mut Conversation<'_>,
+        out: &mut BytesMut,
+    ) -> Option<usize> {
+        let header = |out: &mut BytesMut, tag: u8, body_len: usize| {
+            out.put_u8(tag);
+            out.put_u32(u32::try_from(body_len + 4).unwrap_or(u32::MAX));
+        };
+        match tag {
+            tag::QUERY => {
+                self.set_unnamed(None);
+                *conv.unnamed_here = false;
+                conv.pending.push_back(Pending::Query);
+            }
+            tag::FUNCTION_CALL => conv.pending.push_back(Pending::Query),
+            tag::BIND => {
+                let mut names = head.splitn(3, |&b| b == 0);
+                let (Some(portal), Some(statement), Some(_)) =
+                    (names.next(), names.next(), names.next())
+                else {
+                    return None;
+                };
+                let replaced = portal.len() + statement.len() + 2;
+                if let Some(name) = self.resolve(statement, conv, out) {
+                    header(
+                        out,
+                        tag,
+                        body_len - replaced + portal.len() + name.len() + 2,
+                    );
+                    out.put_slice(portal);
+                    out.put_u8(0);
+                    out.put_slice(&name);
+                    out.put_u8(0);
+                    return Some(replaced);
+                }
+            }
+            _ => {}
+        }
+        header(out, tag, body_len);
+        Some(0)
     }
 
     /// The server name to use for the client's statement `name`, preparing it on this
