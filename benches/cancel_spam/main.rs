@@ -6,21 +6,27 @@
 //! (Sluice with its default cancel rates: 5 per second and key, 100 per second and
 //! address, buckets of twice that). The other clients: `pgbench -n -M simple -f
 //! select1.sql -c 8 -j 2 -T $SLUICE_BENCH_SECONDS` (`SELECT 1` transactions, client TLS,
-//! `sslmode=require`). Phases, each run against Sluice then PgBouncer:
+//! `sslmode=require`). Runs, each against Sluice then PgBouncer:
 //!
 //! 1. quiet: pgbench alone;
-//! 2. own key: while pgbench runs, a client of the same pool runs `select pg_sleep(0.01)`
-//!    in a loop and `$SLUICE_BENCH_CANCEL_RATE` (default 10,000) CancelRequests a second
-//!    carry its key, each on its own plaintext connection;
-//! 3. forged keys: the same rate with a random key each;
-//! 4. quiet again, to see drift.
+//! 2. owner only (the control for 3): a client of the same pool runs
+//!    `select pg_sleep(0.01)` in a loop, holding one of the 5 server connections about
+//!    half the time;
+//! 3. own key: the same client, and `$SLUICE_BENCH_CANCEL_RATE` (default 10,000)
+//!    CancelRequests a second carrying its key, each on its own plaintext connection;
+//! 4. forged keys: the same rate with a random key each;
+//! 5. sink (Sluice only, the control for 4): the same forged spam aimed at a listener
+//!    in this process that only accepts, reads 16 bytes and closes, while pgbench runs
+//!    against Sluice: what the attack traffic itself costs this machine;
+//! 6. quiet again, to see drift.
 //!
 //! The spam starts a second before pgbench and stops after it. Per run: TPS, its ratio
-//! to the same pooler's quiet TPS, failed transactions and aborted clients, the pooler's
-//! CPU per transaction and in cores, the cancels sent per second (and errors), how many
-//! of the owner's sleeps were cancelled, the server sessions Postgres started
-//! (`pg_stat_database.sessions`; cancel connections are not sessions), and for Sluice
-//! its `sluice_cancel_requests_total` by outcome.
+//! to the mean of the same pooler's two quiet runs and to its control, failed
+//! transactions and aborted clients, the pooler's CPU per transaction, the cancels per
+//! second the target took (and errors), how many of the owner's sleeps were cancelled,
+//! the server sessions Postgres started (`pg_stat_database.sessions`: pool churn; cancel
+//! connections are not sessions), for Sluice its `sluice_cancel_requests_total` by
+//! outcome, and the CPU of each process group (cpu.rs).
 //!
 //! Run with `cargo bench --bench cancel_spam`; see benches/README.md (PgBouncer must be
 //! installed, or installable with apt-get; without it its column is skipped).
@@ -41,10 +47,12 @@ use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry, Tes
 
 #[path = "../common/mod.rs"]
 mod common;
+mod cpu;
 mod spam;
 
 use common::{ratio, seconds, utc_time_of_day};
-use spam::{Spam, SpamStats};
+use cpu::{Cores, Reading, OTHERS_WARN};
+use spam::{Sink, Spam, SpamStats};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const POOL_SIZE: u32 = 5;
@@ -53,8 +61,12 @@ const CLIENTS: &str = "8";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Quiet,
+    /// The control for `OwnKey`: its owner's sleeps in the pool, no cancels.
+    Owner,
     OwnKey,
     Forged,
+    /// The control: forged keys at a sink that only accepts, reads and closes.
+    Sink,
     QuietAgain,
 }
 
@@ -62,8 +74,10 @@ impl Phase {
     fn name(self) -> &'static str {
         match self {
             Phase::Quiet => "quiet",
+            Phase::Owner => "owner only",
             Phase::OwnKey => "own key",
             Phase::Forged => "forged keys",
+            Phase::Sink => "sink",
             Phase::QuietAgain => "quiet again",
         }
     }
@@ -84,7 +98,7 @@ struct Run {
     phase: Phase,
     pooler: &'static str,
     bench: PgbenchRun,
-    cpu_cores: f64,
+    cpu: Cores,
     spam: Option<SpamStats>,
     sessions: i64,
     /// Sluice's cancel outcomes during the run.
@@ -215,18 +229,28 @@ fn main() {
         run_pgbench(&p.bench, &args, None, hz);
     }
 
+    let postmaster = cluster.cluster.pid().expect("postmaster running");
+    let sink = Sink::start();
     let mut runs: Vec<Run> = Vec::new();
-    for phase in [
+    let phases = [
         Phase::Quiet,
+        Phase::Owner,
         Phase::OwnKey,
         Phase::Forged,
+        Phase::Sink,
         Phase::QuietAgain,
-    ] {
+    ];
+    for phase in phases {
         for p in &poolers {
+            if phase == Phase::Sink && p.name != "Sluice" {
+                continue;
+            }
             let started = utc_time_of_day();
             let spam = match phase {
+                Phase::Owner => Some(Spam::start(p.bench.addr, Some(p.owner.clone()), 0)),
                 Phase::OwnKey => Some(Spam::start(p.bench.addr, Some(p.owner.clone()), rate)),
                 Phase::Forged => Some(Spam::start(p.bench.addr, None, rate)),
+                Phase::Sink => Some(Spam::start(sink.addr, None, rate)),
                 Phase::Quiet | Phase::QuietAgain => None,
             };
             if spam.is_some() {
@@ -234,15 +258,12 @@ fn main() {
             }
             let sessions_before = sessions(&cluster);
             let outcomes_before = outcomes(&sluice);
-            let cpu_before = testkit::procfs::cpu_ticks(p.pid);
-            let wall = std::time::Instant::now();
+            let before = Reading::now(p.pid, postmaster);
             let args = [
                 "-n", "-M", "simple", "-f", &script, "-c", CLIENTS, "-j", "2", "-T", &secs,
             ];
             let run = run_pgbench(&p.bench, &args, Some(p.pid), hz);
-            let cpu_cores = (testkit::procfs::cpu_ticks(p.pid) - cpu_before) as f64
-                / hz
-                / wall.elapsed().as_secs_f64();
+            let cpu = before.until(&Reading::now(p.pid, postmaster), hz);
             let spam = spam.map(Spam::stop);
             let sessions = sessions(&cluster) - sessions_before - 1;
             let outcomes = if p.name == "Sluice" {
@@ -251,7 +272,7 @@ fn main() {
                 BTreeMap::new()
             };
             println!(
-                "cancel_spam: {started} UTC {:11} {:9}: {:.0} TPS, {} failed, {} aborted{}, pooler {:.2} cores, {}; {} sessions started; {:?}",
+                "cancel_spam: {started} UTC {:11} {:9}: {:.0} TPS, {} failed, {} aborted{}; {}; {} sessions started; {:?}; cores: pooler {:.2}, spam {:.2}, pgbench {:.2}, postgres {:.2}, softirq {:.2}, machine {:.2}, others {:.2}",
                 phase.name(),
                 p.name,
                 run.tps,
@@ -261,10 +282,10 @@ fn main() {
                     .as_ref()
                     .map(|e| format!(" (first: {e})"))
                     .unwrap_or_default(),
-                cpu_cores,
                 spam.as_ref().map_or("no spam".into(), |s| format!(
-                    "{} cancels ({:.0}/s), {} errors{}, owner {} sleeps, {} cancelled",
+                    "{} cancels closed in order and {} reset ({:.0}/s), {} errors{}, owner {} sleeps, {} cancelled",
                     s.sent,
+                    s.reset,
                     s.rate(),
                     s.errors,
                     s.first_error
@@ -276,18 +297,26 @@ fn main() {
                 )),
                 sessions,
                 outcomes,
+                cpu.pooler,
+                cpu.spam,
+                cpu.pgbench,
+                cpu.postgres,
+                cpu.softirq,
+                cpu.machine,
+                cpu.others,
             );
             runs.push(Run {
                 phase,
                 pooler: p.name,
                 bench: run,
-                cpu_cores,
+                cpu,
                 spam,
                 sessions,
                 outcomes,
             });
         }
     }
+    drop(sink);
 
     println!();
     println!(
@@ -296,36 +325,55 @@ fn main() {
          requested, plaintext, one connection each"
     );
     println!();
-    println!("| phase | pooler | TPS | / quiet | failed | aborted | pooler CPU (µs/txn) | pooler CPU (cores) | cancels/s sent | spam errors | owner sleeps cancelled | sessions started | Sluice outcomes |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| phase | pooler | TPS | / quiet | / control | failed | aborted | pooler µs/txn | cancels/s taken | of them reset | spam errors | owner sleeps cancelled | sessions started | Sluice outcomes | cores: pooler | spam | pgbench | postgres | softirq | machine | others |");
+    println!(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in &runs {
-        let quiet = runs
-            .iter()
-            .find(|q| q.phase == Phase::Quiet && q.pooler == r.pooler)
-            .map_or(f64::NAN, |q| q.bench.tps);
-        let usable = r.bench.usable();
+        let tps_of = |phase| {
+            runs.iter()
+                .find(|q| q.phase == phase && q.pooler == r.pooler)
+                .map_or(f64::NAN, |q| q.bench.tps)
+        };
+        // Both quiet runs, so drift over the bench hits every ratio alike.
+        let quiet = (tps_of(Phase::Quiet) + tps_of(Phase::QuietAgain)) / 2.0;
+        let control = match r.phase {
+            Phase::OwnKey => tps_of(Phase::Owner),
+            _ => quiet,
+        };
+        let flags = match (r.bench.usable(), r.cpu.others > OTHERS_WARN) {
+            (true, false) => "",
+            (false, false) => " *",
+            (true, true) => " †",
+            (false, true) => " *†",
+        };
+        let c = &r.cpu;
         println!(
-            "| {} | {} | {:.0}{} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0}{flags} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             r.phase.name(),
-            r.pooler,
+            if r.phase == Phase::Sink { "Sluice (spam at a sink)" } else { r.pooler },
             r.bench.tps,
-            if usable { "" } else { " *" },
             ratio(r.bench.tps, quiet),
+            ratio(r.bench.tps, control),
             r.bench.failed,
             r.bench.aborted_clients,
             r.bench
                 .cpu_us_per_txn
                 .map_or("—".into(), |c| format!("{c:.1}")),
-            r.cpu_cores,
+            r.spam.as_ref().map_or("—".into(), |s| format!("{:.0}", s.rate())),
+            r.spam.as_ref().map_or("—".into(), |s| format!(
+                "{:.0} %",
+                100.0 * s.reset as f64 / (s.sent + s.reset).max(1) as f64
+            )),
+            r.spam.as_ref().map_or("—".into(), |s| s.errors.to_string()),
             r.spam
                 .as_ref()
-                .map_or("—".into(), |s| format!("{:.0}", s.rate())),
-            r.spam.as_ref().map_or("—".into(), |s| s.errors.to_string()),
-            r.spam.as_ref().map_or("—".into(), |s| format!(
-                "{} of {}",
-                s.owner_cancelled,
-                s.owner_queries + s.owner_cancelled
-            )),
+                .filter(|s| s.owner_queries + s.owner_cancelled > 0)
+                .map_or("—".into(), |s| format!(
+                    "{} of {}",
+                    s.owner_cancelled,
+                    s.owner_queries + s.owner_cancelled
+                )),
             r.sessions,
             if r.outcomes.is_empty() {
                 "—".to_owned()
@@ -336,9 +384,21 @@ fn main() {
                     .collect::<Vec<_>>()
                     .join(", ")
             },
+            c.pooler,
+            c.spam,
+            c.pgbench,
+            c.postgres,
+            c.softirq,
+            c.machine,
+            c.others,
         );
     }
-    println!("(* a client aborted; / quiet: TPS over the same pooler's first quiet phase)");
+    println!(
+        "(* a client aborted; † other processes used more than {OTHERS_WARN} cores: disturbed; \
+         / quiet: TPS over the mean of the same pooler's two quiet runs; / control: over \
+         its owner-only run for own key, else as / quiet; sink: the same spam at a \
+         listener in this process that only accepts, reads 16 bytes and closes)"
+    );
 
     drop(sluice);
     drop(pgbouncer);

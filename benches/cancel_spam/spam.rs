@@ -28,8 +28,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a spam run did.
 #[derive(Debug, Default, Clone)]
 pub struct SpamStats {
-    /// Requests the target closed after reading them.
+    /// Requests the target closed after reading them: in order, or with a reset.
     pub sent: u64,
+    pub reset: u64,
     /// Requests that failed (connect, write, reset, timeout), and the first error.
     pub errors: u64,
     pub first_error: Option<String>,
@@ -40,8 +41,9 @@ pub struct SpamStats {
 }
 
 impl SpamStats {
+    /// Requests the target took (closed in order or with a reset), per second.
     pub fn rate(&self) -> f64 {
-        self.sent as f64 / self.secs.max(1e-9)
+        (self.sent + self.reset) as f64 / self.secs.max(1e-9)
     }
 }
 
@@ -53,8 +55,8 @@ pub struct Spam {
 
 impl Spam {
     /// Starts sending `rate` cancels per second to `addr`: for the key of a client that
-    /// logs in at `owner` and runs sleeps, or (without one) forged keys. Returns once the
-    /// owner is logged in and the senders run.
+    /// logs in at `owner` and runs sleeps, or (without one) forged keys; at rate 0 the
+    /// owner alone. Returns once the owner is logged in and the senders run.
     pub fn start(addr: SocketAddr, owner: Option<PgTarget>, rate: u64) -> Spam {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -114,11 +116,14 @@ async fn run(
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
+    let reset = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(Mutex::new(None));
-    let senders: Vec<_> = (0..SENDERS)
+    // Rate 0: the owner alone (the control for its own use of the pool).
+    let senders: Vec<_> = (0..if rate == 0 { 0 } else { SENDERS })
         .map(|_| {
             let (next, sent, errors) = (next.clone(), sent.clone(), errors.clone());
+            let reset = reset.clone();
             let (first_error, stop) = (first_error.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
@@ -133,8 +138,11 @@ async fn run(
                         secret: rand::random(),
                     });
                     match tokio::time::timeout(REQUEST_TIMEOUT, cancel(addr, key)).await {
-                        Ok(Ok(())) => {
+                        Ok(Ok(Closed::InOrder)) => {
                             sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Ok(Closed::Reset)) => {
+                            reset.fetch_add(1, Ordering::Relaxed);
                         }
                         failed => {
                             errors.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +158,9 @@ async fn run(
         })
         .collect();
     let _ = ready.send(());
+    while senders.is_empty() && !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for sender in senders {
         sender.await.expect("a sender");
     }
@@ -161,6 +172,7 @@ async fn run(
     let first_error = first_error.lock().unwrap().take();
     SpamStats {
         sent: sent.load(Ordering::Relaxed),
+        reset: reset.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         first_error,
         secs,
@@ -169,15 +181,27 @@ async fn run(
     }
 }
 
+/// How the target ended a cancel request's connection (libpq takes either as done).
+enum Closed {
+    InOrder,
+    Reset,
+}
+
 /// One CancelRequest on its own connection, waiting for the target to close it.
-async fn cancel(addr: SocketAddr, key: CancelKey) -> std::io::Result<()> {
+async fn cancel(addr: SocketAddr, key: CancelKey) -> std::io::Result<Closed> {
     let mut tcp = TcpStream::connect(addr).await?;
     let mut packet = BytesMut::new();
     startup::encode_cancel(key, &mut packet);
     tcp.write_all(&packet).await?;
     let mut rest = [0u8; 64];
-    while tcp.read(&mut rest).await? > 0 {}
-    Ok(())
+    loop {
+        match tcp.read(&mut rest).await {
+            Ok(0) => return Ok(Closed::InOrder),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(Closed::Reset),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The owner's loop: short sleeps until `stop`; (completed, cancelled).
@@ -195,4 +219,58 @@ async fn sleep_loop(mut client: RawClient, stop: Arc<AtomicBool>) -> (u64, u64) 
         }
     }
     (done, cancelled)
+}
+
+/// The control target: a listener on a thread of its own that accepts, reads the 16
+/// bytes of a CancelRequest and closes, as cheaply as a server can. Stopped on drop.
+pub struct Sink {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the sink");
+        listener
+            .set_nonblocking(true)
+            .expect("a nonblocking listener");
+        let addr = listener.local_addr().expect("the sink's address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("the sink");
+                while !flag.load(Ordering::Relaxed) {
+                    let accepted =
+                        tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+                    let Ok(Ok((mut tcp, _))) = accepted else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let mut packet = [0u8; 16];
+                        let _ = tcp.read_exact(&mut packet).await;
+                    });
+                }
+            });
+        });
+        Sink {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -101,8 +101,12 @@ pub enum Release {
     /// with nothing sent since. A transaction still open is rolled back; `discard`
     /// also runs `DISCARD ALL` (session mode, after a client used the connection).
     AtReadyForQuery { status: u8, discard: bool },
-    /// Anything else (mid-query, mid-COPY, broken): the connection is closed.
+    /// Anything else (mid-query, mid-COPY, broken): the connection is closed, after a
+    /// CancelRequest for whatever it may still be running.
     Dirty,
+    /// At a message boundary with nothing running, but not to be reused (a cancel was
+    /// sent to it, and its signal may still land): closed, with nothing to cancel.
+    Close,
 }
 
 impl Pool {
@@ -500,7 +504,7 @@ impl PooledConn {
         self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
         let expired = conn.retire_at.is_some_and(|at| Instant::now() >= at);
         let reusable = match how {
-            Release::Dirty => false,
+            Release::Dirty | Release::Close => false,
             Release::AtReadyForQuery { .. } if expired || conn.buffered() > 0 => false,
             Release::AtReadyForQuery { status, discard } => {
                 match conn.reset(status, discard).await {

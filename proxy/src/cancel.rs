@@ -320,18 +320,17 @@ pub async fn carry_out(
         tenant,
         forward,
     } = registry.decide(key, ip, Instant::now());
-    if let Some(tenant) = &tenant {
-        tracing::Span::current().record("tenant", tenant.as_str());
-    }
     let outcome = match forward {
         Some(forward) => match forward.send().await {
             Ok(()) => {
                 let backend_pid = forward.target.key.pid;
-                tracing::info!(backend_pid, "cancel request forwarded");
+                let tenant = tenant.as_ref().map(TenantId::as_str);
+                tracing::info!(backend_pid, tenant, "cancel request forwarded");
                 CancelOutcome::Forwarded
             }
             Err(e) => {
-                tracing::warn!(error = %e, "forwarding cancel request failed");
+                let tenant = tenant.as_ref().map(TenantId::as_str);
+                tracing::warn!(error = %e, tenant, "forwarding cancel request failed");
                 CancelOutcome::Failed
             }
         },

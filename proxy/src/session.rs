@@ -376,7 +376,10 @@ async fn run_session(
     // sent to is closed rather than reused (the signal may still land; see cancel.rs).
     let cancelled = cancel.set_target(None);
     drop(cancel);
-    let reusable = |release: Release| if cancelled { Release::Dirty } else { release };
+    let reusable = |release: Release| match release {
+        Release::AtReadyForQuery { .. } if cancelled => Release::Close,
+        other => other,
+    };
     match end {
         RelayEnd::ClientLeft(release) => {
             let release = match reusable(release) {
@@ -384,7 +387,7 @@ async fn run_session(
                     status,
                     discard: discard || settings_applied,
                 },
-                Release::Dirty => Release::Dirty,
+                other => other,
             };
             tracing::debug!(?release, "client left");
             server.release(release).await;

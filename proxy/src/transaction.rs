@@ -87,7 +87,7 @@ pub async fn run(
     let cancelled = cancel.set_target(None);
     if let Some(server) = server {
         let release = if cancelled {
-            Release::Dirty
+            Release::Close
         } else {
             Release::AtReadyForQuery {
                 status: tag::STATUS_IDLE,
@@ -140,6 +140,7 @@ impl Client<'_> {
                     discard,
                 },
             )),
+            Some(a) if a.at_rest() => Some((a.server, Release::Close)),
             Some(a) => Some((a.server, Release::Dirty)),
             None => None,
         };

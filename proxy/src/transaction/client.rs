@@ -107,7 +107,7 @@ impl Client<'_> {
         let a = attached.take().expect("checked");
         let cancelled = self.cancel.set_target(None);
         let release = if a.cancel_sent || cancelled {
-            Release::Dirty
+            Release::Close
         } else {
             Release::AtReadyForQuery {
                 status: tag::STATUS_IDLE,
