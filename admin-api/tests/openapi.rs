@@ -1183,7 +1183,7 @@ fn live_answers_match_the_document() {
     assert_eq!(pending["tenant"]["status"], "provisioning");
     assert_eq!(
         pending["tenant"]["backend"],
-        json!({"driver": "stuck", "address": null, "tls": "require"})
+        json!({"driver": "stuck", "address": null, "tls": "require", "allow_auth_user_login": false})
     );
     assert_eq!(
         (&pending["job"]["kind"], &pending["job"]["state"]),
@@ -1483,7 +1483,12 @@ fn tenants_read_and_changed(live: &mut Live, world: &World) {
         (
             &json!("active"),
             &Value::Null,
-            &json!({"driver": "config", "address": "127.0.0.1:1", "tls": "disable"})
+            &json!({
+                "driver": "config",
+                "address": "127.0.0.1:1",
+                "tls": "disable",
+                "allow_auth_user_login": false
+            })
         )
     );
     assert_eq!(
@@ -1757,7 +1762,12 @@ fn the_story(live: &mut Live, world: &World) -> LocalDriver {
     assert_eq!(shop["status"], "active");
     assert_eq!(
         shop["backend"],
-        json!({"driver": "static", "address": format!("127.0.0.1:{}", backend.port), "tls": "require"})
+        json!({
+            "driver": "static",
+            "address": format!("127.0.0.1:{}", backend.port),
+            "tls": "require",
+            "allow_auth_user_login": false
+        })
     );
     assert_eq!(shop["pool"]["size"], 5);
     assert_eq!(
