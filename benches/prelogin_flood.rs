@@ -356,7 +356,9 @@ async fn login_once(series: &Series) -> Result<u64, String> {
 }
 
 /// `n` rounds of one login to every series in turn (after an unmeasured round), so
-/// that whatever else the machine does meanwhile hits every series alike.
+/// that whatever else the machine does meanwhile hits every series alike. Each round
+/// starts one series further on, so each series follows each other one equally often
+/// (a direct login leaves Postgres busy ending its backend for a moment).
 async fn interleaved(series: &mut [Series], n: usize) {
     let started = Instant::now();
     for round in 0..=n {
@@ -366,7 +368,12 @@ async fn interleaved(series: &mut [Series], n: usize) {
             }
             break;
         }
-        for s in series.iter_mut().filter(|s| s.error.is_none()) {
+        let count = series.len();
+        for i in 0..count {
+            let s = &mut series[(round + i) % count];
+            if s.error.is_some() {
+                continue;
+            }
             match login_once(s).await {
                 Ok(us) if round > 0 => s.latencies.push(us),
                 Ok(_) => {}
