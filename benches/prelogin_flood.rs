@@ -6,17 +6,20 @@
 //!   SSLRequest; PgBouncer 1.18 has no direct TLS, so all of its after an SSLRequest).
 //!   Figures: the pooler's CPU time (utime+stime from /proc/PID/stat) in the 3 s after the
 //!   last one closed, and its sockets in CLOSE_WAIT 1 s after.
-//! - `logins`: `$SLUICE_PRELOGIN_LOGINS` sequential logins (default 200; tokio-postgres,
-//!   TLS + SCRAM, each timed from connect to ReadyForQuery) of tenant `acme`'s client,
-//!   p50 and p99: direct to Postgres, through PgBouncer and through Sluice while quiet,
-//!   then through Sluice and PgBouncer while `$SLUICE_PRELOGIN_HELD` pre-login sockets
-//!   (default 10,000) are held open from 127.0.0.10, .11, ... (500 per address): a
-//!   quarter silent, a quarter after an answered SSLRequest, a quarter 20 bytes into a
-//!   ClientHello naming the other tenant `noisy`, a quarter 6 bytes into a startup
-//!   packet. Also the pooler's RSS with them, per socket.
+//! - `logins`: `$SLUICE_PRELOGIN_LOGINS` logins (default 200; tokio-postgres, TLS +
+//!   SCRAM, each timed from connect to ReadyForQuery) of tenant `acme`'s client to each
+//!   of three targets in turn: direct to Postgres, a pooler, and an identical twin of
+//!   that pooler against which `$SLUICE_PRELOGIN_HELD` pre-login sockets (default
+//!   10,000) are held from 127.0.0.10, .11, ... (500 per address): a quarter silent, a
+//!   quarter after an answered SSLRequest, a quarter 20 bytes into a ClientHello naming
+//!   the other tenant `noisy`, a quarter 6 bytes into a startup packet. One phase with
+//!   two Sluices, one with two PgBouncers. Taking the logins in turn makes whatever
+//!   else the machine does hit the quiet and the crowded pooler alike. p50 and p99, and
+//!   the crowded pooler's RSS with the crowd, per socket.
 //!
 //! `SLUICE_PRELOGIN_ONLY=partial` or `=logins` runs one section; `SLUICE_BENCH_BIN`
-//! measures another `sluice` binary (an older build, say) instead of this one.
+//! measures another `sluice` binary (an older build, say) instead of this one (the
+//! partial section runs with the default config keys only, so any build can).
 //!
 //! Run with `cargo bench --bench prelogin_flood`; see benches/README.md. Every loop is
 //! bounded in count and time; everything started runs in temporary directories on
@@ -85,7 +88,10 @@ struct Pooler {
 }
 
 impl Bench {
-    fn sluice(&self, label: &str) -> Pooler {
+    /// A Sluice with the tenants `acme` and `noisy`; for the logins section (`held`),
+    /// set up to hold the crowd (keys an older build may not know: the partial
+    /// section runs without them).
+    fn sluice(&self, label: &str, held: bool) -> Pooler {
         let mut config = SluiceConfig::new(&self.one.pki);
         config.log = "warn".into();
         let acme = TenantEntry::over_unix_socket(&self.one.cluster, &self.one.pki);
@@ -99,11 +105,13 @@ impl Bench {
             "connect_rate = 0".into(),
             "max_client_connections = 0".into(),
         ];
-        // The held sockets stay for the whole section (the login timeout would close
-        // them after 15 s), and the process cap is above them (its default, 10,000,
-        // would refuse the measured client while 10,000 are held).
-        config.login_timeout_ms = 600_000;
-        config.proxy_extra = vec![format!("max_pending_logins = {}", self.held + 1000)];
+        if held {
+            // The held sockets stay for the whole section (the login timeout would
+            // close them after 15 s), and the process cap is above them (its default,
+            // 10,000, would refuse the measured client while 10,000 are held).
+            config.login_timeout_ms = 600_000;
+            config.proxy_extra = vec![format!("max_pending_logins = {}", self.held + 1000)];
+        }
         let dir = self.one.dir.path().join(format!("sluice-{label}"));
         let sluice = SluiceProcess::start(&sluice_bin(), &dir, &config).expect("sluice");
         Pooler {
@@ -290,34 +298,92 @@ async fn partial(bench: &Bench, pooler: &Pooler, n: usize, direct: bool) -> Part
 }
 
 // ---------------------------------------------------------------------------------
-// logins: latency, quiet and with held pre-login sockets.
+// logins: latency of another tenant's client, quiet and with held pre-login sockets.
 
-/// Sorted durations (µs) of `n` sequential logins to `target`, after one unmeasured
-/// login.
-async fn login_latencies(target: &PgTarget, n: usize) -> Result<Vec<u64>, String> {
-    let config = testkit::clients::pg_config(target);
-    let connector = testkit::clients::tls_connector(&target.ca);
-    let started = Instant::now();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..=n {
-        if started.elapsed() > LOGINS_BUDGET {
-            return Err(format!("only {i} logins within {LOGINS_BUDGET:?}"));
-        }
-        let t = Instant::now();
-        let (client, conn) = tokio::time::timeout(LOGIN_TIMEOUT, config.connect(connector.clone()))
-            .await
-            .map_err(|_| format!("login {i}: no answer within {LOGIN_TIMEOUT:?}"))?
-            .map_err(|e| format!("login {i}: {e}"))?;
-        let us = t.elapsed().as_micros() as u64;
-        let task = tokio::spawn(conn);
-        drop(client);
-        let _ = tokio::time::timeout(LOGIN_TIMEOUT, task).await;
-        if i > 0 {
-            out.push(us);
+/// Logins to one target, measured one at a time in turn with the other series of its
+/// phase.
+struct Series {
+    phase: &'static str,
+    name: String,
+    /// Pre-login sockets held against this target while it was measured.
+    held: String,
+    config: tokio_postgres::Config,
+    connector: tokio_postgres_rustls::MakeRustlsConnect,
+    /// Login times (µs), sorted once the phase is over.
+    latencies: Vec<u64>,
+    error: Option<String>,
+    /// The pooler's RSS (KiB) before the crowd and with it.
+    rss_kib: Option<(u64, u64)>,
+}
+
+impl Series {
+    fn new(phase: &'static str, name: &str, target: &PgTarget) -> Self {
+        Series {
+            phase,
+            name: name.into(),
+            held: "0".into(),
+            config: testkit::clients::pg_config(target),
+            connector: testkit::clients::tls_connector(&target.ca),
+            latencies: Vec::new(),
+            error: None,
+            rss_kib: None,
         }
     }
-    out.sort_unstable();
-    Ok(out)
+
+    fn p(&self, q: f64) -> f64 {
+        match &self.error {
+            Some(_) => f64::NAN,
+            None => percentile(&self.latencies, q) / 1000.0,
+        }
+    }
+}
+
+/// One login (connect to ReadyForQuery), in µs.
+async fn login_once(series: &Series) -> Result<u64, String> {
+    let t = Instant::now();
+    let (client, conn) = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        series.config.connect(series.connector.clone()),
+    )
+    .await
+    .map_err(|_| format!("no answer within {LOGIN_TIMEOUT:?}"))?
+    .map_err(|e| e.to_string())?;
+    let us = t.elapsed().as_micros() as u64;
+    let task = tokio::spawn(conn);
+    drop(client);
+    let _ = tokio::time::timeout(LOGIN_TIMEOUT, task).await;
+    Ok(us)
+}
+
+/// `n` rounds of one login to every series in turn (after an unmeasured round), so
+/// that whatever else the machine does meanwhile hits every series alike. Each round
+/// starts one series further on, so each series follows each other one equally often
+/// (a direct login leaves Postgres busy ending its backend for a moment).
+async fn interleaved(series: &mut [Series], n: usize) {
+    let started = Instant::now();
+    for round in 0..=n {
+        if started.elapsed() > LOGINS_BUDGET {
+            for s in series.iter_mut().filter(|s| s.error.is_none()) {
+                s.error = Some(format!("only {round} rounds within {LOGINS_BUDGET:?}"));
+            }
+            break;
+        }
+        let count = series.len();
+        for i in 0..count {
+            let s = &mut series[(round + i) % count];
+            if s.error.is_some() {
+                continue;
+            }
+            match login_once(s).await {
+                Ok(us) if round > 0 => s.latencies.push(us),
+                Ok(_) => {}
+                Err(e) => s.error = Some(format!("login {round}: {e}")),
+            }
+        }
+    }
+    for s in series.iter_mut() {
+        s.latencies.sort_unstable();
+    }
 }
 
 /// Opens `n` pre-login sockets to `addr` from 127.0.0.10, .11, ... ([`PER_ADDRESS`]
@@ -363,62 +429,36 @@ async fn hold(addr: SocketAddr, n: usize, hello: &[u8]) -> (Vec<TcpStream>, usiz
     (held, failed, first_error)
 }
 
-struct LoginRow {
-    target: String,
-    held: String,
-    latencies: Result<Vec<u64>, String>,
-    rss_kib: Option<(u64, u64)>,
-}
-
-impl LoginRow {
-    fn p(&self, q: f64) -> f64 {
-        self.latencies
-            .as_ref()
-            .map_or(f64::NAN, |l| percentile(l, q) / 1000.0)
-    }
-
-    fn print(&self) {
-        println!(
-            "prelogin_flood: {} UTC logins {} ({} held): p50 {:.2} ms, p99 {:.2} ms{}",
-            utc_time_of_day(),
-            self.target,
-            self.held,
-            self.p(0.5),
-            self.p(0.99),
-            self.latencies
-                .as_ref()
-                .err()
-                .map(|e| format!(" (failed: {e})"))
-                .unwrap_or_default()
-        );
-    }
-}
-
-async fn logins_quiet(name: &str, target: &PgTarget, n: usize) -> LoginRow {
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let row = LoginRow {
-        target: name.into(),
-        held: "0".into(),
-        latencies: login_latencies(target, n).await,
-        rss_kib: None,
-    };
-    row.print();
-    row
-}
-
-async fn logins_held(bench: &Bench, pooler: &Pooler, target: &PgTarget, n: usize) -> LoginRow {
-    let before = rss_kib(pooler.pid).unwrap_or(0);
-    let (held, failed, first_error) = hold(pooler.addr, bench.held, &bench.hello).await;
+/// One phase: logins direct, to `quiet` and to `crowded` in turn, while the crowd of
+/// pre-login sockets is held against `crowded` (two poolers of the same kind and
+/// config, so that the crowd is the only difference).
+async fn phase(
+    bench: &Bench,
+    phase: &'static str,
+    quiet: &Pooler,
+    crowded: &Pooler,
+    n: usize,
+) -> Vec<Series> {
+    let direct_addr = SocketAddr::from(([127, 0, 0, 1], bench.one.cluster.tcp_port.expect("tcp")));
+    let sluice = quiet.name == "Sluice";
+    let mut series = vec![
+        Series::new(phase, "direct", &bench.target(direct_addr, false)),
+        Series::new(phase, quiet.name, &bench.target(quiet.addr, sluice)),
+        Series::new(phase, crowded.name, &bench.target(crowded.addr, sluice)),
+    ];
+    let port = crowded.addr.port();
+    let before = rss_kib(crowded.pid).unwrap_or(0);
+    let (held, failed, first_error) = hold(crowded.addr, bench.held, &bench.hello).await;
     // Every one accepted before the clock starts.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while state(&sockets(pooler.pid, pooler.addr.port()), "ESTABLISHED") < held.len()
+    while state(&sockets(crowded.pid, port), "ESTABLISHED") < held.len()
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let with = rss_kib(pooler.pid).unwrap_or(0);
-    let label = match failed {
+    let with = rss_kib(crowded.pid).unwrap_or(0);
+    series[2].held = match failed {
         0 => held.len().to_string(),
         _ => format!(
             "{} ({failed} failed to open: {})",
@@ -426,22 +466,30 @@ async fn logins_held(bench: &Bench, pooler: &Pooler, target: &PgTarget, n: usize
             first_error.unwrap_or_default()
         ),
     };
-    let row = LoginRow {
-        target: pooler.name.into(),
-        held: label,
-        latencies: login_latencies(target, n).await,
-        rss_kib: Some((before, with)),
-    };
-    row.print();
+    series[2].rss_kib = Some((before, with));
+    interleaved(&mut series, n).await;
+    for s in &series {
+        println!(
+            "prelogin_flood: {} UTC logins, {} phase: {} ({} held): p50 {:.2} ms, p99 {:.2} ms{}",
+            utc_time_of_day(),
+            s.phase,
+            s.name,
+            s.held,
+            s.p(0.5),
+            s.p(0.99),
+            s.error
+                .as_deref()
+                .map(|e| format!(" (failed: {e})"))
+                .unwrap_or_default()
+        );
+    }
     drop(held);
-    // Let the pooler close its side before the next row.
+    // Let the pooler close its side before it is stopped.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while state(&sockets(pooler.pid, pooler.addr.port()), "ESTABLISHED") > 0
-        && Instant::now() < deadline
-    {
+    while state(&sockets(crowded.pid, port), "ESTABLISHED") > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    row
+    series
 }
 
 // ---------------------------------------------------------------------------------
@@ -475,7 +523,7 @@ async fn main() {
 
     if wants("partial") {
         let mut rows = Vec::new();
-        let sluice = bench.sluice("partial");
+        let sluice = bench.sluice("partial", false);
         tokio::time::sleep(Duration::from_secs(2)).await;
         rows.push(partial(&bench, &sluice, n_partial, true).await);
         drop(sluice);
@@ -510,40 +558,31 @@ async fn main() {
 
     if wants("logins") {
         let mut rows = Vec::new();
-        let direct_addr =
-            SocketAddr::from(([127, 0, 0, 1], bench.one.cluster.tcp_port.expect("tcp")));
-        rows.push(logins_quiet("direct", &bench.target(direct_addr, false), logins).await);
-        let bouncer = bench.bouncer("logins");
-        if let Some(bouncer) = &bouncer {
-            let target = bench.target(bouncer.addr, false);
-            rows.push(logins_quiet("PgBouncer", &target, logins).await);
+        {
+            let quiet = bench.sluice("logins-quiet", true);
+            let crowded = bench.sluice("logins-crowded", true);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rows.extend(phase(&bench, "Sluice", &quiet, &crowded, logins).await);
         }
-        let sluice = bench.sluice("logins");
-        let target = bench.target(sluice.addr, true);
-        rows.push(logins_quiet("Sluice", &target, logins).await);
-        rows.push(logins_held(&bench, &sluice, &target, logins).await);
-        rows.push(logins_quiet("Sluice (again)", &target, logins).await);
-        drop(sluice);
-        if let Some(bouncer) = &bouncer {
-            let target = bench.target(bouncer.addr, false);
-            rows.push(logins_held(&bench, bouncer, &target, logins).await);
+        if let (Some(quiet), Some(crowded)) = (
+            bench.bouncer("logins-quiet"),
+            bench.bouncer("logins-crowded"),
+        ) {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rows.extend(phase(&bench, "PgBouncer", &quiet, &crowded, logins).await);
         }
-        let quiet = |name: &str| {
-            rows.iter()
-                .find(|r| r.target == name && r.held == "0")
-                .map_or(f64::NAN, |r| r.p(0.99))
-        };
         out.push_str(&format!(
-            "\n### {logins} sequential logins of another tenant's client (TLS + SCRAM, tokio-postgres), quiet and with {held} pre-login sockets held\n\n\
-             | target | pre-login sockets held | login p50 (ms) | login p99 (ms) | p99 / its quiet p99 | RSS before → with (MiB) | per held socket (KiB) |\n\
-             |---|---|---|---|---|---|---|\n"
+            "\n### {logins} logins of another tenant's client (TLS + SCRAM, tokio-postgres) to each target in turn, with {held} pre-login sockets held against one of two identical poolers\n\n\
+             | phase | target | pre-login sockets held | login p50 (ms) | login p99 (ms) | p99 / quiet twin's p99 | RSS before → with (MiB) | per held socket (KiB) |\n\
+             |---|---|---|---|---|---|---|---|\n"
         ));
         for r in &rows {
-            let base = r.target.trim_end_matches(" (again)");
-            let vs_quiet = if r.held == "0" && r.target == base {
-                "–".to_owned()
-            } else {
-                ratio(r.p(0.99), quiet(base))
+            let twin = rows
+                .iter()
+                .find(|q| q.phase == r.phase && q.name == r.name && q.held == "0");
+            let vs_quiet = match twin {
+                Some(q) if r.held != "0" => ratio(r.p(0.99), q.p(0.99)),
+                _ => "–".to_owned(),
             };
             let (rss, per) = match r.rss_kib {
                 Some((before, with)) => (
@@ -560,14 +599,14 @@ async fn main() {
                 None => ("–".into(), "–".into()),
             };
             let failed = r
-                .latencies
-                .as_ref()
-                .err()
+                .error
+                .as_deref()
                 .map(|e| format!(" (failed: {e})"))
                 .unwrap_or_default();
             out.push_str(&format!(
-                "| {}{failed} | {} | {:.2} | {:.2} | {vs_quiet} | {rss} | {per} |\n",
-                r.target,
+                "| {} | {}{failed} | {} | {:.2} | {:.2} | {vs_quiet} | {rss} | {per} |\n",
+                r.phase,
+                r.name,
                 r.held,
                 r.p(0.5),
                 r.p(0.99)

@@ -1484,7 +1484,12 @@ fn tenants_read_and_changed(live: &mut Live, world: &World) {
         (
             &json!("active"),
             &Value::Null,
-            &json!({"driver": "config", "address": "127.0.0.1:1", "tls": "disable", "allow_auth_user_login": false})
+            &json!({
+                "driver": "config",
+                "address": "127.0.0.1:1",
+                "tls": "disable",
+                "allow_auth_user_login": false
+            })
         )
     );
     assert_eq!(
@@ -1758,7 +1763,12 @@ fn the_story(live: &mut Live, world: &World) -> LocalDriver {
     assert_eq!(shop["status"], "active");
     assert_eq!(
         shop["backend"],
-        json!({"driver": "static", "address": format!("127.0.0.1:{}", backend.port), "tls": "require", "allow_auth_user_login": false})
+        json!({
+            "driver": "static",
+            "address": format!("127.0.0.1:{}", backend.port),
+            "tls": "require",
+            "allow_auth_user_login": false
+        })
     );
     assert_eq!(shop["pool"]["size"], 5);
     assert_eq!(

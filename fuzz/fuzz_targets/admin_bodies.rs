@@ -29,8 +29,8 @@ use control::catalog_sync::{materialize, Base, Plans};
 use control::keys::{ApiKeys, Role};
 use control::settings::{LimitsPatch, PoolPatch};
 use control::store::{BackendRecord, TenantRecord};
-use provision::StaticDriver;
 use libfuzzer_sys::fuzz_target;
+use provision::StaticDriver;
 use router::{PoolMode, PoolSettings, TenantId};
 use serde_json::Value;
 

@@ -58,6 +58,27 @@ pub enum RelayEnd {
     QueryRateLimited,
 }
 
+/// Bytes a relay moves in a row before it lets the runtime's other tasks run.
+const PACE_BYTES: usize = 64 * 1024;
+
+/// Keeps one connection's bulk transfer from holding a runtime thread: after every
+/// [`PACE_BYTES`] relayed the task yields, so the clients of every other tenant
+/// waiting on the same thread get their turn within one such slice (tokio's own
+/// budget would let a task run about a hundred reads and writes, a few MiB, first).
+/// Ordinary requests never reach it.
+#[derive(Debug, Default)]
+pub(crate) struct Pace(usize);
+
+impl Pace {
+    pub(crate) async fn relayed(&mut self, bytes: usize) {
+        self.0 += bytes;
+        if self.0 >= PACE_BYTES {
+            self.0 = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// What one client connection relayed, for its closing log line. Each field is only
 /// ever added to by its own connection's task (uncontended atomics).
 #[derive(Debug, Default)]
@@ -318,6 +339,7 @@ where
 {
     let mut scanner = Scanner::new(DEFAULT_MAX_FRAME_LEN);
     let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
+    let mut pace = Pace::default();
     // One registration with the token for the whole loop, not one per read or write.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
@@ -326,6 +348,9 @@ where
             _ = &mut stopped => return (Ended::Stopped, scanner.at_boundary()),
             read = client.read_buf(&mut buf) => read,
         };
+        if let Ok(n) = read {
+            pace.relayed(n).await;
+        }
         progress
             .client_active
             .store(since(epoch), Ordering::Release);
@@ -446,6 +471,7 @@ where
 {
     let mut scanner = Scanner::new(DEFAULT_MAX_FRAME_LEN);
     let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
+    let mut pace = Pace::default();
     // One registration with the token for the whole loop, not one per read or write.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
@@ -458,6 +484,9 @@ where
             () = progress.client_done_notify.notified() => continue,
             read = server.read_buf(&mut buf) => read,
         };
+        if let Ok(n) = read {
+            pace.relayed(n).await;
+        }
         match read {
             Ok(0) => return (Ended::ServerEof, false),
             Ok(_) => {}

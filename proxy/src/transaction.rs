@@ -34,7 +34,7 @@ use wire::messages::tag;
 use crate::error::ClientError;
 use crate::goodbye::{tell_and_close, terminated, REJECT_TIMEOUT};
 use crate::login::Session;
-use crate::relay::Tally;
+use crate::relay::{Pace, Tally};
 use crate::state::Proxy;
 use crate::stream::ClientStream;
 use attached::{header_at, read_server, Attached, READ_BUFFER};
@@ -273,6 +273,7 @@ impl Client<'_> {
         // The client closed its side (EOF, or a TLS close_notify) after whole messages:
         // the server's answers to them are still relayed, as Postgres would send them.
         let mut client_done = false;
+        let mut pace = Pace::default();
         loop {
             if let Err(e) = self.fit_read_buffer(&mut cbuf, attached) {
                 return End::Failed(e);
@@ -286,7 +287,8 @@ impl Client<'_> {
                 read = self.stream.read_buf(&mut cbuf), if !client_done => match read {
                     Ok(0) if cbuf.is_empty() && owed(attached) => client_done = true,
                     Ok(0) | Err(_) => return End::ClientLeft,
-                    Ok(_) => {
+                    Ok(n) => {
+                        pace.relayed(n).await;
                         // Boxed, like the other two: their states (a checkout, a
                         // parameter sync) exist only while they run, not in every idle
                         // client's task.
@@ -298,7 +300,8 @@ impl Client<'_> {
                 read = read_server(attached) => match read {
                     Ok(0) => return End::ServerGone("server closed the connection".into()),
                     Err(e) => return End::ServerGone(e.to_string()),
-                    Ok(_) => {
+                    Ok(n) => {
+                        pace.relayed(n).await;
                         if let Some(end) = Box::pin(self.on_server_bytes(attached)).await {
                             return end;
                         }
