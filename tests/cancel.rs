@@ -106,3 +106,36 @@ async fn session_mode_clients_see_their_real_backend_pid_and_can_cancel() {
     let err = result.expect_err("the query was cancelled");
     assert_eq!(err.code, "57014", "{err:?}");
 }
+
+/// A query cancelled by the tenant's `query_timeout` in session mode: the client gets
+/// 57014 and carries on, and the server connection the cancel went to is closed when the
+/// client leaves, not handed to the next client (the cancel's signal may land after the
+/// query ended, and must not hit someone else's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cancelled_for_query_timeout_is_not_reused() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.tenants[0].pool = vec!["mode = \"session\"".into(), "size = 1".into()];
+        c.tenants[0].limits = vec!["query_timeout_ms = 300".into()];
+    })
+    .expect("test environment");
+    let target = env.target("acme");
+    let first = testkit::pg_connect(&target).await.unwrap();
+    let err = first
+        .simple_query("select pg_sleep(5)")
+        .await
+        .expect_err("cancelled by query_timeout");
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("57014"),
+        "{err}"
+    );
+    let pid: i32 = testkit::scalar(&first, "select pg_backend_pid()").await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = testkit::pg_connect(&target).await.unwrap();
+    let next_pid: i32 = testkit::scalar(&next, "select pg_backend_pid()").await;
+    assert_ne!(
+        pid, next_pid,
+        "the cancelled connection went to the next client"
+    );
+}

@@ -185,10 +185,7 @@ pub async fn relay(
                 && progress.expected_ready.load(Ordering::Acquire)
                     == progress.seen_ready.load(Ordering::Acquire);
             let release = if clean {
-                Release::AtReadyForQuery {
-                    status: progress.status.load(Ordering::Acquire),
-                    discard: true,
-                }
+                progress.at_rest(true)
             } else {
                 Release::Dirty
             };
@@ -216,10 +213,7 @@ pub async fn relay(
                 && progress.expected_ready.load(Ordering::Acquire)
                     == progress.seen_ready.load(Ordering::Acquire);
             RelayEnd::ClientLeft(if clean {
-                Release::AtReadyForQuery {
-                    status: progress.status.load(Ordering::Acquire),
-                    discard: progress.used.load(Ordering::Acquire),
-                }
+                progress.at_rest(progress.used.load(Ordering::Acquire))
             } else {
                 Release::Dirty
             })
@@ -316,6 +310,7 @@ async fn watchdog(progress: &Progress, watch: &Watch<'_>, epoch: Instant) -> Idl
             };
         }
         progress.cancelled.store(true, Ordering::Release);
+        progress.cancel_sent.store(true, Ordering::Release);
         if let Some((addr, key)) = &watch.cancel {
             tracing::info!("query timeout: cancelling the query on the backend");
             if let Err(e) = pooler::cancel::send_cancel(addr, *key).await {

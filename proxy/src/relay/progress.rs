@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
+use pooler::Release;
 use tokio::sync::Notify;
 use wire::messages::tag;
 
@@ -32,6 +33,9 @@ pub(super) struct Progress {
     pub(super) client_active: AtomicU64,
     /// The running request was cancelled for its timeout already.
     pub(super) cancelled: AtomicBool,
+    /// A cancel was sent to the server connection for a timeout: its signal may land
+    /// after the query ended, so the connection is never reused.
+    pub(super) cancel_sent: AtomicBool,
     /// The client's queries were refused by the tenant's query rate.
     pub(super) rate_limited: AtomicBool,
     /// The type of the client's last Query, FunctionCall or Sync, to tell which one a
@@ -53,6 +57,19 @@ pub(super) struct Progress {
 }
 
 impl Progress {
+    /// How a server connection at rest goes back to its pool: reset and reused, unless
+    /// a cancel was sent to it (then closed).
+    pub(super) fn at_rest(&self, discard: bool) -> Release {
+        if self.cancel_sent.load(Ordering::Acquire) {
+            Release::Close
+        } else {
+            Release::AtReadyForQuery {
+                status: self.status.load(Ordering::Acquire),
+                discard,
+            }
+        }
+    }
+
     /// The server entered COPY FROM STDIN for the request it is answering. Until the
     /// client ends the COPY, the server ignores its Syncs, so none is counted from now
     /// on; a Sync the client already sent after that request (the one after the Execute
