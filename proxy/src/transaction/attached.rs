@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use wire::frame::{DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 use wire::messages::tag;
 
-use super::statements::Pending;
+use super::statements::{Conversation, Pending};
 
 /// The read buffer of a side that is busy: an attached server's, and a client's while
 /// it has a message half-read or a server attached.
@@ -48,6 +48,30 @@ pub(super) struct Attached {
 }
 
 impl Attached {
+    /// A client message of type `tag` is on its way to the server: the clocks of the
+    /// limits restart, and what its answers will be is recorded in the `Conversation`
+    /// returned (for `statements` to fill in).
+    pub(super) fn sending(&mut self, tag: u8) -> Conversation<'_> {
+        let now = Instant::now();
+        if !self.in_flight() {
+            self.request_started = now;
+        }
+        // The client is talking: it is not idle in its transaction.
+        self.idle_since = now;
+        self.unsynced = match tag {
+            tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => false,
+            // COPY data belongs to the Query that started it.
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => self.unsynced,
+            _ => true,
+        };
+        Conversation {
+            prepared: &mut self.server.conn().prepared,
+            pending: &mut self.pending,
+            copy_in: &mut self.copy_in,
+            unnamed_here: &mut self.unnamed_here,
+        }
+    }
+
     pub(super) fn in_flight(&self) -> bool {
         self.pending.iter().any(Pending::is_ready)
     }

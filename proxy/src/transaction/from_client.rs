@@ -14,7 +14,6 @@ use wire::messages::tag;
 
 use super::attached::{header_at, Attached, READ_BUFFER};
 use super::client::{Client, End};
-use super::statements::Conversation;
 use crate::cancel::CancelTarget;
 use crate::error::ClientError;
 use crate::login::checkout;
@@ -122,25 +121,8 @@ impl Client<'_> {
             }
             let a = attached.as_mut().expect("attached above");
             self.pool.stats.client_message(frame.tag);
-            let now = Instant::now();
-            if !a.in_flight() {
-                a.request_started = now;
-            }
-            // The client is talking: it is not idle in its transaction.
-            a.idle_since = now;
-            let mut conv = Conversation {
-                prepared: &mut a.server.conn().prepared,
-                pending: &mut a.pending,
-                copy_in: &mut a.copy_in,
-                unnamed_here: &mut a.unnamed_here,
-            };
-            self.statements.rewrite(&frame, &mut conv, &mut out);
-            a.unsynced = match frame.tag {
-                tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => false,
-                // COPY data belongs to the Query that started it.
-                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => a.unsynced,
-                _ => true,
-            };
+            self.statements
+                .rewrite(&frame, &mut a.sending(frame.tag), &mut out);
             if out.len() >= MAX_BATCH {
                 if let Some(end) = self.send(attached, &out).await {
                     return Some(end);
@@ -222,27 +204,11 @@ impl Client<'_> {
         }
         let a = attached.as_mut().expect("attached above");
         self.pool.stats.client_message(tag);
-        let now = Instant::now();
-        if !a.in_flight() {
-            a.request_started = now;
-        }
-        a.idle_since = now;
-        let mut conv = Conversation {
-            prepared: &mut a.server.conn().prepared,
-            pending: &mut a.pending,
-            copy_in: &mut a.copy_in,
-            unnamed_here: &mut a.unnamed_here,
-        };
         let head = &cbuf[HEADER_LEN..cbuf.len().min(HEADER_LEN + body_len)];
         let replaced = self
             .statements
-            .stream_head(tag, body_len, head, &mut conv, out)
+            .stream_head(tag, body_len, head, &mut a.sending(tag), out)
             .expect("a Bind's names are here");
-        a.unsynced = match tag {
-            tag::QUERY | tag::FUNCTION_CALL => false,
-            tag::COPY_DATA => a.unsynced,
-            _ => true,
-        };
         cbuf.advance(HEADER_LEN + replaced);
         a.inflow = body_len - replaced;
         Ok(true)
