@@ -263,36 +263,12 @@ impl Rejections {
 
     /// (tenant label, outcome, count), sorted.
     pub fn cancels(&self) -> Vec<(Arc<str>, CancelOutcome, u64)> {
-        let mut all: Vec<_> = self
-            .cancels
-            .iter()
-            .map(|e| {
-                (
-                    e.key().0.clone(),
-                    e.key().1,
-                    e.value().load(Ordering::Relaxed),
-                )
-            })
-            .collect();
-        all.sort();
-        all
+        sorted_counts(&self.cancels)
     }
 
     /// (tenant label, reason, count), sorted.
     pub fn refused(&self) -> Vec<(Arc<str>, Reason, u64)> {
-        let mut all: Vec<_> = self
-            .refused
-            .iter()
-            .map(|e| {
-                (
-                    e.key().0.clone(),
-                    e.key().1,
-                    e.value().load(Ordering::Relaxed),
-                )
-            })
-            .collect();
-        all.sort();
-        all
+        sorted_counts(&self.refused)
     }
 
     /// (tenant label, failed password checks), sorted.
@@ -321,6 +297,24 @@ impl Rejections {
         all.sort();
         all
     }
+}
+
+/// A counter map's (tenant label, key, count) rows, sorted.
+fn sorted_counts<K: Copy + Ord + std::hash::Hash>(
+    map: &DashMap<(Arc<str>, K), AtomicU64>,
+) -> Vec<(Arc<str>, K, u64)> {
+    let mut all: Vec<_> = map
+        .iter()
+        .map(|e| {
+            (
+                e.key().0.clone(),
+                e.key().1,
+                e.value().load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    all.sort();
+    all
 }
 
 #[cfg(test)]
