@@ -89,25 +89,67 @@ async fn attacker(target: PgTarget, sent: Arc<AtomicU64>, stop: Arc<AtomicBool>)
     }
     let chunk = vec![b'x'; 256 * 1024];
     let mut mine = 0;
+    // SLUICE_BENCH_ATTACK_MIBS: the attackers' total rate in MiB/s (default: as fast
+    // as they can).
+    let per_second = std::env::var("SLUICE_BENCH_ATTACK_MIBS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|total| total * 1048576.0 / ATTACKERS as f64);
+    let began = Instant::now();
     while mine < SENT && !stop.load(Ordering::Relaxed) {
         if client.send(&chunk).await.is_err() {
             return;
         }
         mine += chunk.len();
         sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if let Some(rate) = per_second {
+            let due = began + Duration::from_secs_f64(mine as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
     }
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+/// The bystander's `SELECT 1`s, quiet and then under attack, on a thread and runtime of
+/// its own: the attackers' TLS runs on the bench's main runtime, and the bystander
+/// must measure the pooler, not wait behind the load generator's own tasks.
+struct Bystander {
+    quiet: std::sync::mpsc::Receiver<Vec<u64>>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl Bystander {
+    fn start(target: PgTarget, attacking: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> Self {
+        let (tx, quiet) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("bystander runtime");
+            runtime.block_on(async {
+                let client = pg_connect(&target).await.expect("bystander connects");
+                let never = AtomicBool::new(false);
+                let _ = tx.send(select_ones(&client, QUIET_QUERIES, &never).await);
+                while !attacking.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                select_ones(&client, usize::MAX, &stop).await
+            })
+        });
+        Bystander { quiet, thread }
+    }
+}
+
 async fn measure(name: &str, attacked: &PgTarget, bystander: &PgTarget, pid: Option<u32>) -> Row {
     println!("memory_attack: {name} ...");
-    let client = pg_connect(bystander).await.expect("bystander connects");
-    let never = AtomicBool::new(false);
-    let quiet = p50_p99(select_ones(&client, QUIET_QUERIES, &never).await);
-    let idle = pid.map(rss_mib);
+    let attacking = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let by = Bystander::start(bystander.clone(), attacking.clone(), stop.clone());
+    let quiet =
+        p50_p99(tokio::task::block_in_place(|| by.quiet.recv()).expect("bystander's quiet run"));
+    let idle = pid.map(rss_mib);
     let sent = Arc::new(AtomicU64::new(0));
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = pid.map(|pid| {
@@ -122,10 +164,10 @@ async fn measure(name: &str, attacked: &PgTarget, bystander: &PgTarget, pid: Opt
     let attackers: Vec<_> = (0..ATTACKERS)
         .map(|_| tokio::spawn(attacker(attacked.clone(), sent.clone(), stop.clone())))
         .collect();
+    attacking.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let mut lat = Vec::new();
     while started.elapsed() < Duration::from_secs(ATTACK_SECONDS) {
-        lat.extend(select_ones(&client, 100, &never).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
         if sent.load(Ordering::Relaxed) >= (ATTACKERS * SENT) as u64
             && started.elapsed() > Duration::from_secs(5)
         {
@@ -139,6 +181,7 @@ async fn measure(name: &str, attacked: &PgTarget, bystander: &PgTarget, pid: Opt
     if let Some(s) = sampler {
         let _ = s.join();
     }
+    let lat = tokio::task::block_in_place(|| by.thread.join()).expect("bystander thread");
     let n = lat.len();
     let (p50, p99) = p50_p99(lat);
     let rss = pid.zip(idle).map(|(pid, idle)| {
@@ -197,12 +240,30 @@ async fn main() {
         Err(why) => println!("memory_attack: SKIP PgBouncer: {why}"),
     }
 
-    for mode in ["transaction", "session"] {
+    // The attacking tenant without a byte rate, then with one
+    // (SLUICE_BENCH_BYTE_RATE bytes/s each way, default 32 MiB/s).
+    let byte_rate: u64 = std::env::var("SLUICE_BENCH_BYTE_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32 << 20);
+    for (mode, rate) in [
+        ("transaction", 0),
+        ("session", 0),
+        ("transaction", byte_rate),
+        ("session", byte_rate),
+    ] {
         let mut config = SluiceConfig::new(&pki);
         config.log = "warn".into();
-        let acme = TenantEntry::over_unix_socket(&cluster, &pki);
+        let mut acme = TenantEntry::over_unix_socket(&cluster, &pki);
+        if rate > 0 {
+            acme.limits = vec![
+                format!("client_bytes_rate = {rate}"),
+                format!("server_bytes_rate = {rate}"),
+            ];
+        }
         let globex = TenantEntry {
             id: "globex".into(),
+            limits: Vec::new(),
             ..acme.clone()
         };
         config.tenants = vec![acme, globex];
@@ -210,7 +271,7 @@ async fn main() {
         config.default_limits = vec!["connect_rate = 0".into()];
         let sluice = SluiceProcess::start(
             BIN.as_ref(),
-            &dir.path().join(format!("sluice-{mode}")),
+            &dir.path().join(format!("sluice-{mode}-{rate}")),
             &config,
         )
         .unwrap();
@@ -221,7 +282,11 @@ async fn main() {
         bystander.sni_host = Some(format!("globex.{}", testkit::SNI_SUFFIX));
         rows.push(
             measure(
-                &format!("Sluice ({mode})"),
+                &if rate > 0 {
+                    format!("Sluice ({mode}, byte rate {} MiB/s)", rate >> 20)
+                } else {
+                    format!("Sluice ({mode})")
+                },
                 &attacked,
                 &bystander,
                 Some(sluice.pid()),

@@ -259,3 +259,46 @@ async fn a_client_that_half_closes_inside_copy_from_stdin_is_let_go() {
         assert_eq!(n, 0, "{mode} mode: the unfinished COPY landed");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_inside_an_extended_copy_from_stdin_does_not_pass_it_on() {
+    // Extended protocol: the Sync after the Execute gets no answer (the server ignores
+    // it during the COPY), so the counts of requests and answers agree while the server
+    // still waits for COPY data. A client that says Terminate there leaves a server
+    // connection that must not be reused.
+    for mode in MODES {
+        let env = env(mode);
+        create_copied(&env).await;
+        let mut client = RawClient::login(&target(&env), Transport::Plain)
+            .await
+            .unwrap();
+        let pid = client.scalar("select pg_backend_pid()").await.unwrap();
+        let mut out = bytes::BytesMut::new();
+        wire::messages::parse(&mut out, "", "copy copied from stdin", &[]);
+        wire::messages::bind_text(&mut out, "", "", &[]);
+        wire::messages::execute(&mut out, "", 0);
+        wire::messages::sync(&mut out);
+        client.send(&out).await.unwrap();
+        let mut started = Vec::new();
+        while started
+            .last()
+            .is_none_or(|f: &wire::frame::Frame| f.tag != b'G')
+        {
+            started.push(client.next().await.unwrap().expect("CopyInResponse"));
+        }
+        client.send(&message(b'd', b"1\n")).await.unwrap();
+        client.send(&message(b'X', b"")).await.unwrap();
+        let frames = client.to_end().await.unwrap();
+        assert_eq!(tags(&frames), "", "{mode} mode: {frames:?}");
+
+        let next = pg_connect(&env.target("acme")).await.unwrap();
+        let n: i64 = scalar(&next, "select count(*) from copied").await;
+        assert_eq!(n, 0, "{mode} mode: the unfinished COPY landed");
+        let now: i32 = scalar(&next, "select pg_backend_pid()").await;
+        assert_ne!(
+            now.to_string(),
+            pid,
+            "{mode} mode: the connection left inside a COPY was reused"
+        );
+    }
+}

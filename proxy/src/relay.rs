@@ -187,11 +187,7 @@ pub async fn relay(
         ends = async { tokio::join!(upstream, downstream) } => ends,
         _ = terminate.cancelled() => return RelayEnd::Terminated,
         idle = watchdog(&progress, &watch, epoch) => {
-            let clean = progress.client_boundary.load(Ordering::Acquire)
-                && !progress.unsynced.load(Ordering::Acquire)
-                && progress.expected_ready.load(Ordering::Acquire)
-                    == progress.seen_ready.load(Ordering::Acquire);
-            let release = if clean {
+            let release = if progress.settled() {
                 progress.at_rest(true)
             } else {
                 Release::Dirty
@@ -214,11 +210,7 @@ pub async fn relay(
         (_, Ended::ServerEof) => RelayEnd::ServerGone("server closed the connection".into()),
         (Ended::ServerFailed(e), _) | (_, Ended::ServerFailed(e)) => RelayEnd::ServerGone(e),
         (Ended::ClientTerminate | Ended::ClientEof | Ended::ClientVanished, Ended::Stopped) => {
-            let clean = up_boundary
-                && down_boundary
-                && !progress.unsynced.load(Ordering::Acquire)
-                && progress.expected_ready.load(Ordering::Acquire)
-                    == progress.seen_ready.load(Ordering::Acquire);
+            let clean = up_boundary && down_boundary && progress.settled();
             RelayEnd::ClientLeft(if clean {
                 progress.at_rest(progress.used.load(Ordering::Acquire))
             } else {
@@ -231,14 +223,6 @@ pub async fn relay(
         }
         _ => RelayEnd::ClientLeft(Release::Dirty),
     }
-}
-
-/// Whether the client has a request on the server that is not answered yet (what
-/// its own cancel may act on).
-fn request_running(progress: &Progress) -> bool {
-    progress.unsynced.load(Ordering::Acquire)
-        || progress.expected_ready.load(Ordering::Acquire)
-            > progress.seen_ready.load(Ordering::Acquire)
 }
 
 /// A read error that only says the client's connection ended.
@@ -382,33 +366,10 @@ where
             if terminated {
                 after_terminate = true;
             }
-            match msg {
-                tag::TERMINATE => terminated = true,
-                // Postgres ignores a Sync that arrives during COPY FROM STDIN.
-                tag::SYNC if progress.copy_in.load(Ordering::Acquire) => {}
-                tag::QUERY | tag::SYNC | b'F' => {
-                    progress.last_request.store(msg, Ordering::Release);
-                    progress
-                        .copy_end_since_request
-                        .store(false, Ordering::Release);
-                    let before = progress.expected_ready.fetch_add(1, Ordering::AcqRel);
-                    if before == progress.seen_ready.load(Ordering::Acquire) {
-                        progress
-                            .request_started
-                            .store(since(epoch), Ordering::Release);
-                        progress.cancelled.store(false, Ordering::Release);
-                    }
-                    progress.unsynced.store(false, Ordering::Release);
-                    progress.changed.notify_one();
-                }
-                tag::COPY_DONE | tag::COPY_FAIL => {
-                    progress.copy_in.store(false, Ordering::Release);
-                    progress
-                        .copy_end_since_request
-                        .store(true, Ordering::Release);
-                }
-                tag::COPY_DATA => {}
-                _ => progress.unsynced.store(true, Ordering::Release),
+            if msg == tag::TERMINATE {
+                terminated = true;
+            } else {
+                progress.client_message(msg, since(epoch));
             }
         });
         if let Err(e) = scanned {
@@ -417,7 +378,7 @@ where
         progress
             .client_boundary
             .store(scanner.at_boundary(), Ordering::Release);
-        watch.client_key.running(request_running(progress));
+        watch.client_key.running(progress.request_running());
         let forward: &[u8] = if terminated {
             // Terminate is the client's last word: anything after it is a violation,
             // and the Terminate itself is Sluice's to act on, not the server's.
@@ -504,42 +465,14 @@ where
         let scanned = scanner.feed_ends(&buf, |msg, first, end| {
             last_word.message_ends(&buf, msg, end);
             pool.stats.server_message(msg, first);
-            if msg == tag::READY_FOR_QUERY {
-                if let Some(status) = first {
-                    progress.status.store(status, Ordering::Release);
-                }
-                let now = since(epoch);
-                if progress.expected_ready.load(Ordering::Acquire)
-                    > progress.seen_ready.load(Ordering::Acquire)
-                {
-                    let started = progress.request_started.load(Ordering::Acquire);
-                    let took = Duration::from_nanos(now.saturating_sub(started));
-                    pool.histograms.query_duration(took);
-                } else {
-                    // The answer to a request that was not counted: a Sync sent during
-                    // a COPY FROM STDIN the server had already ended with an error.
-                    progress.expected_ready.fetch_add(1, Ordering::AcqRel);
-                }
-                progress.last_ready.store(now, Ordering::Release);
-                // The next pipelined request, if any, starts running now.
-                progress.request_started.store(now, Ordering::Release);
-                progress.cancelled.store(false, Ordering::Release);
-                progress.seen_ready.fetch_add(1, Ordering::AcqRel);
-                progress.changed.notify_one();
-            }
-            match msg {
-                tag::COPY_IN_RESPONSE | tag::COPY_BOTH_RESPONSE => progress.copy_in_started(),
-                // The server left COPY FROM STDIN (an error ends it too).
-                tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE => {
-                    progress.copy_in.store(false, Ordering::Release)
-                }
-                _ => {}
+            if let Some(took) = progress.server_message(msg, first, since(epoch)) {
+                pool.histograms.query_duration(took);
             }
         });
         if let Err(e) = scanned {
             return (Ended::ServerFailed(e.to_string()), false);
         }
-        watch.client_key.running(request_running(progress));
+        watch.client_key.running(progress.request_running());
         last_word.chunk_ends(&buf);
         pool.stats
             .bytes_to_clients

@@ -5,6 +5,7 @@
 //! reads during one).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
 
 use pooler::Release;
 use tokio::sync::Notify;
@@ -45,8 +46,13 @@ pub(super) struct Progress {
     /// The server is in COPY FROM STDIN and the client has not ended it: the server
     /// ignores its Syncs meanwhile, so they are not counted in `expected_ready`.
     pub(super) copy_in: AtomicBool,
-    /// A COPY FROM STDIN started with more than its own request outstanding: the
-    /// counts may be off, so the end of the client's answers cannot be told.
+    /// The counts may be off, so the end of the client's answers cannot be told and
+    /// the connection is never reused: a COPY FROM STDIN started with more than its
+    /// own request outstanding, or the client broke the protocol in a way that makes
+    /// the server swallow requests (a Query or FunctionCall after extended-protocol
+    /// messages without a Sync, which an error among them makes the server discard;
+    /// anything but COPY messages, Sync or Flush during a COPY FROM STDIN, which ends
+    /// it with an error that consumes the message).
     pub(super) uncertain: AtomicBool,
     /// The client closed its side at a message boundary: the server side ends once
     /// the answers it is owed have been delivered. `client_done_notify` wakes it.
@@ -57,6 +63,105 @@ pub(super) struct Progress {
 }
 
 impl Progress {
+    /// A whole client message of type `msg` went by (Terminate is the relay's own),
+    /// `now` nanoseconds after the relay began.
+    pub(super) fn client_message(&self, msg: u8, now: u64) {
+        let copying = self.copy_in.load(Ordering::Acquire);
+        let swallowable = match msg {
+            tag::QUERY | tag::FUNCTION_CALL => self.unsynced.load(Ordering::Acquire) || copying,
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL | tag::SYNC | tag::FLUSH => false,
+            _ => copying,
+        };
+        if swallowable {
+            self.uncertain.store(true, Ordering::Release);
+        }
+        match msg {
+            // Postgres ignores a Sync that arrives during COPY FROM STDIN.
+            tag::SYNC if self.copy_in.load(Ordering::Acquire) => {}
+            tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => {
+                self.last_request.store(msg, Ordering::Release);
+                self.copy_end_since_request.store(false, Ordering::Release);
+                let before = self.expected_ready.fetch_add(1, Ordering::AcqRel);
+                if before == self.seen_ready.load(Ordering::Acquire) {
+                    self.request_started.store(now, Ordering::Release);
+                    self.cancelled.store(false, Ordering::Release);
+                }
+                self.unsynced.store(false, Ordering::Release);
+                self.changed.notify_one();
+            }
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                self.copy_in.store(false, Ordering::Release);
+                self.copy_end_since_request.store(true, Ordering::Release);
+                // The end of a COPY that an Execute began: the server then waits for
+                // a Sync of the client's (after CopyFail it skips to it).
+                if self.last_request.load(Ordering::Acquire) == tag::SYNC {
+                    self.unsynced.store(true, Ordering::Release);
+                }
+            }
+            tag::COPY_DATA => {}
+            _ => self.unsynced.store(true, Ordering::Release),
+        }
+    }
+
+    /// A whole server message of type `msg` (`first`: its first body byte) went by,
+    /// `now` nanoseconds after the relay began. Returns how long the request it
+    /// answered ran, when it is the ReadyForQuery that ends one.
+    pub(super) fn server_message(&self, msg: u8, first: Option<u8>, now: u64) -> Option<Duration> {
+        let mut took = None;
+        if msg == tag::READY_FOR_QUERY {
+            if let Some(status) = first {
+                self.status.store(status, Ordering::Release);
+            }
+            if self.expected_ready.load(Ordering::Acquire) > self.seen_ready.load(Ordering::Acquire)
+            {
+                let started = self.request_started.load(Ordering::Acquire);
+                took = Some(Duration::from_nanos(now.saturating_sub(started)));
+            } else {
+                // The answer to a request that was not counted: a Sync sent during a
+                // COPY FROM STDIN the server had already ended with an error.
+                self.expected_ready.fetch_add(1, Ordering::AcqRel);
+            }
+            self.last_ready.store(now, Ordering::Release);
+            // The next pipelined request, if any, starts running now.
+            self.request_started.store(now, Ordering::Release);
+            self.cancelled.store(false, Ordering::Release);
+            self.seen_ready.fetch_add(1, Ordering::AcqRel);
+            self.changed.notify_one();
+        }
+        match msg {
+            tag::COPY_IN_RESPONSE | tag::COPY_BOTH_RESPONSE => self.copy_in_started(),
+            // The server left COPY FROM STDIN (an error ends it too).
+            tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE => {
+                self.copy_in.store(false, Ordering::Release)
+            }
+            _ => {}
+        }
+        took
+    }
+
+    /// Whether the client has a request on the server that is not answered yet (what
+    /// its own cancel may act on).
+    pub(super) fn request_running(&self) -> bool {
+        self.unsynced.load(Ordering::Acquire)
+            || self.copy_in.load(Ordering::Acquire)
+            || self.expected_ready.load(Ordering::Acquire) > self.seen_ready.load(Ordering::Acquire)
+    }
+
+    /// Whether the conversation is settled: the counts to be trusted, the client's
+    /// stream at a message boundary,
+    /// no extended-protocol message after its last Sync, the server not in COPY FROM
+    /// STDIN (an extended-protocol COPY's Sync is counted as answered when it begins,
+    /// though the server still waits for the data), and every request answered with
+    /// its ReadyForQuery. Only then may the server connection serve anyone else.
+    pub(super) fn settled(&self) -> bool {
+        !self.uncertain.load(Ordering::Acquire)
+            && self.client_boundary.load(Ordering::Acquire)
+            && !self.unsynced.load(Ordering::Acquire)
+            && !self.copy_in.load(Ordering::Acquire)
+            && self.expected_ready.load(Ordering::Acquire)
+                == self.seen_ready.load(Ordering::Acquire)
+    }
+
     /// How a server connection at rest goes back to its pool: reset and reused, unless
     /// a cancel was sent to it (then closed).
     pub(super) fn at_rest(&self, discard: bool) -> Release {
@@ -81,14 +186,14 @@ impl Progress {
             .saturating_sub(self.seen_ready.load(Ordering::Acquire));
         match (outstanding, self.last_request.load(Ordering::Acquire)) {
             (0, _) => {}
-            (1, tag::QUERY) => {
+            (1, last @ (tag::QUERY | tag::SYNC)) => {
+                if last == tag::SYNC {
+                    self.seen_ready.fetch_add(1, Ordering::AcqRel);
+                }
                 if self.copy_end_since_request.load(Ordering::Acquire) {
                     // The client sent the COPY's data and its end without waiting.
                     return;
                 }
-            }
-            (1, tag::SYNC) => {
-                self.seen_ready.fetch_add(1, Ordering::AcqRel);
             }
             // Requests pipelined after the COPY: which Syncs the server reads during it
             // cannot be told from here.
