@@ -39,6 +39,7 @@ pub mod login;
 pub mod negotiate;
 pub mod params;
 pub mod prelogin;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod secrets;
 pub mod session;
