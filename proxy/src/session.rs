@@ -95,7 +95,14 @@ pub async fn serve_connection(
             let resolved =
                 match proxy_protocol::resolve(&mut tcp, peer, &proxy.config.proxy_protocol).await {
                     Ok(resolved) => resolved,
-                    Err(err) => return Err((Some(ClientStream::Plain(tcp)), err)),
+                    Err(err) => {
+                        // What else the peer sent already is read once (as at accept,
+                        // prelogin::turn_away), so that closing does not reset the
+                        // connection over unread bytes before the error is read.
+                        let mut unread = [0u8; 1024];
+                        let _ = tcp.try_read(&mut unread);
+                        return Err((Some(ClientStream::Plain(tcp)), err));
+                    }
                 };
             let client = resolved.client;
             if behind_balancer {
