@@ -85,6 +85,8 @@ pub enum PeerKind {
 impl ProxyProtocol {
     /// Whether `peer` is a trusted balancer, a direct client, or refused.
     pub fn at_accept(&self, peer: IpAddr) -> PeerKind {
+        // A dual-stack listener sees IPv4 balancers as IPv4-mapped IPv6 addresses.
+        let peer = peer.to_canonical();
         let trusted = || self.from.iter().any(|net| net.contains(peer));
         match self.mode {
             ProxyProtocolMode::Off => PeerKind::Direct,
@@ -93,6 +95,40 @@ impl ProxyProtocol {
             ProxyProtocolMode::Optional if trusted() => PeerKind::Balancer,
             ProxyProtocolMode::Optional => PeerKind::Direct,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balancers_are_recognised_whatever_the_listener_family() {
+        let config = ProxyProtocol {
+            mode: ProxyProtocolMode::V2,
+            from: vec![Cidr::parse("10.0.0.10/32").unwrap()],
+        };
+        let v4: IpAddr = "10.0.0.10".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.10".parse().unwrap();
+        assert_eq!(config.at_accept(v4), PeerKind::Balancer);
+        assert_eq!(config.at_accept(mapped), PeerKind::Balancer);
+        assert_eq!(
+            config.at_accept("10.0.0.11".parse().unwrap()),
+            PeerKind::Refused
+        );
+        let optional = ProxyProtocol {
+            mode: ProxyProtocolMode::Optional,
+            ..config.clone()
+        };
+        assert_eq!(
+            optional.at_accept("10.0.0.11".parse().unwrap()),
+            PeerKind::Direct
+        );
+        let off = ProxyProtocol {
+            mode: ProxyProtocolMode::Off,
+            ..config
+        };
+        assert_eq!(off.at_accept(v4), PeerKind::Direct);
     }
 }
 
