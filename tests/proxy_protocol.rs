@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use testkit::http::get;
 use testkit::{pg_connect_from, PgTarget, TwoTenants};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::tls::MakeTlsConnect;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -77,12 +78,13 @@ impl Drop for Haproxy {
     }
 }
 
-fn env(mode: &str, limits: &[&str]) -> TwoTenants {
+fn env(mode: &str, proxy: &[&str], limits: &[&str]) -> TwoTenants {
     TwoTenants::start(BIN.as_ref(), |c| {
         c.proxy_extra = vec![
             format!("proxy_protocol = \"{mode}\""),
             format!("proxy_protocol_from = [\"{BALANCER}/32\"]"),
         ];
+        c.proxy_extra.extend(proxy.iter().map(|l| l.to_string()));
         c.default_limits = limits.iter().map(|l| l.to_string()).collect();
     })
     .expect("test environment")
@@ -167,6 +169,7 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
 async fn behind_haproxy_the_headers_address_is_the_clients() {
     let env = env(
         "v2",
+        &["max_pending_logins_per_ip = 2"],
         &[
             "allow_cidrs = [\"127.0.0.2/32\", \"127.0.0.3/32\"]",
             "failed_login_max = 3",
@@ -221,6 +224,27 @@ async fn behind_haproxy_the_headers_address_is_the_clients() {
     assert!(log.contains(&format!("proxy_addr={BALANCER}:")), "{log}");
     assert!(!log.contains(&format!("client_addr={BALANCER}")), "{log}");
 
+    // max_pending_logins_per_ip counts the header's address, not HAProxy's: two
+    // silent connections from 127.0.0.4 fill its share, a third is refused, and
+    // 127.0.0.2 still gets in.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(ip("127.0.0.4"), 0)).unwrap();
+        silent.push(socket.connect(haproxy.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, message) = refused_raw(haproxy.addr, "127.0.0.4", &[]).await;
+    assert_eq!(code, "53300");
+    assert_eq!(
+        message,
+        "sorry, too many connections from this address waiting to log in"
+    );
+    select_one(&good, "127.0.0.2")
+        .await
+        .expect("127.0.0.2 while 127.0.0.4 is at its cap");
+    drop(silent);
+
     // Straight to Sluice, not through the trusted balancer: refused, with or without
     // a header claiming an allowed address.
     let forged = [v2_header([127, 0, 0, 2]), SSL_REQUEST.to_vec()].concat();
@@ -235,7 +259,7 @@ async fn behind_haproxy_the_headers_address_is_the_clients() {
 
 #[tokio::test]
 async fn optional_mode_takes_direct_clients_and_never_their_headers() {
-    let env = env("optional", &["allow_cidrs = [\"127.0.0.2/32\"]"]);
+    let env = env("optional", &[], &["allow_cidrs = [\"127.0.0.2/32\"]"]);
     let haproxy = Haproxy::start(env.dir.path(), env.sluice.addr);
     let direct = env.target("acme");
     let balanced = via(&direct, &haproxy);
@@ -268,6 +292,34 @@ async fn optional_mode_takes_direct_clients_and_never_their_headers() {
     let v1 = b"PROXY TCP4 127.0.0.2 127.0.0.1 1234 6432\r\n";
     let (code, _) = refused_raw(env.sluice.addr, "127.0.0.3", v1).await;
     assert_eq!(code, "28000");
+
+    // A cancel through HAProxy reaches the query (the CancelRequest comes after a
+    // header too; the cancel rate is kept per header address).
+    let (client, _conn) = pg_connect_from(&balanced, ip("127.0.0.2"))
+        .await
+        .expect("127.0.0.2 through HAProxy");
+    let token = client.cancel_token();
+    let sleeping = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(ip("127.0.0.2"), 0)).unwrap();
+    let tcp = socket.connect(haproxy.addr).await.unwrap();
+    let host = balanced.sni_host.clone().unwrap();
+    let mut tls = testkit::clients::tls_connector(&balanced.ca);
+    let tls = <tokio_postgres_rustls::MakeRustlsConnect as MakeTlsConnect<
+        tokio::net::TcpStream,
+    >>::make_tls_connect(&mut tls, &host)
+    .unwrap();
+    token
+        .cancel_query_raw(tcp, tls)
+        .await
+        .expect("cancel request sent");
+    let err = tokio::time::timeout(Duration::from_secs(5), sleeping)
+        .await
+        .expect("cancelled within 5 s")
+        .unwrap()
+        .expect_err("cancelled");
+    assert_eq!(code_and_message(&err).0, "57014", "{err}");
 
     // And the balancer itself without a header is a direct client of its own.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
