@@ -34,6 +34,8 @@ pub struct Resolved {
     pub via: Option<SocketAddr>,
     /// The connection's first byte, read here and not part of a header.
     pub first: Option<u8>,
+    /// A `LOCAL` header: the balancer's own connection, such as a health check.
+    pub local: bool,
 }
 
 /// Reads the PROXY protocol header `peer` sends, if it may and must (see the module
@@ -47,6 +49,7 @@ pub async fn resolve<S: AsyncRead + Unpin>(
         client: peer,
         via: None,
         first,
+        local: false,
     };
     let kind = config.at_accept(peer.ip());
     if config.mode == ProxyProtocolMode::Off {
@@ -75,8 +78,13 @@ pub async fn resolve<S: AsyncRead + Unpin>(
             client: source,
             via: Some(peer),
             first: None,
+            local: false,
         },
-        ProxyHeader::Local | ProxyHeader::Unknown => direct(None),
+        ProxyHeader::Local => Resolved {
+            local: true,
+            ..direct(None)
+        },
+        ProxyHeader::Unknown => direct(None),
     })
 }
 
@@ -185,6 +193,7 @@ mod tests {
         let (result, rest) = run(ProxyProtocolMode::V2, BALANCER, &sent).await;
         let resolved = result.unwrap();
         assert_eq!((resolved.client, resolved.via), (addr(BALANCER), None));
+        assert!(resolved.local);
         assert!(rest.is_empty());
     }
 

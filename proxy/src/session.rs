@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use pooler::Release;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tracing::Instrument;
@@ -118,7 +118,16 @@ pub async fn serve_connection(
                     return Err((Some(ClientStream::Plain(tcp)), err));
                 }
             }
-            let negotiated = match negotiate(tcp, resolved.first, proxy.tls.as_ref()).await? {
+            let mut first = resolved.first;
+            if resolved.local {
+                // The balancer's own connection: its health checks end here.
+                let mut byte = [0u8; 1];
+                match tcp.read(&mut byte).await {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => first = Some(byte[0]),
+                }
+            }
+            let negotiated = match negotiate(tcp, first, proxy.tls.as_ref()).await? {
                 Negotiated::Tls(hello) => {
                     let sni = hello.sni.as_deref();
                     at_client_hello(&proxy, sni, client.ip(), &mut admission).await;
@@ -132,7 +141,7 @@ pub async fn serve_connection(
                 }
                 other => other,
             };
-            Ok((client, negotiated))
+            Ok(Some((client, negotiated)))
         };
         let (client, negotiated) = match timeout_at(deadline, front).await {
             // Like Postgres: a client that never finishes its startup packet is dropped.
@@ -140,7 +149,9 @@ pub async fn serve_connection(
             Ok(Err((stream, err))) => {
                 return refuse(&proxy, stream, &err, admission.tenant.as_ref()).await;
             }
-            Ok(Ok(resolved)) => resolved,
+            // Not a client, and not a refusal: no line at info, no count.
+            Ok(Ok(None)) => return tracing::debug!("health check from the load balancer"),
+            Ok(Ok(Some(resolved))) => resolved,
         };
         let handoff = match negotiated {
             Negotiated::Cancel { key, stream } => {
