@@ -1,10 +1,10 @@
 //! The proxy's runtime settings (built by the binary from the config file).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use router::IdentifyRules;
+use router::{Cidr, IdentifyRules};
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -45,6 +45,91 @@ pub struct ProxyConfig {
     /// Cancel requests per second from one client address (IPv6: one /64), whatever
     /// their key (bucket of 2 × rate); `None`: no limit.
     pub cancel_rate_per_ip: Option<u32>,
+    /// Whether connections start with a PROXY protocol header, and from whom it is
+    /// believed (proxy_protocol.rs).
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `[proxy] proxy_protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxyProtocolMode {
+    /// No header is read; a connection starting with one fails as a bad startup packet.
+    #[default]
+    Off,
+    /// Every connection must come from `proxy_protocol_from` and start with a header.
+    V2,
+    /// Peers in `proxy_protocol_from` may send a header; everyone else connects
+    /// directly, and a header from them is refused.
+    Optional,
+}
+
+/// `[proxy] proxy_protocol` and `proxy_protocol_from`.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyProtocol {
+    pub mode: ProxyProtocolMode,
+    /// The balancers whose headers are believed.
+    pub from: Vec<Cidr>,
+}
+
+/// What the accept loop does with a peer (see [`ProxyProtocol::at_accept`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A client connecting directly: the socket's peer is the client.
+    Direct,
+    /// A trusted balancer: the client's address comes from its header.
+    Balancer,
+    /// Not a trusted balancer, while every connection must come through one.
+    Refused,
+}
+
+impl ProxyProtocol {
+    /// Whether `peer` is a trusted balancer, a direct client, or refused.
+    pub fn at_accept(&self, peer: IpAddr) -> PeerKind {
+        // A dual-stack listener sees IPv4 balancers as IPv4-mapped IPv6 addresses.
+        let peer = peer.to_canonical();
+        let trusted = || self.from.iter().any(|net| net.contains(peer));
+        match self.mode {
+            ProxyProtocolMode::Off => PeerKind::Direct,
+            ProxyProtocolMode::V2 if trusted() => PeerKind::Balancer,
+            ProxyProtocolMode::V2 => PeerKind::Refused,
+            ProxyProtocolMode::Optional if trusted() => PeerKind::Balancer,
+            ProxyProtocolMode::Optional => PeerKind::Direct,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balancers_are_recognised_whatever_the_listener_family() {
+        let config = ProxyProtocol {
+            mode: ProxyProtocolMode::V2,
+            from: vec![Cidr::parse("10.0.0.10/32").unwrap()],
+        };
+        let v4: IpAddr = "10.0.0.10".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.10".parse().unwrap();
+        assert_eq!(config.at_accept(v4), PeerKind::Balancer);
+        assert_eq!(config.at_accept(mapped), PeerKind::Balancer);
+        assert_eq!(
+            config.at_accept("10.0.0.11".parse().unwrap()),
+            PeerKind::Refused
+        );
+        let optional = ProxyProtocol {
+            mode: ProxyProtocolMode::Optional,
+            ..config.clone()
+        };
+        assert_eq!(
+            optional.at_accept("10.0.0.11".parse().unwrap()),
+            PeerKind::Direct
+        );
+        let off = ProxyProtocol {
+            mode: ProxyProtocolMode::Off,
+            ..config
+        };
+        assert_eq!(off.at_accept(v4), PeerKind::Direct);
+    }
 }
 
 /// Default `max_client_message_buffer`: 1 MiB, the largest SQL text Sluice looks into.
@@ -83,6 +168,7 @@ impl Default for ProxyConfig {
             max_pending_logins_per_ip: Some(1000),
             cancel_rate_per_key: Some(5),
             cancel_rate_per_ip: Some(100),
+            proxy_protocol: ProxyProtocol::default(),
         }
     }
 }

@@ -94,6 +94,18 @@ pub enum ClientError {
         exhausted: Exhausted,
         limit: usize,
     },
+    /// A trusted balancer's connection without a PROXY protocol header
+    /// (`proxy_protocol = "v2"`), or with one that does not parse.
+    #[error("invalid PROXY protocol header: {0}")]
+    ProxyHeader(String),
+    /// Not from a trusted balancer (`proxy_protocol_from`) while `proxy_protocol =
+    /// "v2"`, or a PROXY protocol header from such a peer.
+    #[error("{}", if *.sent_header {
+        "PROXY protocol header from an untrusted address"
+    } else {
+        "connections must come through a trusted proxy"
+    })]
+    UntrustedProxy { sent_header: bool },
     #[error("client I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -130,6 +142,8 @@ impl ClientError {
             ClientError::Banned { .. } => ("28P01", self.to_string()),
             ClientError::AddressNotAllowed { .. } => ("28000", self.to_string()),
             ClientError::IdleSessionTimeout => ("57P05", self.to_string()),
+            ClientError::ProxyHeader(_) => ("08P01", self.to_string()),
+            ClientError::UntrustedProxy { .. } => ("28000", self.to_string()),
             ClientError::Suspended(_) => ("28000", self.to_string()),
             ClientError::TenantTerminated(_) => ("57P01", self.to_string()),
             ClientError::MessageTooLarge { .. } => ("54000", self.to_string()),
@@ -163,7 +177,10 @@ impl ClientError {
             }
             ClientError::QueryRateLimited(_) => Reason::QueryRate,
             ClientError::Banned { .. } => Reason::Banned,
-            ClientError::AddressNotAllowed { .. } => Reason::AddressNotAllowed,
+            ClientError::AddressNotAllowed { .. } | ClientError::UntrustedProxy { .. } => {
+                Reason::AddressNotAllowed
+            }
+            ClientError::ProxyHeader(_) => Reason::ProtocolError,
             ClientError::Suspended(_) => Reason::Suspended,
             ClientError::MessageTooLarge { .. } => Reason::MessageTooLarge,
             ClientError::OutOfMemory { .. } => Reason::MemoryBudget,
@@ -236,6 +253,9 @@ mod tests {
             (ClientError::IdleSessionTimeout, "57P05"),
             (ClientError::Suspended("acme".into()), "28000"),
             (ClientError::TenantTerminated("acme".into()), "57P01"),
+            (ClientError::ProxyHeader("missing".into()), "08P01"),
+            (ClientError::UntrustedProxy { sent_header: true }, "28000"),
+            (ClientError::UntrustedProxy { sent_header: false }, "28000"),
         ];
         for (err, code) in cases {
             assert_eq!(err.sqlstate_and_message().0, code, "{err}");

@@ -3,7 +3,8 @@
 //!
 //! A connection goes through phases that each take and return owned values
 //! ([`session`]): negotiate → TLS → identify tenant → admit → authenticate →
-//! checkout → relay → release. From accept to a proved password a connection is in
+//! checkout → relay → release, behind a load balancer after its PROXY protocol header
+//! ([`proxy_protocol`]). From accept to a proved password a connection is in
 //! the pre-login phase, capped by [`prelogin`]. Every rejection a client sees is built in one place,
 //! [`error::ClientError::to_response`].
 //!
@@ -39,6 +40,7 @@ pub mod login;
 pub mod negotiate;
 pub mod params;
 pub mod prelogin;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod secrets;
 pub mod session;

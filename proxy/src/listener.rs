@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::PeerKind;
+use crate::error::ClientError;
 use crate::prelogin::turn_away;
 use crate::session::serve_connection;
 use crate::state::Proxy;
@@ -90,14 +92,22 @@ async fn accept_loop(
         };
         match accepted {
             Ok((tcp, peer)) => {
+                // Behind a load balancer (`proxy_protocol`), a connection from anyone
+                // else is refused here; a balancer's connections are counted under
+                // their clients' addresses once their headers are read (prelogin.rs).
+                let entered = match proxy.config.proxy_protocol.at_accept(peer.ip()) {
+                    PeerKind::Direct => proxy.pending.enter(peer.ip()),
+                    PeerKind::Balancer => proxy.pending.enter_unkeyed(),
+                    PeerKind::Refused => Err(ClientError::UntrustedProxy { sent_header: false }),
+                };
                 // Over the pre-login caps: told and closed here, without a task.
-                let pending = match proxy.pending.enter(peer.ip()) {
+                let pending = match entered {
                     Ok(pending) => pending,
                     Err(refused) => {
                         if let Some(reason) = refused.reason() {
                             proxy.rejections.record(router::Who::Nobody, reason);
                         }
-                        tracing::debug!(client_addr = %peer, error = %refused, "client rejected at accept");
+                        tracing::debug!(peer_addr = %peer, error = %refused, "client rejected at accept");
                         turn_away(tcp, &refused);
                         continue;
                     }

@@ -95,18 +95,25 @@ async fn read_packet<S: AsyncRead + Unpin>(
 
 /// Reads what the client sends first, up to its StartupMessage (plaintext), its
 /// CancelRequest, or its complete ClientHello (TLS). Cheap: parsing only, no
-/// cryptography, so it runs on the front runtime.
+/// cryptography, so it runs on the front runtime. `read_first`: the connection's
+/// first byte when the PROXY protocol phase has read it already.
 pub async fn negotiate(
     mut tcp: TcpStream,
+    read_first: Option<u8>,
     tls: Option<&ServerTls>,
 ) -> Result<Negotiated, (Option<ClientStream>, ClientError)> {
     let mut first = [0u8; 1];
-    let read = tcp.read(&mut first).await.map_err(|e| (None, e.into()))?;
-    if read == 0 {
-        return Err((
-            None,
-            ClientError::Protocol("client closed before startup".into()),
-        ));
+    match read_first {
+        Some(byte) => first[0] = byte,
+        None => {
+            let read = tcp.read(&mut first).await.map_err(|e| (None, e.into()))?;
+            if read == 0 {
+                return Err((
+                    None,
+                    ClientError::Protocol("client closed before startup".into()),
+                ));
+            }
+        }
     }
     if first[0] == TLS_HANDSHAKE {
         if tls.is_none() {

@@ -9,6 +9,12 @@
 //! on the accept loop itself and without a task: [`turn_away`] writes a FATAL 53300
 //! ErrorResponse into the fresh socket (libpq reads one sent in answer to its
 //! SSLRequest or startup packet) and closes it.
+//!
+//! Behind a load balancer (`[proxy] proxy_protocol`), the socket's peer is the
+//! balancer, not the client: a connection from a trusted balancer is counted at accept
+//! in the process total only ([`PendingLogins::enter_unkeyed`]), and in its client's
+//! address once the PROXY protocol header has told it ([`PendingLogins::key`]); over
+//! the per-address cap then, the client is told 53300 and the connection closed.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -55,28 +61,64 @@ impl PendingLogins {
 
     /// Counts a connection just accepted from `ip`, unless that would pass a cap.
     pub fn enter(&self, ip: IpAddr) -> Result<PendingSlot, ClientError> {
-        // IPv4 clients of a dual-stack listener count as their IPv4 address.
-        let ip = ip.to_canonical();
         let mut counts = self.counts.lock().expect("pending logins lock poisoned");
         if self.max.is_some_and(|max| counts.total >= max) {
             return Err(ClientError::TooManyPendingLogins { per_address: false });
         }
-        let tracked = match self.max_per_ip {
-            Some(max) => {
-                let n = counts.per_ip.entry(ip).or_insert(0);
-                if *n >= max {
-                    return Err(ClientError::TooManyPendingLogins { per_address: true });
-                }
-                *n += 1;
-                Some(ip)
-            }
-            None => None,
-        };
+        let tracked = self.count_address(&mut counts, ip)?;
         counts.total += 1;
         Ok(PendingSlot {
             counts: self.counts.clone(),
             ip: tracked,
         })
+    }
+
+    /// Counts a connection from a trusted balancer in the process total only: its
+    /// client's address is not known yet ([`PendingLogins::key`] counts it).
+    pub fn enter_unkeyed(&self) -> Result<PendingSlot, ClientError> {
+        let mut counts = self.counts.lock().expect("pending logins lock poisoned");
+        if self.max.is_some_and(|max| counts.total >= max) {
+            return Err(ClientError::TooManyPendingLogins { per_address: false });
+        }
+        counts.total += 1;
+        Ok(PendingSlot {
+            counts: self.counts.clone(),
+            ip: None,
+        })
+    }
+
+    /// Counts `slot` under its client's address `ip`, once known, unless that would
+    /// pass the per-address cap. Nothing changes for a slot counted under an address
+    /// already, or when addresses are not counted.
+    pub fn key(&self, slot: &mut PendingSlot, ip: IpAddr) -> Result<(), ClientError> {
+        if slot.ip.is_some() || self.max_per_ip.is_none() {
+            return Ok(());
+        }
+        let mut counts = self.counts.lock().expect("pending logins lock poisoned");
+        slot.ip = self.count_address(&mut counts, ip)?;
+        Ok(())
+    }
+
+    /// One more connection from `ip`, if addresses are counted and it is under the cap.
+    fn count_address(
+        &self,
+        counts: &mut Counts,
+        ip: IpAddr,
+    ) -> Result<Option<IpAddr>, ClientError> {
+        let Some(max) = self.max_per_ip else {
+            return Ok(None);
+        };
+        // IPv4 clients of a dual-stack listener count as their IPv4 address.
+        let ip = ip.to_canonical();
+        let n = counts.per_ip.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                counts.per_ip.remove(&ip);
+            }
+            return Err(ClientError::TooManyPendingLogins { per_address: true });
+        }
+        *n += 1;
+        Ok(Some(ip))
     }
 
     /// Connections in the pre-login phase now.
@@ -157,6 +199,27 @@ mod tests {
         drop(a1);
         let _a3 = pending.enter(ip(1)).unwrap();
         assert_eq!(pending.total(), 3);
+    }
+
+    #[test]
+    fn a_balancers_connections_count_under_their_clients_addresses() {
+        let pending = PendingLogins::new(Some(10), Some(1));
+        let mut a = pending.enter_unkeyed().unwrap();
+        let mut b = pending.enter_unkeyed().unwrap();
+        assert_eq!(pending.total(), 2);
+        pending.key(&mut a, ip(2)).unwrap();
+        // Keyed once only.
+        pending.key(&mut a, ip(3)).unwrap();
+        let err = pending.key(&mut b, ip(2)).unwrap_err();
+        assert!(matches!(
+            err,
+            ClientError::TooManyPendingLogins { per_address: true }
+        ));
+        pending.key(&mut b, ip(3)).unwrap();
+        assert!(pending.enter(ip(3)).is_err());
+        drop((a, b));
+        assert_eq!(pending.total(), 0);
+        assert!(pending.counts.lock().unwrap().per_ip.is_empty());
     }
 
     #[test]

@@ -6,18 +6,20 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use pooler::Release;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tracing::Instrument;
 
 use crate::admit::Admission;
 use crate::cancel;
+use crate::config::PeerKind;
 use crate::error::ClientError;
 use crate::goodbye::{terminated, REJECT_TIMEOUT};
 use crate::login::{establish, Session};
 use crate::negotiate::{negotiate, tls_handshake, ClientHello, Negotiated};
 use crate::prelogin::PendingSlot;
+use crate::proxy_protocol;
 use crate::relay::{relay, RelayEnd, Tally, Watch};
 use crate::state::Proxy;
 use crate::stream::ClientStream;
@@ -43,7 +45,9 @@ enum Handoff {
 
 /// Serves one accepted TCP connection to the end. Never panics on client input; every
 /// rejection the client can still read is a FATAL ErrorResponse. `pending` counts it
-/// in the pre-login phase until its password is proved (prelogin.rs).
+/// in the pre-login phase until its password is proved (prelogin.rs). `peer` is the
+/// socket's peer: behind a load balancer its PROXY protocol header is read first
+/// (proxy_protocol.rs), and the client's address it gives is used from then on.
 ///
 /// Runs on the front runtime (the accept loops' own thread) until the client has been
 /// admitted: reading its first packets and, for TLS, its whole ClientHello (for the
@@ -59,13 +63,20 @@ pub async fn serve_connection(
     main: tokio::runtime::Handle,
     tracker: tokio_util::task::TaskTracker,
 ) {
+    // Behind a balancer the client's address is known only once its PROXY protocol
+    // header is read: `client_addr` is filled in then, `proxy_addr` is the balancer.
+    let behind_balancer = proxy.config.proxy_protocol.at_accept(peer.ip()) == PeerKind::Balancer;
     let span = tracing::info_span!(
         "conn",
         id,
-        client_addr = %peer,
+        client_addr = tracing::field::Empty,
+        proxy_addr = tracing::field::Empty,
         tenant = tracing::field::Empty,
         role = tracing::field::Empty
     );
+    if !behind_balancer {
+        span.record("client_addr", tracing::field::display(peer));
+    }
     let session_span = span.clone();
     async move {
         let _ = tcp.set_nodelay(true);
@@ -80,44 +91,86 @@ pub async fn serve_connection(
             Err(refused) => admission.refusal = Some(refused),
         }
         let front = async {
-            match negotiate(tcp, proxy.tls.as_ref()).await? {
+            let mut tcp = tcp;
+            let resolved =
+                match proxy_protocol::resolve(&mut tcp, peer, &proxy.config.proxy_protocol).await {
+                    Ok(resolved) => resolved,
+                    Err(err) => {
+                        // What else the peer sent already is read once (as at accept,
+                        // prelogin::turn_away), so that closing does not reset the
+                        // connection over unread bytes before the error is read.
+                        let mut unread = [0u8; 1024];
+                        let _ = tcp.try_read(&mut unread);
+                        return Err((Some(ClientStream::Plain(tcp)), err));
+                    }
+                };
+            let client = resolved.client;
+            if behind_balancer {
+                let span = tracing::Span::current();
+                span.record("client_addr", tracing::field::display(client));
+                if let Some(via) = resolved.via {
+                    span.record("proxy_addr", tracing::field::display(via));
+                }
+            }
+            // A balancer's connection is counted under its client's address now.
+            if let Some(slot) = admission.pending.as_mut() {
+                if let Err(err) = proxy.pending.key(slot, client.ip()) {
+                    return Err((Some(ClientStream::Plain(tcp)), err));
+                }
+            }
+            let mut first = resolved.first;
+            if resolved.local {
+                // The balancer's own connection: its health checks end here.
+                let mut byte = [0u8; 1];
+                match tcp.read(&mut byte).await {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => first = Some(byte[0]),
+                }
+            }
+            let negotiated = match negotiate(tcp, first, proxy.tls.as_ref()).await? {
                 Negotiated::Tls(hello) => {
                     let sni = hello.sni.as_deref();
-                    at_client_hello(&proxy, sni, peer.ip(), &mut admission).await;
+                    at_client_hello(&proxy, sni, client.ip(), &mut admission).await;
                     if let Some(ClientError::ConnectRateLimited(tenant)) = &admission.refusal {
                         let storm = admission.gate.as_ref().is_some_and(|g| g.shed_refusal());
                         if storm {
                             return Err((None, ClientError::ConnectRateShed(tenant.clone())));
                         }
                     }
-                    Ok(Negotiated::Tls(hello))
+                    Negotiated::Tls(hello)
                 }
-                other => Ok(other),
-            }
+                other => other,
+            };
+            Ok(Some((client, negotiated)))
         };
-        let handoff = match timeout_at(deadline, front).await {
+        let (client, negotiated) = match timeout_at(deadline, front).await {
             // Like Postgres: a client that never finishes its startup packet is dropped.
             Err(_) => return tracing::info!("login timeout before the startup packet"),
             Ok(Err((stream, err))) => {
                 return refuse(&proxy, stream, &err, admission.tenant.as_ref()).await;
             }
-            Ok(Ok(Negotiated::Cancel { key, stream })) => {
-                return handle_cancel(&proxy, key, peer, stream).await
+            // Not a client, and not a refusal: no line at info, no count.
+            Ok(Ok(None)) => return tracing::debug!("health check from the load balancer"),
+            Ok(Ok(Some(resolved))) => resolved,
+        };
+        let handoff = match negotiated {
+            Negotiated::Cancel { key, stream } => {
+                return handle_cancel(&proxy, key, client, stream).await
             }
-            Ok(Ok(Negotiated::Tls(ClientHello {
+            Negotiated::Tls(ClientHello {
                 tcp,
                 accepted,
                 sni,
                 direct,
-            }))) => tcp.into_std().map(|tcp| Handoff::Tls {
+            }) => tcp.into_std().map(|tcp| Handoff::Tls {
                 tcp,
                 accepted,
                 sni,
                 direct,
             }),
-            Ok(Ok(Negotiated::Startup {
+            Negotiated::Startup {
                 stream, startup, ..
-            })) => match stream {
+            } => match stream {
                 ClientStream::Plain(tcp) => {
                     tcp.into_std().map(|tcp| Handoff::Plain { tcp, startup })
                 }
@@ -130,7 +183,7 @@ pub async fn serve_connection(
         };
         let proxy = proxy.clone();
         tracker.spawn_on(
-            async move { session(proxy, handoff, peer, id, admission, accepted, deadline).await }
+            async move { session(proxy, handoff, client, id, admission, accepted, deadline).await }
                 .instrument(session_span),
             &main,
         );
@@ -140,10 +193,11 @@ pub async fn serve_connection(
 }
 
 /// The rest of a connection, on the main runtime: TLS handshake, login, relay.
+/// `client`: the client's address (from the PROXY protocol header behind a balancer).
 async fn session(
     proxy: Arc<Proxy>,
     handoff: Handoff,
-    peer: SocketAddr,
+    client: SocketAddr,
     id: u64,
     mut admission: Admission,
     accepted: Instant,
@@ -189,7 +243,7 @@ async fn session(
             return Box::pin(refuse(&proxy, stream, &err, admission.tenant.as_ref())).await
         }
         Ok(Negotiated::Cancel { key, stream }) => {
-            return Box::pin(handle_cancel(&proxy, key, peer, stream)).await
+            return Box::pin(handle_cancel(&proxy, key, client, stream)).await
         }
         Ok(Negotiated::Tls(_)) => unreachable!("the handshake is done"),
         Ok(Negotiated::Startup {
@@ -207,7 +261,7 @@ async fn session(
         &mut stream,
         &startup,
         sni.as_deref(),
-        peer.ip(),
+        client.ip(),
         &mut admission,
     ));
     let tenant = |a: &Admission| a.tenant.clone();
@@ -328,10 +382,10 @@ async fn reject(stream: Option<ClientStream>, err: &ClientError) {
 async fn handle_cancel(
     proxy: &Proxy,
     key: wire::startup::CancelKey,
-    peer: SocketAddr,
+    client: SocketAddr,
     mut stream: ClientStream,
 ) {
-    cancel::carry_out(&proxy.cancels, &proxy.rejections, key, peer.ip()).await;
+    cancel::carry_out(&proxy.cancels, &proxy.rejections, key, client.ip()).await;
     let _ = tokio::time::timeout(REJECT_TIMEOUT, stream.shutdown()).await;
 }
 

@@ -11,7 +11,7 @@ use admin_api::AdminConfig;
 use control::catalog_sync::Base;
 use control::store::{BackendRecord, TenantRecord};
 use control::{ConfigTenant, ControlConfig, Plans};
-use proxy::config::{ProxyConfig, TlsFiles};
+use proxy::config::{ProxyConfig, ProxyProtocol, ProxyProtocolMode, TlsFiles};
 use router::{BanPolicy, Cidr, IdentifyRules, Limits, PoolMode, PoolSettings, SessionState};
 
 use super::error::ConfigError;
@@ -70,6 +70,18 @@ impl Config {
             max_pending_logins_per_ip: cap(p.max_pending_logins_per_ip),
             cancel_rate_per_key: (p.cancel_rate_per_key > 0).then_some(p.cancel_rate_per_key),
             cancel_rate_per_ip: (p.cancel_rate_per_ip > 0).then_some(p.cancel_rate_per_ip),
+            proxy_protocol: ProxyProtocol {
+                mode: match p.proxy_protocol.as_str() {
+                    "v2" => ProxyProtocolMode::V2,
+                    "optional" => ProxyProtocolMode::Optional,
+                    _ => ProxyProtocolMode::Off,
+                },
+                from: p
+                    .proxy_protocol_from
+                    .iter()
+                    .map(|c| Cidr::parse(c).expect("validated"))
+                    .collect(),
+            },
         };
         let admin = AdminConfig {
             listen: self.admin.listen.parse().expect("validated"),

@@ -226,6 +226,11 @@ pub struct ProxySection {
     pub cancel_rate_per_key: u32,
     /// Cancel requests per second from one client address (IPv6: /64); 0 = no limit.
     pub cancel_rate_per_ip: u32,
+    /// `off`, `v2` (every connection comes from `proxy_protocol_from` with a PROXY
+    /// protocol header) or `optional` (those peers may send one).
+    pub proxy_protocol: String,
+    /// The load balancers (CIDRs) whose PROXY protocol headers are believed.
+    pub proxy_protocol_from: Vec<String>,
 }
 
 impl Default for ProxySection {
@@ -249,6 +254,8 @@ impl Default for ProxySection {
             max_pending_logins_per_ip: 1000,
             cancel_rate_per_key: 5,
             cancel_rate_per_ip: 100,
+            proxy_protocol: "off".into(),
+            proxy_protocol_from: Vec::new(),
         }
     }
 }

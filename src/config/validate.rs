@@ -87,6 +87,11 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "with no sni_suffix and tenant_from_options = false no client can name a tenant",
         ));
     }
+    check_proxy_protocol(
+        &proxy.proxy_protocol,
+        &proxy.proxy_protocol_from,
+        &mut problems,
+    );
     if config.admin.listen.parse::<SocketAddr>().is_err() {
         problems.push(Problem::new(
             vec![Key("admin"), Key("listen")],
@@ -251,6 +256,29 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
     }
     problems
+}
+
+fn check_proxy_protocol(mode: &str, from: &[String], problems: &mut Vec<Problem>) {
+    match mode {
+        "off" | "optional" => {}
+        "v2" if from.is_empty() => problems.push(Problem::new(
+            vec![Key("proxy"), Key("proxy_protocol_from")],
+            "proxy_protocol = \"v2\" needs the load balancers' addresses (CIDRs) here",
+        )),
+        "v2" => {}
+        other => problems.push(Problem::new(
+            vec![Key("proxy"), Key("proxy_protocol")],
+            format!("{other:?} is not one of off, v2, optional"),
+        )),
+    }
+    for (i, cidr) in from.iter().enumerate() {
+        if let Err(e) = Cidr::parse(cidr) {
+            problems.push(Problem::new(
+                vec![Key("proxy"), Key("proxy_protocol_from"), Index(i)],
+                e.to_string(),
+            ));
+        }
+    }
 }
 
 fn check_limits(limits: &LimitsSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
@@ -487,6 +515,37 @@ auth_password_file = "acme.pw"
             "cancel_rate_per_key = 0\ncancel_rate_per_ip = 10\nsni_suffix = ",
         );
         assert_eq!(rates(&text), (0, 10), "a per-address limit alone is fine");
+    }
+
+    #[test]
+    fn proxy_protocol_keys() {
+        let c = Config::parse(GOOD, Path::new("/")).unwrap();
+        assert_eq!(c.proxy.proxy_protocol, "off");
+        assert!(c.proxy.proxy_protocol_from.is_empty());
+        let with = |lines: &str| GOOD.replace("sni_suffix = ", &format!("{lines}\nsni_suffix = "));
+        let text =
+            with("proxy_protocol = \"v2\"\nproxy_protocol_from = [\"10.0.0.0/8\", \"::1/128\"]");
+        // The tenant's auth_password_file is read relative to the config's directory.
+        let dir = std::env::temp_dir().join(format!("sluice-pp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("acme.pw"), "x").unwrap();
+        let runtime = Config::parse(&text, &dir).unwrap().runtime().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            runtime.proxy.proxy_protocol.mode,
+            proxy::config::ProxyProtocolMode::V2
+        );
+        assert_eq!(runtime.proxy.proxy_protocol.from.len(), 2);
+        let errs = Config::parse(&with("proxy_protocol = \"v2\""), Path::new("/")).unwrap_err();
+        assert_eq!(errs[0].key, "proxy.proxy_protocol_from", "{errs:?}");
+        let errs = Config::parse(&with("proxy_protocol = \"v1\""), Path::new("/")).unwrap_err();
+        assert_eq!(errs[0].key, "proxy.proxy_protocol", "{errs:?}");
+        let text = with("proxy_protocol = \"optional\"\nproxy_protocol_from = [\"10.0.0.1/8\"]");
+        let errs = Config::parse(&text, Path::new("/")).unwrap_err();
+        assert_eq!(errs[0].key, "proxy.proxy_protocol_from[0]", "{errs:?}");
+        assert!(errs[0].line.is_some(), "{errs:?}");
+        // "optional" with nobody trusted: everyone is a direct client.
+        assert!(Config::parse(&with("proxy_protocol = \"optional\""), Path::new("/")).is_ok());
     }
 
     #[test]
