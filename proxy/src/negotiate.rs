@@ -10,7 +10,7 @@
 //! to the main runtime, where [`tls_handshake`] continues the handshake from it (its
 //! key exchange and signature are the expensive part).
 
-use std::io;
+use std::io::{self, Read};
 
 use rustls::server::{Accepted, Acceptor};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -65,32 +65,56 @@ pub struct ClientHello {
     pub direct: bool,
 }
 
-/// Reads one length-prefixed startup-phase packet with exact reads: nothing beyond the
-/// packet is consumed, which keeps the "no bytes before TLS" invariant trivially true.
-/// `first` is the packet's first byte when the caller has read it already.
+/// Bytes the first read of a connection asks for: a whole CancelRequest, the start of
+/// any other startup packet, or of a ClientHello. A client that sent more than its
+/// first packet before Sluice answered (what follows an SSLRequest must be TLS) has
+/// the rest taken as the start of what comes next, exactly as if it had been read
+/// later; the smallest StartupMessage that names a user is 16 bytes, so nothing is
+/// ever read past one.
+const FIRST_READ: usize = 16;
+
+/// The connection's first read. A client's first bytes are usually in by the time its
+/// connection is accepted, so they are read at once, without a round through the
+/// reactor; only when nothing is there yet does this wait for readability.
+async fn first_read(tcp: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let socket = socket2::SockRef::from(&*tcp);
+    match (&*socket).read(buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            tcp.read(buf).await
+        }
+        read => read,
+    }
+}
+
+/// Reads one length-prefixed startup-phase packet with exact reads, of which `already`
+/// holds the first bytes (read by the caller): nothing beyond the packet is read from
+/// `stream`, which keeps the "no bytes before TLS" invariant true. Returns the packet
+/// and how much of `already` it took (what is left belongs to what follows).
 async fn read_packet<S: AsyncRead + Unpin>(
     stream: &mut S,
-    first: Option<u8>,
-) -> Result<StartupPacket, ClientError> {
+    already: &[u8],
+) -> Result<(StartupPacket, usize), ClientError> {
     let mut header = [0u8; 4];
-    match first {
-        Some(byte) => {
-            header[0] = byte;
-            stream.read_exact(&mut header[1..]).await?;
-        }
-        None => {
-            stream.read_exact(&mut header).await?;
-        }
-    }
+    let have = already.len().min(4);
+    header[..have].copy_from_slice(&already[..have]);
+    stream.read_exact(&mut header[have..]).await?;
     let len = startup::parse_len(header).map_err(|e| match e {
         StartupError::BadLength(len) => ClientError::InvalidStartupLength(len),
         other => ClientError::Protocol(other.to_string()),
     })?;
+    let taken = already.len().min(len);
     // `len` is bounded by MAX_STARTUP_LEN, so this allocation is too.
     let mut packet = vec![0u8; len];
+    packet[..taken].copy_from_slice(&already[..taken]);
     packet[..4].copy_from_slice(&header);
-    stream.read_exact(&mut packet[4..]).await?;
-    startup::parse(&packet).map_err(|e| ClientError::Protocol(e.to_string()))
+    stream.read_exact(&mut packet[taken.max(4)..]).await?;
+    let packet = startup::parse(&packet).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok((packet, taken))
 }
 
 /// Reads what the client sends first, up to its StartupMessage (plaintext), its
@@ -102,19 +126,23 @@ pub async fn negotiate(
     read_first: Option<u8>,
     tls: Option<&ServerTls>,
 ) -> Result<Negotiated, (Option<ClientStream>, ClientError)> {
-    let mut first = [0u8; 1];
-    match read_first {
-        Some(byte) => first[0] = byte,
-        None => {
-            let read = tcp.read(&mut first).await.map_err(|e| (None, e.into()))?;
-            if read == 0 {
-                return Err((
-                    None,
-                    ClientError::Protocol("client closed before startup".into()),
-                ));
-            }
+    let mut head = [0u8; FIRST_READ];
+    let got = match read_first {
+        Some(byte) => {
+            head[0] = byte;
+            1
         }
+        None => first_read(&mut tcp, &mut head)
+            .await
+            .map_err(|e| (None, e.into()))?,
+    };
+    if got == 0 {
+        return Err((
+            None,
+            ClientError::Protocol("client closed before startup".into()),
+        ));
     }
+    let first = &head[..got];
     if first[0] == TLS_HANDSHAKE {
         if tls.is_none() {
             // No TLS configured: there is no way to answer a ClientHello readably.
@@ -123,21 +151,24 @@ pub async fn negotiate(
                 ClientError::Protocol("direct TLS without TLS configured".into()),
             ));
         }
-        return client_hello(tcp, &first, true).await;
+        return client_hello(tcp, first, true).await;
     }
 
     // A client may try GSSAPI encryption, then TLS, then plaintext: bounded rounds.
-    let mut first = Some(first[0]);
+    let mut already = first;
     for _ in 0..3 {
-        let packet = match read_packet(&mut tcp, first.take()).await {
-            Ok(p) => p,
+        let packet = match read_packet(&mut tcp, already).await {
+            Ok((packet, taken)) => {
+                already = &already[taken..];
+                packet
+            }
             Err(e) => return Err((Some(ClientStream::Plain(tcp)), e)),
         };
         match packet {
             StartupPacket::SslRequest => match tls {
                 Some(_) => {
                     tcp.write_all(b"S").await.map_err(|e| (None, e.into()))?;
-                    return client_hello(tcp, &[], false).await;
+                    return client_hello(tcp, already, false).await;
                 }
                 None => tcp.write_all(b"N").await.map_err(|e| (None, e.into()))?,
             },
@@ -149,6 +180,12 @@ pub async fn negotiate(
                     key,
                     stream: ClientStream::Plain(tcp),
                 })
+            }
+            StartupPacket::Startup(_) if !already.is_empty() => {
+                return Err((
+                    Some(ClientStream::Plain(tcp)),
+                    ClientError::Protocol("data after a startup packet without a user".into()),
+                ))
             }
             StartupPacket::Startup(startup) => {
                 return Ok(Negotiated::Startup {
@@ -279,7 +316,10 @@ async fn after_handshake(
             ClientError::Protocol("direct TLS connections must use ALPN \"postgresql\"".into()),
         ));
     }
-    match read_packet(&mut stream, None).await {
+    match read_packet(&mut stream, &[])
+        .await
+        .map(|(packet, _)| packet)
+    {
         Ok(StartupPacket::Startup(startup)) => Ok(Negotiated::Startup {
             stream,
             startup,

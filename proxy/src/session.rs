@@ -386,7 +386,12 @@ async fn handle_cancel(
     mut stream: ClientStream,
 ) {
     cancel::carry_out(&proxy.cancels, &proxy.rejections, key, client.ip()).await;
-    let _ = tokio::time::timeout(REJECT_TIMEOUT, stream.shutdown()).await;
+    // Inside TLS the end is announced (close_notify). A plaintext connection is just
+    // closed: the client has sent all it may, so the kernel ends it with a FIN, and a
+    // shutdown first would only cost a storm of cancels one more system call each.
+    if stream.is_tls() {
+        let _ = tokio::time::timeout(REJECT_TIMEOUT, stream.shutdown()).await;
+    }
 }
 
 /// Relays until someone leaves, then puts the server connection back or closes it;
