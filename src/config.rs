@@ -5,6 +5,7 @@
 //! parsed file as a whole, [`runtime`] turns it into what `serve` needs; this module
 //! reads a file through them.
 
+mod diff;
 mod error;
 mod locate;
 mod runtime;
@@ -13,6 +14,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use diff::{changed_keys, is_live};
 pub use error::{ConfigError, ConfigErrors};
 pub use runtime::Runtime;
 pub use schema::*;
@@ -21,6 +23,12 @@ impl Config {
     /// Reads, parses and validates a config file; relative paths in it are relative to
     /// the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::read(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the file's keys as written (what a reload
+    /// compares, [`changed_keys`]).
+    pub fn read(path: &Path) -> Result<(Config, toml::Table), ConfigErrors> {
         let fail = |errors| ConfigErrors {
             file: path.to_owned(),
             errors,
@@ -33,7 +41,11 @@ impl Config {
             }])
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base).map_err(fail)
+        let config = Config::parse(&text, base).map_err(fail)?;
+        let table = text
+            .parse::<toml::Table>()
+            .expect("a file that parsed as a Config is a TOML table");
+        Ok((config, table))
     }
 
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {

@@ -1,6 +1,6 @@
 //! `sluice serve`: build the components from a config and run until a signal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use admin_api::{Admin, ConnectionHint};
@@ -15,7 +15,7 @@ use router::{Catalog, CatalogHandle, Rejections, TenantLabels};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogFormat, Runtime};
+use crate::config::{changed_keys, is_live, Config, LogFormat, Runtime};
 
 /// Log lines go to stderr: human-readable text, or one JSON object per line (with the
 /// connection span's fields: id, client_addr, tenant, role) for log shippers. The level
@@ -38,15 +38,19 @@ pub fn init_logging(format: LogFormat) {
 }
 
 pub fn run_file(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+    let (config, table) = Config::read(path)?;
     init_logging(config.log_format);
     let runtime = config
         .runtime()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     tokio_runtime()?.block_on(async {
-        let shutdown = shutdown_on_signals()?;
+        let signals = Signals::install()?;
         let running = start(runtime).await?;
-        running.wait(shutdown).await;
+        let file = ConfigFile {
+            path: path.to_owned(),
+            table,
+        };
+        running.wait(signals, file).await;
         Ok(())
     })
 }
@@ -58,20 +62,138 @@ pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// A cancellation token fired by the first SIGINT or SIGTERM.
-pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
-    let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let fire = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+/// What the process's signals ask for. Installed before anything starts, so that no
+/// signal meets its default action (SIGHUP would end the process and leave the
+/// Postgres clusters it runs behind).
+pub struct Signals {
+    /// The first SIGINT or SIGTERM: stop accepting and let clients finish for
+    /// `[proxy] shutdown_grace_s`.
+    pub shutdown: CancellationToken,
+    /// The second: end the remaining clients now (57P01), then stop as usual.
+    hurry: CancellationToken,
+    /// One message per SIGHUP not yet acted on (several while a reload runs count once).
+    reload: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Signals> {
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let (shutdown, hurry) = (CancellationToken::new(), CancellationToken::new());
+        let (reload, reloads) = tokio::sync::mpsc::channel(1);
+        let (first, second) = (shutdown.clone(), hurry.clone());
+        tokio::spawn(async move {
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                    _ = hup.recv() => {
+                        let _ = reload.try_send(());
+                        continue;
+                    }
+                };
+                if !first.is_cancelled() {
+                    tracing::info!("{name}: shutting down");
+                    first.cancel();
+                } else if !second.is_cancelled() {
+                    tracing::warn!("{name} again: ending the remaining clients now");
+                    second.cancel();
+                } else {
+                    tracing::info!("{name}: already stopping");
+                }
+            }
+        });
+        Ok(Signals {
+            shutdown,
+            hurry,
+            reload: reloads,
+        })
+    }
+}
+
+/// The config file `serve` runs with, as it was read at start: what SIGHUP reads again.
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub table: toml::Table,
+}
+
+/// Tells systemd (`Type=notify`, `$NOTIFY_SOCKET`) how the service is; nothing when
+/// Sluice does not run under it.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd ($NOTIFY_SOCKET)");
+    }
+}
+
+/// SIGHUP: reads the config file again and validates it whole. A file with problems
+/// changes nothing (each problem is logged). Otherwise the pool settings and limits of
+/// `[defaults.*]` and `[plans.*]` are applied live (see `config::is_live`); every other
+/// key that differs from the file Sluice started with is logged as needing a restart.
+/// `last` is the file of the last reload that succeeded (or the first).
+async fn reload(file: &ConfigFile, last: &mut toml::Table, plane: &Plane) {
+    let path = file.path.display();
+    tracing::info!(%path, "SIGHUP: reading the config file again");
+    let (config, table) = match Config::read(&file.path) {
+        Ok(read) => read,
+        Err(errors) => {
+            for problem in &errors.errors {
+                tracing::error!(%path, "config reload: {problem}");
+            }
+            tracing::error!(
+                %path,
+                problems = errors.errors.len(),
+                "config reload refused: the running config stays in force"
+            );
+            return;
         }
-        fire.cancel();
-    });
-    Ok(token)
+    };
+    // What `config check` reads besides the file: password files, the TLS files.
+    let runtime = config
+        .runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            if let Some(tls) = &runtime.proxy.tls {
+                ServerTls::load(tls)?;
+            }
+            Ok(runtime)
+        });
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(problem) => {
+            tracing::error!(%path, "config reload: {problem:#}");
+            tracing::error!(
+                %path,
+                problems = 1,
+                "config reload refused: the running config stays in force"
+            );
+            return;
+        }
+    };
+    for key in changed_keys(&file.table, &table) {
+        if !is_live(&key) {
+            tracing::warn!(%path, "needs a restart: {key} (its value at start stays in force)");
+        }
+    }
+    let live: Vec<String> = changed_keys(last, &table)
+        .into_iter()
+        .filter(|key| is_live(key))
+        .collect();
+    // The plans are put in force even when none changed since the last reload: it
+    // costs one catalog rebuild and leaves no doubt about what runs.
+    match plane.sync.replan(&plane.control, runtime.plans).await {
+        Ok(()) => {
+            *last = table;
+            if live.is_empty() {
+                tracing::info!(%path, "config reloaded: no live setting changed");
+            } else {
+                tracing::info!(%path, changed = %live.join(", "), "config reloaded: applied live");
+            }
+        }
+        Err(e) => {
+            tracing::error!(%path, error = %format!("{e:#}"), "config reload: applying the pool settings and limits failed")
+        }
+    }
 }
 
 /// The proxy and the admin listener, bound and ready to run.
@@ -279,15 +401,58 @@ impl Running {
         self.admin.addr
     }
 
-    /// Serves until `shutdown`, then drains (see `proxy::serve`). The admin listener
-    /// keeps answering while clients drain, with `/readyz` saying 503. The control store
-    /// stops last.
-    pub async fn wait(self, shutdown: CancellationToken) {
+    /// Serves until the first SIGINT/SIGTERM, then drains (see `proxy::serve`) for the
+    /// grace period, or until a second one. The admin listener keeps answering while
+    /// clients drain, with `/readyz` saying 503. The control store stops last. SIGHUP
+    /// reloads `file` (see [`reload`]).
+    pub async fn wait(self, signals: Signals, file: ConfigFile) {
         for addr in &self.addrs {
             // Tests and scripts read these lines to find OS-assigned ports.
             println!("sluice: listening on {addr}");
         }
         println!("sluice: admin API listening on {}", self.admin.addr);
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+        let Signals {
+            shutdown,
+            hurry,
+            reload: mut reloads,
+        } = signals;
+        let reload_plane = self.plane.clone();
+        let reload_stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut last = file.table.clone();
+            loop {
+                tokio::select! {
+                    _ = reload_stop.cancelled() => return,
+                    Some(()) = reloads.recv() => {
+                        let mut state = vec![sd_notify::NotifyState::Reloading];
+                        state.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                        notify_systemd(&state);
+                        reload(&file, &mut last, &reload_plane).await;
+                        notify_systemd(&[sd_notify::NotifyState::Ready]);
+                    }
+                }
+            }
+        });
+        // Says what the shutdown waits for; a second signal ends it.
+        let proxy = self.proxy.clone();
+        let (first, second) = (shutdown.clone(), hurry.clone());
+        tokio::spawn(async move {
+            first.cancelled().await;
+            notify_systemd(&[sd_notify::NotifyState::Stopping]);
+            let grace = proxy.config.shutdown_grace.as_secs();
+            let clients = proxy.gates.client_count();
+            tracing::info!(
+                clients,
+                grace_s = grace,
+                "stopped accepting; waiting up to {grace} s for {clients} client(s) to \
+                 finish (SIGINT or SIGTERM again ends them now)"
+            );
+            second.cancelled().await;
+            let clients = proxy.gates.client_count();
+            tracing::info!(clients, "ending {clients} client(s) now (57P01)");
+            proxy.terminate.cancel();
+        });
         let draining = self.admin.state.draining.clone();
         let stop_admin = CancellationToken::new();
         let admin = tokio::spawn(self.admin.serve(stop_admin.clone()));

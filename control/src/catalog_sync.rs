@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use arc_swap::ArcSwap;
 use router::{
     Backend, BackendAddr, BackendTls, Catalog, CatalogHandle, Limits, PoolSettings, Tenant,
     TenantId,
@@ -160,7 +161,9 @@ struct SnapshotTenant {
 #[derive(Debug)]
 pub struct CatalogSync {
     pub catalog: Arc<CatalogHandle>,
-    pub plans: Arc<Plans>,
+    /// `[defaults.*]` and `[plans.*]`: replaced whole when the config file is reloaded
+    /// (SIGHUP), see [`CatalogSync::replan`].
+    plans: ArcSwap<Plans>,
     pub secrets: Arc<SecretBox>,
     snapshot_path: PathBuf,
     config_tenants: Vec<ConfigTenant>,
@@ -172,6 +175,31 @@ pub struct CatalogSync {
 }
 
 impl CatalogSync {
+    /// The defaults and plans in force.
+    pub fn plans(&self) -> Arc<Plans> {
+        self.plans.load_full()
+    }
+
+    /// Puts new defaults and plans in force and rebuilds the catalog with them, from the
+    /// store when it answers, else from the records held (the snapshot's and the config
+    /// file's tenants). The catalog's subscribers then apply the new pool settings and
+    /// limits to running pools and admission gates, as for a `PATCH`.
+    pub async fn replan(&self, control: &Control, plans: Plans) -> anyhow::Result<()> {
+        self.plans.store(Arc::new(plans));
+        if let Ok(store) = control.store() {
+            match self.resync(store).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "reading the control store; rebuilding the catalog from the records held")
+                }
+            }
+        }
+        let records = self.records.lock().expect("records lock poisoned").clone();
+        let catalog = self.catalog_of(&records)?;
+        self.catalog.replace(catalog);
+        Ok(())
+    }
+
     /// Where the catalog last came from, for `/readyz`.
     pub fn source(&self) -> &'static str {
         *self.source.lock().expect("source lock poisoned")
@@ -220,7 +248,7 @@ impl CatalogSync {
     ) -> CatalogSync {
         CatalogSync {
             catalog,
-            plans,
+            plans: ArcSwap::new(plans),
             secrets,
             snapshot_path: data_dir.join("catalog.snapshot"),
             config_tenants,
@@ -253,7 +281,7 @@ impl CatalogSync {
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "no usable catalog snapshot: serving the config file's tenants");
                 let tenants = self.config_tenants.iter().filter_map(|t| {
-                    materialize(&self.plans, &t.record, Some(&t.auth_password))
+                    materialize(&self.plans(), &t.record, Some(&t.auth_password))
                         .inspect_err(
                             |e| tracing::error!(error = %format!("{e:#}"), "config tenant"),
                         )
@@ -355,7 +383,7 @@ impl CatalogSync {
         let password = auth
             .map(|s| self.secrets.open(&tenant_secret(&record.id, "auth"), s))
             .transpose()?;
-        materialize(&self.plans, record, password.as_deref())
+        materialize(&self.plans(), record, password.as_deref())
     }
 
     fn write_snapshot(&self, snapshot: &Snapshot) -> anyhow::Result<()> {
@@ -386,8 +414,17 @@ impl CatalogSync {
             "snapshot version {} is not one this build reads",
             snapshot.version
         );
+        let catalog = self.catalog_of(&snapshot.tenants)?;
+        let n = catalog.len();
+        self.catalog.replace(catalog);
+        *self.records.lock().expect("records lock poisoned") = snapshot.tenants;
+        Ok(n)
+    }
+
+    /// The catalog of snapshot records, with the config file's tenants written over them.
+    fn catalog_of(&self, records: &[SnapshotTenant]) -> anyhow::Result<Catalog> {
         let mut catalog = Catalog::default();
-        for t in &snapshot.tenants {
+        for t in records {
             match self.build(&t.record, t.auth.as_ref()) {
                 Ok(Some(tenant)) => catalog = catalog.with(tenant),
                 Ok(None) => {}
@@ -396,15 +433,13 @@ impl CatalogSync {
                 }
             }
         }
+        let plans = self.plans();
         for t in &self.config_tenants {
-            if let Some(tenant) = materialize(&self.plans, &t.record, Some(&t.auth_password))? {
+            if let Some(tenant) = materialize(&plans, &t.record, Some(&t.auth_password))? {
                 catalog = catalog.with(tenant);
             }
         }
-        let n = catalog.len();
-        self.catalog.replace(catalog);
-        *self.records.lock().expect("records lock poisoned") = snapshot.tenants;
-        Ok(n)
+        Ok(catalog)
     }
 
     /// Follows the store until `stop`: LISTEN/NOTIFY with a full resync after every
