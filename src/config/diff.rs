@@ -61,7 +61,12 @@ fn values(old: Option<&Value>, new: Option<&Value>, path: &str, changed: &mut Ve
             if old.iter().chain(new).all(Value::is_table) =>
         {
             for i in 0..old.len().max(new.len()) {
-                values(old.get(i), new.get(i), &format!("{path}[{i}]"), changed);
+                let path = format!("{path}[{i}]");
+                match (old.get(i), new.get(i)) {
+                    (Some(old), Some(new)) => values(Some(old), Some(new), &path, changed),
+                    // An entry added or removed: the entry, not each of its keys.
+                    _ => changed.push(path),
+                }
             }
         }
         (old, new) if old == new => {}
