@@ -973,3 +973,114 @@ async fn a_tenant_deleted_and_created_again_is_reached_on_its_new_backend() {
         assert_eq!(pools["pools"], json!([]), "a deleted tenant's pools stay");
     }
 }
+
+/// The `static` driver against a real Postgres on TCP without TLS: errors that retrying
+/// cannot fix (TLS the server does not offer, a wrong password, a database that does not
+/// exist) fail the job, and the tenant, on its first attempt with the cause; a server
+/// that is not there (connection refused) is retried; the right request succeeds.
+#[test]
+fn deterministic_static_backend_errors_fail_the_job_at_once() {
+    let env = start();
+    let sluice = &env.sluice;
+    // A cluster on TCP, then with TLS turned off and a superuser password set.
+    let mut backend = testkit::TestCluster::start(
+        env.dir.path(),
+        "plain",
+        testkit::TestClusterOptions {
+            tcp_tls: Some(&env.pki),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let port = backend.tcp_port.unwrap();
+    backend.stop(localpg::StopMode::Fast).unwrap();
+    backend
+        .cluster
+        .run_single_user("ALTER ROLE postgres PASSWORD 'admin-secret'")
+        .unwrap();
+    let auto_conf = backend.cluster.data_dir().join("postgresql.auto.conf");
+    let mut settings = std::fs::read_to_string(&auto_conf).unwrap_or_default();
+    settings.push_str("\nssl = off\n");
+    std::fs::write(&auto_conf, settings).unwrap();
+    backend.restart().unwrap();
+
+    let create = |id: &str, backend: &str| {
+        let body = format!(
+            r#"{{"id": "{id}", "backend": {{"driver": "static", "host": "127.0.0.1",
+                "admin_user": "postgres", {backend}}}}}"#
+        );
+        let created = expect(sluice, "POST", "/v1/tenants", &body, 202);
+        created["job"]["id"].as_i64().unwrap()
+    };
+    for (id, backend, cause) in [
+        (
+            "needs-tls",
+            format!(r#""port": {port}, "tls": "require", "admin_password": "admin-secret""#),
+            "server does not support TLS",
+        ),
+        (
+            "wrong-password",
+            format!(r#""port": {port}, "tls": "disable", "admin_password": "wrong""#),
+            "password authentication failed",
+        ),
+        (
+            "no-database",
+            format!(
+                r#""port": {port}, "tls": "disable", "admin_password": "admin-secret",
+                    "admin_database": "nodb""#
+            ),
+            "database \"nodb\" does not exist",
+        ),
+    ] {
+        let began = Instant::now();
+        let job = wait_job(sluice, create(id, &backend), Duration::from_secs(20));
+        assert_eq!(job["state"], "failed", "{id}: {job}");
+        assert_eq!(
+            job["attempts"], 1,
+            "{id}: failed on its first attempt: {job}"
+        );
+        let error = job["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(cause),
+            "{id}: the job names {cause:?}: {job}"
+        );
+        assert!(
+            began.elapsed() < Duration::from_secs(15),
+            "{id}: failed after {:?}",
+            began.elapsed()
+        );
+        let tenant = expect(sluice, "GET", &format!("/v1/tenants/{id}"), "", 200);
+        assert_eq!(tenant["status"], "failed", "{id}: {tenant}");
+    }
+
+    // Nobody listens: transient, so the job is retried (and still running after its
+    // first attempt).
+    let closed = localpg::free_port().unwrap();
+    let job = create(
+        "not-there",
+        &format!(r#""port": {closed}, "tls": "disable", "admin_password": "x""#),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = expect(sluice, "GET", &format!("/v1/jobs/{job}"), "", 200);
+        assert_ne!(
+            now["state"], "failed",
+            "a refused connection is retried: {now}"
+        );
+        if now["attempts"].as_i64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no second attempt: {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let job = wait_job(
+        sluice,
+        create(
+            "plain",
+            &format!(r#""port": {port}, "tls": "disable", "admin_password": "admin-secret""#),
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+}
