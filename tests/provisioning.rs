@@ -1084,3 +1084,84 @@ fn deterministic_static_backend_errors_fail_the_job_at_once() {
     );
     assert_eq!(job["state"], "succeeded", "{job}");
 }
+
+/// The postmaster's pid in `postmaster.pid`, once it is there.
+fn postmaster_pid(pgdata: &Path) -> Option<i32> {
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A `local` tenant's postmaster killed with SIGKILL is restarted by the supervisor;
+/// while it is down, clients get 08006 and `sluice_backend_up` says 0; afterwards they
+/// are served again and it says 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_backend_killed_with_sigkill_is_restarted() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let env = start();
+    let sluice = &env.sluice;
+    provision(sluice, "phoenix");
+    let password = make_role(sluice, "phoenix", "app");
+    let t = target(sluice, &env.pki, "phoenix", "app", &password);
+    let client = pg_connect(&t).await.expect("a client before the kill");
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+
+    let pgdata = backend_dir(&env.dir.path().join("sluice/data"), "phoenix").join("pgdata");
+    let killed = postmaster_pid(&pgdata).expect("the postmaster's pid");
+    kill(Pid::from_raw(killed), Signal::SIGKILL).unwrap();
+    let killed_at = Instant::now();
+
+    // Down: the next logins fail (a restart takes a supervisor tick, up to 2 s, and a
+    // start), and the metric says so.
+    let down_until = Instant::now() + Duration::from_secs(1);
+    let mut seen_down = false;
+    while Instant::now() < down_until && !seen_down {
+        if let Err(e) = pg_connect(&t).await {
+            assert_eq!(code(&e), "08006", "{e}");
+            let metrics = testkit::http::get(sluice.admin_addr, "/metrics", None).body;
+            assert!(
+                metrics.contains("sluice_backend_up{tenant=\"phoenix\"} 0"),
+                "the backend is down in /metrics:\n{metrics}"
+            );
+            seen_down = true;
+        }
+    }
+    assert!(seen_down, "no login failed in the second after the kill");
+
+    eventually(
+        Duration::from_secs(30),
+        "serving after the restart",
+        || async {
+            let client = pg_connect(&t).await.map_err(|e| e.to_string())?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        },
+    )
+    .await;
+    eprintln!("served again {:?} after the kill", killed_at.elapsed());
+    let restarted = postmaster_pid(&pgdata).expect("a new postmaster");
+    assert_ne!(restarted, killed, "a new postmaster runs");
+    let log = sluice.log();
+    assert!(
+        log.contains("the tenant's backend is down; restarting it")
+            && log.contains("restarted the tenant's backend"),
+        "the supervisor logs the restart:\n{log}"
+    );
+    let metrics = testkit::http::get(sluice.admin_addr, "/metrics", None).body;
+    assert!(
+        metrics.contains("sluice_backend_up{tenant=\"phoenix\"} 1"),
+        "the backend is up again in /metrics:\n{metrics}"
+    );
+    let tenant = expect(sluice, "GET", "/v1/tenants/phoenix", "", 200);
+    assert_eq!(tenant["status"], "active", "{tenant}");
+}
