@@ -126,10 +126,22 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
     }
 }
 
+/// The `id`s of a config file's `[[tenants]]`.
+fn tenant_ids(table: &toml::Table) -> Vec<String> {
+    let Some(tenants) = table.get("tenants").and_then(toml::Value::as_array) else {
+        return Vec::new();
+    };
+    tenants
+        .iter()
+        .filter_map(|t| t.get("id")?.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// SIGHUP: reads the config file again and validates it whole. A file with problems
 /// changes nothing (each problem is logged). Otherwise the pool settings and limits of
-/// `[defaults.*]` and `[plans.*]` are applied live (see `config::is_live`); every other
-/// key that differs from the file Sluice started with is logged as needing a restart.
+/// `[defaults.*]` and `[plans.*]` and the `[[tenants]]` entries are applied live (see
+/// `config::is_live`); every other key that differs from the file Sluice started with is
+/// logged as needing a restart.
 /// `last` is the file of the last reload that succeeded (or the first).
 async fn reload(file: &ConfigFile, last: &mut toml::Table, plane: &Plane) {
     let path = file.path.display();
@@ -175,13 +187,33 @@ async fn reload(file: &ConfigFile, last: &mut toml::Table, plane: &Plane) {
             tracing::warn!(%path, "needs a restart: {key} (its value at start stays in force)");
         }
     }
+    let now: std::collections::BTreeSet<&str> = runtime
+        .tenants
+        .iter()
+        .map(|t| t.record.id.as_str())
+        .collect();
+    for gone in tenant_ids(last)
+        .iter()
+        .filter(|id| !now.contains(id.as_str()))
+    {
+        tracing::warn!(
+            %path,
+            tenant = %gone,
+            "tenant {gone} is no longer in the config file: it stays in the control store \
+             (delete it with DELETE /v1/tenants/{gone} or `sluice tenants delete {gone}`)"
+        );
+    }
     let live: Vec<String> = changed_keys(last, &table)
         .into_iter()
         .filter(|key| is_live(key))
         .collect();
-    // The plans are put in force even when none changed since the last reload: it
-    // costs one catalog rebuild and leaves no doubt about what runs.
-    match plane.sync.replan(&plane.control, runtime.plans).await {
+    // Plans and config tenants are put in force even when none changed since the last
+    // reload: it costs one catalog rebuild and leaves no doubt about what runs.
+    match plane
+        .sync
+        .reconfigure(&plane.control, runtime.plans, runtime.tenants)
+        .await
+    {
         Ok(()) => {
             *last = table;
             if live.is_empty() {
@@ -191,7 +223,7 @@ async fn reload(file: &ConfigFile, last: &mut toml::Table, plane: &Plane) {
             }
         }
         Err(e) => {
-            tracing::error!(%path, error = %format!("{e:#}"), "config reload: applying the pool settings and limits failed")
+            tracing::error!(%path, error = %format!("{e:#}"), "config reload: applying the defaults, plans and tenants failed")
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Signals on a real `sluice serve`, as an operator sends them: SIGHUP reloads the
-//! config file (live changes applied and seen by clients and the API, a broken file
+//! config file (live changes of the defaults and of a config tenant applied and seen by
+//! clients and the API, a key that needs a restart named, a broken file
 //! refused with every problem logged while the old config stays in force), and a
 //! second SIGTERM ends a shutdown that waits for a connected client.
 
@@ -50,14 +51,17 @@ async fn sighup_applies_a_changed_file_live_and_keeps_the_old_one_when_broken() 
     let mut env = TwoTenants::start(BIN.as_ref(), |config| {
         config.default_pool = vec!["size = 5".into()];
         config.default_limits = vec!["max_client_connections = 200".into()];
+        config.tenants[1].limits = vec!["query_rate = 0".into()];
     })
     .expect("starting sluice and two tenants");
     let original = std::fs::read_to_string(&env.sluice.config_path).unwrap();
     assert_eq!(tenant(&env.sluice, "acme")["pool"]["size"], 5);
 
-    // A valid change: two live keys and one that needs a restart.
+    // A valid change: three live keys (one a config tenant's) and one that needs a
+    // restart.
     let changed = original
         .replace("size = 5", "size = 7")
+        .replace("query_rate = 0", "query_rate = 50")
         .replace("max_client_connections = 200", "max_client_connections = 1")
         .replace("login_timeout_ms = 15000", "login_timeout_ms = 9000");
     assert_ne!(changed, original);
@@ -71,9 +75,12 @@ async fn sighup_applies_a_changed_file_live_and_keeps_the_old_one_when_broken() 
     );
     assert!(
         log.contains("defaults.pool.size")
-            && log.contains("defaults.limits.max_client_connections"),
+            && log.contains("defaults.limits.max_client_connections")
+            && log.contains("tenants[1].limits.query_rate"),
         "the live changes are named:\n{log}"
     );
+    let globex = tenant(&env.sluice, "globex");
+    assert_eq!(globex["limits"]["query_rate"], 50, "{globex}");
     let acme = tenant(&env.sluice, "acme");
     assert_eq!(acme["pool"]["size"], 7, "{acme}");
     assert_eq!(acme["limits"]["max_client_connections"], 1, "{acme}");

@@ -162,11 +162,12 @@ struct SnapshotTenant {
 pub struct CatalogSync {
     pub catalog: Arc<CatalogHandle>,
     /// `[defaults.*]` and `[plans.*]`: replaced whole when the config file is reloaded
-    /// (SIGHUP), see [`CatalogSync::replan`].
+    /// (SIGHUP), see [`CatalogSync::reconfigure`].
     plans: ArcSwap<Plans>,
     pub secrets: Arc<SecretBox>,
     snapshot_path: PathBuf,
-    config_tenants: Vec<ConfigTenant>,
+    /// `[[tenants]]`, replaced the same way.
+    config_tenants: ArcSwap<Vec<ConfigTenant>>,
     /// Where the catalog last came from: `control store`, `snapshot` or `config file`.
     source: std::sync::Mutex<&'static str>,
     /// The tenant records behind the catalog (from the store or the snapshot), with
@@ -180,14 +181,28 @@ impl CatalogSync {
         self.plans.load_full()
     }
 
-    /// Puts new defaults and plans in force and rebuilds the catalog with them, from the
+    /// Puts a reloaded config file's defaults, plans and `[[tenants]]` in force: the
+    /// config tenants are brought into the store as at start (inserted, or their plan,
+    /// backend, pool and limits set to the file's), and the catalog is rebuilt, from the
     /// store when it answers, else from the records held (the snapshot's and the config
     /// file's tenants). The catalog's subscribers then apply the new pool settings and
-    /// limits to running pools and admission gates, as for a `PATCH`.
-    pub async fn replan(&self, control: &Control, plans: Plans) -> anyhow::Result<()> {
+    /// limits to running pools and admission gates, as for a `PATCH` (a tenant whose
+    /// backend changed gets new pools). A tenant taken out of the file stays in the
+    /// store, as across a restart.
+    pub async fn reconfigure(
+        &self,
+        control: &Control,
+        plans: Plans,
+        config_tenants: Vec<ConfigTenant>,
+    ) -> anyhow::Result<()> {
         self.plans.store(Arc::new(plans));
+        self.config_tenants.store(Arc::new(config_tenants));
         if let Ok(store) = control.store() {
-            match self.resync(store).await {
+            let synced = match self.upsert_config_tenants(store).await {
+                Ok(()) => self.resync(store).await,
+                Err(e) => Err(e),
+            };
+            match synced {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "reading the control store; rebuilding the catalog from the records held")
@@ -251,7 +266,7 @@ impl CatalogSync {
             plans: ArcSwap::new(plans),
             secrets,
             snapshot_path: data_dir.join("catalog.snapshot"),
-            config_tenants,
+            config_tenants: ArcSwap::from_pointee(config_tenants),
             source: std::sync::Mutex::new("none"),
             records: std::sync::Mutex::new(Vec::new()),
         }
@@ -280,7 +295,8 @@ impl CatalogSync {
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "no usable catalog snapshot: serving the config file's tenants");
-                let tenants = self.config_tenants.iter().filter_map(|t| {
+                let config_tenants = self.config_tenants.load();
+                let tenants = config_tenants.iter().filter_map(|t| {
                     materialize(&self.plans(), &t.record, Some(&t.auth_password))
                         .inspect_err(
                             |e| tracing::error!(error = %format!("{e:#}"), "config tenant"),
@@ -297,8 +313,8 @@ impl CatalogSync {
     }
 
     async fn upsert_config_tenants(&self, store: &Store) -> anyhow::Result<()> {
-        let sealed: Vec<(String, crate::secrets::Sealed)> = self
-            .config_tenants
+        let config_tenants = self.config_tenants.load_full();
+        let sealed: Vec<(String, crate::secrets::Sealed)> = config_tenants
             .iter()
             .map(|t| {
                 let name = tenant_secret(&t.record.id, "auth");
@@ -306,8 +322,7 @@ impl CatalogSync {
                 (name, sealed)
             })
             .collect();
-        let batch: Vec<_> = self
-            .config_tenants
+        let batch: Vec<_> = config_tenants
             .iter()
             .zip(&sealed)
             .map(|(t, (name, sealed))| (&t.record, name.as_str(), sealed))
@@ -434,7 +449,7 @@ impl CatalogSync {
             }
         }
         let plans = self.plans();
-        for t in &self.config_tenants {
+        for t in self.config_tenants.load().iter() {
             if let Some(tenant) = materialize(&plans, &t.record, Some(&t.auth_password))? {
                 catalog = catalog.with(tenant);
             }

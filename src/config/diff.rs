@@ -14,11 +14,15 @@ pub fn changed_keys(old: &Table, new: &Table) -> Vec<String> {
 }
 
 /// Whether a reload can put the change of `key` in force without a restart: the pool
-/// settings and limits of `[defaults.*]` and `[plans.*]`, which reach running pools and
+/// settings and limits of `[defaults.*]` and `[plans.*]`, and the `[[tenants]]`
+/// entries (brought into the control store as at start), which reach running pools and
 /// admission gates through the catalog, as an admin API `PATCH` does. A plan's
 /// `backend` size only matters to backends created later, by drivers configured at
 /// start.
 pub fn is_live(key: &str) -> bool {
+    if key.starts_with("tenants[") {
+        return true;
+    }
     let live_section = |rest: &str| rest.starts_with("pool") || rest.starts_with("limits");
     if let Some(rest) = key.strip_prefix("defaults.") {
         return live_section(rest);
@@ -113,7 +117,9 @@ mod tests {
         assert!(is_live("plans.nano.limits.connect_rate"));
         assert!(!is_live("plans.nano.backend.cores"));
         assert!(!is_live("proxy.listen"));
-        assert!(!is_live("tenants[0].pool.size"));
+        assert!(is_live("tenants[0].pool.size"));
+        assert!(is_live("tenants[1]"));
+        assert!(!is_live("tenants"));
         assert!(!is_live("log_format"));
     }
 }
