@@ -230,6 +230,74 @@ async fn query_rate_in_transaction_mode() {
     );
 }
 
+/// Sends a Query of about `bytes` bytes and reads an answer of about `bytes` bytes back;
+/// returns how long each half took.
+async fn big_query_then_big_answer(client: &tokio_postgres::Client, bytes: usize) -> [Duration; 2] {
+    let started = Instant::now();
+    let sql = format!("select length('{}')", "x".repeat(bytes));
+    let rows = client.simple_query(&sql).await.unwrap();
+    let length = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(length, Some(bytes.to_string()));
+    let sent = started.elapsed();
+    let started = Instant::now();
+    let row = client
+        .query_one("select repeat('y', $1)", &[&(bytes as i32)])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0).len(), bytes);
+    [sent, started.elapsed()]
+}
+
+#[tokio::test]
+async fn byte_rates_shape_a_tenants_traffic_both_ways_in_both_modes() {
+    for mode in ["session", "transaction"] {
+        let env = env(|c| {
+            c.default_pool = vec![format!("mode = \"{mode}\"")];
+            c.tenants[0].limits = vec![
+                "client_bytes_rate = 1000000".into(),
+                "server_bytes_rate = 1000000".into(),
+            ];
+        });
+        // 3 MB each way at 1 MB/s (a burst of 100 kB): at least 2.9 s each. Only a
+        // floor is checked; how fast an unshaped tenant goes is the benchmark's to say.
+        let acme = pg_connect(&env.target("acme")).await.unwrap();
+        let [sent, answered] = big_query_then_big_answer(&acme, 3_000_000).await;
+        assert!(
+            sent >= Duration::from_millis(2500) && answered >= Duration::from_millis(2500),
+            "{mode}: 3 MB each way at 1 MB/s took {sent:?} and {answered:?}"
+        );
+        // The other tenant has no byte rate: its traffic never waits on acme's bucket.
+        let globex = pg_connect(&env.target("globex")).await.unwrap();
+        big_query_then_big_answer(&globex, 3_000_000).await;
+        let key = Some(env.sluice.admin_key.as_str());
+        let shown = get(env.sluice.admin_addr, "/v1/tenants/acme", key).json();
+        assert_eq!(shown["limits"]["client_bytes_rate"], 1_000_000, "{shown}");
+        assert_eq!(shown["limits"]["server_bytes_rate"], 1_000_000, "{shown}");
+
+        // Lowered live, under the running session: 1 MB each way at 250 kB/s.
+        let r = patch(
+            &env.sluice,
+            "acme",
+            r#"{"limits": {"client_bytes_rate": 250000, "server_bytes_rate": 250000}}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let [sent, answered] = big_query_then_big_answer(&acme, 1_000_000).await;
+        assert!(
+            sent >= Duration::from_millis(3000) && answered >= Duration::from_millis(3000),
+            "{mode}: 1 MB each way at 250 kB/s took {sent:?} and {answered:?}"
+        );
+        let r = patch(
+            &env.sluice,
+            "acme",
+            r#"{"limits": {"client_bytes_rate": -1}}"#,
+        );
+        assert_eq!(r.status, 422, "{}", r.body);
+    }
+}
+
 #[tokio::test]
 async fn failed_logins_ban_one_address_until_it_expires() {
     let env = env(|c| {

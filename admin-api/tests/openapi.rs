@@ -551,6 +551,8 @@ fn schemas_match_the_serde_structs() {
         max_server_connections: Some(0),
         connect_rate: Some(50),
         query_rate: Some(0),
+        client_bytes_rate: Some(0),
+        server_bytes_rate: Some(0),
         max_concurrent_logins: Some(32),
         failed_login_max: Some(10),
         failed_login_window_s: Some(60),

@@ -65,6 +65,10 @@ pub struct LimitsPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_rate: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_bytes_rate: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_bytes_rate: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_logins: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_login_max: Option<u32>,
@@ -185,6 +189,8 @@ impl LimitsPatch {
             max_server_connections: Some(l.max_server_connections.map_or(0, |n| n as u64)),
             connect_rate: Some(l.connect_rate.unwrap_or(0)),
             query_rate: Some(l.query_rate.unwrap_or(0)),
+            client_bytes_rate: Some(l.client_bytes_rate.unwrap_or(0)),
+            server_bytes_rate: Some(l.server_bytes_rate.unwrap_or(0)),
             max_concurrent_logins: Some(u32::try_from(l.max_concurrent_logins).unwrap_or(u32::MAX)),
             failed_login_max: Some(l.failed_logins.max_failures),
             failed_login_window_s: Some(secs(l.failed_logins.window)),
@@ -228,6 +234,12 @@ impl LimitsPatch {
         }
         if let Some(v) = self.query_rate {
             l.query_rate = (v > 0).then_some(v);
+        }
+        if let Some(v) = self.client_bytes_rate {
+            l.client_bytes_rate = (v > 0).then_some(v);
+        }
+        if let Some(v) = self.server_bytes_rate {
+            l.server_bytes_rate = (v > 0).then_some(v);
         }
         if let Some(v) = self.max_concurrent_logins {
             if v == 0 {

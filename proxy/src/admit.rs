@@ -13,9 +13,12 @@
 //!   ClientHello without finishing TLS);
 //! - tenant, after that: `max_client_connections` (53300);
 //! - after a failed password check: the failure counts towards a ban.
+//!
+//! The gate also holds the tenant's byte rates ([`ByteRate`]), which the relays charge:
+//! they shape traffic (a relay over the rate reads later) and refuse nothing.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -232,6 +235,10 @@ pub struct TenantGate {
     /// Queries per second now (0: no limit), read on the relay path without a lock.
     query_rate: AtomicU32,
     queries: Mutex<TokenBucket>,
+    /// What its clients send (`client_bytes_rate`) and what its server connections
+    /// send them (`server_bytes_rate`).
+    pub client_bytes: ByteRate,
+    pub server_bytes: ByteRate,
     logins: Mutex<Arc<Semaphore>>,
     pub bans: Mutex<FailedLogins>,
     /// Cancelled to end the tenant's sessions (suspension with `terminate`), or when
@@ -277,6 +284,8 @@ impl TenantGate {
             connect: Mutex::new(TokenBucket::new(rate, burst, now)),
             query_rate: AtomicU32::new(limits.query_rate.unwrap_or(0)),
             queries: Mutex::new(TokenBucket::new(qrate, qburst, now)),
+            client_bytes: ByteRate::new(limits.client_bytes_rate, now),
+            server_bytes: ByteRate::new(limits.server_bytes_rate, now),
             logins: Mutex::new(Arc::new(Semaphore::new(
                 limits.max_concurrent_logins.max(1),
             ))),
@@ -346,6 +355,12 @@ impl TenantGate {
                 .set_rate(rate, burst, now);
             self.query_rate
                 .store(new.query_rate.unwrap_or(0), Ordering::Relaxed);
+        }
+        if new.client_bytes_rate != current.client_bytes_rate {
+            self.client_bytes.set(new.client_bytes_rate, now);
+        }
+        if new.server_bytes_rate != current.server_bytes_rate {
+            self.server_bytes.set(new.server_bytes_rate, now);
         }
         if new.max_concurrent_logins != current.max_concurrent_logins {
             // Logins in progress finish on the old semaphore.
@@ -474,5 +489,64 @@ impl TenantGate {
     /// Clients of this tenant connected now.
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+}
+
+/// One of a tenant's byte rates, shared by all its connections: a relay charges what
+/// it has read and, once the tenant is over its rate, waits before it reads again, so
+/// the kernel's socket buffers fill and TCP slows the sender down. The bucket holds a
+/// tenth of a second's bytes (at least [`MIN_BYTES_BURST`]); waits are first come,
+/// first served across the tenant's connections ([`TokenBucket::take_or_wait`]).
+#[derive(Debug)]
+pub struct ByteRate {
+    /// Bytes per second now (0: no limit), read without a lock on every relayed read.
+    rate: AtomicU64,
+    bucket: Mutex<TokenBucket>,
+}
+
+/// The smallest burst of a byte rate: a few of the relays' reads.
+const MIN_BYTES_BURST: f64 = 64.0 * 1024.0;
+
+fn byte_bucket(rate: Option<u64>) -> (f64, f64) {
+    let rate = rate.unwrap_or(0) as f64;
+    (rate, (rate / 10.0).max(MIN_BYTES_BURST))
+}
+
+impl ByteRate {
+    fn new(rate: Option<u64>, now: Instant) -> Self {
+        let (per_second, burst) = byte_bucket(rate);
+        ByteRate {
+            rate: AtomicU64::new(rate.unwrap_or(0)),
+            bucket: Mutex::new(TokenBucket::new(per_second, burst, now)),
+        }
+    }
+
+    fn set(&self, rate: Option<u64>, now: Instant) {
+        let (per_second, burst) = byte_bucket(rate);
+        self.bucket
+            .lock()
+            .expect("byte rate lock poisoned")
+            .set_rate(per_second, burst, now);
+        self.rate.store(rate.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Charges `n` bytes just relayed; returns how long the relay should wait before
+    /// its next read (zero within the rate, and always without a rate).
+    pub fn charge(&self, n: usize) -> Duration {
+        if n == 0 || self.rate.load(Ordering::Relaxed) == 0 {
+            return Duration::ZERO;
+        }
+        let wait = self
+            .bucket
+            .lock()
+            .expect("byte rate lock poisoned")
+            .take_or_wait(n as f64, Instant::now());
+        // Only a bucket without a rate (switched off by a concurrent `set`) never
+        // covers a charge.
+        if wait == Duration::MAX {
+            Duration::ZERO
+        } else {
+            wait
+        }
     }
 }

@@ -23,7 +23,7 @@ use wire::messages::tag;
 use wire::scan::Scanner;
 use wire::startup::CancelKey;
 
-use crate::admit::TenantGate;
+use crate::admit::{ByteRate, TenantGate};
 use crate::cancel::CancelHandle;
 use crate::farewell::LastWord;
 use crate::stream::ClientStream;
@@ -65,12 +65,19 @@ const PACE_BYTES: usize = 64 * 1024;
 /// [`PACE_BYTES`] relayed the task yields, so the clients of every other tenant
 /// waiting on the same thread get their turn within one such slice (tokio's own
 /// budget would let a task run about a hundred reads and writes, a few MiB, first).
-/// Ordinary requests never reach it.
+/// Ordinary requests never reach it. It also charges the tenant's byte rate for what
+/// was read, and waits when the tenant is over it.
 #[derive(Debug, Default)]
 pub(crate) struct Pace(usize);
 
 impl Pace {
-    pub(crate) async fn relayed(&mut self, bytes: usize) {
+    pub(crate) async fn relayed(&mut self, bytes: usize, rate: &ByteRate) {
+        let wait = rate.charge(bytes);
+        if !wait.is_zero() {
+            self.0 = 0;
+            tokio::time::sleep(wait).await;
+            return;
+        }
         self.0 += bytes;
         if self.0 >= PACE_BYTES {
             self.0 = 0;
@@ -169,7 +176,7 @@ pub async fn relay(
             &progress,
             &stop,
             (pool, tally),
-            (epoch, watch.client_key),
+            (&watch, epoch),
             &mut last_word,
         )
         .await;
@@ -344,7 +351,10 @@ where
             read = client.read_buf(&mut buf) => read,
         };
         if let Ok(n) = read {
-            pace.relayed(n).await;
+            tokio::select! {
+                _ = &mut stopped => return (Ended::Stopped, false),
+                () = pace.relayed(n, &watch.gate.client_bytes) => {}
+            }
         }
         progress
             .client_active
@@ -457,7 +467,7 @@ async fn server_to_client<R, W>(
     progress: &Progress,
     stop: &CancellationToken,
     (pool, tally): (&Pool, &Tally),
-    (epoch, client_key): (Instant, &CancelHandle),
+    (watch, epoch): (&Watch<'_>, Instant),
     last_word: &mut LastWord,
 ) -> (Ended, bool)
 where
@@ -480,7 +490,10 @@ where
             read = server.read_buf(&mut buf) => read,
         };
         if let Ok(n) = read {
-            pace.relayed(n).await;
+            tokio::select! {
+                _ = &mut stopped => return (Ended::Stopped, false),
+                () = pace.relayed(n, &watch.gate.server_bytes) => {}
+            }
         }
         match read {
             Ok(0) => return (Ended::ServerEof, false),
@@ -526,7 +539,7 @@ where
         if let Err(e) = scanned {
             return (Ended::ServerFailed(e.to_string()), false);
         }
-        client_key.running(request_running(progress));
+        watch.client_key.running(request_running(progress));
         last_word.chunk_ends(&buf);
         pool.stats
             .bytes_to_clients

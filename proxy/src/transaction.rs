@@ -288,7 +288,7 @@ impl Client<'_> {
                     Ok(0) if cbuf.is_empty() && owed(attached) => client_done = true,
                     Ok(0) | Err(_) => return End::ClientLeft,
                     Ok(n) => {
-                        pace.relayed(n).await;
+                        pace.relayed(n, &self.gate.client_bytes).await;
                         // Boxed, like the other two: their states (a checkout, a
                         // parameter sync) exist only while they run, not in every idle
                         // client's task.
@@ -301,7 +301,7 @@ impl Client<'_> {
                     Ok(0) => return End::ServerGone("server closed the connection".into()),
                     Err(e) => return End::ServerGone(e.to_string()),
                     Ok(n) => {
-                        pace.relayed(n).await;
+                        pace.relayed(n, &self.gate.server_bytes).await;
                         if let Some(end) = Box::pin(self.on_server_bytes(attached)).await {
                             return end;
                         }

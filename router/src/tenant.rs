@@ -39,6 +39,12 @@ pub struct Limits {
     /// Queries per second; excess queries wait in line up to the pool's `max_wait`,
     /// then 53400.
     pub query_rate: Option<u32>,
+    /// Bytes per second the tenant's clients send, over all their connections: a
+    /// relay that has read past it waits before it reads again (TCP pushes back on the
+    /// client), so a tenant's bulk traffic cannot take the CPU every tenant shares.
+    pub client_bytes_rate: Option<u64>,
+    /// The same for what the tenant's server connections send to its clients.
+    pub server_bytes_rate: Option<u64>,
     /// Logins (TLS handshake to authenticated) of the tenant in progress at once; more
     /// wait their turn, so one tenant's storm cannot take every login slot.
     pub max_concurrent_logins: usize,
@@ -59,6 +65,8 @@ impl Default for Limits {
             max_server_connections: None,
             connect_rate: Some(50),
             query_rate: None,
+            client_bytes_rate: None,
+            server_bytes_rate: None,
             max_concurrent_logins: 32,
             failed_logins: BanPolicy {
                 max_failures: 10,

@@ -201,6 +201,11 @@ fn limits(section: &LimitsSection, base: &Limits) -> Limits {
         Some(n) => Some(n),
         None => base,
     };
+    let bytes_rate = |v: Option<u64>, base: Option<u64>| match v {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => base,
+    };
     let bans = &base.failed_logins;
     Limits {
         query_timeout: ms(section.query_timeout_ms, base.query_timeout),
@@ -213,6 +218,8 @@ fn limits(section: &LimitsSection, base: &Limits) -> Limits {
         max_server_connections: count(section.max_server_connections, base.max_server_connections),
         connect_rate: rate(section.connect_rate, base.connect_rate),
         query_rate: rate(section.query_rate, base.query_rate),
+        client_bytes_rate: bytes_rate(section.client_bytes_rate, base.client_bytes_rate),
+        server_bytes_rate: bytes_rate(section.server_bytes_rate, base.server_bytes_rate),
         max_concurrent_logins: section
             .max_concurrent_logins
             .map_or(base.max_concurrent_logins, |n| n as usize),

@@ -271,6 +271,8 @@ pub struct LimitsSection {
     pub max_server_connections: Option<u64>,
     pub connect_rate: Option<u32>,
     pub query_rate: Option<u32>,
+    pub client_bytes_rate: Option<u64>,
+    pub server_bytes_rate: Option<u64>,
     pub max_concurrent_logins: Option<u32>,
     pub failed_login_max: Option<u32>,
     pub failed_login_window_s: Option<u64>,
