@@ -65,7 +65,7 @@ pub fn run(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::
 
     let rt = serve::tokio_runtime()?;
     rt.block_on(async {
-        let signals = serve::Signals::install()?;
+        let signals = crate::signals::Signals::install()?;
         let shutdown = signals.shutdown.clone();
         let running = serve::start(runtime).await.with_context(|| {
             format!(
@@ -78,7 +78,7 @@ pub fn run(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::
         let admin_key = std::fs::read_to_string(dir.join("admin.key"))?
             .trim()
             .to_owned();
-        let file = serve::ConfigFile {
+        let file = crate::signals::ConfigFile {
             path: config_path.clone(),
             table,
         };
