@@ -52,7 +52,8 @@ impl Config {
     /// Parses and validates a config's text, without reading the files it names.
     /// Every problem is reported: syntax, types and unknown keys (read past, see
     /// [`collect`]), then the checks of the whole file on what remains.
-    #[cfg(test)]
+    // Called by the tests and the config fuzz target, not by the binary.
+    #[allow(dead_code)]
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
         Config::parse_checked(text, base, false)
     }
