@@ -94,10 +94,13 @@ async fn sighup_applies_a_changed_file_live_and_keeps_the_old_one_when_broken() 
     assert_eq!(sqlstate(&refused), "53300", "{refused}");
     drop(first);
 
-    // A broken file: a type error and an unknown key, each named with its line.
+    // A broken file: a type error, an unknown key and a password file that cannot be
+    // read, each named with its key and line.
+    let password_file = env.acme.auth_password_file.display().to_string();
     let broken = changed
         .replace("size = 7", "size = \"seven\"")
-        .replace("[admin]\n", "[admin]\nlisten_typo = 1\n");
+        .replace("[admin]\n", "[admin]\nlisten_typo = 1\n")
+        .replace(&password_file, "/nonexistent/acme-auth");
     std::fs::write(&env.sluice.config_path, &broken).unwrap();
     let mark = env.sluice.log().len();
     signal(&env.sluice, Signal::SIGHUP);
@@ -111,9 +114,18 @@ async fn sighup_applies_a_changed_file_live_and_keeps_the_old_one_when_broken() 
         log.contains(&format!("line {size_line}: defaults.pool.size")),
         "the type error is named with its key and line {size_line}:\n{log}"
     );
+    let line_of = |prefix: &str| broken.lines().position(|l| l.starts_with(prefix)).unwrap() + 1;
+    let typo_line = line_of("listen_typo");
     assert!(
-        log.contains("listen_typo"),
-        "the unknown key is named too:\n{log}"
+        log.contains(&format!("line {typo_line}: admin.listen_typo")),
+        "the unknown key is named with its line {typo_line}:\n{log}"
+    );
+    let file_line = line_of("auth_password_file = \"/nonexistent/acme-auth\"");
+    assert!(
+        log.contains(&format!(
+            "line {file_line}: tenants[0].backend.auth_password_file: cannot read /nonexistent/acme-auth"
+        )),
+        "the unreadable file is named with its key and line {file_line}:\n{log}"
     );
     assert!(env.sluice.is_running(), "a bad file never ends sluice");
     assert_eq!(
