@@ -59,12 +59,14 @@ pub fn run(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::
     let config_path = dir.join("sluice.toml");
     std::fs::write(&config_path, config_text(&dir, listen, admin_listen))
         .with_context(|| format!("writing {}", config_path.display()))?;
-    let runtime = Config::load(&config_path)?.runtime()?;
+    let (config, table) = Config::read(&config_path)?;
+    let runtime = config.runtime()?;
     let previous = previous_passwords(&dir.join("demo.json"));
 
     let rt = serve::tokio_runtime()?;
     rt.block_on(async {
-        let shutdown = serve::shutdown_on_signals()?;
+        let signals = crate::signals::Signals::install()?;
+        let shutdown = signals.shutdown.clone();
         let running = serve::start(runtime).await.with_context(|| {
             format!(
                 "starting the proxy on {listen} and the admin API on {admin_listen} \
@@ -76,7 +78,11 @@ pub fn run(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::
         let admin_key = std::fs::read_to_string(dir.join("admin.key"))?
             .trim()
             .to_owned();
-        let serving = tokio::spawn(running.wait(shutdown.clone()));
+        let file = crate::signals::ConfigFile {
+            path: config_path.clone(),
+            table,
+        };
+        let serving = tokio::spawn(running.wait(signals, file));
         let api = ApiClient::new(&admin_url, Some(admin_key.clone()))?;
         let mut passwords = Vec::new();
         for id in TENANTS {

@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod roles_cmd;
 mod serve;
+mod signals;
 mod stats_cmd;
 mod table;
 mod tenants_cmd;

@@ -12,10 +12,10 @@ use provision::{LocalDriver, LxcDriver, ProxmoxDriver, StaticDriver};
 use proxy::tls::ServerTls;
 use proxy::Proxy;
 use router::{Catalog, CatalogHandle, Rejections, TenantLabels};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat, Runtime};
+use crate::signals::{notify_systemd, reload, ConfigFile, Signals};
 
 /// Log lines go to stderr: human-readable text, or one JSON object per line (with the
 /// connection span's fields: id, client_addr, tenant, role) for log shippers. The level
@@ -38,15 +38,19 @@ pub fn init_logging(format: LogFormat) {
 }
 
 pub fn run_file(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+    let (config, table) = Config::read(path)?;
     init_logging(config.log_format);
     let runtime = config
         .runtime()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     tokio_runtime()?.block_on(async {
-        let shutdown = shutdown_on_signals()?;
+        let signals = Signals::install()?;
         let running = start(runtime).await?;
-        running.wait(shutdown).await;
+        let file = ConfigFile {
+            path: path.to_owned(),
+            table,
+        };
+        running.wait(signals, file).await;
         Ok(())
     })
 }
@@ -56,22 +60,6 @@ pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
-}
-
-/// A cancellation token fired by the first SIGINT or SIGTERM.
-pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
-    let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let fire = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        fire.cancel();
-    });
-    Ok(token)
 }
 
 /// The proxy and the admin listener, bound and ready to run.
@@ -279,15 +267,58 @@ impl Running {
         self.admin.addr
     }
 
-    /// Serves until `shutdown`, then drains (see `proxy::serve`). The admin listener
-    /// keeps answering while clients drain, with `/readyz` saying 503. The control store
-    /// stops last.
-    pub async fn wait(self, shutdown: CancellationToken) {
+    /// Serves until the first SIGINT/SIGTERM, then drains (see `proxy::serve`) for the
+    /// grace period, or until a second one. The admin listener keeps answering while
+    /// clients drain, with `/readyz` saying 503. The control store stops last. SIGHUP
+    /// reloads `file` (see [`reload`]).
+    pub async fn wait(self, signals: Signals, file: ConfigFile) {
         for addr in &self.addrs {
             // Tests and scripts read these lines to find OS-assigned ports.
             println!("sluice: listening on {addr}");
         }
         println!("sluice: admin API listening on {}", self.admin.addr);
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+        let Signals {
+            shutdown,
+            hurry,
+            reload: mut reloads,
+        } = signals;
+        let reload_plane = self.plane.clone();
+        let reload_stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut last = file.table.clone();
+            loop {
+                tokio::select! {
+                    _ = reload_stop.cancelled() => return,
+                    Some(()) = reloads.recv() => {
+                        let mut state = vec![sd_notify::NotifyState::Reloading];
+                        state.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                        notify_systemd(&state);
+                        reload(&file, &mut last, &reload_plane).await;
+                        notify_systemd(&[sd_notify::NotifyState::Ready]);
+                    }
+                }
+            }
+        });
+        // Says what the shutdown waits for; a second signal ends it.
+        let proxy = self.proxy.clone();
+        let (first, second) = (shutdown.clone(), hurry.clone());
+        tokio::spawn(async move {
+            first.cancelled().await;
+            notify_systemd(&[sd_notify::NotifyState::Stopping]);
+            let grace = proxy.config.shutdown_grace.as_secs();
+            let clients = proxy.gates.client_count();
+            tracing::info!(
+                clients,
+                grace_s = grace,
+                "stopped accepting; waiting up to {grace} s for {clients} client(s) to \
+                 finish (SIGINT or SIGTERM again ends them now)"
+            );
+            second.cancelled().await;
+            let clients = proxy.gates.client_count();
+            tracing::info!(clients, "ending {clients} client(s) now (57P01)");
+            proxy.terminate.cancel();
+        });
         let draining = self.admin.state.draining.clone();
         let stop_admin = CancellationToken::new();
         let admin = tokio::spawn(self.admin.serve(stop_admin.clone()));

@@ -301,3 +301,128 @@ fn serve_with_a_bad_config_exits_quickly_with_the_same_message() {
         );
     }
 }
+
+#[test]
+fn every_kind_of_problem_is_reported_in_one_run() {
+    let files = Files::new();
+    let config = files
+        .good_config()
+        // A type error, an unknown key, a value out of range and an unreadable file.
+        .replace("listen = [\"127.0.0.1:0\"]", "listen = \"127.0.0.1:0\"")
+        .replace(
+            "login_timeout_ms = 5000",
+            "login_timeout_ms = 5000\nshutdown_grase_s = 1",
+        )
+        .replace("size = 5", "size = \"five\"")
+        .replace("id = \"acme\"", "id = \"Acme\"")
+        .replace(
+            &files.password_file.display().to_string(),
+            "/nonexistent/sluice-acme.pw",
+        );
+    let out = check(&files.write("everything.toml", &config));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "stderr:\n{stderr}");
+    assert_reported(
+        &stderr,
+        line_of(&config, "listen"),
+        "proxy.listen",
+        "invalid type",
+    );
+    assert_reported(
+        &stderr,
+        line_of(&config, "shutdown_grase_s"),
+        "proxy.shutdown_grase_s",
+        "unknown field",
+    );
+    assert_reported(
+        &stderr,
+        line_of(&config, "size = \"five\""),
+        "defaults.pool.size",
+        "five",
+    );
+    assert_reported(
+        &stderr,
+        line_of(&config, "id = \"Acme\""),
+        "tenants[0].id",
+        "Acme",
+    );
+    assert_reported(
+        &stderr,
+        line_of(&config, "auth_password_file"),
+        "tenants[0].backend.auth_password_file",
+        "cannot read /nonexistent/sluice-acme.pw",
+    );
+    assert!(
+        stderr.contains("5 problem"),
+        "all five problems in one run, none twice:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_key_is_named_with_its_table_and_line() {
+    let files = Files::new();
+    let config = files
+        .good_config()
+        .replace("auth_user = \"sluice_auth\"\n", "")
+        .replace("require_tls = true", "require_tls = \"yes\"");
+    let out = check(&files.write("missing.toml", &config));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "stderr:\n{stderr}");
+    assert_reported(
+        &stderr,
+        line_of(&config, "require_tls"),
+        "proxy.require_tls",
+        "invalid type",
+    );
+    assert_reported(
+        &stderr,
+        line_of(&config, "[tenants.backend]"),
+        "tenants[0].backend",
+        "missing field `auth_user`",
+    );
+}
+
+/// The example config names files under /etc/sluice: on a machine without them, the
+/// check names each missing file with its key and line and nothing else; with them in
+/// place, it passes.
+#[test]
+fn the_example_config_checks_ok_once_its_files_exist() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/sluice.example.toml");
+    let original = std::fs::read_to_string(example).unwrap();
+    let out = check(Path::new(example));
+    let stderr = text(&out.stderr);
+    if !out.status.success() {
+        let problems: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.trim_start().starts_with("line "))
+            .collect();
+        assert!(!problems.is_empty(), "stderr:\n{stderr}");
+        for problem in problems {
+            assert!(
+                problem.contains("cannot read /etc/sluice/"),
+                "on a fresh machine only the example's files are missing: {problem:?}"
+            );
+        }
+    }
+
+    let files = Files::new();
+    let etc = files.dir.path().join("etc");
+    for dir in ["tls", "secrets"] {
+        std::fs::create_dir_all(etc.join(dir)).unwrap();
+    }
+    std::fs::copy(&files.pki.proxy_cert, etc.join("tls/wildcard.crt")).unwrap();
+    std::fs::copy(&files.pki.proxy_key, etc.join("tls/wildcard.key")).unwrap();
+    std::fs::copy(&files.pki.ca_cert, etc.join("tls/backend-ca.crt")).unwrap();
+    for tenant in ["acme", "globex"] {
+        std::fs::write(etc.join(format!("secrets/{tenant}-auth")), "secret\n").unwrap();
+    }
+    let config = original.replace("/etc/sluice/", &format!("{}/", etc.display()));
+    let out = check(&files.write("example.toml", &config));
+    assert!(
+        out.status.success(),
+        "the example with its files in place:\nstdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("OK (2 tenant(s))"));
+}

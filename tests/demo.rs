@@ -1,5 +1,7 @@
 //! `sluice demo`: the README's first command, run as a person would (with a temporary
-//! directory and an OS-assigned port), twice, and stopped with Ctrl-C (SIGINT).
+//! directory and an OS-assigned port), twice: stopped with Ctrl-C (SIGINT) the first
+//! time; sent SIGHUP (it reloads and keeps serving) and then SIGTERM the second. Its
+//! Postgres clusters never outlive it.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -24,7 +26,9 @@ fn postgres_processes_under(dir: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
-fn run_demo_once(dir: &std::path::Path) -> serde_json::Value {
+/// Runs the demo until it serves both tenants, then (with `hangup`) sends it SIGHUP and
+/// checks that it still serves, and stops it with `stop`.
+fn run_demo_once(dir: &std::path::Path, hangup: bool, stop: Signal) -> serde_json::Value {
     let mut child = Command::new(BIN)
         .args([
             "demo",
@@ -69,22 +73,42 @@ fn run_demo_once(dir: &std::path::Path) -> serde_json::Value {
 
     let facts: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("demo.json")).unwrap()).unwrap();
-    for tenant in facts["tenants"].as_array().unwrap() {
-        let out = Command::new("psql")
-            .arg(tenant["connection_string"].as_str().unwrap())
-            .args(["-XAtc", "select tenant from tenant_marker"])
-            .env("PGPASSWORD", tenant["password"].as_str().unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            tenant["id"].as_str().unwrap()
-        );
+    let serves_both = || {
+        for tenant in facts["tenants"].as_array().unwrap() {
+            let out = Command::new("psql")
+                .arg(tenant["connection_string"].as_str().unwrap())
+                .args(["-XAtc", "select tenant from tenant_marker"])
+                .env("PGPASSWORD", tenant["password"].as_str().unwrap())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                tenant["id"].as_str().unwrap()
+            );
+        }
+    };
+    serves_both();
+    if hangup {
+        let stderr = dir.with_extension("stderr");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&stderr)
+            .unwrap_or_default()
+            .contains("config reloaded")
+        {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the demo died of SIGHUP"
+            );
+            assert!(Instant::now() < deadline, "no reload after SIGHUP");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        serves_both();
     }
     assert!(
         !postgres_processes_under(dir).is_empty(),
@@ -103,13 +127,13 @@ fn run_demo_once(dir: &std::path::Path) -> serde_json::Value {
     assert_eq!(pools.json()["pools"].as_array().unwrap().len(), 2);
     assert_eq!(testkit::http::get(admin, "/metrics", None).status, 200);
 
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    kill(Pid::from_raw(child.id() as i32), stop).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "demo did not stop after Ctrl-C");
+        assert!(Instant::now() < deadline, "demo did not stop after {stop}");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
@@ -117,7 +141,7 @@ fn run_demo_once(dir: &std::path::Path) -> serde_json::Value {
     while !postgres_processes_under(dir).is_empty() {
         assert!(
             Instant::now() < deadline,
-            "postgres left behind after Ctrl-C"
+            "postgres left behind after {stop}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -130,13 +154,14 @@ fn demo_serves_two_tenants_and_reuses_them_on_the_next_run() {
         .prefix("sluice-demo-")
         .tempdir()
         .unwrap();
-    let first = run_demo_once(dir.path());
+    let first = run_demo_once(dir.path(), false, Signal::SIGINT);
     assert_eq!(first["tenants"][0]["id"], "acme");
     assert_eq!(first["tenants"][1]["id"], "globex");
     assert!(first["ca_cert"].as_str().unwrap().ends_with("ca.crt"));
 
-    // The second run reuses clusters, CA and passwords.
-    let second = run_demo_once(dir.path());
+    // The second run reuses clusters, CA and passwords; it reloads on SIGHUP and stops
+    // on SIGTERM.
+    let second = run_demo_once(dir.path(), true, Signal::SIGTERM);
     assert_eq!(
         first["tenants"][0]["password"],
         second["tenants"][0]["password"]

@@ -973,3 +973,195 @@ async fn a_tenant_deleted_and_created_again_is_reached_on_its_new_backend() {
         assert_eq!(pools["pools"], json!([]), "a deleted tenant's pools stay");
     }
 }
+
+/// The `static` driver against a real Postgres on TCP without TLS: errors that retrying
+/// cannot fix (TLS the server does not offer, a wrong password, a database that does not
+/// exist) fail the job, and the tenant, on its first attempt with the cause; a server
+/// that is not there (connection refused) is retried; the right request succeeds.
+#[test]
+fn deterministic_static_backend_errors_fail_the_job_at_once() {
+    let env = start();
+    let sluice = &env.sluice;
+    // A cluster on TCP, then with TLS turned off and a superuser password set.
+    let mut backend = testkit::TestCluster::start(
+        env.dir.path(),
+        "plain",
+        testkit::TestClusterOptions {
+            tcp_tls: Some(&env.pki),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let port = backend.tcp_port.unwrap();
+    backend.stop(localpg::StopMode::Fast).unwrap();
+    backend
+        .cluster
+        .run_single_user("ALTER ROLE postgres PASSWORD 'admin-secret'")
+        .unwrap();
+    let auto_conf = backend.cluster.data_dir().join("postgresql.auto.conf");
+    let mut settings = std::fs::read_to_string(&auto_conf).unwrap_or_default();
+    settings.push_str("\nssl = off\n");
+    std::fs::write(&auto_conf, settings).unwrap();
+    backend.restart().unwrap();
+
+    let create = |id: &str, backend: &str| {
+        let body = format!(
+            r#"{{"id": "{id}", "backend": {{"driver": "static", "host": "127.0.0.1",
+                "admin_user": "postgres", {backend}}}}}"#
+        );
+        let created = expect(sluice, "POST", "/v1/tenants", &body, 202);
+        created["job"]["id"].as_i64().unwrap()
+    };
+    for (id, backend, cause) in [
+        (
+            "needs-tls",
+            format!(r#""port": {port}, "tls": "require", "admin_password": "admin-secret""#),
+            "server does not support TLS",
+        ),
+        (
+            "wrong-password",
+            format!(r#""port": {port}, "tls": "disable", "admin_password": "wrong""#),
+            "password authentication failed",
+        ),
+        (
+            "no-database",
+            format!(
+                r#""port": {port}, "tls": "disable", "admin_password": "admin-secret",
+                    "admin_database": "nodb""#
+            ),
+            "database \"nodb\" does not exist",
+        ),
+    ] {
+        let began = Instant::now();
+        let job = wait_job(sluice, create(id, &backend), Duration::from_secs(20));
+        assert_eq!(job["state"], "failed", "{id}: {job}");
+        assert_eq!(
+            job["attempts"], 1,
+            "{id}: failed on its first attempt: {job}"
+        );
+        let error = job["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(cause),
+            "{id}: the job names {cause:?}: {job}"
+        );
+        assert!(
+            began.elapsed() < Duration::from_secs(15),
+            "{id}: failed after {:?}",
+            began.elapsed()
+        );
+        let tenant = expect(sluice, "GET", &format!("/v1/tenants/{id}"), "", 200);
+        assert_eq!(tenant["status"], "failed", "{id}: {tenant}");
+    }
+
+    // Nobody listens: transient, so the job is retried (and still running after its
+    // first attempt).
+    let closed = localpg::free_port().unwrap();
+    let job = create(
+        "not-there",
+        &format!(r#""port": {closed}, "tls": "disable", "admin_password": "x""#),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = expect(sluice, "GET", &format!("/v1/jobs/{job}"), "", 200);
+        assert_ne!(
+            now["state"], "failed",
+            "a refused connection is retried: {now}"
+        );
+        if now["attempts"].as_i64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no second attempt: {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let job = wait_job(
+        sluice,
+        create(
+            "plain",
+            &format!(r#""port": {port}, "tls": "disable", "admin_password": "admin-secret""#),
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+}
+
+/// The postmaster's pid in `postmaster.pid`, once it is there.
+fn postmaster_pid(pgdata: &Path) -> Option<i32> {
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A `local` tenant's postmaster killed with SIGKILL is restarted by the supervisor;
+/// while it is down, clients get 08006 and `sluice_backend_up` says 0; afterwards they
+/// are served again and it says 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_backend_killed_with_sigkill_is_restarted() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let env = start();
+    let sluice = &env.sluice;
+    provision(sluice, "phoenix");
+    let password = make_role(sluice, "phoenix", "app");
+    let t = target(sluice, &env.pki, "phoenix", "app", &password);
+    let client = pg_connect(&t).await.expect("a client before the kill");
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+
+    let pgdata = backend_dir(&env.dir.path().join("sluice/data"), "phoenix").join("pgdata");
+    let killed = postmaster_pid(&pgdata).expect("the postmaster's pid");
+    kill(Pid::from_raw(killed), Signal::SIGKILL).unwrap();
+    let killed_at = Instant::now();
+
+    // Down: the next logins fail (a restart takes a supervisor tick, up to 2 s, and a
+    // start), and the metric says so.
+    let down_until = Instant::now() + Duration::from_secs(1);
+    let mut seen_down = false;
+    while Instant::now() < down_until && !seen_down {
+        if let Err(e) = pg_connect(&t).await {
+            assert_eq!(code(&e), "08006", "{e}");
+            let metrics = testkit::http::get(sluice.admin_addr, "/metrics", None).body;
+            assert!(
+                metrics.contains("sluice_backend_up{tenant=\"phoenix\"} 0"),
+                "the backend is down in /metrics:\n{metrics}"
+            );
+            seen_down = true;
+        }
+    }
+    assert!(seen_down, "no login failed in the second after the kill");
+
+    eventually(
+        Duration::from_secs(30),
+        "serving after the restart",
+        || async {
+            let client = pg_connect(&t).await.map_err(|e| e.to_string())?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        },
+    )
+    .await;
+    eprintln!("served again {:?} after the kill", killed_at.elapsed());
+    let restarted = postmaster_pid(&pgdata).expect("a new postmaster");
+    assert_ne!(restarted, killed, "a new postmaster runs");
+    let log = sluice.log();
+    assert!(
+        log.contains("the tenant's backend is down; restarting it")
+            && log.contains("restarted the tenant's backend"),
+        "the supervisor logs the restart:\n{log}"
+    );
+    let metrics = testkit::http::get(sluice.admin_addr, "/metrics", None).body;
+    assert!(
+        metrics.contains("sluice_backend_up{tenant=\"phoenix\"} 1"),
+        "the backend is up again in /metrics:\n{metrics}"
+    );
+    let tenant = expect(sluice, "GET", "/v1/tenants/phoenix", "", 200);
+    assert_eq!(tenant["status"], "active", "{tenant}");
+}

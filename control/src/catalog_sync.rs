@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use arc_swap::ArcSwap;
 use router::{
     Backend, BackendAddr, BackendTls, Catalog, CatalogHandle, Limits, PoolSettings, Tenant,
     TenantId,
@@ -160,10 +161,13 @@ struct SnapshotTenant {
 #[derive(Debug)]
 pub struct CatalogSync {
     pub catalog: Arc<CatalogHandle>,
-    pub plans: Arc<Plans>,
+    /// `[defaults.*]` and `[plans.*]`: replaced whole when the config file is reloaded
+    /// (SIGHUP), see [`CatalogSync::reconfigure`].
+    plans: ArcSwap<Plans>,
     pub secrets: Arc<SecretBox>,
     snapshot_path: PathBuf,
-    config_tenants: Vec<ConfigTenant>,
+    /// `[[tenants]]`, replaced the same way.
+    config_tenants: ArcSwap<Vec<ConfigTenant>>,
     /// Where the catalog last came from: `control store`, `snapshot` or `config file`.
     source: std::sync::Mutex<&'static str>,
     /// The tenant records behind the catalog (from the store or the snapshot), with
@@ -172,6 +176,45 @@ pub struct CatalogSync {
 }
 
 impl CatalogSync {
+    /// The defaults and plans in force.
+    pub fn plans(&self) -> Arc<Plans> {
+        self.plans.load_full()
+    }
+
+    /// Puts a reloaded config file's defaults, plans and `[[tenants]]` in force: the
+    /// config tenants are brought into the store as at start (inserted, or their plan,
+    /// backend, pool and limits set to the file's), and the catalog is rebuilt, from the
+    /// store when it answers, else from the records held (the snapshot's and the config
+    /// file's tenants). The catalog's subscribers then apply the new pool settings and
+    /// limits to running pools and admission gates, as for a `PATCH` (a tenant whose
+    /// backend changed gets new pools). A tenant taken out of the file stays in the
+    /// store, as across a restart.
+    pub async fn reconfigure(
+        &self,
+        control: &Control,
+        plans: Plans,
+        config_tenants: Vec<ConfigTenant>,
+    ) -> anyhow::Result<()> {
+        self.plans.store(Arc::new(plans));
+        self.config_tenants.store(Arc::new(config_tenants));
+        if let Ok(store) = control.store() {
+            let synced = match self.upsert_config_tenants(store).await {
+                Ok(()) => self.resync(store).await,
+                Err(e) => Err(e),
+            };
+            match synced {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "reading the control store; rebuilding the catalog from the records held")
+                }
+            }
+        }
+        let records = self.records.lock().expect("records lock poisoned").clone();
+        let catalog = self.catalog_of(&records)?;
+        self.catalog.replace(catalog);
+        Ok(())
+    }
+
     /// Where the catalog last came from, for `/readyz`.
     pub fn source(&self) -> &'static str {
         *self.source.lock().expect("source lock poisoned")
@@ -220,10 +263,10 @@ impl CatalogSync {
     ) -> CatalogSync {
         CatalogSync {
             catalog,
-            plans,
+            plans: ArcSwap::new(plans),
             secrets,
             snapshot_path: data_dir.join("catalog.snapshot"),
-            config_tenants,
+            config_tenants: ArcSwap::from_pointee(config_tenants),
             source: std::sync::Mutex::new("none"),
             records: std::sync::Mutex::new(Vec::new()),
         }
@@ -252,8 +295,9 @@ impl CatalogSync {
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "no usable catalog snapshot: serving the config file's tenants");
-                let tenants = self.config_tenants.iter().filter_map(|t| {
-                    materialize(&self.plans, &t.record, Some(&t.auth_password))
+                let config_tenants = self.config_tenants.load();
+                let tenants = config_tenants.iter().filter_map(|t| {
+                    materialize(&self.plans(), &t.record, Some(&t.auth_password))
                         .inspect_err(
                             |e| tracing::error!(error = %format!("{e:#}"), "config tenant"),
                         )
@@ -269,8 +313,8 @@ impl CatalogSync {
     }
 
     async fn upsert_config_tenants(&self, store: &Store) -> anyhow::Result<()> {
-        let sealed: Vec<(String, crate::secrets::Sealed)> = self
-            .config_tenants
+        let config_tenants = self.config_tenants.load_full();
+        let sealed: Vec<(String, crate::secrets::Sealed)> = config_tenants
             .iter()
             .map(|t| {
                 let name = tenant_secret(&t.record.id, "auth");
@@ -278,8 +322,7 @@ impl CatalogSync {
                 (name, sealed)
             })
             .collect();
-        let batch: Vec<_> = self
-            .config_tenants
+        let batch: Vec<_> = config_tenants
             .iter()
             .zip(&sealed)
             .map(|(t, (name, sealed))| (&t.record, name.as_str(), sealed))
@@ -355,7 +398,7 @@ impl CatalogSync {
         let password = auth
             .map(|s| self.secrets.open(&tenant_secret(&record.id, "auth"), s))
             .transpose()?;
-        materialize(&self.plans, record, password.as_deref())
+        materialize(&self.plans(), record, password.as_deref())
     }
 
     fn write_snapshot(&self, snapshot: &Snapshot) -> anyhow::Result<()> {
@@ -386,8 +429,17 @@ impl CatalogSync {
             "snapshot version {} is not one this build reads",
             snapshot.version
         );
+        let catalog = self.catalog_of(&snapshot.tenants)?;
+        let n = catalog.len();
+        self.catalog.replace(catalog);
+        *self.records.lock().expect("records lock poisoned") = snapshot.tenants;
+        Ok(n)
+    }
+
+    /// The catalog of snapshot records, with the config file's tenants written over them.
+    fn catalog_of(&self, records: &[SnapshotTenant]) -> anyhow::Result<Catalog> {
         let mut catalog = Catalog::default();
-        for t in &snapshot.tenants {
+        for t in records {
             match self.build(&t.record, t.auth.as_ref()) {
                 Ok(Some(tenant)) => catalog = catalog.with(tenant),
                 Ok(None) => {}
@@ -396,15 +448,13 @@ impl CatalogSync {
                 }
             }
         }
-        for t in &self.config_tenants {
-            if let Some(tenant) = materialize(&self.plans, &t.record, Some(&t.auth_password))? {
+        let plans = self.plans();
+        for t in self.config_tenants.load().iter() {
+            if let Some(tenant) = materialize(&plans, &t.record, Some(&t.auth_password))? {
                 catalog = catalog.with(tenant);
             }
         }
-        let n = catalog.len();
-        self.catalog.replace(catalog);
-        *self.records.lock().expect("records lock poisoned") = snapshot.tenants;
-        Ok(n)
+        Ok(catalog)
     }
 
     /// Follows the store until `stop`: LISTEN/NOTIFY with a full resync after every

@@ -16,7 +16,11 @@
 //! with 57P01), `destroy_backend`, `delete_record`.
 //!
 //! A failed step is retried with exponential backoff; after [`MAX_ATTEMPTS`] the job is
-//! `failed` (and a create's tenant too), with the error on the job.
+//! `failed` (and a create's tenant too), with the error on the job. A backend's error
+//! that retrying cannot fix ([`provision::sql::is_permanent`]: a refused login, a
+//! database that does not exist, `server does not support TLS`, …) fails the job, and
+//! the tenant, at once with that cause; only transient ones (connection refused,
+//! timeouts, a server starting up) are retried.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +49,22 @@ pub use provision::sql::{APP_DATABASE, AUTH_USER};
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Abandoned(pub String);
+
+/// A backend step's error that retrying cannot fix: the job, and a create's tenant, fail
+/// at once with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct Deterministic(anyhow::Error);
+
+/// Marks a backend step's error [`Deterministic`] when it is
+/// ([`provision::sql::is_permanent`]).
+fn classify(error: anyhow::Error) -> anyhow::Error {
+    if sql::is_permanent(&error) {
+        Deterministic(error).into()
+    } else {
+        error
+    }
+}
 
 /// The worker of one process.
 #[derive(Debug)]
@@ -91,11 +111,16 @@ impl Worker {
             Err(e) => {
                 let error = format!("{e:#}");
                 let abandoned = e.downcast_ref::<Abandoned>().is_some();
+                let deterministic = e.downcast_ref::<Deterministic>().is_some();
                 if abandoned {
                     tracing::info!(job = job.id, tenant = %job.tenant, reason = %error, "job abandoned");
                     store.release_job(job.id, JobOutcome::Failed(&error)).await
-                } else if job.attempts >= MAX_ATTEMPTS {
-                    tracing::error!(job = job.id, tenant = %job.tenant, error = %error, "job failed");
+                } else if deterministic || job.attempts >= MAX_ATTEMPTS {
+                    if deterministic {
+                        tracing::error!(job = job.id, tenant = %job.tenant, attempt = job.attempts, error = %error, "job failed: retrying cannot fix this error");
+                    } else {
+                        tracing::error!(job = job.id, tenant = %job.tenant, error = %error, "job failed");
+                    }
                     if job.kind == "create" {
                         let event = AuditEvent {
                             actor: Some("system".into()),
@@ -181,20 +206,25 @@ impl Worker {
                 admin_password: admin_password.clone(),
             })
             .await
-            .context("creating the backend")?;
+            .context("creating the backend")
+            .map_err(classify)?;
         record_address(&mut record, &address);
         store.set_tenant_backend(id, &record.backend).await?;
         self.step(store, job, "create_backend").await?;
 
         sql::wait_ready(&address, &admin_password, READY_TIMEOUT)
             .await
-            .context("waiting for the backend")?;
+            .context("waiting for the backend")
+            .map_err(classify)?;
         self.step(store, job, "wait_ready").await?;
 
-        let client = sql::connect_admin(&address, &admin_password, None).await?;
+        let client = sql::connect_admin(&address, &admin_password, None)
+            .await
+            .map_err(classify)?;
         sql::ensure_tenant_setup(&client, AUTH_USER, &sql::scram_verifier(&auth_password))
             .await
-            .context("creating the auth role")?;
+            .context("creating the auth role")
+            .map_err(classify)?;
         self.step(store, job, "auth_role").await?;
 
         let event = AuditEvent {

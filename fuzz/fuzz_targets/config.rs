@@ -1,5 +1,7 @@
-//! Fuzzes the config file: TOML parsing, path resolution and validation
-//! (`Config::parse`, what `sluice config check` and `sluice serve` run), then turning
+//! Fuzzes the config file: TOML parsing (read past type errors and unknown keys, so
+//! every problem is reported), path resolution and validation (`Config::parse`, what
+//! `sluice config check` and `sluice serve` run, less reading the files the config
+//! names), then turning
 //! a valid config into the components' settings (`Config::runtime`).
 //!
 //! The config code lives in the `sluice` binary, which has no library target, so this

@@ -17,10 +17,12 @@ use crate::Error;
 const UNPRIVILEGED_ID: &str = "65534";
 
 /// A command that runs `program` from `bin_dir` (an installation's), as an unprivileged
-/// user when we are root.
+/// user when we are root. It does not inherit `NOTIFY_SOCKET`: a postmaster built with
+/// systemd support would tell the service manager of the process that started it
+/// (Sluice, under `Type=notify`) READY=1 and STOPPING=1 in its name.
 pub(crate) fn server_command(bin_dir: &Path, program: &str) -> Command {
     let binary = bin_dir.join(program);
-    if nix::unistd::geteuid().is_root() {
+    let mut command = if nix::unistd::geteuid().is_root() {
         let mut command = Command::new("unshare");
         command
             .arg("--user")
@@ -30,7 +32,9 @@ pub(crate) fn server_command(bin_dir: &Path, program: &str) -> Command {
         command
     } else {
         Command::new(binary)
-    }
+    };
+    command.env_remove("NOTIFY_SOCKET");
+    command
 }
 
 /// Renders a command line for error messages.

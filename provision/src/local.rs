@@ -131,6 +131,15 @@ impl Driver for LocalDriver {
         Box::pin(self.blocking(move |inner| inner.destroy(&tenant)))
     }
 
+    fn health<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Option<anyhow::Result<()>>> {
+        let tenant = tenant.to_owned();
+        Box::pin(async move {
+            self.blocking(move |inner| Ok(inner.health(&tenant)))
+                .await
+                .unwrap_or_else(|e| Some(Err(e)))
+        })
+    }
+
     fn shutdown(&self) {
         self.inner.stop_all();
     }
@@ -185,6 +194,27 @@ impl Inner {
             *slot = Some(self.open(&home)?);
         }
         start(slot.as_mut().expect("opened above"), tenant)
+    }
+
+    /// Whether the postmaster of a cluster this process opened still runs (a dead one is
+    /// reaped on the way). None when this process has not opened the tenant's cluster,
+    /// when an operation on it is under way (create, a restart, destroy: the next check
+    /// looks again), and once the driver is stopping.
+    fn health(&self, tenant: &str) -> Option<anyhow::Result<()>> {
+        if self.slots.is_stopped() {
+            return None;
+        }
+        let slot = self.slots.slot(tenant);
+        let cluster = slot.try_lock().ok()?;
+        let cluster = cluster.as_ref()?;
+        Some(if cluster.is_running() {
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "its postmaster ({}) is not running",
+                cluster.data_dir().display()
+            ))
+        })
     }
 
     fn destroy(&self, tenant: &str) -> anyhow::Result<()> {

@@ -33,7 +33,7 @@ use tokio_postgres::Client;
 use wire::scram::Verifier;
 
 pub(super) use connect::tls_mode;
-pub use connect::{connect_admin, wait_ready, AdminClient};
+pub use connect::{connect_admin, is_permanent, wait_ready, AdminClient, Permanent};
 
 /// The role Sluice's `auth_query` logs in as.
 pub const AUTH_USER: &str = "sluice_auth";

@@ -106,14 +106,14 @@ async fn check_admin(addr: &BackendAddress, password: &str) -> anyhow::Result<()
         .await
         .context("reading the administrator's attributes")?
         .get(0);
-    anyhow::ensure!(
-        superuser,
-        "{:?} on {}:{} is not a superuser; Sluice needs one to manage the backend's roles \
-         and to read their SCRAM verifiers",
-        addr.admin_user,
-        addr.host,
-        addr.port
-    );
+    if !superuser {
+        return Err(sql::Permanent(format!(
+            "{:?} on {}:{} is not a superuser; Sluice needs one to manage the backend's roles \
+             and to read their SCRAM verifiers",
+            addr.admin_user, addr.host, addr.port
+        ))
+        .into());
+    }
     Ok(())
 }
 
@@ -127,11 +127,12 @@ impl Driver for StaticDriver {
         req: &'a BackendRequest,
     ) -> BoxFuture<'a, anyhow::Result<BackendAddress>> {
         Box::pin(async move {
-            let addr = Self::address_from_params(&req.params).map_err(anyhow::Error::msg)?;
-            anyhow::ensure!(
-                !req.admin_password.is_empty(),
-                "the backend's admin password is required"
-            );
+            let addr = Self::address_from_params(&req.params).map_err(sql::Permanent)?;
+            if req.admin_password.is_empty() {
+                return Err(
+                    sql::Permanent("the backend's admin password is required".into()).into(),
+                );
+            }
             check_admin(&addr, &req.admin_password)
                 .await
                 .with_context(|| format!("checking the static backend of tenant {}", req.tenant))?;

@@ -127,6 +127,12 @@ impl Gates {
         }
     }
 
+    /// Client connections counted against the process-wide limit now (every accepted
+    /// connection past the pre-login caps, logged in or not).
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
     /// A process-wide login slot (waits while `max_concurrent_logins` logins run).
     pub async fn login_slot(&self) -> OwnedSemaphorePermit {
         self.logins

@@ -1,6 +1,6 @@
 //! Finding the line of a key in the config text, for error messages.
 
-use toml_edit::{ImDocument, Item};
+use toml_edit::{ImDocument, Item, TableLike};
 
 use super::error::ConfigError;
 
@@ -83,40 +83,51 @@ pub fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
 
 /// The key path of the value that contains `offset`.
 fn key_at(text: &str, offset: usize) -> Option<String> {
+    path_at(text, offset).map(|path| path_string(&path))
+}
+
+/// The path of the innermost key or value that contains `offset` (None for the whole
+/// file).
+pub fn path_at(text: &str, offset: usize) -> Option<Vec<Seg>> {
     let doc = ImDocument::parse(text).ok()?;
-    let path = find(doc.as_item(), offset)?;
-    (!path.is_empty()).then(|| path_string(&path))
+    find(doc.as_item(), offset).filter(|path| !path.is_empty())
 }
 
 /// Searches every value (config files are small) for the one spanning `offset`.
 fn find(item: &Item, offset: usize) -> Option<Vec<Seg>> {
     if let Some(table) = item.as_table_like() {
-        return table.iter().find_map(|(key, child)| {
-            // The key itself (an unknown key's error points at it), else its value.
-            let on_key = table
-                .get_key_value(key)
-                .and_then(|(k, _)| k.span())
-                .is_some_and(|span| span.contains(&offset));
-            let mut rest = if on_key {
-                Vec::new()
-            } else {
-                find(child, offset)?
-            };
-            rest.insert(0, Seg::Owned(key.to_owned()));
-            Some(rest)
-        });
+        // No key of the table holds it, but the table does: a missing key's error
+        // points at its table.
+        return in_table(table, offset).or_else(|| spans(item.span(), offset).then(Vec::new));
     }
     if let Some(array) = item.as_array_of_tables() {
         return array.iter().enumerate().find_map(|(i, table)| {
-            let mut rest = table.iter().find_map(|(key, child)| {
-                let mut rest = find(child, offset)?;
-                rest.insert(0, Seg::Owned(key.to_owned()));
-                Some(rest)
-            })?;
+            let mut rest =
+                in_table(table, offset).or_else(|| spans(table.span(), offset).then(Vec::new))?;
             rest.insert(0, Seg::Index(i));
             Some(rest)
         });
     }
-    let span = item.span()?;
-    (span.start <= offset && offset < span.end.max(span.start + 1)).then(Vec::new)
+    spans(item.span(), offset).then(Vec::new)
+}
+
+/// The key of `table` (itself, as an unknown key's error points at it, or its value)
+/// that holds `offset`.
+fn in_table(table: &dyn TableLike, offset: usize) -> Option<Vec<Seg>> {
+    table.iter().find_map(|(key, child)| {
+        let on_key = table
+            .get_key_value(key)
+            .is_some_and(|(k, _)| spans(k.span(), offset));
+        let mut rest = if on_key {
+            Vec::new()
+        } else {
+            find(child, offset)?
+        };
+        rest.insert(0, Seg::Owned(key.to_owned()));
+        Some(rest)
+    })
+}
+
+fn spans(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
+    span.is_some_and(|span| span.start <= offset && offset < span.end.max(span.start + 1))
 }

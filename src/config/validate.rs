@@ -281,6 +281,44 @@ fn check_proxy_protocol(mode: &str, from: &[String], problems: &mut Vec<Problem>
     }
 }
 
+/// The files the config names that Sluice reads: each must be readable now (what
+/// `config check` and a reload look at before anything starts or changes).
+pub fn check_files(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut check = |path: Vec<Seg>, file: &std::path::Path| {
+        if let Err(e) = std::fs::File::open(file) {
+            problems.push(Problem::new(
+                path,
+                format!("cannot read {}: {e}", file.display()),
+            ));
+        }
+    };
+    if let Some(file) = &config.proxy.tls_cert {
+        check(vec![Key("proxy"), Key("tls_cert")], file);
+    }
+    if let Some(file) = &config.proxy.tls_key {
+        check(vec![Key("proxy"), Key("tls_key")], file);
+    }
+    for (i, tenant) in config.tenants.iter().enumerate() {
+        let backend = |key| vec![Key("tenants"), Index(i), Key("backend"), Key(key)];
+        check(
+            backend("auth_password_file"),
+            &tenant.backend.auth_password_file,
+        );
+        if let Some(file) = &tenant.backend.tls_ca {
+            check(backend("tls_ca"), file);
+        }
+    }
+    if let Some(pve) = &config.provisioner.proxmox {
+        let key = |key| vec![Key("provisioner"), Key("proxmox"), Key(key)];
+        check(key("token_secret_file"), &pve.token_secret_file);
+        if let Some(file) = &pve.tls_ca {
+            check(key("tls_ca"), file);
+        }
+    }
+    problems
+}
+
 fn check_limits(limits: &LimitsSection, path: Vec<Seg>, problems: &mut Vec<Problem>) {
     let at = |key: &'static str| {
         let mut p = path.clone();

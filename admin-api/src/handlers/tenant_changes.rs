@@ -77,10 +77,10 @@ pub(crate) fn patch<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
         if let Some(plan) = &patch.plan {
             next.plan = Some(plan.clone());
         }
-        let plans = &state.plane.sync.plans;
+        let plans = state.plane.sync.plans();
         // Validate first: a refused request leaves no trace.
-        let after = settings_of(plans, &next).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
-        let before = settings_of(plans, &current).unwrap_or_default();
+        let after = settings_of(&plans, &next).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+        let before = settings_of(&plans, &current).unwrap_or_default();
         let details = json!({
             "request": serde_json::from_slice::<serde_json::Value>(&req.body).unwrap_or_default(),
             "before": before,

@@ -97,7 +97,7 @@ pub(crate) fn create<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
 fn new_record(state: &State, body: &CreateTenant) -> Result<TenantRecord, ApiError> {
     let id =
         router::TenantId::parse(&body.id).map_err(|e| ApiError::invalid(format!("id: {e}")))?;
-    let plans = &state.plane.sync.plans;
+    let plans = state.plane.sync.plans();
     if let Some(plan) = &body.plan {
         plans
             .base(Some(plan))

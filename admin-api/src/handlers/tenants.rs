@@ -58,9 +58,10 @@ pub struct BackendView {
 /// The API's view of a record: its effective settings (plan + overrides).
 pub(crate) fn view(state: &State, record: &TenantRecord) -> TenantView {
     let plane = &state.plane;
-    let (pool, limits) = plane.sync.plans.resolve(record).unwrap_or_else(|e| {
+    let plans = plane.sync.plans();
+    let (pool, limits) = plans.resolve(record).unwrap_or_else(|e| {
         tracing::warn!(tenant = %record.id, error = %format!("{e:#}"), "showing plan defaults");
-        let base = &plane.sync.plans.defaults;
+        let base = &plans.defaults;
         (base.pool.clone(), base.limits.clone())
     });
     let b = &record.backend;

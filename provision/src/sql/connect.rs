@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use router::BackendTls;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -184,9 +183,9 @@ fn describe(addr: &BackendAddress) -> String {
     }
 }
 
-/// Retries logging in and running `SELECT 1` until it works or `timeout` has passed. A
-/// refused login (wrong password, unknown role or database) fails at once: waiting would
-/// not change it.
+/// Retries logging in and running `SELECT 1` until it works or `timeout` has passed. An
+/// error that waiting would not change ([`is_permanent`]: a refused login, a TLS
+/// handshake that cannot succeed) fails at once.
 pub async fn wait_ready(
     addr: &BackendAddress,
     password: &str,
@@ -204,7 +203,7 @@ pub async fn wait_ready(
         };
         match attempt.await {
             Ok(()) => return Ok(()),
-            Err(e) if is_refusal(&e) => return Err(e),
+            Err(e) if is_permanent(&e) => return Err(e),
             Err(e) if Instant::now() >= deadline => {
                 return Err(e.context(format!(
                     "the backend at {} was not ready after {timeout:?}",
@@ -216,15 +215,64 @@ pub async fn wait_ready(
     }
 }
 
-/// True for errors that retrying cannot fix: the server refused the login itself.
-fn is_refusal(error: &anyhow::Error) -> bool {
-    let refusals = [
-        SqlState::INVALID_PASSWORD,
-        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-        SqlState::INVALID_CATALOG_NAME,
-    ];
+/// An error that trying again cannot fix, from a driver's own checks (an administrator
+/// that is not a superuser, say); see [`is_permanent`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub String);
+
+/// True for errors that trying again cannot fix, so that a provisioning job fails at once
+/// with its cause: a [`Permanent`] error, or a backend's answer that does not depend on
+/// time: any ErrorResponse (a refused login: 28P01 wrong password, 28000 no such role or
+/// no `pg_hba.conf` entry, 3D000 no such database; a statement's error), or a TLS
+/// handshake that cannot succeed (`server does not support TLS`, a certificate that does
+/// not verify), an authentication method Sluice cannot answer, a bad configuration.
+///
+/// Transient, and retried: no answer at all (connection refused or reset, a missing unix
+/// socket, unreachable, timeouts), and the answers of a server that is starting,
+/// stopping or full (57P03, 57P01–57P03, 53xxx) or of a connection-class error (08xxx).
+pub fn is_permanent(error: &anyhow::Error) -> bool {
+    if error.chain().any(|cause| cause.is::<Permanent>()) {
+        return true;
+    }
     error
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::code)
-        .is_some_and(|code| refusals.contains(code))
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<tokio_postgres::Error>())
+        .is_some_and(permanent_postgres_error)
+}
+
+fn permanent_postgres_error(error: &tokio_postgres::Error) -> bool {
+    if let Some(code) = error.code() {
+        let class = &code.code()[..2];
+        return !matches!(class, "08" | "53" | "57" | "40");
+    }
+    // tokio-postgres tells its error kinds apart only in their text.
+    let kind = error.to_string();
+    let permanent_kind = [
+        "error performing TLS handshake",
+        "authentication error",
+        "invalid configuration",
+        "invalid connection string",
+    ]
+    .contains(&kind.as_str());
+    permanent_kind && !lost_connection(error)
+}
+
+/// Whether an I/O failure of the connection (reset, closed early, timed out) lies under
+/// `error`: a TLS handshake cut short that way may well succeed next time.
+fn lost_connection(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | TimedOut
+            ) {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
 }
