@@ -239,6 +239,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         drivers: drivers.clone(),
         wake: Arc::new(tokio::sync::Notify::new()),
         gates: proxy.gates.clone(),
+        health: Default::default(),
     };
     let admin = Admin::bind(
         &runtime.admin,

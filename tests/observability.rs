@@ -529,3 +529,59 @@ fn metrics_can_be_switched_off() {
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "not_found");
 }
+
+/// Polls `/metrics` until `line` is in it (or 40 s pass); returns whether it came.
+fn metrics_show(sluice: &SluiceProcess, line: &str) -> bool {
+    for _ in 0..80 {
+        if get(sluice.admin_addr, "/metrics", None).body.contains(line) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    false
+}
+
+#[test]
+fn a_backend_that_is_down_is_visible_before_any_client_tried_it() {
+    // No client ever connects, so no pool exists: the supervisor's own checks (a
+    // connect to a config tenant's address) are all there is to go on.
+    let mut env = TwoTenants::start(BIN.as_ref(), |_| {}).expect("environment");
+    let key = Some(env.sluice.admin_key.as_str());
+    assert!(
+        metrics_show(&env.sluice, "sluice_backend_up{tenant=\"acme\"} 1"),
+        "acme's backend is checked at start"
+    );
+    env.acme
+        .stop(localpg::StopMode::Fast)
+        .expect("stopping acme's cluster");
+    assert!(
+        metrics_show(&env.sluice, "sluice_backend_up{tenant=\"acme\"} 0"),
+        "a stopped backend shows as down\n{}",
+        get(env.sluice.admin_addr, "/metrics", None).body
+    );
+    assert!(get(env.sluice.admin_addr, "/metrics", None)
+        .body
+        .contains("sluice_backend_up{tenant=\"globex\"} 1"));
+    let ready = get(env.sluice.admin_addr, "/readyz", None);
+    assert_eq!(
+        ready.status, 200,
+        "one tenant down leaves the process ready"
+    );
+    let down = ready.json()["backends_down"].clone();
+    assert_eq!(down.as_array().map(Vec::len), Some(1), "{down}");
+    assert_eq!(down[0]["tenant"], "acme", "{down}");
+    assert!(
+        down[0]["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{down}"
+    );
+    let stats = get(env.sluice.admin_addr, "/v1/tenants/acme/stats", key).json();
+    assert_eq!(stats["backend_up"], false, "{stats}");
+
+    env.acme.restart().expect("starting acme's cluster again");
+    assert!(
+        metrics_show(&env.sluice, "sluice_backend_up{tenant=\"acme\"} 1"),
+        "a backend that came back shows as up"
+    );
+    let ready = get(env.sluice.admin_addr, "/readyz", None).json();
+    assert_eq!(ready["backends_down"], serde_json::json!([]), "{ready}");
+}

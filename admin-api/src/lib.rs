@@ -84,6 +84,7 @@ impl Admin {
             pools,
             rejections,
             memory,
+            health: plane.health.clone(),
             admin_requests: admin_requests.clone(),
             jobs: Arc::new(metrics::JobCounts::default()),
         };

@@ -71,6 +71,8 @@ pub struct Sources {
     pub pools: Arc<Pools>,
     pub rejections: Arc<Rejections>,
     pub memory: Arc<MemoryBudget>,
+    /// The backend supervisor's verdicts, for `sluice_backend_up` before any pool.
+    pub health: Arc<control::health::BackendHealth>,
     pub admin_requests: Arc<AdminRequests>,
     pub jobs: Arc<JobCounts>,
 }
@@ -146,6 +148,27 @@ impl DataPlane {
                 *sum += n;
             }
             s.backend_up &= !pool.backend_down();
+        }
+        // Every tenant of the catalog is there from its first check on, pool or no
+        // pool, and a backend the supervisor found down is down whatever the pools
+        // have seen.
+        let health = &self.0.health;
+        for tenant in self.0.catalog.snapshot().iter() {
+            let verdict = health.is_up(tenant.id.as_str());
+            let label = labels.label(&tenant.id);
+            match (sums.get_mut(&label), verdict) {
+                (Some(s), Some(up)) => s.backend_up &= up,
+                (None, Some(up)) => {
+                    sums.insert(
+                        label,
+                        TenantSums {
+                            backend_up: up,
+                            ..TenantSums::default()
+                        },
+                    );
+                }
+                (_, None) => {}
+            }
         }
         sums
     }

@@ -835,6 +835,7 @@ fn bind(
         drivers: Arc::new(drivers),
         wake: Arc::new(tokio::sync::Notify::new()),
         gates: Arc::new(Gates),
+        health: Default::default(),
     };
     let hint = Some(ConnectionHint {
         sni_suffix: SNI_SUFFIX.into(),

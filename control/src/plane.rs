@@ -27,6 +27,8 @@ pub struct Plane {
     pub wake: Arc<Notify>,
     /// The data plane's admission gates (bans, ending a tenant's sessions).
     pub gates: Arc<dyn AdmissionControl>,
+    /// What the supervisor last found of each tenant's backend.
+    pub health: Arc<crate::health::BackendHealth>,
 }
 
 impl Plane {
@@ -51,6 +53,7 @@ impl Plane {
             self.control.clone(),
             self.sync.clone(),
             self.drivers.clone(),
+            self.health.clone(),
             stop.clone(),
         ));
         let refusals = tokio::spawn(refusals::run(

@@ -6,6 +6,10 @@
 //! catalog); the restarts go on at the longest interval, and a backend that comes back
 //! makes its tenant `active` again (`tenant.backend_recovered`).
 //!
+//! Backends this process does not run (static, proxmox, tenants of the config file) are
+//! checked by connecting to their address, at the first round and every
+//! [`PROBE_EVERY`] rounds after. Every verdict goes into [`BackendHealth`].
+//!
 //! [`Driver::health`]: provision::Driver::health
 
 use std::collections::HashMap;
@@ -17,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog_sync::CatalogSync;
 use crate::drivers::Drivers;
+use crate::health::BackendHealth;
 use crate::open::Control;
 use crate::store::AuditEvent;
 
@@ -25,6 +30,10 @@ pub const PERIOD: Duration = Duration::from_secs(2);
 /// Failed restarts before an active tenant is marked `failed`.
 pub const GIVE_UP_AFTER: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Rounds between connects to the backends this process does not run (10 s).
+pub const PROBE_EVERY: u32 = 5;
+/// How long such a connect may take before the backend counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A backend found down, and what has been tried.
 #[derive(Debug)]
@@ -39,30 +48,45 @@ pub(crate) async fn run(
     control: Control,
     sync: Arc<CatalogSync>,
     drivers: Arc<Drivers>,
+    health: Arc<BackendHealth>,
     stop: CancellationToken,
 ) {
     let mut down: HashMap<String, Down> = HashMap::new();
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round = 0u32;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let probing = round.is_multiple_of(PROBE_EVERY);
+        round = round.wrapping_add(1);
+        let catalog = sync.catalog.snapshot();
+        health.retain(|id| catalog.get(id).is_some());
+        let mut probes = tokio::task::JoinSet::new();
         for record in sync.records() {
             let watched = matches!(record.status.as_str(), "active" | "suspended")
                 || (record.status == "failed"
                     && down.get(&record.id).is_some_and(|d| d.marked_failed));
-            let driver = drivers.get(&record.backend.driver);
-            let (true, Some(driver)) = (watched, driver) else {
+            let id = record.id.as_str();
+            let driver = drivers.get(&record.backend.driver).filter(|_| watched);
+            let verdict = match driver {
+                Some(driver) => driver.health(id).await.map(|v| (driver, v)),
+                None => None,
+            };
+            let Some((driver, verdict)) = verdict else {
+                // Nothing this process runs: whether its address takes a connection.
+                down.remove(id);
+                if let Some(tenant) = catalog.get(id).filter(|_| probing) {
+                    let (id, addr) = (id.to_owned(), tenant.backend.addr.clone());
+                    probes.spawn(async move { (id, probe(&addr).await) });
+                }
                 continue;
             };
-            let id = record.id.as_str();
-            match driver.health(id).await {
-                None => {
-                    down.remove(id);
-                }
-                Some(Ok(())) => {
+            match verdict {
+                Ok(()) => {
+                    health.up(id);
                     if let Some(was) = down.remove(id) {
                         tracing::info!(tenant = id, "the tenant's backend is up again");
                         if was.marked_failed {
@@ -70,7 +94,8 @@ pub(crate) async fn run(
                         }
                     }
                 }
-                Some(Err(e)) => {
+                Err(e) => {
+                    health.down(id, format!("{e:#}"));
                     let d = down.entry(id.to_owned()).or_insert_with(|| {
                         tracing::warn!(tenant = id, error = %format!("{e:#}"), "the tenant's backend is down; restarting it");
                         Down {
@@ -111,6 +136,43 @@ pub(crate) async fn run(
                 }
             }
         }
+        while let Some(Ok((id, verdict))) = probes.join_next().await {
+            match verdict {
+                Ok(()) => health.up(&id),
+                Err(why) => {
+                    if health.is_up(&id) != Some(false) {
+                        tracing::warn!(tenant = id, error = %why, "the tenant's backend does not take connections");
+                    }
+                    health.down(&id, why);
+                }
+            }
+        }
+    }
+}
+
+/// Whether the backend at `addr` takes a connection (closed at once, before any
+/// startup packet: Postgres logs nothing for that).
+async fn probe(addr: &router::BackendAddr) -> Result<(), String> {
+    let connect = async {
+        match addr {
+            router::BackendAddr::Tcp { host, port } => {
+                tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map(drop)
+            }
+            router::BackendAddr::Unix { dir, port } => {
+                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
+        Err(_) => Err(format!(
+            "connecting to {addr}: no answer within {PROBE_TIMEOUT:?}"
+        )),
     }
 }
 

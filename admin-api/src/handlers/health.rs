@@ -15,17 +15,27 @@ pub(crate) fn healthz(_: &State, _: &Req) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
 }
 
-/// `GET /readyz`: 503 only while draining. An unreachable control store does not make
-/// the process unready (the data plane serves the catalog it has); the body says so.
+/// `GET /readyz`: 503 only while draining. An unreachable control store, or a tenant
+/// whose backend is down, does not make the process unready (it serves every other
+/// tenant, and the catalog it has); the body says so: `backends_down` lists the
+/// tenants whose backend the supervisor last found down, with why.
 pub(crate) fn readyz<'a>(state: &'a State, _: &'a Req) -> Pending<'a> {
     Box::pin(async move {
         let tenants = state.sources.catalog.snapshot().len();
         let draining = state.draining.is_cancelled();
+        let backends_down: Vec<_> = state
+            .sources
+            .health
+            .down_now()
+            .into_iter()
+            .map(|(tenant, error)| serde_json::json!({"tenant": tenant, "error": error}))
+            .collect();
         let body = serde_json::json!({
             "ready": !draining,
             "reason": if draining { "shutting down: draining client connections" } else { "serving" },
             "catalog": {"tenants": tenants, "source": state.plane.sync.source()},
             "control_store": state.plane.control.status().await,
+            "backends_down": backends_down,
         });
         let status = if draining {
             StatusCode::SERVICE_UNAVAILABLE

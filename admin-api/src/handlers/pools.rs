@@ -43,11 +43,14 @@ pub(crate) fn tenant_stats(state: &State, req: &Req) -> Result<Response<Body>, A
     let tenant = catalog
         .get(id)
         .ok_or_else(|| ApiError::not_found(format!("tenant \"{id}\" does not exist")))?;
-    let view = stats::tenant_view(
+    let mut view = stats::tenant_view(
         &tenant.id,
         &state.sources.pools,
         &state.sampler,
         &state.sources.rejections,
     );
+    // The supervisor's verdict counts too: a backend found down is down before any
+    // pool has tried it.
+    view.counts.backend_up &= state.sources.health.is_up(id) != Some(false);
     Ok(json(StatusCode::OK, &view))
 }
