@@ -206,7 +206,7 @@ pub struct ProxySection {
     /// A user name `<role>.<tenant>` names the tenant when no SNI or options does
     /// (Supavisor's form).
     pub tenant_from_user: bool,
-    /// The tenant of clients that name none; unset: they are refused (08004).
+    /// The tenant of clients that name none; unset or `""`: they are refused (08004).
     pub default_tenant: Option<String>,
     pub login_timeout_ms: u64,
     pub shutdown_grace_s: u64,

@@ -81,7 +81,8 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
-    if let Some(tenant) = &proxy.default_tenant {
+    // `""` is unset, as the design writes it.
+    if let Some(tenant) = proxy.default_tenant.as_deref().filter(|t| !t.is_empty()) {
         if let Err(e) = TenantId::parse(tenant) {
             problems.push(Problem::new(
                 vec![Key("proxy"), Key("default_tenant")],
@@ -92,7 +93,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     if proxy.sni_suffix.is_none()
         && !proxy.tenant_from_options
         && !proxy.tenant_from_user
-        && proxy.default_tenant.is_none()
+        && proxy.default_tenant.as_deref().unwrap_or("").is_empty()
     {
         problems.push(Problem::new(
             vec![Key("proxy"), Key("tenant_from_options")],
@@ -469,6 +470,11 @@ auth_password_file = "acme.pw"
             "tenant_from_options",
             "default_tenant = \"acme\"\ntenant_from_options",
         );
+        Config::parse(&text, Path::new("/")).unwrap();
+        // The design's spelling of "unset".
+        let empty = text.replace("default_tenant = \"acme\"", "default_tenant = \"\"");
+        assert!(Config::parse(&empty, Path::new("/")).is_err());
+        let text = GOOD.replace("sni_suffix = ", "default_tenant = \"\"\nsni_suffix = ");
         Config::parse(&text, Path::new("/")).unwrap();
     }
 
