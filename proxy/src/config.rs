@@ -153,6 +153,8 @@ impl Default for ProxyConfig {
             identify: IdentifyRules {
                 sni_suffix: None,
                 tenant_from_options: true,
+                tenant_from_user: false,
+                default_tenant: None,
             },
             require_tls: true,
             login_timeout: Duration::from_secs(15),

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use pooler::{
     CheckoutError, ClientInPool, ConnectError, Pool, PoolKey, PooledConn, Release, ServerCredential,
 };
-use router::{identify, IdentifyError, Limits, PoolMode};
+use router::{identify, IdentifyClient, IdentifyError, Limits, PoolMode};
 use tokio::io::AsyncWriteExt;
 use wire::messages;
 use wire::startup::StartupMessage;
@@ -71,29 +71,35 @@ pub async fn establish(
         return Err(ClientError::TlsRequired);
     }
     let span = tracing::Span::current();
-    let role = startup
+    let user = startup
         .user()
         .ok_or_else(|| ClientError::Protocol("no user name in startup packet".into()))?;
+    let catalog = proxy.catalog.snapshot();
+    let client = IdentifyClient {
+        sni,
+        options: startup.get("options"),
+        user: Some(user),
+    };
+    let identified = identify(&proxy.config.identify, client, |id| {
+        catalog.get(id).is_some()
+    })
+    .map_err(|e| match e {
+        IdentifyError::NoTenant { hint } => ClientError::NoTenant(format!("no tenant: {hint}")),
+        conflict => ClientError::NoTenant(conflict.to_string()),
+    })?;
+    // `app` for `user=app.acme` (tenant_from_user): the role everything below uses.
+    let role = identified.role.as_deref().unwrap_or(user);
     span.record("role", role);
     let database = startup.database().unwrap_or(role);
     // Postgres truncates names to 63 bytes; so must the pool key, or one role could
     // get many pools (and many times the pool size) by varying the tail.
     let (role, database) = (truncate_name(role), truncate_name(database));
-
-    let identified =
-        identify(&proxy.config.identify, sni, startup.get("options")).map_err(|e| match e {
-            IdentifyError::NoTenant { hint } => ClientError::NoTenant(format!("no tenant: {hint}")),
-            conflict @ IdentifyError::Conflict { .. } => {
-                ClientError::NoTenant(conflict.to_string())
-            }
-        })?;
     span.record("tenant", identified.tenant.as_str());
-    let tenant = proxy
-        .catalog
-        .snapshot()
+    let tenant = catalog
         .get(&identified.tenant)
         .cloned()
-        .ok_or(ClientError::UnknownTenant(identified.tenant))?;
+        .ok_or_else(|| ClientError::UnknownTenant(identified.tenant.clone()))?;
+    drop(catalog);
     let gate = admission.tenant(&proxy.gates, &tenant, ip).await?;
     // Sluice's own role for reading secrets is no client's, unless the tenant says so:
     // refused before any secret lookup or SCRAM work.

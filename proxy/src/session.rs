@@ -317,8 +317,15 @@ async fn at_client_hello(
     if admission.refusal.is_some() {
         return;
     }
-    let Ok(identified) = router::identify(&proxy.config.identify, sni, None) else {
-        return;
+    // Only SNI counts here: options and the user name are not read yet, and may name
+    // another tenant than the default.
+    let client = router::IdentifyClient {
+        sni,
+        ..Default::default()
+    };
+    let identified = match router::identify(&proxy.config.identify, client, |_| false) {
+        Ok(identified) if identified.source == router::TenantSource::Sni => identified,
+        _ => return,
     };
     let Some(tenant) = proxy.catalog.snapshot().get(&identified.tenant).cloned() else {
         return;

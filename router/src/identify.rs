@@ -1,5 +1,17 @@
-//! Which tenant a connection is for: from the TLS server name (SNI), else from the
-//! `options` startup parameter.
+//! Which tenant a connection is for, and as which role it logs in.
+//!
+//! The sources, in order of precedence (each but SNI opt-in per listener):
+//! 1. the TLS server name (SNI) `<tenant>.<sni_suffix>`;
+//! 2. the `options` word `tenant=<id>` (`tenant_from_options`);
+//! 3. the user name `<role>.<tenant>` (`tenant_from_user`, Supavisor's form): the name
+//!    is split at its last dot, and the part after it names a tenant only when it is
+//!    exactly the id of a tenant in the catalog and the part before it is not empty.
+//!    The role is then the part before the dot. Any other user name is the role as
+//!    given, dots and all;
+//! 4. the listener's `default_tenant`, for clients that name none.
+//!
+//! SNI and options must agree when both name a tenant; so must the user name's tenant
+//! with either (a user name whose suffix is the same tenant is stripped).
 //!
 //! `options` is libpq's command-line string for the backend: words separated by
 //! unescaped whitespace, `\` escaping the next character. Sluice recognises its own
@@ -7,12 +19,16 @@
 //! `-ctenant=acme`, `--tenant=acme`) and removes it, so the backend never sees it.
 
 /// Which identification methods a listener accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IdentifyRules {
     /// `acme.<sni_suffix>` names tenant `acme`. Lowercase, without a leading dot.
     pub sni_suffix: Option<String>,
     /// Whether `options=tenant=<id>` is accepted.
     pub tenant_from_options: bool,
+    /// Whether a user name `<role>.<tenant>` names the tenant (and the role).
+    pub tenant_from_user: bool,
+    /// The tenant of clients that name none; `None`: they are refused.
+    pub default_tenant: Option<String>,
 }
 
 /// Where the tenant name was found.
@@ -20,15 +36,43 @@ pub struct IdentifyRules {
 pub enum TenantSource {
     Sni,
     Options,
+    User,
+    Default,
+}
+
+impl TenantSource {
+    fn describe(self) -> &'static str {
+        match self {
+            TenantSource::Sni => "the server name",
+            TenantSource::Options => "the options parameter",
+            TenantSource::User => "the user name",
+            TenantSource::Default => "the default tenant",
+        }
+    }
+}
+
+/// What a client sent that can name a tenant.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Client<'a> {
+    /// The TLS server name, if any.
+    pub sni: Option<&'a str>,
+    /// The raw `options` startup parameter, if any.
+    pub options: Option<&'a str>,
+    /// The `user` startup parameter, if known yet.
+    pub user: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identified {
-    /// The tenant name as the client gave it (not yet checked against the catalog).
+    /// The tenant name as the client gave it (not yet checked against the catalog,
+    /// except for a user name's suffix).
     pub tenant: String,
     pub source: TenantSource,
     /// `options` with Sluice's word removed; `None` when nothing is left.
     pub options: Option<String>,
+    /// The role to log in as when the user name carried the tenant (`app` for
+    /// `app.acme`); `None`: the user name as given.
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,49 +81,92 @@ pub enum IdentifyError {
     NoTenant { hint: String },
     #[error("the server name names tenant \"{sni}\" but options name tenant \"{options}\"")]
     Conflict { sni: String, options: String },
+    #[error("{} names tenant \"{named}\" but the user name names tenant \"{user}\"", .by.describe())]
+    UserConflict {
+        /// Where `named` came from.
+        by: TenantSource,
+        named: String,
+        user: String,
+    },
 }
 
-/// Finds the tenant for a connection. `sni` is the TLS server name, if any; `options`
-/// the raw `options` startup parameter, if any.
+/// Finds the tenant for a connection. `is_tenant` says whether an id is in the
+/// catalog; it is asked only about a user name's suffix.
 pub fn identify(
     rules: &IdentifyRules,
-    sni: Option<&str>,
-    options: Option<&str>,
+    client: Client<'_>,
+    is_tenant: impl Fn(&str) -> bool,
 ) -> Result<Identified, IdentifyError> {
-    let from_sni = match (sni, rules.sni_suffix.as_deref()) {
+    let from_sni = match (client.sni, rules.sni_suffix.as_deref()) {
         (Some(name), Some(suffix)) => tenant_from_server_name(name, suffix),
         _ => None,
     };
-    let (from_options, rest) = match options {
+    let (from_options, rest) = match client.options {
         Some(opts) if rules.tenant_from_options => strip_tenant_option(opts),
         Some(opts) => (None, Some(opts.to_owned())),
         None => (None, None),
     };
-    let rest = rest.filter(|r| !r.is_empty());
-    match (from_sni, from_options) {
-        (Some(sni), Some(opt)) if sni != opt => Err(IdentifyError::Conflict { sni, options: opt }),
-        (Some(tenant), _) => Ok(Identified {
-            tenant,
-            source: TenantSource::Sni,
-            options: rest,
-        }),
-        (None, Some(tenant)) => Ok(Identified {
-            tenant,
-            source: TenantSource::Options,
-            options: rest,
-        }),
-        (None, None) => Err(IdentifyError::NoTenant { hint: hint(rules) }),
-    }
+    let options = rest.filter(|r| !r.is_empty());
+    let named = match (from_sni, from_options) {
+        (Some(sni), Some(opt)) if sni != opt => {
+            return Err(IdentifyError::Conflict { sni, options: opt })
+        }
+        (Some(tenant), _) => Some((tenant, TenantSource::Sni)),
+        (None, Some(tenant)) => Some((tenant, TenantSource::Options)),
+        (None, None) => None,
+    };
+    let from_user = match client.user {
+        Some(user) if rules.tenant_from_user => split_user(user, &is_tenant),
+        _ => None,
+    };
+    let (tenant, source, role) = match (named, from_user) {
+        (Some((named, source)), Some((role, user))) => {
+            if named != user {
+                return Err(IdentifyError::UserConflict {
+                    by: source,
+                    named,
+                    user: user.to_owned(),
+                });
+            }
+            (named, source, Some(role.to_owned()))
+        }
+        (Some((named, source)), None) => (named, source, None),
+        (None, Some((role, user))) => (user.to_owned(), TenantSource::User, Some(role.to_owned())),
+        (None, None) => match &rules.default_tenant {
+            Some(tenant) => (tenant.clone(), TenantSource::Default, None),
+            None => return Err(IdentifyError::NoTenant { hint: hint(rules) }),
+        },
+    };
+    Ok(Identified {
+        tenant,
+        source,
+        options,
+        role,
+    })
+}
+
+/// `app.acme` → (`app`, `acme`) when `acme` is a tenant; split at the last dot, so a
+/// role may itself contain dots (`first.last.acme` → `first.last`).
+fn split_user(user: &str, is_tenant: impl Fn(&str) -> bool) -> Option<(&str, &str)> {
+    let (role, tenant) = user.rsplit_once('.')?;
+    (!role.is_empty() && !tenant.is_empty() && is_tenant(tenant)).then_some((role, tenant))
 }
 
 fn hint(rules: &IdentifyRules) -> String {
-    match (&rules.sni_suffix, rules.tenant_from_options) {
-        (Some(suffix), true) => {
-            format!("connect to <tenant>.{suffix} or pass options=tenant=<id>")
-        }
-        (Some(suffix), false) => format!("connect to <tenant>.{suffix} with TLS"),
-        (None, true) => "pass options=tenant=<id>".to_owned(),
-        (None, false) => "this listener has no way to identify tenants".to_owned(),
+    let mut ways = Vec::new();
+    if let Some(suffix) = &rules.sni_suffix {
+        ways.push(format!("connect to <tenant>.{suffix}"));
+    }
+    if rules.tenant_from_options {
+        ways.push("pass options=tenant=<id>".to_owned());
+    }
+    if rules.tenant_from_user {
+        ways.push("log in as user <role>.<tenant>".to_owned());
+    }
+    match ways.len() {
+        0 => "this listener has no way to identify tenants".to_owned(),
+        1 if rules.sni_suffix.is_some() => format!("{} with TLS", ways[0]),
+        _ => ways.join(" or "),
     }
 }
 
@@ -177,30 +264,69 @@ mod tests {
         IdentifyRules {
             sni_suffix: Some("db.example.test".into()),
             tenant_from_options: true,
+            ..IdentifyRules::default()
         }
+    }
+
+    /// The catalog of these tests: `acme` and `globex`.
+    fn known(id: &str) -> bool {
+        matches!(id, "acme" | "globex")
+    }
+
+    fn ident(
+        rules: &IdentifyRules,
+        sni: Option<&str>,
+        options: Option<&str>,
+    ) -> Result<Identified, IdentifyError> {
+        identify(
+            rules,
+            Client {
+                sni,
+                options,
+                user: None,
+            },
+            known,
+        )
+    }
+
+    fn with_user(
+        rules: &IdentifyRules,
+        sni: Option<&str>,
+        options: Option<&str>,
+        user: &str,
+    ) -> Result<Identified, IdentifyError> {
+        identify(
+            rules,
+            Client {
+                sni,
+                options,
+                user: Some(user),
+            },
+            known,
+        )
     }
 
     #[test]
     fn sni_names_the_tenant() {
-        let id = identify(&rules(), Some("acme.db.example.test"), None).unwrap();
+        let id = ident(&rules(), Some("acme.db.example.test"), None).unwrap();
         assert_eq!(id.tenant, "acme");
         assert_eq!(id.source, TenantSource::Sni);
         assert_eq!(id.options, None);
-        let id = identify(&rules(), Some("ACME.DB.example.test."), None).unwrap();
+        let id = ident(&rules(), Some("ACME.DB.example.test."), None).unwrap();
         assert_eq!(id.tenant, "acme");
     }
 
     #[test]
     fn foreign_server_names_are_ignored() {
-        let err = identify(&rules(), Some("acme.other.test"), None).unwrap_err();
+        let err = ident(&rules(), Some("acme.other.test"), None).unwrap_err();
         assert!(matches!(err, IdentifyError::NoTenant { .. }));
         assert_eq!(
             err.to_string(),
             "no tenant: connect to <tenant>.db.example.test or pass options=tenant=<id>"
         );
         // The suffix must sit at a label boundary.
-        assert!(identify(&rules(), Some("xdb.example.test"), None).is_err());
-        assert!(identify(&rules(), Some("db.example.test"), None).is_err());
+        assert!(ident(&rules(), Some("xdb.example.test"), None).is_err());
+        assert!(ident(&rules(), Some("db.example.test"), None).is_err());
     }
 
     #[test]
@@ -211,7 +337,7 @@ mod tests {
             "-ctenant=acme",
             "--tenant=acme",
         ] {
-            let id = identify(&rules(), None, Some(opts)).unwrap();
+            let id = ident(&rules(), None, Some(opts)).unwrap();
             assert_eq!(id.tenant, "acme", "{opts}");
             assert_eq!(id.source, TenantSource::Options);
             assert_eq!(id.options, None, "{opts}");
@@ -220,7 +346,7 @@ mod tests {
 
     #[test]
     fn other_options_reach_the_backend_intact() {
-        let id = identify(
+        let id = ident(
             &rules(),
             None,
             Some("-c search_path=a\\ b tenant=acme  -c statement_timeout=5s"),
@@ -232,26 +358,26 @@ mod tests {
             Some("-c search_path=a\\ b -c statement_timeout=5s")
         );
         // Without SNI-capable rules, options still pass through untouched.
-        let id = identify(&rules(), Some("acme.db.example.test"), Some("-c x=1")).unwrap();
+        let id = ident(&rules(), Some("acme.db.example.test"), Some("-c x=1")).unwrap();
         assert_eq!(id.options.as_deref(), Some("-c x=1"));
     }
 
     #[test]
     fn options_disabled_means_not_stripped() {
         let rules = IdentifyRules {
-            sni_suffix: Some("db.example.test".into()),
             tenant_from_options: false,
+            ..rules()
         };
-        assert!(identify(&rules, None, Some("tenant=acme")).is_err());
-        let id = identify(&rules, Some("acme.db.example.test"), Some("tenant=x")).unwrap();
+        assert!(ident(&rules, None, Some("tenant=acme")).is_err());
+        let id = ident(&rules, Some("acme.db.example.test"), Some("tenant=x")).unwrap();
         assert_eq!(id.options.as_deref(), Some("tenant=x"));
     }
 
     #[test]
     fn sni_and_options_must_agree() {
-        assert!(identify(&rules(), Some("acme.db.example.test"), Some("tenant=acme")).is_ok());
+        assert!(ident(&rules(), Some("acme.db.example.test"), Some("tenant=acme")).is_ok());
         assert_eq!(
-            identify(
+            ident(
                 &rules(),
                 Some("acme.db.example.test"),
                 Some("tenant=globex")
@@ -263,6 +389,132 @@ mod tests {
         );
     }
 
+    fn user_rules() -> IdentifyRules {
+        IdentifyRules {
+            tenant_from_user: true,
+            ..rules()
+        }
+    }
+
+    #[test]
+    fn user_suffix_names_tenant_and_role() {
+        let id = with_user(&user_rules(), None, None, "app.acme").unwrap();
+        assert_eq!(id.tenant, "acme");
+        assert_eq!(id.source, TenantSource::User);
+        assert_eq!(id.role.as_deref(), Some("app"));
+        // Split at the last dot: the role keeps its own dots.
+        let id = with_user(&user_rules(), None, None, "first.last.globex").unwrap();
+        assert_eq!(id.tenant, "globex");
+        assert_eq!(id.role.as_deref(), Some("first.last"));
+    }
+
+    #[test]
+    fn user_suffix_that_is_no_tenant_leaves_the_role_alone() {
+        // Not a tenant (nor a tenant in another case): no tenant named at all.
+        for user in [
+            "first.last",
+            "app.ACME",
+            "app.",
+            ".acme",
+            "app",
+            "app.acme ",
+        ] {
+            let err = with_user(&user_rules(), None, None, user).unwrap_err();
+            assert!(matches!(err, IdentifyError::NoTenant { .. }), "{user}");
+        }
+        // With another source, the dotted role goes through as given.
+        let id = with_user(&user_rules(), None, Some("tenant=acme"), "first.last").unwrap();
+        assert_eq!((id.tenant.as_str(), id.role), ("acme", None));
+        let id = with_user(&user_rules(), None, Some("tenant=acme"), ".acme").unwrap();
+        assert_eq!((id.tenant.as_str(), id.role), ("acme", None));
+    }
+
+    #[test]
+    fn user_suffix_is_ignored_unless_enabled() {
+        let err = with_user(&rules(), None, None, "app.acme").unwrap_err();
+        assert!(matches!(err, IdentifyError::NoTenant { .. }));
+        let id = with_user(&rules(), None, Some("tenant=globex"), "app.acme").unwrap();
+        assert_eq!((id.tenant.as_str(), id.role), ("globex", None));
+    }
+
+    #[test]
+    fn user_suffix_must_agree_with_sni_and_options() {
+        let sni = Some("acme.db.example.test");
+        let id = with_user(&user_rules(), sni, None, "app.acme").unwrap();
+        assert_eq!(id.source, TenantSource::Sni);
+        assert_eq!(id.role.as_deref(), Some("app"));
+        let id = with_user(&user_rules(), None, Some("tenant=acme"), "app.acme").unwrap();
+        assert_eq!(id.source, TenantSource::Options);
+        assert_eq!(id.role.as_deref(), Some("app"));
+        let err = with_user(&user_rules(), sni, None, "app.globex").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the server name names tenant \"acme\" but the user name names tenant \"globex\""
+        );
+        let err = with_user(&user_rules(), None, Some("-c tenant=acme"), "app.globex").unwrap_err();
+        assert_eq!(
+            err,
+            IdentifyError::UserConflict {
+                by: TenantSource::Options,
+                named: "acme".into(),
+                user: "globex".into()
+            }
+        );
+    }
+
+    #[test]
+    fn default_tenant_is_the_last_resort() {
+        let rules = IdentifyRules {
+            default_tenant: Some("globex".into()),
+            tenant_from_user: true,
+            ..rules()
+        };
+        let id = ident(&rules, None, Some("-c x=1")).unwrap();
+        assert_eq!(id.tenant, "globex");
+        assert_eq!(id.source, TenantSource::Default);
+        assert_eq!(id.options.as_deref(), Some("-c x=1"));
+        // A foreign server name names nothing, so the default applies.
+        let id = ident(&rules, Some("acme.other.test"), None).unwrap();
+        assert_eq!(id.source, TenantSource::Default);
+        // Every other source wins over it.
+        let id = ident(&rules, Some("acme.db.example.test"), None).unwrap();
+        assert_eq!((id.tenant.as_str(), id.source), ("acme", TenantSource::Sni));
+        let id = ident(&rules, None, Some("tenant=acme")).unwrap();
+        assert_eq!(
+            (id.tenant.as_str(), id.source),
+            ("acme", TenantSource::Options)
+        );
+        let id = with_user(&rules, None, None, "app.acme").unwrap();
+        assert_eq!(
+            (id.tenant.as_str(), id.source),
+            ("acme", TenantSource::User)
+        );
+        let id = with_user(&rules, None, None, "first.last").unwrap();
+        assert_eq!((id.tenant.as_str(), id.role), ("globex", None));
+    }
+
+    #[test]
+    fn the_hint_names_every_enabled_way() {
+        let rules = IdentifyRules {
+            sni_suffix: Some("db.example.test".into()),
+            tenant_from_options: false,
+            tenant_from_user: true,
+            default_tenant: None,
+        };
+        assert_eq!(
+            ident(&rules, None, None).unwrap_err().to_string(),
+            "no tenant: connect to <tenant>.db.example.test or log in as user <role>.<tenant>"
+        );
+        let rules = IdentifyRules {
+            tenant_from_user: false,
+            ..rules
+        };
+        assert_eq!(
+            ident(&rules, None, None).unwrap_err().to_string(),
+            "no tenant: connect to <tenant>.db.example.test with TLS"
+        );
+    }
+
     proptest! {
         #[test]
         fn splitting_round_trips_escaped_words(words in proptest::collection::vec("[ -~]{1,12}", 0..6)) {
@@ -271,8 +523,22 @@ mod tests {
         }
 
         #[test]
-        fn identify_never_panics(sni in proptest::option::of(".{0,80}"), opts in proptest::option::of(".{0,80}")) {
-            let _ = identify(&rules(), sni.as_deref(), opts.as_deref());
+        fn identify_never_panics(
+            sni in proptest::option::of(".{0,80}"),
+            opts in proptest::option::of(".{0,80}"),
+            user in proptest::option::of(".{0,80}"),
+        ) {
+            let rules = IdentifyRules {
+                tenant_from_user: true,
+                default_tenant: Some("acme".into()),
+                ..rules()
+            };
+            let client = Client {
+                sni: sni.as_deref(),
+                options: opts.as_deref(),
+                user: user.as_deref(),
+            };
+            let _ = identify(&rules, client, known);
         }
     }
 }

@@ -18,6 +18,7 @@ pub use admission::{
     TokenBucket, DEFAULT_MAX_ADDRESSES,
 };
 pub use catalog::{Catalog, CatalogHandle};
+pub use identify::Client as IdentifyClient;
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};
 pub use memory::MemoryBudget;
 pub use rejections::{CancelOutcome, Reason, Rejections, TenantLabels, Who};

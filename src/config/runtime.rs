@@ -55,6 +55,8 @@ impl Config {
             identify: IdentifyRules {
                 sni_suffix: p.sni_suffix.clone(),
                 tenant_from_options: p.tenant_from_options,
+                tenant_from_user: p.tenant_from_user,
+                default_tenant: p.default_tenant.clone().filter(|t| !t.is_empty()),
             },
             require_tls: p.require_tls,
             login_timeout: Duration::from_millis(p.login_timeout_ms),

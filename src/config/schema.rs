@@ -203,6 +203,11 @@ pub struct ProxySection {
     pub sni_suffix: Option<String>,
     pub require_tls: bool,
     pub tenant_from_options: bool,
+    /// A user name `<role>.<tenant>` names the tenant when no SNI or options does
+    /// (Supavisor's form).
+    pub tenant_from_user: bool,
+    /// The tenant of clients that name none; unset or `""`: they are refused (08004).
+    pub default_tenant: Option<String>,
     pub login_timeout_ms: u64,
     pub shutdown_grace_s: u64,
     pub auth_cache_ttl_s: u64,
@@ -242,6 +247,8 @@ impl Default for ProxySection {
             sni_suffix: None,
             require_tls: true,
             tenant_from_options: true,
+            tenant_from_user: false,
+            default_tenant: None,
             login_timeout_ms: 15_000,
             shutdown_grace_s: 30,
             auth_cache_ttl_s: 30,

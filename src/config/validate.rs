@@ -81,10 +81,23 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
-    if proxy.sni_suffix.is_none() && !proxy.tenant_from_options {
+    // `""` is unset, as the design writes it.
+    if let Some(tenant) = proxy.default_tenant.as_deref().filter(|t| !t.is_empty()) {
+        if let Err(e) = TenantId::parse(tenant) {
+            problems.push(Problem::new(
+                vec![Key("proxy"), Key("default_tenant")],
+                e.to_string(),
+            ));
+        }
+    }
+    if proxy.sni_suffix.is_none()
+        && !proxy.tenant_from_options
+        && !proxy.tenant_from_user
+        && proxy.default_tenant.as_deref().unwrap_or("").is_empty()
+    {
         problems.push(Problem::new(
             vec![Key("proxy"), Key("tenant_from_options")],
-            "with no sni_suffix and tenant_from_options = false no client can name a tenant",
+            "with no sni_suffix, default_tenant or tenant_from_user and tenant_from_options = false no client can name a tenant",
         ));
     }
     check_proxy_protocol(
@@ -462,6 +475,45 @@ auth_password_file = "acme.pw"
                 .any(|s| s.contains("tenants[0].limits.allow_cidrs[0]") && s.contains("10.0.0.0/8")),
             "{shown:?}"
         );
+    }
+
+    #[test]
+    fn routing_fallbacks_parse_and_are_checked() {
+        let text = GOOD.replace(
+            "sni_suffix = ",
+            "default_tenant = \"acme\"\ntenant_from_user = true\nsni_suffix = ",
+        );
+        let c = Config::parse(&text, Path::new("/")).unwrap();
+        assert_eq!(c.proxy.default_tenant.as_deref(), Some("acme"));
+        assert!(c.proxy.tenant_from_user);
+        let c = Config::parse(GOOD, Path::new("/")).unwrap();
+        assert_eq!(
+            (c.proxy.default_tenant, c.proxy.tenant_from_user),
+            (None, false)
+        );
+
+        let text = GOOD.replace("sni_suffix = ", "default_tenant = \"Acme\"\nsni_suffix = ");
+        let errs = Config::parse(&text, Path::new("/")).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.key == "proxy.default_tenant"),
+            "{errs:?}"
+        );
+        // A default tenant alone is a way to name one.
+        let text = GOOD.replace(
+            "sni_suffix = \"db.example.test\"",
+            "tenant_from_options = false",
+        );
+        assert!(Config::parse(&text, Path::new("/")).is_err());
+        let text = text.replace(
+            "tenant_from_options",
+            "default_tenant = \"acme\"\ntenant_from_options",
+        );
+        Config::parse(&text, Path::new("/")).unwrap();
+        // The design's spelling of "unset".
+        let empty = text.replace("default_tenant = \"acme\"", "default_tenant = \"\"");
+        assert!(Config::parse(&empty, Path::new("/")).is_err());
+        let text = GOOD.replace("sni_suffix = ", "default_tenant = \"\"\nsni_suffix = ");
+        Config::parse(&text, Path::new("/")).unwrap();
     }
 
     #[test]
