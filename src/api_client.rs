@@ -85,12 +85,31 @@ impl fmt::Display for ApiError {
                 status,
                 code,
                 message,
-            } => write!(f, "{} {code}: {message}", status.as_u16()),
+            } => {
+                write!(f, "{} {code}: {message}", status.as_u16())?;
+                if *status == StatusCode::UNAUTHORIZED {
+                    // What a newcomer needs next: where the key goes.
+                    write!(f, " (pass an admin API key with --token or SLUICE_TOKEN)")?;
+                }
+                Ok(())
+            }
             ApiError::Timeout { url } => {
                 write!(f, "no answer from {url} within {}s", TIMEOUT.as_secs())
             }
-            ApiError::Unreachable { url, detail } | ApiError::Transport { url, detail } => {
-                write!(f, "{url}: {detail}")
+            ApiError::Unreachable { url, detail } => write!(f, "{url}: {detail}"),
+            ApiError::Transport { url, detail } => {
+                write!(f, "{url}: {detail}")?;
+                if detail.contains("invalid HTTP version")
+                    || detail.contains("connection closed before message completed")
+                {
+                    // What a Postgres listener does with an HTTP request: it answers
+                    // with bytes that are not HTTP, or closes without a word.
+                    write!(
+                        f,
+                        " (no HTTP answer: is --api the admin listener, [admin] listen, and not the proxy's port?)"
+                    )?;
+                }
+                Ok(())
             }
             ApiError::BadBody { url, detail } => {
                 write!(f, "{url}: the answer is not JSON: {detail}")
@@ -440,7 +459,10 @@ mod tests {
     fn error_bodies_become_code_and_message() {
         let body = br#"{"error":{"code":"unauthorized","message":"unknown API key"}}"#;
         let e = status_error(StatusCode::UNAUTHORIZED, body);
-        assert_eq!(e.to_string(), "401 unauthorized: unknown API key");
+        assert_eq!(
+            e.to_string(),
+            "401 unauthorized: unknown API key (pass an admin API key with --token or SLUICE_TOKEN)"
+        );
         let e = status_error(StatusCode::BAD_GATEWAY, b"<html>\n upstream\tdown </html>");
         assert_eq!(
             e.to_string(),

@@ -347,6 +347,11 @@ fn errors_are_one_clear_line_and_exit_1() {
         "{}",
         run.stderr
     );
+    assert!(
+        run.stderr.contains("--token or SLUICE_TOKEN"),
+        "a 401 says where the key goes: {}",
+        run.stderr
+    );
     let run = admin.run("tenants get nope");
     assert!(
         run.failed().starts_with("error: 404 not_found: "),
@@ -374,6 +379,13 @@ fn errors_are_one_clear_line_and_exit_1() {
     );
     let run = elsewhere(format!("{}/nope", admin.api)).run("tenants list");
     assert!(run.failed().starts_with("error: 404 "), "{}", run.stderr);
+    // The proxy's port is not the API's: the error says which to use.
+    let run = elsewhere(format!("http://{}", sluice.addr)).run("tenants list");
+    assert!(
+        run.failed().contains("is --api the admin listener"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// Create (a repeat with the same idempotency key is the same request), wait for the

@@ -518,6 +518,21 @@ fn patch_checks_keys_roles_and_input() {
         assert_eq!(r.status, status, "{body}: {}", r.body);
         assert!(r.json()["error"]["code"].is_string(), "{body}");
     }
+    // A body that does not fit names the field, in plain words.
+    let r = send(key, r#"{"pool": {"size": "3"}}"#);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(
+        r.json()["error"]["message"],
+        "pool.size: invalid type: string \"3\", expected a whole number"
+    );
+    let r = send(key, r#"{"limits": {"colour": 1}}"#);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("limits.colour: unknown field `colour`")),
+        "{}",
+        r.body
+    );
     let huge = format!(r#"{{"pool": {{"mode": "{}"}}}}"#, "x".repeat(100_000));
     assert_eq!(send(key, &huge).status, 413);
     let missing = request(

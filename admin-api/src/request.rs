@@ -57,8 +57,44 @@ impl Req {
         if !value.is_object() {
             return Err(ApiError::invalid("expected a JSON object"));
         }
-        serde_json::from_value(value).map_err(|e| ApiError::invalid(e.to_string()))
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let what = plain_words(&e.into_inner().to_string());
+            ApiError::invalid(if path == "." {
+                what
+            } else {
+                format!("{path}: {what}")
+            })
+        })
     }
+}
+
+/// serde's message with Rust's type names put in plain words: `invalid type: string
+/// "3", expected usize` becomes `invalid type: string "3", expected a whole number`.
+fn plain_words(message: &str) -> String {
+    const NAMES: [(&str, &str); 10] = [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected i64", "expected an integer"),
+        ("expected i32", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected an object"),
+    ];
+    let mut out = message.to_owned();
+    for (rust, plain) in NAMES {
+        if let Some(at) = out.find(rust) {
+            // Only a whole word: `expected u8` must not match `expected u8x`.
+            let end = at + rust.len();
+            if !out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                out.replace_range(at..end, plain);
+            }
+        }
+    }
+    out
 }
 
 /// The caller behind the request's bearer token, if it may act as `needed`.
@@ -168,7 +204,23 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, plain_words};
+
+    #[test]
+    fn rust_type_names_become_plain_words() {
+        assert_eq!(
+            plain_words("invalid type: string \"3\", expected usize"),
+            "invalid type: string \"3\", expected a whole number"
+        );
+        assert_eq!(
+            plain_words("invalid value: integer `-1`, expected u32"),
+            "invalid value: integer `-1`, expected a whole number"
+        );
+        assert_eq!(
+            plain_words("unknown field `colour`"),
+            "unknown field `colour`"
+        );
+    }
 
     #[test]
     fn percent_decoding_rejects_what_is_not_utf8_or_hex() {
