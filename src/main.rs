@@ -5,6 +5,7 @@ mod api_client;
 mod audit_cmd;
 mod config;
 mod demo;
+mod keys_cmd;
 mod roles_cmd;
 mod serve;
 mod signals;
@@ -57,6 +58,8 @@ enum Command {
     Roles(roles_cmd::RolesArgs),
     /// Read and verify the admin API's audit log.
     Audit(audit_cmd::AuditArgs),
+    /// Create, list and revoke the admin API's keys (needs an admin key).
+    Keys(keys_cmd::KeysArgs),
     /// The `lxc` driver's host side: per-tenant unprivileged containers.
     Lxc {
         #[command(subcommand)]
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Tenants(args) => tenants_cmd::run(args),
         Command::Roles(args) => roles_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),
+        Command::Keys(args) => keys_cmd::run(args),
         Command::Lxc {
             command: LxcCommand::Prepare { config },
         } => lxc_prepare(&config),

@@ -563,3 +563,59 @@ async fn roles_are_created_rotated_listed_and_deleted() {
         assert!(!events.contains(secret), "{events}");
     }
 }
+
+/// `sluice keys`: a key made with the CLI works with its role, is listed, and stops
+/// working once revoked; only an admin key may manage keys.
+#[test]
+fn keys_are_created_listed_and_revoked() {
+    let (_dir, _pki, sluice) = admin_only_sluice();
+    let admin = Cli::new(&sluice, &sluice.admin_key);
+
+    let created = admin.run("keys create --role viewer --name grafana --output json");
+    let created = created.json();
+    let key = created["key"]
+        .as_str()
+        .expect("the key is in the answer")
+        .to_owned();
+    let id = created["id"].as_str().expect("an id").to_owned();
+    assert!(key.starts_with(&format!("sk_{id}_")), "{created}");
+    assert_eq!(created["role"], "viewer", "{created}");
+
+    // The table form shows the key once, with a warning on stderr.
+    let run = admin.run("keys create --role operator");
+    assert!(run.ok().contains("sk_"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("shown only this once"),
+        "{}",
+        run.stderr
+    );
+
+    let viewer = Cli::new(&sluice, &key);
+    viewer.run("tenants list").ok();
+    let run = viewer.run("keys list");
+    assert!(
+        run.failed().starts_with("error: 403 forbidden: "),
+        "a viewer key cannot manage keys: {}",
+        run.stderr
+    );
+
+    let listed = admin.run("keys list");
+    let table = listed.ok();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("grafana")),
+        "{table}"
+    );
+
+    let run = admin.run(&format!("keys revoke {id}"));
+    assert!(run.ok().contains("revoked"), "{}", run.stdout);
+    let run = viewer.run("tenants list");
+    assert!(
+        run.failed().starts_with("error: 401 unauthorized: "),
+        "a revoked key stops working: {}",
+        run.stderr
+    );
+    let run = admin.run(&format!("keys revoke {id}"));
+    assert!(run.failed().starts_with("error: 404 "), "{}", run.stderr);
+}
