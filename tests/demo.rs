@@ -166,6 +166,9 @@ fn demo_serves_two_tenants_and_reuses_them_on_the_next_run() {
         first["tenants"][0]["password"],
         second["tenants"][0]["password"]
     );
+    // A restart over the same store says nothing about tables that exist already.
+    let log = std::fs::read_to_string(dir.path().with_extension("stderr")).unwrap();
+    assert!(!log.contains("already exists"), "{log}");
     assert_eq!(
         std::fs::read(dir.path().join("tls/ca.crt")).unwrap().len(),
         std::fs::read(first["ca_cert"].as_str().unwrap())

@@ -380,7 +380,7 @@ impl Pool {
                 conn
             };
             if self.is_expired(&conn, now) || !conn.is_idle_and_open() {
-                tracing::debug!(pool = %self.key, pid = ?conn.backend_pid(), "dropping stale server connection");
+                tracing::debug!(pool = %self.key, pid = conn.backend_pid(), "dropping stale server connection");
                 close_in_background(conn);
                 continue;
             }

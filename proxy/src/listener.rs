@@ -55,7 +55,10 @@ pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, shutdown: Can
     tracker.close();
     let grace = proxy.config.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::info!(grace = ?grace, "grace period over; terminating remaining clients");
+        tracing::info!(
+            grace_s = grace.as_secs_f64(),
+            "grace period over; terminating remaining clients"
+        );
         proxy.terminate.cancel();
         // Every task answers `terminate` promptly; this bound only guards against a
         // bug keeping the process alive forever.
@@ -83,8 +86,11 @@ async fn accept_loop(
         Ok(listener) => listener,
         Err(e) => return tracing::error!(error = %e, "cannot listen on the front runtime"),
     };
-    let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "listening");
+    // Logged as text: `127.0.0.1:6432`, or what went wrong reading it.
+    let local = listener
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+    tracing::info!(addr = %local, "listening");
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -129,7 +135,7 @@ async fn accept_loop(
             }
         }
     }
-    tracing::info!(addr = ?local, "stopped accepting");
+    tracing::info!(addr = %local, "stopped accepting");
 }
 
 /// Binds every configured address (port 0 gets one from the OS).

@@ -219,7 +219,11 @@ pub async fn establish(
             .await;
         return Err(e);
     }
-    log_connection!(proxy, backend_pid = ?server.conn().backend_pid(), "session started");
+    log_connection!(
+        proxy,
+        backend_pid = server.conn().backend_pid(),
+        "session started"
+    );
     Ok(Session {
         tenant: tenant.id.to_string(),
         counted: pool.client_joined(),

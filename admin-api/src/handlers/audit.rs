@@ -50,7 +50,10 @@ pub(crate) fn verify<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
             .await
             .map_err(|e| unavailable(format!("verifying the audit log: {e:#}")))?;
         if !verdict.ok {
-            tracing::warn!(broken_at = ?verdict.broken_at, "the audit chain does not verify");
+            tracing::warn!(
+                broken_at = verdict.broken_at,
+                "the audit chain does not verify"
+            );
         }
         Ok(json(StatusCode::OK, &verdict))
     })

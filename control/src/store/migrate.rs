@@ -33,8 +33,10 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     sql: include_str!("../../migrations/0001_control.sql"),
 }];
 
-/// Created (under the lock) before anything is read from it.
-const CREATE_SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+/// Created (under the lock) before anything is read from it; without Postgres' NOTICE
+/// that it exists already, which would otherwise reach Sluice's log at every start.
+const CREATE_SCHEMA_MIGRATIONS: &str = "SET LOCAL client_min_messages = warning;
+CREATE TABLE IF NOT EXISTS schema_migrations (
     version int PRIMARY KEY,
     name text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
