@@ -442,7 +442,8 @@ impl TenantGate {
             .expect("gate lock poisoned")
             .record_failure(&self.id, ip, Instant::now());
         if let Some(ban) = ban {
-            tracing::warn!(tenant = %self.id, %ip, ban_s = ban.as_secs(), "too many failed logins; address banned");
+            // Said inside the login's span, which names the tenant already.
+            tracing::warn!(%ip, ban_s = ban.as_secs(), "too many failed logins; address banned");
         }
         ban
     }
