@@ -1051,6 +1051,20 @@ fn deterministic_static_backend_errors_fail_the_job_at_once() {
         );
         let tenant = expect(sluice, "GET", &format!("/v1/tenants/{id}"), "", 200);
         assert_eq!(tenant["status"], "failed", "{id}: {tenant}");
+        // Creating it again says why not, and what to do.
+        let body = format!(
+            r#"{{"id": "{id}", "backend": {{"driver": "static", "host": "127.0.0.1", "port": {port}, "admin_user": "postgres", "admin_password": "x"}}}}"#
+        );
+        let again = expect(sluice, "POST", "/v1/tenants", &body, 409);
+        let message = again["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("already exists (status failed"),
+            "{id}: {again}"
+        );
+        assert!(
+            message.contains(&format!("DELETE /v1/tenants/{id}")),
+            "{id}: {again}"
+        );
     }
 
     // Nobody listens: transient, so the job is retried (and still running after its

@@ -102,6 +102,7 @@ pub(crate) fn change_error(e: ChangeError) -> ApiError {
             "conflict",
             format!("{what} already exists"),
         ),
+        ChangeError::Taken(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
         ChangeError::Missing(what) => ApiError::not_found(format!("{what} does not exist")),
         ChangeError::Conflict(what) => ApiError::new(
             StatusCode::CONFLICT,

@@ -88,6 +88,9 @@ pub struct RoleRecord {
 pub enum ChangeError {
     #[error("{0} already exists")]
     Exists(String),
+    /// The tenant exists; the message says in what state and what to do.
+    #[error("{0}")]
+    Taken(String),
     #[error("{0} does not exist")]
     Missing(String),
     /// Someone else changed the tenant since it was read.
@@ -126,6 +129,37 @@ fn to_json(value: &impl Serialize) -> anyhow::Result<String> {
 }
 
 impl Store {
+    /// Why a tenant cannot be created under `id`: it exists, and in what state (read
+    /// after the failed insert's transaction, on the store's one connection, which the
+    /// caller must have let go), with what to do about it.
+    async fn taken(&self, id: &str) -> ChangeError {
+        let found = match self.client().await {
+            Ok(client) => client
+                .query_opt(
+                    "SELECT status, suspended_reason FROM tenants WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .ok()
+                .flatten(),
+            Err(_) => None,
+        };
+        let Some(row) = found else {
+            return ChangeError::Exists(format!("tenant \"{id}\""));
+        };
+        let status: String = row.get(0);
+        let reason: Option<String> = row.get(1);
+        let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+        let next = match status.as_str() {
+            "failed" => format!("; delete it (DELETE /v1/tenants/{id}) and create it again"),
+            "deleting" => "; wait for its delete job, then create it again".to_owned(),
+            _ => String::new(),
+        };
+        ChangeError::Taken(format!(
+            "tenant \"{id}\" already exists (status {status}{why}){next}"
+        ))
+    }
+
     /// Every tenant, by id.
     pub async fn list_tenants(&self) -> anyhow::Result<Vec<TenantRecord>> {
         let rows = self
@@ -283,7 +317,10 @@ impl Store {
             .await;
         let row = match inserted {
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                return Err(ChangeError::Exists(format!("tenant \"{}\"", record.id)))
+                // The connection is this one: free it before asking what is there.
+                drop(tx);
+                drop(client);
+                return Err(self.taken(&record.id).await);
             }
             other => other.context("inserting the tenant")?,
         };
