@@ -96,7 +96,7 @@ async fn session_mode_clients_see_their_real_backend_pid_and_can_cancel() {
     assert_eq!(client.key.pid, pid, "BackendKeyData {:?}", client.key);
     assert_ne!(client.key, other.key, "each client has its own key");
     // The log line names the same pid, as a number (not Rust's `Some(…)`).
-    let log = without_colours(&env.sluice.log());
+    let log = env.sluice.plain_log();
     assert!(
         log.lines()
             .any(|l| l.contains("session started") && l.contains(&format!("backend_pid={pid}"))),
@@ -146,22 +146,4 @@ async fn a_connection_cancelled_for_query_timeout_is_not_reused() {
         pid, next_pid,
         "the cancelled connection went to the next client"
     );
-}
-
-/// `text` without its ANSI colour sequences (`ESC [ … m`).
-fn without_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

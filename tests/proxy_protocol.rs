@@ -145,25 +145,6 @@ fn v2_header(source: [u8; 4]) -> Vec<u8> {
     out
 }
 
-/// The log text without its ANSI colour sequences.
-fn without_colours(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // ESC [ ... m
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
 
 #[tokio::test]
@@ -220,7 +201,7 @@ async fn behind_haproxy_the_headers_address_is_the_clients() {
     assert_eq!(listed, ["127.0.0.3"], "{bans}");
 
     // The connection's log lines carry the client's address and the balancer's.
-    let log = without_colours(&env.sluice.log());
+    let log = env.sluice.plain_log();
     assert!(log.contains("client_addr=127.0.0.2:"), "{log}");
     assert!(log.contains(&format!("proxy_addr={BALANCER}:")), "{log}");
     // HAProxy's health checks (a LOCAL header, then close) are its own connections:

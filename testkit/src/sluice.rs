@@ -275,6 +275,26 @@ impl SluiceProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The log without its terminal colour sequences (`ESC [ … m`), as a person reads
+    /// it: what tests match fields against (`backend_pid=123`).
+    pub fn plain_log(&self) -> String {
+        let log = self.log();
+        let mut out = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// `method path` on the admin API with the bootstrap key, `body` sent as JSON when
     /// not empty, `headers` (`Name: value\r\n` lines) added; panics if the request
     /// itself fails (not on an error status).

@@ -167,7 +167,8 @@ fn declared_gigabyte_messages_are_streamed_in_both_modes() {
     // The streamed bytes were counted as relayed (the last connections may still be
     // closing).
     let streamed = || {
-        strip_ansi(&env.sluice.log())
+        env.sluice
+            .plain_log()
             .lines()
             .filter_map(|l| {
                 let v = l.split("bytes_from_client=").nth(1)?;
@@ -188,24 +189,6 @@ fn declared_gigabyte_messages_are_streamed_in_both_modes() {
         16,
         "connection lines counting 24 MB from the client"
     );
-}
-
-/// `text` without its terminal colour codes (`ESC [ ... m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Messages over the cap that can be streamed reach the server whole, in both modes:
