@@ -175,6 +175,26 @@ async fn in_transaction_mode_a_backend_ended_between_transactions_goes_unnoticed
     assert_ne!(value(&frames), pid);
 }
 
+/// Starts `copy copied from stdin` with the extended protocol, as libpq sends it (a
+/// Sync after the Execute, which the server ignores during the COPY); returns what
+/// came up to and including the CopyInResponse.
+async fn start_extended_copy(client: &mut RawClient) -> Vec<wire::frame::Frame> {
+    let mut out = bytes::BytesMut::new();
+    wire::messages::parse(&mut out, "", "copy copied from stdin", &[]);
+    wire::messages::bind_text(&mut out, "", "", &[]);
+    wire::messages::execute(&mut out, "", 0);
+    wire::messages::sync(&mut out);
+    client.send(&out).await.unwrap();
+    let mut started = Vec::new();
+    while started
+        .last()
+        .is_none_or(|f: &wire::frame::Frame| f.tag != b'G')
+    {
+        started.push(client.next().await.unwrap().expect("CopyInResponse"));
+    }
+    started
+}
+
 /// A table for COPY FROM STDIN on `acme`.
 async fn create_copied(env: &TwoTenants) {
     let client = pg_connect(&env.target("acme")).await.expect("connecting");
@@ -206,19 +226,7 @@ async fn a_client_that_half_closes_after_copy_from_stdin_gets_every_answer() {
         // Extended protocol, as libpq sends it: a Sync after the Execute (which the
         // server ignores during the COPY) and another after CopyDone.
         let mut client = RawClient::login(&target, Transport::Plain).await.unwrap();
-        let mut out = bytes::BytesMut::new();
-        wire::messages::parse(&mut out, "", "copy copied from stdin", &[]);
-        wire::messages::bind_text(&mut out, "", "", &[]);
-        wire::messages::execute(&mut out, "", 0);
-        wire::messages::sync(&mut out);
-        client.send(&out).await.unwrap();
-        let mut started = Vec::new();
-        while started
-            .last()
-            .is_none_or(|f: &wire::frame::Frame| f.tag != b'G')
-        {
-            started.push(client.next().await.unwrap().expect("CopyInResponse"));
-        }
+        let started = start_extended_copy(&mut client).await;
         assert_eq!(tags(&started), "12G", "{mode} mode, extended: {started:?}");
         let mut out = bytes::BytesMut::from(&rows[..]);
         wire::messages::sync(&mut out);
@@ -273,19 +281,8 @@ async fn a_client_that_leaves_inside_an_extended_copy_from_stdin_does_not_pass_i
             .await
             .unwrap();
         let pid = client.scalar("select pg_backend_pid()").await.unwrap();
-        let mut out = bytes::BytesMut::new();
-        wire::messages::parse(&mut out, "", "copy copied from stdin", &[]);
-        wire::messages::bind_text(&mut out, "", "", &[]);
-        wire::messages::execute(&mut out, "", 0);
-        wire::messages::sync(&mut out);
-        client.send(&out).await.unwrap();
-        let mut started = Vec::new();
-        while started
-            .last()
-            .is_none_or(|f: &wire::frame::Frame| f.tag != b'G')
-        {
-            started.push(client.next().await.unwrap().expect("CopyInResponse"));
-        }
+        let started = start_extended_copy(&mut client).await;
+        assert_eq!(tags(&started), "12G", "{mode} mode: {started:?}");
         client.send(&message(b'd', b"1\n")).await.unwrap();
         client.send(&message(b'X', b"")).await.unwrap();
         let frames = client.to_end().await.unwrap();
