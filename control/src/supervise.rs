@@ -109,6 +109,8 @@ pub(crate) async fn run(
                     }
                     match driver.ensure_running(id).await {
                         Ok(()) => {
+                            // Started and taking connections: up, from now on.
+                            health.up(id);
                             tracing::info!(tenant = id, "restarted the tenant's backend");
                             d.next_restart = Instant::now() + backoff(d.failed_restarts);
                         }
