@@ -25,7 +25,6 @@
 //! bounded in count and time; everything started runs in temporary directories on
 //! OS-assigned or free ports and is stopped by pid on exit and on panic (Drop guards).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,7 +34,7 @@ use testkit::pgbench::percentile;
 use testkit::pgbouncer::{
     app_scram_secret, ensure_pgbouncer, let_postgres_reach_socket, PgBouncer, PgBouncerSettings,
 };
-use testkit::procfs::{clock_ticks_per_second, cpu_ticks, ensure_open_files, rss_kib};
+use testkit::procfs::{self, clock_ticks_per_second, cpu_ticks, ensure_open_files, rss_kib};
 use testkit::{OneTenant, PgTarget, SluiceConfig, SluiceProcess, TenantEntry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -199,41 +198,6 @@ async fn ssl_request_answered(tcp: &mut TcpStream) -> Result<(), String> {
     }
 }
 
-/// The pooler's TCP connections on its port, by state name, from /proc/PID/net/tcp
-/// and tcp6 (the listening socket left out).
-fn sockets(pid: u32, port: u16) -> HashMap<&'static str, usize> {
-    let mut states = HashMap::new();
-    for file in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
-                continue;
-            };
-            let local_port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port != Some(port) {
-                continue;
-            }
-            let name = match *state {
-                "01" => "ESTABLISHED",
-                "06" => "TIME_WAIT",
-                "08" => "CLOSE_WAIT",
-                "0A" => continue,
-                _ => "other",
-            };
-            *states.entry(name).or_insert(0) += 1;
-        }
-    }
-    states
-}
-
-fn state(states: &HashMap<&'static str, usize>, name: &str) -> usize {
-    states.get(name).copied().unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------
 // partial: ClientHellos cut short.
 
@@ -274,7 +238,10 @@ async fn partial(bench: &Bench, pooler: &Pooler, n: usize, direct: bool) -> Part
     }
     let before = cpu_ticks(pooler.pid);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let close_wait = state(&sockets(pooler.pid, pooler.addr.port()), "CLOSE_WAIT");
+    let close_wait = procfs::in_state(
+        &procfs::tcp_states(pooler.pid, pooler.addr.port()),
+        "CLOSE_WAIT",
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let spent = cpu_ticks(pooler.pid) - before;
     let p = Partial {
@@ -451,7 +418,7 @@ async fn phase(
     let (held, failed, first_error) = hold(crowded.addr, bench.held, &bench.hello).await;
     // Every one accepted before the clock starts.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while state(&sockets(crowded.pid, port), "ESTABLISHED") < held.len()
+    while procfs::in_state(&procfs::tcp_states(crowded.pid, port), "ESTABLISHED") < held.len()
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -486,7 +453,9 @@ async fn phase(
     drop(held);
     // Let the pooler close its side before it is stopped.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while state(&sockets(crowded.pid, port), "ESTABLISHED") > 0 && Instant::now() < deadline {
+    while procfs::in_state(&procfs::tcp_states(crowded.pid, port), "ESTABLISHED") > 0
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     series

@@ -110,3 +110,41 @@ pub fn ensure_open_files(n: u64) -> u64 {
     }
     now
 }
+
+/// A process's TCP connections on local port `port`, by state (`ESTABLISHED`,
+/// `TIME_WAIT`, `CLOSE_WAIT`, `other`; listening sockets left out), from
+/// /proc/<pid>/net/tcp and tcp6. Both files list the whole network namespace; the local
+/// port is what picks the server's side of its client connections.
+pub fn tcp_states(pid: u32, port: u16) -> std::collections::HashMap<&'static str, usize> {
+    let mut states = std::collections::HashMap::new();
+    for file in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port != Some(port) {
+                continue;
+            }
+            let name = match *state {
+                "01" => "ESTABLISHED",
+                "06" => "TIME_WAIT",
+                "08" => "CLOSE_WAIT",
+                "0A" => continue, // LISTEN
+                _ => "other",
+            };
+            *states.entry(name).or_insert(0) += 1;
+        }
+    }
+    states
+}
+
+/// How many of `states` ([`tcp_states`]) are in `state`.
+pub fn in_state(states: &std::collections::HashMap<&'static str, usize>, state: &str) -> usize {
+    states.get(state).copied().unwrap_or(0)
+}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use testkit::procfs::{clock_ticks_per_second, cpu_ticks, ensure_open_files, rss_kib};
+use testkit::procfs::{self, clock_ticks_per_second, cpu_ticks, ensure_open_files, rss_kib};
 use testkit::{pg_connect_from, psql, PgTarget, SluiceConfig, TwoTenants};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -143,42 +143,9 @@ async fn visit(target: &PgTarget) -> Result<(), String> {
     Ok(())
 }
 
-/// Sluice's TCP connections on its proxy port, by state, from /proc/<pid>/net/tcp and
-/// tcp6 (the listening socket left out). Both files list the whole network namespace;
-/// the local port is what picks Sluice's side of its client connections.
+/// Sluice's TCP connections on its proxy port, by state.
 fn sluice_sockets(env: &TwoTenants) -> HashMap<&'static str, usize> {
-    let port = env.sluice.addr.port();
-    let mut states = HashMap::new();
-    for file in ["tcp", "tcp6"] {
-        let path = format!("/proc/{}/net/{file}", env.sluice.pid());
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
-                continue;
-            };
-            let local_port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port != Some(port) {
-                continue;
-            }
-            let name = match *state {
-                "01" => "ESTABLISHED",
-                "06" => "TIME_WAIT",
-                "08" => "CLOSE_WAIT",
-                "0A" => continue, // LISTEN
-                _ => "other",
-            };
-            *states.entry(name).or_insert(0) += 1;
-        }
-    }
-    states
-}
-
-fn count(states: &HashMap<&'static str, usize>, state: &str) -> usize {
-    states.get(state).copied().unwrap_or(0)
+    procfs::tcp_states(env.sluice.pid(), env.sluice.addr.port())
 }
 
 /// Waits up to `within` until `check` holds on Sluice's sockets; returns the last
@@ -517,7 +484,7 @@ fn a_thousand_partial_client_hellos_then_close_leave_nothing_behind() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let states = sluice_sockets(&env);
         assert_eq!(
-            count(&states, "CLOSE_WAIT"),
+            procfs::in_state(&states, "CLOSE_WAIT"),
             0,
             "sluice sockets after 1 s: {states:?}"
         );
@@ -600,9 +567,11 @@ fn slowloris_at_every_pre_login_phase_is_cut_by_the_login_timeout() {
             }
         }
         bystander.finish().await;
-        let states =
-            sockets_until(env, Duration::from_secs(5), |s| count(s, "CLOSE_WAIT") == 0).await;
-        assert_eq!(count(&states, "CLOSE_WAIT"), 0, "{states:?}");
+        let states = sockets_until(env, Duration::from_secs(5), |s| {
+            procfs::in_state(s, "CLOSE_WAIT") == 0
+        })
+        .await;
+        assert_eq!(procfs::in_state(&states, "CLOSE_WAIT"), 0, "{states:?}");
     });
     assert_still_serves(&mut env);
 }
@@ -700,9 +669,11 @@ fn half_open_connections_at_every_phase_are_closed_by_the_login_timeout() {
         });
         futures_util::future::join_all(silent).await;
         bystander.finish().await;
-        let states =
-            sockets_until(env, Duration::from_secs(5), |s| count(s, "CLOSE_WAIT") == 0).await;
-        assert_eq!(count(&states, "CLOSE_WAIT"), 0, "{states:?}");
+        let states = sockets_until(env, Duration::from_secs(5), |s| {
+            procfs::in_state(s, "CLOSE_WAIT") == 0
+        })
+        .await;
+        assert_eq!(procfs::in_state(&states, "CLOSE_WAIT"), 0, "{states:?}");
     });
     assert_still_serves(&mut env);
 }
@@ -767,11 +738,11 @@ fn ten_thousand_idle_pre_login_sockets_do_not_keep_another_tenant_out() {
         // queue or SYN retries on a loaded machine: 99 % held is the crowd.
         let crowd = SOCKETS - SOCKETS / 100;
         let states = sockets_until(&env, Duration::from_secs(30), |s| {
-            count(s, "ESTABLISHED") >= SOCKETS
+            procfs::in_state(s, "ESTABLISHED") >= SOCKETS
         })
         .await;
         assert!(
-            count(&states, "ESTABLISHED") >= crowd,
+            procfs::in_state(&states, "ESTABLISHED") >= crowd,
             "sluice holds {states:?}"
         );
         let bystander = Bystander::start(&env);
@@ -787,11 +758,11 @@ fn ten_thousand_idle_pre_login_sockets_do_not_keep_another_tenant_out() {
 
         drop(held);
         let states = sockets_until(&env, Duration::from_secs(30), |s| {
-            count(s, "ESTABLISHED") == 0 && count(s, "CLOSE_WAIT") == 0
+            procfs::in_state(s, "ESTABLISHED") == 0 && procfs::in_state(s, "CLOSE_WAIT") == 0
         })
         .await;
-        assert_eq!(count(&states, "CLOSE_WAIT"), 0, "{states:?}");
-        assert_eq!(count(&states, "ESTABLISHED"), 0, "{states:?}");
+        assert_eq!(procfs::in_state(&states, "CLOSE_WAIT"), 0, "{states:?}");
+        assert_eq!(procfs::in_state(&states, "ESTABLISHED"), 0, "{states:?}");
     });
     assert_still_serves(&mut env);
 }
@@ -838,7 +809,7 @@ fn the_pending_login_caps_refuse_at_accept_with_53300() {
     });
     // Sluice counts a connection when it accepts it: wait until it holds all five.
     rt.block_on(sockets_until(&env, Duration::from_secs(10), |s| {
-        count(s, "ESTABLISHED") >= 5
+        procfs::in_state(s, "ESTABLISHED") >= 5
     }));
 
     // A real client from 127.0.0.1 is told at once: psql (libpq) in plaintext shows the
@@ -878,7 +849,7 @@ fn the_pending_login_caps_refuse_at_accept_with_53300() {
             held.push(connect_from(addr, source).await.expect("connect"));
         }
         sockets_until(&env, Duration::from_secs(10), |s| {
-            count(s, "ESTABLISHED") >= 30
+            procfs::in_state(s, "ESTABLISHED") >= 30
         })
         .await;
         held
