@@ -149,28 +149,25 @@ impl DataPlane {
             }
             s.backend_up &= !pool.backend_down();
         }
-        // Every tenant of the catalog is there from its first check on, pool or no
-        // pool, and a backend the supervisor found down is down whatever the pools
-        // have seen.
-        let health = &self.0.health;
+        sums
+    }
+
+    /// `sluice_backend_up` per tenant label: what its pools saw, and what the backend
+    /// supervisor last found. Every tenant of the catalog is there from its first check
+    /// on, pool or no pool; a backend the supervisor found down is down whatever the
+    /// pools have seen.
+    fn backend_up(&self, tenants: &BTreeMap<Arc<str>, TenantSums>) -> BTreeMap<Arc<str>, bool> {
+        let mut up: BTreeMap<Arc<str>, bool> = tenants
+            .iter()
+            .map(|(label, sums)| (label.clone(), sums.backend_up))
+            .collect();
+        let labels = self.0.rejections.labels();
         for tenant in self.0.catalog.snapshot().iter() {
-            let verdict = health.is_up(tenant.id.as_str());
-            let label = labels.label(&tenant.id);
-            match (sums.get_mut(&label), verdict) {
-                (Some(s), Some(up)) => s.backend_up &= up,
-                (None, Some(up)) => {
-                    sums.insert(
-                        label,
-                        TenantSums {
-                            backend_up: up,
-                            ..TenantSums::default()
-                        },
-                    );
-                }
-                (_, None) => {}
+            if let Some(verdict) = self.0.health.is_up(tenant.id.as_str()) {
+                *up.entry(labels.label(&tenant.id)).or_insert(true) &= verdict;
             }
         }
-        sums
+        up
     }
 }
 
@@ -307,9 +304,9 @@ impl Collector for DataPlane {
             None,
             MetricType::Gauge,
         )?;
-        for (tenant, sums) in &tenants {
+        for (tenant, up) in &self.backend_up(&tenants) {
             let labels = [("tenant", &**tenant)];
-            gauge(u64::from(sums.backend_up)).encode(family.encode_family(&labels)?)?;
+            gauge(u64::from(*up)).encode(family.encode_family(&labels)?)?;
         }
 
         let rejections = &self.0.rejections;
