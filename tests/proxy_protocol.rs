@@ -3,81 +3,19 @@
 //! (`source`), the only trusted balancer (`proxy_protocol_from`); clients bind their
 //! own source addresses (127.0.0.2, 127.0.0.3, ...), which only the header carries.
 //!
-//! Needs `haproxy` on the PATH (scripts/test installs Debian's package); HAProxy runs
-//! in the foreground (`-db`) and is killed by its pid. Its health checks (`check`)
-//! reach Sluice as `LOCAL` headers throughout.
+//! Needs `haproxy` on the PATH (scripts/test installs Debian's package); see
+//! `testkit::haproxy`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use testkit::haproxy::{Haproxy, BALANCER};
 use testkit::http::get;
 use testkit::{pg_connect_from, PgTarget, TwoTenants};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::tls::MakeTlsConnect;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-
-/// Where HAProxy connects to Sluice from.
-const BALANCER: &str = "127.0.0.9";
-
-/// A HAProxy process relaying one port to Sluice with a PROXY v2 header.
-struct Haproxy {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Haproxy {
-    fn start(dir: &Path, sluice: SocketAddr) -> Haproxy {
-        // A port the OS picked, released for HAProxy to bind.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let config = format!(
-            "global\n  maxconn 1000\n\
-             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             listen sluice\n  bind {addr}\n  \
-             server s1 {sluice} send-proxy-v2 source {BALANCER} check inter 200\n"
-        );
-        let path = dir.join("haproxy.cfg");
-        std::fs::write(&path, config).expect("write haproxy.cfg");
-        let child = Command::new("haproxy")
-            .arg("-f")
-            .arg(&path)
-            .arg("-db")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy on the PATH (apt-get install haproxy)");
-        let mut haproxy = Haproxy { child, addr };
-        let start = Instant::now();
-        loop {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = haproxy.child.try_wait() {
-                panic!("haproxy exited: {status}");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "haproxy did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        haproxy
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn env(mode: &str, proxy: &[&str], limits: &[&str]) -> TwoTenants {
     TwoTenants::start(BIN.as_ref(), |c| {

@@ -15,6 +15,7 @@ pub mod clients;
 pub mod cluster;
 pub mod env;
 pub mod fake_pve;
+pub mod haproxy;
 pub mod http;
 pub mod idle;
 pub mod pgbench;
