@@ -15,6 +15,7 @@ pub mod clients;
 pub mod cluster;
 pub mod env;
 pub mod fake_pve;
+pub mod fleet;
 pub mod haproxy;
 pub mod http;
 pub mod idle;

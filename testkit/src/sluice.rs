@@ -83,6 +83,9 @@ pub struct SluiceConfig {
     pub tenant_from_options: bool,
     pub login_timeout_ms: u64,
     pub shutdown_grace_s: u64,
+    /// `[proxy] listen`: `127.0.0.1:0` (a port from the OS) unless a test needs a
+    /// fixed one (a replica restarted beside itself on the same port).
+    pub listen: String,
     /// Lines for `[defaults.pool]`.
     pub default_pool: Vec<String>,
     /// Lines for `[defaults.limits]`.
@@ -118,6 +121,7 @@ impl SluiceConfig {
             tenant_from_options: true,
             login_timeout_ms: 15_000,
             shutdown_grace_s: 5,
+            listen: "127.0.0.1:0".into(),
             default_pool: Vec::new(),
             default_limits: Vec::new(),
             log_format: "text",
@@ -134,12 +138,13 @@ impl SluiceConfig {
 
     pub fn to_toml(&self, data_dir: &Path) -> String {
         let mut s = format!(
-            "data_dir = {:?}\nlog_format = \"{}\"\n[proxy]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n\
+            "data_dir = {:?}\nlog_format = \"{}\"\n[proxy]\nlisten = [{:?}]\ntls_cert = {:?}\ntls_key = {:?}\n\
              sni_suffix = \"{}\"\nrequire_tls = {}\ntenant_from_options = {}\nlogin_timeout_ms = {}\n\
              shutdown_grace_s = {}\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n{}\n\n\
              [metrics]\n{}\n\n[defaults.pool]\n{}\n\n[defaults.limits]\n{}\n",
             data_dir.display().to_string(),
             self.log_format,
+            self.listen,
             self.pki.proxy_cert.display().to_string(),
             self.pki.proxy_key.display().to_string(),
             crate::pki::SNI_SUFFIX,
