@@ -6,6 +6,7 @@ mod audit_cmd;
 mod config;
 mod demo;
 mod keys_cmd;
+mod replicas_cmd;
 mod roles_cmd;
 mod serve;
 mod signals;
@@ -60,6 +61,8 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Create, list and revoke the admin API's keys (needs an admin key).
     Keys(keys_cmd::KeysArgs),
+    /// List the live replicas of the fleet through the admin API.
+    Replicas(replicas_cmd::ReplicasArgs),
     /// The `lxc` driver's host side: per-tenant unprivileged containers.
     Lxc {
         #[command(subcommand)]
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::Roles(args) => roles_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),
         Command::Keys(args) => keys_cmd::run(args),
+        Command::Replicas(args) => replicas_cmd::run(args),
         Command::Lxc {
             command: LxcCommand::Prepare { config },
         } => lxc_prepare(&config),
