@@ -203,6 +203,8 @@ async fn session(
     accepted: Instant,
     deadline: Instant,
 ) {
+    // A tenant's own host name: its certificate, its channel binding, its tenant.
+    let mut host = None;
     let negotiated = match handoff {
         Handoff::Plain { tcp, startup } => match TcpStream::from_std(tcp) {
             Ok(tcp) => Ok(Negotiated::Startup {
@@ -222,10 +224,14 @@ async fn session(
                 Ok(tcp) => tcp,
                 Err(e) => return tracing::warn!(error = %e, "could not take the connection over"),
             };
-            let tls = proxy
-                .tls
-                .as_ref()
-                .expect("TLS is wanted only when configured");
+            host = sni.as_deref().and_then(|name| proxy.hostnames.get(name));
+            let tls = match &host {
+                Some(host) => &host.tls,
+                None => proxy
+                    .tls
+                    .as_ref()
+                    .expect("TLS is wanted only when configured"),
+            };
             let hello = ClientHello {
                 tcp,
                 accepted,
@@ -261,6 +267,7 @@ async fn session(
         &mut stream,
         &startup,
         sni.as_deref(),
+        host.as_deref(),
         client.ip(),
         &mut admission,
     ));
@@ -319,12 +326,21 @@ async fn at_client_hello(
     }
     // Only SNI counts here: options and the user name are not read yet, and may name
     // another tenant than the default.
+    let host = sni.and_then(|name| proxy.hostnames.get(name));
     let client = router::IdentifyClient {
         sni,
+        host_tenant: host.as_ref().map(|h| h.tenant.as_str()),
         ..Default::default()
     };
     let identified = match router::identify(&proxy.config.identify, client, |_| false) {
-        Ok(identified) if identified.source == router::TenantSource::Sni => identified,
+        Ok(identified)
+            if matches!(
+                identified.source,
+                router::TenantSource::Sni | router::TenantSource::Hostname
+            ) =>
+        {
+            identified
+        }
         _ => return,
     };
     let Some(tenant) = proxy.catalog.snapshot().get(&identified.tenant).cloned() else {

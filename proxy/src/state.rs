@@ -17,6 +17,7 @@ use crate::cancel::{CancelRates, CancelRegistry};
 use crate::config::ProxyConfig;
 use crate::prelogin::PendingLogins;
 use crate::secrets::SecretCache;
+use crate::tls::hostnames::HostCerts;
 use crate::tls::ServerTls;
 use router::memory::MemoryBudget;
 
@@ -25,6 +26,9 @@ use router::memory::MemoryBudget;
 pub struct Proxy {
     pub config: ProxyConfig,
     pub tls: Option<ServerTls>,
+    /// Tenants' own host names with their certificates, chosen by exact SNI; replaced
+    /// whole by whoever follows the store (empty until then).
+    pub hostnames: Arc<HostCerts>,
     pub catalog: Arc<CatalogHandle>,
     pub pools: Arc<Pools>,
     pub secrets: SecretCache,
@@ -71,6 +75,7 @@ impl Proxy {
             ),
             config,
             tls,
+            hostnames: Arc::default(),
             catalog,
             pools,
             cancels,
