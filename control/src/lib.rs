@@ -10,7 +10,8 @@
 //! - [`jobs`]: the provisioning worker (create and delete jobs) over the [`drivers`];
 //!   [`supervise`]: restarts backends found down; [`refusals`]: refused connections
 //!   summed into the audit log.
-//! - [`roles`]: a tenant's login roles, managed on its backend.
+//! - [`roles`]: a tenant's login roles, managed on its backend; [`hostnames`]: what a
+//!   tenant's own host name and its certificate must be.
 //! - [`secrets`]: backend credentials sealed at rest; [`keys`]: the admin API keys and
 //!   their roles.
 //! - [`plane`]: the parts above as one process runs them.
@@ -23,6 +24,7 @@
 pub mod catalog_sync;
 pub mod drivers;
 pub mod health;
+pub mod hostnames;
 pub mod jobs;
 pub mod keys;
 pub mod open;

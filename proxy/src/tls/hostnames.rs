@@ -1,17 +1,19 @@
 //! Tenants' own host names (`db.acme-corp.com`), each with its own certificate, chosen
 //! by the exact TLS server name.
 //!
-//! A building block for custom hostnames: the set is replaced whole (hot-swapped, no
-//! restart) and read lock-free at every ClientHello. Nothing fills it yet; the plan is
-//! that the catalog sync hands it the hostnames stored with
-//! `POST /v1/tenants/{id}/hostnames`, and that the TLS phase serves the matching
-//! certificate (and its channel binding for SCRAM-SHA-256-PLUS) and names the tenant.
+//! The set follows the catalog: the host names stored with
+//! `POST /v1/tenants/{id}/hostnames` reach every process's catalog through the catalog
+//! sync (`Tenant::hostnames`), and each catalog published replaces the set whole
+//! ([`HostCerts::apply`]; hot-swapped, no restart), which is read lock-free at every
+//! ClientHello. The TLS phase serves the matching certificate (and its channel binding
+//! for SCRAM-SHA-256-PLUS) and names the tenant. A tenant that leaves the catalog takes
+//! its host names with it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use router::TenantId;
+use router::{Catalog, TenantId};
 
 use super::ServerTls;
 
@@ -61,6 +63,20 @@ impl HostCerts {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Replaces the whole set with the host names of the tenants in `catalog` (see
+    /// [`HostCerts::replace`]).
+    pub fn apply(&self, catalog: &Catalog) -> Vec<HostCertError> {
+        let entries = catalog.iter().flat_map(|tenant| {
+            tenant.hostnames.iter().map(|h| HostEntry {
+                hostname: h.name.clone(),
+                tenant: tenant.id.clone(),
+                cert_pem: h.cert_pem.clone(),
+                key_pem: h.key_pem.clone(),
+            })
+        });
+        self.replace(entries)
     }
 
     /// Replaces the whole set with `entries`. An entry whose certificate or key is
