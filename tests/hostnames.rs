@@ -185,7 +185,8 @@ async fn a_tenants_own_host_name_is_served_with_its_own_certificate() {
         "acme",
         &json!({"hostname": NAME, "cert": cert2, "key": key2}),
     );
-    assert_eq!(r.status, 200, "replaced: {}", r.body);
+    assert_eq!(r.status, 201, "replaced: {}", r.body);
+    assert_ne!(r.json()["updated_at"], r.json()["created_at"]);
     assert_ne!(r.json()["fingerprint"], first_fingerprint.as_str());
     let tenant = login(&by_name(&env, &ca2)).await.expect("new cert");
     assert_eq!(tenant, "acme");

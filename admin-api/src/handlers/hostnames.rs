@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use control::hostnames::{self, CertSummary};
 use control::keys::Role;
-use control::store::{HostnamePut, HostnameRecord};
+use control::store::HostnameRecord;
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -102,7 +102,8 @@ pub(crate) fn list<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
 }
 
 /// `POST /v1/tenants/{id}/hostnames` `{"hostname", "cert", "key"}` → 201 with the host
-/// name (200 when it replaced the certificate of one the tenant had).
+/// name as stored, whether added or its certificate replaced (the audit event's
+/// `replaced` says which; so does `updated_at` after `created_at`).
 pub(crate) fn add<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
     Box::pin(async move {
         let caller = authorize(state, req, Role::Operator)?;
@@ -147,11 +148,7 @@ pub(crate) fn add<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
                 ApiError::not_found(format!("host name \"{hostname}\" was removed meanwhile"))
             })?;
         tracing::info!(tenant = %id, %hostname, ?put, fingerprint = %summary.fingerprint, key_id = %caller.key_id, "host name stored through the API");
-        let status = match put {
-            HostnamePut::Added => StatusCode::CREATED,
-            HostnamePut::Replaced => StatusCode::OK,
-        };
-        Ok(json(status, &HostnameView::of(&record)))
+        Ok(json(StatusCode::CREATED, &HostnameView::of(&record)))
     })
 }
 
