@@ -197,6 +197,9 @@ pub async fn establish(
             });
         }
     }
+    // Queued for a server connection, the client waits up to the pool's `max_wait`
+    // (then 53300), even past the login deadline (session.rs).
+    let _ = admission.queue_wait.set(pool.settings().max_wait);
     let mut server = checkout(proxy, &pool, &credential).await?;
     params::sync(server.conn(), &settings, tenant.id.as_str()).await?;
     let settings_applied = !settings.is_empty();

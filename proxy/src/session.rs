@@ -262,6 +262,7 @@ async fn session(
     // relays below: each phase's state is allocated while it runs and freed after, so
     // an idle client's task holds only what its relay needs (see docs/transaction-mode.md
     // on memory per idle client).
+    let queue_wait = admission.queue_wait.clone();
     let login = Box::pin(establish(
         &proxy,
         &mut stream,
@@ -272,7 +273,7 @@ async fn session(
         &mut admission,
     ));
     let tenant = |a: &Admission| a.tenant.clone();
-    let session = match timeout_at(deadline, login).await {
+    let session = match login_within(deadline, &queue_wait, login).await {
         Ok(Ok(session)) => session,
         Ok(Err(err)) => {
             return Box::pin(refuse(
@@ -414,6 +415,24 @@ async fn handle_cancel(
     // shutdown first would only cost a storm of cancels one more system call each.
     if stream.is_tls() {
         let _ = tokio::time::timeout(REJECT_TIMEOUT, stream.shutdown()).await;
+    }
+}
+
+/// Runs `login` until `deadline`; a login that has proved the password and queues for a
+/// server connection by then (`queue_wait` set: the pool's `max_wait`) may run on up to
+/// `max_wait` past it, so a full pool answers with its own 53300 after `max_wait_ms`, as
+/// PgBouncer's `query_wait_timeout`, rather than the login timeout's 57014.
+async fn login_within<F: std::future::Future + Unpin>(
+    deadline: Instant,
+    queue_wait: &std::sync::OnceLock<std::time::Duration>,
+    mut login: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match timeout_at(deadline, &mut login).await {
+        Err(elapsed) => match queue_wait.get() {
+            Some(max_wait) => timeout_at(deadline + *max_wait, login).await,
+            None => Err(elapsed),
+        },
+        done => done,
     }
 }
 

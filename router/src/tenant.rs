@@ -256,7 +256,8 @@ impl Default for PoolSettings {
         PoolSettings {
             mode: PoolMode::Session,
             size: 20,
-            max_wait: Duration::from_millis(5000),
+            // PgBouncer's query_wait_timeout.
+            max_wait: Duration::from_secs(120),
             idle_timeout: Duration::from_secs(600),
             lifetime: Duration::from_secs(3600),
             max_prepared_statements: 200,
