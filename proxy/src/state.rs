@@ -18,6 +18,7 @@ use crate::config::ProxyConfig;
 use crate::fleet::FleetLink;
 use crate::prelogin::PendingLogins;
 use crate::secrets::SecretCache;
+use crate::tls::hostnames::HostCerts;
 use crate::tls::ServerTls;
 use router::memory::MemoryBudget;
 
@@ -26,6 +27,9 @@ use router::memory::MemoryBudget;
 pub struct Proxy {
     pub config: ProxyConfig,
     pub tls: Option<ServerTls>,
+    /// Tenants' own host names with their certificates, chosen by exact SNI; replaced
+    /// whole by whoever follows the store (empty until then).
+    pub hostnames: Arc<HostCerts>,
     pub catalog: Arc<CatalogHandle>,
     pub pools: Arc<Pools>,
     pub secrets: SecretCache,
@@ -80,6 +84,7 @@ impl Proxy {
             ),
             config,
             tls,
+            hostnames: Arc::default(),
             catalog,
             pools,
             cancels,
