@@ -34,11 +34,12 @@ use wire::messages::tag;
 use crate::error::ClientError;
 use crate::goodbye::{tell_and_close, terminated, REJECT_TIMEOUT};
 use crate::login::Session;
-use crate::relay::{Pace, Tally};
+use crate::relay::Pace;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
 use attached::{header_at, read_server, Attached, READ_BUFFER};
 use client::{Client, End, SETTABLE_REPORTED};
+use pooler::registry::ClientEntry;
 use router::memory::Exhausted;
 use statements::ClientStatements;
 
@@ -53,7 +54,7 @@ pub async fn run(
     stream: ClientStream,
     session: Session,
     client_id: u64,
-    tally: &Tally,
+    registered: &ClientEntry,
 ) -> String {
     let Session {
         tenant,
@@ -96,10 +97,12 @@ pub async fn run(
         };
         Box::pin(server.release(release)).await;
     }
+    registered.detached();
     let memory = proxy.memory.grant(&gate.id);
     let mut client = Client {
         proxy,
-        tally,
+        tally: &registered.tally,
+        registered,
         pool,
         tenant,
         stream,

@@ -55,7 +55,10 @@ fn error_and_notice_fields_read_back() {
 
 #[test]
 fn authentication_requests_read_back() {
-    assert!(matches!(built(messages::auth_ok), Message::AuthenticationOk));
+    assert!(matches!(
+        built(messages::auth_ok),
+        Message::AuthenticationOk
+    ));
     assert!(matches!(
         built(messages::auth_cleartext),
         Message::AuthenticationCleartextPassword
@@ -71,7 +74,11 @@ fn authentication_requests_read_back() {
     else {
         panic!("not SASL")
     };
-    let mechanisms: Vec<String> = body.mechanisms().map(|m| Ok(m.to_owned())).collect().unwrap();
+    let mechanisms: Vec<String> = body
+        .mechanisms()
+        .map(|m| Ok(m.to_owned()))
+        .collect()
+        .unwrap();
     assert_eq!(mechanisms, ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
     let Message::AuthenticationSaslContinue(body) =
         built(|out| messages::auth_sasl_continue(out, b"r=abc,s=def,i=4096"))

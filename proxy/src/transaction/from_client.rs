@@ -271,7 +271,9 @@ impl Client<'_> {
 
     /// Takes a server connection from the pool and makes it match this client.
     pub(super) async fn attach(&mut self) -> Result<Attached, ClientError> {
+        self.registered.waiting();
         let mut server = checkout(self.proxy, &self.pool, &self.credential).await?;
+        server.lend_to(self.registered);
         let settings: Vec<(String, String)> = self
             .settings
             .iter()
