@@ -4,7 +4,8 @@
 use hyper::{Method, StatusCode};
 
 use crate::error::ApiError;
-use crate::handlers::{api_keys, audit, bans, health, jobs, pools, roles, tenant_changes};
+use crate::handlers::tenant_changes;
+use crate::handlers::{api_keys, audit, bans, connections, health, jobs, pools, roles};
 use crate::handlers::{tenant_create, tenants};
 use crate::request::Handler::{self, Later, Now};
 use crate::request::Req;
@@ -48,6 +49,21 @@ static ROUTES: &[Route] = &[
     Route {
         template: "/v1/pools",
         methods: &[(Method::GET, Now(pools::pools))],
+    },
+    Route {
+        template: "/v1/clients",
+        methods: &[(Method::GET, Now(connections::clients))],
+    },
+    Route {
+        template: "/v1/servers",
+        methods: &[(Method::GET, Now(connections::servers))],
+    },
+    Route {
+        template: "/v1/tenants/{id}/pause",
+        methods: &[
+            (Method::POST, Later(connections::pause)),
+            (Method::DELETE, Later(connections::unpause)),
+        ],
     },
     Route {
         template: "/v1/tenants",
