@@ -335,3 +335,64 @@ async fn reconnect_and_kill_act_on_one_tenant() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_the_cli_list_a_connected_client_and_its_server() {
+    let env = start();
+    let app = pg_connect(&env.target("acme")).await.unwrap();
+    let pid: i32 = scalar(&app, "SELECT pg_backend_pid()").await;
+    app.batch_execute("BEGIN").await.unwrap();
+    let get = |path: &str| -> Value {
+        let answer = env.sluice.api("GET", path, "", "");
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        serde_json::from_str(&answer.body).unwrap()
+    };
+    let clients = get("/v1/clients?tenant=acme");
+    let client = &clients["clients"][0];
+    assert_eq!(clients["clients"].as_array().unwrap().len(), 1, "{clients}");
+    assert_eq!(client["addr"], "127.0.0.1", "{client}");
+    assert_eq!(client["state"], "active", "inside a transaction: {client}");
+    assert_eq!(client["tls"], true);
+    assert_eq!(client["backend_pid"], pid, "{client}");
+    let servers = get("/v1/servers?tenant=acme");
+    let server = &servers["servers"][0];
+    assert_eq!(server["state"], "active", "{server}");
+    assert_eq!(server["client_id"], client["id"], "{server}");
+    assert_eq!(server["id"], client["server_id"]);
+    assert_eq!(
+        get("/v1/clients?tenant=globex"),
+        serde_json::json!({"clients": []})
+    );
+    app.batch_execute("COMMIT").await.unwrap();
+    let clients = get("/v1/clients");
+    assert_eq!(clients["clients"][0]["state"], "idle", "{clients}");
+    assert_eq!(clients["clients"][0]["server_id"], Value::Null);
+
+    // The CLI prints the same lists as tables.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .env("SLUICE_API", format!("http://{}", env.sluice.admin_addr))
+            .env("SLUICE_TOKEN", &env.sluice.admin_key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = cli(&["clients"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID  TENANT  DATABASE"), "{table}");
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(row[1..5], ["acme", "app", "app", "idle"], "{table}");
+    assert!(row[5].starts_with("127.0.0.1:"), "{table}");
+    let table = cli(&["servers", "--tenant", "acme"]);
+    assert!(table.lines().nth(1).unwrap().contains(" idle "), "{table}");
+    assert!(table.contains(&pid.to_string()), "{table}");
+    let json = cli(&["clients", "--output", "json"]);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["clients"][0]["tenant"], "acme");
+}
