@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::clients::{pg_connect, psql, scalar, PgTarget};
+use testkit::clients::{pg_connect, pg_connect_from, psql, scalar, PgTarget};
 use testkit::TwoTenants;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -319,12 +319,23 @@ async fn reconnect_and_kill_act_on_one_tenant() {
         globex_pid
     );
 
+    // A client whose connection task tells how it ended: with KILL's ErrorResponse.
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let (killed, ended) = pg_connect_from(&env.target("acme"), loopback)
+        .await
+        .unwrap();
+    assert_eq!(scalar::<i32>(&killed, "SELECT 1").await, 1);
     rows(&console, "KILL acme").await;
-    let err = acme.simple_query("SELECT 1").await.unwrap_err();
-    if let Some(db) = err.as_db_error() {
-        assert_eq!(db.code().code(), "57P01", "{db}");
-        assert!(db.message().contains("administrator command"), "{db}");
-    }
+    let err = ended.await.unwrap().expect_err("KILL ends the session");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("no ErrorResponse: {err}"));
+    assert_eq!(db.code().code(), "57P01", "{db}");
+    assert_eq!(
+        db.message(),
+        "terminating connection due to administrator command"
+    );
+    assert!(acme.simple_query("SELECT 1").await.is_err());
     assert_eq!(scalar::<i32>(&globex, "SELECT 1").await, 1);
     // New clients of the killed tenant are welcome again.
     let again = pg_connect(&env.target("acme")).await.unwrap();
@@ -395,4 +406,52 @@ async fn the_api_and_the_cli_list_a_connected_client_and_its_server() {
     let json = cli(&["clients", "--output", "json"]);
     let json: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["clients"][0]["tenant"], "acme");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_session_mode_a_login_during_pause_waits_for_resume() {
+    let env = TwoTenants::start(BIN.as_ref(), |_| {}).expect("starting two tenants");
+    let console = pg_connect(&console(&env, &env.sluice.admin_key))
+        .await
+        .unwrap();
+    // A session-mode client holds its server connection: PAUSE waits for it to leave.
+    let first = pg_connect(&env.target("acme")).await.unwrap();
+    let pause = tokio::spawn({
+        let console = pg_connect(&console_target(&env, &env.sluice.admin_key))
+            .await
+            .unwrap();
+        async move { console.simple_query("PAUSE acme").await.map(|_| ()) }
+    });
+    until("acme shows as paused", || async {
+        rows(&console, "SHOW POOLS")
+            .await
+            .iter()
+            .any(|p| p[0] == "acme" && p[10] == "true")
+    })
+    .await;
+    assert!(
+        !pause.is_finished(),
+        "PAUSE returned while a session held a connection"
+    );
+    drop(first);
+    pause
+        .await
+        .unwrap()
+        .expect("PAUSE returns once the session left");
+    // A new login waits for a server connection, and is in once RESUMEd.
+    let target = env.target("acme");
+    let login = tokio::spawn(async move {
+        let client = pg_connect(&target).await.unwrap();
+        scalar::<i32>(&client, "SELECT 4").await
+    });
+    until("a login waits", || async {
+        rows(&console, "SHOW POOLS")
+            .await
+            .iter()
+            .any(|p| p[0] == "acme" && p[4] == "1")
+    })
+    .await;
+    assert!(!login.is_finished());
+    rows(&console, "RESUME").await;
+    assert_eq!(login.await.unwrap(), 4);
 }
