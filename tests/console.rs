@@ -141,8 +141,9 @@ async fn psql_runs_every_show_and_sees_a_connected_client() {
     );
     assert!(psql(&admin, "SHOW VERSION").stdout.starts_with("Sluice "));
     let pools = psql(&admin, "SHOW POOLS");
+    // One client between transactions (cl_idle), one idle server connection.
     assert!(
-        pools.stdout.contains("acme|app|app|1|0|0|1|"),
+        pools.stdout.contains("acme|app|app|0|1|0|0|1|"),
         "{}",
         pools.stdout
     );
@@ -426,7 +427,7 @@ async fn in_session_mode_a_login_during_pause_waits_for_resume() {
         rows(&console, "SHOW POOLS")
             .await
             .iter()
-            .any(|p| p[0] == "acme" && p[10] == "true")
+            .any(|p| p[0] == "acme" && p[11] == "true")
     })
     .await;
     assert!(
@@ -448,7 +449,7 @@ async fn in_session_mode_a_login_during_pause_waits_for_resume() {
         rows(&console, "SHOW POOLS")
             .await
             .iter()
-            .any(|p| p[0] == "acme" && p[4] == "1")
+            .any(|p| p[0] == "acme" && p[5] == "1")
     })
     .await;
     assert!(!login.is_finished());

@@ -59,6 +59,7 @@ fn pools(proxy: &Proxy) -> Table {
         "database",
         "user",
         "cl_active",
+        "cl_idle",
         "cl_waiting",
         "sv_active",
         "sv_idle",
@@ -69,11 +70,16 @@ fn pools(proxy: &Proxy) -> Table {
     ]);
     for pool in sorted_pools(proxy) {
         let c = pool.counts();
+        // As /v1/pools counts them: server connections handed out are held by clients;
+        // the other logged-in clients hold nothing. A session-mode login waiting for
+        // its first connection is waiting, not yet a client of the pool.
+        let active = c.active.min(c.clients);
         t.row(vec![
             text(&pool.key.tenant),
             text(&pool.key.database),
             text(&pool.key.role),
-            text(c.clients.saturating_sub(c.waiting)),
+            text(active),
+            text(c.clients.saturating_sub(active + c.waiting)),
             text(c.waiting),
             text(c.active),
             text(c.idle),
