@@ -407,6 +407,32 @@ async fn the_api_and_the_cli_list_a_connected_client_and_its_server() {
     let json = cli(&["clients", "--output", "json"]);
     let json: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["clients"][0]["tenant"], "acme");
+
+    // PAUSE and RESUME through the API, with the CLI.
+    let paused = cli(&["tenants", "pause", "acme"]);
+    assert_eq!(
+        paused.trim(),
+        "tenant acme: paused true, 0 server connection(s) in use"
+    );
+    let console = pg_connect(&console(&env, &env.sluice.admin_key))
+        .await
+        .unwrap();
+    let tenants = rows(&console, "SHOW TENANTS").await;
+    assert!(
+        tenants.iter().any(|t| t[0] == "acme" && t[2] == "true"),
+        "{tenants:?}"
+    );
+    let resumed = cli(&["tenants", "unpause", "acme"]);
+    assert!(
+        resumed.starts_with("tenant acme: paused false"),
+        "{resumed}"
+    );
+    let events = get("/v1/audit-events?tenant=acme");
+    assert_eq!(
+        events["events"][0]["action"], "tenant.pause.lift",
+        "{events}"
+    );
+    assert_eq!(events["events"][1]["action"], "tenant.pause", "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
