@@ -482,3 +482,32 @@ async fn in_session_mode_a_login_during_pause_waits_for_resume() {
     rows(&console, "RESUME").await;
     assert_eq!(login.await.unwrap(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_ends_clients_waiting_in_a_pause_at_once() {
+    let env = start();
+    let console = pg_connect(&console(&env, &env.sluice.admin_key))
+        .await
+        .unwrap();
+    let app = pg_connect(&env.target("acme")).await.unwrap();
+    rows(&console, "PAUSE acme").await;
+    let query = tokio::spawn(async move { app.simple_query("SELECT 1").await.map(|_| ()) });
+    until("the client waits", || async {
+        rows(&console, "SHOW CLIENTS")
+            .await
+            .iter()
+            .any(|c| c[1] == "acme" && c[4] == "waiting")
+    })
+    .await;
+    rows(&console, "KILL acme").await;
+    let err = query
+        .await
+        .unwrap()
+        .expect_err("KILL ends the waiting client");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("no ErrorResponse: {err}"));
+    // Told why at once: not the pool timeout (53300) at the end of max_wait.
+    assert_eq!(db.code().code(), "57P01", "{db}");
+    rows(&console, "RESUME acme").await;
+}

@@ -111,6 +111,7 @@ pub async fn run(
         statements: ClientStatements::new(client_id),
         credential,
         limits,
+        ending: gate.session_token(),
         gate,
         active_at: Instant::now(),
         reported,
@@ -272,7 +273,7 @@ impl Client<'_> {
 impl Client<'_> {
     async fn serve(&mut self, attached: &mut Option<Attached>) -> End {
         let mut cbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
-        let terminate = self.gate.session_token();
+        let terminate = self.ending.clone();
         // The client closed its side (EOF, or a TLS close_notify) after whole messages:
         // the server's answers to them are still relayed, as Postgres would send them.
         let mut client_done = false;

@@ -60,6 +60,10 @@ pub(super) struct Client<'a> {
     pub(super) credential: pooler::ServerCredential,
     pub(super) limits: Limits,
     pub(super) gate: Arc<TenantGate>,
+    /// The tenant's session token at login (a suspension with `terminate`, KILL, the
+    /// end of shutdown's grace): it ends the client's loop and a wait for a server
+    /// connection alike.
+    pub(super) ending: tokio_util::sync::CancellationToken,
     /// When the client last sent anything (for `client_idle_timeout`).
     pub(super) active_at: Instant,
     /// The parameters the server reports (lowercase): a `SET` of one of them is
