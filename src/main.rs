@@ -4,6 +4,7 @@ mod api_args;
 mod api_client;
 mod audit_cmd;
 mod config;
+mod connections_cmd;
 mod demo;
 mod keys_cmd;
 mod replicas_cmd;
@@ -53,6 +54,10 @@ enum Command {
     },
     /// Show pool and tenant statistics from a running Sluice's admin API.
     Stats(stats_cmd::StatsArgs),
+    /// List the clients logged in to a running Sluice (PgBouncer's SHOW CLIENTS).
+    Clients(connections_cmd::ConnectionsArgs),
+    /// List a running Sluice's open server connections (PgBouncer's SHOW SERVERS).
+    Servers(connections_cmd::ConnectionsArgs),
     /// Create, list, change, suspend and delete tenants through the admin API.
     Tenants(tenants_cmd::TenantsArgs),
     /// Manage a tenant's login roles through the admin API.
@@ -103,6 +108,8 @@ fn main() -> ExitCode {
             admin_listen,
         } => demo::run(&dir, listen, admin_listen),
         Command::Stats(args) => stats_cmd::run(args),
+        Command::Clients(args) => connections_cmd::run(connections_cmd::Kind::Clients, args),
+        Command::Servers(args) => connections_cmd::run(connections_cmd::Kind::Servers, args),
         Command::Tenants(args) => tenants_cmd::run(args),
         Command::Roles(args) => roles_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),

@@ -324,6 +324,13 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         hint,
     )
     .await?;
+    // The admin console on the proxy port takes the same keys and writes the same
+    // audit log as the API (proxy/src/console.rs).
+    let console = control::console::ConsoleKeys {
+        keys: admin.state.keys.clone(),
+        control: control.control.clone(),
+    };
+    let _ = proxy.console.set(Arc::new(console));
     let fleet = match &runtime.fleet {
         Some(fleet) => Some(join_fleet(fleet, &control.control, &proxy, &addrs, admin.addr).await?),
         None => None,

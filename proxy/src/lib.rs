@@ -32,6 +32,7 @@ pub mod admit;
 pub mod auth;
 pub mod cancel;
 pub mod config;
+pub mod console;
 pub mod error;
 mod farewell;
 pub mod fleet;

@@ -47,6 +47,9 @@ pub struct Proxy {
     pub fleet: Option<Arc<FleetLink>>,
     /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
     pub terminate: CancellationToken,
+    /// The API keys and audit log the admin console (console.rs) uses; set once by
+    /// the binary when the control plane is up. Unset, the console refuses logins.
+    pub console: std::sync::OnceLock<Arc<dyn router::console::ConsoleAuthority>>,
     next_id: AtomicU64,
 }
 
@@ -91,6 +94,7 @@ impl Proxy {
             fleet,
             mock_secret: MockSecret::random(),
             terminate,
+            console: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
         }
     }

@@ -34,11 +34,12 @@ use wire::messages::tag;
 use crate::error::ClientError;
 use crate::goodbye::{tell_and_close, terminated, REJECT_TIMEOUT};
 use crate::login::Session;
-use crate::relay::{Pace, Tally};
+use crate::relay::Pace;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
 use attached::{header_at, read_server, Attached, READ_BUFFER};
 use client::{Client, End, SETTABLE_REPORTED};
+use pooler::registry::ClientEntry;
 use router::memory::Exhausted;
 use statements::ClientStatements;
 
@@ -53,7 +54,7 @@ pub async fn run(
     stream: ClientStream,
     session: Session,
     client_id: u64,
-    tally: &Tally,
+    registered: &ClientEntry,
 ) -> String {
     let Session {
         tenant,
@@ -96,10 +97,12 @@ pub async fn run(
         };
         Box::pin(server.release(release)).await;
     }
+    registered.detached();
     let memory = proxy.memory.grant(&gate.id);
     let mut client = Client {
         proxy,
-        tally,
+        tally: &registered.tally,
+        registered,
         pool,
         tenant,
         stream,
@@ -108,6 +111,7 @@ pub async fn run(
         statements: ClientStatements::new(client_id),
         credential,
         limits,
+        ending: gate.session_token(),
         gate,
         active_at: Instant::now(),
         reported,
@@ -269,7 +273,7 @@ impl Client<'_> {
 impl Client<'_> {
     async fn serve(&mut self, attached: &mut Option<Attached>) -> End {
         let mut cbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
-        let terminate = self.gate.session_token();
+        let terminate = self.ending.clone();
         // The client closed its side (EOF, or a TLS close_notify) after whole messages:
         // the server's answers to them are still relayed, as Postgres would send them.
         let mut client_done = false;
