@@ -51,6 +51,9 @@ enum Command {
         /// Admin API (and /metrics) listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin_listen: SocketAddr,
+        /// Run a fleet of this many replicas behind HAProxy on --listen (needs haproxy).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+        replicas: u8,
     },
     /// Show pool and tenant statistics from a running Sluice's admin API.
     Stats(stats_cmd::StatsArgs),
@@ -106,7 +109,8 @@ fn main() -> ExitCode {
             dir,
             listen,
             admin_listen,
-        } => demo::run(&dir, listen, admin_listen),
+            replicas,
+        } => demo::run(&dir, listen, admin_listen, usize::from(replicas)),
         Command::Stats(args) => stats_cmd::run(args),
         Command::Clients(args) => connections_cmd::run(connections_cmd::Kind::Clients, args),
         Command::Servers(args) => connections_cmd::run(connections_cmd::Kind::Servers, args),
