@@ -16,16 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// Postgres processes whose command line mentions `dir`.
 fn postgres_processes_under(dir: &std::path::Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .is_ok_and(|c| c.contains("postgres") && c.contains(&needle))
-        })
-        .collect()
+    processes_under(dir, "postgres")
 }
 
 /// Starts the demo in `dir` and returns once it printed its instructions (its tenants
