@@ -431,3 +431,44 @@ async fn keys_and_suspensions_reach_every_replica_at_once() {
     let err = pg_connect(&target).await.expect_err("suspended");
     assert_eq!(err.code().map(|c| c.code()), Some("28000"), "{err}");
 }
+
+/// Waits for job `id` to finish (through `sluice`'s API) and returns it.
+fn finished_job(sluice: &SluiceProcess, id: i64) -> Value {
+    eventually(
+        "the job finished",
+        Duration::from_secs(120),
+        || {
+            let job = sluice.api("GET", &format!("/v1/jobs/{id}"), "", "");
+            serde_json::from_str::<Value>(&job.body).unwrap()
+        },
+        |job| job["state"] == "succeeded" || job["state"] == "failed",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_tenant_is_made_and_destroyed_on_its_home_replica() {
+    let fleet = Fleet::start(BIN.as_ref(), 3, "roundrobin", |_| {}).expect("fleet");
+    settled(&fleet, &["r0", "r1", "r2"]);
+    let backend = |i: usize| {
+        let data = fleet.replica(i).config_path.with_file_name("data");
+        data.join("backends").join("shop")
+    };
+    // Created through r1: its worker makes the backend in its own data_dir.
+    let created = fleet
+        .replica(1)
+        .api("POST", "/v1/tenants", r#"{"id": "shop"}"#, "");
+    assert_eq!(created.status, 202, "{}", created.body);
+    let created: Value = serde_json::from_str(&created.body).unwrap();
+    let job = finished_job(fleet.replica(1), created["job"]["id"].as_i64().unwrap());
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(backend(1).exists());
+    assert!(!backend(0).exists() && !backend(2).exists());
+
+    // Deleted through r0: only r1's worker may run the job (r0's is woken first).
+    let deleted = fleet.replica(0).api("DELETE", "/v1/tenants/shop", "", "");
+    assert_eq!(deleted.status, 202, "{}", deleted.body);
+    let deleted: Value = serde_json::from_str(&deleted.body).unwrap();
+    let job = finished_job(fleet.replica(0), deleted["job"]["id"].as_i64().unwrap());
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(!backend(1).exists(), "r1's backend of shop was destroyed");
+}

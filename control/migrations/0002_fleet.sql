@@ -27,3 +27,10 @@ $$;
 CREATE TRIGGER api_keys_notify_catalog
     AFTER INSERT OR UPDATE OR DELETE ON api_keys
     FOR EACH STATEMENT EXECUTE FUNCTION sluice_notify_api_keys();
+
+-- Host-bound drivers (local, lxc) make a tenant's backend on the host of the replica
+-- whose worker runs its create job: that replica's `[fleet] id` is the tenant's home,
+-- and every job for the tenant (its host) runs only in a worker of that replica. NULL:
+-- any worker (drivers that are not host-bound, processes outside a fleet).
+ALTER TABLE tenants ADD COLUMN home text;
+ALTER TABLE jobs ADD COLUMN host text;

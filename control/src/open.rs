@@ -27,6 +27,9 @@ pub struct ControlConfig {
     /// How often refused connections are summed into the audit log (`[admin]
     /// refusal_audit_interval_s`).
     pub refusal_audit_interval: Duration,
+    /// `[fleet] id`: this replica's tenants with host-bound backends, and the jobs it
+    /// may run (`Store::with_home`).
+    pub home: Option<String>,
 }
 
 /// The control store as this process opened it.
@@ -118,7 +121,10 @@ pub async fn open(config: &ControlConfig) -> OpenedControl {
         None => None,
     };
     let (result, embedded) = match &config.database_url {
-        Some(url) => (connect_external(url, audit).await, None),
+        Some(url) => (
+            connect_external(url, audit, config.home.clone()).await,
+            None,
+        ),
         None => {
             let data_dir = config.data_dir.clone();
             let started = tokio::task::spawn_blocking(move || EmbeddedControl::start(&data_dir))
@@ -127,7 +133,8 @@ pub async fn open(config: &ControlConfig) -> OpenedControl {
                 .and_then(|r| r);
             match started {
                 Ok(embedded) => {
-                    let result = connect(embedded.config(), "embedded", audit).await;
+                    let result =
+                        connect(embedded.config(), "embedded", audit, config.home.clone()).await;
                     (result, Some(embedded))
                 }
                 Err(e) => (Err(e), None),
@@ -160,21 +167,26 @@ fn audit_store(url: &str) -> anyhow::Result<Store> {
     Ok(Store::lazy(config))
 }
 
-fn attach(store: Store, audit: Option<Store>) -> Store {
+fn attach(store: Store, audit: Option<Store>, home: Option<String>) -> Store {
+    let store = store.with_home(home);
     match audit {
         Some(audit) => store.with_audit(audit),
         None => store,
     }
 }
 
-async fn connect_external(url: &str, audit: Option<Store>) -> anyhow::Result<Control> {
+async fn connect_external(
+    url: &str,
+    audit: Option<Store>,
+    home: Option<String>,
+) -> anyhow::Result<Control> {
     let mut config =
         parse_database_url(url).map_err(|e| anyhow::anyhow!("control.database_url: {e}"))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
     // An external store that is down now is connected (and migrated) when it returns.
-    let store = attach(Store::lazy(config), audit);
+    let store = attach(Store::lazy(config), audit, home);
     match store.ping().await {
         Ok(()) => tracing::info!(kind = "external", "control store ready"),
         Err(e) => tracing::error!(
@@ -193,8 +205,9 @@ async fn connect(
     config: tokio_postgres::Config,
     kind: &'static str,
     audit: Option<Store>,
+    home: Option<String>,
 ) -> anyhow::Result<Control> {
-    let store = attach(Store::connect(config).await?, audit);
+    let store = attach(Store::connect(config).await?, audit, home);
     let applied = store
         .migrate()
         .await

@@ -135,6 +135,7 @@ impl Config {
             audit_database_url: self.control.audit_database_url.clone(),
             data_dir: self.data_dir.clone(),
             refusal_audit_interval: Duration::from_secs(self.admin.refusal_audit_interval_s),
+            home: self.fleet.as_ref().map(|f| f.id.clone()),
         };
         let defaults = pool_settings(&self.defaults.pool, &PoolSettings::default());
         let default_limits = limits(&self.defaults.limits, &Limits::default());

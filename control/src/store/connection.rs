@@ -29,6 +29,9 @@ pub struct Store {
     /// A separate audit database (`[control] audit_database_url`), if any: audit events
     /// go there instead of this store's `audit_events`.
     pub(super) audit: Option<Box<Store>>,
+    /// This process's `[fleet] id`: the home of the tenants whose host-bound backends
+    /// it creates, and the host of the jobs its worker may take (jobs.rs, tenants.rs).
+    pub(super) home: Option<String>,
 }
 
 /// How long a reconnect may take before the call fails (and the API answers 503).
@@ -46,6 +49,7 @@ impl Store {
             auto_migrate: false,
             migrated: AtomicBool::new(false),
             audit: None,
+            home: None,
         })
     }
 
@@ -58,7 +62,14 @@ impl Store {
             auto_migrate: true,
             migrated: AtomicBool::new(false),
             audit: None,
+            home: None,
         }
+    }
+
+    /// This store, used by the replica `[fleet] id` `home` (see the field).
+    pub fn with_home(mut self, home: Option<String>) -> Store {
+        self.home = home;
+        self
     }
 
     /// This store, with audit events kept in `audit` instead (connected and migrated on
@@ -71,7 +82,7 @@ impl Store {
     /// Another connection to the same store (the job worker holds its own, because its
     /// advisory locks live as long as its session).
     pub fn another(&self) -> Store {
-        let store = Store::lazy(self.config.clone());
+        let store = Store::lazy(self.config.clone()).with_home(self.home.clone());
         match &self.audit {
             Some(audit) => store.with_audit(Store::lazy(audit.config.clone())),
             None => store,

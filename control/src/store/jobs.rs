@@ -93,16 +93,17 @@ impl Store {
         row.as_ref().map(JobRecord::decode).transpose()
     }
 
-    /// The oldest due job nobody is running, now `running` and locked by this
-    /// connection (until [`Store::release_job`] or the connection ends).
+    /// The oldest due job nobody is running that this process may run (one for any
+    /// host, or for this replica's), now `running` and locked by this connection (until
+    /// [`Store::release_job`] or the connection ends).
     pub async fn claim_job(&self, worker: &str) -> anyhow::Result<Option<JobRecord>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let candidates = tx
             .query(
                 "SELECT id FROM jobs WHERE state IN ('queued', 'running') AND run_after <= now() \
-                 ORDER BY id LIMIT 16 FOR UPDATE SKIP LOCKED",
-                &[],
+                 AND (host IS NULL OR host = $1) ORDER BY id LIMIT 16 FOR UPDATE SKIP LOCKED",
+                &[&self.home],
             )
             .await
             .context("looking for due jobs")?;

@@ -302,8 +302,8 @@ impl Store {
         let inserted = tx
             .query_one(
                 &format!(
-                    "INSERT INTO tenants (id, plan, status, backend, pool, limits) \
-                     VALUES ($1, $2, 'provisioning', $3::text::jsonb, $4::text::jsonb, $5::text::jsonb) \
+                    "INSERT INTO tenants (id, plan, status, backend, pool, limits, home) \
+                     VALUES ($1, $2, 'provisioning', $3::text::jsonb, $4::text::jsonb, $5::text::jsonb, $6) \
                      RETURNING {TENANT_COLUMNS}"
                 ),
                 &[
@@ -312,6 +312,10 @@ impl Store {
                     &to_json(&record.backend)?,
                     &to_json(&record.pool)?,
                     &to_json(&record.limits)?,
+                    &HOST_BOUND
+                        .contains(&record.backend.driver.as_str())
+                        .then_some(self.home.as_deref())
+                        .flatten(),
                 ],
             )
             .await;
@@ -577,10 +581,18 @@ async fn put_secret(
     Ok(())
 }
 
+/// Drivers whose backends live on the host of the process that made them: their
+/// tenants have a home replica in a fleet.
+const HOST_BOUND: [&str; 2] = ["local", "lxc"];
+
+/// Queues a job for `tenant`, to run on its home replica if it has one.
 async fn insert_job(tx: &Transaction<'_>, kind: &str, tenant: &str) -> anyhow::Result<JobRecord> {
     let row = tx
         .query_one(
-            &format!("INSERT INTO jobs (kind, tenant_id) VALUES ($1, $2) RETURNING {JOB_COLUMNS}"),
+            &format!(
+                "INSERT INTO jobs (kind, tenant_id, host) \
+                 VALUES ($1, $2, (SELECT home FROM tenants WHERE id = $2)) RETURNING {JOB_COLUMNS}"
+            ),
             &[&kind, &tenant],
         )
         .await
