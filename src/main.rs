@@ -5,6 +5,7 @@ mod api_client;
 mod audit_cmd;
 mod config;
 mod demo;
+mod handover;
 mod keys_cmd;
 mod roles_cmd;
 mod serve;

@@ -15,6 +15,7 @@ use router::{Catalog, CatalogHandle, Rejections, TenantLabels};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat, Runtime};
+use crate::handover::{self, Offer, TakenOver};
 use crate::signals::{notify_systemd, reload, ConfigFile, Signals};
 
 /// Log lines go to stderr: human-readable text, or one JSON object per line (with the
@@ -76,6 +77,8 @@ pub struct Running {
     control: OpenedControl,
     /// Provisioning drivers: the local driver's tenant clusters stop after the proxy.
     drivers: Arc<Drivers>,
+    /// The listening sockets, offered to the next Sluice on the same address.
+    offer: Option<Offer>,
 }
 
 /// The provisioning drivers `[provisioner]` enables: `static` always (it only uses
@@ -164,9 +167,29 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     let rejections = Arc::new(Rejections::new(Arc::new(TenantLabels::new(
         runtime.max_tenant_series,
     ))));
-    let listeners = proxy::bind(&runtime.proxy.listen)
-        .await
+    // The listening sockets of a Sluice already serving this address, if one hands them
+    // over (a restart without a gap), else new ones (handover.rs).
+    let key = handover::name_for(&runtime.proxy.listen);
+    let mut taken = TakenOver::ask(key).await;
+    let listeners = runtime
+        .proxy
+        .listen
+        .iter()
+        .map(|addr| taken.listener(*addr))
+        .collect::<std::io::Result<Vec<_>>>()
         .with_context(|| format!("binding {:?}", runtime.proxy.listen))?;
+    let admin_listener = taken
+        .listener(runtime.admin.listen)
+        .with_context(|| format!("binding the admin listener {}", runtime.admin.listen))?;
+    drop(taken);
+    let offered: Vec<&std::net::TcpListener> =
+        listeners.iter().chain([&admin_listener]).collect();
+    let offer = Offer::new(key, &offered).await;
+    let listeners = listeners
+        .into_iter()
+        .map(tokio::net::TcpListener::from_std)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let admin_listener = tokio::net::TcpListener::from_std(admin_listener)?;
     let addrs: Vec<std::net::SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -241,7 +264,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         gates: proxy.gates.clone(),
         health: Default::default(),
     };
-    let admin = Admin::bind(
+    let admin_state = Admin::prepare(
         &runtime.admin,
         catalog.clone(),
         proxy.pools.clone(),
@@ -251,6 +274,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         hint,
     )
     .await?;
+    let admin = Admin::on(admin_listener, admin_state)?;
     Ok(Running {
         proxy,
         listeners,
@@ -260,6 +284,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         refusal_audit_interval: runtime.control.refusal_audit_interval,
         control,
         drivers,
+        offer,
     })
 }
 
@@ -342,6 +367,9 @@ impl Running {
                 }
             }
         });
+        if let Some(offer) = self.offer {
+            tokio::spawn(offer.serve(shutdown.clone()));
+        }
         let drain_signal = shutdown.clone();
         tokio::spawn(async move {
             drain_signal.cancelled().await;

@@ -51,5 +51,5 @@ pub mod tls;
 pub mod transaction;
 
 pub use config::ProxyConfig;
-pub use listener::{bind, serve};
+pub use listener::{bind, listen, serve};
 pub use state::Proxy;

@@ -138,11 +138,28 @@ async fn accept_loop(
     tracing::info!(addr = %local, "stopped accepting");
 }
 
-/// Binds every configured address (port 0 gets one from the OS).
+/// Binds every configured address (port 0 gets one from the OS), each with
+/// [`listen`].
 pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        listeners.push(TcpListener::bind(addr).await?);
+        listeners.push(TcpListener::from_std(listen(*addr)?)?);
     }
     Ok(listeners)
+}
+
+/// A non-blocking listening socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so
+/// that a new Sluice can bind the address while the old one still listens on it (for a
+/// restart without a gap; the kernel only lets processes of the same user share a
+/// port). Alone on the address it behaves like any listener. Backlog 1024, as tokio's.
+pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }
