@@ -1,0 +1,108 @@
+//! Zero-downtime restart: every replica of a fleet (three real Sluice processes behind
+//! real HAProxy, round robin, PROXY v2) replaced by a new process on the same port while
+//! pgbench runs through HAProxy; the new process takes over the old one's listening
+//! sockets (src/handover.rs), the old one is sent SIGTERM and drains.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use testkit::fleet::Fleet;
+use testkit::pgbench::{Output, Pgbench};
+use testkit::SluiceProcess;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// Starts a new process for replica `i` beside the running one, then sends the old one
+/// SIGTERM; returns the old one.
+fn swap(fleet: &mut Fleet, i: usize) -> SluiceProcess {
+    let new = fleet.launch(i).expect("a new process beside the old one");
+    assert!(
+        new.log().contains("took over the listening sockets"),
+        "replica {i}'s new process did not take over the listeners:\n{}",
+        new.log()
+    );
+    let old = fleet.replicas[i].replace(new).expect("replica running");
+    kill(Pid::from_raw(old.pid() as i32), Signal::SIGTERM).expect("SIGTERM");
+    old
+}
+
+fn assert_clean(run: &Output, what: &str) {
+    assert!(
+        run.success && run.errors() == 0 && run.processed() > 0,
+        "{what}: {} failed transactions, {} aborted clients, processed {}; first error: {:?}\n{}\n{}",
+        run.failed().unwrap_or(0),
+        run.aborted(),
+        run.processed(),
+        run.first_error(),
+        run.stdout,
+        run.stderr
+    );
+}
+
+/// Waits up to `timeout` for `process` to exit.
+fn exits_within(process: &mut SluiceProcess, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !process.is_running() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Session mode, grace longer than the run: the steady clients (`pgbench -c 16 -T 30`)
+/// finish on the old processes, which exit once they left; new connections (`pgbench
+/// -C`, a connection per transaction, throughout) reach the new processes without one
+/// failing, including those queued in a listener when its old process stopped.
+#[test]
+fn rolling_restart_under_pgbench_drops_nobody() {
+    let mut fleet = Fleet::start(BIN.as_ref(), 3, "roundrobin", |config| {
+        config.shutdown_grace_s = 120;
+        config.log = "info".into();
+    })
+    .expect("fleet");
+    let target = fleet.target();
+    let init = testkit::pgbench(&target, &["-i", "-s", "1", "-q"]);
+    assert!(init.success, "pgbench -i: {}", init.stderr);
+    let dir = fleet.dir.path().to_owned();
+    let steady = Pgbench::start(&target, &["-c", "16", "-j", "2", "-T", "30"], &dir, "steady");
+    let storm = Pgbench::start(
+        &target,
+        &["-C", "-S", "-n", "-c", "4", "-j", "2", "-T", "30"],
+        &dir,
+        "storm",
+    );
+    let mut old = Vec::new();
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_secs(4));
+        old.push(swap(&mut fleet, i));
+    }
+    // Until the run ends, each old process still has its steady clients.
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, process) in old.iter_mut().enumerate() {
+        assert!(process.is_running(), "old replica {i} left its clients");
+    }
+    let steady = steady.finish();
+    let storm = storm.finish();
+    assert_clean(&steady, "pgbench -c 16 -T 30");
+    assert_clean(&storm, "pgbench -C");
+    for (i, process) in old.iter_mut().enumerate() {
+        assert!(
+            exits_within(process, Duration::from_secs(20)),
+            "old replica {i} did not exit after its clients left:\n{}",
+            process.log()
+        );
+    }
+    eprintln!(
+        "steady: {} transactions, {:.0} tps; storm: {} connections, {:.0} tps",
+        steady.processed(),
+        steady.tps(),
+        storm.processed(),
+        storm.tps()
+    );
+    // The new processes serve.
+    let after = testkit::pgbench(&target, &["-S", "-n", "-c", "3", "-t", "20"]);
+    assert!(after.success, "after the restart: {}", after.stderr);
+}
