@@ -106,3 +106,78 @@ fn rolling_restart_under_pgbench_drops_nobody() {
     let after = testkit::pgbench(&target, &["-S", "-n", "-c", "3", "-t", "20"]);
     assert!(after.success, "after the restart: {}", after.stderr);
 }
+
+/// Connection attempts straight at a replica's port, as fast as `threads` threads can
+/// make them, until `stop`: each is refused at accept with a FATAL 28000 (not from the
+/// balancer), which costs the process almost nothing, so thousands a second queue in
+/// the listener. Counts the attempts answered (the FATAL arrived) and those lost
+/// (refused, reset, or closed without a word).
+struct Storm {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+impl Storm {
+    fn start(addr: std::net::SocketAddr, threads: usize) -> Storm {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut answered, mut lost) = (0u64, 0u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = std::net::TcpStream::connect(addr).and_then(|mut tcp| {
+                            tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+                            let mut first = [0u8; 1];
+                            tcp.read_exact(&mut first)?;
+                            Ok(first[0])
+                        });
+                        match answer {
+                            Ok(b'E') => answered += 1,
+                            _ => lost += 1,
+                        }
+                    }
+                    (answered, lost)
+                })
+            })
+            .collect();
+        Storm { stop, threads }
+    }
+
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("storm thread"))
+            .fold((0, 0), |(a, l), (ta, tl)| (a + ta, l + tl))
+    }
+}
+
+/// A replica replaced three times while connection attempts hammer its port: none is
+/// lost, including those waiting in the listen queue when an old process stopped (the
+/// queue is the new process's too).
+#[test]
+fn no_connection_attempt_is_lost_in_a_swap() {
+    let mut fleet = Fleet::start(BIN.as_ref(), 1, "roundrobin", |config| {
+        config.log = "info".into();
+    })
+    .expect("fleet");
+    let port = fleet.ports[0];
+    let storm = Storm::start(std::net::SocketAddr::from(([127, 0, 0, 1], port)), 32);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(2));
+        let mut old = swap(&mut fleet, 0);
+        assert!(
+            exits_within(&mut old, Duration::from_secs(20)),
+            "the old process did not exit:\n{}",
+            old.log()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (answered, lost) = storm.finish();
+    eprintln!("storm through three swaps: {answered} answered, {lost} lost");
+    assert!(answered > 100, "the storm hardly ran: {answered} answered");
+    assert_eq!(lost, 0, "{lost} of {} attempts lost", answered + lost);
+}
