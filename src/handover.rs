@@ -16,7 +16,7 @@
 //! `SO_REUSEPORT` (`proxy::listen`), so it can also start beside an old process that does
 //! not hand over.
 
-use std::io::{IoSlice, IoSliceMut, Read};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
@@ -54,14 +54,15 @@ pub struct TakenOver {
 }
 
 impl TakenOver {
-    /// Asks the process serving `key` (if any) for its listening sockets. Nobody there
-    /// is no error: nothing is taken over. A failed exchange is logged and treated the
-    /// same way (the new process then binds beside the old with `SO_REUSEPORT`).
-    pub async fn ask(key: Option<SocketAddr>) -> TakenOver {
+    /// Asks the process serving `key` (if any) for its listening sockets, keeping those
+    /// on the `wanted` addresses (and telling the old process which). Nobody there is no
+    /// error: nothing is taken over. A failed exchange is logged and treated the same
+    /// way (the new process then binds beside the old with `SO_REUSEPORT`).
+    pub async fn ask(key: Option<SocketAddr>, wanted: Vec<SocketAddr>) -> TakenOver {
         let Some(key) = key else {
             return TakenOver::default();
         };
-        match tokio::task::spawn_blocking(move || ask(key)).await {
+        match tokio::task::spawn_blocking(move || ask(key, &wanted)).await {
             Ok(Ok(listeners)) => {
                 if !listeners.is_empty() {
                     let addrs: Vec<String> =
@@ -84,22 +85,26 @@ impl TakenOver {
         }
     }
 
+    /// Whether any socket was taken over.
+    pub fn any(&self) -> bool {
+        !self.listeners.is_empty()
+    }
+
     /// The socket taken over for `addr`, else a new one bound there ([`proxy::listen`]).
-    /// A port 0 address is always bound anew.
     pub fn listener(&mut self, addr: SocketAddr) -> std::io::Result<TcpListener> {
-        if addr.port() != 0 {
-            if let Some(i) = self.listeners.iter().position(|(a, _)| *a == addr) {
-                let (_, listener) = self.listeners.swap_remove(i);
-                listener.set_nonblocking(true)?;
-                return Ok(listener);
-            }
+        if let Some(i) = self.listeners.iter().position(|(a, _)| *a == addr) {
+            let (_, listener) = self.listeners.swap_remove(i);
+            listener.set_nonblocking(true)?;
+            return Ok(listener);
         }
         proxy::listen(addr)
     }
 }
 
-/// The new process's side of the exchange (blocking).
-fn ask(key: SocketAddr) -> std::io::Result<Vec<(SocketAddr, TcpListener)>> {
+/// The new process's side of the exchange (blocking): receives the sockets, keeps those
+/// on `wanted` addresses (never a port 0 one, which no two processes share) and says
+/// which, one address per line.
+fn ask(key: SocketAddr, wanted: &[SocketAddr]) -> std::io::Result<Vec<(SocketAddr, TcpListener)>> {
     let stream = match UnixStream::connect_addr(&endpoint(key)?) {
         Ok(stream) => stream,
         // Nobody serves the name: the first process on this address.
@@ -127,10 +132,15 @@ fn ask(key: SocketAddr) -> std::io::Result<Vec<(SocketAddr, TcpListener)>> {
         .map_err(|_| invalid("the handover message is not text"))?;
     let mut lines = text.lines();
     if lines.next() != Some(MAGIC) {
-        return Err(invalid("the handover message does not start with its magic line"));
+        return Err(invalid(
+            "the handover message does not start with its magic line",
+        ));
     }
     let addrs: Vec<SocketAddr> = lines
-        .map(|l| l.parse().map_err(|_| invalid("a bad address in the handover")))
+        .map(|l| {
+            l.parse()
+                .map_err(|_| invalid("a bad address in the handover"))
+        })
         .collect::<std::io::Result<_>>()?;
     if addrs.len() != fds.len() {
         return Err(invalid("the handover's addresses and sockets do not match"));
@@ -144,8 +154,16 @@ fn ask(key: SocketAddr) -> std::io::Result<Vec<(SocketAddr, TcpListener)>> {
         if listener.local_addr()? != addr {
             return Err(invalid("a handed-over socket is not on its address"));
         }
-        listeners.push((addr, listener));
+        if addr.port() != 0 && wanted.contains(&addr) {
+            listeners.push((addr, listener));
+        }
     }
+    let kept: String = listeners
+        .iter()
+        .map(|(addr, _)| format!("{addr}\n"))
+        .collect();
+    (&stream).write_all(format!("{MAGIC}\n{kept}").as_bytes())?;
+    stream.shutdown(std::net::Shutdown::Write)?;
     // The old process closes the connection once it no longer serves the name, so that
     // this one can take it.
     let mut rest = Vec::new();
@@ -207,8 +225,12 @@ impl Offer {
 
     /// Serves the one handover, or stops at `shutdown`: then the copies are closed, so
     /// that the listeners close with the accept loops (and a process started later binds
-    /// anew).
-    pub async fn serve(self, shutdown: CancellationToken) {
+    /// anew). `shared` is told the addresses the new process kept.
+    pub async fn serve(
+        self,
+        shutdown: CancellationToken,
+        shared: tokio::sync::oneshot::Sender<Vec<SocketAddr>>,
+    ) {
         let Offer {
             key,
             unix,
@@ -242,11 +264,15 @@ impl Offer {
             };
             let copies: std::io::Result<Vec<TcpListener>> =
                 listeners.iter().map(TcpListener::try_clone).collect();
-            let sent =
-                tokio::task::spawn_blocking(move || copies.and_then(|c| offer(&stream, &c)).map(|()| stream))
-                    .await;
+            let sent = tokio::task::spawn_blocking(move || {
+                copies
+                    .and_then(|c| offer(&stream, &c))
+                    .map(|kept| (stream, kept))
+            })
+            .await;
             match sent {
-                Ok(Ok(stream)) => {
+                Ok(Ok((stream, kept))) => {
+                    let _ = shared.send(kept);
                     // The name is let go before the connection closes: the new process
                     // waits for the close to take it.
                     drop(unix);
@@ -269,10 +295,12 @@ impl Offer {
 }
 
 /// The old process's side of the exchange (blocking): the addresses, one per line
-/// after the magic line, and the sockets in the same order.
-fn offer(stream: &UnixStream, listeners: &[TcpListener]) -> std::io::Result<()> {
+/// after the magic line, and the sockets in the same order; then the addresses the new
+/// process kept.
+fn offer(stream: &UnixStream, listeners: &[TcpListener]) -> std::io::Result<Vec<SocketAddr>> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
+    stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
     same_user(stream)?;
     let mut text = String::from(MAGIC);
     for listener in listeners {
@@ -294,7 +322,15 @@ fn offer(stream: &UnixStream, listeners: &[TcpListener]) -> std::io::Result<()> 
     if sent != text.len() {
         return Err(invalid("the handover message was cut short"));
     }
-    Ok(())
+    let mut reply = String::new();
+    (&*stream).take(4096).read_to_string(&mut reply)?;
+    let mut lines = reply.lines();
+    if lines.next() != Some(MAGIC) {
+        return Err(invalid("the new process did not say which sockets it kept"));
+    }
+    lines
+        .map(|l| l.parse().map_err(|_| invalid("a bad address in the reply")))
+        .collect()
 }
 
 /// Only a process of this user may take the sockets, or give them.

@@ -170,7 +170,15 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     // The listening sockets of a Sluice already serving this address, if one hands them
     // over (a restart without a gap), else new ones (handover.rs).
     let key = handover::name_for(&runtime.proxy.listen);
-    let mut taken = TakenOver::ask(key).await;
+    let wanted = runtime
+        .proxy
+        .listen
+        .iter()
+        .chain([&runtime.admin.listen])
+        .copied()
+        .collect();
+    let mut taken = TakenOver::ask(key, wanted).await;
+    let took_over = taken.any();
     let listeners = runtime
         .proxy
         .listen
@@ -182,8 +190,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         .listener(runtime.admin.listen)
         .with_context(|| format!("binding the admin listener {}", runtime.admin.listen))?;
     drop(taken);
-    let offered: Vec<&std::net::TcpListener> =
-        listeners.iter().chain([&admin_listener]).collect();
+    let offered: Vec<&std::net::TcpListener> = listeners.iter().chain([&admin_listener]).collect();
     let offer = Offer::new(key, &offered).await;
     let listeners = listeners
         .into_iter()
@@ -209,6 +216,14 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     // The control store is opened before anything listens; an unreachable one is logged
     // and leaves the data plane serving the snapshot and the config's tenants.
     let control = control::open::open(&runtime.control).await;
+    if took_over && runtime.control.database_url.is_none() {
+        tracing::warn!(
+            "started beside a running Sluice with the embedded control store, which that \
+             process holds: this one serves the catalog snapshot and the config's tenants, \
+             and its admin changes answer 503 until it is restarted alone; a restart without \
+             a gap needs [control] database_url (docs/fleet.md)"
+        );
+    }
     let sync = Arc::new(CatalogSync::new(
         catalog.clone(),
         Arc::new(runtime.plans),
@@ -345,9 +360,26 @@ impl Running {
             tracing::info!(clients, "ending {clients} client(s) now (57P01)");
             proxy.terminate.cancel();
         });
+        // Once a new process shares the admin listener (it took it over), this one stops
+        // accepting there at shutdown: the address then answers for the new process
+        // (`/readyz` 200) while this one drains.
+        let (shared_tx, shared_rx) = tokio::sync::oneshot::channel();
+        if let Some(offer) = self.offer {
+            tokio::spawn(offer.serve(shutdown.clone(), shared_tx));
+        }
+        let admin_accepting = CancellationToken::new();
+        let (admin_addr, accept_stop, accept_shutdown) =
+            (self.admin.addr, admin_accepting.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let Ok(kept) = shared_rx.await else { return };
+            if kept.contains(&admin_addr) {
+                accept_shutdown.cancelled().await;
+                accept_stop.cancel();
+            }
+        });
         let draining = self.admin.state.draining.clone();
         let stop_admin = CancellationToken::new();
-        let admin = tokio::spawn(self.admin.serve(stop_admin.clone()));
+        let admin = tokio::spawn(self.admin.serve(stop_admin.clone(), admin_accepting));
         // The control plane (catalog follower, job worker, backend supervisor, refusal
         // audit) runs as long as the admin listener.
         let plane = tokio::spawn(self.plane.run(
@@ -367,9 +399,6 @@ impl Running {
                 }
             }
         });
-        if let Some(offer) = self.offer {
-            tokio::spawn(offer.serve(shutdown.clone()));
-        }
         let drain_signal = shutdown.clone();
         tokio::spawn(async move {
             drain_signal.cancelled().await;

@@ -67,7 +67,12 @@ fn rolling_restart_under_pgbench_drops_nobody() {
     let init = testkit::pgbench(&target, &["-i", "-s", "1", "-q"]);
     assert!(init.success, "pgbench -i: {}", init.stderr);
     let dir = fleet.dir.path().to_owned();
-    let steady = Pgbench::start(&target, &["-c", "16", "-j", "2", "-T", "30"], &dir, "steady");
+    let steady = Pgbench::start(
+        &target,
+        &["-c", "16", "-j", "2", "-T", "30"],
+        &dir,
+        "steady",
+    );
     let storm = Pgbench::start(
         &target,
         &["-C", "-S", "-n", "-c", "4", "-j", "2", "-T", "30"],
@@ -180,4 +185,62 @@ fn no_connection_attempt_is_lost_in_a_swap() {
     eprintln!("storm through three swaps: {answered} answered, {lost} lost");
     assert!(answered > 100, "the storm hardly ran: {answered} answered");
     assert_eq!(lost, 0, "{lost} of {} attempts lost", answered + lost);
+}
+
+/// With a fixed admin port, the admin listener is taken over too: once the old process
+/// drains (a client still holds it), the port answers for the new one (`/readyz` 200),
+/// not the draining one (503).
+#[test]
+fn the_admin_port_answers_for_the_new_process() {
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut fleet = Fleet::start(BIN.as_ref(), 1, "roundrobin", |config| {
+        config.admin_listen = format!("127.0.0.1:{admin_port}");
+        config.shutdown_grace_s = 60;
+        config.log = "info".into();
+    })
+    .expect("fleet");
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let target = fleet.target();
+    // A session-mode client keeps the old process draining.
+    let client = rt
+        .block_on(testkit::pg_connect(&target))
+        .expect("a client on the old process");
+    let mut old = swap(&mut fleet, 0);
+    let new_log = fleet.replica(0).log();
+    assert!(
+        new_log.lines().any(|l| {
+            l.contains("took over the listening sockets") && l.contains(&admin.to_string())
+        }),
+        "the new process did not take the admin listener over:\n{new_log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !old.log().contains("admin listener: stopped accepting") {
+        assert!(
+            Instant::now() < deadline,
+            "the old process kept accepting on the admin port:\n{}",
+            old.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..20 {
+        let ready =
+            testkit::http::request(admin, "GET", "/readyz", None, "", b"").expect("/readyz");
+        assert_eq!(ready.status, 200, "{}", ready.body);
+    }
+    assert!(old.is_running(), "the old process left its client");
+    let one: i32 = rt
+        .block_on(client.query_one("select 1", &[]))
+        .expect("the client is still served by the old process")
+        .get(0);
+    assert_eq!(one, 1);
+    drop(client);
+    assert!(
+        exits_within(&mut old, Duration::from_secs(20)),
+        "{}",
+        old.log()
+    );
 }

@@ -133,8 +133,10 @@ impl Admin {
 
     /// Serves until `stop`; rates are sampled, and the job counts and API keys re-read
     /// from the store, meanwhile. (The control plane's own tasks run beside it:
-    /// `control::Plane::run`.)
-    pub async fn serve(self, stop: CancellationToken) {
+    /// `control::Plane::run`.) New connections are accepted until `stop` or
+    /// `stop_accepting` (a process that handed its listener over to a new one stops
+    /// accepting when it starts draining).
+    pub async fn serve(self, stop: CancellationToken, stop_accepting: CancellationToken) {
         let sampler = tokio::spawn(
             self.state
                 .sampler
@@ -143,7 +145,7 @@ impl Admin {
         );
         let jobs = tokio::spawn(upkeep(self.state.clone(), stop.clone()));
         tracing::info!(addr = %self.addr, "admin API listening");
-        server::serve(self.listener, self.state, stop).await;
+        server::serve(self.listener, self.state, stop, stop_accepting).await;
         let _ = sampler.await;
         let _ = jobs.await;
     }
