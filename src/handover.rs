@@ -323,7 +323,7 @@ fn offer(stream: &UnixStream, listeners: &[TcpListener]) -> std::io::Result<Vec<
         return Err(invalid("the handover message was cut short"));
     }
     let mut reply = String::new();
-    (&*stream).take(4096).read_to_string(&mut reply)?;
+    stream.take(4096).read_to_string(&mut reply)?;
     let mut lines = reply.lines();
     if lines.next() != Some(MAGIC) {
         return Err(invalid("the new process did not say which sockets it kept"));
