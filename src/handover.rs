@@ -51,6 +51,9 @@ fn endpoint(key: SocketAddr) -> std::io::Result<UnixAddr> {
 #[derive(Default)]
 pub struct TakenOver {
     listeners: Vec<(SocketAddr, TcpListener)>,
+    /// The handover connection, kept: the old process's idle transaction-mode clients
+    /// come through it once it drains.
+    pub clients: Option<UnixStream>,
 }
 
 impl TakenOver {
@@ -63,7 +66,7 @@ impl TakenOver {
             return TakenOver::default();
         };
         match tokio::task::spawn_blocking(move || ask(key, &wanted)).await {
-            Ok(Ok(listeners)) => {
+            Ok(Ok((listeners, clients))) => {
                 if !listeners.is_empty() {
                     let addrs: Vec<String> =
                         listeners.iter().map(|(addr, _)| addr.to_string()).collect();
@@ -72,7 +75,7 @@ impl TakenOver {
                         "took over the listening sockets of the running Sluice"
                     );
                 }
-                TakenOver { listeners }
+                TakenOver { listeners, clients }
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "handover from the running Sluice failed; binding anew");
@@ -104,11 +107,13 @@ impl TakenOver {
 /// The new process's side of the exchange (blocking): receives the sockets, keeps those
 /// on `wanted` addresses (never a port 0 one, which no two processes share) and says
 /// which, one address per line.
-fn ask(key: SocketAddr, wanted: &[SocketAddr]) -> std::io::Result<Vec<(SocketAddr, TcpListener)>> {
+type Asked = (Vec<(SocketAddr, TcpListener)>, Option<UnixStream>);
+
+fn ask(key: SocketAddr, wanted: &[SocketAddr]) -> std::io::Result<Asked> {
     let stream = match UnixStream::connect_addr(&endpoint(key)?) {
         Ok(stream) => stream,
         // Nobody serves the name: the first process on this address.
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok((Vec::new(), None)),
         Err(e) => return Err(e),
     };
     stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
@@ -162,13 +167,13 @@ fn ask(key: SocketAddr, wanted: &[SocketAddr]) -> std::io::Result<Vec<(SocketAdd
         .iter()
         .map(|(addr, _)| format!("{addr}\n"))
         .collect();
-    (&stream).write_all(format!("{MAGIC}\n{kept}").as_bytes())?;
-    stream.shutdown(std::net::Shutdown::Write)?;
-    // The old process closes the connection once it no longer serves the name, so that
-    // this one can take it.
-    let mut rest = Vec::new();
-    let _ = (&stream).read_to_end(&mut rest);
-    Ok(listeners)
+    (&stream).write_all(format!("{MAGIC}\n{kept}.\n").as_bytes())?;
+    // The old process says (one byte) once it no longer serves the name, so that this
+    // one can take it.
+    let mut released = [0u8; 1];
+    (&stream).read_exact(&mut released)?;
+    stream.set_read_timeout(None)?;
+    Ok((listeners, Some(stream)))
 }
 
 /// The process holding the listeners: serves them to the next process on its
@@ -226,10 +231,15 @@ impl Offer {
     /// Serves the one handover, or stops at `shutdown`: then the copies are closed, so
     /// that the listeners close with the accept loops (and a process started later binds
     /// anew). `shared` is told the addresses the new process kept.
+    ///
+    /// After the handover the connection stays open: once this process drains
+    /// (`shutdown`), its idle transaction-mode clients go through it
+    /// (`proxy::successor`).
     pub async fn serve(
         self,
         shutdown: CancellationToken,
         shared: tokio::sync::oneshot::Sender<Vec<SocketAddr>>,
+        proxy: std::sync::Arc<proxy::Proxy>,
     ) {
         let Offer {
             key,
@@ -273,10 +283,18 @@ impl Offer {
             match sent {
                 Ok(Ok((stream, kept))) => {
                     let _ = shared.send(kept);
-                    // The name is let go before the connection closes: the new process
-                    // waits for the close to take it.
+                    // The name is let go before the new process is told it may take it.
                     drop(unix);
-                    drop(stream);
+                    if let Err(e) = (&stream).write_all(b".") {
+                        tracing::warn!(error = %e, "handover: the new process left");
+                        return;
+                    }
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    proxy.successor.set(tx);
+                    std::thread::Builder::new()
+                        .name("sluice-handover".into())
+                        .spawn(move || send_clients(stream, rx))
+                        .expect("starting the handover thread");
                     tracing::info!(
                         %key,
                         "handed the listening sockets over to a new Sluice; both accept \
@@ -284,6 +302,7 @@ impl Offer {
                     );
                     // The copies stay open until shutdown: this process still accepts.
                     shutdown.cancelled().await;
+                    proxy.successor.start_moving();
                     drop(listeners);
                     return;
                 }
@@ -297,7 +316,7 @@ impl Offer {
 /// The old process's side of the exchange (blocking): the addresses, one per line
 /// after the magic line, and the sockets in the same order; then the addresses the new
 /// process kept.
-fn offer(stream: &UnixStream, listeners: &[TcpListener]) -> std::io::Result<Vec<SocketAddr>> {
+fn offer(mut stream: &UnixStream, listeners: &[TcpListener]) -> std::io::Result<Vec<SocketAddr>> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
     stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
@@ -322,15 +341,124 @@ fn offer(stream: &UnixStream, listeners: &[TcpListener]) -> std::io::Result<Vec<
     if sent != text.len() {
         return Err(invalid("the handover message was cut short"));
     }
-    let mut reply = String::new();
-    stream.take(4096).read_to_string(&mut reply)?;
+    // The reply ends with a line of one dot (the connection stays open).
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\n.\n") {
+        if reply.len() > 4096 {
+            return Err(invalid("the reply is too long"));
+        }
+        stream.read_exact(&mut byte)?;
+        reply.push(byte[0]);
+    }
+    let reply = String::from_utf8(reply).map_err(|_| invalid("the reply is not text"))?;
     let mut lines = reply.lines();
     if lines.next() != Some(MAGIC) {
         return Err(invalid("the new process did not say which sockets it kept"));
     }
     lines
+        .take_while(|l| *l != ".")
         .map(|l| l.parse().map_err(|_| invalid("a bad address in the reply")))
         .collect()
+}
+
+/// The old process's side after the handover (a thread of its own): each moving client
+/// as one message, its socket attached (`SCM_RIGHTS`) to a 4-byte length, then its
+/// session; `done` tells the client's task whether it went.
+fn send_clients(
+    stream: UnixStream,
+    mut clients: tokio::sync::mpsc::UnboundedReceiver<proxy::successor::MovingClient>,
+) {
+    let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
+    while let Some(mut client) = clients.blocking_recv() {
+        let sent = send_client(&stream, &client);
+        if let Err(e) = &sent {
+            tracing::warn!(error = %e, "handover: a client could not be sent");
+        }
+        if let Some(done) = client.done.take() {
+            let _ = done.send(sent);
+        }
+    }
+}
+
+fn send_client(
+    stream: &UnixStream,
+    client: &proxy::successor::MovingClient,
+) -> std::io::Result<()> {
+    let mut message = (client.state.len() as u32).to_be_bytes().to_vec();
+    message.extend_from_slice(&client.state);
+    let fds = [client.tcp.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    let sent = rustix::net::sendmsg(
+        stream,
+        &[IoSlice::new(&message)],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    // A blocking send is whole unless a signal cut it short: the rest follows plainly.
+    let mut out = stream;
+    out.write_all(&message[sent..])
+}
+
+/// The new process's side: each client the old one sends, to the proxy (`arrivals`).
+/// Ends when the old process closes the connection (it exited).
+pub fn receive_clients(
+    stream: UnixStream,
+    arrivals: tokio::sync::mpsc::UnboundedSender<proxy::successor::MovingClient>,
+) {
+    loop {
+        match receive_client(&stream) {
+            Ok(Some(client)) => {
+                if arrivals.send(client).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                return tracing::warn!(error = %e, "handover: receiving clients failed");
+            }
+        }
+    }
+}
+
+fn receive_client(stream: &UnixStream) -> std::io::Result<Option<proxy::successor::MovingClient>> {
+    let mut header = [0u8; 4];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(
+        stream,
+        &mut [IoSliceMut::new(&mut header)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    if received.bytes == 0 {
+        return Ok(None);
+    }
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    let mut input = stream;
+    input.read_exact(&mut header[received.bytes..])?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > 1 << 20 {
+        return Err(invalid("a moved client's session is too large"));
+    }
+    let mut state = vec![0u8; len];
+    input.read_exact(&mut state)?;
+    let mut fds = fds.into_iter();
+    let (Some(fd), None) = (fds.next(), fds.next()) else {
+        return Err(invalid("a moved client came without exactly one socket"));
+    };
+    Ok(Some(proxy::successor::MovingClient {
+        tcp: std::net::TcpStream::from(fd),
+        state,
+        done: None,
+    }))
 }
 
 /// Only a process of this user may take the sockets, or give them.

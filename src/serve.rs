@@ -79,6 +79,9 @@ pub struct Running {
     drivers: Arc<Drivers>,
     /// The listening sockets, offered to the next Sluice on the same address.
     offer: Option<Offer>,
+    /// The connection to the Sluice this one replaced, which its idle clients come
+    /// through once it drains.
+    arrivals: Option<std::os::unix::net::UnixStream>,
 }
 
 /// The provisioning drivers `[provisioner]` enables: `static` always (it only uses
@@ -189,6 +192,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     let admin_listener = taken
         .listener(runtime.admin.listen)
         .with_context(|| format!("binding the admin listener {}", runtime.admin.listen))?;
+    let arrivals = taken.clients.take();
     drop(taken);
     let offered: Vec<&std::net::TcpListener> = listeners.iter().chain([&admin_listener]).collect();
     let offer = Offer::new(key, &offered).await;
@@ -300,6 +304,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         control,
         drivers,
         offer,
+        arrivals,
     })
 }
 
@@ -365,7 +370,7 @@ impl Running {
         // (`/readyz` 200) while this one drains.
         let (shared_tx, shared_rx) = tokio::sync::oneshot::channel();
         if let Some(offer) = self.offer {
-            tokio::spawn(offer.serve(shutdown.clone(), shared_tx));
+            tokio::spawn(offer.serve(shutdown.clone(), shared_tx, self.proxy.clone()));
         }
         let admin_accepting = CancellationToken::new();
         let (admin_addr, accept_stop, accept_shutdown) =
@@ -404,7 +409,15 @@ impl Running {
             drain_signal.cancelled().await;
             draining.cancel();
         });
-        proxy::serve(self.proxy, self.listeners, shutdown).await;
+        let arrivals = self.arrivals.map(|stream| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            std::thread::Builder::new()
+                .name("sluice-arrivals".into())
+                .spawn(move || handover::receive_clients(stream, tx))
+                .expect("starting the arrivals thread");
+            rx
+        });
+        proxy::serve(self.proxy, self.listeners, arrivals, shutdown).await;
         let _ = maintenance.await;
         stop_admin.cancel();
         let _ = admin.await;

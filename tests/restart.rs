@@ -244,3 +244,59 @@ fn the_admin_port_answers_for_the_new_process() {
         old.log()
     );
 }
+
+/// Transaction mode, persistent plaintext clients (`pgbench -c 16 -T 30`, one
+/// connection each for the whole run): each replica in turn replaced; the old
+/// process's clients move to the new one between transactions, so the old process is
+/// gone within 15 s of its SIGTERM although the grace is longer than the run, and no
+/// client notices.
+#[test]
+fn persistent_transaction_mode_clients_move_to_the_new_process() {
+    let mut fleet = Fleet::start(BIN.as_ref(), 3, "roundrobin", |config| {
+        config.shutdown_grace_s = 120;
+        config.require_tls = false;
+        config.default_pool = vec!["mode = \"transaction\"".into()];
+        config.log = "info".into();
+    })
+    .expect("fleet");
+    let mut target = fleet.target();
+    target.sni_host = None;
+    target.sslmode = "disable";
+    target.options = Some("tenant=acme".into());
+    let init = testkit::pgbench(&target, &["-i", "-s", "1", "-q"]);
+    assert!(init.success, "pgbench -i: {}", init.stderr);
+    let dir = fleet.dir.path().to_owned();
+    let steady = Pgbench::start(&target, &["-c", "16", "-j", "2", "-T", "30"], &dir, "steady");
+    let mut gone_after = Vec::new();
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_secs(4));
+        let mut old = swap(&mut fleet, i);
+        let sigterm = Instant::now();
+        assert!(
+            exits_within(&mut old, Duration::from_secs(15)),
+            "old replica {i} still runs 15 s after its SIGTERM:\n{}",
+            old.log()
+        );
+        gone_after.push(sigterm.elapsed());
+        assert!(
+            old.log().contains("moved to the new process"),
+            "no client of old replica {i} moved:\n{}",
+            old.log()
+        );
+    }
+    let steady = steady.finish();
+    assert_clean(&steady, "pgbench -c 16 -T 30, transaction mode");
+    let moved: usize = fleet
+        .replicas
+        .iter()
+        .flatten()
+        .map(|p| p.log().matches("client moved here").count())
+        .sum();
+    eprintln!(
+        "transaction mode: {} transactions, {:.0} tps; old processes gone {:?} after SIGTERM; \
+         {moved} client moves into the last processes",
+        steady.processed(),
+        steady.tps(),
+        gone_after
+    );
+}

@@ -230,6 +230,34 @@ impl CancelRegistry {
         }
     }
 
+    /// `key` again, for a client moved here from the process it logged in to (the key
+    /// it was told); a fresh key if that one is taken here (its cancels then miss).
+    pub fn register_key(self: &Arc<Self>, key: CancelKey, tenant: &TenantId) -> CancelHandle {
+        let mut slots = self.slots.entry(key.pid).or_default();
+        if slots.iter().any(|s| s.secret == key.secret) {
+            drop(slots);
+            return self.register(None, tenant);
+        }
+        let slot = Arc::new(Slot {
+            secret: key.secret,
+            tenant: tenant.clone(),
+            running: AtomicBool::new(false),
+            target: Mutex::new(Target {
+                current: None,
+                cancelled: false,
+                in_flight: false,
+                generation: 0,
+                bucket: self.per_key.map(|rate| bucket(rate, Instant::now())),
+            }),
+        });
+        slots.push(slot.clone());
+        CancelHandle {
+            registry: self.clone(),
+            key,
+            slot,
+        }
+    }
+
     /// The live client whose key is exactly `key`. Every secret registered under the
     /// process id is compared, in constant time.
     fn find(&self, key: CancelKey) -> Option<Arc<Slot>> {

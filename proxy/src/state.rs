@@ -17,6 +17,7 @@ use crate::cancel::{CancelRates, CancelRegistry};
 use crate::config::ProxyConfig;
 use crate::prelogin::PendingLogins;
 use crate::secrets::SecretCache;
+use crate::successor::Successor;
 use crate::tls::ServerTls;
 use router::memory::MemoryBudget;
 
@@ -40,6 +41,9 @@ pub struct Proxy {
     pub pending: PendingLogins,
     /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
     pub terminate: CancellationToken,
+    /// The Sluice that took this one's listeners over, if any: idle transaction-mode
+    /// clients move to it once this one drains.
+    pub successor: Successor,
     next_id: AtomicU64,
 }
 
@@ -76,12 +80,13 @@ impl Proxy {
             cancels,
             mock_secret: MockSecret::random(),
             terminate,
+            successor: Successor::default(),
             next_id: AtomicU64::new(1),
         }
     }
 
     /// The id of the next accepted connection (1, 2, ...; for logs and statement names).
-    pub(crate) fn next_connection_id(&self) -> u64 {
+    pub fn next_connection_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 }

@@ -37,6 +37,7 @@ use crate::login::Session;
 use crate::relay::{Pace, Tally};
 use crate::state::Proxy;
 use crate::stream::ClientStream;
+use crate::successor::{MovedSession, MovingClient};
 use attached::{header_at, read_server, Attached, READ_BUFFER};
 use client::{Client, End, SETTABLE_REPORTED};
 use router::memory::Exhausted;
@@ -52,6 +53,7 @@ pub async fn run(
     proxy: &Proxy,
     stream: ClientStream,
     session: Session,
+    addr: std::net::SocketAddr,
     client_id: u64,
     tally: &Tally,
 ) -> String {
@@ -102,6 +104,7 @@ pub async fn run(
         tally,
         pool,
         tenant,
+        addr,
         stream,
         cancel,
         settings: view,
@@ -118,6 +121,9 @@ pub async fn run(
     };
     let mut attached = None;
     let end = client.serve(&mut attached).await;
+    if let End::Moved = end {
+        return Box::pin(client.depart()).await;
+    }
     Box::pin(client.finish(attached, end)).await
 }
 
@@ -177,7 +183,8 @@ impl Client<'_> {
                 }
                 Some(e)
             }
-            End::Terminated => Some(terminated(proxy, &client.gate)),
+            // Handled by `depart` before `finish`.
+            End::Terminated | End::Moved => Some(terminated(proxy, &client.gate)),
         };
         match (release, &error) {
             // A server that failed is not to be trusted with a reset.
@@ -274,6 +281,7 @@ impl Client<'_> {
         // the server's answers to them are still relayed, as Postgres would send them.
         let mut client_done = false;
         let mut pace = Pace::default();
+        let moving = self.proxy.successor.moving();
         loop {
             if let Err(e) = self.fit_read_buffer(&mut cbuf, attached) {
                 return End::Failed(e);
@@ -316,6 +324,57 @@ impl Client<'_> {
                     }
                 }
                 _ = terminate.cancelled() => return End::Terminated,
+                _ = moving.cancelled(), if self.movable(&cbuf, attached, client_done) => {
+                    return End::Moved;
+                }
+            }
+        }
+    }
+
+    /// Whether the client can move to the successor now: between transactions (no
+    /// server connection, nothing read and not handled, nothing to skip), not pinned,
+    /// plaintext, and without prepared statements (they live on this process's server
+    /// connections).
+    fn movable(&self, cbuf: &BytesMut, attached: &Option<Attached>, client_done: bool) -> bool {
+        attached.is_none()
+            && cbuf.is_empty()
+            && self.skip == 0
+            && !client_done
+            && !self.pins.any()
+            && !self.pins_pending
+            && self.statements.is_empty()
+            && !self.stream.is_tls()
+    }
+
+    /// Hands the client to the successor: its socket (the bytes it sent meanwhile wait
+    /// in it) and its session. If that fails, the client is told 57P01 as at the end
+    /// of the grace period.
+    async fn depart(self) -> String {
+        let session = MovedSession {
+            client: self.addr,
+            key: self.pool.key.clone(),
+            cancel: self.cancel.key,
+            credential: self.credential.clone(),
+            reported: self.reported.clone(),
+            settings: self.settings.clone(),
+        };
+        let ClientStream::Plain(tcp) = self.stream else {
+            unreachable!("only plaintext clients move");
+        };
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => return format!("could not move to the new process: {e}"),
+        };
+        let moving = MovingClient {
+            tcp,
+            state: session.encode(),
+            done: None,
+        };
+        match self.proxy.successor.send(moving).await {
+            Ok(()) => "moved to the new process".to_owned(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not move the client to the new process");
+                format!("could not move to the new process: {e}")
             }
         }
     }

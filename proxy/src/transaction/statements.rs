@@ -141,6 +141,11 @@ impl ClientStatements {
         }
     }
 
+    /// Whether the client has no prepared statement (named or unnamed).
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty() && self.unnamed.is_none()
+    }
+
     /// Bytes of statement text kept for this client.
     pub fn held_bytes(&self) -> usize {
         self.held
