@@ -113,7 +113,9 @@ fn ask(key: SocketAddr, wanted: &[SocketAddr]) -> std::io::Result<Asked> {
     let stream = match UnixStream::connect_addr(&endpoint(key)?) {
         Ok(stream) => stream,
         // Nobody serves the name: the first process on this address.
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok((Vec::new(), None)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Ok((Vec::new(), None))
+        }
         Err(e) => return Err(e),
     };
     stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
@@ -289,6 +291,10 @@ impl Offer {
                         tracing::warn!(error = %e, "handover: the new process left");
                         return;
                     }
+                    let probe = match stream.try_clone() {
+                        Ok(probe) => probe,
+                        Err(e) => return tracing::warn!(error = %e, "handover: no probe"),
+                    };
                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                     proxy.successor.set(tx);
                     std::thread::Builder::new()
@@ -302,7 +308,14 @@ impl Offer {
                     );
                     // The copies stay open until shutdown: this process still accepts.
                     shutdown.cancelled().await;
-                    proxy.successor.start_moving();
+                    if successor_alive(&probe) {
+                        proxy.successor.start_moving();
+                    } else {
+                        tracing::warn!(
+                            "the process that took the listeners over is gone: clients \
+                             stay here until they leave or the grace period ends"
+                        );
+                    }
                     drop(listeners);
                     return;
                 }
@@ -311,6 +324,16 @@ impl Offer {
             }
         }
     }
+}
+
+/// Whether the new process still holds its end of the handover connection (it sends
+/// nothing on it, so anything but "no data yet" means it is gone).
+fn successor_alive(stream: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        rustix::net::recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT),
+        Err(rustix::io::Errno::AGAIN)
+    )
 }
 
 /// The old process's side of the exchange (blocking): the addresses, one per line

@@ -266,7 +266,12 @@ fn persistent_transaction_mode_clients_move_to_the_new_process() {
     let init = testkit::pgbench(&target, &["-i", "-s", "1", "-q"]);
     assert!(init.success, "pgbench -i: {}", init.stderr);
     let dir = fleet.dir.path().to_owned();
-    let steady = Pgbench::start(&target, &["-c", "16", "-j", "2", "-T", "30"], &dir, "steady");
+    let steady = Pgbench::start(
+        &target,
+        &["-c", "16", "-j", "2", "-T", "30"],
+        &dir,
+        "steady",
+    );
     let mut gone_after = Vec::new();
     for i in 0..3 {
         std::thread::sleep(Duration::from_secs(4));

@@ -21,7 +21,9 @@ use crate::successor::{MovedSession, MovingClient};
 pub async fn serve_arrival(proxy: Arc<Proxy>, moving: MovingClient, id: u64) {
     let session = match MovedSession::decode(&moving.state) {
         Ok(session) => session,
-        Err(e) => return tracing::warn!(error = %e, "a moved client's session is unreadable; closed"),
+        Err(e) => {
+            return tracing::warn!(error = %e, "a moved client's session is unreadable; closed")
+        }
     };
     let span = tracing::info_span!(
         "conn",
@@ -41,7 +43,11 @@ pub async fn serve_arrival(proxy: Arc<Proxy>, moving: MovingClient, id: u64) {
         Err(e) => return refuse(&mut stream, e).await,
     };
     let _guard = span.enter();
-    let tenant = proxy.catalog.snapshot().get(session.key.tenant.as_str()).cloned();
+    let tenant = proxy
+        .catalog
+        .snapshot()
+        .get(session.key.tenant.as_str())
+        .cloned();
     let Some(tenant) = tenant else {
         let e = ClientError::UnknownTenant(session.key.tenant.to_string());
         return refuse(&mut stream, e).await;
@@ -127,4 +133,3 @@ async fn refuse(stream: &mut ClientStream, e: ClientError) {
     e.to_response(&mut out);
     tell_and_close(stream, &out).await;
 }
-

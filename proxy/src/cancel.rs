@@ -205,38 +205,24 @@ impl CancelRegistry {
                 pid: pid.unwrap_or_else(|| rng.gen_range(1..=i32::MAX)),
                 secret: rng.gen(),
             };
-            let mut slots = self.slots.entry(key.pid).or_default();
-            if slots.iter().any(|s| s.secret == key.secret) {
-                continue;
+            if let Some(handle) = self.try_register(key, tenant) {
+                return handle;
             }
-            let slot = Arc::new(Slot {
-                secret: key.secret,
-                tenant: tenant.clone(),
-                running: AtomicBool::new(false),
-                target: Mutex::new(Target {
-                    current: None,
-                    cancelled: false,
-                    in_flight: false,
-                    generation: 0,
-                    bucket: self.per_key.map(|rate| bucket(rate, Instant::now())),
-                }),
-            });
-            slots.push(slot.clone());
-            return CancelHandle {
-                registry: self.clone(),
-                key,
-                slot,
-            };
         }
     }
 
     /// `key` again, for a client moved here from the process it logged in to (the key
     /// it was told); a fresh key if that one is taken here (its cancels then miss).
     pub fn register_key(self: &Arc<Self>, key: CancelKey, tenant: &TenantId) -> CancelHandle {
+        self.try_register(key, tenant)
+            .unwrap_or_else(|| self.register(None, tenant))
+    }
+
+    /// `key` for a client of `tenant`, unless a live client has it.
+    fn try_register(self: &Arc<Self>, key: CancelKey, tenant: &TenantId) -> Option<CancelHandle> {
         let mut slots = self.slots.entry(key.pid).or_default();
         if slots.iter().any(|s| s.secret == key.secret) {
-            drop(slots);
-            return self.register(None, tenant);
+            return None;
         }
         let slot = Arc::new(Slot {
             secret: key.secret,
@@ -251,11 +237,11 @@ impl CancelRegistry {
             }),
         });
         slots.push(slot.clone());
-        CancelHandle {
+        Some(CancelHandle {
             registry: self.clone(),
             key,
             slot,
-        }
+        })
     }
 
     /// The live client whose key is exactly `key`. Every secret registered under the

@@ -293,7 +293,10 @@ async fn session(
     let outcome = match session.pool.settings().mode {
         PoolMode::Session => Box::pin(run_session(&proxy, stream, session, &tally)).await,
         PoolMode::Transaction => {
-            Box::pin(transaction::run(&proxy, stream, session, client, id, &tally)).await
+            Box::pin(transaction::run(
+                &proxy, stream, session, client, id, &tally,
+            ))
+            .await
         }
     };
     log_connection!(

@@ -70,9 +70,15 @@ impl Successor {
         sender
             .send(client)
             .map_err(|_| std::io::Error::other("the handover connection is gone"))?;
-        arrived
+        let result = arrived
             .await
-            .map_err(|_| std::io::Error::other("the handover connection is gone"))?
+            .map_err(|_| std::io::Error::other("the handover connection is gone"))
+            .and_then(|sent| sent);
+        if result.is_err() {
+            // The successor is gone: the clients still here stay.
+            *self.sender.lock().expect("successor lock") = None;
+        }
+        result
     }
 }
 

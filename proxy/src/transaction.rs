@@ -342,7 +342,7 @@ impl Client<'_> {
             && !client_done
             && !self.pins.any()
             && !self.pins_pending
-            && self.statements.is_empty()
+            && self.statements.holds_none()
             && !self.stream.is_tls()
     }
 

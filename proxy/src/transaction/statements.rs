@@ -142,7 +142,7 @@ impl ClientStatements {
     }
 
     /// Whether the client has no prepared statement (named or unnamed).
-    pub fn is_empty(&self) -> bool {
+    pub fn holds_none(&self) -> bool {
         self.by_name.is_empty() && self.unnamed.is_none()
     }
 
