@@ -15,6 +15,14 @@
 //! queues untouched. When nobody answers, the new process binds as usual, with
 //! `SO_REUSEPORT` (`proxy::listen`), so it can also start beside an old process that does
 //! not hand over.
+//!
+//! The connection stays open after the exchange: once the old process drains, its idle
+//! transaction-mode clients go through it to the new one ([`clients`]).
+
+mod clients;
+
+pub use clients::receive_clients;
+use clients::{send_clients, successor_alive};
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
@@ -326,16 +334,6 @@ impl Offer {
     }
 }
 
-/// Whether the new process still holds its end of the handover connection (it sends
-/// nothing on it, so anything but "no data yet" means it is gone).
-fn successor_alive(stream: &UnixStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(
-        rustix::net::recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT),
-        Err(rustix::io::Errno::AGAIN)
-    )
-}
-
 /// The old process's side of the exchange (blocking): the addresses, one per line
 /// after the magic line, and the sockets in the same order; then the addresses the new
 /// process kept.
@@ -383,105 +381,6 @@ fn offer(mut stream: &UnixStream, listeners: &[TcpListener]) -> std::io::Result<
         .take_while(|l| *l != ".")
         .map(|l| l.parse().map_err(|_| invalid("a bad address in the reply")))
         .collect()
-}
-
-/// The old process's side after the handover (a thread of its own): each moving client
-/// as one message, its socket attached (`SCM_RIGHTS`) to a 4-byte length, then its
-/// session; `done` tells the client's task whether it went.
-fn send_clients(
-    stream: UnixStream,
-    mut clients: tokio::sync::mpsc::UnboundedReceiver<proxy::successor::MovingClient>,
-) {
-    let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
-    while let Some(mut client) = clients.blocking_recv() {
-        let sent = send_client(&stream, &client);
-        if let Err(e) = &sent {
-            tracing::warn!(error = %e, "handover: a client could not be sent");
-        }
-        if let Some(done) = client.done.take() {
-            let _ = done.send(sent);
-        }
-    }
-}
-
-fn send_client(
-    stream: &UnixStream,
-    client: &proxy::successor::MovingClient,
-) -> std::io::Result<()> {
-    let mut message = (client.state.len() as u32).to_be_bytes().to_vec();
-    message.extend_from_slice(&client.state);
-    let fds = [client.tcp.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    let sent = rustix::net::sendmsg(
-        stream,
-        &[IoSlice::new(&message)],
-        &mut control,
-        SendFlags::empty(),
-    )?;
-    // A blocking send is whole unless a signal cut it short: the rest follows plainly.
-    let mut out = stream;
-    out.write_all(&message[sent..])
-}
-
-/// The new process's side: each client the old one sends, to the proxy (`arrivals`).
-/// Ends when the old process closes the connection (it exited).
-pub fn receive_clients(
-    stream: UnixStream,
-    arrivals: tokio::sync::mpsc::UnboundedSender<proxy::successor::MovingClient>,
-) {
-    loop {
-        match receive_client(&stream) {
-            Ok(Some(client)) => {
-                if arrivals.send(client).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                return tracing::warn!(error = %e, "handover: receiving clients failed");
-            }
-        }
-    }
-}
-
-fn receive_client(stream: &UnixStream) -> std::io::Result<Option<proxy::successor::MovingClient>> {
-    let mut header = [0u8; 4];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let received = rustix::net::recvmsg(
-        stream,
-        &mut [IoSliceMut::new(&mut header)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    if received.bytes == 0 {
-        return Ok(None);
-    }
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(rights) = message {
-            fds.extend(rights);
-        }
-    }
-    let mut input = stream;
-    input.read_exact(&mut header[received.bytes..])?;
-    let len = u32::from_be_bytes(header) as usize;
-    if len > 1 << 20 {
-        return Err(invalid("a moved client's session is too large"));
-    }
-    let mut state = vec![0u8; len];
-    input.read_exact(&mut state)?;
-    let mut fds = fds.into_iter();
-    let (Some(fd), None) = (fds.next(), fds.next()) else {
-        return Err(invalid("a moved client came without exactly one socket"));
-    };
-    Ok(Some(proxy::successor::MovingClient {
-        tcp: std::net::TcpStream::from(fd),
-        state,
-        done: None,
-    }))
 }
 
 /// Only a process of this user may take the sockets, or give them.
