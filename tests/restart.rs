@@ -246,10 +246,11 @@ fn the_admin_port_answers_for_the_new_process() {
 }
 
 /// Transaction mode, persistent plaintext clients (`pgbench -c 16 -T 30`, one
-/// connection each for the whole run): each replica in turn replaced; the old
-/// process's clients move to the new one between transactions, so the old process is
-/// gone within 15 s of its SIGTERM although the grace is longer than the run, and no
-/// client notices.
+/// connection each for the whole run, plus clients with prepared statements: `-M
+/// prepared` and `-M extended`): each replica in turn replaced; the old process's
+/// clients move to the new one between transactions, statements and all, so the old
+/// process is gone within 15 s of its SIGTERM although the grace is longer than the
+/// run, and no client notices.
 #[test]
 fn persistent_transaction_mode_clients_move_to_the_new_process() {
     let mut fleet = Fleet::start(BIN.as_ref(), 3, "roundrobin", |config| {
@@ -272,6 +273,18 @@ fn persistent_transaction_mode_clients_move_to_the_new_process() {
         &dir,
         "steady",
     );
+    let prepared = Pgbench::start(
+        &target,
+        &["-S", "-n", "-M", "prepared", "-c", "3", "-T", "30"],
+        &dir,
+        "prepared",
+    );
+    let extended = Pgbench::start(
+        &target,
+        &["-S", "-n", "-M", "extended", "-c", "3", "-T", "30"],
+        &dir,
+        "extended",
+    );
     let mut gone_after = Vec::new();
     for i in 0..3 {
         std::thread::sleep(Duration::from_secs(4));
@@ -291,6 +304,8 @@ fn persistent_transaction_mode_clients_move_to_the_new_process() {
     }
     let steady = steady.finish();
     assert_clean(&steady, "pgbench -c 16 -T 30, transaction mode");
+    assert_clean(&prepared.finish(), "pgbench -M prepared, transaction mode");
+    assert_clean(&extended.finish(), "pgbench -M extended, transaction mode");
     let moved: usize = fleet
         .replicas
         .iter()

@@ -113,6 +113,7 @@ pub async fn serve_arrival(proxy: Arc<Proxy>, moving: MovingClient, id: u64) {
             session.client,
             id,
             &tally,
+            session.statements,
         ))
         .instrument(span.clone())
         .await

@@ -294,7 +294,13 @@ async fn session(
         PoolMode::Session => Box::pin(run_session(&proxy, stream, session, &tally)).await,
         PoolMode::Transaction => {
             Box::pin(transaction::run(
-                &proxy, stream, session, client, id, &tally,
+                &proxy,
+                stream,
+                session,
+                client,
+                id,
+                &tally,
+                Vec::new(),
             ))
             .await
         }

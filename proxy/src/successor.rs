@@ -92,13 +92,27 @@ pub(crate) struct MovedSession {
     pub reported: Vec<String>,
     /// What the client believes its session settings are.
     pub settings: BTreeMap<String, String>,
+    /// Its prepared statements.
+    pub statements: Vec<MovedStatement>,
+}
+
+/// A prepared statement as the client named it (empty: the unnamed one), with its text
+/// and parameter types as in its Parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedStatement {
+    pub name: Vec<u8>,
+    pub query: Vec<u8>,
+    pub param_types: Vec<u8>,
 }
 
 const MAGIC: &[u8] = b"sluice-client 1";
-/// No field of a session is longer (names, settings, a credential).
-const MAX_FIELD: usize = 64 * 1024;
-/// Nor has a client more settings or reported parameters.
-const MAX_ENTRIES: usize = 4096;
+/// No field of a session is longer (names, settings, a credential, a statement's text).
+pub const MAX_FIELD: usize = 1 << 20;
+/// Nor has a client more settings, reported parameters or statements (10,000 at most,
+/// `MAX_CLIENT_STATEMENTS`, plus the unnamed one).
+const MAX_ENTRIES: usize = 10_001;
+/// A client moves with at most this much statement text: past it, it stays.
+pub const MAX_MOVED_STATEMENTS: usize = 1 << 20;
 
 impl MovedSession {
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -141,6 +155,12 @@ impl MovedSession {
             put(name.as_bytes());
             put(value.as_bytes());
         }
+        put(&(self.statements.len() as u32).to_be_bytes());
+        for s in &self.statements {
+            put(&s.name);
+            put(&s.query);
+            put(&s.param_types);
+        }
         out
     }
 
@@ -173,6 +193,14 @@ impl MovedSession {
             let name = fields.text()?;
             settings.insert(name, fields.text()?);
         }
+        let mut statements = Vec::new();
+        for _ in 0..fields.count()? {
+            statements.push(MovedStatement {
+                name: fields.next()?.to_vec(),
+                query: fields.next()?.to_vec(),
+                param_types: fields.next()?.to_vec(),
+            });
+        }
         if !fields.0.is_empty() {
             return Err("trailing bytes".into());
         }
@@ -187,6 +215,7 @@ impl MovedSession {
             credential,
             reported,
             settings,
+            statements,
         })
     }
 }
@@ -250,6 +279,18 @@ mod tests {
             settings: [("application_name".to_owned(), "pgbench".to_owned())]
                 .into_iter()
                 .collect(),
+            statements: vec![
+                MovedStatement {
+                    name: b"P0_1".to_vec(),
+                    query: b"select $1".to_vec(),
+                    param_types: vec![0, 1, 0, 0, 0, 23],
+                },
+                MovedStatement {
+                    name: Vec::new(),
+                    query: b"select 1".to_vec(),
+                    param_types: vec![0, 0],
+                },
+            ],
         };
         let bytes = session.encode();
         assert_eq!(MovedSession::decode(&bytes).unwrap().encode(), bytes);

@@ -37,7 +37,7 @@ use crate::login::Session;
 use crate::relay::{Pace, Tally};
 use crate::state::Proxy;
 use crate::stream::ClientStream;
-use crate::successor::{MovedSession, MovingClient};
+use crate::successor::{MovedSession, MovedStatement, MovingClient, MAX_MOVED_STATEMENTS};
 use attached::{header_at, read_server, Attached, READ_BUFFER};
 use client::{Client, End, SETTABLE_REPORTED};
 use router::memory::Exhausted;
@@ -56,6 +56,7 @@ pub async fn run(
     addr: std::net::SocketAddr,
     client_id: u64,
     tally: &Tally,
+    moved_statements: Vec<MovedStatement>,
 ) -> String {
     let Session {
         tenant,
@@ -108,7 +109,11 @@ pub async fn run(
         stream,
         cancel,
         settings: view,
-        statements: ClientStatements::new(client_id),
+        statements: {
+            let mut statements = ClientStatements::new(client_id);
+            statements.import(moved_statements);
+            statements
+        },
         credential,
         limits,
         gate,
@@ -333,8 +338,7 @@ impl Client<'_> {
 
     /// Whether the client can move to the successor now: between transactions (no
     /// server connection, nothing read and not handled, nothing to skip), not pinned,
-    /// plaintext, and without prepared statements (they live on this process's server
-    /// connections).
+    /// plaintext, and with at most [`MAX_MOVED_STATEMENTS`] of statement text.
     fn movable(&self, cbuf: &BytesMut, attached: &Option<Attached>, client_done: bool) -> bool {
         attached.is_none()
             && cbuf.is_empty()
@@ -342,7 +346,7 @@ impl Client<'_> {
             && !client_done
             && !self.pins.any()
             && !self.pins_pending
-            && self.statements.holds_none()
+            && self.statements.held_bytes() <= MAX_MOVED_STATEMENTS
             && !self.stream.is_tls()
     }
 
@@ -357,6 +361,7 @@ impl Client<'_> {
             credential: self.credential.clone(),
             reported: self.reported.clone(),
             settings: self.settings.clone(),
+            statements: self.statements.export(),
         };
         let ClientStream::Plain(tcp) = self.stream else {
             unreachable!("only plaintext clients move");

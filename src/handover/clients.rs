@@ -14,8 +14,8 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
-/// A moved client's encoded session is never larger.
-const MAX_SESSION: usize = 1 << 20;
+/// A moved client's encoded session is never larger (its statement text, and the rest).
+const MAX_SESSION: usize = proxy::successor::MAX_MOVED_STATEMENTS + (1 << 20);
 /// How long sending one client may block before the old process gives up on it.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 

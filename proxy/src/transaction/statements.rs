@@ -16,6 +16,8 @@ use pooler::PreparedSet;
 use wire::frame::Frame;
 use wire::messages::{self, tag};
 
+use crate::successor::MovedStatement;
+
 /// The prefix of every server-side statement name Sluice makes.
 const PREFIX: &str = "sluice_";
 
@@ -141,9 +143,38 @@ impl ClientStatements {
         }
     }
 
-    /// Whether the client has no prepared statement (named or unnamed).
-    pub fn holds_none(&self) -> bool {
-        self.by_name.is_empty() && self.unnamed.is_none()
+    /// The client's statements as it named them (the unnamed one with an empty name),
+    /// to go with it to another process (`successor.rs`).
+    pub fn export(&self) -> Vec<MovedStatement> {
+        let named = self.by_name.iter().map(|(name, s)| MovedStatement {
+            name: name.to_vec(),
+            query: s.query.to_vec(),
+            param_types: s.param_types.to_vec(),
+        });
+        let unnamed = self.unnamed.iter().map(|s| MovedStatement {
+            name: Vec::new(),
+            query: s.query.to_vec(),
+            param_types: s.param_types.to_vec(),
+        });
+        named.chain(unnamed).collect()
+    }
+
+    /// Takes back statements a client had in another process: each is prepared on a
+    /// server connection here at its first use, as after a Parse answered locally.
+    pub fn import(&mut self, statements: Vec<MovedStatement>) {
+        for s in statements {
+            let parse = messages::ParseView {
+                name: &s.name,
+                query: &s.query,
+                param_types: &s.param_types,
+            };
+            if s.name.is_empty() {
+                let unnamed = self.statement(&parse, Arc::from(""));
+                self.set_unnamed(Some(unnamed));
+            } else {
+                self.define(&parse);
+            }
+        }
     }
 
     /// Bytes of statement text kept for this client.
