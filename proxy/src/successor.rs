@@ -5,15 +5,15 @@
 //! Once this process drains and has a successor ([`Successor`], set by the binary
 //! after the listener handover), a transaction-mode client that is between
 //! transactions (no server connection attached, nothing buffered or being skipped,
-//! not pinned), plaintext and without prepared statements leaves the relay
-//! (`transaction.rs`) as a [`MovingClient`]: its socket and its encoded
-//! [`MovedSession`] (tenant, database, role, client address, cancel key, backend
-//! credential, the settings it believes it has). The binary sends both over the
-//! handover connection (`SCM_RIGHTS`); the successor admits the client again and runs
-//! the transaction relay for it, with no login: the client never notices. A TLS client
-//! cannot move (its record layer state lives in this process's rustls), nor can one
-//! whose statements or session state live on server connections; those finish here
-//! within the grace period.
+//! not pinned), plaintext and with at most [`MAX_MOVED_STATEMENTS`] of statement text
+//! leaves the relay (`transaction.rs`) as a [`MovingClient`]: its socket and its
+//! encoded [`MovedSession`] (tenant, database, role, client address, cancel key,
+//! backend credential, the settings it believes it has, its prepared statements). The
+//! binary sends both over the handover connection (`SCM_RIGHTS`); the successor admits
+//! the client again and runs the transaction relay for it, with no login: the client
+//! never notices. A TLS client cannot move (its record layer state lives in this
+//! process's rustls), nor can a pinned one (its session state lives on a server
+//! connection); those finish here within the grace period.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -103,6 +103,24 @@ pub struct MovedStatement {
     pub name: Vec<u8>,
     pub query: Vec<u8>,
     pub param_types: Vec<u8>,
+}
+
+impl MovedStatement {
+    pub fn from_parse(parse: &wire::messages::ParseView<'_>) -> Self {
+        MovedStatement {
+            name: parse.name.to_vec(),
+            query: parse.query.to_vec(),
+            param_types: parse.param_types.to_vec(),
+        }
+    }
+
+    pub fn as_parse(&self) -> wire::messages::ParseView<'_> {
+        wire::messages::ParseView {
+            name: &self.name,
+            query: &self.query,
+            param_types: &self.param_types,
+        }
+    }
 }
 
 const MAGIC: &[u8] = b"sluice-client 1";

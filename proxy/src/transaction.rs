@@ -111,7 +111,7 @@ pub async fn run(
         settings: view,
         statements: {
             let mut statements = ClientStatements::new(client_id);
-            statements.import(moved_statements);
+            statements.import(moved_statements.iter().map(MovedStatement::as_parse));
             statements
         },
         credential,
@@ -361,7 +361,12 @@ impl Client<'_> {
             credential: self.credential.clone(),
             reported: self.reported.clone(),
             settings: self.settings.clone(),
-            statements: self.statements.export(),
+            statements: self
+                .statements
+                .export()
+                .iter()
+                .map(MovedStatement::from_parse)
+                .collect(),
         };
         let ClientStream::Plain(tcp) = self.stream else {
             unreachable!("only plaintext clients move");

@@ -16,8 +16,6 @@ use pooler::PreparedSet;
 use wire::frame::Frame;
 use wire::messages::{self, tag};
 
-use crate::successor::MovedStatement;
-
 /// The prefix of every server-side statement name Sluice makes.
 const PREFIX: &str = "sluice_";
 
@@ -143,32 +141,27 @@ impl ClientStatements {
         }
     }
 
-    /// The client's statements as it named them (the unnamed one with an empty name),
-    /// to go with it to another process (`successor.rs`).
-    pub fn export(&self) -> Vec<MovedStatement> {
-        let named = self.by_name.iter().map(|(name, s)| MovedStatement {
-            name: name.to_vec(),
-            query: s.query.to_vec(),
-            param_types: s.param_types.to_vec(),
+    /// The client's statements as the Parse messages that made them (the unnamed one
+    /// with an empty name), to go with it to another process (`successor.rs`).
+    pub fn export(&self) -> Vec<messages::ParseView<'_>> {
+        let named = self.by_name.iter().map(|(name, s)| messages::ParseView {
+            name,
+            query: &s.query,
+            param_types: &s.param_types,
         });
-        let unnamed = self.unnamed.iter().map(|s| MovedStatement {
-            name: Vec::new(),
-            query: s.query.to_vec(),
-            param_types: s.param_types.to_vec(),
+        let unnamed = self.unnamed.iter().map(|s| messages::ParseView {
+            name: b"",
+            query: &s.query,
+            param_types: &s.param_types,
         });
         named.chain(unnamed).collect()
     }
 
     /// Takes back statements a client had in another process: each is prepared on a
     /// server connection here at its first use, as after a Parse answered locally.
-    pub fn import(&mut self, statements: Vec<MovedStatement>) {
-        for s in statements {
-            let parse = messages::ParseView {
-                name: &s.name,
-                query: &s.query,
-                param_types: &s.param_types,
-            };
-            if s.name.is_empty() {
+    pub fn import<'a>(&mut self, statements: impl IntoIterator<Item = messages::ParseView<'a>>) {
+        for parse in statements {
+            if parse.name.is_empty() {
                 let unnamed = self.statement(&parse, Arc::from(""));
                 self.set_unnamed(Some(unnamed));
             } else {
