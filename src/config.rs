@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use diff::{changed_keys, is_live};
 pub use error::{ConfigError, ConfigErrors};
-pub use runtime::Runtime;
+pub use runtime::{FleetRuntime, Runtime};
 pub use schema::*;
 
 impl Config {

@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod handover;
 mod keys_cmd;
+mod replicas_cmd;
 mod roles_cmd;
 mod serve;
 mod signals;
@@ -61,6 +62,8 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Create, list and revoke the admin API's keys (needs an admin key).
     Keys(keys_cmd::KeysArgs),
+    /// List the live replicas of the fleet through the admin API.
+    Replicas(replicas_cmd::ReplicasArgs),
     /// The `lxc` driver's host side: per-tenant unprivileged containers.
     Lxc {
         #[command(subcommand)]
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Roles(args) => roles_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),
         Command::Keys(args) => keys_cmd::run(args),
+        Command::Replicas(args) => replicas_cmd::run(args),
         Command::Lxc {
             command: LxcCommand::Prepare { config },
         } => lxc_prepare(&config),

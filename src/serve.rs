@@ -5,16 +5,20 @@ use std::sync::Arc;
 
 use admin_api::{Admin, ConnectionHint};
 use anyhow::Context;
+use control::fleet::FleetMember;
 use control::secrets::SecretBox;
+use control::store::ReplicaInfo;
 use control::{CatalogSync, Drivers, OpenedControl, Plane};
 use pooler::{Histograms, Pools};
 use provision::{LocalDriver, LxcDriver, ProxmoxDriver, StaticDriver};
+use proxy::fleet::FleetLink;
 use proxy::tls::ServerTls;
 use proxy::Proxy;
+use rand::Rng;
 use router::{Catalog, CatalogHandle, Rejections, TenantLabels};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogFormat, Runtime};
+use crate::config::{Config, FleetRuntime, LogFormat, Runtime};
 use crate::handover::{self, Offer, TakenOver};
 use crate::signals::{notify_systemd, reload, ConfigFile, Signals};
 
@@ -82,6 +86,63 @@ pub struct Running {
     /// The connection to the Sluice this one replaced, which its idle clients come
     /// through once it drains.
     arrivals: Option<std::os::unix::net::UnixStream>,
+    /// In a fleet: this replica's membership and the listener for the others.
+    fleet: Option<Fleet>,
+}
+
+/// This process as a replica of a fleet.
+struct Fleet {
+    member: Arc<FleetMember>,
+    link: Arc<FleetLink>,
+    /// `[fleet] listen`: forwarded cancels from the other replicas.
+    listener: tokio::net::TcpListener,
+}
+
+/// Listens on `[fleet] listen` (`listener`, bound or taken over at start), registers
+/// this process in the store and makes the catalog and the proxy follow the fleet: each
+/// tenant's limits cut to this replica's share, cancel keys tagged with its slot.
+async fn join_fleet(
+    fleet: &FleetRuntime,
+    listener: std::net::TcpListener,
+    control: &control::Control,
+    proxy: &Arc<Proxy>,
+    proxy_addrs: &[std::net::SocketAddr],
+    admin_addr: std::net::SocketAddr,
+) -> anyhow::Result<Fleet> {
+    let link = proxy
+        .fleet
+        .clone()
+        .context("the proxy has no fleet secret")?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let internal = match fleet.advertise {
+        Some(addr) => addr,
+        None => listener.local_addr()?,
+    };
+    let info = ReplicaInfo {
+        id: fleet.id.clone(),
+        instance: rand::thread_rng().gen_range(1..=i64::MAX),
+        internal_addr: internal.to_string(),
+        proxy_addrs: proxy_addrs.iter().map(|a| a.to_string()).collect(),
+        admin_addr: admin_addr.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let member = FleetMember::join(control, info, fleet.member.clone()).await;
+    follow(&member.membership(), &proxy.catalog, &link);
+    tracing::info!(id = %fleet.id, internal = %internal, "fleet listener ready");
+    Ok(Fleet {
+        member,
+        link,
+        listener,
+    })
+}
+
+/// Applies a membership: the catalog's share (kept as it was while this replica is
+/// not registered or drains) and the cancel routes.
+fn follow(membership: &router::Membership, catalog: &CatalogHandle, link: &FleetLink) {
+    if let Some(share) = membership.share() {
+        catalog.set_share(share);
+    }
+    link.set_membership(membership.clone());
 }
 
 /// The provisioning drivers `[provisioner]` enables: `static` always (it only uses
@@ -178,6 +239,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         .listen
         .iter()
         .chain([&runtime.admin.listen])
+        .chain(runtime.fleet.as_ref().map(|f| &f.listen))
         .copied()
         .collect();
     let mut taken = TakenOver::ask(key, wanted).await;
@@ -192,9 +254,23 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     let admin_listener = taken
         .listener(runtime.admin.listen)
         .with_context(|| format!("binding the admin listener {}", runtime.admin.listen))?;
+    // `[fleet] listen` too, so that a replica's new process starts beside the old one.
+    let fleet_listener = runtime
+        .fleet
+        .as_ref()
+        .map(|f| {
+            taken
+                .listener(f.listen)
+                .with_context(|| format!("binding [fleet] listen {}", f.listen))
+        })
+        .transpose()?;
     let arrivals = taken.clients.take();
     drop(taken);
-    let offered: Vec<&std::net::TcpListener> = listeners.iter().chain([&admin_listener]).collect();
+    let offered: Vec<&std::net::TcpListener> = listeners
+        .iter()
+        .chain([&admin_listener])
+        .chain(fleet_listener.as_ref())
+        .collect();
     let offer = Offer::new(key, &offered).await;
     let listeners = listeners
         .into_iter()
@@ -282,6 +358,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         wake: Arc::new(tokio::sync::Notify::new()),
         gates: proxy.gates.clone(),
         health: Default::default(),
+        fleet: runtime.fleet.as_ref().map(|f| f.member.clone()),
     };
     let admin_state = Admin::prepare(
         &runtime.admin,
@@ -294,11 +371,29 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     )
     .await?;
     let admin = Admin::on(admin_listener, admin_state)?;
+    let fleet = match &runtime.fleet {
+        Some(fleet) => {
+            let listener = fleet_listener.context("the fleet listener")?;
+            Some(
+                join_fleet(
+                    fleet,
+                    listener,
+                    &control.control,
+                    &proxy,
+                    &addrs,
+                    admin.addr,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     Ok(Running {
         proxy,
         listeners,
         addrs,
         admin,
+        fleet,
         plane,
         refusal_audit_interval: runtime.control.refusal_audit_interval,
         control,
@@ -306,6 +401,50 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         offer,
         arrivals,
     })
+}
+
+/// The fleet's background tasks: heartbeats until `stop` (then leaving the fleet: the
+/// task returned, to be awaited before the process exits), following membership
+/// changes, serving forwarded cancels (while draining too), and telling the others at
+/// `shutdown` that this replica drains.
+fn run_fleet(
+    fleet: Fleet,
+    proxy: &Arc<Proxy>,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let Fleet {
+        member,
+        link,
+        listener,
+    } = fleet;
+    let membership = tokio::spawn(member.clone().run(stop.clone()));
+    tokio::spawn(link.clone().serve(
+        listener,
+        proxy.cancels.clone(),
+        proxy.rejections.clone(),
+        stop.clone(),
+    ));
+    let mut changes = member.subscribe();
+    let catalog = proxy.catalog.clone();
+    let follow_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = follow_stop.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let membership = changes.borrow_and_update().clone();
+            follow(&membership, &catalog, &link);
+        }
+    });
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = shutdown.cancelled() => member.drain().await,
+        }
+    });
+    membership
 }
 
 impl Running {
@@ -392,6 +531,9 @@ impl Running {
             self.refusal_audit_interval,
             stop_admin.clone(),
         ));
+        let fleet = self
+            .fleet
+            .map(|fleet| run_fleet(fleet, &self.proxy, shutdown.clone(), stop_admin.clone()));
         let maintenance = tokio::spawn(self.proxy.pools.clone().maintain(shutdown.clone()));
         let proxy = self.proxy.clone();
         let prune_stop = shutdown.clone();
@@ -422,6 +564,9 @@ impl Running {
         stop_admin.cancel();
         let _ = admin.await;
         let _ = plane.await;
+        if let Some(fleet) = fleet {
+            let _ = fleet.await;
+        }
         let drivers = self.drivers.clone();
         let _ = tokio::task::spawn_blocking(move || drivers.shutdown()).await;
         self.control.stop().await;

@@ -268,6 +268,7 @@ fn every_route_answers_each_role_as_documented_and_bad_keys_create_nothing() {
             "",
             Needs::Viewer,
         ),
+        ("GET", "/v1/replicas", "/v1/replicas", "", Needs::Viewer),
     ];
     let covered: BTreeSet<(String, String)> = table
         .iter()

@@ -61,6 +61,10 @@ fn rolling_restart_under_pgbench_drops_nobody() {
     let mut fleet = Fleet::start(BIN.as_ref(), 3, "roundrobin", |config| {
         config.shutdown_grace_s = 120;
         config.log = "info".into();
+        // About restarts, not the tenant's budgets (fleet totals): a connect rate the
+        // storm stays under, and a server connection for every session-mode client.
+        config.default_limits = vec!["connect_rate = 100000".into()];
+        config.default_pool = vec!["size = 90".into()];
     })
     .expect("fleet");
     let target = fleet.target();

@@ -11,6 +11,7 @@ pub mod bans;
 pub mod health;
 pub mod jobs;
 pub mod pools;
+pub mod replicas;
 pub mod roles;
 pub mod tenant_changes;
 pub mod tenant_create;

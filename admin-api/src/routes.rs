@@ -5,7 +5,7 @@ use hyper::{Method, StatusCode};
 
 use crate::error::ApiError;
 use crate::handlers::{api_keys, audit, bans, health, jobs, pools, roles, tenant_changes};
-use crate::handlers::{tenant_create, tenants};
+use crate::handlers::{replicas, tenant_create, tenants};
 use crate::request::Handler::{self, Later, Now};
 use crate::request::Req;
 
@@ -48,6 +48,10 @@ static ROUTES: &[Route] = &[
     Route {
         template: "/v1/pools",
         methods: &[(Method::GET, Now(pools::pools))],
+    },
+    Route {
+        template: "/v1/replicas",
+        methods: &[(Method::GET, Later(replicas::list))],
     },
     Route {
         template: "/v1/tenants",

@@ -836,6 +836,11 @@ fn bind(
         wake: Arc::new(tokio::sync::Notify::new()),
         gates: Arc::new(Gates),
         health: Default::default(),
+        // A replica of a fleet (of none other), so `/v1/replicas` reads the store.
+        fleet: Some(control::fleet::FleetConfig {
+            heartbeat: Duration::from_secs(1),
+            expire_after: Duration::from_secs(5),
+        }),
     };
     let hint = Some(ConnectionHint {
         sni_suffix: SNI_SUFFIX.into(),
@@ -1282,6 +1287,7 @@ fn live_answers_match_the_document() {
         ("DELETE", "/v1/api-keys/{id}", ""),
         ("GET", "/v1/audit-events", ""),
         ("GET", "/v1/audit-events/verify", ""),
+        ("GET", "/v1/replicas", ""),
     ] {
         let path = live.concrete(template);
         let code = live.error_at(method, template, &path, key, body, 503);

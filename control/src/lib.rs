@@ -22,6 +22,7 @@
 
 pub mod catalog_sync;
 pub mod drivers;
+pub mod fleet;
 pub mod health;
 pub mod jobs;
 pub mod keys;

@@ -29,6 +29,8 @@ pub struct Plane {
     pub gates: Arc<dyn AdmissionControl>,
     /// What the supervisor last found of each tenant's backend.
     pub health: Arc<crate::health::BackendHealth>,
+    /// `[fleet]`, if this process is a replica of one (`GET /v1/replicas`).
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 impl Plane {

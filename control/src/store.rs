@@ -19,6 +19,7 @@ pub mod embedded;
 pub mod idempotency;
 pub mod jobs;
 pub mod migrate;
+pub mod replicas;
 pub mod rfc3339;
 pub mod tenants;
 
@@ -29,4 +30,5 @@ pub use connection::Store;
 pub use embedded::EmbeddedControl;
 pub use jobs::{JobOutcome, JobRecord, JOB_STATES};
 pub use migrate::{Migration, SchemaMismatch, MIGRATIONS};
+pub use replicas::{FleetFull, ReplicaInfo};
 pub use tenants::{BackendRecord, ChangeError, RoleRecord, TenantRecord};

@@ -94,6 +94,50 @@ pub struct CancelRegistry {
     slots: DashMap<i32, Vec<Arc<Slot>>>,
     per_key: Option<u32>,
     per_ip: Option<Mutex<AddressBuckets>>,
+    /// In a fleet: the replica's tag in every key it hands out.
+    tag: Option<Arc<FleetTag>>,
+}
+
+/// In a fleet, the top byte of every cancel secret a replica hands out says which
+/// replica it is (`wire::fleet::tagged_secret`), so that any replica receiving the
+/// CancelRequest knows where to send it on.
+#[derive(Debug)]
+pub struct FleetTag {
+    /// The fleet's shared secret.
+    pub secret: Vec<u8>,
+    /// This replica's slot, once registered ([`FleetTag::NO_SLOT`] before).
+    slot: std::sync::atomic::AtomicU16,
+}
+
+impl FleetTag {
+    const NO_SLOT: u16 = u16::MAX;
+
+    pub fn new(secret: Vec<u8>) -> Self {
+        FleetTag {
+            secret,
+            slot: std::sync::atomic::AtomicU16::new(Self::NO_SLOT),
+        }
+    }
+
+    /// Sets this replica's slot: keys handed out from now on carry it.
+    pub fn set_slot(&self, slot: Option<u8>) {
+        let slot = slot.map_or(Self::NO_SLOT, u16::from);
+        self.slot.store(slot, Ordering::Release);
+    }
+
+    /// This replica's slot, once registered.
+    pub fn slot(&self) -> Option<u8> {
+        u8::try_from(self.slot.load(Ordering::Acquire)).ok()
+    }
+
+    /// A secret for a new key with process id `pid` from 32 random bits: tagged with
+    /// the slot once there is one (until then only this replica can find the key).
+    fn secret_for(&self, pid: i32, random: u32) -> i32 {
+        match self.slot() {
+            Some(slot) => wire::fleet::tagged_secret(&self.secret, slot, pid, random),
+            None => random as i32,
+        }
+    }
 }
 
 /// A client's registration; dropping it forgets the key.
@@ -192,7 +236,19 @@ impl CancelRegistry {
                 let burst = (2.0 * rate).max(1.0);
                 Mutex::new(AddressBuckets::new(rate, burst, DEFAULT_MAX_ADDRESSES, now))
             }),
+            tag: None,
         }
+    }
+
+    /// This registry, handing out keys tagged for a fleet.
+    pub fn in_fleet(mut self, tag: Arc<FleetTag>) -> Self {
+        self.tag = Some(tag);
+        self
+    }
+
+    /// The fleet tag, if this process is in a fleet.
+    pub fn fleet_tag(&self) -> Option<&Arc<FleetTag>> {
+        self.tag.as_ref()
     }
 
     /// A key for a new client of `tenant`: process id `pid` (the backend's, in session
@@ -201,10 +257,13 @@ impl CancelRegistry {
     pub fn register(self: &Arc<Self>, pid: Option<i32>, tenant: &TenantId) -> CancelHandle {
         let mut rng = rand::thread_rng();
         loop {
-            let key = CancelKey {
-                pid: pid.unwrap_or_else(|| rng.gen_range(1..=i32::MAX)),
-                secret: rng.gen(),
+            let pid = pid.unwrap_or_else(|| rng.gen_range(1..=i32::MAX));
+            let random: u32 = rng.gen();
+            let secret = match &self.tag {
+                Some(tag) => tag.secret_for(pid, random),
+                None => random as i32,
             };
+            let key = CancelKey { pid, secret };
             if let Some(handle) = self.try_register(key, tenant) {
                 return handle;
             }
@@ -267,6 +326,16 @@ impl CancelRegistry {
     /// marks its server connection as cancelled, and holds it as "in flight" until
     /// its [`Forward`] is dropped.
     pub fn decide(&self, key: CancelKey, ip: IpAddr, now: Instant) -> Decision {
+        self.decide_from(key, Some(ip), now)
+    }
+
+    /// [`CancelRegistry::decide`] for a cancel another replica of the fleet received
+    /// and sent on here: that replica took it against the client address's rate.
+    pub fn decide_forwarded(&self, key: CancelKey, now: Instant) -> Decision {
+        self.decide_from(key, None, now)
+    }
+
+    fn decide_from(&self, key: CancelKey, ip: Option<IpAddr>, now: Instant) -> Decision {
         let slot = self.find(key);
         let tenant = slot.as_ref().map(|s| s.tenant.clone());
         let dropped = |outcome| Decision {
@@ -274,7 +343,7 @@ impl CancelRegistry {
             tenant: tenant.clone(),
             forward: None,
         };
-        if let Some(addresses) = &self.per_ip {
+        if let (Some(addresses), Some(ip)) = (&self.per_ip, ip) {
             let mut addresses = addresses.lock().expect("cancel rate lock poisoned");
             if !addresses.try_take(ip, now) {
                 return dropped(CancelOutcome::RateLimited);
@@ -329,11 +398,28 @@ pub async fn carry_out(
     key: CancelKey,
     ip: IpAddr,
 ) -> CancelOutcome {
+    let decision = registry.decide(key, ip, Instant::now());
+    act(decision, rejections).await
+}
+
+/// [`carry_out`] for a cancel another replica received (see
+/// [`CancelRegistry::decide_forwarded`]).
+pub async fn carry_out_forwarded(
+    registry: &CancelRegistry,
+    rejections: &Rejections,
+    key: CancelKey,
+) -> CancelOutcome {
+    let decision = registry.decide_forwarded(key, Instant::now());
+    act(decision, rejections).await
+}
+
+/// Forwards a decided cancel, or drops it, and counts what became of it.
+pub(crate) async fn act(decision: Decision, rejections: &Rejections) -> CancelOutcome {
     let Decision {
         outcome,
         tenant,
         forward,
-    } = registry.decide(key, ip, Instant::now());
+    } = decision;
     let outcome = match forward {
         Some(forward) => match forward.send().await {
             Ok(()) => {

@@ -48,6 +48,19 @@ pub struct ProxyConfig {
     /// Whether connections start with a PROXY protocol header, and from whom it is
     /// believed (proxy_protocol.rs).
     pub proxy_protocol: ProxyProtocol,
+    /// `[fleet] secret_file`'s secret when this process is a replica of a fleet: cancel
+    /// keys carry the replica's tag and cancels travel between replicas (fleet.rs).
+    pub fleet_secret: Option<FleetSecret>,
+}
+
+/// The secret replicas of a fleet share; never printed.
+#[derive(Clone)]
+pub struct FleetSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for FleetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetSecret(..)")
+    }
 }
 
 /// `[proxy] proxy_protocol`.
@@ -171,6 +184,7 @@ impl Default for ProxyConfig {
             cancel_rate_per_key: Some(5),
             cancel_rate_per_ip: Some(100),
             proxy_protocol: ProxyProtocol::default(),
+            fleet_secret: None,
         }
     }
 }

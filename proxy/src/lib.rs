@@ -35,6 +35,7 @@ pub mod cancel;
 pub mod config;
 pub mod error;
 mod farewell;
+pub mod fleet;
 mod goodbye;
 pub mod listener;
 pub mod login;

@@ -12,7 +12,6 @@ use tokio::time::{timeout_at, Instant};
 use tracing::Instrument;
 
 use crate::admit::Admission;
-use crate::cancel;
 use crate::config::PeerKind;
 use crate::error::ClientError;
 use crate::goodbye::{terminated, REJECT_TIMEOUT};
@@ -401,7 +400,8 @@ async fn handle_cancel(
     client: SocketAddr,
     mut stream: ClientStream,
 ) {
-    cancel::carry_out(&proxy.cancels, &proxy.rejections, key, client.ip()).await;
+    let fleet = proxy.fleet.as_deref();
+    crate::fleet::carry_out(fleet, &proxy.cancels, &proxy.rejections, key, client.ip()).await;
     // Inside TLS the end is announced (close_notify). A plaintext connection is just
     // closed: the client has sent all it may, so the kernel ends it with a FIN, and a
     // shutdown first would only cost a storm of cancels one more system call each.

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admit::Gates;
 use crate::auth::MockSecret;
-use crate::cancel::{CancelRates, CancelRegistry};
+use crate::cancel::{CancelRates, CancelRegistry, FleetTag};
 use crate::config::ProxyConfig;
+use crate::fleet::FleetLink;
 use crate::prelogin::PendingLogins;
 use crate::secrets::SecretCache;
 use crate::successor::Successor;
@@ -39,6 +40,8 @@ pub struct Proxy {
     pub memory: Arc<MemoryBudget>,
     /// Connections in the pre-login phase, and their caps (prelogin.rs).
     pub pending: PendingLogins,
+    /// In a fleet: cancels to and from the other replicas (fleet.rs).
+    pub fleet: Option<Arc<FleetLink>>,
     /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
     pub terminate: CancellationToken,
     /// The Sluice that took this one's listeners over, if any: idle transaction-mode
@@ -56,10 +59,16 @@ impl Proxy {
         rejections: Arc<Rejections>,
     ) -> Self {
         let terminate = CancellationToken::new();
-        let cancels = Arc::new(CancelRegistry::new(CancelRates {
+        let mut cancels = CancelRegistry::new(CancelRates {
             per_key: config.cancel_rate_per_key,
             per_ip: config.cancel_rate_per_ip,
-        }));
+        });
+        let fleet = config.fleet_secret.as_ref().map(|secret| {
+            let tag = Arc::new(FleetTag::new(secret.0.clone()));
+            cancels = std::mem::take(&mut cancels).in_fleet(tag.clone());
+            Arc::new(FleetLink::new(tag))
+        });
+        let cancels = Arc::new(cancels);
         Proxy {
             rejections,
             gates: Arc::new(Gates::new(
@@ -78,6 +87,7 @@ impl Proxy {
             catalog,
             pools,
             cancels,
+            fleet,
             mock_secret: MockSecret::random(),
             terminate,
             successor: Successor::default(),

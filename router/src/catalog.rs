@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 
+use crate::fleet::Share;
 use crate::tenant::Tenant;
 use crate::tenant_id::TenantId;
 
 /// An immutable snapshot of all tenants. Lookups are one hash probe, so their cost does
 /// not depend on how many tenants there are.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Catalog {
     tenants: HashMap<TenantId, Arc<Tenant>>,
 }
@@ -69,7 +70,11 @@ type RoleListener = Box<dyn Fn(&TenantId, &str) + Send + Sync>;
 /// apply changed limits and pool settings to what is already running).
 #[derive(Default)]
 pub struct CatalogHandle {
+    /// What readers see: `full` cut to this process's fleet share.
     current: ArcSwap<Catalog>,
+    /// The tenants with their fleet-wide totals: what writers change.
+    full: ArcSwap<Catalog>,
+    share: Mutex<Share>,
     /// Held by writers for their whole read-modify-write, so no change is lost.
     writer: Mutex<()>,
     listeners: RwLock<Vec<Listener>>,
@@ -87,9 +92,30 @@ impl std::fmt::Debug for CatalogHandle {
 impl CatalogHandle {
     pub fn new(catalog: Catalog) -> Self {
         CatalogHandle {
-            current: ArcSwap::from_pointee(catalog),
+            current: ArcSwap::from_pointee(catalog.clone()),
+            full: ArcSwap::from_pointee(catalog),
             ..CatalogHandle::default()
         }
+    }
+
+    /// The catalog with fleet-wide totals (what the control store says), where
+    /// [`CatalogHandle::snapshot`] has this process's share of them.
+    pub fn full(&self) -> Arc<Catalog> {
+        self.full.load_full()
+    }
+
+    /// Sets this process's share of every tenant's fleet-wide totals
+    /// (`router::fleet`), publishing the catalog again if it changed.
+    pub fn set_share(&self, share: Share) {
+        let _writer = self.writer.lock().expect("catalog writer lock poisoned");
+        let mut current = self.share.lock().expect("catalog share lock poisoned");
+        if *current == share {
+            return;
+        }
+        *current = share;
+        drop(current);
+        let full = self.full.load_full();
+        self.publish((*full).clone());
     }
 
     pub fn snapshot(&self) -> Arc<Catalog> {
@@ -105,13 +131,20 @@ impl CatalogHandle {
     /// fails; writers go one at a time.
     pub fn update<E>(&self, change: impl FnOnce(&Catalog) -> Result<Catalog, E>) -> Result<(), E> {
         let _writer = self.writer.lock().expect("catalog writer lock poisoned");
-        let next = change(&self.current.load())?;
+        let next = change(&self.full.load())?;
         self.publish(next);
         Ok(())
     }
 
     fn publish(&self, catalog: Catalog) {
-        let catalog = Arc::new(catalog);
+        let share = *self.share.lock().expect("catalog share lock poisoned");
+        let shared = Arc::new(if share == Share::WHOLE {
+            catalog.clone()
+        } else {
+            Catalog::new(catalog.iter().map(|t| share.of_tenant(t)))
+        });
+        self.full.store(Arc::new(catalog));
+        let catalog = shared;
         self.current.store(catalog.clone());
         for listener in self.listeners.read().expect("catalog lock poisoned").iter() {
             listener(&catalog);
@@ -183,5 +216,29 @@ mod tests {
         assert!(handle.snapshot().get("globex").is_some());
         // An old snapshot stays valid for whoever still holds it.
         assert!(before.get("acme").is_some());
+    }
+
+    #[test]
+    fn readers_see_the_share_and_writers_the_totals() {
+        let mut t = tenant("acme");
+        t.pool.size = 6;
+        t.limits.query_rate = Some(100);
+        let handle = CatalogHandle::new(Catalog::new([t]));
+        handle.set_share(Share {
+            replicas: 3,
+            rank: 0,
+        });
+        let shared = handle.snapshot();
+        assert_eq!(shared.get("acme").unwrap().pool.size, 2);
+        assert_eq!(shared.get("acme").unwrap().limits.query_rate, Some(34));
+        assert_eq!(handle.full().get("acme").unwrap().pool.size, 6);
+        // A change is made to the totals and published cut, never cut twice.
+        handle
+            .update(|c| Ok::<_, ()>(c.with(tenant("globex"))))
+            .unwrap();
+        assert_eq!(handle.snapshot().get("acme").unwrap().pool.size, 2);
+        handle.set_share(Share::WHOLE);
+        assert_eq!(handle.snapshot().get("acme").unwrap().pool.size, 6);
+        assert_eq!(handle.snapshot().len(), 2);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod catalog;
+pub mod fleet;
 pub mod identify;
 pub mod memory;
 pub mod rejections;
@@ -18,6 +19,7 @@ pub use admission::{
     TokenBucket, DEFAULT_MAX_ADDRESSES,
 };
 pub use catalog::{Catalog, CatalogHandle};
+pub use fleet::{Membership, Replica, Share};
 pub use identify::Client as IdentifyClient;
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};
 pub use memory::MemoryBudget;

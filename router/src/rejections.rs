@@ -113,16 +113,20 @@ pub enum CancelOutcome {
     Idle,
     /// A cancel for the same server connection was still on its way: not sent twice.
     InFlight,
+    /// The key is a client's of another replica of the fleet: sent on to it (which
+    /// counts what it did with it).
+    ToReplica,
 }
 
 impl CancelOutcome {
-    pub const ALL: [CancelOutcome; 6] = [
+    pub const ALL: [CancelOutcome; 7] = [
         CancelOutcome::Forwarded,
         CancelOutcome::Failed,
         CancelOutcome::UnknownKey,
         CancelOutcome::RateLimited,
         CancelOutcome::Idle,
         CancelOutcome::InFlight,
+        CancelOutcome::ToReplica,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -133,6 +137,7 @@ impl CancelOutcome {
             CancelOutcome::RateLimited => "rate_limited",
             CancelOutcome::Idle => "idle",
             CancelOutcome::InFlight => "in_flight",
+            CancelOutcome::ToReplica => "to_replica",
         }
     }
 }

@@ -11,7 +11,7 @@ use admin_api::AdminConfig;
 use control::catalog_sync::Base;
 use control::store::{BackendRecord, TenantRecord};
 use control::{ConfigTenant, ControlConfig, Plans};
-use proxy::config::{ProxyConfig, ProxyProtocol, ProxyProtocolMode, TlsFiles};
+use proxy::config::{FleetSecret, ProxyConfig, ProxyProtocol, ProxyProtocolMode, TlsFiles};
 use router::{BanPolicy, Cidr, IdentifyRules, Limits, PoolMode, PoolSettings, SessionState};
 
 use super::error::ConfigError;
@@ -36,6 +36,17 @@ pub struct Runtime {
     pub proxmox: Option<provision::ProxmoxConfig>,
     /// `[provisioner.lxc]` (or its defaults, with `driver = "lxc"`) and the plans' sizes.
     pub lxc: Option<provision::LxcConfig>,
+    /// `[fleet]`, if this process is a replica of one.
+    pub fleet: Option<FleetRuntime>,
+}
+
+/// `[fleet]`, with the secret read (it is also in `proxy.fleet_secret`).
+#[derive(Debug, Clone)]
+pub struct FleetRuntime {
+    pub id: String,
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub member: control::fleet::FleetConfig,
 }
 
 impl Config {
@@ -84,6 +95,31 @@ impl Config {
                     .map(|c| Cidr::parse(c).expect("validated"))
                     .collect(),
             },
+            fleet_secret: None,
+        };
+        let mut proxy = proxy;
+        let fleet = match &self.fleet {
+            Some(f) => {
+                let secret = std::fs::read(&f.secret_file).map_err(|e| ConfigError {
+                    key: "fleet.secret_file".into(),
+                    line: None,
+                    message: format!("cannot read {}: {e}", f.secret_file.display()),
+                })?;
+                proxy.fleet_secret = Some(FleetSecret(secret.trim_ascii().to_vec()));
+                Some(FleetRuntime {
+                    id: f.id.clone(),
+                    listen: f.listen.parse().expect("validated"),
+                    advertise: f
+                        .advertise
+                        .as_deref()
+                        .map(|a| a.parse().expect("validated")),
+                    member: control::fleet::FleetConfig {
+                        heartbeat: Duration::from_millis(f.heartbeat_ms),
+                        expire_after: Duration::from_millis(f.expire_after_ms),
+                    },
+                })
+            }
+            None => None,
         };
         let admin = AdminConfig {
             listen: self.admin.listen.parse().expect("validated"),
@@ -179,6 +215,7 @@ impl Config {
             },
             proxmox: self.proxmox()?,
             lxc: self.lxc(),
+            fleet,
             data_dir: self.data_dir.clone(),
             secrets_key_file: self
                 .control

@@ -26,6 +26,8 @@ pub struct Config {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub control: ControlSection,
+    /// Present: this process is a replica of a fleet (docs/fleet.md).
+    pub fleet: Option<FleetSection>,
     #[serde(default)]
     pub provisioner: ProvisionerSection,
     #[serde(default)]
@@ -80,6 +82,36 @@ impl Default for AdminSection {
             refusal_audit_interval_s: 60,
         }
     }
+}
+
+/// `[fleet]`: this process is one replica of several sharing the control store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// The replica's name, kept across restarts (`sluice replicas` lists it).
+    pub id: String,
+    /// Where the other replicas reach this one (forwarded cancels): `IP:port`.
+    pub listen: String,
+    /// The address the others are told, when `listen` is a wildcard (`0.0.0.0:…`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The secret every replica of the fleet shares (at least 32 bytes; e.g.
+    /// `head -c 32 /dev/urandom | base64`). Signs forwarded cancels and tags cancel keys.
+    pub secret_file: PathBuf,
+    /// How often the replica renews its row in the store and reads the others'.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A replica silent this long is dead to the others.
+    #[serde(default = "default_expire_after_ms")]
+    pub expire_after_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+
+fn default_expire_after_ms() -> u64 {
+    5000
 }
 
 /// The control store: tenants, roles, jobs, API keys, secrets and the audit log.

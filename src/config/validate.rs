@@ -7,7 +7,7 @@ use router::TenantId;
 
 use super::error::ConfigError;
 use super::locate::{line_of, path_string, Seg};
-use super::schema::{Config, LimitsSection, PoolSection};
+use super::schema::{Config, FleetSection, LimitsSection, PoolSection};
 use router::Cidr;
 
 /// A problem at a key path, before it is located in the text.
@@ -122,6 +122,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
                 format!("not a PostgreSQL connection string: {e}"),
             ));
         }
+    }
+    if let Some(fleet) = &config.fleet {
+        check_fleet(fleet, config.control.database_url.is_some(), &mut problems);
     }
     match config.provisioner.driver.as_str() {
         "local" | "static" | "none" | "lxc" => {}
@@ -294,6 +297,51 @@ fn check_proxy_protocol(mode: &str, from: &[String], problems: &mut Vec<Problem>
     }
 }
 
+fn check_fleet(fleet: &FleetSection, external_store: bool, problems: &mut Vec<Problem>) {
+    let key = |key| vec![Key("fleet"), Key(key)];
+    if !external_store {
+        problems.push(Problem::new(
+            key("id"),
+            "a fleet shares one control store: set [control] database_url",
+        ));
+    }
+    let id_ok = !fleet.id.is_empty()
+        && fleet.id.len() <= 63
+        && fleet
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !id_ok {
+        problems.push(Problem::new(
+            key("id"),
+            "1 to 63 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if fleet.listen.parse::<SocketAddr>().is_err() {
+        problems.push(Problem::new(
+            key("listen"),
+            format!("{:?} is not an IP:port address", fleet.listen),
+        ));
+    }
+    if let Some(advertise) = &fleet.advertise {
+        if advertise.parse::<SocketAddr>().is_err() {
+            problems.push(Problem::new(
+                key("advertise"),
+                format!("{advertise:?} is not an IP:port address"),
+            ));
+        }
+    }
+    if fleet.heartbeat_ms < 100 {
+        problems.push(Problem::new(key("heartbeat_ms"), "at least 100"));
+    }
+    if fleet.expire_after_ms < 2 * fleet.heartbeat_ms {
+        problems.push(Problem::new(
+            key("expire_after_ms"),
+            "at least twice heartbeat_ms, or a replica that misses one heartbeat is dropped",
+        ));
+    }
+}
+
 /// The files the config names that Sluice reads: each must be readable now (what
 /// `config check` and a reload look at before anything starts or changes).
 pub fn check_files(config: &Config) -> Vec<Problem> {
@@ -327,6 +375,20 @@ pub fn check_files(config: &Config) -> Vec<Problem> {
         check(key("token_secret_file"), &pve.token_secret_file);
         if let Some(file) = &pve.tls_ca {
             check(key("tls_ca"), file);
+        }
+    }
+    if let Some(fleet) = &config.fleet {
+        let path = vec![Key("fleet"), Key("secret_file")];
+        match std::fs::read(&fleet.secret_file) {
+            Ok(secret) if secret.trim_ascii().len() < 32 => problems.push(Problem::new(
+                path,
+                format!("{} holds fewer than 32 bytes", fleet.secret_file.display()),
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(Problem::new(
+                path,
+                format!("cannot read {}: {e}", fleet.secret_file.display()),
+            )),
         }
     }
     problems

@@ -2,6 +2,9 @@
 //! control store (a cluster of its own), behind a real HAProxy that sends PROXY v2
 //! headers, in front of one tenant (`acme`, TCP with TLS).
 //!
+//! Every replica has a `[fleet]` section (`id = "r<i>"`, a shared secret, a fast
+//! heartbeat: 200 ms, expiry after 3 s, long enough that a replica starved of CPU by a busy test machine is not taken for dead) so the replicas know each other.
+//!
 //! Each replica listens on a port fixed when the fleet starts (so a replica can be
 //! started again beside itself on the same port) and has a data directory of its own
 //! per launch. HAProxy balances over the replicas' ports in the order of
@@ -70,6 +73,8 @@ impl Fleet {
             store.app_password,
             dir.path().join("secrets.key").display().to_string(),
         );
+        let secret = dir.path().join("fleet.key");
+        std::fs::write(&secret, "a fleet secret for the tests, 32+ bytes long\n")?;
         tweak(&mut config);
         let ports = (0..replicas)
             .map(|_| free_port())
@@ -104,6 +109,11 @@ impl Fleet {
         self.launches += 1;
         let mut config = self.config.clone();
         config.listen = format!("127.0.0.1:{}", self.ports[i]);
+        config.plans.push_str(&format!(
+            "\n[fleet]\nid = \"r{i}\"\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\n\
+             heartbeat_ms = 200\nexpire_after_ms = 3000\n",
+            self.dir.path().join("fleet.key").display().to_string(),
+        ));
         let dir = self
             .dir
             .path()

@@ -37,7 +37,7 @@ impl Haproxy {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut config = format!(
             "global\n  maxconn 4000\n\
-             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
+             defaults\n  mode tcp\n  retries 3\n  option redispatch\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
              listen sluice\n  bind {addr}\n  balance {balance}\n"
         );
         for (i, server) in servers.iter().enumerate() {

@@ -12,7 +12,10 @@
 //! - [`messages`]: builders for what Sluice sends, parsers for what it reads.
 //! - [`scram`] and [`md5`]: authentication exchanges.
 //! - [`proxy_header`]: the PROXY protocol header (v2 and v1) before the first packet.
+//! - [`fleet`]: what replicas of a fleet tell each other (forwarded cancels), and the
+//!   replica's tag in every cancel key.
 
+pub mod fleet;
 pub mod frame;
 pub mod md5;
 pub mod messages;

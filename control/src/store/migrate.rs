@@ -27,11 +27,18 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows, in the order they apply.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "control",
-    sql: include_str!("../../migrations/0001_control.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "control",
+        sql: include_str!("../../migrations/0001_control.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "fleet",
+        sql: include_str!("../../migrations/0002_fleet.sql"),
+    },
+];
 
 /// Created (under the lock) before anything is read from it; without Postgres' NOTICE
 /// that it exists already, which would otherwise reach Sluice's log at every start.
