@@ -8,8 +8,8 @@
 //! in a data_dir is needed and the name vanishes with the process). A new process asks
 //! there first: the old one checks that the asker runs as its own user
 //! (`SO_PEERCRED`), sends the addresses and, with `SCM_RIGHTS`, the listening sockets
-//! themselves (the proxy's and the admin listener), then stops serving the name, which
-//! the new process takes for the next restart. Both processes now accept from the same
+//! themselves (the proxy's, the admin and the fleet listener), then stops serving the
+//! name, which the new process takes for the next restart. Both processes now accept from the same
 //! sockets (the same queues), until the old one is told to stop (SIGTERM): it stops
 //! accepting and closes its copies, and the sockets stay open in the new process, their
 //! queues untouched. When nobody answers, the new process binds as usual, with
