@@ -40,6 +40,7 @@ fn catalog(size: usize) -> Catalog {
         pool: PoolSettings::default(),
         limits: Limits::default(),
         suspended: None,
+        hostnames: Vec::new(),
     }))
 }
 

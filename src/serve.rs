@@ -216,6 +216,14 @@ fn raise_open_files_limit(proxy: &proxy::ProxyConfig) {
     }
 }
 
+/// Serves the tenants' own host names of `catalog` from now on (the next ClientHello
+/// sees them); one whose certificate or key is unusable is left out, with a warning.
+fn apply_hostnames(proxy: &Proxy, catalog: &Catalog) {
+    for e in proxy.hostnames.apply(catalog) {
+        tracing::warn!(hostname = %e.hostname, reason = %e.reason, "host name not served");
+    }
+}
+
 pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     raise_open_files_limit(&runtime.proxy);
     let tls = runtime
@@ -333,8 +341,10 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
             .map(|t| t.id.clone())
             .collect::<std::collections::HashSet<_>>(),
     );
+    apply_hostnames(&proxy, &catalog.snapshot());
     catalog.subscribe(move |catalog| {
         let Some(proxy) = weak.upgrade() else { return };
+        apply_hostnames(&proxy, catalog);
         proxy.gates.apply(catalog);
         proxy.pools.apply(catalog);
         let now: std::collections::HashSet<_> = catalog.iter().map(|t| t.id.clone()).collect();

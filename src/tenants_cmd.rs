@@ -1,8 +1,9 @@
-//! `sluice tenants create|list|get|update|suspend|resume|delete`: thin clients of the
-//! admin API's `/v1/tenants`. The server validates everything; the CLI builds the
+//! `sluice tenants create|list|get|update|suspend|resume|delete|hostnames`: thin
+//! clients of the admin API's `/v1/tenants`. The server validates everything; the CLI builds the
 //! request, prints the answer, and (with `--wait`) follows a provisioning job.
 
 mod backend;
+mod hostnames;
 mod job;
 mod settings;
 
@@ -55,6 +56,9 @@ enum TenantsCommand {
         #[command(flatten)]
         wait: WaitArg,
     },
+    /// A tenant's own host names, each with its certificate (chosen by TLS SNI).
+    #[command(subcommand)]
+    Hostnames(hostnames::HostnamesCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,6 +143,7 @@ pub fn run(args: TenantsArgs) -> anyhow::Result<()> {
                 show_tenant(output, &tenant)
             }
             TenantsCommand::Delete { id, wait } => delete(&client, output, &id, wait).await,
+            TenantsCommand::Hostnames(command) => hostnames::run(&client, output, command).await,
         }
     })
 }

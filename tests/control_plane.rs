@@ -269,6 +269,27 @@ fn every_route_answers_each_role_as_documented_and_bad_keys_create_nothing() {
             Needs::Viewer,
         ),
         ("GET", "/v1/replicas", "/v1/replicas", "", Needs::Viewer),
+        (
+            "GET",
+            "/v1/tenants/{id}/hostnames",
+            "/v1/tenants/acme/hostnames",
+            "",
+            Needs::Viewer,
+        ),
+        (
+            "POST",
+            "/v1/tenants/{id}/hostnames",
+            "/v1/tenants/acme/hostnames",
+            r#"{"hostname": "db.example.test"}"#,
+            Needs::Operator,
+        ),
+        (
+            "DELETE",
+            "/v1/tenants/{id}/hostnames/{hostname}",
+            "/v1/tenants/acme/hostnames/db.example.test",
+            "",
+            Needs::Operator,
+        ),
     ];
     let covered: BTreeSet<(String, String)> = table
         .iter()
@@ -310,6 +331,9 @@ fn every_route_answers_each_role_as_documented_and_bad_keys_create_nothing() {
                     ("POST", "/v1/tenants/{id}/roles")
                     | ("POST", "/v1/tenants/{id}/roles/{name}/rotate")
                     | ("DELETE", "/v1/tenants/{id}/roles/{name}") => 409,
+                    // No certificate in the body; no such host name.
+                    ("POST", "/v1/tenants/{id}/hostnames") => 422,
+                    ("DELETE", "/v1/tenants/{id}/hostnames/{hostname}") => 404,
                     _ => 200,
                 }
             } else if key.is_none() {

@@ -383,6 +383,46 @@ fn sigterm_drains_and_exits_cleanly() {
     assert!(env.sluice.log().contains("stopped"));
 }
 
+/// A login queued for a server connection waits up to `max_wait_ms` (default 120 s, as
+/// PgBouncer's `query_wait_timeout`), past `login_timeout_ms`: once its password is
+/// proved, the pool's own bound applies, and a full pool answers 53300, not 57014.
+#[tokio::test]
+async fn a_queued_login_waits_up_to_max_wait_past_the_login_timeout() {
+    let env = TwoTenants::start(BIN.as_ref(), |c| {
+        c.login_timeout_ms = 1000;
+        c.default_pool = vec!["size = 1".into()];
+        c.tenants[1].pool = vec!["max_wait_ms = 2500".into()];
+    })
+    .unwrap();
+    // The default, as the API shows it.
+    let acme = env.sluice.api("GET", "/v1/tenants/acme", "", "").json();
+    assert_eq!(acme["pool"]["max_wait_ms"], 120_000, "{acme}");
+
+    // acme: the waiter is still queued when the login timeout has passed, and gets the
+    // connection when the holder leaves.
+    let target = env.target("acme");
+    let holder = pg_connect(&target).await.unwrap();
+    holder.simple_query("select 1").await.unwrap();
+    let waiter = tokio::spawn({
+        let target = target.clone();
+        async move { pg_connect(&target).await }
+    });
+    // The holder leaves only after the login timeout: a login still bound by it would
+    // have been refused with 57014 by then.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    drop(holder);
+    let client = waiter.await.unwrap().expect("served after the holder left");
+    client.simple_query("select 1").await.unwrap();
+
+    // globex (max_wait_ms 2500): past the login timeout too, then the pool's 53300.
+    let target = env.target("globex");
+    let holder = pg_connect(&target).await.unwrap();
+    holder.simple_query("select 1").await.unwrap();
+    let err = pg_connect(&target).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    assert_eq!(message(&err), "timed out waiting for a server connection");
+}
+
 #[tokio::test]
 async fn a_full_pool_queues_then_times_out_with_53300() {
     let env = TwoTenants::start(BIN.as_ref(), |c| {

@@ -1,7 +1,9 @@
 //! `sluice demo`: the README's first command, run as a person would (with a temporary
 //! directory and an OS-assigned port), twice: stopped with Ctrl-C (SIGINT) the first
 //! time; sent SIGHUP (it reloads and keeps serving) and then SIGTERM the second. Its
-//! Postgres clusters never outlive it.
+//! Postgres clusters never outlive it. And the README's operator quick start (the CLI
+//! walkthrough, read from the README itself) run twice in a row against one demo: the
+//! tenant it creates and deletes comes back under the same id.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -26,9 +28,9 @@ fn postgres_processes_under(dir: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
-/// Runs the demo until it serves both tenants, then (with `hangup`) sends it SIGHUP and
-/// checks that it still serves, and stops it with `stop`.
-fn run_demo_once(dir: &std::path::Path, hangup: bool, stop: Signal) -> serde_json::Value {
+/// Starts the demo in `dir` and returns once it printed its instructions (its tenants
+/// are ready and demo.json is written), with what it printed.
+fn spawn_demo(dir: &std::path::Path) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
         .args([
             "demo",
@@ -66,6 +68,36 @@ fn run_demo_once(dir: &std::path::Path, hangup: bool, stop: Signal) -> serde_jso
                 std::fs::read_to_string(dir.with_extension("stderr")).unwrap_or_default()
             )
         });
+    (child, printed)
+}
+
+/// Stops the demo with `stop` and checks that it exits cleanly and leaves no Postgres
+/// behind.
+fn stop_demo(mut child: std::process::Child, dir: &std::path::Path, stop: Signal) {
+    kill(Pid::from_raw(child.id() as i32), stop).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop after {stop}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !postgres_processes_under(dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "postgres left behind after {stop}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the demo until it serves both tenants, then (with `hangup`) sends it SIGHUP and
+/// checks that it still serves, and stops it with `stop`.
+fn run_demo_once(dir: &std::path::Path, hangup: bool, stop: Signal) -> serde_json::Value {
+    let (mut child, printed) = spawn_demo(dir);
     assert!(
         printed.contains("psql \"host=acme.db.example.test hostaddr=127.0.0.1"),
         "{printed}"
@@ -127,24 +159,7 @@ fn run_demo_once(dir: &std::path::Path, hangup: bool, stop: Signal) -> serde_jso
     assert_eq!(pools.json()["pools"].as_array().unwrap().len(), 2);
     assert_eq!(testkit::http::get(admin, "/metrics", None).status, 200);
 
-    kill(Pid::from_raw(child.id() as i32), stop).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "demo did not stop after {stop}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !postgres_processes_under(dir).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "postgres left behind after {stop}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop_demo(child, dir, stop);
     facts
 }
 
@@ -175,4 +190,109 @@ fn demo_serves_two_tenants_and_reuses_them_on_the_next_run() {
             .unwrap()
             .len()
     );
+}
+
+/// The README's CLI walkthrough: the lines of the `sh` block that starts with
+/// `export SLUICE_API=`, without that line (the test sets the variables itself, for the
+/// demo's OS-assigned admin port).
+fn readme_cli_walkthrough() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .find(|b| b.starts_with("export SLUICE_API="))
+        .expect("the README's CLI walkthrough")
+        .split("```")
+        .next()
+        .unwrap();
+    block
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The value of a `key  value` line of the CLI's table output.
+fn field(out: &str, key: &str) -> Option<String> {
+    out.lines().find_map(|l| {
+        let (k, v) = l.split_once(char::is_whitespace)?;
+        (k == key).then(|| v.trim().to_owned())
+    })
+}
+
+#[test]
+fn the_readme_quick_start_runs_twice_in_a_row() {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-quick-start-")
+        .tempdir()
+        .unwrap();
+    let demo_dir = dir.path().join("sluice-demo");
+    let (child, _) = spawn_demo(&demo_dir);
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(demo_dir.join("demo.json")).unwrap()).unwrap();
+    // What the walkthrough's `--cert chain.pem --key key.pem` read: a certificate for
+    // the host name it adds, from a CA of the "customer".
+    let ca = localpg::tls::CertificateAuthority::generate("Shop CA").unwrap();
+    let issued = ca.issue(&["db.shop.example"]).unwrap();
+    std::fs::write(dir.path().join("chain.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &issued.key_pem).unwrap();
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let lines = readme_cli_walkthrough();
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("sluice tenants delete shop")));
+
+    for round in 1..=2 {
+        let mut key_id: Option<String> = None;
+        let mut password: Option<String> = None;
+        for line in &lines {
+            // `<id>`: the key the walkthrough created a line earlier.
+            let command = match &key_id {
+                Some(id) => line.replace("<id>", id),
+                None => line.clone(),
+            };
+            let out = Command::new("sh")
+                .args(["-c", &command])
+                .current_dir(dir.path())
+                .env("PATH", &path)
+                .env("SLUICE_API", facts["admin_url"].as_str().unwrap())
+                .env("SLUICE_TOKEN", facts["admin_key"].as_str().unwrap())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "round {round}: {command}\n{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if line.starts_with("sluice roles create") {
+                password = field(&stdout, "password");
+                // The role logs in through the proxy, as the curl walkthrough's psql.
+                let out = Command::new("psql")
+                    .arg(format!(
+                        "host=shop.db.example.test hostaddr=127.0.0.1 port={} user=app \
+                         dbname=app sslmode=verify-full sslrootcert={}",
+                        facts["proxy"].as_str().unwrap().rsplit(':').next().unwrap(),
+                        facts["ca_cert"].as_str().unwrap()
+                    ))
+                    .args(["-XAtc", "select current_user"])
+                    .env("PGPASSWORD", password.as_deref().expect("a password"))
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "round {round}: psql: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app");
+            }
+            if line.starts_with("sluice keys create") {
+                key_id = field(&stdout, "id");
+            }
+        }
+        assert!(password.is_some() && key_id.is_some(), "round {round}");
+    }
+    stop_demo(child, &demo_dir, Signal::SIGTERM);
 }

@@ -350,3 +350,77 @@ async fn a_killed_replica_costs_the_other_replicas_clients_nothing() {
         "only the killed replica's clients see an error"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_and_suspensions_reach_every_replica_at_once() {
+    let fleet = Fleet::start(BIN.as_ref(), 3, "roundrobin", |_| {}).expect("fleet");
+    settled(&fleet, &["r0", "r1", "r2"]);
+    let (r0, r2) = (fleet.replica(0), fleet.replica(2));
+
+    // A key made through r0 works at r2 as soon as the store's notification arrives
+    // (the periodic re-read is every 5 s).
+    let made = r0.api("POST", "/v1/api-keys", r#"{"role": "viewer"}"#, "");
+    assert_eq!(made.status, 201, "{}", made.body);
+    let made: Value = serde_json::from_str(&made.body).unwrap();
+    let key = made["key"].as_str().unwrap().to_owned();
+    let at = Instant::now();
+    eventually(
+        "the new key works at r2",
+        Duration::from_secs(10),
+        || get(r2.admin_addr, "/v1/pools", Some(&key)).status,
+        |status| *status == 200,
+    );
+    let took = at.elapsed();
+    eprintln!("a key made at r0 worked at r2 after {took:?}");
+    assert!(
+        took < Duration::from_millis(4500),
+        "not by notification: {took:?}"
+    );
+    let revoked = r0.api(
+        "DELETE",
+        &format!("/v1/api-keys/{}", made["id"].as_str().unwrap()),
+        "",
+        "",
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let at = Instant::now();
+    eventually(
+        "the revoked key fails at r2",
+        Duration::from_secs(10),
+        || get(r2.admin_addr, "/v1/pools", Some(&key)).status,
+        |status| *status == 401,
+    );
+    eprintln!("a key revoked at r0 failed at r2 after {:?}", at.elapsed());
+    assert!(at.elapsed() < Duration::from_millis(4500));
+
+    // A suspension with terminate through r0 ends the sessions on every replica.
+    let target = fleet.target();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (client, ended) = testkit::pg_connect_from(&target, "127.0.0.1".parse().unwrap())
+            .await
+            .expect("connect through haproxy");
+        let one: i32 = testkit::scalar(&client, "select 1").await;
+        assert_eq!(one, 1);
+        clients.push((client, ended));
+    }
+    let suspended = r0.api(
+        "POST",
+        "/v1/tenants/acme/suspend",
+        r#"{"reason": "billing", "terminate": true}"#,
+        "",
+    );
+    assert_eq!(suspended.status, 200, "{}", suspended.body);
+    for (i, (client, ended)) in clients.into_iter().enumerate() {
+        let end = tokio::time::timeout(Duration::from_secs(10), ended)
+            .await
+            .unwrap_or_else(|_| panic!("client {i}'s session was not ended"))
+            .unwrap();
+        let err = end.expect_err("the session ended with an error");
+        let code = err.code().map(|c| c.code().to_owned());
+        assert_eq!(code.as_deref(), Some("57P01"), "client {i}: {err}");
+        assert!(client.is_closed());
+    }
+    let err = pg_connect(&target).await.expect_err("suspended");
+    assert_eq!(err.code().map(|c| c.code()), Some("28000"), "{err}");
+}

@@ -598,6 +598,55 @@ async fn two_sluices_on_one_store_serve_each_others_changes() {
         },
     )
     .await;
+    // A tenant's own host name added through process 1 is served by process 2's proxy
+    // (its certificate, verify-full against the customer's CA), without a restart; a
+    // removal through process 2 is seen by process 1.
+    let customer = localpg::tls::CertificateAuthority::generate("Customer CA").unwrap();
+    let customer_ca = dir.path().join("customer-ca.crt");
+    std::fs::write(&customer_ca, customer.cert_pem()).unwrap();
+    let issued = customer.issue(&["db.shop.test"]).unwrap();
+    let body = json!({"hostname": "db.shop.test", "cert": issued.cert_pem, "key": issued.key_pem});
+    expect(
+        &one,
+        "POST",
+        "/v1/tenants/shop/hostnames",
+        &body.to_string(),
+        201,
+    );
+    let by_name = |sluice: &SluiceProcess| {
+        let mut t = target(sluice, &pki, "shop", "app", &password);
+        t.sni_host = Some("db.shop.test".into());
+        t.ca = customer_ca.clone();
+        t
+    };
+    let (_, took) = eventually(
+        Duration::from_secs(10),
+        "host name served by process 2",
+        || async { pg_connect(&by_name(&two)).await.map_err(|e| e.to_string()) },
+    )
+    .await;
+    println!("host name added via process 1 -> first login by it via process 2: {took:?}");
+    expect(
+        &two,
+        "DELETE",
+        "/v1/tenants/shop/hostnames/db.shop.test",
+        "",
+        204,
+    );
+    let (_, took) = eventually(
+        Duration::from_secs(10),
+        "host name removal seen by process 1",
+        || async {
+            match pg_connect(&by_name(&one)).await {
+                Err(e) if e.as_db_error().is_none() => Ok(()),
+                Err(e) => Err(format!("refused otherwise: {e}")),
+                Ok(_) => Err("still served".into()),
+            }
+        },
+    )
+    .await;
+    println!("host name removed via process 2 -> not served by process 1: {took:?}");
+
     // A key revoked through one process stops working in the other.
     let made = expect(&one, "POST", "/v1/api-keys", r#"{"role": "viewer"}"#, 201);
     let viewer = made["key"].as_str().unwrap().to_owned();

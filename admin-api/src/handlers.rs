@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod bans;
 pub mod health;
+pub mod hostnames;
 pub mod jobs;
 pub mod pools;
 pub mod replicas;

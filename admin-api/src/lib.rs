@@ -152,15 +152,29 @@ impl Admin {
 }
 
 /// Every few seconds: reads the jobs per state from the control store (for
-/// `sluice_provision_jobs{state}`: a scrape never waits on the store) and the API keys
-/// (keys made or revoked through another Sluice process are honoured here within a
-/// period; those of this process at once).
+/// `sluice_provision_jobs{state}`: a scrape never waits on the store) and the API keys;
+/// and the keys again whenever the store says they changed (keys made or revoked
+/// through another Sluice process are honoured here as soon as the notification
+/// arrives, within the period if it is lost; those of this process at once).
 async fn upkeep(state: Arc<State>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(stats::SAMPLE_PERIOD);
+    let mut events = state.plane.sync.events();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            event = events.recv() => {
+                // A key made or revoked through another process: re-read them now.
+                use tokio::sync::broadcast::error::RecvError;
+                if matches!(event, Ok(control::StoreEvent::ApiKeysChanged) | Err(RecvError::Lagged(_))) {
+                    if let Ok(store) = state.plane.control.store() {
+                        if let Err(e) = state.keys.refresh(store, &state.bootstrap_id).await {
+                            tracing::debug!(error = %format!("{e:#}"), "refreshing API keys");
+                        }
+                    }
+                }
+                continue;
+            }
         }
         let Ok(store) = state.plane.control.store() else {
             continue;

@@ -4,8 +4,8 @@
 use hyper::{Method, StatusCode};
 
 use crate::error::ApiError;
-use crate::handlers::{api_keys, audit, bans, health, jobs, pools, roles, tenant_changes};
-use crate::handlers::{replicas, tenant_create, tenants};
+use crate::handlers::{api_keys, audit, bans, health, hostnames, jobs, pools, replicas};
+use crate::handlers::{roles, tenant_changes, tenant_create, tenants};
 use crate::request::Handler::{self, Later, Now};
 use crate::request::Req;
 
@@ -82,6 +82,17 @@ static ROUTES: &[Route] = &[
     Route {
         template: "/v1/tenants/{id}/roles/{name}/rotate",
         methods: &[(Method::POST, Later(roles::rotate))],
+    },
+    Route {
+        template: "/v1/tenants/{id}/hostnames",
+        methods: &[
+            (Method::GET, Later(hostnames::list)),
+            (Method::POST, Later(hostnames::add)),
+        ],
+    },
+    Route {
+        template: "/v1/tenants/{id}/hostnames/{hostname}",
+        methods: &[(Method::DELETE, Later(hostnames::remove))],
     },
     Route {
         template: "/v1/jobs/{id}",

@@ -629,6 +629,22 @@ fn schemas_match_the_serde_structs() {
     let created = json!({"tenant": to_json(&provisioning), "job": to_json(&job(None))});
     check("TenantCreated", &created, true);
     check("TenantDeleting", &json!({"job": to_json(&job(None))}), true);
+    let hostname = admin_api::handlers::hostnames::HostnameView {
+        hostname: "db.customer.com".into(),
+        tenant: "acme".into(),
+        subject: "CN=db.customer.com".into(),
+        sans: vec!["db.customer.com".into()],
+        not_after: "2027-11-22T23:40:01Z".into(),
+        fingerprint: "ab".repeat(32),
+        created_at: "2026-11-22T23:40:01.123456Z".into(),
+        updated_at: "2026-11-22T23:40:01.123456Z".into(),
+    };
+    check("Hostname", &to_json(&hostname), true);
+    check(
+        "HostnameList",
+        &json!({"hostnames": [to_json(&hostname)]}),
+        true,
+    );
 
     // The request structs take exactly the keys their schemas list (serde names them
     // when it refuses an unknown one), and the documented examples.
@@ -644,6 +660,10 @@ fn schemas_match_the_serde_structs() {
         (
             "TenantPatch",
             fields_of::<admin_api::handlers::tenant_changes::TenantPatch>(),
+        ),
+        (
+            "NewHostname",
+            fields_of::<admin_api::handlers::hostnames::AddHostname>(),
         ),
         ("PoolPatch", fields_of::<control::settings::PoolPatch>()),
         ("LimitsPatch", fields_of::<control::settings::LimitsPatch>()),
@@ -898,7 +918,10 @@ impl Live {
         if template == "/v1/api-keys/{id}" {
             return "/v1/api-keys/1a2b3c4d".into();
         }
-        template.replace("{id}", "acme").replace("{name}", "app_rw")
+        template
+            .replace("{id}", "acme")
+            .replace("{name}", "app_rw")
+            .replace("{hostname}", "db.customer.test")
     }
 
     fn call(
@@ -1249,6 +1272,7 @@ fn live_answers_match_the_document() {
     let shop = the_story(&mut live, &world);
     roles_refused(&mut live, &world);
     tenants_deleted(&mut live, &world);
+    hostnames(&mut live, &world);
     api_keys(&mut live, &world);
     idempotency_keys(&mut live, &world);
     audit_log(&mut live, &world);
@@ -1279,6 +1303,13 @@ fn live_answers_match_the_document() {
         ("POST", "/v1/tenants/{id}/roles", r#"{"name": "app_ro"}"#),
         ("POST", "/v1/tenants/{id}/roles/{name}/rotate", ""),
         ("DELETE", "/v1/tenants/{id}/roles/{name}", ""),
+        ("GET", "/v1/tenants/{id}/hostnames", ""),
+        (
+            "POST",
+            "/v1/tenants/{id}/hostnames",
+            &hostname_body("db.customer.test", &self_signed(&["db.customer.test"])),
+        ),
+        ("DELETE", "/v1/tenants/{id}/hostnames/{hostname}", ""),
         ("POST", "/v1/tenants/{id}/suspend", ""),
         ("POST", "/v1/tenants/{id}/resume", ""),
         ("DELETE", "/v1/tenants/{id}/bans", ""),
@@ -1971,6 +2002,101 @@ fn tenants_deleted(live: &mut Live, world: &World) {
     let job = "/v1/jobs/{id}";
     live.expect_at("GET", job, "/v1/jobs/999999", key, "", 404);
     live.expect_at("GET", job, "/v1/jobs/first", key, "", 404);
+}
+
+/// A self-signed certificate for `names` and its key, in PEM.
+fn self_signed(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn hostname_body(hostname: &str, (cert, key): &(String, String)) -> String {
+    json!({"hostname": hostname, "cert": cert, "key": key}).to_string()
+}
+
+/// A tenant's own host names: added, replaced, listed, taken, refused, removed.
+fn hostnames(live: &mut Live, world: &World) {
+    let (key, viewer) = (world.key, world.viewer);
+    let list = "/v1/tenants/{id}/hostnames";
+    let one = "/v1/tenants/{id}/hostnames/{hostname}";
+    let name = "db.customer.test";
+    let pair = self_signed(&[name]);
+    let added = live.expect("POST", list, key, &hostname_body(name, &pair), 201);
+    assert_eq!(
+        (&added["hostname"], &added["tenant"]),
+        (&json!(name), &json!("acme"))
+    );
+    let renewed = self_signed(&[name, "www.customer.test"]);
+    let replaced = live.expect("POST", list, key, &hostname_body(name, &renewed), 201);
+    assert_ne!(replaced["fingerprint"], added["fingerprint"]);
+    let listed = live.expect("GET", list, viewer, "", 200);
+    assert_eq!(
+        listed["hostnames"][0]["sans"],
+        json!([name, "www.customer.test"])
+    );
+    // Another tenant's name; a tenant being deleted; no such tenant.
+    let globex = "/v1/tenants/globex/hostnames";
+    let code = live.error_at("POST", list, globex, key, &hostname_body(name, &pair), 409);
+    assert_eq!(code, "conflict");
+    let pending = "/v1/tenants/pending/hostnames";
+    let other = self_signed(&["pg.customer.test"]);
+    let body = hostname_body("pg.customer.test", &other);
+    assert_eq!(
+        live.error_at("POST", list, pending, key, &body, 409),
+        "conflict"
+    );
+    live.expect_at("POST", list, "/v1/tenants/nope/hostnames", key, &body, 404);
+    live.expect_at("GET", list, "/v1/tenants/nope/hostnames", key, "", 404);
+    // Refused before anything is stored: the body, each field.
+    live.expect("POST", list, key, "", 400);
+    live.expect("POST", list, key, "{", 400);
+    live.expect(
+        "POST",
+        list,
+        key,
+        r#"{"hostname": "db.customer.test"}"#,
+        422,
+    );
+    for (field, body) in [
+        ("hostname", hostname_body("db_1.customer.test", &pair)),
+        (
+            "hostname",
+            hostname_body(
+                "shop.db.example.test",
+                &self_signed(&["shop.db.example.test"]),
+            ),
+        ),
+        ("cert", hostname_body("pg.customer.test", &pair)),
+        (
+            "key",
+            hostname_body(name, &(pair.0.clone(), other.1.clone())),
+        ),
+    ] {
+        let refused = live.expect_beyond_schema("POST", list, &live.concrete(list), key, &body);
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("{field}: ")), "{message}");
+    }
+    // Removed; then it is 404; a path that is no host name is 422.
+    let path = "/v1/tenants/acme/hostnames/DB.customer.test";
+    live.expect_at("DELETE", one, path, key, "", 204);
+    live.expect_at("DELETE", one, path, key, "", 404);
+    live.expect_at(
+        "DELETE",
+        one,
+        "/v1/tenants/acme/hostnames/db_1.x",
+        key,
+        "",
+        422,
+    );
+    assert_eq!(
+        live.expect("GET", list, key, "", 200),
+        json!({"hostnames": []})
+    );
 }
 
 /// API keys: create (the documented example), bad bodies, list, revoke.

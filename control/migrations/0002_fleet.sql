@@ -13,3 +13,17 @@ CREATE TABLE replicas (
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     draining boolean NOT NULL DEFAULT false
 );
+
+-- API keys made or revoked through one replica reach the others at once: their catalog
+-- sync (LISTEN sluice_catalog) re-reads the keys. The payload names only the table.
+CREATE FUNCTION sluice_notify_api_keys() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('sluice_catalog', json_build_object('table', 'api_keys', 'op', TG_OP)::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER api_keys_notify_catalog
+    AFTER INSERT OR UPDATE OR DELETE ON api_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION sluice_notify_api_keys();

@@ -5,8 +5,12 @@
 //!   store, then loads every tenant (a full resync).
 //! - Afterwards a dedicated connection `LISTEN`s on `sluice_catalog`: the tables' triggers
 //!   notify at commit with the id of the tenant that changed, and the tenant is read again
-//!   (its row and its secrets) and replaced in, or removed from, the catalog. A change to
-//!   a role also tells the proxy to forget that role's cached secret.
+//!   (its row, its secrets and its own host names with their certificates) and replaced
+//!   in, or removed from, the catalog. A change to
+//!   a role also tells the proxy to forget that role's cached secret. Two notifications
+//!   are not tenant changes and are passed on as [`StoreEvent`]s: an API key made or
+//!   revoked (`api_keys`, from a trigger), and a tenant suspended with `terminate`
+//!   (`sessions`, sent by the process that took the request).
 //! - A full resync runs after every (re)connection of the listener, so nothing notified
 //!   while it was away is missed, and every [`RESYNC_PERIOD`] as a safety net.
 //! - Every full resync writes `data_dir/catalog.snapshot` (secrets stay encrypted in it).
@@ -25,15 +29,16 @@ use anyhow::{anyhow, Context};
 use arc_swap::ArcSwap;
 use router::{
     Backend, BackendAddr, BackendTls, Catalog, CatalogHandle, Limits, PoolSettings, Tenant,
-    TenantId,
+    TenantHostname, TenantId,
 };
 use serde::{Deserialize, Serialize};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::hostnames::key_secret;
 use crate::open::Control;
 use crate::secrets::{tenant_secret, Sealed, SecretBox};
-use crate::store::{Store, TenantRecord};
+use crate::store::{HostnameRecord, Store, TenantRecord};
 
 /// How often the whole catalog is read again even without notifications.
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(30);
@@ -135,6 +140,7 @@ pub fn materialize(
         pool,
         limits,
         suspended,
+        hostnames: Vec::new(),
     }))
 }
 
@@ -155,6 +161,9 @@ struct SnapshotFile {
 struct SnapshotTenant {
     record: TenantRecord,
     auth: Option<Sealed>,
+    /// Its own host names, keys sealed (absent from snapshots written before them).
+    #[serde(default)]
+    hostnames: Vec<HostnameRecord>,
 }
 
 /// Keeps one process's catalog in line with the store.
@@ -173,6 +182,19 @@ pub struct CatalogSync {
     /// The tenant records behind the catalog (from the store or the snapshot), with
     /// their sealed auth secrets: what the snapshot holds.
     records: std::sync::Mutex<Vec<SnapshotTenant>>,
+    /// What the store's notifications say besides tenant changes.
+    events: tokio::sync::broadcast::Sender<StoreEvent>,
+}
+
+/// A notification from the control store that is not a tenant's change, for whoever
+/// follows it ([`CatalogSync::events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// An API key was made or revoked (through any process): re-read the keys.
+    ApiKeysChanged,
+    /// A tenant was suspended with `terminate` (through any process): end its sessions
+    /// here too.
+    EndSessions(TenantId),
 }
 
 impl CatalogSync {
@@ -269,7 +291,13 @@ impl CatalogSync {
             config_tenants: ArcSwap::from_pointee(config_tenants),
             source: std::sync::Mutex::new("none"),
             records: std::sync::Mutex::new(Vec::new()),
+            events: tokio::sync::broadcast::channel(64).0,
         }
+    }
+
+    /// The store's notifications that are not tenant changes, from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
     }
 
     /// Fills the catalog at start: from the store (after upserting the config file's
@@ -337,12 +365,20 @@ impl CatalogSync {
     pub async fn resync(&self, store: &Store) -> anyhow::Result<()> {
         let records = store.list_tenants().await?;
         let sealed = store.secrets("tenant/").await?;
+        let mut hostnames: HashMap<String, Vec<HostnameRecord>> = HashMap::new();
+        for hostname in store.all_hostnames().await? {
+            hostnames
+                .entry(hostname.tenant.clone())
+                .or_default()
+                .push(hostname);
+        }
         let mut tenants = Vec::with_capacity(records.len());
         let mut snapshot = Vec::with_capacity(records.len());
         for record in records {
             let name = tenant_secret(&record.id, "auth");
             let auth = sealed.get(&name);
-            match self.build(&record, auth) {
+            let hostnames = hostnames.remove(&record.id).unwrap_or_default();
+            match self.build(&record, auth, &hostnames) {
                 Ok(Some(t)) => tenants.push(t),
                 Ok(None) => {}
                 Err(e) => {
@@ -352,6 +388,7 @@ impl CatalogSync {
             snapshot.push(SnapshotTenant {
                 record,
                 auth: auth.cloned(),
+                hostnames,
             });
         }
         self.catalog.replace(Catalog::new(tenants));
@@ -364,12 +401,25 @@ impl CatalogSync {
     pub async fn refresh(&self, store: &Store, id: &str) -> anyhow::Result<()> {
         let record = store.get_tenant(id).await?;
         let sealed = store.secrets(&format!("tenant/{id}/")).await?;
+        let hostnames = match &record {
+            Some(_) => store.list_hostnames(id).await?,
+            None => Vec::new(),
+        };
         let tenant = match &record {
-            Some(record) => self.build(record, sealed.get(&tenant_secret(id, "auth")))?,
+            Some(record) => {
+                self.build(record, sealed.get(&tenant_secret(id, "auth")), &hostnames)?
+            }
             None => None,
         };
         let auth = sealed.get(&tenant_secret(id, "auth")).cloned();
-        self.set_record(id, record.map(|record| SnapshotTenant { record, auth }));
+        self.set_record(
+            id,
+            record.map(|record| SnapshotTenant {
+                record,
+                auth,
+                hostnames,
+            }),
+        );
         let _ = self.catalog.update(|catalog| {
             Ok::<_, std::convert::Infallible>(match tenant {
                 Some(t) => catalog.with(t),
@@ -394,11 +444,37 @@ impl CatalogSync {
         &self,
         record: &TenantRecord,
         auth: Option<&Sealed>,
+        hostnames: &[HostnameRecord],
     ) -> anyhow::Result<Option<Tenant>> {
         let password = auth
             .map(|s| self.secrets.open(&tenant_secret(&record.id, "auth"), s))
             .transpose()?;
-        materialize(&self.plans(), record, password.as_deref())
+        let tenant = materialize(&self.plans(), record, password.as_deref())?;
+        Ok(tenant.map(|tenant| self.with_hostnames(tenant, hostnames)))
+    }
+
+    /// `tenant` with its own host names, keys opened. A key that does not open (the
+    /// secrets key file changed) leaves that name out, with an error in the log; the
+    /// tenant stays.
+    fn with_hostnames(&self, mut tenant: Tenant, hostnames: &[HostnameRecord]) -> Tenant {
+        tenant.hostnames = hostnames
+            .iter()
+            .filter_map(|h| {
+                let name = key_secret(&h.tenant, &h.hostname);
+                match self.secrets.open(&name, &h.key) {
+                    Ok(key_pem) => Some(TenantHostname {
+                        name: h.hostname.clone(),
+                        cert_pem: h.cert_pem.clone(),
+                        key_pem,
+                    }),
+                    Err(e) => {
+                        tracing::error!(tenant = %h.tenant, hostname = %h.hostname, error = %format!("{e:#}"), "host name left out");
+                        None
+                    }
+                }
+            })
+            .collect();
+        tenant
     }
 
     fn write_snapshot(&self, snapshot: &Snapshot) -> anyhow::Result<()> {
@@ -445,7 +521,7 @@ impl CatalogSync {
     fn catalog_of(&self, records: &[SnapshotTenant]) -> anyhow::Result<Catalog> {
         let mut catalog = Catalog::default();
         for t in records {
-            match self.build(&t.record, t.auth.as_ref()) {
+            match self.build(&t.record, t.auth.as_ref(), &t.hostnames) {
                 Ok(Some(tenant)) => catalog = catalog.with(tenant),
                 Ok(None) => {}
                 Err(e) => {
@@ -456,7 +532,10 @@ impl CatalogSync {
         let plans = self.plans();
         for t in self.config_tenants.load().iter() {
             if let Some(tenant) = materialize(&plans, &t.record, Some(&t.auth_password))? {
-                catalog = catalog.with(tenant);
+                // The file has no host names: the ones stored for the tenant stay.
+                let stored = records.iter().find(|r| r.record.id == t.record.id);
+                let hostnames = stored.map_or(&[][..], |r| &r.hostnames[..]);
+                catalog = catalog.with(self.with_hostnames(tenant, hostnames));
             }
         }
         Ok(catalog)
@@ -542,6 +621,20 @@ impl CatalogSync {
                 return Ok(());
             }
         };
+        match change.table.as_str() {
+            "api_keys" => {
+                // Nobody listening is fine: no admin listener in this process.
+                let _ = self.events.send(StoreEvent::ApiKeysChanged);
+                return Ok(());
+            }
+            "sessions" => {
+                if let Some(tenant) = change.id.as_deref().and_then(|id| TenantId::parse(id).ok()) {
+                    let _ = self.events.send(StoreEvent::EndSessions(tenant));
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
         let Some(id) = change.id else { return Ok(()) };
         self.refresh(store, &id).await?;
         if change.table == "roles" {

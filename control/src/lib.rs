@@ -10,7 +10,8 @@
 //! - [`jobs`]: the provisioning worker (create and delete jobs) over the [`drivers`];
 //!   [`supervise`]: restarts backends found down; [`refusals`]: refused connections
 //!   summed into the audit log.
-//! - [`roles`]: a tenant's login roles, managed on its backend.
+//! - [`roles`]: a tenant's login roles, managed on its backend; [`hostnames`]: what a
+//!   tenant's own host name and its certificate must be.
 //! - [`secrets`]: backend credentials sealed at rest; [`keys`]: the admin API keys and
 //!   their roles.
 //! - [`plane`]: the parts above as one process runs them.
@@ -24,6 +25,7 @@ pub mod catalog_sync;
 pub mod drivers;
 pub mod fleet;
 pub mod health;
+pub mod hostnames;
 pub mod jobs;
 pub mod keys;
 pub mod open;
@@ -35,7 +37,7 @@ pub mod settings;
 pub mod store;
 pub mod supervise;
 
-pub use catalog_sync::{CatalogSync, ConfigTenant, Plans};
+pub use catalog_sync::{CatalogSync, ConfigTenant, Plans, StoreEvent};
 pub use drivers::Drivers;
 pub use open::{Control, ControlConfig, OpenedControl, StoreUnavailable};
 pub use plane::Plane;

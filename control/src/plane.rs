@@ -9,7 +9,7 @@ use router::{AdmissionControl, Rejections};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog_sync::CatalogSync;
+use crate::catalog_sync::{CatalogSync, StoreEvent};
 use crate::drivers::Drivers;
 use crate::jobs::Worker;
 use crate::open::Control;
@@ -49,6 +49,12 @@ impl Plane {
         refusal_interval: Duration,
         stop: CancellationToken,
     ) {
+        // Subscribed before the follower starts, so no notification is missed.
+        let ends = tokio::spawn(end_sessions(
+            self.sync.events(),
+            self.gates.clone(),
+            stop.clone(),
+        ));
         let follow = tokio::spawn(self.sync.clone().run(self.control.clone(), stop.clone()));
         let worker = tokio::spawn(run_worker(self.clone(), stop.clone()));
         let supervisor = tokio::spawn(supervise::run(
@@ -68,6 +74,33 @@ impl Plane {
         let _ = worker.await;
         let _ = refusals.await;
         let _ = supervisor.await;
+        let _ = ends.await;
+    }
+}
+
+/// Ends the sessions of a tenant suspended with `terminate` through any process
+/// (another's request reaches this one as a store notification).
+async fn end_sessions(
+    mut events: tokio::sync::broadcast::Receiver<StoreEvent>,
+    gates: Arc<dyn AdmissionControl>,
+    stop: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(StoreEvent::EndSessions(tenant)) => {
+                let ended = gates.terminate_sessions(&tenant);
+                tracing::info!(tenant = %tenant, sessions = ended, "sessions ended: the tenant was suspended with terminate");
+            }
+            Ok(StoreEvent::ApiKeysChanged) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "store notifications missed");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

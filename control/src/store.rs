@@ -1,5 +1,5 @@
-//! The control store: tenants, roles, API keys, jobs, idempotency keys, secrets and the
-//! audit log, in PostgreSQL through tokio-postgres.
+//! The control store: tenants, their host names, roles, API keys, jobs, idempotency
+//! keys, secrets and the audit log, in PostgreSQL through tokio-postgres.
 //!
 //! The store is a database rather than files because several Sluice processes share it:
 //! the jobs queue needs row locks, the audit chain needs serialised appends, and the
@@ -7,7 +7,8 @@
 //! runs a private cluster under `data_dir`, so there is one code path either way.
 //!
 //! Layout: [`connection`] (`Store`, one connection, re-established when lost),
-//! [`migrate`] (the versioned schema), [`audit`] (the hash-chained log, with
+//! [`migrate`] (the versioned schema), [`tenants`] and [`hostnames`] (tenants' own host
+//! names with their certificates), [`audit`] (the hash-chained log, with
 //! [`canonical`] JSON and [`rfc3339`] timestamps for the hashing rule), [`api_keys`], and
 //! [`embedded`] (the private cluster).
 
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod canonical;
 pub mod connection;
 pub mod embedded;
+pub mod hostnames;
 pub mod idempotency;
 pub mod jobs;
 pub mod migrate;
@@ -28,6 +30,7 @@ pub use audit::{AuditEvent, AuditFilter, AuditRow, AuditVerify};
 pub use canonical::canonical_json;
 pub use connection::Store;
 pub use embedded::EmbeddedControl;
+pub use hostnames::{HostnamePut, HostnameRecord};
 pub use jobs::{JobOutcome, JobRecord, JOB_STATES};
 pub use migrate::{Migration, SchemaMismatch, MIGRATIONS};
 pub use replicas::{FleetFull, ReplicaInfo};

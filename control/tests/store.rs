@@ -590,6 +590,88 @@ async fn tenant_and_role_changes_are_notified_at_commit() {
 }
 
 #[tokio::test]
+async fn host_names_belong_to_one_tenant_notify_and_go_with_it() {
+    use control::hostnames::CertSummary;
+    use control::secrets::SecretBox;
+    use control::store::{ChangeError, HostnamePut};
+
+    let f = fixture().await;
+    let (listener, mut connection) = f.control.config().connect(NoTls).await.unwrap();
+    let (notifications, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(AsyncMessage::Notification(n)) = message {
+                let _ = notifications.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    let writer = raw_client(&f.control).await;
+    for id in ["acme", "globex"] {
+        writer
+            .execute(
+                "INSERT INTO tenants (id, status, backend) VALUES ($1, 'active', '{}')",
+                &[&id],
+            )
+            .await
+            .unwrap();
+    }
+    listener
+        .batch_execute("LISTEN sluice_catalog")
+        .await
+        .unwrap();
+    let secrets = SecretBox::from_key(&[3; 32]);
+    let name = "db.customer.test";
+    let key = secrets.seal(&control::hostnames::key_secret("acme", name), "a key");
+    let summary = CertSummary {
+        subject: "CN=db.customer.test".into(),
+        sans: vec![name.into()],
+        not_after: std::time::SystemTime::now() + Duration::from_secs(3600),
+        fingerprint: "ab".repeat(32),
+    };
+    let add = event("hostname.add", "acme/hostnames/db.customer.test", json!({}));
+    let put = |tenant: &'static str| {
+        let (store, key, summary, add) = (&f.store, &key, &summary, &add);
+        async move {
+            store
+                .put_hostname(tenant, name, "CERT", key, summary, add)
+                .await
+        }
+    };
+    assert_eq!(put("acme").await.unwrap(), HostnamePut::Added);
+    assert_eq!(put("acme").await.unwrap(), HostnamePut::Replaced);
+    assert!(matches!(put("globex").await, Err(ChangeError::Taken(_))));
+    assert!(matches!(put("nobody").await, Err(ChangeError::Missing(_))));
+    let stored = f.store.list_hostnames("acme").await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].sans, [name]);
+    assert_eq!(stored[0].key, key, "only the sealed key is stored");
+    assert!(f.store.list_hostnames("globex").await.unwrap().is_empty());
+    for _ in 0..2 {
+        let change = next_notification(&mut received).await;
+        assert_eq!(
+            (&change["table"], &change["id"]),
+            (&json!("hostnames"), &json!("acme"))
+        );
+    }
+    // Audited: added, replaced; the refusals left nothing.
+    let (actions, _) = f
+        .store
+        .list_audit(&AuditFilter::default(), None, 10)
+        .await
+        .unwrap();
+    let replaced: Vec<&Value> = actions.iter().map(|e| &e.details["replaced"]).collect();
+    assert_eq!(replaced, [&json!(true), &json!(false)]);
+    // The name goes with its tenant.
+    f.store.delete_tenant("acme").await.unwrap();
+    assert!(f.store.all_hostnames().await.unwrap().is_empty());
+    let remove = event("hostname.remove", "globex/hostnames/x", json!({}));
+    assert!(matches!(
+        f.store.delete_hostname("globex", name, &remove).await,
+        Err(ChangeError::Missing(_))
+    ));
+}
+
+#[tokio::test]
 async fn the_embedded_store_refuses_a_second_start_and_keeps_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let first = start_control(dir.path().to_owned()).await.unwrap();

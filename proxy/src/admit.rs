@@ -46,6 +46,10 @@ pub struct Admission {
     pub process: Option<ProcessSlot>,
     /// Held from accept until the password is proved (prelogin.rs).
     pub pending: Option<PendingSlot>,
+    /// Set by the login once the password is proved, to the pool's `max_wait`: how long
+    /// past the login deadline the login may still run, queued for a server connection
+    /// (session.rs). Shared, because the login holds `Admission` while it runs.
+    pub queue_wait: Arc<std::sync::OnceLock<Duration>>,
 }
 
 impl Admission {

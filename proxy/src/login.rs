@@ -24,6 +24,7 @@ use crate::error::ClientError;
 use crate::params;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
+use crate::tls::hostnames::HostCert;
 
 /// A client that is in: it holds a server connection and has been greeted.
 #[derive(Debug)]
@@ -61,6 +62,7 @@ pub async fn establish(
     stream: &mut ClientStream,
     startup: &StartupMessage,
     sni: Option<&str>,
+    host: Option<&HostCert>,
     ip: IpAddr,
     admission: &mut Admission,
 ) -> Result<Session, ClientError> {
@@ -77,6 +79,7 @@ pub async fn establish(
     let catalog = proxy.catalog.snapshot();
     let client = IdentifyClient {
         sni,
+        host_tenant: host.map(|h| h.tenant.as_str()),
         options: startup.get("options"),
         user: Some(user),
     };
@@ -116,10 +119,15 @@ pub async fn establish(
         .secrets
         .lookup(&tenant, role, &proxy.pools.tls)
         .await?;
-    let channel_binding = proxy
-        .tls
-        .as_ref()
-        .and_then(|t| t.channel_binding.as_deref());
+    // The certificate this client was served: a tenant's own host name's, or the
+    // listener's.
+    let channel_binding = match host {
+        Some(host) => host.tls.channel_binding.as_deref(),
+        None => proxy
+            .tls
+            .as_ref()
+            .and_then(|t| t.channel_binding.as_deref()),
+    };
     // A failed password check against a cached secret: the password may have changed.
     let cached_since = looked.cached_since;
     let second_look = async || match cached_since {
@@ -189,6 +197,9 @@ pub async fn establish(
             });
         }
     }
+    // Queued for a server connection, the client waits up to the pool's `max_wait`
+    // (then 53300), even past the login deadline (session.rs).
+    let _ = admission.queue_wait.set(pool.settings().max_wait);
     let mut server = checkout(proxy, &pool, &credential).await?;
     params::sync(server.conn(), &settings, tenant.id.as_str()).await?;
     let settings_applied = !settings.is_empty();

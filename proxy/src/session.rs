@@ -202,6 +202,8 @@ async fn session(
     accepted: Instant,
     deadline: Instant,
 ) {
+    // A tenant's own host name: its certificate, its channel binding, its tenant.
+    let mut host = None;
     let negotiated = match handoff {
         Handoff::Plain { tcp, startup } => match TcpStream::from_std(tcp) {
             Ok(tcp) => Ok(Negotiated::Startup {
@@ -221,10 +223,14 @@ async fn session(
                 Ok(tcp) => tcp,
                 Err(e) => return tracing::warn!(error = %e, "could not take the connection over"),
             };
-            let tls = proxy
-                .tls
-                .as_ref()
-                .expect("TLS is wanted only when configured");
+            host = sni.as_deref().and_then(|name| proxy.hostnames.get(name));
+            let tls = match &host {
+                Some(host) => &host.tls,
+                None => proxy
+                    .tls
+                    .as_ref()
+                    .expect("TLS is wanted only when configured"),
+            };
             let hello = ClientHello {
                 tcp,
                 accepted,
@@ -255,16 +261,18 @@ async fn session(
     // relays below: each phase's state is allocated while it runs and freed after, so
     // an idle client's task holds only what its relay needs (see docs/transaction-mode.md
     // on memory per idle client).
+    let queue_wait = admission.queue_wait.clone();
     let login = Box::pin(establish(
         &proxy,
         &mut stream,
         &startup,
         sni.as_deref(),
+        host.as_deref(),
         client.ip(),
         &mut admission,
     ));
     let tenant = |a: &Admission| a.tenant.clone();
-    let session = match timeout_at(deadline, login).await {
+    let session = match login_within(deadline, &queue_wait, login).await {
         Ok(Ok(session)) => session,
         Ok(Err(err)) => {
             return Box::pin(refuse(
@@ -327,12 +335,21 @@ async fn at_client_hello(
     }
     // Only SNI counts here: options and the user name are not read yet, and may name
     // another tenant than the default.
+    let host = sni.and_then(|name| proxy.hostnames.get(name));
     let client = router::IdentifyClient {
         sni,
+        host_tenant: host.as_ref().map(|h| h.tenant.as_str()),
         ..Default::default()
     };
     let identified = match router::identify(&proxy.config.identify, client, |_| false) {
-        Ok(identified) if identified.source == router::TenantSource::Sni => identified,
+        Ok(identified)
+            if matches!(
+                identified.source,
+                router::TenantSource::Sni | router::TenantSource::Hostname
+            ) =>
+        {
+            identified
+        }
         _ => return,
     };
     let Some(tenant) = proxy.catalog.snapshot().get(&identified.tenant).cloned() else {
@@ -407,6 +424,24 @@ async fn handle_cancel(
     // shutdown first would only cost a storm of cancels one more system call each.
     if stream.is_tls() {
         let _ = tokio::time::timeout(REJECT_TIMEOUT, stream.shutdown()).await;
+    }
+}
+
+/// Runs `login` until `deadline`; a login that has proved the password and queues for a
+/// server connection by then (`queue_wait` set: the pool's `max_wait`) may run on up to
+/// `max_wait` past it, so a full pool answers with its own 53300 after `max_wait_ms`, as
+/// PgBouncer's `query_wait_timeout`, rather than the login timeout's 57014.
+async fn login_within<F: std::future::Future + Unpin>(
+    deadline: Instant,
+    queue_wait: &std::sync::OnceLock<std::time::Duration>,
+    mut login: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match timeout_at(deadline, &mut login).await {
+        Err(elapsed) => match queue_wait.get() {
+            Some(max_wait) => timeout_at(deadline + *max_wait, login).await,
+            None => Err(elapsed),
+        },
+        done => done,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::fleet::FleetLink;
 use crate::prelogin::PendingLogins;
 use crate::secrets::SecretCache;
 use crate::successor::Successor;
+use crate::tls::hostnames::HostCerts;
 use crate::tls::ServerTls;
 use router::memory::MemoryBudget;
 
@@ -27,6 +28,9 @@ use router::memory::MemoryBudget;
 pub struct Proxy {
     pub config: ProxyConfig,
     pub tls: Option<ServerTls>,
+    /// Tenants' own host names with their certificates, chosen by exact SNI; replaced
+    /// whole by whoever follows the store (empty until then).
+    pub hostnames: Arc<HostCerts>,
     pub catalog: Arc<CatalogHandle>,
     pub pools: Arc<Pools>,
     pub secrets: SecretCache,
@@ -84,6 +88,7 @@ impl Proxy {
             ),
             config,
             tls,
+            hostnames: Arc::default(),
             catalog,
             pools,
             cancels,

@@ -1,4 +1,7 @@
-//! The client-facing TLS configuration.
+//! The client-facing TLS configuration: the listener's certificate, and tenants' own
+//! host names with theirs (`hostnames.rs`).
+
+pub mod hostnames;
 
 use std::sync::Arc;
 
@@ -36,21 +39,40 @@ impl ServerTls {
             .map_err(|e| cert_err(e.to_string()))?
             .collect::<Result<_, _>>()
             .map_err(|e| cert_err(e.to_string()))?;
-        if chain.is_empty() {
-            return Err(cert_err("no certificate in file".into()));
-        }
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsSetupError {
             path: files.key.display().to_string(),
             reason: e.to_string(),
         })?;
+        Self::build(chain, key).map_err(cert_err)
+    }
+
+    /// From a certificate chain and its key in PEM text (a tenant's own host name,
+    /// hostnames.rs). The key must be the certificate's.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| format!("private key: {e}"))?;
+        Self::build(chain, key)
+    }
+
+    fn build(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, String> {
+        if chain.is_empty() {
+            return Err("no certificate in file".into());
+        }
         let channel_binding = wire::scram::tls_server_end_point(&chain[0]);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| cert_err(e.to_string()))?
+            .map_err(|e| e.to_string())?
             .with_no_client_auth()
             .with_single_cert(chain, key)
-            .map_err(|e| cert_err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
         Ok(ServerTls {
             config: Arc::new(config),

@@ -201,6 +201,7 @@ mod tests {
             }),
             pool: PoolSettings::default(),
             suspended: None,
+            hostnames: Vec::new(),
             limits: Default::default(),
         }
     }

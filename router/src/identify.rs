@@ -1,7 +1,8 @@
 //! Which tenant a connection is for, and as which role it logs in.
 //!
 //! The sources, in order of precedence (each but SNI opt-in per listener):
-//! 1. the TLS server name (SNI) `<tenant>.<sni_suffix>`;
+//! 1. the TLS server name (SNI): `<tenant>.<sni_suffix>`, or a tenant's own host name
+//!    (an exact name with its own certificate, looked up by the caller);
 //! 2. the `options` word `tenant=<id>` (`tenant_from_options`);
 //! 3. the user name `<role>.<tenant>` (`tenant_from_user`, Supavisor's form): the name
 //!    is split at its last dot, and the part after it names a tenant only when it is
@@ -35,6 +36,8 @@ pub struct IdentifyRules {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TenantSource {
     Sni,
+    /// A tenant's own host name (an exact TLS server name).
+    Hostname,
     Options,
     User,
     Default,
@@ -43,7 +46,7 @@ pub enum TenantSource {
 impl TenantSource {
     fn describe(self) -> &'static str {
         match self {
-            TenantSource::Sni => "the server name",
+            TenantSource::Sni | TenantSource::Hostname => "the server name",
             TenantSource::Options => "the options parameter",
             TenantSource::User => "the user name",
             TenantSource::Default => "the default tenant",
@@ -56,6 +59,8 @@ impl TenantSource {
 pub struct Client<'a> {
     /// The TLS server name, if any.
     pub sni: Option<&'a str>,
+    /// The tenant whose own host name `sni` is, if it is one.
+    pub host_tenant: Option<&'a str>,
     /// The raw `options` startup parameter, if any.
     pub options: Option<&'a str>,
     /// The `user` startup parameter, if known yet.
@@ -97,8 +102,11 @@ pub fn identify(
     client: Client<'_>,
     is_tenant: impl Fn(&str) -> bool,
 ) -> Result<Identified, IdentifyError> {
-    let from_sni = match (client.sni, rules.sni_suffix.as_deref()) {
-        (Some(name), Some(suffix)) => tenant_from_server_name(name, suffix),
+    let from_sni = match (client.host_tenant, client.sni, rules.sni_suffix.as_deref()) {
+        (Some(tenant), _, _) => Some((tenant.to_owned(), TenantSource::Hostname)),
+        (None, Some(name), Some(suffix)) => {
+            tenant_from_server_name(name, suffix).map(|t| (t, TenantSource::Sni))
+        }
         _ => None,
     };
     let (from_options, rest) = match client.options {
@@ -108,10 +116,10 @@ pub fn identify(
     };
     let options = rest.filter(|r| !r.is_empty());
     let named = match (from_sni, from_options) {
-        (Some(sni), Some(opt)) if sni != opt => {
+        (Some((sni, _)), Some(opt)) if sni != opt => {
             return Err(IdentifyError::Conflict { sni, options: opt })
         }
-        (Some(tenant), _) => Some((tenant, TenantSource::Sni)),
+        (Some(named), _) => Some(named),
         (None, Some(tenant)) => Some((tenant, TenantSource::Options)),
         (None, None) => None,
     };
@@ -284,6 +292,7 @@ mod tests {
                 sni,
                 options,
                 user: None,
+                ..Client::default()
             },
             known,
         )
@@ -301,6 +310,7 @@ mod tests {
                 sni,
                 options,
                 user: Some(user),
+                ..Client::default()
             },
             known,
         )
@@ -515,6 +525,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_tenants_own_host_name_counts_as_sni() {
+        let rules = IdentifyRules {
+            tenant_from_user: true,
+            default_tenant: Some("globex".into()),
+            ..rules()
+        };
+        let own = |options, user| Client {
+            sni: Some("db.acme-corp.test"),
+            host_tenant: Some("acme"),
+            options,
+            user,
+        };
+        let id = identify(&rules, own(None, Some("app")), known).unwrap();
+        assert_eq!(
+            (id.tenant.as_str(), id.source),
+            ("acme", TenantSource::Hostname)
+        );
+        let id = identify(&rules, own(Some("tenant=acme"), Some("app.acme")), known).unwrap();
+        assert_eq!(
+            (id.source, id.role.as_deref()),
+            (TenantSource::Hostname, Some("app"))
+        );
+        let err = identify(&rules, own(Some("tenant=globex"), None), known).unwrap_err();
+        assert!(matches!(err, IdentifyError::Conflict { .. }), "{err}");
+        let err = identify(&rules, own(None, Some("app.globex")), known).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the server name names tenant \"acme\" but the user name names tenant \"globex\""
+        );
+    }
+
     proptest! {
         #[test]
         fn splitting_round_trips_escaped_words(words in proptest::collection::vec("[ -~]{1,12}", 0..6)) {
@@ -537,6 +579,7 @@ mod tests {
                 sni: sni.as_deref(),
                 options: opts.as_deref(),
                 user: user.as_deref(),
+                host_tenant: None,
             };
             let _ = identify(&rules, client, known);
         }

@@ -26,5 +26,6 @@ pub use memory::MemoryBudget;
 pub use rejections::{CancelOutcome, Reason, Rejections, TenantLabels, Who};
 pub use tenant::{
     Backend, BackendAddr, BackendTls, Limits, PoolMode, PoolSettings, SessionState, Tenant,
+    TenantHostname,
 };
 pub use tenant_id::{TenantId, TenantIdError};

@@ -17,6 +17,28 @@ pub struct Tenant {
     pub limits: Limits,
     /// Why the tenant is suspended (new connections get 28000), if it is.
     pub suspended: Option<String>,
+    /// The tenant's own host names (`POST /v1/tenants/{id}/hostnames`), each with its
+    /// certificate: a client whose TLS server name is exactly one of them reaches this
+    /// tenant and is served that certificate (docs/routing.md).
+    pub hostnames: Vec<TenantHostname>,
+}
+
+/// One of a tenant's own host names, with its certificate chain and private key (PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TenantHostname {
+    /// Lowercase, without a trailing dot.
+    pub name: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for TenantHostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The private key never reaches a log line.
+        f.debug_struct("TenantHostname")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Per-tenant limits enforced by Sluice itself (so a client cannot `SET` them away).
@@ -234,7 +256,8 @@ impl Default for PoolSettings {
         PoolSettings {
             mode: PoolMode::Session,
             size: 20,
-            max_wait: Duration::from_millis(5000),
+            // PgBouncer's query_wait_timeout.
+            max_wait: Duration::from_secs(120),
             idle_timeout: Duration::from_secs(600),
             lifetime: Duration::from_secs(3600),
             max_prepared_statements: 200,

@@ -197,7 +197,12 @@ pub(crate) fn suspend<'a>(state: &'a State, req: &'a Req) -> Pending<'a> {
         state.plane.apply_locally(&id).await;
         let terminated = if body.terminate {
             let tenant = router::TenantId::parse(&id).map_err(|_| not_found(&id))?;
-            state.plane.gates.terminate_sessions(&tenant)
+            // Here at once; in every other process through the store.
+            let ended = state.plane.gates.terminate_sessions(&tenant);
+            if let Err(e) = store.notify_end_sessions(&id).await {
+                tracing::warn!(tenant = %id, error = %format!("{e:#}"), "telling the other processes to end the tenant's sessions");
+            }
+            ended
         } else {
             0
         };

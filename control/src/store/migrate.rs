@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fleet",
         sql: include_str!("../../migrations/0002_fleet.sql"),
     },
+    Migration {
+        version: 3,
+        name: "hostnames",
+        sql: include_str!("../../migrations/0003_hostnames.sql"),
+    },
 ];
 
 /// Created (under the lock) before anything is read from it; without Postgres' NOTICE

@@ -366,6 +366,21 @@ impl Store {
         Ok(decode_tenant(&row)?)
     }
 
+    /// Tells every process following the store (its catalog sync) to end `tenant`'s
+    /// running sessions: a suspension with `terminate` reaches every replica.
+    pub async fn notify_end_sessions(&self, tenant: &str) -> anyhow::Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "SELECT pg_notify('sluice_catalog', \
+                 json_build_object('table', 'sessions', 'op', 'END', 'id', $1::text)::text)",
+                &[&tenant],
+            )
+            .await
+            .context("notifying the end of the tenant's sessions")?;
+        Ok(())
+    }
+
     /// Sets a tenant's status (and suspension reason), audited when `event` is given.
     /// `from` limits the change to tenants in one of those states.
     pub async fn set_tenant_status(
