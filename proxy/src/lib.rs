@@ -54,5 +54,5 @@ pub mod tls;
 pub mod transaction;
 
 pub use config::ProxyConfig;
-pub use listener::{bind, listen, serve};
+pub use listener::{listen, serve};
 pub use state::Proxy;

@@ -165,16 +165,6 @@ async fn accept_loop(
     tracing::info!(addr = %local, "stopped accepting");
 }
 
-/// Binds every configured address (port 0 gets one from the OS), each with
-/// [`listen`].
-pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        listeners.push(TcpListener::from_std(listen(*addr)?)?);
-    }
-    Ok(listeners)
-}
-
 /// A non-blocking listening socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so
 /// that a new Sluice can bind the address while the old one still listens on it (for a
 /// restart without a gap; the kernel only lets processes of the same user share a
