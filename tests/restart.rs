@@ -61,6 +61,8 @@ fn rolling_restart_under_pgbench_drops_nobody() {
     let mut fleet = Fleet::start(BIN.as_ref(), 3, "roundrobin", |config| {
         config.shutdown_grace_s = 120;
         config.log = "info".into();
+        // A start on a loaded machine (a storm beside it) can take longer than 30 s.
+        config.start_timeout = Duration::from_secs(120);
         // About restarts, not the tenant's budgets (fleet totals): a connect rate the
         // storm stays under, and a server connection for every session-mode client.
         config.default_limits = vec!["connect_rate = 100000".into()];
@@ -171,6 +173,8 @@ impl Storm {
 fn no_connection_attempt_is_lost_in_a_swap() {
     let mut fleet = Fleet::start(BIN.as_ref(), 1, "roundrobin", |config| {
         config.log = "info".into();
+        // A start on a loaded machine (a storm beside it) can take longer than 30 s.
+        config.start_timeout = Duration::from_secs(120);
     })
     .expect("fleet");
     let port = fleet.ports[0];
@@ -204,6 +208,8 @@ fn the_admin_port_answers_for_the_new_process() {
         config.admin_listen = format!("127.0.0.1:{admin_port}");
         config.shutdown_grace_s = 60;
         config.log = "info".into();
+        // A start on a loaded machine (a storm beside it) can take longer than 30 s.
+        config.start_timeout = Duration::from_secs(120);
     })
     .expect("fleet");
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
@@ -262,6 +268,8 @@ fn persistent_transaction_mode_clients_move_to_the_new_process() {
         config.require_tls = false;
         config.default_pool = vec!["mode = \"transaction\"".into()];
         config.log = "info".into();
+        // A start on a loaded machine (a storm beside it) can take longer than 30 s.
+        config.start_timeout = Duration::from_secs(120);
     })
     .expect("fleet");
     let mut target = fleet.target();
