@@ -18,6 +18,8 @@ use localpg::tls::CertificateAuthority;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+mod fleet;
+
 use crate::api_client::{ApiClient, ApiError};
 use crate::config::Config;
 use crate::serve;
@@ -50,15 +52,55 @@ struct DemoTenant {
     psql: String,
 }
 
-pub fn run(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
+/// `replicas` above 1 makes the demo a fleet behind HAProxy (fleet.rs).
+pub fn run(
+    dir: &Path,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    replicas: usize,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
     let ca_cert = certificates(&dir)?;
     let config_path = dir.join("sluice.toml");
-    std::fs::write(&config_path, config_text(&dir, listen, admin_listen))
+    let plan = (replicas > 1)
+        .then(|| fleet::Plan::new(&dir, replicas, listen, admin_listen))
+        .transpose()?;
+    let text = match &plan {
+        None => config_text(&dir, &dir, listen, admin_listen, "", ""),
+        Some(plan) => {
+            let r = &plan.replicas[0];
+            config_text(
+                &dir,
+                &r.data_dir,
+                r.listen,
+                r.admin,
+                &r.proxy_lines,
+                &r.sections,
+            )
+        }
+    };
+    std::fs::write(&config_path, text)
         .with_context(|| format!("writing {}", config_path.display()))?;
+    let mut others = Vec::new();
+    for (i, r) in plan
+        .iter()
+        .flat_map(|p| p.replicas.iter().enumerate().skip(1))
+    {
+        let path = dir.join(format!("r{i}.toml"));
+        let text = config_text(
+            &dir,
+            &r.data_dir,
+            r.listen,
+            r.admin,
+            &r.proxy_lines,
+            &r.sections,
+        );
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        others.push(path);
+    }
     let (config, table) = Config::read(&config_path)?;
     let runtime = config.runtime()?;
     let previous = previous_passwords(&dir.join("demo.json"));
@@ -83,6 +125,25 @@ pub fn run(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::
             table,
         };
         let serving = tokio::spawn(running.wait(signals, file));
+        // A fleet: the other replicas and HAProxy, stopped when this is dropped.
+        let processes = match &plan {
+            Some(plan) => {
+                let (plan_dir, others) = (dir.clone(), others.clone());
+                let started = tokio::task::block_in_place(|| {
+                    fleet::Processes::start(plan, &others, &plan_dir)
+                });
+                match started {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        shutdown.cancel();
+                        let _ = serving.await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        let proxy = plan.as_ref().map_or(proxy, |p| p.front);
         let api = ApiClient::new(&admin_url, Some(admin_key.clone()))?;
         let mut passwords = Vec::new();
         for id in TENANTS {
@@ -115,8 +176,13 @@ pub fn run(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::
             print_instructions(&facts);
         }
         serving.await.context("the demo's server task")?;
+        tokio::task::block_in_place(|| drop(processes));
         anyhow::Ok(())
-    })
+    })?;
+    if let Some(plan) = plan {
+        plan.store.stop()?;
+    }
+    Ok(())
 }
 
 /// The role passwords of the last run's `demo.json`, by tenant.
@@ -267,7 +333,17 @@ fn certificates(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(ca_cert)
 }
 
-fn config_text(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> String {
+/// The demo's config (certificates and the admin key under `dir`), keeping its state
+/// in `data_dir`, with `proxy_lines` added to `[proxy]` and `sections` after the
+/// others (a fleet's replica).
+fn config_text(
+    dir: &Path,
+    data_dir: &Path,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    proxy_lines: &str,
+    sections: &str,
+) -> String {
     format!(
         "# Written by `sluice demo`; rewritten on every run.\n\
          data_dir = {data:?}\n\n\
@@ -277,7 +353,8 @@ fn config_text(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Stri
          tls_key = {key:?}\n\
          sni_suffix = \"{SNI_SUFFIX}\"\n\
          require_tls = true\n\
-         tenant_from_options = true\n\n\
+         tenant_from_options = true\n\
+         {proxy_lines}\n\
          [admin]\n\
          listen = \"{admin_listen}\"\n\
          bootstrap_key_file = {admin_key:?}\n\n\
@@ -286,11 +363,12 @@ fn config_text(dir: &Path, listen: SocketAddr, admin_listen: SocketAddr) -> Stri
          [defaults.pool]\n\
          mode = \"session\"\n\
          size = 10\n",
-        data = dir.display().to_string(),
+        data = data_dir.display().to_string(),
         cert = dir.join("tls/proxy.crt").display().to_string(),
         key = dir.join("tls/proxy.key").display().to_string(),
         admin_key = dir.join("admin.key").display().to_string(),
     ) + &shipped_plans()
+        + sections
 }
 
 /// The `[plans.*]` of configs/sluice.example.toml (nano, lite, pro, pro-heavy), so

@@ -4,6 +4,7 @@ mod api_args;
 mod api_client;
 mod audit_cmd;
 mod config;
+mod connections_cmd;
 mod demo;
 mod handover;
 mod keys_cmd;
@@ -51,9 +52,16 @@ enum Command {
         /// Admin API (and /metrics) listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin_listen: SocketAddr,
+        /// Run a fleet of this many replicas behind HAProxy on --listen (needs haproxy).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+        replicas: u8,
     },
     /// Show pool and tenant statistics from a running Sluice's admin API.
     Stats(stats_cmd::StatsArgs),
+    /// List the clients logged in to a running Sluice (PgBouncer's SHOW CLIENTS).
+    Clients(connections_cmd::ConnectionsArgs),
+    /// List a running Sluice's open server connections (PgBouncer's SHOW SERVERS).
+    Servers(connections_cmd::ConnectionsArgs),
     /// Create, list, change, suspend and delete tenants through the admin API.
     Tenants(tenants_cmd::TenantsArgs),
     /// Manage a tenant's login roles through the admin API.
@@ -102,8 +110,11 @@ fn main() -> ExitCode {
             dir,
             listen,
             admin_listen,
-        } => demo::run(&dir, listen, admin_listen),
+            replicas,
+        } => demo::run(&dir, listen, admin_listen, usize::from(replicas)),
         Command::Stats(args) => stats_cmd::run(args),
+        Command::Clients(args) => connections_cmd::run(connections_cmd::Kind::Clients, args),
+        Command::Servers(args) => connections_cmd::run(connections_cmd::Kind::Servers, args),
         Command::Tenants(args) => tenants_cmd::run(args),
         Command::Roles(args) => roles_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),

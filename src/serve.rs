@@ -381,6 +381,13 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     )
     .await?;
     let admin = Admin::on(admin_listener, admin_state)?;
+    // The admin console on the proxy port takes the same keys and writes the same
+    // audit log as the API (proxy/src/console.rs).
+    let console = control::console::ConsoleKeys {
+        keys: admin.state.keys.clone(),
+        control: control.control.clone(),
+    };
+    let _ = proxy.console.set(Arc::new(console));
     let fleet = match &runtime.fleet {
         Some(fleet) => {
             let listener = fleet_listener.context("the fleet listener")?;

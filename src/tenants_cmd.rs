@@ -50,6 +50,12 @@ enum TenantsCommand {
     },
     /// Accept connections to a suspended tenant again.
     Resume { id: String },
+    /// The console's PAUSE, on the Sluice process the API belongs to: the tenant's
+    /// clients wait for server connections until `unpause` (answers at once; `in_use`
+    /// is how many are still lent out).
+    Pause { id: String },
+    /// The console's RESUME: the paused tenant's waiting clients go on.
+    Unpause { id: String },
     /// Delete a tenant: the server drains and deprovisions it in a job (202).
     Delete {
         id: String,
@@ -142,10 +148,31 @@ pub fn run(args: TenantsArgs) -> anyhow::Result<()> {
                 let tenant = client.post_json(&path, None).await?;
                 show_tenant(output, &tenant)
             }
+            TenantsCommand::Pause { id } => {
+                let path = format!("{}/pause", tenant_path(&id));
+                show_pause(output, &client.post_json(&path, None).await?)
+            }
+            TenantsCommand::Unpause { id } => {
+                let path = format!("{}/pause", tenant_path(&id));
+                show_pause(output, &client.delete(&path).await?)
+            }
             TenantsCommand::Delete { id, wait } => delete(&client, output, &id, wait).await,
             TenantsCommand::Hostnames(command) => hostnames::run(&client, output, command).await,
         }
     })
+}
+
+/// The answer of `pause` / `unpause`.
+fn show_pause(output: Output, state: &serde_json::Value) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(state),
+        Output::Table => print_lines(&[format!(
+            "tenant {}: paused {}, {} server connection(s) in use",
+            crate::table::text(state, "/tenant"),
+            state["paused"],
+            crate::table::count(state, "/in_use")
+        )]),
+    }
 }
 
 /// `/v1/tenants/{id}`, the id percent-encoded.

@@ -290,6 +290,22 @@ fn every_route_answers_each_role_as_documented_and_bad_keys_create_nothing() {
             "",
             Needs::Operator,
         ),
+        ("GET", "/v1/clients", "/v1/clients", "", Needs::Viewer),
+        ("GET", "/v1/servers", "/v1/servers", "", Needs::Viewer),
+        (
+            "POST",
+            "/v1/tenants/{id}/pause",
+            "/v1/tenants/acme/pause",
+            "",
+            Needs::Operator,
+        ),
+        (
+            "DELETE",
+            "/v1/tenants/{id}/pause",
+            "/v1/tenants/acme/pause",
+            "",
+            Needs::Operator,
+        ),
     ];
     let covered: BTreeSet<(String, String)> = table
         .iter()

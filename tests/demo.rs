@@ -31,6 +31,11 @@ fn postgres_processes_under(dir: &std::path::Path) -> Vec<u32> {
 /// Starts the demo in `dir` and returns once it printed its instructions (its tenants
 /// are ready and demo.json is written), with what it printed.
 fn spawn_demo(dir: &std::path::Path) -> (std::process::Child, String) {
+    spawn_demo_with(dir, &[])
+}
+
+/// [`spawn_demo`] with more arguments.
+fn spawn_demo_with(dir: &std::path::Path, more: &[&str]) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
         .args([
             "demo",
@@ -41,6 +46,7 @@ fn spawn_demo(dir: &std::path::Path) -> (std::process::Child, String) {
             "--dir",
         ])
         .arg(dir)
+        .args(more)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.with_extension("stderr")).unwrap())
@@ -295,4 +301,77 @@ fn the_readme_quick_start_runs_twice_in_a_row() {
         assert!(password.is_some() && key_id.is_some(), "round {round}");
     }
     stop_demo(child, &demo_dir, Signal::SIGTERM);
+}
+
+/// Processes whose command line mentions `dir` and `word`.
+fn processes_under(dir: &std::path::Path, word: &str) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .is_ok_and(|c| c.contains(word) && c.contains(&needle))
+        })
+        .collect()
+}
+
+#[test]
+fn the_demo_runs_as_a_fleet_of_three_behind_haproxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let (child, printed) = spawn_demo_with(&demo_dir, &["--replicas", "3"]);
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(demo_dir.join("demo.json")).unwrap()).unwrap();
+    assert!(
+        printed.contains(facts["proxy"].as_str().unwrap()),
+        "{printed}"
+    );
+    assert_eq!(
+        processes_under(&demo_dir, "serve").len(),
+        2,
+        "two replicas beside the demo"
+    );
+    // Both tenants answer through HAProxy, whichever replica each connection lands on.
+    for tenant in facts["tenants"].as_array().unwrap() {
+        for _ in 0..4 {
+            let out = Command::new("psql")
+                .arg(tenant["connection_string"].as_str().unwrap())
+                .args(["-XAtc", "select tenant from tenant_marker"])
+                .env("PGPASSWORD", tenant["password"].as_str().unwrap())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tenant["id"]);
+        }
+    }
+    let admin: std::net::SocketAddr = facts["admin_url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let replicas = testkit::http::get(admin, "/v1/replicas", facts["admin_key"].as_str());
+    let replicas: serde_json::Value = serde_json::from_str(&replicas.body).unwrap();
+    let ids: Vec<&str> = replicas["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{replicas}");
+    stop_demo(child, &demo_dir, Signal::SIGTERM);
+    assert!(
+        processes_under(&demo_dir, "serve").is_empty(),
+        "replicas left behind"
+    );
+    assert!(
+        processes_under(&demo_dir, "haproxy").is_empty(),
+        "haproxy left behind"
+    );
 }

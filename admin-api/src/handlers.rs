@@ -8,6 +8,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod bans;
+pub mod connections;
 pub mod health;
 pub mod hostnames;
 pub mod jobs;

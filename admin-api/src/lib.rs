@@ -98,7 +98,7 @@ impl Admin {
         plane: Plane,
         hint: Option<ConnectionHint>,
     ) -> anyhow::Result<Arc<State>> {
-        let keys = ApiKeys::default();
+        let keys = Arc::new(ApiKeys::default());
         let bootstrap_id = keys.load_bootstrap(&config.bootstrap_key_file)?;
         if let control::Control::Ok { store, .. } = &plane.control {
             // Retried every few seconds by `upkeep` while the store is away.

@@ -4,8 +4,8 @@
 use hyper::{Method, StatusCode};
 
 use crate::error::ApiError;
-use crate::handlers::{api_keys, audit, bans, health, hostnames, jobs, pools, replicas};
-use crate::handlers::{roles, tenant_changes, tenant_create, tenants};
+use crate::handlers::{api_keys, audit, bans, connections, health, hostnames, jobs, pools};
+use crate::handlers::{replicas, roles, tenant_changes, tenant_create, tenants};
 use crate::request::Handler::{self, Later, Now};
 use crate::request::Req;
 
@@ -52,6 +52,21 @@ static ROUTES: &[Route] = &[
     Route {
         template: "/v1/replicas",
         methods: &[(Method::GET, Later(replicas::list))],
+    },
+    Route {
+        template: "/v1/clients",
+        methods: &[(Method::GET, Now(connections::clients))],
+    },
+    Route {
+        template: "/v1/servers",
+        methods: &[(Method::GET, Now(connections::servers))],
+    },
+    Route {
+        template: "/v1/tenants/{id}/pause",
+        methods: &[
+            (Method::POST, Later(connections::pause)),
+            (Method::DELETE, Later(connections::unpause)),
+        ],
     },
     Route {
         template: "/v1/tenants",

@@ -14,7 +14,8 @@ use crate::stats::RateSampler;
 #[derive(Debug)]
 pub struct State {
     pub sources: Sources,
-    pub keys: ApiKeys,
+    /// Shared with the proxy's admin console (the same keys, roles and revocations).
+    pub keys: Arc<ApiKeys>,
     /// The id of the bootstrap key (kept in the store like any other).
     pub(crate) bootstrap_id: String,
     pub admin_requests: Arc<AdminRequests>,

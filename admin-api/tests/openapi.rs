@@ -666,6 +666,18 @@ fn schemas_match_the_serde_structs() {
             fields_of::<admin_api::handlers::hostnames::AddHostname>(),
         ),
         ("PoolPatch", fields_of::<control::settings::PoolPatch>()),
+        (
+            "ClientConnection",
+            fields_of::<admin_api::handlers::connections::ClientConnection>(),
+        ),
+        (
+            "ServerConnection",
+            fields_of::<admin_api::handlers::connections::ServerConnection>(),
+        ),
+        (
+            "PauseState",
+            fields_of::<admin_api::handlers::connections::PauseState>(),
+        ),
         ("LimitsPatch", fields_of::<control::settings::LimitsPatch>()),
     ] {
         assert_eq!(fields, keys(&schema(&doc, name)["properties"]), "{name}");
@@ -1267,6 +1279,7 @@ fn live_answers_match_the_document() {
     live.expect_at("GET", "/healthz", "/healthz?x=1", None, "", 200);
 
     stats_and_bans(&mut live, &world);
+    connections_and_pause(&mut live, &world);
     tenants_read_and_changed(&mut live, &world);
     tenants_created(&mut live, &world);
     let shop = the_story(&mut live, &world);
@@ -1313,6 +1326,8 @@ fn live_answers_match_the_document() {
         ("POST", "/v1/tenants/{id}/suspend", ""),
         ("POST", "/v1/tenants/{id}/resume", ""),
         ("DELETE", "/v1/tenants/{id}/bans", ""),
+        ("POST", "/v1/tenants/{id}/pause", ""),
+        ("DELETE", "/v1/tenants/{id}/pause", ""),
         ("GET", "/v1/api-keys", ""),
         ("POST", "/v1/api-keys", r#"{"role": "admin"}"#),
         ("DELETE", "/v1/api-keys/{id}", ""),
@@ -1440,6 +1455,32 @@ fn live_answers_match_the_document() {
     rt.block_on(rt.spawn_blocking(move || embedded.stop()))
         .unwrap()
         .unwrap();
+}
+
+/// The live connections (none: this test runs no proxy) and a tenant's pause.
+fn connections_and_pause(live: &mut Live, world: &World) {
+    let key = world.key;
+    for (template, list) in [("/v1/clients", "clients"), ("/v1/servers", "servers")] {
+        let all = live.expect("GET", template, world.viewer, "", 200);
+        assert_eq!(all, json!({list: []}));
+        let path = format!("{template}?tenant=acme");
+        live.expect_at("GET", template, &path, key, "", 200);
+        for bad in ["colour=blue", "tenant=%zz", "tenant=Not_A_Tenant"] {
+            let path = format!("{template}?{bad}");
+            live.expect_at("GET", template, &path, key, "", 400);
+        }
+    }
+    let pause = "/v1/tenants/{id}/pause";
+    let paused = live.expect("POST", pause, key, "", 200);
+    assert_eq!(
+        paused,
+        json!({"tenant": "acme", "paused": true, "in_use": 0})
+    );
+    let resumed = live.expect("DELETE", pause, key, "", 200);
+    assert_eq!(resumed["paused"], false);
+    for method in ["POST", "DELETE"] {
+        live.expect_at(method, pause, "/v1/tenants/nope/pause", key, "", 404);
+    }
 }
 
 /// Pool stats, tenant stats and login bans: what the data plane holds in memory.

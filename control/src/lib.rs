@@ -15,6 +15,8 @@
 //! - [`secrets`]: backend credentials sealed at rest; [`keys`]: the admin API keys and
 //!   their roles.
 //! - [`plane`]: the parts above as one process runs them.
+//! - [`console`]: the keys and the audit log as the proxy's admin console uses them
+//!   (`router::console::ConsoleAuthority`).
 //!
 //! The admin API (the `admin-api` crate) is this crate's HTTP face; provisioning drivers
 //! (the `provision` crate) are below it. This crate speaks no HTTP and never touches a
@@ -22,6 +24,7 @@
 //! `router::AdmissionControl` handle it is given.
 
 pub mod catalog_sync;
+pub mod console;
 pub mod drivers;
 pub mod fleet;
 pub mod health;

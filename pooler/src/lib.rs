@@ -8,7 +8,9 @@
 //! The files depend one way (checked by `testkit/tests/layout.rs`): [`pools`] holds
 //! [`pool`]s, a pool hands out [`server`] connections, and each connection holds a slot
 //! of its tenant's cap ([`tenant_servers`]), which knows the pools only as
-//! [`tenant_servers::SiblingPool`]s.
+//! [`tenant_servers::SiblingPool`]s. A pool also holds its tenant's [`pause`] switch
+//! and lists its connections in the process's [`registry`] (SHOW SERVERS), which
+//! names pools by [`key`] only.
 //!
 //! Invariant: a server connection belongs to exactly one pool key for its whole life;
 //! nothing here can move it to another tenant, database or role.
@@ -17,9 +19,12 @@
 pub mod cancel;
 pub mod connect;
 pub mod credential;
+pub mod key;
+pub mod pause;
 pub mod pool;
 pub mod pools;
 pub mod prepared;
+pub mod registry;
 pub mod resizable;
 pub mod server;
 pub mod stats;
@@ -32,6 +37,7 @@ pub use credential::ServerCredential;
 pub use pool::{CheckoutError, ClientInPool, Pool, PoolKey, PooledConn, Release};
 pub use pools::Pools;
 pub use prepared::PreparedSet;
+pub use registry::Registry;
 pub use server::{ServerConn, ServerError};
 pub use stats::{Histogram, HistogramSnapshot, Histograms, PoolCounts, PoolStats};
 pub use stream::ServerStream;

@@ -2,34 +2,25 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use router::{Backend, PoolSettings, TenantId};
+use router::{Backend, PoolSettings};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::connect::{connect, ConnectError, ConnectRequest};
 use crate::credential::ServerCredential;
+use crate::pause::Pause;
+use crate::registry::{ClientEntry, Registry, ServerState};
 use crate::resizable::Resizable;
 use crate::server::ServerConn;
 use crate::stats::{Histograms, PoolCounts, PoolStats};
 use crate::tenant_servers::{SiblingPool, TenantServers};
 use crate::tls::TlsConnectors;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PoolKey {
-    pub tenant: TenantId,
-    pub database: String,
-    pub role: String,
-}
-
-impl fmt::Display for PoolKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.tenant, self.database, self.role)
-    }
-}
+pub use crate::key::PoolKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -37,6 +28,9 @@ pub enum CheckoutError {
     Timeout,
     #[error("backend failed moments ago; not retrying yet")]
     BackendDown,
+    /// The tenant stayed paused for the whole `max_wait`.
+    #[error("timed out waiting for the tenant to be resumed")]
+    Paused,
     #[error(transparent)]
     Connect(#[from] ConnectError),
 }
@@ -83,6 +77,12 @@ pub struct Pool {
     servers: Arc<TenantServers>,
     /// Out of service: connections close instead of going idle (see `retire`).
     retired: std::sync::atomic::AtomicBool,
+    /// Where its server connections are listed (SHOW SERVERS).
+    registry: Arc<Registry>,
+    /// The tenant's PAUSE switch, shared by all its pools.
+    pub pause: Arc<Pause>,
+    /// Bumped by RECONNECT: connections opened before close instead of going idle.
+    generation: AtomicU64,
 }
 
 impl fmt::Debug for Pool {
@@ -116,6 +116,7 @@ impl Pool {
         settings: PoolSettings,
         histograms: Arc<Histograms>,
         servers: Arc<TenantServers>,
+        (registry, pause): (Arc<Registry>, Arc<Pause>),
     ) -> Self {
         Pool {
             key,
@@ -132,7 +133,23 @@ impl Pool {
             histograms,
             servers,
             retired: std::sync::atomic::AtomicBool::new(false),
+            registry,
+            pause,
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// RECONNECT: idle connections close now, the ones in use when released; new
+    /// ones are opened as clients need them.
+    pub fn reconnect(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        for conn in self.close_idle() {
+            close_in_background(conn);
+        }
+    }
+
+    fn is_current(&self, conn: &ServerConn) -> bool {
+        conn.generation == self.generation.load(Ordering::Relaxed)
     }
 
     /// Takes the pool out of service (its tenant left the catalog, or its backend
@@ -220,6 +237,15 @@ impl Pool {
         credential: &ServerCredential,
         tls: &TlsConnectors,
     ) -> Result<PooledConn, CheckoutError> {
+        // A paused tenant's clients wait here (counted as waiting), within `max_wait`.
+        let deadline = tokio::time::Instant::now() + self.settings.load().max_wait;
+        let _entered = if self.pause.is_paused() {
+            let _waiting = Gauge::up(&self.stats.waiting);
+            self.pause.enter(deadline).await
+        } else {
+            self.pause.enter(deadline).await
+        }
+        .ok_or(CheckoutError::Paused)?;
         let permit = self.acquire_slot().await?;
         let conn = match self.take_idle() {
             Some(conn) => conn,
@@ -229,6 +255,9 @@ impl Pool {
             // Only a credential the backend accepted (or that found an idle
             // connection after authenticating against the same verifier) is kept.
             *self.credential.lock().expect("pool lock poisoned") = Some(credential.clone());
+        }
+        if let Some(registered) = &conn.registered {
+            registered.entry.set(ServerState::Active, 0);
         }
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
@@ -304,6 +333,12 @@ impl Pool {
                 *health = Health::default();
                 self.stats.opened.fetch_add(1, Ordering::Relaxed);
                 conn.slot = Some(slot);
+                conn.generation = self.generation.load(Ordering::Relaxed);
+                conn.registered = Some(self.registry.server(
+                    self.key.clone(),
+                    self.backend.addr.to_string(),
+                    conn.cancel_key.map(|k| k.pid),
+                ));
                 let settings = self.settings.load();
                 conn.retire_at = Some(conn.created + jittered(settings.lifetime));
                 conn.prepared.set_capacity(settings.max_prepared_statements);
@@ -379,7 +414,7 @@ impl Pool {
                 self.stats.idle.fetch_sub(1, Ordering::Relaxed);
                 conn
             };
-            if self.is_expired(&conn, now) || !conn.is_idle_and_open() {
+            if self.is_expired(&conn, now) || !self.is_current(&conn) || !conn.is_idle_and_open() {
                 tracing::debug!(pool = %self.key, pid = conn.backend_pid(), "dropping stale server connection");
                 close_in_background(conn);
                 continue;
@@ -395,6 +430,9 @@ impl Pool {
 
     fn put_idle(&self, mut conn: ServerConn) {
         conn.last_used = Instant::now();
+        if let Some(registered) = &conn.registered {
+            registered.entry.set(ServerState::Idle, 0);
+        }
         let mut idle = self.idle.lock().expect("pool lock poisoned");
         idle.push(conn);
         self.stats.idle.fetch_add(1, Ordering::Relaxed);
@@ -495,6 +533,15 @@ impl PooledConn {
         &self.pool
     }
 
+    /// Records in the registry that `client` holds this connection now.
+    pub fn lend_to(&self, client: &ClientEntry) {
+        let server = self.conn.as_ref().and_then(|c| c.registered.as_ref());
+        if let Some(server) = server {
+            server.entry.set(ServerState::Active, client.info.id);
+        }
+        client.attached(server.map(|s| &*s.entry));
+    }
+
     /// Returns the connection to the pool after making it clean, or closes it. A
     /// connection that was left mid-exchange, fails its reset, or has outlived its
     /// lifetime is closed.
@@ -502,7 +549,11 @@ impl PooledConn {
         let mut conn = self.conn.take().expect("present until released");
         let permit = self.permit.take().expect("present until released");
         self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
-        let expired = conn.retire_at.is_some_and(|at| Instant::now() >= at);
+        if let Some(registered) = &conn.registered {
+            registered.entry.set(ServerState::Used, 0);
+        }
+        let expired =
+            conn.retire_at.is_some_and(|at| Instant::now() >= at) || !self.pool.is_current(&conn);
         let reusable = match how {
             Release::Dirty | Release::Close => false,
             Release::AtReadyForQuery { .. } if expired || conn.buffered() > 0 => false,

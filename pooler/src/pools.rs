@@ -7,7 +7,9 @@ use dashmap::DashMap;
 use router::{Backend, PoolSettings, TenantId};
 use tokio_util::sync::CancellationToken;
 
+use crate::pause::Pause;
 use crate::pool::{Pool, PoolKey};
+use crate::registry::Registry;
 use crate::stats::{Histograms, PoolCounts};
 use crate::tenant_servers::TenantServers;
 use crate::tls::TlsConnectors;
@@ -23,6 +25,10 @@ pub struct Pools {
     pub histograms: Arc<Histograms>,
     /// Each tenant's cap on server connections across its pools.
     tenants: DashMap<TenantId, Arc<TenantServers>>,
+    /// Each tenant's PAUSE switch (kept while the tenant is in the catalog).
+    pauses: DashMap<TenantId, Arc<Pause>>,
+    /// Every logged-in client and open server connection (SHOW CLIENTS / SERVERS).
+    pub registry: Arc<Registry>,
 }
 
 impl Pools {
@@ -70,12 +76,14 @@ impl Pools {
         self.pools
             .entry(key.clone())
             .or_insert_with(|| {
+                let pause = self.pause_of(&key.tenant);
                 let pool = Arc::new(Pool::new(
                     key,
                     backend.clone(),
                     settings.clone(),
                     self.histograms.clone(),
                     servers.clone(),
+                    (self.registry.clone(), pause),
                 ));
                 servers.register(&pool);
                 pool
@@ -136,6 +144,8 @@ impl Pools {
         }
         self.tenants
             .retain(|tenant, _| catalog.get(tenant.as_str()).is_some());
+        self.pauses
+            .retain(|tenant, _| catalog.get(tenant.as_str()).is_some());
         for entry in self.tenants.iter() {
             if let Some(tenant) = catalog.get(entry.key().as_str()) {
                 entry.value().set_max(tenant.limits.max_server_connections);
@@ -148,6 +158,67 @@ impl Pools {
                 }
             }
         }
+    }
+
+    fn pause_of(&self, tenant: &TenantId) -> Arc<Pause> {
+        self.pauses.entry(tenant.clone()).or_default().clone()
+    }
+
+    /// PAUSE: the tenant's checkouts wait from now on (see pause.rs); whether it was
+    /// running before.
+    pub fn pause(&self, tenant: &TenantId) -> bool {
+        self.pause_of(tenant).set(true)
+    }
+
+    /// RESUME: the tenant's waiting checkouts go on; whether it was paused.
+    pub fn resume(&self, tenant: &TenantId) -> bool {
+        self.pauses.get(tenant).is_some_and(|p| p.set(false))
+    }
+
+    pub fn is_paused(&self, tenant: &TenantId) -> bool {
+        self.pauses.get(tenant).is_some_and(|p| p.is_paused())
+    }
+
+    /// Server connections of `tenant` lent to clients, and checkouts let past its
+    /// pause check that may yet take one: PAUSE is done when this is 0.
+    pub fn in_use(&self, tenant: &TenantId) -> usize {
+        let entering = self.pauses.get(tenant).map_or(0, |p| p.entering());
+        let active: usize = self
+            .all()
+            .iter()
+            .filter(|p| p.key.tenant == *tenant)
+            .map(|p| p.counts().active)
+            .sum();
+        entering + active
+    }
+
+    /// Waits until no server connection of `tenant` is in use (after PAUSE), or the
+    /// tenant is resumed meanwhile; whether it is paused and idle.
+    pub async fn wait_idle(&self, tenant: &TenantId) -> bool {
+        loop {
+            if !self.is_paused(tenant) {
+                return false;
+            }
+            if self.in_use(tenant) == 0 {
+                return true;
+            }
+            // Releases are not announced: a short poll is enough for an admin command.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// RECONNECT: every server connection of `tenant` closes, the idle ones now and
+    /// the ones in use when released; how many pools.
+    pub fn reconnect(&self, tenant: &TenantId) -> usize {
+        let pools: Vec<Arc<Pool>> = self
+            .all()
+            .into_iter()
+            .filter(|p| p.key.tenant == *tenant)
+            .collect();
+        for pool in &pools {
+            pool.reconnect();
+        }
+        pools.len()
     }
 
     /// Every pool, in no particular order.

@@ -59,6 +59,11 @@ pub struct ServerConn {
     pub settings_unknown: bool,
     /// Its place in the tenant's `max_server_connections`, freed when it closes.
     pub slot: Option<crate::tenant_servers::ServerSlot>,
+    /// Its entry in the process's registry (SHOW SERVERS), removed when it closes.
+    pub registered: Option<crate::registry::ServerHandle>,
+    /// The pool's generation when it was opened: a RECONNECT makes it older than the
+    /// pool's, and it then closes instead of going idle.
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -96,6 +101,8 @@ impl ServerConn {
             unreported_settings: BTreeMap::new(),
             settings_unknown: false,
             slot: None,
+            registered: None,
+            generation: 0,
         }
     }
 

@@ -182,9 +182,20 @@ impl Gates {
     /// Ends every session of `tenant` (57P01); sessions that start later are not
     /// affected.
     pub fn terminate_sessions(&self, tenant: &TenantId) -> usize {
+        self.end_sessions(tenant, false)
+    }
+
+    /// The console's KILL: ends every session of `tenant` as
+    /// [`Gates::terminate_sessions`] does, telling them "administrator command".
+    pub fn kill_sessions(&self, tenant: &TenantId) -> usize {
+        self.end_sessions(tenant, true)
+    }
+
+    fn end_sessions(&self, tenant: &TenantId, killed: bool) -> usize {
         let Some(gate) = self.existing(tenant) else {
             return 0;
         };
+        gate.killed.store(killed, Ordering::Relaxed);
         let fresh = self.terminate.child_token();
         let old = std::mem::replace(
             &mut *gate.sessions.lock().expect("gate lock poisoned"),
@@ -248,6 +259,9 @@ pub struct TenantGate {
     /// Cancelled to end the tenant's sessions (suspension with `terminate`), or when
     /// the shutdown grace period ends.
     sessions: Mutex<CancellationToken>,
+    /// The last end of its sessions was the console's KILL (57P01 "administrator
+    /// command"), not a suspension.
+    killed: std::sync::atomic::AtomicBool,
     /// Connect-rate refusals told in full (TLS handshake + ErrorResponse) in the
     /// current second: (second started, count).
     told: Mutex<(Instant, u32)>,
@@ -299,6 +313,7 @@ impl TenantGate {
             )),
             limits: Mutex::new(limits.clone()),
             sessions: Mutex::new(sessions),
+            killed: std::sync::atomic::AtomicBool::new(false),
             told: Mutex::new((Instant::now(), 0)),
         }
     }
@@ -325,6 +340,11 @@ impl TenantGate {
         }
         told.1 += 1;
         false
+    }
+
+    /// Whether its sessions were last ended by KILL.
+    pub fn was_killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
     }
 
     /// What ends this tenant's sessions now: Sluice's shutdown, or a suspension.

@@ -1,15 +1,16 @@
 //! A client moved here from the Sluice this one replaced (see `successor.rs`): admitted
 //! again and served by the transaction relay without a login.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use pooler::registry::ClientInfo;
 use router::PoolMode;
 
 use crate::error::ClientError;
 use crate::goodbye::tell_and_close;
 use crate::login::Session;
-use crate::relay::Tally;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
 use crate::successor::{MovedSession, MovingClient};
@@ -101,7 +102,15 @@ pub async fn serve_arrival(proxy: Arc<Proxy>, moving: MovingClient, id: u64) {
         gate,
         slot,
     };
-    let tally = Tally::default();
+    // In the registry of clients (`/v1/clients`, the console), as after a login.
+    let registered = proxy.pools.registry.client(ClientInfo {
+        id,
+        key: relayed.pool.key.clone(),
+        addr: session.client,
+        tls: false,
+        mode: PoolMode::Transaction,
+    });
+    registered.entry.detached();
     drop(_guard);
     let started = tokio::time::Instant::now();
     let outcome = {
@@ -110,9 +119,8 @@ pub async fn serve_arrival(proxy: Arc<Proxy>, moving: MovingClient, id: u64) {
             &proxy,
             stream,
             relayed,
-            session.client,
             id,
-            &tally,
+            &registered.entry,
             session.statements,
         ))
         .instrument(span.clone())
@@ -122,6 +130,8 @@ pub async fn serve_arrival(proxy: Arc<Proxy>, moving: MovingClient, id: u64) {
     let _guard = span.enter();
     tracing::info!(
         duration_ms = started.elapsed().as_millis() as u64,
+        bytes_from_client = registered.entry.tally.from_client.load(Ordering::Relaxed),
+        bytes_to_client = registered.entry.tally.to_client.load(Ordering::Relaxed),
         outcome,
         "connection closed"
     );

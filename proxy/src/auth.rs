@@ -164,7 +164,7 @@ async fn send(stream: &mut ClientStream, out: &mut BytesMut) -> Result<(), Clien
 /// middle of SCRAM, whose first byte is the high byte of its length, 0). Such a packet
 /// never gets as far as being read whole, so it cannot hold the login until its
 /// timeout, let alone start another one.
-async fn read_password_message(
+pub(crate) async fn read_password_message(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<bytes::Bytes, ClientError> {

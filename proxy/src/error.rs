@@ -18,6 +18,9 @@ pub enum ClientError {
     AuthFailed(String),
     #[error("timed out waiting for a server connection")]
     PoolTimeout,
+    /// The tenant was PAUSEd for the whole `max_wait` (the console, docs/console.md).
+    #[error("timed out waiting for a server connection: tenant \"{0}\" is paused")]
+    Paused(String),
     #[error("backend for tenant \"{tenant}\" is unavailable")]
     BackendUnavailable { tenant: String, detail: String },
     /// The backend refused with its own error (e.g. database does not exist): shown as is.
@@ -74,6 +77,9 @@ pub enum ClientError {
     /// The tenant was suspended with `terminate`, or deleted.
     #[error("terminating connection: tenant \"{0}\" is suspended")]
     TenantTerminated(String),
+    /// The console's KILL (Postgres' words for `pg_terminate_backend`).
+    #[error("terminating connection due to administrator command")]
+    Killed,
     /// Postgres' words for `idle_session_timeout`.
     #[error("terminating connection due to idle-session timeout")]
     IdleSessionTimeout,
@@ -119,7 +125,7 @@ impl ClientError {
             ClientError::UnknownTenant(_) => ("3D000", self.to_string()),
             ClientError::TlsRequired => ("28000", self.to_string()),
             ClientError::AuthFailed(_) => ("28P01", self.to_string()),
-            ClientError::PoolTimeout => ("53300", self.to_string()),
+            ClientError::PoolTimeout | ClientError::Paused(_) => ("53300", self.to_string()),
             ClientError::BackendUnavailable { .. } => ("08006", self.to_string()),
             ClientError::BackendRefused(fields) => (fields.code.as_str(), fields.message.clone()),
             ClientError::Protocol(_) | ClientError::InvalidStartupLength(_) => {
@@ -145,7 +151,7 @@ impl ClientError {
             ClientError::ProxyHeader(_) => ("08P01", self.to_string()),
             ClientError::UntrustedProxy { .. } => ("28000", self.to_string()),
             ClientError::Suspended(_) => ("28000", self.to_string()),
-            ClientError::TenantTerminated(_) => ("57P01", self.to_string()),
+            ClientError::TenantTerminated(_) | ClientError::Killed => ("57P01", self.to_string()),
             ClientError::MessageTooLarge { .. } => ("54000", self.to_string()),
             ClientError::OutOfMemory { .. } => ("53200", self.to_string()),
             ClientError::Io(_) => ("08006", "connection failure".to_owned()),
@@ -160,7 +166,7 @@ impl ClientError {
             ClientError::UnknownTenant(_) => Reason::UnknownTenant,
             ClientError::TlsRequired => Reason::TlsRequired,
             ClientError::AuthFailed(_) => Reason::AuthFailed,
-            ClientError::PoolTimeout => Reason::PoolTimeout,
+            ClientError::PoolTimeout | ClientError::Paused(_) => Reason::PoolTimeout,
             ClientError::BackendUnavailable { .. } => Reason::BackendUnavailable,
             ClientError::BackendRefused(_) => Reason::BackendRefused,
             ClientError::Protocol(_) | ClientError::InvalidStartupLength(_) => {
@@ -187,6 +193,7 @@ impl ClientError {
             ClientError::IdleInTransactionTimeout
             | ClientError::IdleSessionTimeout
             | ClientError::TenantTerminated(_)
+            | ClientError::Killed
             | ClientError::Io(_) => return None,
         })
     }

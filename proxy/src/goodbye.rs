@@ -45,6 +45,8 @@ pub(crate) async fn tell_and_close(stream: &mut ClientStream, last: &[u8]) {
 pub(crate) fn terminated(proxy: &Proxy, gate: &TenantGate) -> ClientError {
     if proxy.terminate.is_cancelled() {
         ClientError::Terminating("Sluice is shutting down")
+    } else if gate.was_killed() {
+        ClientError::Killed
     } else {
         ClientError::TenantTerminated(gate.id.to_string())
     }

@@ -33,6 +33,7 @@ pub mod arrival;
 pub mod auth;
 pub mod cancel;
 pub mod config;
+pub mod console;
 pub mod error;
 mod farewell;
 pub mod fleet;

@@ -305,6 +305,7 @@ pub(crate) async fn checkout(
 fn checkout_error(tenant: &str, e: CheckoutError) -> ClientError {
     match e {
         CheckoutError::Timeout => ClientError::PoolTimeout,
+        CheckoutError::Paused => ClientError::Paused(tenant.to_owned()),
         CheckoutError::BackendDown => ClientError::BackendUnavailable {
             tenant: tenant.to_owned(),
             detail: "backend failed moments ago (fail-fast backoff)".into(),

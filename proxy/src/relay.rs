@@ -86,23 +86,9 @@ impl Pace {
     }
 }
 
-/// What one client connection relayed, for its closing log line. Each field is only
-/// ever added to by its own connection's task (uncontended atomics).
-#[derive(Debug, Default)]
-pub struct Tally {
-    pub from_client: AtomicU64,
-    pub to_client: AtomicU64,
-}
-
-impl Tally {
-    pub fn from_client(&self, n: usize) {
-        self.from_client.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    pub fn to_client(&self, n: usize) {
-        self.to_client.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
+/// What one client connection relayed (its registry entry's counters: SHOW CLIENTS and
+/// its closing log line read them).
+pub use pooler::registry::Tally;
 
 /// The tenant's limits and what is needed to act on them.
 #[derive(Debug)]

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::admit::Admission;
 use crate::config::PeerKind;
+use crate::console;
 use crate::error::ClientError;
 use crate::goodbye::{terminated, REJECT_TIMEOUT};
 use crate::login::{establish, Session};
@@ -23,6 +24,7 @@ use crate::relay::{relay, RelayEnd, Tally, Watch};
 use crate::state::Proxy;
 use crate::stream::ClientStream;
 use crate::transaction;
+use pooler::registry::ClientInfo;
 use router::{PoolMode, TenantId, Who};
 use std::sync::atomic::Ordering;
 
@@ -257,6 +259,12 @@ async fn session(
             sni,
         }) => (stream, startup, sni),
     };
+    if console::wanted(&proxy, &startup, sni.as_deref()) {
+        return Box::pin(run_console(
+            &proxy, stream, &startup, client, admission, deadline,
+        ))
+        .await;
+    }
     // The handshake and login futures are boxed (here and above), and so are the
     // relays below: each phase's state is allocated while it runs and freed after, so
     // an idle client's task holds only what its relay needs (see docs/transaction-mode.md
@@ -296,17 +304,28 @@ async fn session(
     };
     drop(admission.login_slots);
     drop(startup);
-    let tally = Tally::default();
-    let outcome = match session.pool.settings().mode {
-        PoolMode::Session => Box::pin(run_session(&proxy, stream, session, &tally)).await,
+    let mode = session.pool.settings().mode;
+    let registered = proxy.pools.registry.client(ClientInfo {
+        id,
+        key: session.pool.key.clone(),
+        addr: client,
+        tls: stream.is_tls(),
+        mode,
+    });
+    match &session.server {
+        Some(server) => server.lend_to(&registered.entry),
+        None => registered.entry.detached(),
+    }
+    let tally = &registered.entry.tally;
+    let outcome = match mode {
+        PoolMode::Session => Box::pin(run_session(&proxy, stream, session, tally)).await,
         PoolMode::Transaction => {
             Box::pin(transaction::run(
                 &proxy,
                 stream,
                 session,
-                client,
                 id,
-                &tally,
+                &registered.entry,
                 Vec::new(),
             ))
             .await
@@ -320,6 +339,29 @@ async fn session(
         outcome,
         "connection closed"
     );
+}
+
+/// A client of the admin console (console.rs): its login under the login deadline,
+/// then its commands until it leaves.
+async fn run_console(
+    proxy: &Proxy,
+    mut stream: ClientStream,
+    startup: &wire::startup::StartupMessage,
+    client: SocketAddr,
+    mut admission: Admission,
+    deadline: Instant,
+) {
+    let caller = match timeout_at(deadline, console::login(proxy, &mut stream, startup)).await {
+        Ok(Ok(caller)) => caller,
+        Ok(Err(err)) => return refuse(proxy, Some(stream), &err, None).await,
+        Err(_) => return refuse(proxy, Some(stream), &ClientError::LoginTimeout, None).await,
+    };
+    // Logged in: out of the pre-login phase; the process slot stays while it is here.
+    admission.pending = None;
+    admission.login_slots.clear();
+    tracing::info!(key = %caller.key_id, "admin console session started");
+    let outcome = console::serve(proxy, stream, caller, client).await;
+    tracing::info!(outcome, "admin console session closed");
 }
 
 /// The tenant checks, as soon as SNI names a tenant in the catalog: before the TLS

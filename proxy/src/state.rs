@@ -51,6 +51,9 @@ pub struct Proxy {
     /// The Sluice that took this one's listeners over, if any: idle transaction-mode
     /// clients move to it once this one drains.
     pub successor: Successor,
+    /// The API keys and audit log the admin console (console.rs) uses; set once by
+    /// the binary when the control plane is up. Unset, the console refuses logins.
+    pub console: std::sync::OnceLock<Arc<dyn router::console::ConsoleAuthority>>,
     next_id: AtomicU64,
 }
 
@@ -96,6 +99,7 @@ impl Proxy {
             mock_secret: MockSecret::random(),
             terminate,
             successor: Successor::default(),
+            console: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
         }
     }

@@ -34,12 +34,13 @@ use wire::messages::tag;
 use crate::error::ClientError;
 use crate::goodbye::{tell_and_close, terminated, REJECT_TIMEOUT};
 use crate::login::Session;
-use crate::relay::{Pace, Tally};
+use crate::relay::Pace;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
 use crate::successor::{MovedSession, MovedStatement, MovingClient, MAX_MOVED_STATEMENTS};
 use attached::{header_at, read_server, Attached, READ_BUFFER};
 use client::{Client, End, SETTABLE_REPORTED};
+use pooler::registry::ClientEntry;
 use router::memory::Exhausted;
 use statements::ClientStatements;
 
@@ -53,9 +54,8 @@ pub async fn run(
     proxy: &Proxy,
     stream: ClientStream,
     session: Session,
-    addr: std::net::SocketAddr,
     client_id: u64,
-    tally: &Tally,
+    registered: &ClientEntry,
     moved_statements: Vec<MovedStatement>,
 ) -> String {
     let Session {
@@ -99,13 +99,15 @@ pub async fn run(
         };
         Box::pin(server.release(release)).await;
     }
+    registered.detached();
     let memory = proxy.memory.grant(&gate.id);
     let mut client = Client {
         proxy,
-        tally,
+        tally: &registered.tally,
+        registered,
         pool,
         tenant,
-        addr,
+        addr: registered.info.addr,
         stream,
         cancel,
         settings: view,
@@ -116,6 +118,7 @@ pub async fn run(
         },
         credential,
         limits,
+        ending: gate.session_token(),
         gate,
         active_at: Instant::now(),
         reported,
@@ -281,7 +284,7 @@ impl Client<'_> {
 impl Client<'_> {
     async fn serve(&mut self, attached: &mut Option<Attached>) -> End {
         let mut cbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
-        let terminate = self.gate.session_token();
+        let terminate = self.ending.clone();
         // The client closed its side (EOF, or a TLS close_notify) after whole messages:
         // the server's answers to them are still relayed, as Postgres would send them.
         let mut client_done = false;

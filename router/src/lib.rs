@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod catalog;
+pub mod console;
 pub mod fleet;
 pub mod identify;
 pub mod memory;

@@ -21,6 +21,10 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// One Sluice behind HAProxy.
     pub fn start(dir: &Path, sluice: SocketAddr) -> Haproxy {
         Haproxy::balance(dir, &[sluice], "leastconn")

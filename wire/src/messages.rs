@@ -22,8 +22,9 @@ pub use from_server::{
 pub use reader::ParseError;
 pub use to_client::{
     auth_cleartext, auth_md5, auth_ok, auth_sasl, auth_sasl_continue, auth_sasl_final,
-    backend_key_data, close_complete, error_response, negotiate_protocol_version, notice_response,
-    parameter_status, parse_complete, ready_for_query, Severity,
+    backend_key_data, close_complete, command_complete, data_row, empty_query_response,
+    error_response, negotiate_protocol_version, notice_response, parameter_status, parse_complete,
+    ready_for_query, row_description, Severity, TEXT_OID,
 };
 pub use to_server::{
     bind_raw, bind_text, close, describe, describe_portal, execute, parse, parse_raw,

@@ -57,6 +57,11 @@ pub(crate) fn len32(n: usize) -> i32 {
     i32::try_from(n).expect("a field Sluice builds never exceeds 2 GiB")
 }
 
+/// A count as the protocol's 16-bit field (columns of a row).
+pub(crate) fn len16(n: usize) -> i16 {
+    i16::try_from(n).expect("a row Sluice builds never has 32768 columns")
+}
+
 /// Appends raw bytes as a NUL-terminated string, cut at a NUL like [`cstr`].
 pub(crate) fn cbytes(out: &mut BytesMut, bytes: &[u8]) {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());

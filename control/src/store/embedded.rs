@@ -111,6 +111,18 @@ impl EmbeddedControl {
         config
     }
 
+    /// [`EmbeddedControl::config`] as a libpq `key=value` string, for other processes
+    /// on this host to use as their `[control] database_url` (`sluice demo
+    /// --replicas`). It carries the superuser password.
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user={SUPERUSER} password={} dbname={DATABASE}",
+            self.cluster.socket_dir().display(),
+            self.cluster.socket_port(),
+            self.password,
+        )
+    }
+
     /// The postmaster's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.cluster.pid()

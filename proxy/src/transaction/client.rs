@@ -19,6 +19,7 @@ use crate::relay::Tally;
 use crate::session_state::PinReason;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
+use pooler::registry::ClientEntry;
 use router::memory::Grant;
 
 /// Reported parameters a client may change with SET, and so may differ between the
@@ -50,6 +51,8 @@ pub(super) enum End {
 pub(super) struct Client<'a> {
     pub(super) proxy: &'a Proxy,
     pub(super) tally: &'a Tally,
+    /// Its entry in the registry (SHOW CLIENTS): waiting, holding a server, or idle.
+    pub(super) registered: &'a ClientEntry,
     pub(super) pool: Arc<Pool>,
     pub(super) tenant: String,
     /// The client's address (from the PROXY header behind a balancer).
@@ -62,6 +65,10 @@ pub(super) struct Client<'a> {
     pub(super) credential: pooler::ServerCredential,
     pub(super) limits: Limits,
     pub(super) gate: Arc<TenantGate>,
+    /// The tenant's session token at login (a suspension with `terminate`, KILL, the
+    /// end of shutdown's grace): it ends the client's loop and a wait for a server
+    /// connection alike.
+    pub(super) ending: tokio_util::sync::CancellationToken,
     /// When the client last sent anything (for `client_idle_timeout`).
     pub(super) active_at: Instant,
     /// The parameters the server reports (lowercase): a `SET` of one of them is
@@ -120,5 +127,6 @@ impl Client<'_> {
             }
         };
         a.server.release(release).await;
+        self.registered.detached();
     }
 }

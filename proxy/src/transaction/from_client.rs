@@ -16,6 +16,7 @@ use super::attached::{header_at, Attached, READ_BUFFER};
 use super::client::{Client, End};
 use crate::cancel::CancelTarget;
 use crate::error::ClientError;
+use crate::goodbye::terminated;
 use crate::login::checkout;
 use crate::session_state::PinReason;
 
@@ -271,7 +272,14 @@ impl Client<'_> {
 
     /// Takes a server connection from the pool and makes it match this client.
     pub(super) async fn attach(&mut self) -> Result<Attached, ClientError> {
-        let mut server = checkout(self.proxy, &self.pool, &self.credential).await?;
+        self.registered.waiting();
+        let mut server = tokio::select! {
+            server = checkout(self.proxy, &self.pool, &self.credential) => server?,
+            // A client waiting for a connection (a full pool, a PAUSE) ends at once
+            // when its tenant's sessions are ended (KILL, a suspension), not at max_wait.
+            () = self.ending.cancelled() => return Err(terminated(self.proxy, &self.gate)),
+        };
+        server.lend_to(self.registered);
         let settings: Vec<(String, String)> = self
             .settings
             .iter()

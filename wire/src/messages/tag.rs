@@ -26,6 +26,8 @@ pub const FUNCTION_CALL: u8 = b'F';
 pub const DATA_ROW: u8 = b'D';
 /// Describe (client → server).
 pub const DESCRIBE: u8 = b'D';
+/// EmptyQueryResponse (server → client).
+pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
 /// ErrorResponse (server → client).
 pub const ERROR_RESPONSE: u8 = b'E';
 /// Execute (client → server).

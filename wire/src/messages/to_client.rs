@@ -156,3 +156,48 @@ pub fn parse_complete(out: &mut BytesMut) {
 pub fn close_complete(out: &mut BytesMut) {
     put::message(out, tag::CLOSE_COMPLETE, |_| {});
 }
+
+/// The type OID of `text`: every column Sluice describes itself is text.
+pub const TEXT_OID: u32 = 25;
+
+/// Appends RowDescription for columns of type `text` in text format, named `names`.
+pub fn row_description(out: &mut BytesMut, names: &[&str]) {
+    put::message(out, tag::ROW_DESCRIPTION, |out| {
+        out.put_i16(put::len16(names.len()));
+        for name in names {
+            put::cstr(out, name);
+            out.put_u32(0); // no table
+            out.put_i16(0); // no column number
+            out.put_u32(TEXT_OID);
+            out.put_i16(-1); // variable length
+            out.put_i32(-1); // no type modifier
+            out.put_i16(0); // text format
+        }
+    });
+}
+
+/// Appends DataRow with `values` in text format; `None` is SQL NULL.
+pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
+    put::message(out, tag::DATA_ROW, |out| {
+        out.put_i16(put::len16(values.len()));
+        for value in values {
+            match value {
+                Some(v) => {
+                    out.put_i32(put::len32(v.len()));
+                    out.put_slice(v.as_bytes());
+                }
+                None => out.put_i32(-1),
+            }
+        }
+    });
+}
+
+/// Appends CommandComplete with its command `tag` (`SHOW`, `PAUSE`, `SELECT 3`).
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    put::message(out, tag::COMMAND_COMPLETE, |out| put::cstr(out, tag));
+}
+
+/// Appends EmptyQueryResponse (the answer to a query string with no statement).
+pub fn empty_query_response(out: &mut BytesMut) {
+    put::message(out, tag::EMPTY_QUERY_RESPONSE, |_| {});
+}
