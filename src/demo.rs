@@ -68,38 +68,32 @@ pub fn run(
     let plan = (replicas > 1)
         .then(|| fleet::Plan::new(&dir, replicas, listen, admin_listen))
         .transpose()?;
-    let text = match &plan {
-        None => config_text(&dir, &dir, listen, admin_listen, "", ""),
-        Some(plan) => {
-            let r = &plan.replicas[0];
-            config_text(
+    // Replica 0 is this process (`DIR/sluice.toml`); the others run `DIR/r<i>.toml`.
+    let mut others = Vec::new();
+    let replicas: Vec<Option<&fleet::Replica>> = match &plan {
+        None => vec![None],
+        Some(plan) => plan.replicas.iter().map(Some).collect(),
+    };
+    for (i, replica) in replicas.into_iter().enumerate() {
+        let text = match replica {
+            None => config_text(&dir, &dir, listen, admin_listen, "", ""),
+            Some(r) => config_text(
                 &dir,
                 &r.data_dir,
                 r.listen,
                 r.admin,
                 &r.proxy_lines,
                 &r.sections,
-            )
-        }
-    };
-    std::fs::write(&config_path, text)
-        .with_context(|| format!("writing {}", config_path.display()))?;
-    let mut others = Vec::new();
-    for (i, r) in plan
-        .iter()
-        .flat_map(|p| p.replicas.iter().enumerate().skip(1))
-    {
-        let path = dir.join(format!("r{i}.toml"));
-        let text = config_text(
-            &dir,
-            &r.data_dir,
-            r.listen,
-            r.admin,
-            &r.proxy_lines,
-            &r.sections,
-        );
+            ),
+        };
+        let path = match i {
+            0 => config_path.clone(),
+            i => dir.join(format!("r{i}.toml")),
+        };
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        others.push(path);
+        if i > 0 {
+            others.push(path);
+        }
     }
     let (config, table) = Config::read(&config_path)?;
     let runtime = config.runtime()?;

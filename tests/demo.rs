@@ -16,16 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// Postgres processes whose command line mentions `dir`.
 fn postgres_processes_under(dir: &std::path::Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .is_ok_and(|c| c.contains("postgres") && c.contains(&needle))
-        })
-        .collect()
+    processes_under(dir, "postgres")
 }
 
 /// Starts the demo in `dir` and returns once it printed its instructions (its tenants
@@ -100,6 +91,27 @@ fn stop_demo(mut child: std::process::Child, dir: &std::path::Path, stop: Signal
     }
 }
 
+/// Both demo tenants answer psql with their own marker, with demo.json's facts.
+fn serves_both_tenants(facts: &serde_json::Value) {
+    for tenant in facts["tenants"].as_array().unwrap() {
+        let out = Command::new("psql")
+            .arg(tenant["connection_string"].as_str().unwrap())
+            .args(["-XAtc", "select tenant from tenant_marker"])
+            .env("PGPASSWORD", tenant["password"].as_str().unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            tenant["id"].as_str().unwrap()
+        );
+    }
+}
+
 /// Runs the demo until it serves both tenants, then (with `hangup`) sends it SIGHUP and
 /// checks that it still serves, and stops it with `stop`.
 fn run_demo_once(dir: &std::path::Path, hangup: bool, stop: Signal) -> serde_json::Value {
@@ -111,25 +123,7 @@ fn run_demo_once(dir: &std::path::Path, hangup: bool, stop: Signal) -> serde_jso
 
     let facts: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("demo.json")).unwrap()).unwrap();
-    let serves_both = || {
-        for tenant in facts["tenants"].as_array().unwrap() {
-            let out = Command::new("psql")
-                .arg(tenant["connection_string"].as_str().unwrap())
-                .args(["-XAtc", "select tenant from tenant_marker"])
-                .env("PGPASSWORD", tenant["password"].as_str().unwrap())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout).trim(),
-                tenant["id"].as_str().unwrap()
-            );
-        }
-    };
+    let serves_both = || serves_both_tenants(&facts);
     serves_both();
     if hangup {
         let stderr = dir.with_extension("stderr");
@@ -334,21 +328,8 @@ fn the_demo_runs_as_a_fleet_of_three_behind_haproxy() {
         "two replicas beside the demo"
     );
     // Both tenants answer through HAProxy, whichever replica each connection lands on.
-    for tenant in facts["tenants"].as_array().unwrap() {
-        for _ in 0..4 {
-            let out = Command::new("psql")
-                .arg(tenant["connection_string"].as_str().unwrap())
-                .args(["-XAtc", "select tenant from tenant_marker"])
-                .env("PGPASSWORD", tenant["password"].as_str().unwrap())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tenant["id"]);
-        }
+    for _ in 0..4 {
+        serves_both_tenants(&facts);
     }
     let admin: std::net::SocketAddr = facts["admin_url"]
         .as_str()

@@ -390,20 +390,9 @@ impl CancelRegistry {
     }
 }
 
-/// Carries out a CancelRequest for `key` from `ip`: forwards it to the backend, or
-/// drops it ([`CancelRegistry::decide`]), and counts what became of it.
-pub async fn carry_out(
-    registry: &CancelRegistry,
-    rejections: &Rejections,
-    key: CancelKey,
-    ip: IpAddr,
-) -> CancelOutcome {
-    let decision = registry.decide(key, ip, Instant::now());
-    act(decision, rejections).await
-}
-
-/// [`carry_out`] for a cancel another replica received (see
-/// [`CancelRegistry::decide_forwarded`]).
+/// Carries out a cancel another replica received and sent on here (see
+/// [`CancelRegistry::decide_forwarded`]); a CancelRequest a client sent here goes
+/// through `fleet::carry_out`.
 pub async fn carry_out_forwarded(
     registry: &CancelRegistry,
     rejections: &Rejections,

@@ -215,8 +215,9 @@ impl FleetLink {
     }
 }
 
-/// Carries out a CancelRequest for `key` from `ip` (`cancel::carry_out`); in a fleet, a
-/// key no client of this replica has goes on to the replica whose slot it carries.
+/// Carries out a CancelRequest for `key` from `ip`: forwards it to the backend, or drops
+/// it ([`CancelRegistry::decide`]), and counts what became of it; in a fleet, a key no
+/// client of this replica has goes on to the replica whose slot it carries.
 pub async fn carry_out(
     fleet: Option<&FleetLink>,
     registry: &CancelRegistry,

@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::clients::PgTarget;
-use crate::cluster::{TestCluster, TestClusterOptions, APP_DATABASE, APP_ROLE};
+use crate::cluster::{TestCluster, APP_DATABASE, APP_ROLE};
+use crate::env::OneTenant;
 use crate::haproxy::{Haproxy, BALANCER};
 use crate::pki::Pki;
 use crate::sluice::{SluiceConfig, SluiceProcess, TenantEntry};
@@ -45,18 +46,12 @@ impl Fleet {
         balance: &str,
         tweak: impl FnOnce(&mut SluiceConfig),
     ) -> anyhow::Result<Fleet> {
-        let dir = tempfile::Builder::new().prefix("sluice-fleet-").tempdir()?;
-        let pki = Pki::generate(&dir.path().join("pki"))?;
+        let OneTenant {
+            dir,
+            pki,
+            cluster: acme,
+        } = OneTenant::start("sluice-fleet-")?;
         let store = TestCluster::start(dir.path(), "control", Default::default())?;
-        let acme = TestCluster::start(
-            dir.path(),
-            "acme",
-            TestClusterOptions {
-                tcp_tls: Some(&pki),
-                max_connections: 100,
-                ..Default::default()
-            },
-        )?;
         let mut config = SluiceConfig::new(&pki);
         config.tenants = vec![TenantEntry::for_cluster(&acme, &pki)];
         config.proxy_extra = vec![

@@ -287,7 +287,7 @@ async fn carried_out_cancels_are_counted() {
     assert!(!handle.set_target(Some(live)));
     handle.running(true);
     let here = ip(HERE);
-    let carried = carry_out(&registry, &rejections, handle.key, here).await;
+    let carried = crate::fleet::carry_out(None, &registry, &rejections, handle.key, here).await;
     assert_eq!(carried, CancelOutcome::Forwarded);
     let packet = backend.await.unwrap();
     assert_eq!(
@@ -296,7 +296,7 @@ async fn carried_out_cancels_are_counted() {
         "the backend's own key"
     );
     let forged = CancelKey { pid: 1, secret: 1 };
-    let carried = carry_out(&registry, &rejections, forged, here).await;
+    let carried = crate::fleet::carry_out(None, &registry, &rejections, forged, here).await;
     assert_eq!(carried, CancelOutcome::UnknownKey);
     // Nothing listens there any more.
     assert!(handle.set_target(Some(CancelTarget {
@@ -307,7 +307,7 @@ async fn carried_out_cancels_are_counted() {
         },
     })));
     handle.running(true);
-    let carried = carry_out(&registry, &rejections, handle.key, here).await;
+    let carried = crate::fleet::carry_out(None, &registry, &rejections, handle.key, here).await;
     assert_eq!(carried, CancelOutcome::Failed);
     let counted: Vec<(String, &str, u64)> = rejections
         .cancels()
