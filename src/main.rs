@@ -6,6 +6,7 @@ mod audit_cmd;
 mod config;
 mod connections_cmd;
 mod demo;
+mod handover;
 mod keys_cmd;
 mod replicas_cmd;
 mod roles_cmd;

@@ -19,6 +19,7 @@ use router::{Catalog, CatalogHandle, Rejections, TenantLabels};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FleetRuntime, LogFormat, Runtime};
+use crate::handover::{self, Offer, TakenOver};
 use crate::signals::{notify_systemd, reload, ConfigFile, Signals};
 
 /// Log lines go to stderr: human-readable text, or one JSON object per line (with the
@@ -80,6 +81,11 @@ pub struct Running {
     control: OpenedControl,
     /// Provisioning drivers: the local driver's tenant clusters stop after the proxy.
     drivers: Arc<Drivers>,
+    /// The listening sockets, offered to the next Sluice on the same address.
+    offer: Option<Offer>,
+    /// The connection to the Sluice this one replaced, which its idle clients come
+    /// through once it drains.
+    arrivals: Option<std::os::unix::net::UnixStream>,
     /// In a fleet: this replica's membership and the listener for the others.
     fleet: Option<Fleet>,
 }
@@ -92,11 +98,12 @@ struct Fleet {
     listener: tokio::net::TcpListener,
 }
 
-/// Binds `[fleet] listen`, registers this process in the store and makes the catalog
-/// and the proxy follow the fleet: each tenant's limits cut to this replica's share,
-/// cancel keys tagged with its slot.
+/// Listens on `[fleet] listen` (`listener`, bound or taken over at start), registers
+/// this process in the store and makes the catalog and the proxy follow the fleet: each
+/// tenant's limits cut to this replica's share, cancel keys tagged with its slot.
 async fn join_fleet(
     fleet: &FleetRuntime,
+    listener: std::net::TcpListener,
     control: &control::Control,
     proxy: &Arc<Proxy>,
     proxy_addrs: &[std::net::SocketAddr],
@@ -106,9 +113,7 @@ async fn join_fleet(
         .fleet
         .clone()
         .context("the proxy has no fleet secret")?;
-    let listener = tokio::net::TcpListener::bind(fleet.listen)
-        .await
-        .with_context(|| format!("binding [fleet] listen {}", fleet.listen))?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let internal = match fleet.advertise {
         Some(addr) => addr,
         None => listener.local_addr()?,
@@ -234,9 +239,52 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     let rejections = Arc::new(Rejections::new(Arc::new(TenantLabels::new(
         runtime.max_tenant_series,
     ))));
-    let listeners = proxy::bind(&runtime.proxy.listen)
-        .await
+    // The listening sockets of a Sluice already serving this address, if one hands them
+    // over (a restart without a gap), else new ones (handover.rs).
+    let key = handover::name_for(&runtime.proxy.listen);
+    let wanted = runtime
+        .proxy
+        .listen
+        .iter()
+        .chain([&runtime.admin.listen])
+        .chain(runtime.fleet.as_ref().map(|f| &f.listen))
+        .copied()
+        .collect();
+    let mut taken = TakenOver::ask(key, wanted).await;
+    let took_over = taken.any();
+    let listeners = runtime
+        .proxy
+        .listen
+        .iter()
+        .map(|addr| taken.listener(*addr))
+        .collect::<std::io::Result<Vec<_>>>()
         .with_context(|| format!("binding {:?}", runtime.proxy.listen))?;
+    let admin_listener = taken
+        .listener(runtime.admin.listen)
+        .with_context(|| format!("binding the admin listener {}", runtime.admin.listen))?;
+    // `[fleet] listen` too, so that a replica's new process starts beside the old one.
+    let fleet_listener = runtime
+        .fleet
+        .as_ref()
+        .map(|f| {
+            taken
+                .listener(f.listen)
+                .with_context(|| format!("binding [fleet] listen {}", f.listen))
+        })
+        .transpose()?;
+    let arrivals = taken.clients.take();
+    drop(taken);
+    let offered: Vec<&std::net::TcpListener> = listeners
+        .iter()
+        .chain([&admin_listener])
+        .chain(fleet_listener.as_ref())
+        .collect();
+    let offer = Offer::new(key, &offered).await;
+    let listeners = listeners
+        .into_iter()
+        .map(tokio::net::TcpListener::from_std)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let admin_listener = tokio::net::TcpListener::from_std(admin_listener)?;
     let addrs: Vec<std::net::SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -256,6 +304,14 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     // The control store is opened before anything listens; an unreachable one is logged
     // and leaves the data plane serving the snapshot and the config's tenants.
     let control = control::open::open(&runtime.control).await;
+    if took_over && runtime.control.database_url.is_none() {
+        tracing::warn!(
+            "started beside a running Sluice with the embedded control store, which that \
+             process holds: this one serves the catalog snapshot and the config's tenants, \
+             and its admin changes answer 503 until it is restarted alone; a restart without \
+             a gap needs [control] database_url (docs/fleet.md)"
+        );
+    }
     let sync = Arc::new(CatalogSync::new(
         catalog.clone(),
         Arc::new(runtime.plans),
@@ -314,7 +370,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         health: Default::default(),
         fleet: runtime.fleet.as_ref().map(|f| f.member.clone()),
     };
-    let admin = Admin::bind(
+    let admin_state = Admin::prepare(
         &runtime.admin,
         catalog.clone(),
         proxy.pools.clone(),
@@ -324,6 +380,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         hint,
     )
     .await?;
+    let admin = Admin::on(admin_listener, admin_state)?;
     // The admin console on the proxy port takes the same keys and writes the same
     // audit log as the API (proxy/src/console.rs).
     let console = control::console::ConsoleKeys {
@@ -332,7 +389,20 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     };
     let _ = proxy.console.set(Arc::new(console));
     let fleet = match &runtime.fleet {
-        Some(fleet) => Some(join_fleet(fleet, &control.control, &proxy, &addrs, admin.addr).await?),
+        Some(fleet) => {
+            let listener = fleet_listener.context("the fleet listener")?;
+            Some(
+                join_fleet(
+                    fleet,
+                    listener,
+                    &control.control,
+                    &proxy,
+                    &addrs,
+                    admin.addr,
+                )
+                .await?,
+            )
+        }
         None => None,
     };
     Ok(Running {
@@ -345,6 +415,8 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
         refusal_audit_interval: runtime.control.refusal_audit_interval,
         control,
         drivers,
+        offer,
+        arrivals,
     })
 }
 
@@ -449,9 +521,26 @@ impl Running {
             tracing::info!(clients, "ending {clients} client(s) now (57P01)");
             proxy.terminate.cancel();
         });
+        // Once a new process shares the admin listener (it took it over), this one stops
+        // accepting there at shutdown: the address then answers for the new process
+        // (`/readyz` 200) while this one drains.
+        let (shared_tx, shared_rx) = tokio::sync::oneshot::channel();
+        if let Some(offer) = self.offer {
+            tokio::spawn(offer.serve(shutdown.clone(), shared_tx, self.proxy.clone()));
+        }
+        let admin_accepting = CancellationToken::new();
+        let (admin_addr, accept_stop, accept_shutdown) =
+            (self.admin.addr, admin_accepting.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let Ok(kept) = shared_rx.await else { return };
+            if kept.contains(&admin_addr) {
+                accept_shutdown.cancelled().await;
+                accept_stop.cancel();
+            }
+        });
         let draining = self.admin.state.draining.clone();
         let stop_admin = CancellationToken::new();
-        let admin = tokio::spawn(self.admin.serve(stop_admin.clone()));
+        let admin = tokio::spawn(self.admin.serve(stop_admin.clone(), admin_accepting));
         // The control plane (catalog follower, job worker, backend supervisor, refusal
         // audit) runs as long as the admin listener.
         let plane = tokio::spawn(self.plane.run(
@@ -479,7 +568,15 @@ impl Running {
             drain_signal.cancelled().await;
             draining.cancel();
         });
-        proxy::serve(self.proxy, self.listeners, shutdown).await;
+        let arrivals = self.arrivals.map(|stream| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            std::thread::Builder::new()
+                .name("sluice-arrivals".into())
+                .spawn(move || handover::receive_clients(stream, tx))
+                .expect("starting the arrivals thread");
+            rx
+        });
+        proxy::serve(self.proxy, self.listeners, arrivals, shutdown).await;
         let _ = maintenance.await;
         stop_admin.cancel();
         let _ = admin.await;

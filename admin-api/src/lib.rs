@@ -58,9 +58,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Binds `config.listen`, loads the bootstrap key and, with a reachable control
-    /// store, stores it there and accepts the store's keys. `catalog`, `pools`,
-    /// `rejections` and `memory` are the data plane's own handles.
+    /// Binds `config.listen` and [`Admin::prepare`]s the state.
     pub async fn bind(
         config: &AdminConfig,
         catalog: Arc<router::CatalogHandle>,
@@ -70,6 +68,36 @@ impl Admin {
         plane: Plane,
         hint: Option<ConnectionHint>,
     ) -> anyhow::Result<Admin> {
+        let state = Admin::prepare(config, catalog, pools, rejections, memory, plane, hint).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the admin listener {}", config.listen))?;
+        Admin::on(listener, state)
+    }
+
+    /// The admin listener on a socket the caller bound (or took over from the process
+    /// it replaces: `sluice serve`'s handover).
+    pub fn on(listener: TcpListener, state: Arc<State>) -> anyhow::Result<Admin> {
+        let addr = listener.local_addr()?;
+        Ok(Admin {
+            state,
+            listener,
+            addr,
+        })
+    }
+
+    /// Loads the bootstrap key and, with a reachable control store, stores it there and
+    /// accepts the store's keys. `catalog`, `pools`, `rejections` and `memory` are the
+    /// data plane's own handles.
+    pub async fn prepare(
+        config: &AdminConfig,
+        catalog: Arc<router::CatalogHandle>,
+        pools: Arc<pooler::Pools>,
+        rejections: Arc<router::Rejections>,
+        memory: Arc<router::MemoryBudget>,
+        plane: Plane,
+        hint: Option<ConnectionHint>,
+    ) -> anyhow::Result<Arc<State>> {
         let keys = Arc::new(ApiKeys::default());
         let bootstrap_id = keys.load_bootstrap(&config.bootstrap_key_file)?;
         if let control::Control::Ok { store, .. } = &plane.control {
@@ -100,21 +128,15 @@ impl Admin {
             metrics_enabled: config.metrics_enabled,
             draining: CancellationToken::new(),
         });
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding the admin listener {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        Ok(Admin {
-            state,
-            listener,
-            addr,
-        })
+        Ok(state)
     }
 
     /// Serves until `stop`; rates are sampled, and the job counts and API keys re-read
     /// from the store, meanwhile. (The control plane's own tasks run beside it:
-    /// `control::Plane::run`.)
-    pub async fn serve(self, stop: CancellationToken) {
+    /// `control::Plane::run`.) New connections are accepted until `stop` or
+    /// `stop_accepting` (a process that handed its listener over to a new one stops
+    /// accepting when it starts draining).
+    pub async fn serve(self, stop: CancellationToken, stop_accepting: CancellationToken) {
         let sampler = tokio::spawn(
             self.state
                 .sampler
@@ -123,7 +145,7 @@ impl Admin {
         );
         let jobs = tokio::spawn(upkeep(self.state.clone(), stop.clone()));
         tracing::info!(addr = %self.addr, "admin API listening");
-        server::serve(self.listener, self.state, stop).await;
+        server::serve(self.listener, self.state, stop, stop_accepting).await;
         let _ = sampler.await;
         let _ = jobs.await;
     }

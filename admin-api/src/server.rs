@@ -36,12 +36,24 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 64 * 1024;
 
 /// Serves the admin API on `listener` until `shutdown`, then finishes the requests in
-/// progress and returns.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+/// progress and returns. At `stop_accepting` the listener is let go earlier (the
+/// connections already open are served on until `shutdown`).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    stop_accepting: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = stop_accepting.cancelled() => {
+                tracing::info!("admin listener: stopped accepting (the new process answers there)");
+                drop(listener);
+                shutdown.cancelled().await;
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {

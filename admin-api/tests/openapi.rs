@@ -1193,7 +1193,7 @@ fn live_answers_match_the_document() {
         let plane = admin.state.plane.clone();
         let rejections = admin.state.sources.rejections.clone();
         rt.spawn(plane.run(rejections, Duration::from_secs(60), stop.clone()));
-        rt.spawn(admin.serve(stop.clone()));
+        rt.spawn(admin.serve(stop.clone(), CancellationToken::new()));
     }
     let mut live = Live {
         doc: doc(),

@@ -480,7 +480,12 @@ impl CatalogSync {
     fn write_snapshot(&self, snapshot: &Snapshot) -> anyhow::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let tmp = self.snapshot_path.with_extension("snapshot.tmp");
+        // Per process: a new Sluice started beside the old one on the same data_dir (a
+        // restart without a gap) writes the snapshot too, and their temporary files must
+        // not mix.
+        let tmp = self
+            .snapshot_path
+            .with_extension(format!("snapshot.tmp.{}", std::process::id()));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)

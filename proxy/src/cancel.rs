@@ -264,29 +264,43 @@ impl CancelRegistry {
                 None => random as i32,
             };
             let key = CancelKey { pid, secret };
-            let mut slots = self.slots.entry(key.pid).or_default();
-            if slots.iter().any(|s| s.secret == key.secret) {
-                continue;
+            if let Some(handle) = self.try_register(key, tenant) {
+                return handle;
             }
-            let slot = Arc::new(Slot {
-                secret: key.secret,
-                tenant: tenant.clone(),
-                running: AtomicBool::new(false),
-                target: Mutex::new(Target {
-                    current: None,
-                    cancelled: false,
-                    in_flight: false,
-                    generation: 0,
-                    bucket: self.per_key.map(|rate| bucket(rate, Instant::now())),
-                }),
-            });
-            slots.push(slot.clone());
-            return CancelHandle {
-                registry: self.clone(),
-                key,
-                slot,
-            };
         }
+    }
+
+    /// `key` again, for a client moved here from the process it logged in to (the key
+    /// it was told); a fresh key if that one is taken here (its cancels then miss).
+    pub fn register_key(self: &Arc<Self>, key: CancelKey, tenant: &TenantId) -> CancelHandle {
+        self.try_register(key, tenant)
+            .unwrap_or_else(|| self.register(None, tenant))
+    }
+
+    /// `key` for a client of `tenant`, unless a live client has it.
+    fn try_register(self: &Arc<Self>, key: CancelKey, tenant: &TenantId) -> Option<CancelHandle> {
+        let mut slots = self.slots.entry(key.pid).or_default();
+        if slots.iter().any(|s| s.secret == key.secret) {
+            return None;
+        }
+        let slot = Arc::new(Slot {
+            secret: key.secret,
+            tenant: tenant.clone(),
+            running: AtomicBool::new(false),
+            target: Mutex::new(Target {
+                current: None,
+                cancelled: false,
+                in_flight: false,
+                generation: 0,
+                bucket: self.per_key.map(|rate| bucket(rate, Instant::now())),
+            }),
+        });
+        slots.push(slot.clone());
+        Some(CancelHandle {
+            registry: self.clone(),
+            key,
+            slot,
+        })
     }
 
     /// The live client whose key is exactly `key`. Every secret registered under the

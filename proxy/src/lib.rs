@@ -29,6 +29,7 @@ macro_rules! log_connection {
 }
 
 pub mod admit;
+pub mod arrival;
 pub mod auth;
 pub mod cancel;
 pub mod config;
@@ -49,9 +50,10 @@ pub mod session;
 pub mod session_state;
 pub mod state;
 pub mod stream;
+pub mod successor;
 pub mod tls;
 pub mod transaction;
 
 pub use config::ProxyConfig;
-pub use listener::{bind, serve};
+pub use listener::{listen, serve};
 pub use state::Proxy;

@@ -9,11 +9,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::arrival::serve_arrival;
 use crate::config::PeerKind;
 use crate::error::ClientError;
 use crate::prelogin::turn_away;
 use crate::session::serve_connection;
 use crate::state::Proxy;
+use crate::successor::MovingClient;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Serves `listeners` until `shutdown` fires; then stops accepting, lets clients finish
 /// for `shutdown_grace`, tells the rest 57P01, and returns once every task is done.
@@ -24,9 +27,33 @@ use crate::state::Proxy;
 /// established sessions' relays (see `session::serve_connection`). A connection over
 /// the pre-login caps (`max_pending_logins`, per process and per address) is refused
 /// by the accept loop itself (prelogin.rs).
-pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+///
+/// `arrivals` are clients moved here from the process this one replaced
+/// (`arrival.rs`), served beside the accepted ones until shutdown.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listeners: Vec<TcpListener>,
+    arrivals: Option<UnboundedReceiver<MovingClient>>,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let main = tokio::runtime::Handle::current();
+    if let Some(mut arrivals) = arrivals {
+        let (proxy, tracker, stop) = (proxy.clone(), tracker.clone(), shutdown.clone());
+        tracker.clone().spawn(async move {
+            loop {
+                let moving = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    moving = arrivals.recv() => match moving {
+                        Some(moving) => moving,
+                        None => return,
+                    },
+                };
+                let id = proxy.next_connection_id();
+                tracker.spawn(serve_arrival(proxy.clone(), moving, id));
+            }
+        });
+    }
     let front = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("sluice-front")
@@ -138,11 +165,18 @@ async fn accept_loop(
     tracing::info!(addr = %local, "stopped accepting");
 }
 
-/// Binds every configured address (port 0 gets one from the OS).
-pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        listeners.push(TcpListener::bind(addr).await?);
-    }
-    Ok(listeners)
+/// A non-blocking listening socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so
+/// that a new Sluice can bind the address while the old one still listens on it (for a
+/// restart without a gap; the kernel only lets processes of the same user share a
+/// port). Alone on the address it behaves like any listener. Backlog 1024, as tokio's.
+pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }

@@ -326,6 +326,7 @@ async fn session(
                 session,
                 id,
                 &registered.entry,
+                Vec::new(),
             ))
             .await
         }

@@ -18,6 +18,7 @@ use crate::config::ProxyConfig;
 use crate::fleet::FleetLink;
 use crate::prelogin::PendingLogins;
 use crate::secrets::SecretCache;
+use crate::successor::Successor;
 use crate::tls::hostnames::HostCerts;
 use crate::tls::ServerTls;
 use router::memory::MemoryBudget;
@@ -47,6 +48,9 @@ pub struct Proxy {
     pub fleet: Option<Arc<FleetLink>>,
     /// Fired when the shutdown grace period ends: relays tell clients 57P01 and stop.
     pub terminate: CancellationToken,
+    /// The Sluice that took this one's listeners over, if any: idle transaction-mode
+    /// clients move to it once this one drains.
+    pub successor: Successor,
     /// The API keys and audit log the admin console (console.rs) uses; set once by
     /// the binary when the control plane is up. Unset, the console refuses logins.
     pub console: std::sync::OnceLock<Arc<dyn router::console::ConsoleAuthority>>,
@@ -94,13 +98,14 @@ impl Proxy {
             fleet,
             mock_secret: MockSecret::random(),
             terminate,
+            successor: Successor::default(),
             console: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
         }
     }
 
     /// The id of the next accepted connection (1, 2, ...; for logs and statement names).
-    pub(crate) fn next_connection_id(&self) -> u64 {
+    pub fn next_connection_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 }

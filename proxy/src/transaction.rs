@@ -37,6 +37,7 @@ use crate::login::Session;
 use crate::relay::Pace;
 use crate::state::Proxy;
 use crate::stream::ClientStream;
+use crate::successor::{MovedSession, MovedStatement, MovingClient, MAX_MOVED_STATEMENTS};
 use attached::{header_at, read_server, Attached, READ_BUFFER};
 use client::{Client, End, SETTABLE_REPORTED};
 use pooler::registry::ClientEntry;
@@ -55,6 +56,7 @@ pub async fn run(
     session: Session,
     client_id: u64,
     registered: &ClientEntry,
+    moved_statements: Vec<MovedStatement>,
 ) -> String {
     let Session {
         tenant,
@@ -105,10 +107,15 @@ pub async fn run(
         registered,
         pool,
         tenant,
+        addr: registered.info.addr,
         stream,
         cancel,
         settings: view,
-        statements: ClientStatements::new(client_id),
+        statements: {
+            let mut statements = ClientStatements::new(client_id);
+            statements.import(moved_statements.iter().map(MovedStatement::as_parse));
+            statements
+        },
         credential,
         limits,
         ending: gate.session_token(),
@@ -122,6 +129,9 @@ pub async fn run(
     };
     let mut attached = None;
     let end = client.serve(&mut attached).await;
+    if let End::Moved = end {
+        return Box::pin(client.depart()).await;
+    }
     Box::pin(client.finish(attached, end)).await
 }
 
@@ -181,7 +191,8 @@ impl Client<'_> {
                 }
                 Some(e)
             }
-            End::Terminated => Some(terminated(proxy, &client.gate)),
+            // Handled by `depart` before `finish`.
+            End::Terminated | End::Moved => Some(terminated(proxy, &client.gate)),
         };
         match (release, &error) {
             // A server that failed is not to be trusted with a reset.
@@ -278,6 +289,7 @@ impl Client<'_> {
         // the server's answers to them are still relayed, as Postgres would send them.
         let mut client_done = false;
         let mut pace = Pace::default();
+        let moving = self.proxy.successor.moving();
         loop {
             if let Err(e) = self.fit_read_buffer(&mut cbuf, attached) {
                 return End::Failed(e);
@@ -320,6 +332,62 @@ impl Client<'_> {
                     }
                 }
                 _ = terminate.cancelled() => return End::Terminated,
+                _ = moving.cancelled(), if self.movable(&cbuf, attached, client_done) => {
+                    return End::Moved;
+                }
+            }
+        }
+    }
+
+    /// Whether the client can move to the successor now: between transactions (no
+    /// server connection, nothing read and not handled, nothing to skip), not pinned,
+    /// plaintext, and with at most [`MAX_MOVED_STATEMENTS`] of statement text.
+    fn movable(&self, cbuf: &BytesMut, attached: &Option<Attached>, client_done: bool) -> bool {
+        attached.is_none()
+            && cbuf.is_empty()
+            && self.skip == 0
+            && !client_done
+            && !self.pins.any()
+            && !self.pins_pending
+            && self.statements.held_bytes() <= MAX_MOVED_STATEMENTS
+            && !self.stream.is_tls()
+    }
+
+    /// Hands the client to the successor: its socket (the bytes it sent meanwhile wait
+    /// in it) and its session. If that fails, the client is told 57P01 as at the end
+    /// of the grace period.
+    async fn depart(self) -> String {
+        let session = MovedSession {
+            client: self.addr,
+            key: self.pool.key.clone(),
+            cancel: self.cancel.key,
+            credential: self.credential.clone(),
+            reported: self.reported.clone(),
+            settings: self.settings.clone(),
+            statements: self
+                .statements
+                .export()
+                .iter()
+                .map(MovedStatement::from_parse)
+                .collect(),
+        };
+        let ClientStream::Plain(tcp) = self.stream else {
+            unreachable!("only plaintext clients move");
+        };
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => return format!("could not move to the new process: {e}"),
+        };
+        let moving = MovingClient {
+            tcp,
+            state: session.encode(),
+            done: None,
+        };
+        match self.proxy.successor.send(moving).await {
+            Ok(()) => "moved to the new process".to_owned(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not move the client to the new process");
+                format!("could not move to the new process: {e}")
             }
         }
     }

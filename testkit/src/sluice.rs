@@ -86,6 +86,8 @@ pub struct SluiceConfig {
     /// `[proxy] listen`: `127.0.0.1:0` (a port from the OS) unless a test needs a
     /// fixed one (a replica restarted beside itself on the same port).
     pub listen: String,
+    /// `[admin] listen`: `127.0.0.1:0` unless a test needs a fixed port.
+    pub admin_listen: String,
     /// Lines for `[defaults.pool]`.
     pub default_pool: Vec<String>,
     /// Lines for `[defaults.limits]`.
@@ -122,6 +124,7 @@ impl SluiceConfig {
             login_timeout_ms: 15_000,
             shutdown_grace_s: 5,
             listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             default_pool: Vec::new(),
             default_limits: Vec::new(),
             log_format: "text",
@@ -140,7 +143,7 @@ impl SluiceConfig {
         let mut s = format!(
             "data_dir = {:?}\nlog_format = \"{}\"\n[proxy]\nlisten = [{:?}]\ntls_cert = {:?}\ntls_key = {:?}\n\
              sni_suffix = \"{}\"\nrequire_tls = {}\ntenant_from_options = {}\nlogin_timeout_ms = {}\n\
-             shutdown_grace_s = {}\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\nbootstrap_key_file = {:?}\n{}\n\n\
+             shutdown_grace_s = {}\n{}\n\n[admin]\nlisten = {:?}\nbootstrap_key_file = {:?}\n{}\n\n\
              [metrics]\n{}\n\n[defaults.pool]\n{}\n\n[defaults.limits]\n{}\n",
             data_dir.display().to_string(),
             self.log_format,
@@ -153,6 +156,7 @@ impl SluiceConfig {
             self.login_timeout_ms,
             self.shutdown_grace_s,
             self.proxy_extra.join("\n"),
+            self.admin_listen,
             admin_key_file(data_dir).display().to_string(),
             self.admin_extra.join("\n"),
             self.metrics.join("\n"),

@@ -43,6 +43,9 @@ pub(super) enum End {
     ServerEnded(String),
     Failed(ClientError),
     Terminated,
+    /// Between transactions while this process drains: the client goes to the
+    /// successor (`successor.rs`).
+    Moved,
 }
 
 pub(super) struct Client<'a> {
@@ -52,6 +55,8 @@ pub(super) struct Client<'a> {
     pub(super) registered: &'a ClientEntry,
     pub(super) pool: Arc<Pool>,
     pub(super) tenant: String,
+    /// The client's address (from the PROXY header behind a balancer).
+    pub(super) addr: std::net::SocketAddr,
     pub(super) stream: ClientStream,
     pub(super) cancel: CancelHandle,
     /// What the client believes its session settings are.

@@ -141,6 +141,35 @@ impl ClientStatements {
         }
     }
 
+    /// The client's statements as the Parse messages that made them (the unnamed one
+    /// with an empty name), to go with it to another process (`successor.rs`).
+    pub fn export(&self) -> Vec<messages::ParseView<'_>> {
+        let named = self.by_name.iter().map(|(name, s)| messages::ParseView {
+            name,
+            query: &s.query,
+            param_types: &s.param_types,
+        });
+        let unnamed = self.unnamed.iter().map(|s| messages::ParseView {
+            name: b"",
+            query: &s.query,
+            param_types: &s.param_types,
+        });
+        named.chain(unnamed).collect()
+    }
+
+    /// Takes back statements a client had in another process: each is prepared on a
+    /// server connection here at its first use, as after a Parse answered locally.
+    pub fn import<'a>(&mut self, statements: impl IntoIterator<Item = messages::ParseView<'a>>) {
+        for parse in statements {
+            if parse.name.is_empty() {
+                let unnamed = self.statement(&parse, Arc::from(""));
+                self.set_unnamed(Some(unnamed));
+            } else {
+                self.define(&parse);
+            }
+        }
+    }
+
     /// Bytes of statement text kept for this client.
     pub fn held_bytes(&self) -> usize {
         self.held
