@@ -68,6 +68,22 @@ pub fn scram_verifier(password: &str) -> String {
 impl TestCluster {
     /// Creates and starts a cluster under `dir/name`.
     pub fn start(dir: &Path, name: &str, opts: TestClusterOptions<'_>) -> anyhow::Result<Self> {
+        // The TCP port comes from the OS and is released before the postmaster binds it;
+        // another socket (a client's ephemeral port, in a busy test run) may take it
+        // meanwhile. Then the cluster is made again on a fresh port.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(dir, name, &opts) {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("already in use") => {
+                    attempt += 1;
+                    std::fs::remove_dir_all(dir.join(name))?;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(dir: &Path, name: &str, opts: &TestClusterOptions<'_>) -> anyhow::Result<Self> {
         let (install, template) = install_and_template();
         let home = dir.join(name);
         std::fs::create_dir_all(&home)?;
