@@ -604,3 +604,58 @@ async fn the_greeting_spells_values_as_the_server_does() {
     assert_eq!(reported("DateStyle").as_deref(), Some("ISO, MDY"));
     assert_eq!(reported("application_name").as_deref(), Some("mine"));
 }
+
+/// An extended-protocol COPY FROM STDIN sent whole without waiting for the server's
+/// CopyInResponse (Parse, Bind, Execute, the data, CopyDone, Sync): the server reads
+/// the Sync after the COPY ended and answers it, so the server connection stays with
+/// the client until that ReadyForQuery, and then serves the next client cleanly.
+/// Then a client that breaks the protocol inside a COPY (a second Execute): Postgres
+/// ends that session, the client gets the server's errors, and the other client keeps
+/// the pool.
+#[tokio::test]
+async fn a_copy_sent_whole_or_broken_keeps_every_answer_with_its_client() {
+    use testkit::raw::{error_fields, tags, RawClient, Transport};
+    use wire::messages as put;
+    let env = env_with(&["size = 1"]);
+    let target = env.target("acme");
+    let out = testkit::psql(&target, "create table piped (n int)");
+    assert!(out.success, "{}", out.stderr);
+    let mut other = RawClient::login(&target, Transport::Tls).await.unwrap();
+    let copy = |out: &mut bytes::BytesMut| {
+        put::parse(out, "", "COPY piped FROM STDIN", &[]);
+        put::bind_text(out, "", "", &[]);
+        put::execute(out, "", 0);
+    };
+    let mut client = RawClient::login(&target, Transport::Tls).await.unwrap();
+    for round in 0..20 {
+        let mut out = bytes::BytesMut::new();
+        copy(&mut out);
+        out.extend_from_slice(&testkit::raw::message(b'd', b"7\n"));
+        out.extend_from_slice(&testkit::raw::message(b'c', b""));
+        put::sync(&mut out);
+        client.send(&out).await.unwrap();
+        let frames = client.until_ready().await.unwrap();
+        assert_eq!(tags(&frames), "12GCZ", "round {round}");
+        assert_eq!(other.scalar("select 'other'").await.unwrap(), "other");
+        let n = client.scalar("select count(*) from piped").await.unwrap();
+        assert_eq!(n, (round + 1).to_string());
+    }
+    for round in 0..5 {
+        let mut broken = RawClient::login(&target, Transport::Tls).await.unwrap();
+        let mut out = bytes::BytesMut::new();
+        copy(&mut out);
+        put::execute(&mut out, "", 0);
+        put::sync(&mut out);
+        broken.send(&out).await.unwrap();
+        let frames = broken.to_end().await.unwrap();
+        let codes: Vec<_> = frames
+            .iter()
+            .filter(|f| f.tag == b'E')
+            .map(|f| error_fields(f).code)
+            .collect();
+        assert_eq!(tags(&frames), "12GEE", "round {round}");
+        assert_eq!(codes, ["08P01", "08P01"], "round {round}");
+        assert_eq!(other.scalar("select 'other'").await.unwrap(), "other");
+        assert_eq!(client.scalar("select 'mine'").await.unwrap(), "mine");
+    }
+}

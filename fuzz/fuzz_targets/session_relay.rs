@@ -199,7 +199,9 @@ impl Server {
                         }
                     }
                     // CopyFail, or any other message: the COPY fails (the message is
-                    // consumed by the error).
+                    // consumed by the error). Postgres itself ends the session on a
+                    // message other than CopyFail ("protocol synchronization was
+                    // lost"); the model goes on, which asks more of the relay.
                     _ => {
                         if matches!(kind.tag(), tag::QUERY | tag::FUNCTION_CALL) {
                             self.swallowed = true;

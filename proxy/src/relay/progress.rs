@@ -43,6 +43,12 @@ pub(super) struct Progress {
     /// COPY FROM STDIN belongs to, and whether a CopyDone or CopyFail followed it.
     pub(super) last_request: AtomicU8,
     pub(super) copy_end_since_request: AtomicBool,
+    /// What follows the Executes of the extended-protocol batch the client is sending
+    /// (since its last Query, FunctionCall or counted Sync), and of the batch its last
+    /// counted Sync closed: whether a COPY FROM STDIN one of them begins would still be
+    /// running when the server reads that Sync (see [`Batch`]).
+    pub(super) batch: AtomicU8,
+    pub(super) synced_batch: AtomicU8,
     /// The server is in COPY FROM STDIN and the client has not ended it: the server
     /// ignores its Syncs meanwhile, so they are not counted in `expected_ready`.
     pub(super) copy_in: AtomicBool,
@@ -62,6 +68,23 @@ pub(super) struct Progress {
     pub(super) changed: Notify,
 }
 
+/// The Executes of an extended-protocol batch, and what the client sent after them,
+/// kept as a `u8` in [`Progress::batch`]: a COPY FROM STDIN that an Execute begins
+/// consumes every later message of the batch; CopyData, Flush and Sync leave it
+/// running (the server ignores Syncs during one), anything else ends it (CopyDone,
+/// CopyFail, or any other message, which fails it). Only then is the Sync that
+/// closes the batch answered.
+mod batch {
+    /// No Execute yet.
+    pub const NONE: u8 = 0;
+    /// One Execute, followed by nothing but CopyData and Flush.
+    pub const CLEAN: u8 = 1;
+    /// One Execute, followed by a message that would end a COPY it began.
+    pub const ENDS_COPY: u8 = 2;
+    /// More than one Execute: which one a COPY belongs to cannot be told here.
+    pub const MANY: u8 = 3;
+}
+
 impl Progress {
     /// A whole client message of type `msg` went by (Terminate is the relay's own),
     /// `now` nanoseconds after the relay began.
@@ -79,6 +102,13 @@ impl Progress {
             // Postgres ignores a Sync that arrives during COPY FROM STDIN.
             tag::SYNC if self.copy_in.load(Ordering::Acquire) => {}
             tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => {
+                let closed = self.batch.swap(batch::NONE, Ordering::AcqRel);
+                let closed = if msg == tag::SYNC {
+                    closed
+                } else {
+                    batch::NONE
+                };
+                self.synced_batch.store(closed, Ordering::Release);
                 self.last_request.store(msg, Ordering::Release);
                 self.copy_end_since_request.store(false, Ordering::Release);
                 let before = self.expected_ready.fetch_add(1, Ordering::AcqRel);
@@ -100,6 +130,18 @@ impl Progress {
             }
             tag::COPY_DATA => {}
             _ => self.unsynced.store(true, Ordering::Release),
+        }
+        let batch = self.batch.load(Ordering::Acquire);
+        let next = match (msg, batch) {
+            (tag::QUERY | tag::SYNC | tag::FUNCTION_CALL, _) => batch,
+            (tag::EXECUTE, batch::NONE) => batch::CLEAN,
+            (tag::EXECUTE, _) => batch::MANY,
+            (tag::COPY_DATA | tag::FLUSH, _) => batch,
+            (_, batch::CLEAN) => batch::ENDS_COPY,
+            _ => batch,
+        };
+        if next != batch {
+            self.batch.store(next, Ordering::Release);
         }
     }
 
@@ -177,24 +219,39 @@ impl Progress {
 
     /// The server entered COPY FROM STDIN for the request it is answering. Until the
     /// client ends the COPY, the server ignores its Syncs, so none is counted from now
-    /// on; a Sync the client already sent after that request (the one after the Execute
-    /// of an extended-protocol COPY) gets no answer either, so it counts as answered.
+    /// on. An extended-protocol COPY belongs to the batch the server is reading: the
+    /// one the client is still sending, or the one its last Sync closed. If the client
+    /// sent a message after the Execute that ends the COPY, the COPY is over before
+    /// the client could send anything more (and that Sync is answered); if not, the
+    /// COPY runs and that Sync gets no answer, so it counts as answered now.
     pub(super) fn copy_in_started(&self) {
         let outstanding = self
             .expected_ready
             .load(Ordering::Acquire)
             .saturating_sub(self.seen_ready.load(Ordering::Acquire));
         match (outstanding, self.last_request.load(Ordering::Acquire)) {
-            (0, _) => {}
-            (1, last @ (tag::QUERY | tag::SYNC)) => {
-                if last == tag::SYNC {
-                    self.seen_ready.fetch_add(1, Ordering::AcqRel);
-                }
+            (0, _) => match self.batch.load(Ordering::Acquire) {
+                batch::ENDS_COPY => return,
+                batch::MANY => self.uncertain.store(true, Ordering::Release),
+                _ => {}
+            },
+            (1, tag::QUERY) => {
                 if self.copy_end_since_request.load(Ordering::Acquire) {
                     // The client sent the COPY's data and its end without waiting.
                     return;
                 }
             }
+            (1, tag::SYNC) => match self.synced_batch.load(Ordering::Acquire) {
+                batch::CLEAN => {
+                    self.seen_ready.fetch_add(1, Ordering::AcqRel);
+                    if self.copy_end_since_request.load(Ordering::Acquire) {
+                        // The client sent the COPY's data and its end after the Sync.
+                        return;
+                    }
+                }
+                batch::ENDS_COPY => return,
+                _ => self.uncertain.store(true, Ordering::Release),
+            },
             // Requests pipelined after the COPY: which Syncs the server reads during it
             // cannot be told from here.
             _ => self.uncertain.store(true, Ordering::Release),
@@ -217,5 +274,73 @@ impl Progress {
         let owed =
             self.expected_ready.load(Ordering::Acquire) > self.seen_ready.load(Ordering::Acquire);
         (!owed || self.uncertain.load(Ordering::Acquire)).then_some(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(progress: &Progress, messages: &[u8]) {
+        for &msg in messages {
+            progress.client_message(msg, 0);
+        }
+    }
+
+    fn server(progress: &Progress, messages: &[u8]) {
+        for &msg in messages {
+            let first = (msg == tag::READY_FOR_QUERY).then_some(b'I');
+            progress.server_message(msg, first, 0);
+        }
+    }
+
+    #[test]
+    fn a_message_after_a_copy_starting_execute_ends_the_copy_so_its_sync_is_answered() {
+        let progress = Progress::default();
+        progress.client_boundary.store(true, Ordering::Release);
+        client(
+            &progress,
+            &[tag::QUERY, tag::EXECUTE, tag::PARSE, tag::SYNC],
+        );
+        server(&progress, &[tag::READY_FOR_QUERY, tag::COPY_IN_RESPONSE]);
+        server(&progress, &[tag::ERROR_RESPONSE]);
+        assert!(
+            !progress.settled(),
+            "the Sync after the Parse is still owed"
+        );
+        server(&progress, &[tag::READY_FOR_QUERY]);
+        assert!(progress.settled());
+    }
+
+    #[test]
+    fn copy_data_and_its_end_before_the_sync_leave_the_sync_answered() {
+        let progress = Progress::default();
+        progress.client_boundary.store(true, Ordering::Release);
+        let batch = [tag::EXECUTE, tag::COPY_DATA, tag::COPY_DONE, tag::SYNC];
+        client(&progress, &batch);
+        server(&progress, &[tag::COPY_IN_RESPONSE, tag::COMMAND_COMPLETE]);
+        assert!(!progress.settled(), "the Sync after CopyDone is still owed");
+        server(&progress, &[tag::READY_FOR_QUERY]);
+        assert!(progress.settled());
+    }
+
+    #[test]
+    fn a_sync_read_during_the_copy_is_ignored_and_the_copy_waits_for_its_data() {
+        let progress = Progress::default();
+        progress.client_boundary.store(true, Ordering::Release);
+        client(&progress, &[tag::PARSE, tag::BIND, tag::EXECUTE, tag::SYNC]);
+        server(&progress, &[tag::COPY_IN_RESPONSE]);
+        assert!(!progress.settled(), "the server waits for the COPY's data");
+        client(&progress, &[tag::COPY_DATA, tag::COPY_DONE, tag::SYNC]);
+        server(&progress, &[tag::COMMAND_COMPLETE, tag::READY_FOR_QUERY]);
+        assert!(progress.settled());
+    }
+
+    #[test]
+    fn two_executes_before_a_copy_make_the_counts_uncertain() {
+        let progress = Progress::default();
+        client(&progress, &[tag::EXECUTE, tag::EXECUTE, tag::SYNC]);
+        server(&progress, &[tag::COMMAND_COMPLETE, tag::COPY_IN_RESPONSE]);
+        assert!(progress.uncertain.load(Ordering::Acquire));
     }
 }
