@@ -456,6 +456,18 @@ fn cancels_reach_clients_moved_in_a_restart_and_those_left_behind() {
             slowest = slowest.max(took);
         }
     }
+    // A 3.0 key of a client left on the old process, cancelled at replica 1, went to the
+    // serving process of its slot (the new one), which handed it to the old one.
+    let metrics = testkit::http::get(fleet.replica(0).admin_addr, "/metrics", None).body;
+    let handed_on: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_cancel_requests_total{") && l.contains("to_replica"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        handed_on >= 1.0,
+        "the new process handed no cancel on:\n{metrics}"
+    );
     // The old process exits once its clients left; the moved clients' keys still work.
     drop(staying);
     assert!(

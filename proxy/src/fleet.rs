@@ -403,8 +403,9 @@ impl FleetLink {
 }
 
 /// Sends a signed forwarded cancel to `peer` and reads its one-byte answer: over the
-/// unix socket of its process when `local` (falling back to its `[fleet] listen`
-/// address if that fails: a process of the same slot on another host), else over TCP.
+/// unix socket of its process when `local` (never over TCP then: the other process of
+/// a slot may share this one's `[fleet] listen` socket, and the cancel could come back
+/// here), else over TCP to its `[fleet] listen` address.
 async fn send(peer: &Replica, bytes: &[u8], local: bool) -> std::io::Result<u8> {
     async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         mut stream: S,
@@ -416,13 +417,11 @@ async fn send(peer: &Replica, bytes: &[u8], local: bool) -> std::io::Result<u8> 
         Ok(answer[0])
     }
     if local {
-        let connected = local_address(peer.instance)
+        let stream = local_address(peer.instance)
             .and_then(|addr| std::os::unix::net::UnixStream::connect_addr(&addr))
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
-            .and_then(UnixStream::from_std);
-        if let Ok(stream) = connected {
-            return exchange(stream, bytes).await;
-        }
+            .and_then(UnixStream::from_std)?;
+        return exchange(stream, bytes).await;
     }
     let stream = TcpStream::connect(peer.internal_addr.as_str()).await?;
     stream.set_nodelay(true)?;
