@@ -14,7 +14,6 @@ use provision::{LocalDriver, LxcDriver, ProxmoxDriver, StaticDriver};
 use proxy::fleet::FleetLink;
 use proxy::tls::ServerTls;
 use proxy::Proxy;
-use rand::Rng;
 use router::{Catalog, CatalogHandle, Rejections, TenantLabels};
 use tokio_util::sync::CancellationToken;
 
@@ -120,7 +119,8 @@ async fn join_fleet(
     };
     let info = ReplicaInfo {
         id: fleet.id.clone(),
-        instance: rand::thread_rng().gen_range(1..=i64::MAX),
+        // The process's own instance, which its protocol 3.2 cancel keys name.
+        instance: proxy.cancels.instance(),
         internal_addr: internal.to_string(),
         proxy_addrs: proxy_addrs.iter().map(|a| a.to_string()).collect(),
         admin_addr: admin_addr.to_string(),
@@ -438,6 +438,11 @@ fn run_fleet(
     let membership = tokio::spawn(member.clone().run(stop.clone()));
     tokio::spawn(link.clone().serve(
         listener,
+        proxy.cancels.clone(),
+        proxy.rejections.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(link.clone().serve_local(
         proxy.cancels.clone(),
         proxy.rejections.clone(),
         stop.clone(),

@@ -194,6 +194,44 @@ async fn cancels_through_round_robin_find_the_replica_of_their_session() {
     assert!(sent_on >= 10, "cancels sent between replicas: {sent_on}");
 }
 
+/// The same with protocol 3.2 keys: psycopg (libpq 18, `max_protocol_version=3.2`)
+/// through round-robin HAProxy, 20 queries each cancelled with `cancel_safe()` (inside
+/// TLS); the 32-byte keys name their replica and process, and every cancel lands.
+#[test]
+fn protocol_3_2_cancels_through_round_robin_find_their_replica() {
+    let fleet = Fleet::start(BIN.as_ref(), 3, "roundrobin", |_| {}).expect("fleet");
+    settled(&fleet, &["r0", "r1", "r2"]);
+    let run = testkit::psycopg::cancel_rounds(&fleet.target(), "3.2", 20).expect("psycopg");
+    assert_eq!(run.protocol, 30002, "protocol 3.2 agreed");
+    for (i, round) in run.rounds.iter().enumerate() {
+        assert_eq!(
+            round.sqlstate.as_deref(),
+            Some("57014"),
+            "cancel {i}: {round:?}"
+        );
+        assert!(round.seconds < 10.0, "cancel {i}: {round:?}");
+    }
+    let slowest = run.rounds.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    let requests: u64 = run.rounds.iter().map(|r| r.cancels).sum();
+    eprintln!(
+        "20 protocol 3.2 cancels (psycopg, libpq {}) through round-robin HAProxy, slowest \
+         {slowest:.3} s, {requests} cancel requests",
+        run.libpq
+    );
+    let forwarded = eventually(
+        "every cancel counted as carried out",
+        Duration::from_secs(10),
+        || cancels(&fleet, "forwarded"),
+        |n| *n >= 20,
+    );
+    assert!(
+        forwarded >= 20,
+        "cancels carried out by the session's replica: {forwarded} of {requests} requests"
+    );
+    let sent_on = cancels(&fleet, "to_replica");
+    assert!(sent_on >= 10, "cancels sent between replicas: {sent_on}");
+}
+
 /// Counts the tenant's server connections on its backend (`app` sessions but this one).
 async fn server_connections(backend: &tokio_postgres::Client) -> i64 {
     backend

@@ -9,7 +9,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use testkit::fleet::Fleet;
 use testkit::pgbench::{Output, Pgbench};
+use testkit::raw::{RawClient, Transport};
 use testkit::SluiceProcess;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -331,4 +333,154 @@ fn persistent_transaction_mode_clients_move_to_the_new_process() {
         steady.tps(),
         gone_after
     );
+}
+
+/// Sends a CancelRequest with `pid` and `secret` to `addr` and waits until Sluice
+/// closes the connection (it has then dealt with the cancel).
+async fn cancel_at(addr: std::net::SocketAddr, pid: i32, secret: &[u8]) {
+    let mut packet = bytes::BytesMut::new();
+    wire::startup::encode_cancel_secret(pid, secret, &mut packet);
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(&packet).await.expect("send the cancel");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the cancel connection closed")
+        .expect("read");
+}
+
+/// Runs `select pg_sleep(30)` on `client`, waits until the backend runs it, cancels it
+/// at `addr`, and returns how long the 57014 took from the cancel.
+async fn cancelled_at(
+    client: &mut RawClient,
+    backend: &str,
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> Duration {
+    const SLEEP: &str = "select pg_sleep(30)";
+    client.query(SLEEP).await.expect("sending the query");
+    let check = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '{SLEEP}'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new("psql")
+            .arg(backend)
+            .args(["-XAtq", "-c", &check])
+            .output()
+            .expect("psql");
+        if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what}: the query never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = Instant::now();
+    cancel_at(addr, client.key.pid, &client.secret).await;
+    let result = tokio::time::timeout(Duration::from_secs(15), client.result())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the cancel did not end the query"))
+        .expect("the query's result");
+    let err = result.expect_err("the query was cancelled");
+    assert_eq!(err.code, "57014", "{what}: {err:?}");
+    sent.elapsed()
+}
+
+/// Cancels find their client across a restart of its replica: clients that moved to the
+/// new process (plaintext, transaction mode) keep the keys the old process gave them
+/// (protocol 3.0 and 3.2), and those keys still name their replica's slot, which the
+/// new process took over; clients that stay on the old process while it drains (TLS)
+/// are found there. Each is cancelled at its own replica's port (the old or the new
+/// process, whichever accepts) and at another replica's, while the old process drains
+/// and, for the moved ones, after it exited.
+#[test]
+fn cancels_reach_clients_moved_in_a_restart_and_those_left_behind() {
+    let mut fleet = Fleet::start(BIN.as_ref(), 2, "roundrobin", |config| {
+        config.shutdown_grace_s = 120;
+        config.require_tls = false;
+        config.default_pool = vec!["mode = \"transaction\"".into()];
+        config.log = "info".into();
+        // Straight to each replica's port as well as through HAProxy.
+        config.proxy_extra = vec![
+            "proxy_protocol = \"optional\"".into(),
+            format!(
+                "proxy_protocol_from = [\"{}/32\"]",
+                testkit::haproxy::BALANCER
+            ),
+        ];
+        config.start_timeout = Duration::from_secs(120);
+    })
+    .expect("fleet");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let port = |i: usize| std::net::SocketAddr::from(([127, 0, 0, 1], fleet.ports[i]));
+    let (r0, r1) = (port(0), port(1));
+    let mut plain = fleet.target();
+    plain.addr = r0;
+    plain.sni_host = None;
+    plain.options = Some("tenant=acme".into());
+    let mut tls = fleet.target();
+    tls.addr = r0;
+    let backend = fleet.backend_conninfo();
+    use wire::startup::{PROTOCOL_3_0, PROTOCOL_3_2};
+    let login = |target, transport, version| {
+        rt.block_on(RawClient::login_with(target, transport, version))
+            .expect("logging in at replica 0")
+    };
+    let mut moving = [
+        ("moved, 3.0", login(&plain, Transport::Plain, PROTOCOL_3_0)),
+        ("moved, 3.2", login(&plain, Transport::Plain, PROTOCOL_3_2)),
+    ];
+    let mut staying = [
+        ("stays, 3.0", login(&tls, Transport::Tls, PROTOCOL_3_0)),
+        ("stays, 3.2", login(&tls, Transport::Tls, PROTOCOL_3_2)),
+    ];
+    assert_eq!(moving[1].1.secret.len(), 32);
+
+    let mut old = swap(&mut fleet, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while old.log().matches("moved to the new process").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the plaintext clients did not move:\n{}",
+            old.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut slowest = Duration::ZERO;
+    // The old process drains, holding the TLS clients: every client is found, whichever
+    // process takes the cancel.
+    for (what, client) in moving.iter_mut().chain(staying.iter_mut()) {
+        for (at, addr) in [("its replica", r0), ("another replica", r1)] {
+            let what = format!("{what}, cancelled at {at}, old process draining");
+            let took = rt.block_on(cancelled_at(client, &backend, addr, &what));
+            slowest = slowest.max(took);
+        }
+    }
+    // A 3.0 key of a client left on the old process, cancelled at replica 1, went to the
+    // serving process of its slot (the new one), which handed it to the old one.
+    let metrics = testkit::http::get(fleet.replica(0).admin_addr, "/metrics", None).body;
+    let handed_on: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_cancel_requests_total{") && l.contains("to_replica"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        handed_on >= 1.0,
+        "the new process handed no cancel on:\n{metrics}"
+    );
+    // The old process exits once its clients left; the moved clients' keys still work.
+    drop(staying);
+    assert!(
+        exits_within(&mut old, Duration::from_secs(30)),
+        "{}",
+        old.log()
+    );
+    for (what, client) in moving.iter_mut() {
+        for (at, addr) in [("its replica", r0), ("another replica", r1)] {
+            let what = format!("{what}, cancelled at {at}, old process gone");
+            let took = rt.block_on(cancelled_at(client, &backend, addr, &what));
+            slowest = slowest.max(took);
+        }
+    }
+    eprintln!("12 cancels across a restart, slowest {slowest:?}");
 }

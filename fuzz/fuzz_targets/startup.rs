@@ -1,5 +1,6 @@
-//! Fuzzes startup packet parsing: no panic on any bytes, and a parsed
-//! StartupMessage re-encodes to a packet that parses the same.
+//! Fuzzes startup packet parsing: no panic on any bytes, a parsed StartupMessage
+//! re-encodes to a packet that parses the same, and a parsed CancelRequest (a secret of
+//! 4 to 256 bytes, protocol 3.0 or 3.2) re-encodes to exactly its bytes.
 #![no_main]
 
 use bytes::BytesMut;
@@ -27,10 +28,22 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(&out[..], data);
             }
         }
-        Ok(StartupPacket::Cancel(key)) => {
+        Ok(StartupPacket::Cancel(request)) => {
+            let len = request.secret.len();
+            assert!((startup::MIN_SECRET_LEN..=startup::MAX_SECRET_LEN).contains(&len));
+            assert_eq!(data.len(), 12 + len);
             let mut out = BytesMut::new();
-            startup::encode_cancel(key, &mut out);
+            startup::encode_cancel_secret(request.pid, &request.secret, &mut out);
             assert_eq!(&out[..], data);
+            // The lengths Sluice hands out (4 and 32) name a key, and only those.
+            match request.key() {
+                Some(key) => {
+                    let mut again = BytesMut::new();
+                    key.encode_cancel(&mut again);
+                    assert_eq!(&again[..], data);
+                }
+                None => assert!(len != 4 && len != startup::LONG_SECRET_LEN),
+            }
         }
         Ok(_) => assert_eq!(data.len(), 8),
         Err(_) => {}

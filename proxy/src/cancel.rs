@@ -46,7 +46,8 @@ use router::{
     DEFAULT_MAX_ADDRESSES,
 };
 use subtle::ConstantTimeEq;
-use wire::startup::CancelKey;
+use wire::fleet::KeyOrigin;
+use wire::startup::{CancelKey, ClientCancelKey, LONG_SECRET_LEN};
 
 /// The server connection a client key currently points at.
 #[derive(Debug, Clone)]
@@ -64,9 +65,34 @@ pub struct CancelRates {
     pub per_ip: Option<u32>,
 }
 
+/// A client's secret: 4 bytes (protocol 3.0) or 32 (3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secret {
+    Short(i32),
+    Long([u8; LONG_SECRET_LEN]),
+}
+
+impl Secret {
+    fn of(key: &ClientCancelKey) -> Secret {
+        match key {
+            ClientCancelKey::Short(key) => Secret::Short(key.secret),
+            ClientCancelKey::Long(key) => Secret::Long(key.secret),
+        }
+    }
+
+    /// Equal, compared in constant time (the kind of key is no secret).
+    fn matches(&self, other: &Secret) -> bool {
+        match (self, other) {
+            (Secret::Short(a), Secret::Short(b)) => a.to_be_bytes().ct_eq(&b.to_be_bytes()).into(),
+            (Secret::Long(a), Secret::Long(b)) => a.ct_eq(b).into(),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
-    secret: i32,
+    secret: Secret,
     tenant: TenantId,
     /// A request of the client is running on its server connection: the relays say so
     /// as requests start and are answered.
@@ -88,7 +114,7 @@ struct Target {
     bucket: Option<TokenBucket>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CancelRegistry {
     /// By process id, each client with its own secret.
     slots: DashMap<i32, Vec<Arc<Slot>>>,
@@ -96,6 +122,17 @@ pub struct CancelRegistry {
     per_ip: Option<Mutex<AddressBuckets>>,
     /// In a fleet: the replica's tag in every key it hands out.
     tag: Option<Arc<FleetTag>>,
+    /// This process, random at its start: named in its long keys, and its instance in
+    /// a fleet.
+    instance: i64,
+    /// Outside a fleet, the key of the tag of its long keys.
+    own_secret: [u8; 32],
+}
+
+impl Default for CancelRegistry {
+    fn default() -> Self {
+        CancelRegistry::new(CancelRates::default())
+    }
 }
 
 /// In a fleet, the top byte of every cancel secret a replica hands out says which
@@ -144,7 +181,7 @@ impl FleetTag {
 #[derive(Debug)]
 pub struct CancelHandle {
     registry: Arc<CancelRegistry>,
-    pub key: CancelKey,
+    pub key: ClientCancelKey,
     slot: Arc<Slot>,
 }
 
@@ -216,7 +253,7 @@ impl CancelHandle {
 
 impl Drop for CancelHandle {
     fn drop(&mut self) {
-        if let dashmap::Entry::Occupied(mut slots) = self.registry.slots.entry(self.key.pid) {
+        if let dashmap::Entry::Occupied(mut slots) = self.registry.slots.entry(self.key.pid()) {
             slots.get_mut().retain(|s| !Arc::ptr_eq(s, &self.slot));
             if slots.get().is_empty() {
                 slots.remove();
@@ -237,7 +274,15 @@ impl CancelRegistry {
                 Mutex::new(AddressBuckets::new(rate, burst, DEFAULT_MAX_ADDRESSES, now))
             }),
             tag: None,
+            instance: rand::thread_rng().gen_range(1..=i64::MAX),
+            own_secret: rand::thread_rng().gen(),
         }
+    }
+
+    /// This process's instance: random at its start, named in its long keys (and its
+    /// row in the fleet's `replicas`).
+    pub fn instance(&self) -> i64 {
+        self.instance
     }
 
     /// This registry, handing out keys tagged for a fleet.
@@ -251,19 +296,43 @@ impl CancelRegistry {
         self.tag.as_ref()
     }
 
-    /// A key for a new client of `tenant`: process id `pid` (the backend's, in session
-    /// mode), or a random one; the secret random, and the pair unique among live
-    /// clients.
+    /// A protocol 3.0 key (a 4-byte secret) for a new client of `tenant`: see
+    /// [`CancelRegistry::register_for`].
     pub fn register(self: &Arc<Self>, pid: Option<i32>, tenant: &TenantId) -> CancelHandle {
+        self.register_for(pid, tenant, false)
+    }
+
+    /// A key for a new client of `tenant`: process id `pid` (the backend's, in session
+    /// mode), or a random one; the secret random (`long`: protocol 3.2's 32 bytes, with
+    /// 128 random bits, else 4 bytes), and the pair unique among live clients.
+    pub fn register_for(
+        self: &Arc<Self>,
+        pid: Option<i32>,
+        tenant: &TenantId,
+        long: bool,
+    ) -> CancelHandle {
         let mut rng = rand::thread_rng();
         loop {
             let pid = pid.unwrap_or_else(|| rng.gen_range(1..=i32::MAX));
-            let random: u32 = rng.gen();
-            let secret = match &self.tag {
-                Some(tag) => tag.secret_for(pid, random),
-                None => random as i32,
+            let key = if long {
+                let origin = KeyOrigin {
+                    slot: self.tag.as_ref().and_then(|tag| tag.slot()),
+                    instance: self.instance,
+                };
+                let tag_secret = self
+                    .tag
+                    .as_ref()
+                    .map_or(&self.own_secret[..], |t| &t.secret);
+                let secret = wire::fleet::long_secret(tag_secret, origin, pid, rng.gen());
+                ClientCancelKey::Long(wire::startup::LongKey { pid, secret })
+            } else {
+                let random: u32 = rng.gen();
+                let secret = match &self.tag {
+                    Some(tag) => tag.secret_for(pid, random),
+                    None => random as i32,
+                };
+                ClientCancelKey::Short(CancelKey { pid, secret })
             };
-            let key = CancelKey { pid, secret };
             if let Some(handle) = self.try_register(key, tenant) {
                 return handle;
             }
@@ -271,20 +340,27 @@ impl CancelRegistry {
     }
 
     /// `key` again, for a client moved here from the process it logged in to (the key
-    /// it was told); a fresh key if that one is taken here (its cancels then miss).
-    pub fn register_key(self: &Arc<Self>, key: CancelKey, tenant: &TenantId) -> CancelHandle {
+    /// it was told); a fresh key of the same kind if that one is taken here (its cancels
+    /// then miss).
+    pub fn register_key(self: &Arc<Self>, key: ClientCancelKey, tenant: &TenantId) -> CancelHandle {
+        let long = matches!(key, ClientCancelKey::Long(_));
         self.try_register(key, tenant)
-            .unwrap_or_else(|| self.register(None, tenant))
+            .unwrap_or_else(|| self.register_for(None, tenant, long))
     }
 
     /// `key` for a client of `tenant`, unless a live client has it.
-    fn try_register(self: &Arc<Self>, key: CancelKey, tenant: &TenantId) -> Option<CancelHandle> {
-        let mut slots = self.slots.entry(key.pid).or_default();
-        if slots.iter().any(|s| s.secret == key.secret) {
+    fn try_register(
+        self: &Arc<Self>,
+        key: ClientCancelKey,
+        tenant: &TenantId,
+    ) -> Option<CancelHandle> {
+        let secret = Secret::of(&key);
+        let mut slots = self.slots.entry(key.pid()).or_default();
+        if slots.iter().any(|s| s.secret == secret) {
             return None;
         }
         let slot = Arc::new(Slot {
-            secret: key.secret,
+            secret,
             tenant: tenant.clone(),
             running: AtomicBool::new(false),
             target: Mutex::new(Target {
@@ -305,38 +381,50 @@ impl CancelRegistry {
 
     /// The live client whose key is exactly `key`. Every secret registered under the
     /// process id is compared, in constant time.
-    fn find(&self, key: CancelKey) -> Option<Arc<Slot>> {
-        let slots = self.slots.get(&key.pid)?;
+    fn find(&self, key: &ClientCancelKey) -> Option<Arc<Slot>> {
+        let slots = self.slots.get(&key.pid())?;
+        let secret = Secret::of(key);
         let mut found = None;
         for slot in slots.iter() {
-            let matches: bool = slot
-                .secret
-                .to_be_bytes()
-                .ct_eq(&key.secret.to_be_bytes())
-                .into();
-            if matches {
+            if slot.secret.matches(&secret) {
                 found = Some(slot.clone());
             }
         }
         found
     }
 
+    /// Whether a live client of this process has `key`.
+    pub fn knows(&self, key: &ClientCancelKey) -> bool {
+        self.find(key).is_some()
+    }
+
     /// Decides what becomes of a CancelRequest for `key` from `ip` at `now` (see the
     /// module documentation for the order of the checks). A cancel to be forwarded
     /// marks its server connection as cancelled, and holds it as "in flight" until
-    /// its [`Forward`] is dropped.
-    pub fn decide(&self, key: CancelKey, ip: IpAddr, now: Instant) -> Decision {
-        self.decide_from(key, Some(ip), now)
+    /// its [`Forward`] is dropped. `None`: a CancelRequest whose secret has a length
+    /// Sluice never hands out (it is only counted against the address).
+    pub fn decide(
+        &self,
+        key: impl Into<Option<ClientCancelKey>>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Decision {
+        self.decide_from(key.into(), Some(ip), now)
     }
 
     /// [`CancelRegistry::decide`] for a cancel another replica of the fleet received
     /// and sent on here: that replica took it against the client address's rate.
-    pub fn decide_forwarded(&self, key: CancelKey, now: Instant) -> Decision {
-        self.decide_from(key, None, now)
+    pub fn decide_forwarded(&self, key: ClientCancelKey, now: Instant) -> Decision {
+        self.decide_from(Some(key), None, now)
     }
 
-    fn decide_from(&self, key: CancelKey, ip: Option<IpAddr>, now: Instant) -> Decision {
-        let slot = self.find(key);
+    fn decide_from(
+        &self,
+        key: Option<ClientCancelKey>,
+        ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Decision {
+        let slot = key.as_ref().and_then(|key| self.find(key));
         let tenant = slot.as_ref().map(|s| s.tenant.clone());
         let dropped = |outcome| Decision {
             outcome,
@@ -396,7 +484,7 @@ impl CancelRegistry {
 pub async fn carry_out_forwarded(
     registry: &CancelRegistry,
     rejections: &Rejections,
-    key: CancelKey,
+    key: ClientCancelKey,
 ) -> CancelOutcome {
     let decision = registry.decide_forwarded(key, Instant::now());
     act(decision, rejections).await

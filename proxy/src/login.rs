@@ -111,9 +111,12 @@ pub async fn establish(
     }
     let slot = gate.enter()?;
     let settings = params::client_settings(&startup.params, identified.options.as_deref())?;
-    if startup.minor > 0 || startup.params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
-        negotiate_version(stream, startup).await?;
+    let minor = agreed_minor(startup.minor);
+    if minor != startup.minor || startup.params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
+        negotiate_version(stream, startup, minor).await?;
     }
+    // Protocol 3.2: the client's cancel key has a 32-byte secret.
+    let long_key = minor >= 2;
 
     let looked = proxy
         .secrets
@@ -178,7 +181,7 @@ pub async fn establish(
         // Sluice can tell without asking one.
         if let Some(params) = pool.fresh_params().and_then(|f| greeting(&f, &settings)) {
             // No fixed backend: the process id in the client's key is Sluice's own.
-            let cancel = proxy.cancels.register(None, &tenant.id);
+            let cancel = proxy.cancels.register_for(None, &tenant.id, long_key);
             greet(stream, &params, &cancel).await?;
             log_connection!(proxy, "session started (transaction mode)");
             return Ok(Session {
@@ -211,7 +214,7 @@ pub async fn establish(
         PoolMode::Session => conn.cancel_key.map(|key| key.pid),
         PoolMode::Transaction => None,
     };
-    let cancel = proxy.cancels.register(pid, &tenant.id);
+    let cancel = proxy.cancels.register_for(pid, &tenant.id, long_key);
     if let Some(key) = conn.cancel_key {
         let cancelled = cancel.set_target(Some(CancelTarget {
             addr: conn.addr.clone(),
@@ -270,7 +273,7 @@ async fn greet(
     for (name, value) in params {
         messages::parameter_status(&mut out, name, value);
     }
-    messages::backend_key_data(&mut out, cancel.key);
+    messages::client_key_data(&mut out, &cancel.key);
     messages::ready_for_query(&mut out, messages::tag::STATUS_IDLE);
     stream.write_all(&out).await?;
     Ok(())
@@ -357,10 +360,25 @@ fn greeting(
     Some(params)
 }
 
-/// Protocol 3.x with x > 0, or `_pq_` options: Sluice speaks 3.0 and says so.
+/// The protocol minor version Sluice speaks with a client that asked for 3.`asked`:
+/// 3.2 (PostgreSQL 18's: a longer cancel key, nothing else) for 3.2 and later, 3.0
+/// for 3.0 and 3.1 (a version no PostgreSQL release ever used). Sluice speaks 3.0 to
+/// its backends whatever the client's version: it answers cancels itself.
+pub fn agreed_minor(asked: u16) -> u16 {
+    if asked >= 2 {
+        2
+    } else {
+        0
+    }
+}
+
+/// A client that asked for a minor version Sluice does not speak (3.1, 3.3 and later),
+/// or sent `_pq_` options: Sluice says which version it speaks (`minor`), and that it
+/// knows none of those options.
 async fn negotiate_version(
     stream: &mut ClientStream,
     startup: &StartupMessage,
+    minor: u16,
 ) -> Result<(), ClientError> {
     let unrecognized: Vec<&str> = startup
         .params
@@ -369,7 +387,7 @@ async fn negotiate_version(
         .map(|(k, _)| k.as_str())
         .collect();
     let mut out = BytesMut::new();
-    messages::negotiate_protocol_version(&mut out, 0, &unrecognized);
+    messages::negotiate_protocol_version(&mut out, u32::from(minor), &unrecognized);
     stream.write_all(&out).await?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use rustls::server::{Accepted, Acceptor};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
-use wire::startup::{self, CancelKey, StartupError, StartupMessage, StartupPacket};
+use wire::startup::{self, ClientCancelKey, StartupError, StartupMessage, StartupPacket};
 
 use crate::error::ClientError;
 use crate::stream::ClientStream;
@@ -43,9 +43,10 @@ pub enum Negotiated {
         sni: Option<String>,
     },
     /// A cancel request (plaintext or over TLS); the connection carries nothing else
-    /// and is closed, in order, once the request has been dealt with.
+    /// and is closed, in order, once the request has been dealt with. `key` is `None`
+    /// for a secret of a length Sluice never hands out (neither 4 nor 32 bytes).
     Cancel {
-        key: CancelKey,
+        key: Option<ClientCancelKey>,
         stream: ClientStream,
     },
     /// The client wants TLS (after an SSLRequest, or direct TLS) and its ClientHello
@@ -65,8 +66,9 @@ pub struct ClientHello {
     pub direct: bool,
 }
 
-/// Bytes the first read of a connection asks for: a whole CancelRequest, the start of
-/// any other startup packet, or of a ClientHello. A client that sent more than its
+/// Bytes the first read of a connection asks for: a whole protocol 3.0 CancelRequest
+/// (a 3.2 one, with its longer secret, is read on with an exact read), the start of any
+/// other startup packet, or of a ClientHello. A client that sent more than its
 /// first packet before Sluice answered (what follows an SSLRequest must be TLS) has
 /// the rest taken as the start of what comes next, exactly as if it had been read
 /// later; the smallest StartupMessage that names a user is 16 bytes, so nothing is
@@ -175,9 +177,9 @@ pub async fn negotiate(
             StartupPacket::GssEncRequest => {
                 tcp.write_all(b"N").await.map_err(|e| (None, e.into()))?
             }
-            StartupPacket::Cancel(key) => {
+            StartupPacket::Cancel(request) => {
                 return Ok(Negotiated::Cancel {
-                    key,
+                    key: request.key(),
                     stream: ClientStream::Plain(tcp),
                 })
             }
@@ -325,7 +327,10 @@ async fn after_handshake(
             startup,
             sni,
         }),
-        Ok(StartupPacket::Cancel(key)) => Ok(Negotiated::Cancel { key, stream }),
+        Ok(StartupPacket::Cancel(request)) => Ok(Negotiated::Cancel {
+            key: request.key(),
+            stream,
+        }),
         Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => Err((
             Some(stream),
             ClientError::Protocol("encryption request inside TLS".into()),

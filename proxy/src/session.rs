@@ -455,7 +455,7 @@ async fn reject(stream: Option<ClientStream>, err: &ClientError) {
 /// truncated stream.
 async fn handle_cancel(
     proxy: &Proxy,
-    key: wire::startup::CancelKey,
+    key: Option<wire::startup::ClientCancelKey>,
     client: SocketAddr,
     mut stream: ClientStream,
 ) {

@@ -73,7 +73,7 @@ impl Proxy {
         let fleet = config.fleet_secret.as_ref().map(|secret| {
             let tag = Arc::new(FleetTag::new(secret.0.clone()));
             cancels = std::mem::take(&mut cancels).in_fleet(tag.clone());
-            Arc::new(FleetLink::new(tag))
+            Arc::new(FleetLink::new(tag, cancels.instance()))
         });
         let cancels = Arc::new(cancels);
         Proxy {

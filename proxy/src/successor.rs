@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use pooler::{PoolKey, ServerCredential};
 use tokio_util::sync::CancellationToken;
 use wire::scram::ClientKey;
-use wire::startup::CancelKey;
+use wire::startup::ClientCancelKey;
 
 /// A client on its way to the successor: its socket and its session, encoded; `done`
 /// says whether it arrived (the sending task waits for it, so the process does not
@@ -86,7 +86,7 @@ impl Successor {
 pub(crate) struct MovedSession {
     pub client: SocketAddr,
     pub key: PoolKey,
-    pub cancel: CancelKey,
+    pub cancel: ClientCancelKey,
     pub credential: ServerCredential,
     /// The parameters the server reports (lowercase).
     pub reported: Vec<String>,
@@ -144,8 +144,12 @@ impl MovedSession {
         put(self.key.tenant.as_str().as_bytes());
         put(self.key.database.as_bytes());
         put(self.key.role.as_bytes());
-        put(&self.cancel.pid.to_be_bytes());
-        put(&self.cancel.secret.to_be_bytes());
+        put(&self.cancel.pid().to_be_bytes());
+        // 4 bytes (protocol 3.0) or 32 (3.2): the field's length tells which.
+        match &self.cancel {
+            ClientCancelKey::Short(key) => put(&key.secret.to_be_bytes()),
+            ClientCancelKey::Long(key) => put(&key.secret),
+        }
         match &self.credential {
             ServerCredential::ScramClientKey {
                 client_key,
@@ -192,7 +196,7 @@ impl MovedSession {
         let database = fields.text()?;
         let role = fields.text()?;
         let pid = i32::from_be_bytes(fields.array()?);
-        let secret = i32::from_be_bytes(fields.array()?);
+        let cancel = ClientCancelKey::from_parts(pid, fields.next()?).ok_or("a bad cancel key")?;
         let credential = match fields.next()? {
             b"scram" => ServerCredential::ScramClientKey {
                 client_key: ClientKey(fields.array()?),
@@ -229,7 +233,7 @@ impl MovedSession {
                 database,
                 role,
             },
-            cancel: CancelKey { pid, secret },
+            cancel,
             credential,
             reported,
             settings,
@@ -285,10 +289,10 @@ mod tests {
                 database: "app".into(),
                 role: "app".into(),
             },
-            cancel: CancelKey {
+            cancel: ClientCancelKey::Short(wire::startup::CancelKey {
                 pid: 42,
                 secret: -7,
-            },
+            }),
             credential: ServerCredential::ScramClientKey {
                 client_key: ClientKey([3; 32]),
                 server_key: [9; 32],
@@ -315,5 +319,18 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(MovedSession::decode(&bytes[..cut]).is_err());
         }
+        // A protocol 3.2 client's key moves whole.
+        let long = wire::startup::LongKey {
+            pid: 42,
+            secret: [0x5a; 32],
+        };
+        let session = MovedSession {
+            cancel: ClientCancelKey::Long(long),
+            ..session
+        };
+        let bytes = session.encode();
+        let back = MovedSession::decode(&bytes).unwrap();
+        assert_eq!(back.cancel, ClientCancelKey::Long(long));
+        assert_eq!(back.encode(), bytes);
     }
 }

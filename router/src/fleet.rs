@@ -18,7 +18,8 @@ pub struct Replica {
     /// This process (random at its start), so a restarted replica beside its old
     /// process is another row.
     pub instance: i64,
-    /// Small and unique among live replicas: the tag in the cancel keys it hands out.
+    /// The tag in the cancel keys it hands out: small, kept by its `[fleet] id` (the
+    /// new process of a restart takes its old one's), unique among the live ids.
     pub slot: u8,
     /// Where the other replicas reach it (`[fleet] listen`).
     pub internal_addr: String,
@@ -37,7 +38,8 @@ pub struct Replica {
 /// The live replicas, and which of them is this process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Membership {
-    /// Ordered by slot.
+    /// Ordered by slot (then instance: the processes of one `[fleet] id` during a
+    /// restart share a slot).
     pub replicas: Vec<Replica>,
     /// This process's instance, once registered.
     pub me: Option<i64>,
@@ -45,7 +47,7 @@ pub struct Membership {
 
 impl Membership {
     pub fn new(mut replicas: Vec<Replica>, me: Option<i64>) -> Self {
-        replicas.sort_by_key(|r| r.slot);
+        replicas.sort_by_key(|r| (r.slot, r.instance));
         Membership { replicas, me }
     }
 
@@ -55,9 +57,20 @@ impl Membership {
         self.replicas.iter().find(|r| r.instance == me)
     }
 
-    /// The live replica in `slot`.
+    /// The live replica in `slot` (the first, if a restart has two there).
     pub fn by_slot(&self, slot: u8) -> Option<&Replica> {
-        self.replicas.iter().find(|r| r.slot == slot)
+        self.in_slot(slot).next()
+    }
+
+    /// The live processes in `slot`: one, or during a restart the old and the new
+    /// process of the replica.
+    pub fn in_slot(&self, slot: u8) -> impl Iterator<Item = &Replica> {
+        self.replicas.iter().filter(move |r| r.slot == slot)
+    }
+
+    /// The live process `instance`.
+    pub fn by_instance(&self, instance: i64) -> Option<&Replica> {
+        self.replicas.iter().find(|r| r.instance == instance)
     }
 
     /// This process's share, or `None` when it cannot tell (not registered, or
@@ -66,7 +79,7 @@ impl Membership {
         let me = self.this().filter(|r| !r.draining)?;
         let serving = self.replicas.iter().filter(|r| !r.draining);
         let replicas = serving.clone().count() as u32;
-        let rank = serving.take_while(|r| r.slot != me.slot).count() as u32;
+        let rank = serving.take_while(|r| r.instance != me.instance).count() as u32;
         Some(Share { replicas, rank })
     }
 }
@@ -221,5 +234,27 @@ mod tests {
         assert_eq!(me(20).share(), None, "draining");
         assert_eq!(me(99).share(), None, "not registered");
         assert_eq!(me(10).by_slot(2).map(|r| r.instance), Some(20));
+    }
+
+    #[test]
+    fn the_old_and_new_process_of_a_restart_share_a_slot_and_not_a_rank() {
+        // r0's new process (instance 5) beside its old one (instance 10), both serving
+        // until the old one drains: each has a rank of its own, so the shares still add
+        // up to the totals.
+        let all = vec![
+            replica(0, 10, false),
+            replica(1, 30, false),
+            replica(0, 5, false),
+        ];
+        let me = |instance| Membership::new(all.clone(), Some(instance));
+        let ranks: Vec<u32> = [5, 10, 30]
+            .iter()
+            .map(|&i| me(i).share().unwrap().rank)
+            .collect();
+        assert_eq!(ranks, [0, 1, 2]);
+        assert_eq!(me(5).share().unwrap().replicas, 3);
+        let in_zero: Vec<i64> = me(5).in_slot(0).map(|r| r.instance).collect();
+        assert_eq!(in_zero, [5, 10]);
+        assert_eq!(me(5).by_instance(30).map(|r| r.slot), Some(1));
     }
 }

@@ -1,7 +1,7 @@
 //! Test-only building blocks for end-to-end tests: real Postgres clusters (through
 //! `localpg`), real certificates, a real `sluice` process on an OS-assigned port, and
-//! real clients (psql, pgbench, tokio-postgres, and `raw`, one that speaks the protocol
-//! by hand).
+//! real clients (psql, pgbench, tokio-postgres, psycopg with libpq 18, and `raw`, one
+//! that speaks the protocol by hand).
 //!
 //! The benchmarks (benches/) measure with the same blocks and a few of their own:
 //! pgbench runs and what they report (`pgbench`), /proc readings of a process's CPU
@@ -23,6 +23,7 @@ pub mod pgbench;
 pub mod pgbouncer;
 pub mod pki;
 pub mod procfs;
+pub mod psycopg;
 pub mod raw;
 pub mod sluice;
 

@@ -42,15 +42,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub struct RawClient {
     stream: Box<dyn Io>,
     buf: BytesMut,
-    /// The BackendKeyData of the greeting.
+    /// The BackendKeyData of the greeting (the secret's first 4 bytes, for a longer
+    /// protocol 3.2 one).
     pub key: CancelKey,
+    /// The secret of that BackendKeyData, whole: 4 bytes (protocol 3.0), or up to 256
+    /// (3.2).
+    pub secret: Vec<u8>,
+    /// The version a NegotiateProtocolVersion named, if the server sent one.
+    pub negotiated: Option<u32>,
     /// The ParameterStatus values of the greeting, in order.
     pub params: Vec<(String, String)>,
 }
 
 impl RawClient {
-    /// Connects to `target` and logs in; returns at the first ReadyForQuery.
+    /// Connects to `target` and logs in with protocol 3.0; returns at the first
+    /// ReadyForQuery.
     pub async fn login(target: &PgTarget, transport: Transport) -> anyhow::Result<Self> {
+        Self::login_with(target, transport, wire::startup::PROTOCOL_3_0).await
+    }
+
+    /// [`RawClient::login`] asking for protocol `version` (`3 << 16 | minor`).
+    pub async fn login_with(
+        target: &PgTarget,
+        transport: Transport,
+        version: u32,
+    ) -> anyhow::Result<Self> {
         let tcp = TcpStream::connect(target.addr).await?;
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Io> = match transport {
@@ -61,6 +77,8 @@ impl RawClient {
             stream,
             buf: BytesMut::new(),
             key: CancelKey { pid: 0, secret: 0 },
+            secret: Vec::new(),
+            negotiated: None,
             params: Vec::new(),
         };
         let mut params = vec![("user", target.user.as_str())];
@@ -69,13 +87,21 @@ impl RawClient {
             params.push(("options", options.as_str()));
         }
         let mut out = BytesMut::new();
-        wire::startup::encode_startup(&params, &mut out);
+        wire::startup::encode_startup_version(version, &params, &mut out);
         client.send(&out).await?;
         client.authenticate(&target.password).await?;
         // ParameterStatus and BackendKeyData, up to ReadyForQuery.
         for frame in client.until_ready().await? {
             match frame.tag {
-                b'K' => client.key = messages::parse_backend_key_data(&frame.body)?,
+                b'K' => {
+                    let (pid, secret) = messages::parse_backend_key_data_any(&frame.body)?;
+                    let first: [u8; 4] = secret[..4].try_into()?;
+                    client.key = CancelKey {
+                        pid,
+                        secret: i32::from_be_bytes(first),
+                    };
+                    client.secret = secret.to_vec();
+                }
                 b'S' => {
                     let (name, value) = messages::parse_parameter_status(&frame.body)?;
                     client.params.push((name.to_owned(), value.to_owned()));
@@ -92,6 +118,15 @@ impl RawClient {
             let frame = self.expect_next().await?;
             match frame.tag {
                 b'R' => {}
+                b'v' => {
+                    let version: [u8; 4] = frame
+                        .body
+                        .get(..4)
+                        .context("short NegotiateProtocolVersion")?
+                        .try_into()?;
+                    self.negotiated = Some(u32::from_be_bytes(version));
+                    continue;
+                }
                 b'E' => bail!("login refused: {:?}", error_fields(&frame)),
                 other => bail!(
                     "expected an authentication request, got {:?}",

@@ -21,8 +21,17 @@ pub const GSSENC_REQUEST_CODE: u32 = 80877104;
 pub const CANCEL_REQUEST_CODE: u32 = 80877102;
 /// Protocol 3.0, the version Sluice speaks to servers.
 pub const PROTOCOL_3_0: u32 = 3 << 16;
-/// Exact length of a CancelRequest with a 4-byte secret.
-const CANCEL_LEN: usize = 16;
+/// Protocol 3.2 (PostgreSQL 18): BackendKeyData and CancelRequest carry a secret of
+/// [`MIN_SECRET_LEN`] to [`MAX_SECRET_LEN`] bytes; nothing else changed.
+pub const PROTOCOL_3_2: u32 = (3 << 16) | 2;
+/// Shortest cancel secret (protocol 3.0's, and the least 3.2 allows).
+pub const MIN_SECRET_LEN: usize = 4;
+/// Longest cancel secret protocol 3.2 allows.
+pub const MAX_SECRET_LEN: usize = 256;
+/// The secret Sluice gives protocol 3.2 clients (as long as PostgreSQL 18's).
+pub const LONG_SECRET_LEN: usize = 32;
+/// A CancelRequest without its secret: length, code, process id.
+const CANCEL_HEAD_LEN: usize = 12;
 
 /// One startup-phase packet from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +41,7 @@ pub enum StartupPacket {
     /// The client asks for GSSAPI encryption (Sluice declines it).
     GssEncRequest,
     /// The client asks to cancel the query of another session.
-    Cancel(CancelKey),
+    Cancel(CancelRequest),
     /// The client opens a session.
     Startup(StartupMessage),
 }
@@ -44,6 +53,67 @@ pub struct CancelKey {
     pub pid: i32,
     /// Secret as told to the client.
     pub secret: i32,
+}
+
+/// The key of a protocol 3.2 client: Sluice's 32-byte secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LongKey {
+    pub pid: i32,
+    pub secret: [u8; LONG_SECRET_LEN],
+}
+
+/// A cancel key as Sluice hands them to clients: 4 bytes of secret for protocol 3.0,
+/// 32 for 3.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientCancelKey {
+    Short(CancelKey),
+    Long(LongKey),
+}
+
+impl ClientCancelKey {
+    /// The process id the client was told.
+    pub fn pid(&self) -> i32 {
+        match self {
+            ClientCancelKey::Short(key) => key.pid,
+            ClientCancelKey::Long(key) => key.pid,
+        }
+    }
+
+    /// The key of a process id and secret, if the secret has a length Sluice hands out.
+    pub fn from_parts(pid: i32, secret: &[u8]) -> Option<ClientCancelKey> {
+        if let Ok(short) = <[u8; 4]>::try_from(secret) {
+            return Some(ClientCancelKey::Short(CancelKey {
+                pid,
+                secret: i32::from_be_bytes(short),
+            }));
+        }
+        let secret = <[u8; LONG_SECRET_LEN]>::try_from(secret).ok()?;
+        Some(ClientCancelKey::Long(LongKey { pid, secret }))
+    }
+
+    /// Appends a CancelRequest for this key.
+    pub fn encode_cancel(&self, out: &mut BytesMut) {
+        match self {
+            ClientCancelKey::Short(key) => encode_cancel(*key, out),
+            ClientCancelKey::Long(key) => encode_cancel_secret(key.pid, &key.secret, out),
+        }
+    }
+}
+
+/// A CancelRequest as read: a process id and a secret of [`MIN_SECRET_LEN`] to
+/// [`MAX_SECRET_LEN`] bytes (4 from a protocol 3.0 client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelRequest {
+    pub pid: i32,
+    pub secret: Vec<u8>,
+}
+
+impl CancelRequest {
+    /// The key it names, if its secret has a length Sluice hands out (4 or 32 bytes);
+    /// `None`: no client of Sluice's has it.
+    pub fn key(&self) -> Option<ClientCancelKey> {
+        ClientCancelKey::from_parts(self.pid, &self.secret)
+    }
 }
 
 /// A StartupMessage: protocol version and parameters.
@@ -174,12 +244,18 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, StartupError> {
             exact("GSSENCRequest", MIN_STARTUP_LEN).map(|()| StartupPacket::GssEncRequest)
         }
         CANCEL_REQUEST_CODE => {
-            exact("CancelRequest", CANCEL_LEN)?;
-            let (pid, body) = split_u32(body).ok_or(StartupError::MissingTerminator)?;
-            let (secret, _) = split_u32(body).ok_or(StartupError::MissingTerminator)?;
-            Ok(StartupPacket::Cancel(CancelKey {
+            // Length, code, process id, then the secret: 4 bytes (3.0) up to 256 (3.2).
+            let secret_len = packet.len().saturating_sub(CANCEL_HEAD_LEN);
+            if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&secret_len) {
+                return Err(StartupError::BadRequestLength {
+                    what: "CancelRequest",
+                    len: packet.len(),
+                });
+            }
+            let (pid, secret) = split_u32(body).ok_or(StartupError::MissingTerminator)?;
+            Ok(StartupPacket::Cancel(CancelRequest {
                 pid: pid as i32,
-                secret: secret as i32,
+                secret: secret.to_vec(),
             }))
         }
         version => parse_startup(version, body).map(StartupPacket::Startup),
@@ -244,8 +320,13 @@ fn take_cstr<'a>(body: &mut &'a [u8]) -> Result<&'a str, StartupError> {
 /// Appends a protocol 3.0 StartupMessage with `params` (e.g. `user`,
 /// `database`, `application_name`).
 pub fn encode_startup(params: &[(&str, &str)], out: &mut BytesMut) {
+    encode_startup_version(PROTOCOL_3_0, params, out);
+}
+
+/// Appends a StartupMessage asking for protocol `version` (`3 << 16 | minor`).
+pub fn encode_startup_version(version: u32, params: &[(&str, &str)], out: &mut BytesMut) {
     put::untagged(out, |out| {
-        out.put_u32(PROTOCOL_3_0);
+        out.put_u32(version);
         for (key, value) in params {
             put::cstr(out, key);
             put::cstr(out, value);
@@ -254,12 +335,18 @@ pub fn encode_startup(params: &[(&str, &str)], out: &mut BytesMut) {
     });
 }
 
-/// Appends a CancelRequest for `key`.
+/// Appends a CancelRequest for `key` (protocol 3.0).
 pub fn encode_cancel(key: CancelKey, out: &mut BytesMut) {
+    encode_cancel_secret(key.pid, &key.secret.to_be_bytes(), out);
+}
+
+/// Appends a CancelRequest for process `pid` with `secret` (protocol 3.2: any length
+/// the client was given).
+pub fn encode_cancel_secret(pid: i32, secret: &[u8], out: &mut BytesMut) {
     put::untagged(out, |out| {
         out.put_u32(CANCEL_REQUEST_CODE);
-        out.put_i32(key.pid);
-        out.put_i32(key.secret);
+        out.put_i32(pid);
+        out.put_slice(secret);
     });
 }
 

@@ -28,9 +28,11 @@ pub struct FleetFull;
 
 impl Store {
     /// Registers `me` (or renews its row) and returns its slot: the one it holds, else
-    /// the lowest one no live replica holds. Rows of replicas silent for longer than
-    /// `expire_after` are deleted first. The table is locked for the transaction, so
-    /// two replicas registering at once get different slots.
+    /// the one a live process of the same `[fleet] id` holds (the old process of a
+    /// restart: cancel keys its clients take along name that slot), else the lowest one
+    /// no live replica holds. Rows of replicas silent for longer than `expire_after` are
+    /// deleted first. The table is locked for the transaction, so two replicas
+    /// registering at once get different slots.
     pub async fn register_replica(
         &self,
         me: &ReplicaInfo,
@@ -54,13 +56,24 @@ impl Store {
         let slot: i16 = match held {
             Some(row) => row.get(0),
             None => {
-                let taken: Vec<i16> = tx
-                    .query("SELECT slot FROM replicas ORDER BY slot", &[])
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                let slot = (0..=255i16).find(|s| !taken.contains(s)).ok_or(FleetFull)?;
+                let same_id = tx
+                    .query_opt(
+                        "SELECT slot FROM replicas WHERE id = $1 ORDER BY started_at LIMIT 1",
+                        &[&me.id],
+                    )
+                    .await?;
+                let slot = match same_id {
+                    Some(row) => row.get(0),
+                    None => {
+                        let taken: Vec<i16> = tx
+                            .query("SELECT slot FROM replicas ORDER BY slot", &[])
+                            .await?
+                            .iter()
+                            .map(|r| r.get(0))
+                            .collect();
+                        (0..=255i16).find(|s| !taken.contains(s)).ok_or(FleetFull)?
+                    }
+                };
                 tx.execute(
                     "INSERT INTO replicas (instance, id, slot, internal_addr, proxy_addrs, \
                      admin_addr, version) VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -2,6 +2,8 @@ use std::time::Duration;
 
 use router::TenantLabels;
 
+use wire::startup::LONG_SECRET_LEN;
+
 use super::*;
 
 fn acme() -> TenantId {
@@ -21,8 +23,16 @@ fn ip(s: &str) -> IpAddr {
 
 const HERE: &str = "127.0.0.1";
 
+/// The protocol 3.0 key of a client registered with one.
+fn short(key: ClientCancelKey) -> CancelKey {
+    match key {
+        ClientCancelKey::Short(key) => key,
+        ClientCancelKey::Long(_) => panic!("a long key: {key:?}"),
+    }
+}
+
 /// What `decide` says, dropping any forward at once (as if it was sent).
-fn outcome(registry: &CancelRegistry, key: CancelKey, at: Instant) -> CancelOutcome {
+fn outcome(registry: &CancelRegistry, key: ClientCancelKey, at: Instant) -> CancelOutcome {
     registry.decide(key, ip(HERE), at).outcome
 }
 
@@ -55,10 +65,10 @@ fn only_the_exact_key_of_a_running_request_is_forwarded() {
         CancelOutcome::Idle,
         "a client holding no connection has nothing to cancel"
     );
-    let forged = CancelKey {
-        pid: handle.key.pid,
-        secret: handle.key.secret.wrapping_add(1),
-    };
+    let forged = ClientCancelKey::Short(CancelKey {
+        pid: handle.key.pid(),
+        secret: short(handle.key).secret.wrapping_add(1),
+    });
     let decision = registry.decide(forged, ip(HERE), now);
     assert_eq!(
         (decision.outcome, decision.tenant),
@@ -186,7 +196,7 @@ fn the_address_rate_comes_first_and_counts_every_request() {
     assert!(!handle.set_target(Some(target(5432))));
     handle.running(true);
     let t0 = Instant::now();
-    let forged = CancelKey { pid: 1, secret: 2 };
+    let forged = ClientCancelKey::Short(CancelKey { pid: 1, secret: 2 });
     let from = |addr: &str, key| registry.decide(key, ip(addr), t0);
     assert_eq!(from("10.0.0.1", forged).outcome, CancelOutcome::UnknownKey);
     assert_eq!(from("10.0.0.1", forged).outcome, CancelOutcome::UnknownKey);
@@ -235,8 +245,8 @@ fn clients_sharing_a_backend_pid_keep_their_own_keys() {
     let globex = TenantId::parse("globex").unwrap();
     let a = registry.register(Some(4242), &acme());
     let b = registry.register(Some(4242), &globex);
-    assert_eq!((a.key.pid, b.key.pid), (4242, 4242));
-    assert_ne!(a.key.secret, b.key.secret);
+    assert_eq!((a.key.pid(), b.key.pid()), (4242, 4242));
+    assert_ne!(a.key, b.key);
     assert!(!a.set_target(Some(target(5432))));
     assert!(!b.set_target(Some(target(5433))));
     a.running(true);
@@ -248,11 +258,11 @@ fn clients_sharing_a_backend_pid_keep_their_own_keys() {
     };
     assert_eq!(resolved(a.key), Some(target(5432).addr));
     assert_eq!(resolved(b.key), Some(target(5433).addr));
-    let forged = CancelKey {
+    let forged = ClientCancelKey::Short(CancelKey {
         pid: 4242,
-        secret: a.key.secret.wrapping_add(1),
-    };
-    if forged.secret != b.key.secret {
+        secret: short(a.key).secret.wrapping_add(1),
+    });
+    if forged != b.key {
         assert!(resolved(forged).is_none(), "the pid alone cancels nothing");
     }
     let b_key = b.key;
@@ -295,7 +305,7 @@ async fn carried_out_cancels_are_counted() {
         &[0, 0, 0, 11, 0, 0, 0, 12],
         "the backend's own key"
     );
-    let forged = CancelKey { pid: 1, secret: 1 };
+    let forged = ClientCancelKey::Short(CancelKey { pid: 1, secret: 1 });
     let carried = crate::fleet::carry_out(None, &registry, &rejections, forged, here).await;
     assert_eq!(carried, CancelOutcome::UnknownKey);
     // Nothing listens there any more.
@@ -322,4 +332,71 @@ async fn carried_out_cancels_are_counted() {
             ("acme".into(), "failed", 1),
         ]
     );
+}
+
+#[test]
+fn protocol_3_2_clients_get_32_byte_keys_that_name_this_process() {
+    let registry = Arc::new(CancelRegistry::default());
+    let handle = registry.register_for(None, &acme(), true);
+    let ClientCancelKey::Long(long) = handle.key else {
+        panic!("a 3.0 key for a 3.2 client: {:?}", handle.key)
+    };
+    let other = registry.register_for(None, &acme(), true);
+    assert_ne!(handle.key, other.key);
+    assert!(!handle.set_target(Some(target(5432))));
+    handle.running(true);
+    let now = Instant::now();
+    assert_eq!(
+        outcome(&registry, handle.key, now),
+        CancelOutcome::Forwarded
+    );
+    // Any byte wrong, or the same bytes cut to a 3.0 key: nobody's.
+    for i in 0..LONG_SECRET_LEN {
+        let mut forged = long;
+        forged.secret[i] ^= 1;
+        assert_eq!(
+            outcome(&registry, ClientCancelKey::Long(forged), now),
+            CancelOutcome::UnknownKey,
+            "byte {i}"
+        );
+    }
+    let cut = ClientCancelKey::Short(CancelKey {
+        pid: long.pid,
+        secret: i32::from_be_bytes([
+            long.secret[0],
+            long.secret[1],
+            long.secret[2],
+            long.secret[3],
+        ]),
+    });
+    assert_eq!(outcome(&registry, cut, now), CancelOutcome::UnknownKey);
+    // Outside a fleet the key names this process, with no slot.
+    let own = registry.own_secret;
+    let origin = wire::fleet::long_key_origin(&own, &long).expect("tagged by this process");
+    assert_eq!((origin.slot, origin.instance), (None, registry.instance()));
+}
+
+#[test]
+fn in_a_fleet_a_long_key_names_the_slot_and_a_moved_key_is_registered_again() {
+    let tag = Arc::new(FleetTag::new(b"a fleet secret of 32 bytes, or so".to_vec()));
+    tag.set_slot(Some(7));
+    let old = Arc::new(CancelRegistry::default().in_fleet(tag.clone()));
+    let handle = old.register_for(Some(99), &acme(), true);
+    let ClientCancelKey::Long(long) = handle.key else {
+        panic!("{:?}", handle.key)
+    };
+    let origin = wire::fleet::long_key_origin(&tag.secret, &long).expect("the fleet's tag");
+    assert_eq!((origin.slot, origin.instance), (Some(7), old.instance()));
+    assert_eq!(long.pid, 99);
+    // The client moves: the new process registers the very key.
+    let key = handle.key;
+    drop(handle);
+    let new = Arc::new(CancelRegistry::default().in_fleet(tag));
+    assert_ne!(new.instance(), old.instance());
+    let moved = new.register_key(key, &acme());
+    assert_eq!(moved.key, key);
+    assert!(new.knows(&key) && !old.knows(&key));
+    // Taken already (a collision): a fresh key of the same kind.
+    let again = new.register_key(key, &acme());
+    assert!(matches!(again.key, ClientCancelKey::Long(_)) && again.key != key);
 }

@@ -3,7 +3,7 @@
 
 use super::reader::{ParseError, Reader};
 use super::to_client::auth_code;
-use crate::startup::CancelKey;
+use crate::startup::{CancelKey, MAX_SECRET_LEN, MIN_SECRET_LEN};
 
 /// An Authentication request (`'R'`), borrowing the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +120,21 @@ pub fn parse_backend_key_data(body: &[u8]) -> Result<CancelKey, ParseError> {
     let secret = r.i32("secret key")?;
     r.finish()?;
     Ok(CancelKey { pid, secret })
+}
+
+/// Parses a BackendKeyData body of any protocol 3.x: the process id and a secret of
+/// 4 to 256 bytes (protocol 3.2; 3.0's is 4).
+pub fn parse_backend_key_data_any(body: &[u8]) -> Result<(i32, &[u8]), ParseError> {
+    let mut r = Reader::new(body);
+    let pid = r.i32("process id")?;
+    let secret = r.rest();
+    if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&secret.len()) {
+        return Err(ParseError::Invalid {
+            what: "secret key length",
+            value: secret.len() as i64,
+        });
+    }
+    Ok((pid, secret))
 }
 
 /// Parses a ReadyForQuery body into its transaction status byte.

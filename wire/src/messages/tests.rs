@@ -91,6 +91,26 @@ fn session_messages_round_trip() {
     };
     let f = built(|o| backend_key_data(o, key));
     assert_eq!(parse_backend_key_data(&f.body), Ok(key));
+    assert_eq!(
+        parse_backend_key_data_any(&f.body),
+        Ok((99, &(-12345i32).to_be_bytes()[..]))
+    );
+    let long = crate::startup::LongKey {
+        pid: 7,
+        secret: [0xab; 32],
+    };
+    let f = built(|o| backend_key_data_long(o, &long));
+    assert_eq!(f.body.len(), 36);
+    assert_eq!(
+        parse_backend_key_data_any(&f.body),
+        Ok((7, &[0xab; 32][..]))
+    );
+    assert!(
+        parse_backend_key_data(&f.body).is_err(),
+        "3.0 has 4 bytes only"
+    );
+    assert!(parse_backend_key_data_any(&[0; 7]).is_err());
+    assert!(parse_backend_key_data_any(&[0; 4 + 257]).is_err());
     let f = built(|o| ready_for_query(o, tag::STATUS_IN_TRANSACTION));
     assert_eq!(f.tag, tag::READY_FOR_QUERY);
     assert_eq!(parse_ready_for_query(&f.body), Ok(b'T'));

@@ -4,7 +4,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::tag;
 use crate::put;
-use crate::startup::CancelKey;
+use crate::startup::{CancelKey, ClientCancelKey, LongKey};
 
 /// Severity of an ErrorResponse Sluice generates itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +125,22 @@ pub fn backend_key_data(out: &mut BytesMut, key: CancelKey) {
         out.put_i32(key.pid);
         out.put_i32(key.secret);
     });
+}
+
+/// Appends BackendKeyData with a protocol 3.2 client's long key.
+pub fn backend_key_data_long(out: &mut BytesMut, key: &LongKey) {
+    put::message(out, tag::BACKEND_KEY_DATA, |out| {
+        out.put_i32(key.pid);
+        out.put_slice(&key.secret);
+    });
+}
+
+/// Appends BackendKeyData with a client's key, long or short.
+pub fn client_key_data(out: &mut BytesMut, key: &ClientCancelKey) {
+    match key {
+        ClientCancelKey::Short(key) => backend_key_data(out, *key),
+        ClientCancelKey::Long(key) => backend_key_data_long(out, key),
+    }
 }
 
 /// Appends ReadyForQuery with transaction `status` (`b'I'`, `b'T'`, `b'E'`).

@@ -28,7 +28,42 @@ fn parses_special_requests() {
     };
     encode_cancel(key, &mut out);
     assert_eq!(out.len(), 16);
-    assert_eq!(parse(&out), Ok(StartupPacket::Cancel(key)));
+    let Ok(StartupPacket::Cancel(request)) = parse(&out) else {
+        panic!("not a CancelRequest: {out:?}")
+    };
+    assert_eq!(request.key(), Some(ClientCancelKey::Short(key)));
+}
+
+#[test]
+fn cancel_requests_carry_4_to_256_bytes_of_secret() {
+    let long = ClientCancelKey::Long(LongKey {
+        pid: -3,
+        secret: [7; LONG_SECRET_LEN],
+    });
+    let mut out = BytesMut::new();
+    long.encode_cancel(&mut out);
+    assert_eq!(out.len(), 12 + LONG_SECRET_LEN);
+    let Ok(StartupPacket::Cancel(request)) = parse(&out) else {
+        panic!("not a CancelRequest: {out:?}")
+    };
+    assert_eq!(request.key(), Some(long));
+    for len in [MIN_SECRET_LEN, 5, 31, 33, 200, MAX_SECRET_LEN] {
+        let mut body = 42i32.to_be_bytes().to_vec();
+        body.extend((0..len).map(|i| i as u8));
+        let Ok(StartupPacket::Cancel(request)) = parse(&packet(CANCEL_REQUEST_CODE, &body)) else {
+            panic!("a {len}-byte secret is refused")
+        };
+        assert_eq!((request.pid, request.secret.len()), (42, len));
+        // Only the lengths Sluice hands out can name a client of Sluice's.
+        assert_eq!(
+            request.key().is_some(),
+            len == 4 || len == LONG_SECRET_LEN,
+            "{len}"
+        );
+        let mut again = BytesMut::new();
+        encode_cancel_secret(request.pid, &request.secret, &mut again);
+        assert_eq!(&again[..], &packet(CANCEL_REQUEST_CODE, &body)[..]);
+    }
 }
 
 #[test]
@@ -41,10 +76,18 @@ fn special_requests_must_have_exact_lengths() {
         parse(&packet(CANCEL_REQUEST_CODE, &[0; 4])),
         Err(StartupError::BadRequestLength { len: 12, .. })
     ));
-    // Protocol 3.2 long cancel keys are not supported (CancelKey holds an i32).
+    // A secret of 3 bytes, or of more than 256 (protocol 3.2's bounds).
     assert!(matches!(
-        parse(&packet(CANCEL_REQUEST_CODE, &[0; 36])),
-        Err(StartupError::BadRequestLength { .. })
+        parse(&packet(CANCEL_REQUEST_CODE, &[0; 7])),
+        Err(StartupError::BadRequestLength { len: 15, .. })
+    ));
+    assert!(matches!(
+        parse(&packet(CANCEL_REQUEST_CODE, &[0; 4 + 257])),
+        Err(StartupError::BadRequestLength { len: 269, .. })
+    ));
+    assert!(matches!(
+        parse(&packet(CANCEL_REQUEST_CODE, &[0; 4 + 256])),
+        Ok(StartupPacket::Cancel(_))
     ));
 }
 
