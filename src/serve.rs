@@ -361,7 +361,9 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
             proxy.secrets.invalidate(tenant, role);
         }
     });
+    let parking = Arc::new(control::park::Parking::new(sync.clone(), drivers.clone()));
     let plane = Plane {
+        parking: parking.clone(),
         control: control.control.clone(),
         sync,
         drivers: drivers.clone(),
@@ -548,6 +550,25 @@ impl Running {
         let admin = tokio::spawn(self.admin.serve(stop_admin.clone(), admin_accepting));
         // The control plane (catalog follower, job worker, backend supervisor, refusal
         // audit) runs as long as the admin listener.
+        // Scale to zero (proxy/src/park.rs): one process decides for the backends it
+        // runs; in a fleet no replica sees every client, so none parks a backend.
+        if self.fleet.is_none() {
+            let power: Arc<dyn router::parking::BackendPower> = self.plane.parking.clone();
+            let _ = self.proxy.power.set(power.clone());
+            tokio::spawn(proxy::park::watch_idle(
+                self.proxy.clone(),
+                power,
+                shutdown.clone(),
+            ));
+        } else if self
+            .proxy
+            .catalog
+            .snapshot()
+            .iter()
+            .any(|t| t.limits.suspend_after_idle.is_some())
+        {
+            tracing::warn!("suspend_after_idle_s is ignored in a fleet: no backend is parked");
+        }
         let plane = tokio::spawn(self.plane.run(
             self.proxy.rejections.clone(),
             self.refusal_audit_interval,

@@ -558,6 +558,7 @@ fn schemas_match_the_serde_structs() {
         failed_login_window_s: Some(60),
         failed_login_ban_s: Some(120),
         allow_cidrs: Some(vec!["10.0.0.0/8".into()]),
+        suspend_after_idle_s: Some(0),
     };
     // What a tenant shows has every key; a PATCH takes the same keys.
     check("PoolSettings", &to_json(&pool_settings), true);
@@ -861,10 +862,12 @@ fn bind(
     let mut drivers = Drivers::default();
     drivers.add(Arc::new(StaticDriver));
     drivers.add(Arc::new(Stuck));
+    let drivers = Arc::new(drivers);
     let plane = Plane {
+        parking: Arc::new(control::park::Parking::new(sync.clone(), drivers.clone())),
         control,
         sync,
-        drivers: Arc::new(drivers),
+        drivers,
         wake: Arc::new(tokio::sync::Notify::new()),
         gates: Arc::new(Gates),
         health: Default::default(),

@@ -8,8 +8,9 @@
 //!   process, following the store's notifications; [`settings`] is a tenant's own pool
 //!   settings and limits over its plan.
 //! - [`jobs`]: the provisioning worker (create and delete jobs) over the [`drivers`];
-//!   [`supervise`]: restarts backends found down; [`refusals`]: refused connections
-//!   summed into the audit log.
+//!   [`supervise`]: restarts backends found down; [`park`]: stops idle tenants'
+//!   backends and starts them for the next login (scale to zero); [`refusals`]:
+//!   refused connections summed into the audit log.
 //! - [`roles`]: a tenant's login roles, managed on its backend; [`hostnames`]: what a
 //!   tenant's own host name and its certificate must be.
 //! - [`secrets`]: backend credentials sealed at rest; [`keys`]: the admin API keys and
@@ -32,6 +33,7 @@ pub mod hostnames;
 pub mod jobs;
 pub mod keys;
 pub mod open;
+pub mod park;
 pub mod plane;
 pub mod refusals;
 pub mod roles;

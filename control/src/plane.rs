@@ -31,6 +31,8 @@ pub struct Plane {
     pub health: Arc<crate::health::BackendHealth>,
     /// `[fleet]`, if this process is a replica of one (`GET /v1/replicas`).
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// Which backends are parked for scale to zero, and their cold starts.
+    pub parking: Arc<crate::park::Parking>,
 }
 
 impl Plane {
@@ -62,6 +64,7 @@ impl Plane {
             self.sync.clone(),
             self.drivers.clone(),
             self.health.clone(),
+            self.parking.clone(),
             stop.clone(),
         ));
         let refusals = tokio::spawn(refusals::run(

@@ -78,6 +78,8 @@ pub struct LimitsPatch {
     pub failed_login_ban_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_cidrs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspend_after_idle_s: Option<u64>,
 }
 
 const TEN_YEARS_S: u64 = 10 * 366 * 24 * 3600;
@@ -196,6 +198,7 @@ impl LimitsPatch {
             failed_login_window_s: Some(secs(l.failed_logins.window)),
             failed_login_ban_s: Some(secs(l.failed_logins.ban)),
             allow_cidrs: Some(l.allow_cidrs.iter().map(Cidr::to_string).collect()),
+            suspend_after_idle_s: Some(l.suspend_after_idle.map_or(0, secs)),
         }
     }
 
@@ -222,6 +225,10 @@ impl LimitsPatch {
         if let Some(v) = self.client_idle_timeout_s {
             let v = upto("client_idle_timeout_s", v, TEN_YEARS_S)?;
             l.client_idle_timeout = off_or(v, Duration::from_secs);
+        }
+        if let Some(v) = self.suspend_after_idle_s {
+            let v = upto("suspend_after_idle_s", v, TEN_YEARS_S)?;
+            l.suspend_after_idle = off_or(v, Duration::from_secs);
         }
         if let Some(v) = self.max_client_connections {
             l.max_client_connections = (v > 0).then(|| usize::try_from(v).unwrap_or(usize::MAX));

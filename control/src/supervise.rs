@@ -6,6 +6,8 @@
 //! catalog); the restarts go on at the longest interval, and a backend that comes back
 //! makes its tenant `active` again (`tenant.backend_recovered`).
 //!
+//! A backend parked for scale to zero ([`Parking`]) is left alone until it is woken.
+//!
 //! Backends this process does not run (static, proxmox, tenants of the config file) are
 //! checked by connecting to their address, at the first round and every
 //! [`PROBE_EVERY`] rounds after. Every verdict goes into [`BackendHealth`].
@@ -23,6 +25,7 @@ use crate::catalog_sync::CatalogSync;
 use crate::drivers::Drivers;
 use crate::health::BackendHealth;
 use crate::open::Control;
+use crate::park::Parking;
 use crate::store::AuditEvent;
 
 /// How often backends are checked.
@@ -49,6 +52,7 @@ pub(crate) async fn run(
     sync: Arc<CatalogSync>,
     drivers: Arc<Drivers>,
     health: Arc<BackendHealth>,
+    parking: Arc<Parking>,
     stop: CancellationToken,
 ) {
     let mut down: HashMap<String, Down> = HashMap::new();
@@ -66,9 +70,11 @@ pub(crate) async fn run(
         health.retain(|id| catalog.get(id).is_some());
         let mut probes = tokio::task::JoinSet::new();
         for record in sync.records() {
-            let watched = matches!(record.status.as_str(), "active" | "suspended")
+            // A parked backend is stopped on purpose: not down.
+            let watched = (matches!(record.status.as_str(), "active" | "suspended")
                 || (record.status == "failed"
-                    && down.get(&record.id).is_some_and(|d| d.marked_failed));
+                    && down.get(&record.id).is_some_and(|d| d.marked_failed)))
+                && !parking.is_parked(&record.id);
             let id = record.id.as_str();
             let driver = drivers.get(&record.backend.driver).filter(|_| watched);
             let verdict = match driver {

@@ -91,6 +91,13 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
         Box::pin(async { Ok(()) })
     }
 
+    /// Stops the tenant's backend while no client needs it (scale to zero), keeping
+    /// its data: `ensure_running` starts it again. Drivers that run no backend of their
+    /// own cannot (the default).
+    fn park<'a>(&'a self, _tenant: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move { anyhow::bail!("the {} driver cannot park a backend", self.name()) })
+    }
+
     /// Stops every backend this driver runs. Called once at Sluice shutdown; blocks.
     fn shutdown(&self);
 }

@@ -131,6 +131,11 @@ impl Driver for LocalDriver {
         Box::pin(self.blocking(move |inner| inner.destroy(&tenant)))
     }
 
+    fn park<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        let tenant = tenant.to_owned();
+        Box::pin(self.blocking(move |inner| inner.park(&tenant)))
+    }
+
     fn health<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Option<anyhow::Result<()>>> {
         let tenant = tenant.to_owned();
         Box::pin(async move {
@@ -194,6 +199,20 @@ impl Inner {
             *slot = Some(self.open(&home)?);
         }
         start(slot.as_mut().expect("opened above"), tenant)
+    }
+
+    /// Stops the tenant's postmaster (fast: there are no sessions left to end) and
+    /// keeps the handle, so that `ensure_running` starts the same cluster again.
+    fn park(&self, tenant: &str) -> anyhow::Result<()> {
+        check_tenant(tenant)?;
+        let slot = self.slots.slot(tenant);
+        let mut slot = lock(&slot);
+        if let Some(cluster) = slot.as_mut() {
+            cluster
+                .stop(StopMode::Fast)
+                .with_context(|| format!("stopping tenant {tenant}'s local backend"))?;
+        }
+        Ok(())
     }
 
     /// Whether the postmaster of a cluster this process opened still runs (a dead one is

@@ -176,6 +176,11 @@ impl Driver for LxcDriver {
         Box::pin(self.blocking(move |inner| inner.destroy(&tenant)))
     }
 
+    fn park<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        let tenant = tenant.to_owned();
+        Box::pin(self.blocking(move |inner| inner.park(&tenant)))
+    }
+
     fn health<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Option<anyhow::Result<()>>> {
         let tenant = tenant.to_owned();
         Box::pin(async move {
@@ -333,6 +338,20 @@ impl Inner {
             State::Running => Ok(()),
             _ => self.start(&ct),
         }
+    }
+
+    /// Stops the tenant's container (its Postgres shuts down cleanly first); its
+    /// rootfs and config stay, so `ensure_running` starts it again.
+    fn park(&self, tenant: &str) -> anyhow::Result<()> {
+        check_tenant(tenant)?;
+        let slot = self.slots.slot(tenant);
+        let _slot = lock(&slot);
+        let ct = self.container(tenant);
+        if !ct.config_path().exists() {
+            bail!("tenant {tenant} has no lxc container");
+        }
+        ct.stop(STOP_TIMEOUT)
+            .with_context(|| format!("stopping tenant {tenant}'s container"))
     }
 
     /// `None` when the tenant has no container here (another process's, or none yet).

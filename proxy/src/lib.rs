@@ -42,6 +42,7 @@ pub mod listener;
 pub mod login;
 pub mod negotiate;
 pub mod params;
+pub mod park;
 pub mod prelogin;
 pub mod proxy_protocol;
 pub mod relay;

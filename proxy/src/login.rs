@@ -118,6 +118,8 @@ pub async fn establish(
     // Protocol 3.2: the client's cancel key has a 32-byte secret.
     let long_key = minor >= 2;
 
+    // A parked backend starts before its roles' secrets can be read from it.
+    crate::park::wake_for_login(proxy, &tenant).await?;
     let looked = proxy
         .secrets
         .lookup(&tenant, role, &proxy.pools.tls)

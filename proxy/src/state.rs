@@ -54,6 +54,9 @@ pub struct Proxy {
     /// The API keys and audit log the admin console (console.rs) uses; set once by
     /// the binary when the control plane is up. Unset, the console refuses logins.
     pub console: std::sync::OnceLock<Arc<dyn router::console::ConsoleAuthority>>,
+    /// Scale to zero: stops and starts the backends this process runs (park.rs); set
+    /// once by the binary, unset in a fleet (no tenant is parked).
+    pub power: std::sync::OnceLock<Arc<dyn router::parking::BackendPower>>,
     next_id: AtomicU64,
 }
 
@@ -100,6 +103,7 @@ impl Proxy {
             terminate,
             successor: Successor::default(),
             console: std::sync::OnceLock::new(),
+            power: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
         }
     }

@@ -11,6 +11,7 @@ pub mod console;
 pub mod fleet;
 pub mod identify;
 pub mod memory;
+pub mod parking;
 pub mod rejections;
 pub mod tenant;
 pub mod tenant_id;

@@ -74,6 +74,9 @@ pub struct Limits {
     pub failed_logins: BanPolicy,
     /// Client addresses allowed to connect; empty = any.
     pub allow_cidrs: Vec<Cidr>,
+    /// Scale to zero: a tenant with no client for this long has its backend stopped
+    /// (drivers that run backends: local, lxc); the next login starts it again.
+    pub suspend_after_idle: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -96,6 +99,7 @@ impl Default for Limits {
                 ban: Duration::from_secs(120),
             },
             allow_cidrs: Vec::new(),
+            suspend_after_idle: None,
         }
     }
 }

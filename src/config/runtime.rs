@@ -291,6 +291,7 @@ fn limits(section: &LimitsSection, base: &Limits) -> Limits {
                 .collect(),
             None => base.allow_cidrs.clone(),
         },
+        suspend_after_idle: s(section.suspend_after_idle_s, base.suspend_after_idle),
     }
 }
 

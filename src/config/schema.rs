@@ -324,6 +324,7 @@ pub struct LimitsSection {
     pub failed_login_window_s: Option<u64>,
     pub failed_login_ban_s: Option<u64>,
     pub allow_cidrs: Option<Vec<String>>,
+    pub suspend_after_idle_s: Option<u64>,
 }
 
 /// Pool settings; in `[defaults.pool]` unset keys take the built-in defaults, in

@@ -416,6 +416,7 @@ fn check_limits(limits: &LimitsSection, path: Vec<Seg>, problems: &mut Vec<Probl
     const TEN_YEARS_S: u64 = 10 * 366 * 24 * 3600;
     for (key, value) in [
         ("client_idle_timeout_s", limits.client_idle_timeout_s),
+        ("suspend_after_idle_s", limits.suspend_after_idle_s),
         ("failed_login_window_s", limits.failed_login_window_s),
         ("failed_login_ban_s", limits.failed_login_ban_s),
     ] {
