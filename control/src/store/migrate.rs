@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "hostnames",
         sql: include_str!("../../migrations/0003_hostnames.sql"),
     },
+    Migration {
+        version: 4,
+        name: "usage",
+        sql: include_str!("../../migrations/0004_usage.sql"),
+    },
 ];
 
 /// Created (under the lock) before anything is read from it; without Postgres' NOTICE
