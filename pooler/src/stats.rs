@@ -137,8 +137,10 @@ impl PoolStats {
     /// here), its logged-in time running from now. Returns its login instant for
     /// [`PoolStats::client_left`].
     pub fn client_joined(&self, login: bool) -> u128 {
-        let since = micros_now();
+        // Every instant is taken under the lock, so they come in the lock's order and
+        // the total never goes back.
         let mut time = self.client_time.lock().expect("client time lock poisoned");
+        let since = micros_now();
         time.open += 1;
         time.since_sum += since;
         self.clients.fetch_add(1, Ordering::Relaxed);
@@ -150,8 +152,8 @@ impl PoolStats {
 
     /// The client that joined at `since` leaves.
     pub fn client_left(&self, since: u128) {
-        let now = micros_now();
         let mut time = self.client_time.lock().expect("client time lock poisoned");
+        let now = micros_now();
         time.open = time.open.saturating_sub(1);
         time.since_sum = time.since_sum.saturating_sub(since);
         time.closed += now.saturating_sub(since);
@@ -160,8 +162,8 @@ impl PoolStats {
 
     /// Microseconds the pool's clients have been logged in, in total, until now.
     pub fn client_micros(&self) -> u64 {
-        let now = micros_now();
         let time = self.client_time.lock().expect("client time lock poisoned");
+        let now = micros_now();
         let open = (time.open as u128 * now).saturating_sub(time.since_sum);
         u64::try_from(time.closed + open).unwrap_or(u64::MAX)
     }
@@ -306,6 +308,31 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_time_never_goes_back_while_clients_come_and_go() {
+        let stats = std::sync::Arc::new(PoolStats::default());
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        let since = stats.client_joined(true);
+                        stats.client_left(since);
+                    }
+                })
+            })
+            .collect();
+        let mut last = 0;
+        while !workers.iter().all(|w| w.is_finished()) {
+            let now = stats.client_micros();
+            assert!(now >= last, "{now} < {last}");
+            last = now;
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+    }
 
     #[test]
     fn client_time_counts_the_ones_logged_in_up_to_now_and_the_ones_that_left() {
