@@ -148,10 +148,12 @@ impl UsageMeter {
         hours.iter().map(|(k, h)| (k.clone(), h.totals)).collect()
     }
 
-    /// `rows` are in the store: hours that ended before `now` and have nothing more to
-    /// write leave memory.
+    /// `rows` are in the store: hours that ended a minute or more before `now` and
+    /// have nothing more to write leave memory. (The minute: a delta read just before
+    /// an hour ended may be added just after; it must find its hour's totals, which
+    /// it grows, not an empty entry the store would keep the larger old row over.)
     fn written(&self, rows: &[UsageRow], now: SystemTime) {
-        let current = hour_of(now);
+        let current = hour_of(now - Duration::from_secs(60));
         let mut hours = self.hours.lock().expect("usage lock poisoned");
         for row in rows {
             if let Some(h) = hours.get_mut(&(row.tenant.clone(), row.hour)) {
@@ -371,7 +373,7 @@ mod tests {
         let now = SystemTime::now();
         let hour = hour_of(now);
         meter.add("acme", now, &counts(1));
-        meter.add("acme", now - Duration::from_secs(3600), &counts(2));
+        meter.add("acme", now - Duration::from_secs(2 * 3600), &counts(2));
         let rows = meter.pending();
         assert_eq!(rows.len(), 2);
         meter.written(&rows, now);
