@@ -44,9 +44,9 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0003_hostnames.sql"),
     },
     Migration {
-        version: 4,
+        version: 5,
         name: "usage",
-        sql: include_str!("../../migrations/0004_usage.sql"),
+        sql: include_str!("../../migrations/0005_usage.sql"),
     },
 ];
 

@@ -1,4 +1,4 @@
-//! Usage per tenant and hour (`usage_hours`, migration 0004): each Sluice process
+//! Usage per tenant and hour (`usage_hours`, migration 0005): each Sluice process
 //! writes its own running totals for the hour (idempotent: every column keeps the
 //! larger of the stored and the written value), and reads sum the processes.
 
