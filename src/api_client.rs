@@ -201,17 +201,36 @@ impl ApiClient {
         self.request(Call::new(Method::DELETE, path)).await
     }
 
+    /// `GET path_and_query` for an answer that is not JSON (a CSV): its body as text.
+    pub async fn get_text(&self, path_and_query: &str) -> Result<String, ApiError> {
+        let call = Call::new(Method::GET, path_and_query);
+        let url = format!("{}{}", self.base, call.path_and_query);
+        let bytes = self.request_bytes(call, &url).await?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::BadBody {
+            url,
+            detail: e.to_string(),
+        })
+    }
+
+    /// One request on a fresh connection, bounded by [`TIMEOUT`]; a 2xx answer's body.
+    async fn request_bytes(&self, call: Call<'_>, url: &str) -> Result<Bytes, ApiError> {
+        let exchange = self.exchange(call, url);
+        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| ApiError::Timeout {
+                url: url.to_owned(),
+            })??;
+        if !status.is_success() {
+            return Err(status_error(status, &bytes));
+        }
+        Ok(bytes)
+    }
+
     /// One request on a fresh connection, bounded by [`TIMEOUT`]; a 2xx answer's body
     /// is parsed as JSON (`null` when empty).
     async fn request(&self, call: Call<'_>) -> Result<Value, ApiError> {
         let url = format!("{}{}", self.base, call.path_and_query);
-        let exchange = self.exchange(call, &url);
-        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .map_err(|_| ApiError::Timeout { url: url.clone() })??;
-        if !status.is_success() {
-            return Err(status_error(status, &bytes));
-        }
+        let bytes = self.request_bytes(call, &url).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
         }

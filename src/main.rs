@@ -15,6 +15,7 @@ mod signals;
 mod stats_cmd;
 mod table;
 mod tenants_cmd;
+mod usage_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,6 +73,9 @@ enum Command {
     Keys(keys_cmd::KeysArgs),
     /// List the live replicas of the fleet through the admin API.
     Replicas(replicas_cmd::ReplicasArgs),
+    /// Show what a tenant used, per hour or day (connection time, logins, queries,
+    /// transactions, bytes, peak server connections, disk) through the admin API.
+    Usage(usage_cmd::UsageArgs),
     /// The `lxc` driver's host side: per-tenant unprivileged containers.
     Lxc {
         #[command(subcommand)]
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => audit_cmd::run(args),
         Command::Keys(args) => keys_cmd::run(args),
         Command::Replicas(args) => replicas_cmd::run(args),
+        Command::Usage(args) => usage_cmd::run(args),
         Command::Lxc {
             command: LxcCommand::Prepare { config },
         } => lxc_prepare(&config),

@@ -169,6 +169,13 @@ fn every_route_answers_each_role_as_documented_and_bad_keys_create_nothing() {
             Needs::Viewer,
         ),
         (
+            "GET",
+            "/v1/tenants/{id}/usage",
+            "/v1/tenants/acme/usage",
+            "",
+            Needs::Viewer,
+        ),
+        (
             "POST",
             "/v1/tenants/{id}/suspend",
             "/v1/tenants/acme/suspend",

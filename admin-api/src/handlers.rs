@@ -18,6 +18,7 @@ pub mod roles;
 pub mod tenant_changes;
 pub mod tenant_create;
 pub mod tenants;
+pub mod usage;
 
 use control::keys::Caller;
 use control::store::{AuditEvent, TenantRecord};

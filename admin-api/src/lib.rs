@@ -8,7 +8,8 @@
 //!   [`handlers`] the endpoints, one module per resource.
 //! - [`request`], [`response`] and [`error`] are what every endpoint works with;
 //!   [`state`] is what every request can see. None of them imports an endpoint.
-//! - [`metrics`] and [`stats`] expose the data plane's counters.
+//! - [`metrics`] and [`stats`] expose the data plane's counters; [`usage`] meters them
+//!   per tenant and hour into the control store (`/v1/tenants/{id}/usage`).
 //!
 //! What the endpoints change lives in the control plane (the `control` crate): this
 //! crate authorizes, validates, answers and counts. It reads the data plane through
@@ -25,6 +26,7 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod stats;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +49,9 @@ pub struct AdminConfig {
     pub bootstrap_key_file: PathBuf,
     /// `/metrics` answers (and the latency histograms are fed).
     pub metrics_enabled: bool,
+    /// `[usage]`: how often usage is flushed and disks sampled, and this process's
+    /// replica.
+    pub usage: control::usage::UsageConfig,
 }
 
 /// The admin listener, bound and ready to serve.
@@ -123,6 +128,7 @@ impl Admin {
             bootstrap_id,
             admin_requests,
             sampler: Arc::new(stats::RateSampler::default()),
+            usage: Arc::new(control::usage::UsageMeter::new(config.usage.clone())),
             plane,
             hint,
             metrics_enabled: config.metrics_enabled,
@@ -131,8 +137,8 @@ impl Admin {
         Ok(state)
     }
 
-    /// Serves until `stop`; rates are sampled, and the job counts and API keys re-read
-    /// from the store, meanwhile. (The control plane's own tasks run beside it:
+    /// Serves until `stop`; rates are sampled, usage metered (a last flush of it at
+    /// `stop`), and the job counts and API keys re-read from the store, meanwhile. (The control plane's own tasks run beside it:
     /// `control::Plane::run`.) New connections are accepted until `stop` or
     /// `stop_accepting` (a process that handed its listener over to a new one stops
     /// accepting when it starts draining).
@@ -144,10 +150,12 @@ impl Admin {
                 .run(self.state.sources.pools.clone(), stop.clone()),
         );
         let jobs = tokio::spawn(upkeep(self.state.clone(), stop.clone()));
+        let usage = tokio::spawn(usage::run(self.state.clone(), stop.clone()));
         tracing::info!(addr = %self.addr, "admin API listening");
         server::serve(self.listener, self.state, stop, stop_accepting).await;
         let _ = sampler.await;
         let _ = jobs.await;
+        let _ = usage.await;
     }
 }
 

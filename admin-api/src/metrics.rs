@@ -110,6 +110,8 @@ struct TenantSums {
     servers_idle: u64,
     servers_connecting: u64,
     servers_opened: u64,
+    logins: u64,
+    client_us: u64,
     queries: u64,
     transactions: u64,
     bytes_from_clients: u64,
@@ -139,6 +141,8 @@ impl DataPlane {
             s.servers_idle += c.idle as u64;
             s.servers_connecting += c.connecting as u64;
             s.servers_opened += c.opened;
+            s.logins += c.logins;
+            s.client_us += c.client_us;
             s.queries += c.queries;
             s.transactions += c.transactions;
             s.bytes_from_clients += c.bytes_from_clients;
@@ -235,7 +239,12 @@ impl Collector for DataPlane {
             }
         }
 
-        let counters: [(&str, &str, Pick); 3] = [
+        let counters: [(&str, &str, Pick); 4] = [
+            (
+                "client_logins",
+                "Client logins accepted (a client moved here by a restart is not one)",
+                |s| s.logins,
+            ),
             (
                 "queries",
                 "Queries relayed (Query and Execute messages)",
@@ -258,6 +267,17 @@ impl Collector for DataPlane {
                 let labels = [("tenant", &**tenant)];
                 ConstCounter::new(pick(sums)).encode(family.encode_family(&labels)?)?;
             }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "client_connection",
+            "Time clients have been logged in, summed over clients",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?;
+        for (tenant, sums) in &tenants {
+            let seconds = sums.client_us as f64 / 1e6;
+            ConstCounter::new(seconds).encode(family.encode_family(&[("tenant", &**tenant)])?)?;
         }
 
         let mut family = encoder.encode_descriptor(

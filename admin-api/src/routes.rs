@@ -5,7 +5,7 @@ use hyper::{Method, StatusCode};
 
 use crate::error::ApiError;
 use crate::handlers::{api_keys, audit, bans, connections, health, hostnames, jobs, pools};
-use crate::handlers::{replicas, roles, tenant_changes, tenant_create, tenants};
+use crate::handlers::{replicas, roles, tenant_changes, tenant_create, tenants, usage};
 use crate::request::Handler::{self, Later, Now};
 use crate::request::Req;
 
@@ -116,6 +116,10 @@ static ROUTES: &[Route] = &[
     Route {
         template: "/v1/tenants/{id}/stats",
         methods: &[(Method::GET, Now(pools::tenant_stats))],
+    },
+    Route {
+        template: "/v1/tenants/{id}/usage",
+        methods: &[(Method::GET, Later(usage::usage))],
     },
     Route {
         template: "/v1/tenants/{id}/suspend",

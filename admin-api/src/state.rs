@@ -20,6 +20,9 @@ pub struct State {
     pub(crate) bootstrap_id: String,
     pub admin_requests: Arc<AdminRequests>,
     pub sampler: Arc<RateSampler>,
+    /// This process's usage, per tenant and hour, until it is in the control store
+    /// (fed and flushed by [`crate::usage::run`]).
+    pub usage: Arc<control::usage::UsageMeter>,
     /// The control plane: the store (tenants, API keys, the audit log; changes need
     /// it), catalog sync, provisioning drivers, the job worker's wake-up and the data
     /// plane's admission gates.

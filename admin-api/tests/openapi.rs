@@ -858,6 +858,7 @@ fn bind(
         listen: "127.0.0.1:0".parse().unwrap(),
         bootstrap_key_file: key_file.to_owned(),
         metrics_enabled,
+        usage: Default::default(),
     };
     let mut drivers = Drivers::default();
     drivers.add(Arc::new(StaticDriver));
@@ -1282,6 +1283,7 @@ fn live_answers_match_the_document() {
     live.expect_at("GET", "/healthz", "/healthz?x=1", None, "", 200);
 
     stats_and_bans(&mut live, &world);
+    usage(&mut live, &world);
     connections_and_pause(&mut live, &world);
     tenants_read_and_changed(&mut live, &world);
     tenants_created(&mut live, &world);
@@ -1337,6 +1339,7 @@ fn live_answers_match_the_document() {
         ("GET", "/v1/audit-events", ""),
         ("GET", "/v1/audit-events/verify", ""),
         ("GET", "/v1/replicas", ""),
+        ("GET", "/v1/tenants/{id}/usage", ""),
     ] {
         let path = live.concrete(template);
         let code = live.error_at(method, template, &path, key, body, 503);
@@ -1484,6 +1487,45 @@ fn connections_and_pause(live: &mut Live, world: &World) {
     for method in ["POST", "DELETE"] {
         live.expect_at(method, pause, "/v1/tenants/nope/pause", key, "", 404);
     }
+}
+
+/// Usage: JSON and CSV (none metered yet: this test runs no proxy, so the buckets are
+/// empty), bad parameters, a tenant the store does not know.
+fn usage(live: &mut Live, world: &World) {
+    let key = world.viewer;
+    let template = "/v1/tenants/{id}/usage";
+    let answer = live.expect("GET", template, key, "", 200);
+    assert_eq!(answer["tenant"], "acme");
+    assert_eq!(answer["usage"], json!([]));
+    assert_eq!(answer["totals"]["queries"], 0);
+    let path =
+        "/v1/tenants/acme/usage?from=2026-01-01T10:30:00Z&to=2026-01-03T00:00:00Z&granularity=day";
+    let by_day = live.expect_at("GET", template, path, key, "", 200);
+    assert_eq!(by_day["from"], "2026-01-01T00:00:00.000000Z");
+    assert_eq!(by_day["granularity"], "day");
+    for (path, headers) in [
+        ("/v1/tenants/acme/usage?format=csv", ""),
+        ("/v1/tenants/acme/usage", "Accept: text/csv\r\n"),
+    ] {
+        let r = live.call_with("GET", template, path, key, headers, "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("content-type"), Some("text/csv; charset=utf-8"));
+        assert!(
+            r.body.starts_with("tenant,start,connection_seconds,"),
+            "{}",
+            r.body
+        );
+    }
+    for path in [
+        "/v1/tenants/acme/usage?from=yesterday",
+        "/v1/tenants/acme/usage?granularity=week",
+        "/v1/tenants/acme/usage?format=xml",
+        "/v1/tenants/acme/usage?colour=blue",
+    ] {
+        let code = live.error_at("GET", template, path, key, "", 400);
+        assert_eq!(code, "bad_request", "{path}");
+    }
+    live.expect_at("GET", template, "/v1/tenants/nope/usage", key, "", 404);
 }
 
 /// Pool stats, tenant stats and login bans: what the data plane holds in memory.

@@ -11,6 +11,8 @@
 //!   [`supervise`]: restarts backends found down; [`park`]: stops idle tenants'
 //!   backends and starts them for the next login (scale to zero); [`refusals`]:
 //!   refused connections summed into the audit log.
+//! - [`usage`]: what each tenant used per hour, metered in memory and written to the
+//!   store (with the size of its databases, sampled from its backend).
 //! - [`roles`]: a tenant's login roles, managed on its backend; [`hostnames`]: what a
 //!   tenant's own host name and its certificate must be.
 //! - [`secrets`]: backend credentials sealed at rest; [`keys`]: the admin API keys and
@@ -41,6 +43,7 @@ pub mod secrets;
 pub mod settings;
 pub mod store;
 pub mod supervise;
+pub mod usage;
 
 pub use catalog_sync::{CatalogSync, ConfigTenant, Plans, StoreEvent};
 pub use drivers::Drivers;

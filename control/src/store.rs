@@ -9,8 +9,9 @@
 //! Layout: [`connection`] (`Store`, one connection, re-established when lost),
 //! [`migrate`] (the versioned schema), [`tenants`] and [`hostnames`] (tenants' own host
 //! names with their certificates), [`audit`] (the hash-chained log, with
-//! [`canonical`] JSON and [`rfc3339`] timestamps for the hashing rule), [`api_keys`], and
-//! [`embedded`] (the private cluster).
+//! [`canonical`] JSON and [`rfc3339`] timestamps for the hashing rule), [`api_keys`],
+//! [`usage`] (what each tenant used, per hour and process), and [`embedded`] (the
+//! private cluster).
 
 pub mod api_keys;
 pub mod audit;
@@ -24,6 +25,7 @@ pub mod migrate;
 pub mod replicas;
 pub mod rfc3339;
 pub mod tenants;
+pub mod usage;
 
 pub use api_keys::ApiKeyRecord;
 pub use audit::{AuditEvent, AuditFilter, AuditRow, AuditVerify};
@@ -35,3 +37,4 @@ pub use jobs::{JobOutcome, JobRecord, JOB_STATES};
 pub use migrate::{Migration, SchemaMismatch, MIGRATIONS};
 pub use replicas::{FleetFull, ReplicaInfo};
 pub use tenants::{BackendRecord, ChangeError, RoleRecord, TenantRecord};
+pub use usage::{Granularity, UsageBucket, UsageRow, UsageTotals};

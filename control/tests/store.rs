@@ -755,3 +755,121 @@ fn process_alive(pid: u32) -> bool {
         !matches!(state, None | Some('Z') | Some('X'))
     })
 }
+
+/// Usage rows: a flush written again, or older than what is stored, changes nothing;
+/// reads add the processes of an hour up (a replica's restarts: their peaks do not
+/// add; replicas side by side: they do), take the latest disk sample, and group by day.
+#[tokio::test]
+async fn usage_writes_are_idempotent_and_reads_sum_the_processes() {
+    use control::store::{Granularity, UsageRow, UsageTotals};
+    use std::time::UNIX_EPOCH;
+
+    let f = fixture().await;
+    let hour = 1_700_002_800; // 2023-11-14T23:00:00Z
+    let row = |writer: &str, replica: &str, hour: i64, queries: u64, peak: u64| UsageRow {
+        tenant: "acme".into(),
+        hour,
+        writer: writer.into(),
+        replica: replica.into(),
+        totals: UsageTotals {
+            queries,
+            connection_us: queries * 1000,
+            client_connections: 1,
+            peak_server_connections: peak,
+            ..UsageTotals::default()
+        },
+    };
+    let read = |granularity| {
+        let store = &f.store;
+        async move {
+            store
+                .read_usage(
+                    "acme",
+                    UNIX_EPOCH + Duration::from_secs(1_699_920_000),
+                    UNIX_EPOCH + Duration::from_secs(1_700_100_000),
+                    granularity,
+                )
+                .await
+                .unwrap()
+        }
+    };
+
+    // One process's totals, written three times and once out of date.
+    f.store
+        .write_usage(&[row("p1", "", hour, 5, 2)])
+        .await
+        .unwrap();
+    f.store
+        .write_usage(&[row("p1", "", hour, 7, 3)])
+        .await
+        .unwrap();
+    f.store
+        .write_usage(&[row("p1", "", hour, 7, 3)])
+        .await
+        .unwrap();
+    f.store
+        .write_usage(&[row("p1", "", hour, 5, 2)])
+        .await
+        .unwrap();
+    let buckets = read(Granularity::Hour).await;
+    assert_eq!(buckets.len(), 1);
+    assert_eq!(
+        buckets[0].start,
+        UNIX_EPOCH + Duration::from_secs(hour as u64)
+    );
+    assert_eq!(
+        (buckets[0].totals.queries, buckets[0].totals.connection_us),
+        (7, 7000)
+    );
+
+    // Its restart (same replica, another writer) adds its counters but not its peak;
+    // a second replica's peak adds; another hour stands apart.
+    f.store
+        .write_usage(&[
+            row("p2", "", hour, 10, 3),
+            row("r2", "other", hour, 1, 4),
+            row("p2", "", hour + 3600, 2, 1),
+        ])
+        .await
+        .unwrap();
+    let buckets = read(Granularity::Hour).await;
+    assert_eq!(buckets.len(), 2);
+    let t = buckets[0].totals;
+    assert_eq!(
+        (t.queries, t.client_connections, t.peak_server_connections),
+        (18, 3, 3 + 4)
+    );
+    assert_eq!(buckets[1].totals.queries, 2);
+
+    // Disk: the latest sample of the bucket, whoever took it; an older one loses.
+    let micros = |s: i64| s * 1_000_000;
+    let mut sampled = row("p2", "", hour, 10, 3);
+    sampled.totals.disk_bytes = Some(500);
+    sampled.totals.disk_sampled_at = Some(micros(hour + 60));
+    let mut older = row("r2", "other", hour, 1, 4);
+    older.totals.disk_bytes = Some(400);
+    older.totals.disk_sampled_at = Some(micros(hour + 30));
+    f.store
+        .write_usage(&[sampled.clone(), older])
+        .await
+        .unwrap();
+    let mut stale = sampled.clone();
+    stale.totals.disk_bytes = Some(1);
+    stale.totals.disk_sampled_at = Some(micros(hour + 10));
+    f.store.write_usage(&[stale]).await.unwrap();
+    assert_eq!(
+        read(Granularity::Hour).await[0].totals.disk_bytes,
+        Some(500)
+    );
+
+    // By day: the two hours fall on two UTC days (23:00 and 00:00).
+    let days = read(Granularity::Day).await;
+    assert_eq!(days.len(), 2);
+    assert_eq!(
+        days[0].start,
+        UNIX_EPOCH + Duration::from_secs(1_699_920_000)
+    );
+    assert_eq!(days[1].totals.queries, 2);
+    assert!(f.store.usage_known("acme").await.unwrap());
+    assert!(!f.store.usage_known("globex").await.unwrap());
+}

@@ -161,10 +161,18 @@ impl Pool {
         }
     }
 
-    /// Counts a client in this pool for as long as the returned guard lives.
+    /// Counts a client that logged in to this pool (a login, and its logged-in time)
+    /// for as long as the returned guard lives.
     pub fn client_joined(self: &Arc<Self>) -> ClientInPool {
-        self.stats.clients.fetch_add(1, Ordering::Relaxed);
-        ClientInPool(self.clone())
+        let since = self.stats.client_joined(true);
+        ClientInPool(self.clone(), since)
+    }
+
+    /// Counts a client that moved here from the process this one replaced: not a
+    /// login (the old process counted it), its logged-in time from now.
+    pub fn client_arrived(self: &Arc<Self>) -> ClientInPool {
+        let since = self.stats.client_joined(false);
+        ClientInPool(self.clone(), since)
     }
 
     /// What a fresh server connection of this pool reported, once one was opened.
@@ -497,13 +505,14 @@ fn close_in_background(conn: ServerConn) {
     }
 }
 
-/// A logged-in client of a pool (see [`Pool::client_joined`]).
+/// A logged-in client of a pool (see [`Pool::client_joined`]), with the instant it
+/// joined.
 #[derive(Debug)]
-pub struct ClientInPool(Arc<Pool>);
+pub struct ClientInPool(Arc<Pool>, u128);
 
 impl Drop for ClientInPool {
     fn drop(&mut self) {
-        self.0.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        self.0.stats.client_left(self.1);
     }
 }
 

@@ -226,6 +226,15 @@ impl Pools {
         self.pools.iter().map(|e| e.value().clone()).collect()
     }
 
+    /// Each tenant's most server connections open at once since the last call (see
+    /// [`TenantServers::take_peak`]): what usage metering records per hour.
+    pub fn take_server_peaks(&self) -> Vec<(TenantId, usize)> {
+        self.tenants
+            .iter()
+            .map(|e| (e.key().clone(), e.value().take_peak()))
+            .collect()
+    }
+
     /// Evicts idle connections past their timeouts, every second, until `shutdown`;
     /// then closes all idle connections.
     pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {

@@ -2,12 +2,18 @@
 //! on the hot path and read without locks by the stats API and `/metrics`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
 pub struct PoolStats {
     /// Clients logged in to this pool right now (holding a server or not).
     pub clients: AtomicUsize,
+    /// Logins accepted into this pool so far (a client moved here from the process
+    /// this one replaced is not a login).
+    pub logins: AtomicU64,
+    /// How long the pool's clients have been logged in, in total (see [`ClientTime`]).
+    client_time: Mutex<ClientTime>,
     /// Server connections handed to clients right now.
     pub active: AtomicUsize,
     /// Server connections waiting in the idle list.
@@ -53,10 +59,40 @@ pub const PIN_REASONS: [&str; 11] = [
     "unscanned",
 ];
 
+/// The logged-in time of a pool's clients, exact at any instant without a timer:
+/// the time of those that left, plus, for those logged in now, `now - since` each,
+/// which is `open * now - Σ since`. Changed once per login and logout, under a lock
+/// of its own (never per message).
+#[derive(Debug, Default)]
+struct ClientTime {
+    /// Clients counted now.
+    open: u64,
+    /// The sum of their login instants, in µs after [`epoch`].
+    since_sum: u128,
+    /// The logged-in time of the clients that left, in µs.
+    closed: u128,
+}
+
+/// The instant client times are counted from (the first use in the process).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Microseconds since [`epoch`].
+fn micros_now() -> u128 {
+    epoch().elapsed().as_micros()
+}
+
 /// A snapshot of [`PoolStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolCounts {
     pub clients: usize,
+    /// Logins accepted so far.
+    pub logins: u64,
+    /// Microseconds clients have been logged in, in total, up to the snapshot (the
+    /// ones logged in now counted up to then).
+    pub client_us: u64,
     pub active: usize,
     pub idle: usize,
     pub connecting: usize,
@@ -78,6 +114,8 @@ impl PoolStats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PoolCounts {
             clients: self.clients.load(Ordering::Relaxed),
+            logins: get(&self.logins),
+            client_us: self.client_micros(),
             active: self.active.load(Ordering::Relaxed),
             idle: self.idle.load(Ordering::Relaxed),
             connecting: self.connecting.load(Ordering::Relaxed),
@@ -93,6 +131,41 @@ impl PoolStats {
             pinned: self.pinned.load(Ordering::Relaxed),
             pins: std::array::from_fn(|i| get(&self.pins[i])),
         }
+    }
+
+    /// A client joins the pool: counted in `clients` (and `logins` when it logged in
+    /// here), its logged-in time running from now. Returns its login instant for
+    /// [`PoolStats::client_left`].
+    pub fn client_joined(&self, login: bool) -> u128 {
+        // Every instant is taken under the lock, so they come in the lock's order and
+        // the total never goes back.
+        let mut time = self.client_time.lock().expect("client time lock poisoned");
+        let since = micros_now();
+        time.open += 1;
+        time.since_sum += since;
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        if login {
+            self.logins.fetch_add(1, Ordering::Relaxed);
+        }
+        since
+    }
+
+    /// The client that joined at `since` leaves.
+    pub fn client_left(&self, since: u128) {
+        let mut time = self.client_time.lock().expect("client time lock poisoned");
+        let now = micros_now();
+        time.open = time.open.saturating_sub(1);
+        time.since_sum = time.since_sum.saturating_sub(since);
+        time.closed += now.saturating_sub(since);
+        self.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Microseconds the pool's clients have been logged in, in total, until now.
+    pub fn client_micros(&self) -> u64 {
+        let time = self.client_time.lock().expect("client time lock poisoned");
+        let now = micros_now();
+        let open = (time.open as u128 * now).saturating_sub(time.since_sum);
+        u64::try_from(time.closed + open).unwrap_or(u64::MAX)
     }
 
     pub fn record_wait(&self, waited: Duration) {
@@ -235,6 +308,54 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_time_never_goes_back_while_clients_come_and_go() {
+        let stats = std::sync::Arc::new(PoolStats::default());
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        let since = stats.client_joined(true);
+                        stats.client_left(since);
+                    }
+                })
+            })
+            .collect();
+        let mut last = 0;
+        while !workers.iter().all(|w| w.is_finished()) {
+            let now = stats.client_micros();
+            assert!(now >= last, "{now} < {last}");
+            last = now;
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn client_time_counts_the_ones_logged_in_up_to_now_and_the_ones_that_left() {
+        let stats = PoolStats::default();
+        let a = stats.client_joined(true);
+        let b = stats.client_joined(false);
+        std::thread::sleep(Duration::from_millis(20));
+        let both = stats.client_micros();
+        assert!(both >= 40_000, "{both}");
+        stats.client_left(a);
+        let after_a = stats.client_micros();
+        assert!(after_a >= both, "never goes back: {after_a} < {both}");
+        stats.client_left(b);
+        let done = stats.client_micros();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            stats.client_micros(),
+            done,
+            "nobody is logged in: it stands still"
+        );
+        let c = stats.snapshot();
+        assert_eq!((c.clients, c.logins, c.client_us), (0, 1, done));
+    }
 
     #[test]
     fn observations_land_in_the_first_bucket_that_holds_them() {

@@ -7,6 +7,7 @@
 //! file stays below pool.rs and server.rs, which use it.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -19,6 +20,10 @@ pub struct TenantServers {
     slots: Resizable,
     /// The tenant's pools, to take an idle connection from when at the cap.
     pools: Mutex<Vec<Weak<dyn SiblingPool>>>,
+    /// Server connections open now (connecting, idle or lent out): slots held.
+    open: AtomicUsize,
+    /// The most open at once since the last [`TenantServers::take_peak`].
+    peak: AtomicUsize,
 }
 
 /// What the tenant's cap needs of a pool: to close one of its idle connections so a
@@ -40,6 +45,7 @@ pub struct ServerSlot {
 impl Drop for ServerSlot {
     fn drop(&mut self) {
         drop(self.permit.take());
+        self.servers.open.fetch_sub(1, Ordering::Relaxed);
         self.servers.slots.settle();
     }
 }
@@ -55,7 +61,24 @@ impl TenantServers {
         TenantServers {
             slots: Resizable::new(size_of(max)),
             pools: Mutex::new(Vec::new()),
+            open: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         }
+    }
+
+    /// Server connections of the tenant open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The most server connections the tenant had open at once since the last call
+    /// (those open now included), and a new period starting with those open now.
+    /// Usage metering reads it every second for the peak of each hour.
+    pub fn take_peak(&self) -> usize {
+        let peak = self.peak.swap(0, Ordering::Relaxed);
+        let now = self.open.load(Ordering::Relaxed);
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        peak.max(now)
     }
 
     /// Changes the cap live: a lower one closes nothing, it only holds new
@@ -90,6 +113,8 @@ impl TenantServers {
                     .expect("slot semaphores are never closed")
             }
         };
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(open, Ordering::Relaxed);
         Some(ServerSlot {
             permit: Some(permit),
             servers: self.clone(),

@@ -90,7 +90,7 @@ pub async fn serve_arrival(proxy: Arc<Proxy>, moving: MovingClient, id: u64) {
         .collect();
     let relayed = Session {
         tenant: tenant.id.to_string(),
-        counted: pool.client_joined(),
+        counted: pool.client_arrived(),
         pool,
         server: None,
         params,

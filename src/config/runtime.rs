@@ -129,6 +129,17 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("admin.key")),
             metrics_enabled: self.metrics.enabled,
+            usage: control::usage::UsageConfig {
+                flush_interval: Duration::from_secs(self.usage.flush_interval_s),
+                disk_interval: (self.usage.disk_sample_interval_s > 0)
+                    .then(|| Duration::from_secs(self.usage.disk_sample_interval_s)),
+                replica: self
+                    .fleet
+                    .as_ref()
+                    .map(|f| f.id.clone())
+                    .unwrap_or_default(),
+                spool_dir: Some(self.data_dir.join("usage-spool")),
+            },
         };
         let control = ControlConfig {
             database_url: self.control.database_url.clone(),

@@ -26,6 +26,8 @@ pub struct Config {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub control: ControlSection,
+    #[serde(default)]
+    pub usage: UsageSection,
     /// Present: this process is a replica of a fleet (docs/fleet.md).
     pub fleet: Option<FleetSection>,
     #[serde(default)]
@@ -218,6 +220,25 @@ impl Default for MetricsSection {
         MetricsSection {
             enabled: true,
             max_tenant_series: 1000,
+        }
+    }
+}
+
+/// `[usage]`: metering what each tenant uses (docs/usage.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageSection {
+    /// How often this process writes its usage totals to the control store.
+    pub flush_interval_s: u64,
+    /// How often each tenant's database sizes are sampled; 0: never.
+    pub disk_sample_interval_s: u64,
+}
+
+impl Default for UsageSection {
+    fn default() -> Self {
+        UsageSection {
+            flush_interval_s: 10,
+            disk_sample_interval_s: 60,
         }
     }
 }

@@ -146,6 +146,12 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
+    if config.usage.flush_interval_s == 0 {
+        problems.push(Problem::new(
+            vec![Key("usage"), Key("flush_interval_s")],
+            "must be at least 1",
+        ));
+    }
     if config.admin.refusal_audit_interval_s == 0 {
         problems.push(Problem::new(
             vec![Key("admin"), Key("refusal_audit_interval_s")],

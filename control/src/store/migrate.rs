@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fleet_slots",
         sql: include_str!("../../migrations/0004_fleet_slots.sql"),
     },
+    Migration {
+        version: 5,
+        name: "usage",
+        sql: include_str!("../../migrations/0005_usage.sql"),
+    },
 ];
 
 /// Created (under the lock) before anything is read from it; without Postgres' NOTICE
