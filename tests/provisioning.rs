@@ -1228,3 +1228,90 @@ async fn a_local_backend_killed_with_sigkill_is_restarted() {
     let tenant = expect(sluice, "GET", "/v1/tenants/phoenix", "", 200);
     assert_eq!(tenant["status"], "active", "{tenant}");
 }
+
+/// The value of one `/metrics` sample line (`name{labels} value`), if present.
+fn metric(sluice: &SluiceProcess, series: &str) -> Option<f64> {
+    let text = call(sluice, "GET", "/metrics", "", "").body;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Scale to zero with the `local` driver: a tenant with `suspend_after_idle_s` has its
+/// postmaster stopped once no client has been connected for that long (the supervisor
+/// leaves it stopped); five clients logging in at once start it once and all get the
+/// data it kept; while a client stays connected, it is never parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tenant_is_parked_and_its_next_logins_start_it_once() {
+    let env = start();
+    let sluice = &env.sluice;
+    let pgdata = backend_dir(&env.dir.path().join("sluice/data"), "nap").join("pgdata");
+    provision_with(
+        sluice,
+        r#"{"id": "nap", "limits": {"suspend_after_idle_s": 2}}"#,
+    );
+    let password = make_role(sluice, "nap", "app");
+    let t = target(sluice, &env.pki, "nap", "app", &password);
+    let client = pg_connect(&t).await.expect("a client before parking");
+    client
+        .batch_execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
+        .await
+        .unwrap();
+    // Connected clients keep it running, however long.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(postmaster_pid(&pgdata).is_some(), "parked under a client");
+    drop(client);
+
+    let parked = |sluice: &SluiceProcess| {
+        expect(sluice, "GET", "/v1/tenants/nap/stats", "", 200)["backend_parked"] == json!(true)
+    };
+    eventually(Duration::from_secs(30), "the tenant is parked", || async {
+        if parked(sluice) && postmaster_pid(&pgdata).is_none() {
+            Ok(())
+        } else {
+            Err("not parked yet".to_owned())
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(sluice, r#"sluice_backend_parked{tenant="nap"}"#),
+        Some(1.0)
+    );
+    // Two supervisor rounds later it is still stopped: parked is not down.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(parked(sluice) && postmaster_pid(&pgdata).is_none());
+    assert_eq!(
+        metric(sluice, r#"sluice_backend_up{tenant="nap"}"#),
+        Some(1.0)
+    );
+
+    let started = Instant::now();
+    let logins = (0..5).map(|_| {
+        let t = t.clone();
+        async move {
+            let client = pg_connect(&t).await.map_err(|e| code(&e))?;
+            let n: i32 = client
+                .query_one("select n from kept", &[])
+                .await
+                .map_err(|e| code(&e))?
+                .get(0);
+            Ok::<_, String>((n, started.elapsed()))
+        }
+    });
+    let answers = futures_util::future::join_all(logins).await;
+    for answer in &answers {
+        assert_eq!(answer.as_ref().map(|(n, _)| *n), Ok(42), "{answers:?}");
+    }
+    let slowest = answers.iter().flatten().map(|(_, t)| *t).max().unwrap();
+    eprintln!("five logins to a parked tenant: slowest {slowest:?}");
+    assert!(!parked(sluice));
+    assert!(postmaster_pid(&pgdata).is_some());
+    let series = |name: &str| format!(r#"{name}{{tenant="nap"}}"#);
+    assert_eq!(
+        metric(sluice, &series("sluice_cold_start_seconds_count")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(sluice, &series("sluice_backend_parks_total")),
+        Some(1.0)
+    );
+}

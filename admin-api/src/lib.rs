@@ -118,6 +118,7 @@ impl Admin {
             rejections,
             memory,
             health: plane.health.clone(),
+            parking: plane.parking.clone(),
             admin_requests: admin_requests.clone(),
             jobs: Arc::new(metrics::JobCounts::default()),
         };

@@ -73,6 +73,8 @@ pub struct Sources {
     pub memory: Arc<MemoryBudget>,
     /// The backend supervisor's verdicts, for `sluice_backend_up` before any pool.
     pub health: Arc<control::health::BackendHealth>,
+    /// Scale to zero: parked backends and cold starts.
+    pub parking: Arc<control::park::Parking>,
     pub admin_requests: Arc<AdminRequests>,
     pub jobs: Arc<JobCounts>,
 }
@@ -200,6 +202,73 @@ fn histogram(
     encoder
         .encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?
         .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)
+}
+
+impl DataPlane {
+    /// Scale to zero: which backends are parked, how many cold starts, how long each.
+    fn encode_parking(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let labels = self.0.rejections.labels();
+        let label = |id: &str| match router::TenantId::parse(id) {
+            Ok(id) => labels.label(&id),
+            Err(_) => Arc::from("_other"),
+        };
+        let (parked, starts) = self.0.parking.snapshot();
+        let mut parked_by: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        for tenant in self.0.catalog.snapshot().iter() {
+            if tenant.limits.suspend_after_idle.is_some() {
+                parked_by.entry(labels.label(&tenant.id)).or_default();
+            }
+        }
+        for id in &parked {
+            *parked_by.entry(label(id)).or_default() += 1;
+        }
+        let mut family = encoder.encode_descriptor(
+            "backend_parked",
+            "1 while the tenant's backend is stopped for scale to zero (suspend_after_idle_s)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tenant, n) in &parked_by {
+            gauge(*n).encode(family.encode_family(&[("tenant", &**tenant)])?)?;
+        }
+        let mut by_label: BTreeMap<Arc<str>, control::park::ColdStarts> = BTreeMap::new();
+        for (id, s) in starts {
+            let sum = by_label.entry(label(&id)).or_default();
+            sum.count += s.count;
+            sum.parks += s.parks;
+            sum.sum_seconds += s.sum_seconds;
+            for (a, b) in sum.buckets.iter_mut().zip(s.buckets) {
+                *a += b;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "backend_parks",
+            "Backends stopped for scale to zero",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tenant, s) in &by_label {
+            ConstCounter::new(s.parks).encode(family.encode_family(&[("tenant", &**tenant)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "cold_start",
+            "Time a login waited for its tenant's parked backend to start",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (tenant, s) in &by_label {
+            let mut buckets: Vec<(f64, u64)> = control::park::COLD_START_BUCKETS
+                .iter()
+                .copied()
+                .zip(s.buckets)
+                .collect();
+            buckets.push((f64::MAX, s.buckets[control::park::COLD_START_BUCKETS.len()]));
+            family
+                .encode_family(&[("tenant", &**tenant)])?
+                .encode_histogram::<NoLabelSet>(s.sum_seconds, s.count, &buckets, None)?;
+        }
+        Ok(())
+    }
 }
 
 impl Collector for DataPlane {
@@ -422,6 +491,8 @@ impl Collector for DataPlane {
                 gauge(n.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
             }
         }
+
+        self.encode_parking(&mut encoder)?;
 
         let catalog_len = self.0.catalog.snapshot().len() as u64;
         gauge(catalog_len).encode(encoder.encode_descriptor(

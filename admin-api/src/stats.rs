@@ -87,6 +87,8 @@ pub struct TenantStatsView {
     pub tenant: String,
     #[serde(flatten)]
     pub counts: CountsView,
+    /// The backend is stopped for scale to zero; the next login starts it.
+    pub backend_parked: bool,
     /// Connections refused during login, by reason.
     pub rejected: std::collections::BTreeMap<&'static str, u64>,
     pub pools: Vec<PoolStatsView>,
@@ -258,6 +260,7 @@ pub fn tenant_view(
     TenantStatsView {
         tenant: tenant.to_string(),
         counts: sum,
+        backend_parked: false,
         rejected: rejections
             .refused_for(tenant)
             .into_iter()

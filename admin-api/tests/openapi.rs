@@ -526,6 +526,7 @@ fn schemas_match_the_serde_structs() {
     let tenant_stats = stats::TenantStatsView {
         tenant: "acme".into(),
         counts: stats::CountsView::default(),
+        backend_parked: false,
         rejected: [("banned", 2), ("auth_failed", 1)].into_iter().collect(),
         pools: vec![pool],
     };

@@ -70,11 +70,14 @@ pub(crate) async fn run(
         health.retain(|id| catalog.get(id).is_some());
         let mut probes = tokio::task::JoinSet::new();
         for record in sync.records() {
-            // A parked backend is stopped on purpose: not down.
-            let watched = (matches!(record.status.as_str(), "active" | "suspended")
+            if parking.is_parked(&record.id) {
+                // Stopped on purpose, not down: neither restarted nor probed.
+                down.remove(&record.id);
+                continue;
+            }
+            let watched = matches!(record.status.as_str(), "active" | "suspended")
                 || (record.status == "failed"
-                    && down.get(&record.id).is_some_and(|d| d.marked_failed)))
-                && !parking.is_parked(&record.id);
+                    && down.get(&record.id).is_some_and(|d| d.marked_failed));
             let id = record.id.as_str();
             let driver = drivers.get(&record.backend.driver).filter(|_| watched);
             let verdict = match driver {
