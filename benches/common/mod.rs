@@ -27,3 +27,33 @@ pub fn utc_time_of_day() -> String {
         % 86_400;
     format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }
+
+/// The `p` quantile (0 < p ≤ 1) of `sorted`, by nearest rank.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Why the lxc driver cannot run here, if it cannot (root, lxc, mmdebstrap, uidmap).
+pub fn lxc_missing() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    ["lxc-start", "mmdebstrap", "newuidmap"]
+        .iter()
+        .find(|c| {
+            !std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {c}")])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|c| format!("{c} is not installed"))
+}
+
+/// The lxc template the tests build and cache (`SLUICE_TEST_LXC_TEMPLATE`).
+pub fn lxc_template() -> std::path::PathBuf {
+    std::env::var_os("SLUICE_TEST_LXC_TEMPLATE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/tmp/sluice-test-lxc/template"))
+}
