@@ -60,7 +60,12 @@ fn backend_mib(driver: &str, root: &Path) -> f64 {
             .output();
         return out
             .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
             .map_or(0.0, |b| b / 1048576.0);
     }
     let pid_file = root.join("sluice/data/backends/nap/pgdata/postmaster.pid");
@@ -80,7 +85,10 @@ fn backend_mib(driver: &str, root: &Path) -> f64 {
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         };
-        let own = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok());
+        let own = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok());
         if own == Some(pid) || field("PPid:") == Some(u64::from(pid)) {
             kib += field("VmRSS:").unwrap_or(0);
         }
@@ -127,7 +135,12 @@ async fn run(driver: &str, rounds: usize) {
         assert!(Instant::now() < deadline, "job {job} did not finish");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let role = call(&sluice, "POST", "/v1/tenants/nap/roles", r#"{"name": "app"}"#);
+    let role = call(
+        &sluice,
+        "POST",
+        "/v1/tenants/nap/roles",
+        r#"{"name": "app"}"#,
+    );
     let target = PgTarget {
         user: "app".into(),
         ..PgTarget::tenant(

@@ -919,6 +919,39 @@ async fn a_proxmox_tenant_is_provisioned_and_reachable_through_sluice() {
     assert_eq!(row.get::<_, i32>(0), 1);
     drop(client);
 
+    // Scale to zero: idle for its suspend_after_idle_s, the container is shut down
+    // (status/shutdown); the next login starts it and finds the data.
+    run(&|| {
+        expect(
+            sluice,
+            "PATCH",
+            "/v1/tenants/pve1",
+            r#"{"limits": {"suspend_after_idle_s": 1}}"#,
+            200,
+        )
+    });
+    let pve1 = |fake: &FakePve| {
+        fake.guests()
+            .into_iter()
+            .find(|g| g.config.get("hostname").is_some_and(|h| h.contains("pve1")))
+            .expect("pve1's container")
+    };
+    eventually(Duration::from_secs(30), "pve1 is parked", || async {
+        let stats = run(&|| expect(sluice, "GET", "/v1/tenants/pve1/stats", "", 200));
+        match (stats["backend_parked"].as_bool(), pve1(&fake).running) {
+            (Some(true), false) => Ok(()),
+            other => Err(format!("parked, running: {other:?}")),
+        }
+    })
+    .await;
+    let client = pg_connect(&target(sluice, &pki, "pve1", "app", &password))
+        .await
+        .expect("a login starts the parked container");
+    let row = client.query_one("SELECT x FROM t", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert!(pve1(&fake).running);
+    drop(client);
+
     let deleted = run(&|| expect(sluice, "DELETE", "/v1/tenants/pve1", "", 202));
     let job = run(&|| {
         wait_job(

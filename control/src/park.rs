@@ -18,6 +18,9 @@ use crate::drivers::Drivers;
 /// Upper bounds (seconds) of the cold-start histogram's buckets.
 pub const COLD_START_BUCKETS: [f64; 8] = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
 
+/// How long a started backend may take to listen.
+const LISTEN_WITHIN: Duration = Duration::from_secs(30);
+
 /// One tenant's power state and counters.
 #[derive(Debug, Default)]
 struct Power {
@@ -143,6 +146,22 @@ impl Parking {
             .ensure_running(tenant)
             .await
             .map_err(|e| format!("{e:#}"))?;
+        // A container reports running before the Postgres in it listens.
+        if let Some(backend) = self
+            .sync
+            .catalog
+            .snapshot()
+            .get(tenant)
+            .map(|t| t.backend.clone())
+        {
+            let deadline = Instant::now() + LISTEN_WITHIN;
+            while let Err(e) = crate::supervise::probe(&backend.addr).await {
+                if Instant::now() >= deadline {
+                    return Err(format!("started, but does not take connections: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         power.parked.store(false, Ordering::Release);
         let took = started.elapsed();
         self.count_cold_start(tenant, took);

@@ -163,7 +163,7 @@ pub(crate) async fn run(
 
 /// Whether the backend at `addr` takes a connection (closed at once, before any
 /// startup packet: Postgres logs nothing for that).
-async fn probe(addr: &router::BackendAddr) -> Result<(), String> {
+pub(crate) async fn probe(addr: &router::BackendAddr) -> Result<(), String> {
     let connect = async {
         match addr {
             router::BackendAddr::Tcp { host, port } => {

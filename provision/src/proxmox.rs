@@ -265,6 +265,20 @@ impl Driver for ProxmoxDriver {
         })
     }
 
+    /// Shuts the tenant's container down (`status/shutdown`); `ensure_running` starts
+    /// it again.
+    fn park<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            check_tenant(tenant)?;
+            let ct = self
+                .find(tenant)
+                .await?
+                .ok_or_else(|| anyhow!("tenant {tenant} has no Proxmox container"))?;
+            self.wait_unlocked(&ct).await?;
+            self.shut_down(&ct).await
+        })
+    }
+
     /// Containers run on Proxmox and outlive Sluice: nothing to stop.
     fn resize<'a>(
         &'a self,

@@ -75,7 +75,7 @@ pub struct Limits {
     /// Client addresses allowed to connect; empty = any.
     pub allow_cidrs: Vec<Cidr>,
     /// Scale to zero: a tenant with no client for this long has its backend stopped
-    /// (drivers that run backends: local, lxc); the next login starts it again.
+    /// (drivers local, lxc, proxmox); the next login starts it again.
     pub suspend_after_idle: Option<Duration>,
 }
 

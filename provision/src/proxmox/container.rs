@@ -15,6 +15,8 @@ use super::{backoff, bail_duplicates, handoff, tasks, tenant_tag, PlanSize, Prox
 const ATTEMPTS: u32 = 6;
 /// The interface the driver gives containers, whose address is the backend's.
 const NIC: &str = "eth0";
+/// Seconds a parked container's shutdown may take before Proxmox kills it.
+const SHUTDOWN_TIMEOUT_S: u32 = 60;
 
 /// A container: its VMID and the node that owns it (every call about it goes there).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +285,38 @@ impl ProxmoxDriver {
         while text(&self.status(ct).await?, "status").as_deref() != Some("running") {
             if Instant::now() >= deadline {
                 bail!("container {} started but is not running", ct.vmid);
+            }
+            tokio::time::sleep(self.timings.poll).await;
+        }
+        Ok(())
+    }
+
+    /// Shuts the container down cleanly (its Postgres gets a fast shutdown from the
+    /// container's init), killing it after [`SHUTDOWN_TIMEOUT_S`], and waits until it
+    /// is stopped. A container that is not running is left so.
+    pub(super) async fn shut_down(&self, ct: &Ct) -> anyhow::Result<()> {
+        let form = [
+            ("timeout", SHUTDOWN_TIMEOUT_S.to_string()),
+            ("forceStop", "1".to_owned()),
+        ];
+        let stopped = match self.client.post(&ct.path("status/shutdown"), &form).await {
+            Ok(data) => {
+                let upid = tasks::upid_of(&data)?;
+                tasks::wait(&self.client, &upid, self.timings.poll, self.timings.task).await
+            }
+            Err(e) if e.to_string().contains("not running") => Ok(()),
+            Err(e) => Err(e),
+        };
+        stopped.map_err(|e| {
+            anyhow::Error::new(e).context(format!(
+                "shutting down container {} on {}",
+                ct.vmid, ct.node
+            ))
+        })?;
+        let deadline = Instant::now() + self.timings.settle;
+        while text(&self.status(ct).await?, "status").as_deref() == Some("running") {
+            if Instant::now() >= deadline {
+                bail!("container {} was shut down but still runs", ct.vmid);
             }
             tokio::time::sleep(self.timings.poll).await;
         }

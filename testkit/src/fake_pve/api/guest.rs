@@ -1,4 +1,4 @@
-//! `/nodes/{node}/lxc/{vmid}/…`: one container's status, start, stop, config, resize,
+//! `/nodes/{node}/lxc/{vmid}/…`: one container's status, start, shutdown, stop, config, resize,
 //! destroy and interfaces (its firewall is in `firewall`).
 
 use std::sync::{Arc, PoisonError};
@@ -72,6 +72,25 @@ pub(super) fn guest_call(
                 Ok(())
             });
             Answer::Data(json!(spawn_task(shared, node, "vzstart", vmid, work)))
+        }
+        // A clean shutdown (`lxc-stop --nokill` within `timeout`, then a kill with
+        // `forceStop=1`); here the cluster's fast shutdown either way.
+        ("POST", ["status", "shutdown"]) => {
+            if !guest.running {
+                return Answer::error(500, format!("CT {vmid} not running"));
+            }
+            let slot = guest.cluster.clone();
+            drop(state);
+            let work: Work = Box::new(move |shared: &Arc<Shared>| {
+                if let Some(c) = slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                    c.stop(localpg::StopMode::Fast).map_err(|e| e.to_string())?;
+                }
+                if let Some(g) = shared.state().guests.get_mut(&vmid) {
+                    g.running = false;
+                }
+                Ok(())
+            });
+            Answer::Data(json!(spawn_task(shared, node, "vzshutdown", vmid, work)))
         }
         ("POST", ["status", "stop"]) => {
             if !guest.running {
