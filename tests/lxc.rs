@@ -5,7 +5,8 @@
 //! resume, a container's postgres killed and brought back by the supervisor, delete
 //! removing container, rootfs and socket directory; and a Sluice killed mid-provisioning
 //! finishing the job after its restart with no orphan container; a backend that cannot
-//! restart failing its tenant until it can; and a host lacking a prerequisite told what.
+//! restart failing its tenant until it can; a host lacking a prerequisite told what; and
+//! an idle tenant's container stopped (scale to zero) and started by its next login.
 //!
 //! Needs lxc, uidmap and mmdebstrap and root's subordinate ids (scripts/test installs
 //! them). The rootfs template is built once per machine (≈ 30–60 s, needs the Debian
@@ -567,4 +568,52 @@ async fn a_backend_that_cannot_restart_fails_its_tenant_until_it_can() {
         200,
     );
     assert_eq!(events["events"].as_array().unwrap().len(), 1, "{events}");
+}
+
+/// Scale to zero with containers: a tenant idle for its `suspend_after_idle_s` has its
+/// container stopped (no init process left, its memory freed); the next login starts
+/// it, within the login, and finds the data; the supervisor leaves it stopped meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tenants_container_is_stopped_and_the_next_login_starts_it() {
+    let env = Env::new();
+    env.provision("doze", "nano");
+    let password = env.role("doze");
+    let target = env.target("doze", &password);
+    let client = pg_connect(&target).await.expect("a first login");
+    client
+        .batch_execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
+        .await
+        .unwrap();
+    drop(client);
+    env.call(
+        "PATCH",
+        "/v1/tenants/doze",
+        r#"{"limits": {"suspend_after_idle_s": 1}}"#,
+        200,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = env.call("GET", "/v1/tenants/doze/stats", "", 200);
+        if stats["backend_parked"] == true && env.init_pid("doze").is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never parked: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two supervisor rounds: a parked container is not restarted.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(env.init_pid("doze").is_none(), "restarted while parked");
+
+    let started = Instant::now();
+    let client = pg_connect(&target)
+        .await
+        .expect("a login starts the container");
+    let n: i32 = client
+        .query_one("select n from kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 7);
+    eprintln!("cold start of an lxc tenant: {:?}", started.elapsed());
+    assert!(env.init_pid("doze").is_some());
 }
