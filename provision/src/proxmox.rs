@@ -39,6 +39,7 @@ pub use crate::driver::PlanSize;
 use crate::driver::{BackendAddress, BackendRequest, BoxFuture, Driver};
 use crate::sql;
 use client::Client;
+use container::Ct;
 
 pub use client::PveError;
 pub use handoff::MARKER as HANDOFF_MARKER;
@@ -219,13 +220,19 @@ impl ProxmoxDriver {
         })
     }
 
-    async fn ensure_backend_running(&self, tenant: &str) -> anyhow::Result<()> {
+    /// The tenant's container once it holds no lock, for a power change.
+    async fn unlocked_container(&self, tenant: &str) -> anyhow::Result<Ct> {
         check_tenant(tenant)?;
         let ct = self
             .find(tenant)
             .await?
             .ok_or_else(|| anyhow!("tenant {tenant} has no Proxmox container"))?;
         self.wait_unlocked(&ct).await?;
+        Ok(ct)
+    }
+
+    async fn ensure_backend_running(&self, tenant: &str) -> anyhow::Result<()> {
+        let ct = self.unlocked_container(tenant).await?;
         self.start(&ct).await
     }
 
@@ -269,12 +276,7 @@ impl Driver for ProxmoxDriver {
     /// it again.
     fn park<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            check_tenant(tenant)?;
-            let ct = self
-                .find(tenant)
-                .await?
-                .ok_or_else(|| anyhow!("tenant {tenant} has no Proxmox container"))?;
-            self.wait_unlocked(&ct).await?;
+            let ct = self.unlocked_container(tenant).await?;
             self.shut_down(&ct).await
         })
     }

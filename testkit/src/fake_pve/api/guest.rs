@@ -73,9 +73,9 @@ pub(super) fn guest_call(
             });
             Answer::Data(json!(spawn_task(shared, node, "vzstart", vmid, work)))
         }
-        // A clean shutdown (`lxc-stop --nokill` within `timeout`, then a kill with
-        // `forceStop=1`); here the cluster's fast shutdown either way.
-        ("POST", ["status", "shutdown"]) => {
+        // `shutdown` is clean (`lxc-stop --nokill` within `timeout`, then a kill with
+        // `forceStop=1`), `stop` a kill; here both are the cluster's fast shutdown.
+        ("POST", ["status", action @ ("shutdown" | "stop")]) => {
             if !guest.running {
                 return Answer::error(500, format!("CT {vmid} not running"));
             }
@@ -90,24 +90,12 @@ pub(super) fn guest_call(
                 }
                 Ok(())
             });
-            Answer::Data(json!(spawn_task(shared, node, "vzshutdown", vmid, work)))
-        }
-        ("POST", ["status", "stop"]) => {
-            if !guest.running {
-                return Answer::error(500, format!("CT {vmid} not running"));
-            }
-            let slot = guest.cluster.clone();
-            drop(state);
-            let work: Work = Box::new(move |shared: &Arc<Shared>| {
-                if let Some(c) = slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
-                    c.stop(localpg::StopMode::Fast).map_err(|e| e.to_string())?;
-                }
-                if let Some(g) = shared.state().guests.get_mut(&vmid) {
-                    g.running = false;
-                }
-                Ok(())
-            });
-            Answer::Data(json!(spawn_task(shared, node, "vzstop", vmid, work)))
+            let kind = if *action == "shutdown" {
+                "vzshutdown"
+            } else {
+                "vzstop"
+            };
+            Answer::Data(json!(spawn_task(shared, node, kind, vmid, work)))
         }
         ("GET", ["config"]) => {
             let mut config: serde_json::Map<String, Value> = guest
