@@ -24,9 +24,13 @@ const LISTEN_WITHIN: Duration = Duration::from_secs(30);
 /// One tenant's power state and counters.
 #[derive(Debug, Default)]
 struct Power {
-    /// Held for the whole of a stop or a start; `true` while parked (or stopping).
+    /// Held for the whole of a stop or a start.
     lock: tokio::sync::Mutex<()>,
+    /// From the moment a stop is decided until a start has finished: logins wait.
     parked: std::sync::atomic::AtomicBool,
+    /// The backend is stopped (the stop finished, no start has finished since): what
+    /// the stats and `/metrics` report.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// Cold starts of one tenant: how many, and how long each took, in buckets.
@@ -70,12 +74,19 @@ impl Parking {
             .is_some_and(|p| p.parked.load(std::sync::atomic::Ordering::Acquire))
     }
 
-    /// The tenants parked now, and every tenant's cold starts so far.
+    /// Whether the tenant's backend is stopped now (parked, its stop finished).
+    pub fn is_stopped(&self, tenant: &str) -> bool {
+        self.power
+            .get(tenant)
+            .is_some_and(|p| p.stopped.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// The tenants whose backend is stopped now, and every tenant's cold starts so far.
     pub fn snapshot(&self) -> (Vec<String>, Vec<(String, ColdStarts)>) {
         let parked = self
             .power
             .iter()
-            .filter(|p| p.parked.load(std::sync::atomic::Ordering::Acquire))
+            .filter(|p| p.stopped.load(std::sync::atomic::Ordering::Acquire))
             .map(|p| p.key().clone())
             .collect();
         let stats = self
@@ -121,6 +132,7 @@ impl Parking {
             power.parked.store(false, Ordering::Release);
             return Err(format!("{e:#}"));
         }
+        power.stopped.store(true, Ordering::Release);
         self.stats.entry(tenant.to_owned()).or_default().parks += 1;
         tracing::info!(
             tenant,
@@ -162,6 +174,7 @@ impl Parking {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        power.stopped.store(false, Ordering::Release);
         power.parked.store(false, Ordering::Release);
         let took = started.elapsed();
         self.count_cold_start(tenant, took);

@@ -52,6 +52,6 @@ pub(crate) fn tenant_stats(state: &State, req: &Req) -> Result<Response<Body>, A
     // The supervisor's verdict counts too: a backend found down is down before any
     // pool has tried it.
     view.counts.backend_up &= state.sources.health.is_up(id) != Some(false);
-    view.backend_parked = state.sources.parking.is_parked(id);
+    view.backend_parked = state.sources.parking.is_stopped(id);
     Ok(json(StatusCode::OK, &view))
 }
