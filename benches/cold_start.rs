@@ -165,7 +165,10 @@ async fn run(driver: &str, rounds: usize) {
         }
         let parked = backend_mib(driver, dir.path());
         let started = Instant::now();
-        let client = pg_connect(&target).await.expect("a cold login");
+        let client = match pg_connect(&target).await {
+            Ok(client) => client,
+            Err(e) => panic!("a cold login: {e}\n{}", sluice.log()),
+        };
         client.simple_query("SELECT 1").await.expect("a cold query");
         cold.push(started.elapsed());
         let started = Instant::now();

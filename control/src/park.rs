@@ -158,7 +158,7 @@ impl Parking {
             .ensure_running(tenant)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        // A container reports running before the Postgres in it listens.
+        // A container reports running before the Postgres in it takes logins.
         if let Some(backend) = self
             .sync
             .catalog
@@ -167,7 +167,7 @@ impl Parking {
             .map(|t| t.backend.clone())
         {
             let deadline = Instant::now() + LISTEN_WITHIN;
-            while let Err(e) = crate::supervise::probe(&backend.addr).await {
+            while let Err(e) = crate::supervise::takes_logins(&backend.addr).await {
                 if Instant::now() >= deadline {
                     return Err(format!("started, but does not take connections: {e}"));
                 }
