@@ -120,6 +120,7 @@ impl Admin {
             health: plane.health.clone(),
             admin_requests: admin_requests.clone(),
             jobs: Arc::new(metrics::JobCounts::default()),
+            disk: plane.disk.clone(),
         };
         let state = Arc::new(State {
             registry: metrics::registry(sources.clone()),

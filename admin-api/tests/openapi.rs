@@ -559,6 +559,7 @@ fn schemas_match_the_serde_structs() {
         failed_login_ban_s: Some(120),
         allow_cidrs: Some(vec!["10.0.0.0/8".into()]),
         suspend_after_idle_s: Some(0),
+        disk_limit_mb: Some(0),
     };
     // What a tenant shows has every key; a PATCH takes the same keys.
     check("PoolSettings", &to_json(&pool_settings), true);
@@ -866,6 +867,7 @@ fn bind(
     let drivers = Arc::new(drivers);
     let plane = Plane {
         parking: Arc::new(control::park::Parking::new(sync.clone(), drivers.clone())),
+        disk: Default::default(),
         control,
         sync,
         drivers,

@@ -52,5 +52,9 @@ pub(crate) fn tenant_stats(state: &State, req: &Req) -> Result<Response<Body>, A
     // The supervisor's verdict counts too: a backend found down is down before any
     // pool has tried it.
     view.counts.backend_up &= state.sources.health.is_up(id) != Some(false);
+    view.disk = stats::DiskView::of(
+        state.sources.disk.get(&tenant.id).as_deref(),
+        tenant.limits.disk_limit,
+    );
     Ok(json(StatusCode::OK, &view))
 }
