@@ -527,9 +527,20 @@ fn schemas_match_the_serde_structs() {
         tenant: "acme".into(),
         counts: stats::CountsView::default(),
         rejected: [("banned", 2), ("auth_failed", 1)].into_iter().collect(),
+        disk: stats::DiskView {
+            bytes: Some(52_428_800),
+            limit_bytes: Some(104_857_600),
+            state: "ok",
+            sampled_at: Some("2026-11-22T10:00:00.000000Z".into()),
+        },
         pools: vec![pool],
     };
     check("TenantStats", &to_json(&tenant_stats), true);
+    check(
+        "TenantDisk",
+        &to_json(&stats::DiskView::of(None, None)),
+        true,
+    );
 
     let pool_settings = control::settings::PoolPatch {
         mode: Some("session".into()),

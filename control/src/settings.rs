@@ -238,7 +238,7 @@ impl LimitsPatch {
         }
         if let Some(v) = self.disk_limit_mb {
             let v = upto("disk_limit_mb", v, MAX_DISK_LIMIT_MB)?;
-            l.disk_limit = (v > 0).then(|| v << 20);
+            l.disk_limit = (v > 0).then_some(v << 20);
         }
         if let Some(v) = self.max_client_connections {
             l.max_client_connections = (v > 0).then(|| usize::try_from(v).unwrap_or(usize::MAX));

@@ -83,22 +83,20 @@ fn statement_escapes(t: &[Token]) -> bool {
     let t = &t[first..];
     let at = |i: usize, w: &str| t.get(i).is_some_and(|tok| tok.is(w));
     let read_write = t.windows(2).any(|w| w[0].is("read") && w[1].is("write"));
-    if at(0, "set") {
+    let set = at(0, "set") && {
         let n = if at(1, "session") || at(1, "local") {
             2
         } else {
             1
         };
-        if guarded(t.get(n)) || read_write {
-            return true;
-        }
-    } else if (at(0, "begin") || at(0, "start")) && read_write {
-        return true;
-    } else if at(0, "reset") && (at(1, "all") || guarded(t.get(1))) {
-        return true;
-    } else if at(0, "discard") && at(1, "all") {
-        return true;
-    } else if at(0, "do") {
+        guarded(t.get(n)) || read_write
+    };
+    let escapes = set
+        || ((at(0, "begin") || at(0, "start")) && read_write)
+        || (at(0, "reset") && (at(1, "all") || guarded(t.get(1))))
+        || (at(0, "discard") && at(1, "all"))
+        || at(0, "do");
+    if escapes {
         return true;
     }
     // set_config('default_transaction_read_only', ...), or of a name not written out.
