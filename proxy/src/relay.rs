@@ -445,7 +445,9 @@ where
         let forward: &[u8] = if terminated {
             // Terminate is the client's last word: anything after it is a violation,
             // and the Terminate itself is Sluice's to act on, not the server's.
-            if after_terminate || !chunk.ends_with(&TERMINATE) || !screen.at_rest(&buf) {
+            // (Read-only, `buf` keeps what the screen holds: a message begun after it.)
+            let held = watch.read_only && !screen.at_rest(&buf);
+            if after_terminate || !chunk.ends_with(&TERMINATE) || held {
                 return (Ended::ClientFailed("data after Terminate".into()), false);
             }
             &chunk[..chunk.len() - TERMINATE.len()]
