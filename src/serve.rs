@@ -364,6 +364,7 @@ pub async fn start(runtime: Runtime) -> anyhow::Result<Running> {
     let parking = Arc::new(control::park::Parking::new(sync.clone(), drivers.clone()));
     let plane = Plane {
         parking: parking.clone(),
+        disk: proxy.gates.disk.clone(),
         control: control.control.clone(),
         sync,
         drivers: drivers.clone(),

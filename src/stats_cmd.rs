@@ -140,9 +140,15 @@ pub fn pools_table(pools: &[Value]) -> Vec<String> {
     lines
 }
 
-/// The `--tenant` view: a summary line, refused logins by reason, then the pools.
+/// The `--tenant` view: a summary line, refused logins by reason, its disk against its
+/// limit, then the pools.
 pub fn tenant_lines(stats: &Value) -> Vec<String> {
-    let mut lines = vec![tenant_summary(stats), rejected_line(stats), String::new()];
+    let mut lines = vec![
+        tenant_summary(stats),
+        rejected_line(stats),
+        disk_line(stats),
+        String::new(),
+    ];
     lines.extend(pools_table(as_array(stats.get("pools"))));
     lines
 }
@@ -172,6 +178,20 @@ fn tenant_summary(s: &Value) -> String {
             None => "-",
         },
     )
+}
+
+/// `disk: 12.4M of 16.0M (warning)`: the latest sample against the storage watermark
+/// limit (`-` before the first sample), or `no limit`.
+fn disk_line(s: &Value) -> String {
+    let used = bytes(s, "/disk/bytes");
+    match s.pointer("/disk/limit_bytes").and_then(Value::as_f64) {
+        Some(limit) => format!(
+            "disk: {used} of {} ({})",
+            human_bytes(limit),
+            text(s, "/disk/state")
+        ),
+        None => format!("disk: {used}, no limit"),
+    }
 }
 
 /// `rejected: reason n, ...` in the API's (sorted) order, or `rejected: none`.
@@ -322,6 +342,8 @@ mod tests {
             "wait": {"avg_ms": 0.0, "max_ms": 0.0},
             "backend_up": true,
             "rejected": {"auth_failed": 3, "too_many_connections": 1},
+            "disk": {"bytes": 13002342, "limit_bytes": 16777216, "state": "warning",
+                     "sampled_at": "2026-11-22T10:00:00.000000Z"},
             "pools": [pool("acme", "app", "web", "session", true)],
         });
         let lines = tenant_lines(&stats);
@@ -332,10 +354,15 @@ mod tests {
              max 0.0 ms; backend up"
         );
         assert_eq!(lines[1], "rejected: auth_failed 3, too_many_connections 1");
-        assert_eq!(lines[2], "");
-        assert!(lines[3].starts_with("TENANT"));
-        assert!(lines[4].starts_with("acme"));
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[2], "disk: 12.4M of 16.0M (warning)");
+        assert_eq!(lines[3], "");
+        assert!(lines[4].starts_with("TENANT"));
+        assert!(lines[5].starts_with("acme"));
+        assert_eq!(lines.len(), 6);
+        assert_eq!(
+            disk_line(&json!({"disk": {"bytes": null, "limit_bytes": null, "state": "ok"}})),
+            "disk: -, no limit"
+        );
         assert_eq!(rejected_line(&json!({"rejected": {}})), "rejected: none");
     }
 

@@ -121,6 +121,7 @@ impl Admin {
             parking: plane.parking.clone(),
             admin_requests: admin_requests.clone(),
             jobs: Arc::new(metrics::JobCounts::default()),
+            disk: plane.disk.clone(),
         };
         let state = Arc::new(State {
             registry: metrics::registry(sources.clone()),

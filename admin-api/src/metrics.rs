@@ -77,6 +77,8 @@ pub struct Sources {
     pub parking: Arc<control::park::Parking>,
     pub admin_requests: Arc<AdminRequests>,
     pub jobs: Arc<JobCounts>,
+    /// Storage watermarks: each tenant's latest disk sample.
+    pub disk: Arc<router::DiskQuotas>,
 }
 
 /// The registry with every Sluice metric; encode it once per scrape.
@@ -384,6 +386,48 @@ impl Collector for DataPlane {
             ] {
                 let labels = [("tenant", &**tenant), ("direction", direction)];
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        // Storage watermarks: a tenant's latest disk sample and its limit (tenants
+        // folded into `_other` are summed, so a label never repeats).
+        let labels = self.0.rejections.labels();
+        let mut disk: BTreeMap<Arc<str>, (Option<u64>, Option<u64>)> = BTreeMap::new();
+        for tenant in self.0.catalog.snapshot().iter() {
+            let bytes = self.0.disk.get(&tenant.id).and_then(|d| d.bytes());
+            let limit = tenant.limits.disk_limit;
+            if bytes.is_none() && limit.is_none() {
+                continue;
+            }
+            let add = |sum: &mut Option<u64>, v: Option<u64>| {
+                if let Some(v) = v {
+                    *sum = Some(sum.unwrap_or(0).saturating_add(v));
+                }
+            };
+            let entry = disk.entry(labels.label(&tenant.id)).or_default();
+            add(&mut entry.0, bytes);
+            add(&mut entry.1, limit);
+        }
+        type DiskPick = fn(&(Option<u64>, Option<u64>)) -> Option<u64>;
+        let families: [(&str, &str, DiskPick); 2] = [
+            (
+                "tenant_disk",
+                "Size of the tenant's databases at the latest sample (pg_database_size)",
+                |d| d.0,
+            ),
+            (
+                "tenant_disk_limit",
+                "The tenant's disk limit: 80 % of it is the warning watermark, 100 % makes it read-only",
+                |d| d.1,
+            ),
+        ];
+        for (name, help, pick) in families {
+            let mut family =
+                encoder.encode_descriptor(name, help, Some(&Unit::Bytes), MetricType::Gauge)?;
+            for (tenant, d) in &disk {
+                if let Some(v) = pick(d) {
+                    gauge(v).encode(family.encode_family(&[("tenant", &**tenant)])?)?;
+                }
             }
         }
 

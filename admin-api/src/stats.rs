@@ -91,7 +91,46 @@ pub struct TenantStatsView {
     pub backend_parked: bool,
     /// Connections refused during login, by reason.
     pub rejected: std::collections::BTreeMap<&'static str, u64>,
+    /// Storage watermarks: the latest disk sample against the tenant's limit.
+    pub disk: DiskView,
     pub pools: Vec<PoolStatsView>,
+}
+
+/// A tenant's storage watermark (docs/limits.md, "Storage watermarks").
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DiskView {
+    /// The latest sample of its databases' size (`null`: none yet).
+    pub bytes: Option<u64>,
+    /// Its disk limit (`null`: none).
+    pub limit_bytes: Option<u64>,
+    /// `ok`, `warning` (at or over 80 % of the limit) or `full` (at or over it:
+    /// read-only for new transactions).
+    pub state: &'static str,
+    /// When the latest sample was taken (RFC 3339 UTC).
+    pub sampled_at: Option<String>,
+}
+
+impl DiskView {
+    pub fn of(disk: Option<&router::TenantDisk>, limit: Option<u64>) -> DiskView {
+        let Some(disk) = disk else {
+            return DiskView {
+                bytes: None,
+                limit_bytes: limit,
+                state: "ok",
+                sampled_at: None,
+            };
+        };
+        DiskView {
+            bytes: disk.bytes(),
+            limit_bytes: limit,
+            state: disk.level().as_str(),
+            sampled_at: disk.sampled_at().map(|secs| {
+                control::store::rfc3339::format_micros(
+                    std::time::UNIX_EPOCH + Duration::from_secs(secs),
+                )
+            }),
+        }
+    }
 }
 
 /// Rates need two samples; this keeps the last one per pool.
@@ -266,6 +305,7 @@ pub fn tenant_view(
             .into_iter()
             .map(|(r, n)| (r.as_str(), n))
             .collect(),
+        disk: DiskView::of(None, None),
         pools: views,
     }
 }

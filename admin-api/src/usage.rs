@@ -79,9 +79,20 @@ pub async fn run(state: Arc<State>, stop: CancellationToken) {
         Control::Unreachable(_) => None,
     };
     let disk = meter.config.disk_interval.map(|interval| {
+        // Storage watermarks are measured at each sample, and at once when a limit
+        // changes; their changes go to the audit log.
+        let (watermarks, changes) =
+            control::watermarks::Watermarks::new(state.sources.disk.clone());
+        watermarks.follow(&state.sources.catalog);
+        tokio::spawn(control::watermarks::write_events(
+            state.plane.control.clone(),
+            changes,
+            stop.clone(),
+        ));
         tokio::spawn(control::usage::disk::run(
             meter.clone(),
             state.sources.catalog.clone(),
+            watermarks,
             interval,
             stop.clone(),
         ))

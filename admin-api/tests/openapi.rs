@@ -528,9 +528,20 @@ fn schemas_match_the_serde_structs() {
         counts: stats::CountsView::default(),
         backend_parked: false,
         rejected: [("banned", 2), ("auth_failed", 1)].into_iter().collect(),
+        disk: stats::DiskView {
+            bytes: Some(52_428_800),
+            limit_bytes: Some(104_857_600),
+            state: "ok",
+            sampled_at: Some("2026-11-22T10:00:00.000000Z".into()),
+        },
         pools: vec![pool],
     };
     check("TenantStats", &to_json(&tenant_stats), true);
+    check(
+        "TenantDisk",
+        &to_json(&stats::DiskView::of(None, None)),
+        true,
+    );
 
     let pool_settings = control::settings::PoolPatch {
         mode: Some("session".into()),
@@ -560,6 +571,7 @@ fn schemas_match_the_serde_structs() {
         failed_login_ban_s: Some(120),
         allow_cidrs: Some(vec!["10.0.0.0/8".into()]),
         suspend_after_idle_s: Some(0),
+        disk_limit_mb: Some(0),
     };
     // What a tenant shows has every key; a PATCH takes the same keys.
     check("PoolSettings", &to_json(&pool_settings), true);
@@ -867,6 +879,7 @@ fn bind(
     let drivers = Arc::new(drivers);
     let plane = Plane {
         parking: Arc::new(control::park::Parking::new(sync.clone(), drivers.clone())),
+        disk: Default::default(),
         control,
         sync,
         drivers,

@@ -12,7 +12,8 @@
 //!   backends and starts them for the next login (scale to zero); [`refusals`]:
 //!   refused connections summed into the audit log.
 //! - [`usage`]: what each tenant used per hour, metered in memory and written to the
-//!   store (with the size of its databases, sampled from its backend).
+//!   store (with the size of its databases, sampled from its backend); [`watermarks`]:
+//!   those sizes against each tenant's disk limit (warning, read-only when full).
 //! - [`roles`]: a tenant's login roles, managed on its backend; [`hostnames`]: what a
 //!   tenant's own host name and its certificate must be.
 //! - [`secrets`]: backend credentials sealed at rest; [`keys`]: the admin API keys and
@@ -44,6 +45,7 @@ pub mod settings;
 pub mod store;
 pub mod supervise;
 pub mod usage;
+pub mod watermarks;
 
 pub use catalog_sync::{CatalogSync, ConfigTenant, Plans, StoreEvent};
 pub use drivers::Drivers;

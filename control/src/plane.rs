@@ -33,6 +33,9 @@ pub struct Plane {
     pub fleet: Option<crate::fleet::FleetConfig>,
     /// Which backends are parked for scale to zero, and their cold starts.
     pub parking: Arc<crate::park::Parking>,
+    /// Storage watermarks: each tenant's latest disk sample and level, shared with
+    /// the data plane (which makes a full tenant read-only).
+    pub disk: Arc<router::DiskQuotas>,
 }
 
 impl Plane {

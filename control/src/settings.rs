@@ -80,7 +80,12 @@ pub struct LimitsPatch {
     pub allow_cidrs: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspend_after_idle_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_limit_mb: Option<u64>,
 }
+
+/// The largest `disk_limit_mb` (an exbibyte), so that its bytes fit a `u64`.
+pub const MAX_DISK_LIMIT_MB: u64 = 1 << 40;
 
 const TEN_YEARS_S: u64 = 10 * 366 * 24 * 3600;
 
@@ -199,6 +204,7 @@ impl LimitsPatch {
             failed_login_ban_s: Some(secs(l.failed_logins.ban)),
             allow_cidrs: Some(l.allow_cidrs.iter().map(Cidr::to_string).collect()),
             suspend_after_idle_s: Some(l.suspend_after_idle.map_or(0, secs)),
+            disk_limit_mb: Some(l.disk_limit.map_or(0, |b| b.div_ceil(1 << 20))),
         }
     }
 
@@ -229,6 +235,10 @@ impl LimitsPatch {
         if let Some(v) = self.suspend_after_idle_s {
             let v = upto("suspend_after_idle_s", v, TEN_YEARS_S)?;
             l.suspend_after_idle = off_or(v, Duration::from_secs);
+        }
+        if let Some(v) = self.disk_limit_mb {
+            let v = upto("disk_limit_mb", v, MAX_DISK_LIMIT_MB)?;
+            l.disk_limit = (v > 0).then_some(v << 20);
         }
         if let Some(v) = self.max_client_connections {
             l.max_client_connections = (v > 0).then(|| usize::try_from(v).unwrap_or(usize::MAX));

@@ -87,6 +87,9 @@ impl Admission {
 #[derive(Debug)]
 pub struct Gates {
     tenants: DashMap<TenantId, Arc<TenantGate>>,
+    /// Storage watermarks, written by the control plane's disk sampler: each gate
+    /// holds its tenant's, which the relays read (a full tenant is read-only).
+    pub disk: Arc<router::DiskQuotas>,
     /// Fired at the end of the shutdown grace period; each tenant's session token is
     /// a child of it.
     terminate: CancellationToken,
@@ -113,6 +116,7 @@ impl Gates {
     ) -> Self {
         Gates {
             tenants: DashMap::new(),
+            disk: Arc::default(),
             terminate,
             clients: Arc::new(AtomicUsize::new(0)),
             max_clients,
@@ -159,6 +163,7 @@ impl Gates {
                     tenant.id.clone(),
                     &tenant.limits,
                     self.terminate.child_token(),
+                    self.disk.of(&tenant.id),
                 ))
             })
             .clone()
@@ -265,6 +270,8 @@ pub struct TenantGate {
     /// Connect-rate refusals told in full (TLS handshake + ErrorResponse) in the
     /// current second: (second started, count).
     told: Mutex<(Instant, u32)>,
+    /// Its storage watermark: when full, new transactions are read-only (quota.rs).
+    pub disk: Arc<router::TenantDisk>,
 }
 
 /// Connect-rate refusals per second and tenant that get a readable error, at least;
@@ -291,7 +298,12 @@ fn max_or_unlimited(max: Option<usize>) -> usize {
 }
 
 impl TenantGate {
-    fn new(id: TenantId, limits: &Limits, sessions: CancellationToken) -> Self {
+    fn new(
+        id: TenantId,
+        limits: &Limits,
+        sessions: CancellationToken,
+        disk: Arc<router::TenantDisk>,
+    ) -> Self {
         let now = Instant::now();
         let (rate, burst) = bucket_size(limits.connect_rate.unwrap_or(0));
         let (qrate, qburst) = bucket_size(limits.query_rate.unwrap_or(0));
@@ -315,6 +327,7 @@ impl TenantGate {
             sessions: Mutex::new(sessions),
             killed: std::sync::atomic::AtomicBool::new(false),
             told: Mutex::new((Instant::now(), 0)),
+            disk,
         }
     }
 

@@ -45,6 +45,7 @@ pub mod params;
 pub mod park;
 pub mod prelogin;
 pub mod proxy_protocol;
+pub mod quota;
 pub mod relay;
 pub mod secrets;
 pub mod session;

@@ -26,12 +26,19 @@ use wire::startup::CancelKey;
 use crate::admit::{ByteRate, TenantGate};
 use crate::cancel::CancelHandle;
 use crate::farewell::LastWord;
+use crate::quota;
 use crate::stream::ClientStream;
 use progress::Progress;
 
 /// Per-direction read buffer. Reads take what is there up to this size, and each read
 /// becomes one write, so batches of small messages cost one syscall each way.
 const RELAY_BUFFER: usize = 16 * 1024;
+
+/// The longest Query or Parse held whole to be screened while read-only for the disk
+/// quota (`session_state::MAX_SCANNED`); a longer one is relayed as it comes.
+const MAX_SCREENED: usize = crate::session_state::MAX_SCANNED + 64;
+/// The longest ErrorResponse held whole to be rewritten while read-only.
+const MAX_SCREENED_ERROR: usize = 64 * 1024;
 
 /// The whole Terminate message.
 const TERMINATE: [u8; 5] = [tag::TERMINATE, 0, 0, 0, 4];
@@ -56,6 +63,11 @@ pub enum RelayEnd {
     IdleSession(Release),
     /// The client's queries waited longer than `max_wait` for the tenant's query rate.
     QueryRateLimited,
+    /// The tenant's disk watermark no longer matches the session's `read_only`, and
+    /// the session is at rest (every request answered, no transaction): the caller
+    /// changes the server connection's setting and relays again, starting with
+    /// `unread`, the client's bytes read but not relayed yet (quota.rs).
+    Quota { unread: BytesMut, cancel_sent: bool },
 }
 
 /// Bytes a relay moves in a row before it lets the runtime's other tasks run.
@@ -101,6 +113,9 @@ pub struct Watch<'a> {
     /// The client's own cancel key, told whether a request is running (a client's
     /// cancel is forwarded only then).
     pub client_key: &'a CancelHandle,
+    /// The session runs with `default_transaction_read_only = on` for its tenant's
+    /// disk quota: escapes are refused and the server's 25006 says 53100 (quota.rs).
+    pub read_only: bool,
 }
 
 #[derive(Debug)]
@@ -111,6 +126,8 @@ enum Ended {
     /// The client's connection broke (a reset, a TLS close without close_notify).
     ClientVanished,
     ClientFailed(String),
+    /// The tenant's watermark changed at rest: what the client sent that is not relayed.
+    Quota(BytesMut),
     ServerEof,
     ServerFailed(String),
     /// The other direction ended first.
@@ -124,6 +141,7 @@ pub async fn relay(
     pool: &Pool,
     tally: &Tally,
     watch: Watch<'_>,
+    unread: BytesMut,
 ) -> RelayEnd {
     let epoch = Instant::now();
     let progress = Progress {
@@ -143,9 +161,10 @@ pub async fn relay(
             &stop,
             (pool, tally),
             (&watch, epoch),
+            unread,
         )
         .await;
-        if matches!(end, (Ended::ClientEof, true)) {
+        if matches!(end, (Ended::ClientEof, true) | (Ended::Quota(_), _)) {
             // Only the client's side is closed: the server side decides when the
             // answers it is owed are delivered.
             progress.client_done.store(true, Ordering::Release);
@@ -193,6 +212,10 @@ pub async fn relay(
     }
     tracing::trace!(?up, ?down, "relay ended");
     match (up, down) {
+        (Ended::Quota(unread), Ended::Stopped) if down_boundary => RelayEnd::Quota {
+            unread,
+            cancel_sent: progress.cancel_sent.load(Ordering::Acquire),
+        },
         (_, Ended::ServerEof) => RelayEnd::ServerGone("server closed the connection".into()),
         (Ended::ServerFailed(e), _) | (_, Ended::ServerFailed(e)) => RelayEnd::ServerGone(e),
         (Ended::ClientTerminate | Ended::ClientEof | Ended::ClientVanished, Ended::Stopped) => {
@@ -304,47 +327,101 @@ async fn client_to_server<R, W>(
     stop: &CancellationToken,
     (pool, tally): (&Pool, &Tally),
     (watch, epoch): (&Watch<'_>, Instant),
+    unread: BytesMut,
 ) -> (Ended, bool)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut scanner = Scanner::new(DEFAULT_MAX_FRAME_LEN);
-    let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
+    // Bytes an earlier run read and did not relay come first, without a read.
+    let mut carried = !unread.is_empty();
+    let mut buf = if carried {
+        unread
+    } else {
+        BytesMut::with_capacity(RELAY_BUFFER)
+    };
     let mut pace = Pace::default();
+    // While read-only for the disk quota: Queries and Parses held whole and screened.
+    let mut screen = quota::Screen::default();
+    let mut screened = BytesMut::new();
     // One registration with the token for the whole loop, not one per read or write.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
-        let read = tokio::select! {
-            _ = &mut stopped => return (Ended::Stopped, scanner.at_boundary()),
-            read = client.read_buf(&mut buf) => read,
-        };
-        if let Ok(n) = read {
-            tokio::select! {
-                _ = &mut stopped => return (Ended::Stopped, false),
-                () = pace.relayed(n, &watch.gate.client_bytes) => {}
+        let read = if std::mem::take(&mut carried) {
+            Ok(buf.len())
+        } else {
+            let read = tokio::select! {
+                _ = &mut stopped => return (Ended::Stopped, scanner.at_boundary() && screen.at_rest(&buf)),
+                read = client.read_buf(&mut buf) => read,
+            };
+            if let Ok(n) = read {
+                tokio::select! {
+                    _ = &mut stopped => return (Ended::Stopped, false),
+                    () = pace.relayed(n, &watch.gate.client_bytes) => {}
+                }
             }
-        }
+            read
+        };
         progress
             .client_active
             .store(since(epoch), Ordering::Release);
+        let at_boundary = scanner.at_boundary() && screen.at_rest(&buf);
         match read {
-            Ok(0) => return (Ended::ClientEof, scanner.at_boundary()),
+            Ok(0) => return (Ended::ClientEof, at_boundary),
             Ok(_) => {}
             // The client is gone without a goodbye: a TLS client that closed without
             // close_notify, or a reset. Like an EOF, what the server connection is
             // worth depends only on where the client's messages stopped.
             Err(e) if client_vanished(&e) => {
                 tracing::debug!(error = %e, "client went away without a goodbye");
-                return (Ended::ClientVanished, scanner.at_boundary());
+                return (Ended::ClientVanished, at_boundary);
             }
             Err(e) => return (Ended::ClientFailed(e.to_string()), false),
         }
+        // The tenant crossed its disk limit (either way): at rest, the caller changes
+        // the server connection's setting before these bytes go.
+        if watch.gate.disk.full() != watch.read_only
+            && scanner.at_boundary()
+            && screen.passthrough_done()
+            && progress.settled()
+            && progress.status.load(Ordering::Acquire) == tag::STATUS_IDLE
+        {
+            progress.pause.store(true, Ordering::Release);
+            progress.pause_notify.notify_one();
+            return (Ended::Quota(buf), true);
+        }
+        let chunk: &[u8] = if watch.read_only {
+            let tenant = watch.gate.id.as_str();
+            // A Query that only frees space, first of a session at rest, runs
+            // read-write in a transaction of its own.
+            let at_rest = scanner.at_boundary()
+                && screen.passthrough_done()
+                && progress.settled()
+                && progress.status.load(Ordering::Acquire) == tag::STATUS_IDLE;
+            screen.run(
+                &mut buf,
+                &mut screened,
+                &[tag::QUERY, tag::PARSE],
+                MAX_SCREENED,
+                |msg, body, first| {
+                    if let Some(sql) = quota::freeing_query(msg, body).filter(|_| first && at_rest)
+                    {
+                        progress.lifted.fetch_add(1, Ordering::AcqRel);
+                        return Some(quota::lifted(sql));
+                    }
+                    quota::screen(msg, body, &watch.gate.disk.refusal(tenant))
+                },
+            );
+            &screened
+        } else {
+            &buf
+        };
         let mut terminated = false;
         let mut after_terminate = false;
         let mut queries = 0u32;
-        let scanned = scanner.feed(&buf, |msg, _| {
+        let scanned = scanner.feed(chunk, |msg, _| {
             pool.stats.client_message(msg);
             if msg == tag::QUERY || msg == tag::EXECUTE {
                 queries += 1;
@@ -368,12 +445,14 @@ where
         let forward: &[u8] = if terminated {
             // Terminate is the client's last word: anything after it is a violation,
             // and the Terminate itself is Sluice's to act on, not the server's.
-            if after_terminate || !buf.ends_with(&TERMINATE) {
+            // (Read-only, `buf` keeps what the screen holds: a message begun after it.)
+            let held = watch.read_only && !screen.at_rest(&buf);
+            if after_terminate || !chunk.ends_with(&TERMINATE) || held {
                 return (Ended::ClientFailed("data after Terminate".into()), false);
             }
-            &buf[..buf.len() - TERMINATE.len()]
+            &chunk[..chunk.len() - TERMINATE.len()]
         } else {
-            &buf
+            chunk
         };
         if queries > 0 {
             // Held back until the tenant's query rate lets them through.
@@ -401,7 +480,10 @@ where
                 },
             }
         }
-        buf.clear();
+        if !watch.read_only {
+            buf.clear();
+        }
+        screened.clear();
         if terminated {
             return (Ended::ClientTerminate, scanner.at_boundary());
         }
@@ -424,16 +506,24 @@ where
     let mut scanner = Scanner::new(DEFAULT_MAX_FRAME_LEN);
     let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
     let mut pace = Pace::default();
+    // While read-only for the disk quota: ErrorResponses held whole, 25006 rewritten.
+    let mut screen = quota::Screen::default();
+    let mut screened = BytesMut::new();
     // One registration with the token for the whole loop, not one per read or write.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
+        let at_boundary = scanner.at_boundary() && screen.at_rest(&buf);
         if let Some(clean) = progress.client_may_go() {
-            return (Ended::Stopped, clean && scanner.at_boundary());
+            return (Ended::Stopped, clean && at_boundary);
+        }
+        if at_boundary && progress.pause.load(Ordering::Acquire) {
+            return (Ended::Stopped, true);
         }
         let read = tokio::select! {
-            _ = &mut stopped => return (Ended::Stopped, scanner.at_boundary()),
+            _ = &mut stopped => return (Ended::Stopped, at_boundary),
             () = progress.client_done_notify.notified() => continue,
+            () = progress.pause_notify.notified() => continue,
             read = server.read_buf(&mut buf) => read,
         };
         if let Ok(n) = read {
@@ -447,9 +537,41 @@ where
             Ok(_) => {}
             Err(e) => return (Ended::ServerFailed(e.to_string()), false),
         }
+        let chunk: &[u8] = if watch.read_only {
+            let tenant = watch.gate.id.as_str();
+            // The first CommandComplete or ErrorResponse after a lifted Query answers
+            // its `SET`: a CommandComplete is dropped.
+            let held: &[u8] = if progress.lifted.load(Ordering::Acquire) > 0 {
+                &[tag::ERROR_RESPONSE, tag::COMMAND_COMPLETE]
+            } else {
+                &[tag::ERROR_RESPONSE]
+            };
+            screen.run(
+                &mut buf,
+                &mut screened,
+                held,
+                MAX_SCREENED_ERROR,
+                |msg, body, _| {
+                    let lifted = progress.lifted.load(Ordering::Acquire) > 0;
+                    if lifted && (msg == tag::ERROR_RESPONSE || body == b"SET\0") {
+                        progress.lifted.fetch_sub(1, Ordering::AcqRel);
+                        if msg == tag::COMMAND_COMPLETE {
+                            return Some(BytesMut::new());
+                        }
+                    }
+                    if msg == tag::ERROR_RESPONSE {
+                        return quota::rewrite_error(body, &watch.gate.disk.refusal(tenant));
+                    }
+                    None
+                },
+            );
+            &screened
+        } else {
+            &buf
+        };
         last_word.chunk_begins(scanner.at_boundary());
-        let scanned = scanner.feed_ends(&buf, |msg, first, end| {
-            last_word.message_ends(&buf, msg, end);
+        let scanned = scanner.feed_ends(chunk, |msg, first, end| {
+            last_word.message_ends(chunk, msg, end);
             pool.stats.server_message(msg, first);
             if let Some(took) = progress.server_message(msg, first, since(epoch)) {
                 pool.histograms.query_duration(took);
@@ -459,18 +581,21 @@ where
             return (Ended::ServerFailed(e.to_string()), false);
         }
         watch.client_key.running(progress.request_running());
-        last_word.chunk_ends(&buf);
+        last_word.chunk_ends(chunk);
         pool.stats
             .bytes_to_clients
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        tally.to_client(buf.len());
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        tally.to_client(chunk.len());
         tokio::select! {
             _ = &mut stopped => return (Ended::Stopped, false),
-            written = write_out(client, &buf) => if let Err(e) = written {
+            written = write_out(client, chunk) => if let Err(e) = written {
                 return (Ended::ClientFailed(e.to_string()), false);
             },
         }
-        buf.clear();
+        if !watch.read_only {
+            buf.clear();
+        }
+        screened.clear();
     }
 }
 

@@ -499,7 +499,8 @@ async fn run_session(
         tenant,
         server,
         cancel,
-        settings_applied,
+        mut settings_applied,
+        settings,
         limits,
         gate,
         counted: _counted,
@@ -507,26 +508,61 @@ async fn run_session(
     } = session;
     let mut server = server.expect("a session-mode client always holds a server connection");
     let pool = server.pool().clone();
-    let conn = server.conn();
-    let watch = Watch {
-        limits: &limits,
-        gate: &gate,
-        cancel: conn.cancel_key.map(|key| (conn.addr.clone(), key)),
-        client_key: &cancel,
+    // The session runs read-only while its tenant is over its disk quota: the relay
+    // stops at rest whenever the watermark changes, and the setting follows (quota.rs).
+    let mut read_only = false;
+    let mut unread = bytes::BytesMut::new();
+    let mut cancel_was_sent = false;
+    let end = loop {
+        let conn = server.conn();
+        let watch = Watch {
+            limits: &limits,
+            gate: &gate,
+            cancel: conn.cancel_key.map(|key| (conn.addr.clone(), key)),
+            client_key: &cancel,
+            read_only,
+        };
+        let end = relay(
+            &mut stream,
+            server.conn().stream_mut(),
+            &gate.session_token(),
+            &pool,
+            tally,
+            watch,
+            std::mem::take(&mut unread),
+        )
+        .await;
+        let RelayEnd::Quota {
+            unread: rest,
+            cancel_sent,
+        } = end
+        else {
+            break end;
+        };
+        cancel_was_sent |= cancel_sent;
+        let sql = if read_only {
+            crate::quota::restore(&settings)
+        } else {
+            crate::quota::FORCE.to_owned()
+        };
+        match server.conn().simple_query(&sql).await {
+            Ok(outcome) if outcome.error.is_none() => {}
+            Ok(outcome) => {
+                let detail = outcome.error.map(|e| e.message).unwrap_or_default();
+                break RelayEnd::ServerGone(format!("{sql} failed: {detail}"));
+            }
+            Err(e) => break RelayEnd::ServerGone(e.to_string()),
+        }
+        read_only = !read_only;
+        // The connection needs its DISCARD ALL when the client leaves.
+        settings_applied = true;
+        tracing::info!(read_only, "session follows its tenant's disk watermark");
+        unread = rest;
     };
-    let end = relay(
-        &mut stream,
-        server.conn().stream_mut(),
-        &gate.session_token(),
-        &pool,
-        tally,
-        watch,
-    )
-    .await;
     // Forget the key before the server connection can go to another client, so a late
     // cancel from this one can never hit that client's query; a connection a cancel was
     // sent to is closed rather than reused (the signal may still land; see cancel.rs).
-    let cancelled = cancel.set_target(None);
+    let cancelled = cancel.set_target(None) || cancel_was_sent;
     drop(cancel);
     let reusable = |release: Release| match release {
         Release::AtReadyForQuery { .. } if cancelled => Release::Close,
@@ -582,6 +618,7 @@ async fn run_session(
             reject(Some(stream), &err).await;
             err.to_string()
         }
+        RelayEnd::Quota { .. } => unreachable!("handled in the loop above"),
         RelayEnd::Terminated => {
             // The server may be mid-query: cancel it and close the connection.
             server.release(Release::Dirty).await;

@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod catalog;
 pub mod console;
+pub mod disk;
 pub mod fleet;
 pub mod identify;
 pub mod memory;
@@ -21,6 +22,7 @@ pub use admission::{
     TokenBucket, DEFAULT_MAX_ADDRESSES,
 };
 pub use catalog::{Catalog, CatalogHandle};
+pub use disk::{DiskLevel, DiskQuotas, TenantDisk};
 pub use fleet::{Membership, Replica, Share};
 pub use identify::Client as IdentifyClient;
 pub use identify::{identify, Identified, IdentifyError, IdentifyRules, TenantSource};

@@ -77,6 +77,10 @@ pub struct Limits {
     /// Scale to zero: a tenant with no client for this long has its backend stopped
     /// (drivers local, lxc, proxmox); the next login starts it again.
     pub suspend_after_idle: Option<Duration>,
+    /// Storage watermarks: the size of the tenant's databases at which it gets a
+    /// warning (80 %) and becomes read-only for new transactions (100 %), in bytes.
+    /// From `limits.disk_limit_mb`, else the plan's `[backend] disk_gib`.
+    pub disk_limit: Option<u64>,
 }
 
 impl Default for Limits {
@@ -100,6 +104,7 @@ impl Default for Limits {
             },
             allow_cidrs: Vec::new(),
             suspend_after_idle: None,
+            disk_limit: None,
         }
     }
 }

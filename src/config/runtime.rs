@@ -155,9 +155,15 @@ impl Config {
                 .plans
                 .iter()
                 .map(|(name, plan)| {
+                    // A plan with a backend size has that disk as its limit, unless its
+                    // limits say otherwise (docs/limits.md, "Storage watermarks").
+                    let mut plan_base = default_limits.clone();
+                    if let Some(size) = plan.backend {
+                        plan_base.disk_limit = Some(size.disk_gib.saturating_mul(1 << 30));
+                    }
                     let base = Base {
                         pool: pool_settings(&plan.pool, &defaults),
-                        limits: limits(&plan.limits, &default_limits),
+                        limits: limits(&plan.limits, &plan_base),
                     };
                     (name.clone(), base)
                 })
@@ -303,6 +309,11 @@ fn limits(section: &LimitsSection, base: &Limits) -> Limits {
             None => base.allow_cidrs.clone(),
         },
         suspend_after_idle: s(section.suspend_after_idle_s, base.suspend_after_idle),
+        disk_limit: match section.disk_limit_mb {
+            Some(0) => None,
+            Some(mb) => Some(mb.saturating_mul(1 << 20)),
+            None => base.disk_limit,
+        },
     }
 }
 

@@ -346,6 +346,7 @@ pub struct LimitsSection {
     pub failed_login_ban_s: Option<u64>,
     pub allow_cidrs: Option<Vec<String>>,
     pub suspend_after_idle_s: Option<u64>,
+    pub disk_limit_mb: Option<u64>,
 }
 
 /// Pool settings; in `[defaults.pool]` unset keys take the built-in defaults, in

@@ -419,6 +419,15 @@ fn check_limits(limits: &LimitsSection, path: Vec<Seg>, problems: &mut Vec<Probl
             "must be at least 1",
         ));
     }
+    if limits
+        .disk_limit_mb
+        .is_some_and(|v| v > control::settings::MAX_DISK_LIMIT_MB)
+    {
+        problems.push(Problem::new(
+            at("disk_limit_mb"),
+            format!("must be at most {}", control::settings::MAX_DISK_LIMIT_MB),
+        ));
+    }
     const TEN_YEARS_S: u64 = 10 * 366 * 24 * 3600;
     for (key, value) in [
         ("client_idle_timeout_s", limits.client_idle_timeout_s),

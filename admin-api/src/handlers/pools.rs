@@ -53,5 +53,9 @@ pub(crate) fn tenant_stats(state: &State, req: &Req) -> Result<Response<Body>, A
     // pool has tried it.
     view.counts.backend_up &= state.sources.health.is_up(id) != Some(false);
     view.backend_parked = state.sources.parking.is_stopped(id);
+    view.disk = stats::DiskView::of(
+        state.sources.disk.get(&tenant.id).as_deref(),
+        tenant.limits.disk_limit,
+    );
     Ok(json(StatusCode::OK, &view))
 }

@@ -239,6 +239,52 @@ impl Store {
         Ok(id)
     }
 
+    /// Appends `event` unless the latest event of its target among `actions` is already
+    /// `event.action` (or, with `only_after_one`, unless there is one of them that is
+    /// not): a state change that several processes observe is written once. The check
+    /// runs under the audit lock, so two processes cannot both pass it. Its id, or None
+    /// when it was not needed.
+    pub async fn append_audit_transition(
+        &self,
+        event: &AuditEvent,
+        actions: &[&str],
+        only_after_one: bool,
+    ) -> anyhow::Result<Option<i64>> {
+        if let Some(audit) = &self.audit {
+            return Box::pin(audit.append_audit_transition(event, actions, only_after_one)).await;
+        }
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .context("starting an audit transaction")?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+            .await
+            .context("taking the audit lock")?;
+        let actions: Vec<String> = actions.iter().map(|a| (*a).to_owned()).collect();
+        let last: Option<String> = tx
+            .query_opt(
+                "SELECT action FROM audit_events WHERE target = $1 AND action = ANY($2) \
+                 ORDER BY id DESC LIMIT 1",
+                &[&event.target, &actions],
+            )
+            .await
+            .context("reading the target's last event")?
+            .map(|row| row.try_get(0))
+            .transpose()
+            .context("decoding the target's last event")?;
+        let needed = match &last {
+            Some(last) => *last != event.action,
+            None => !only_after_one,
+        };
+        if !needed {
+            return Ok(None);
+        }
+        let id = append_in(&tx, event).await?;
+        tx.commit().await.context("committing the audit event")?;
+        Ok(Some(id))
+    }
+
     /// Recomputes the chain in id order, a page at a time, and names the first event that
     /// does not fit. Events appended meanwhile are checked too if the scan reaches them.
     pub async fn verify_audit(&self) -> anyhow::Result<AuditVerify> {

@@ -1,7 +1,7 @@
 //! The disk a tenant uses: every `[usage] disk_sample_interval_s`, the size of the
 //! databases on each backend of the catalog (`pg_database_size`), read as the tenant's
 //! auth role (the one Sluice reads secrets with), recorded as the latest sample of
-//! the hour.
+//! the hour and measured against the tenant's disk limit ([`Watermarks`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::UsageMeter;
+use crate::watermarks::Watermarks;
 
 /// Backends sampled at once.
 const AT_ONCE: usize = 8;
@@ -28,6 +29,7 @@ const SIZE: &str = "SELECT coalesce(sum(pg_catalog.pg_database_size(oid)), 0)::i
 pub async fn run(
     meter: Arc<UsageMeter>,
     catalog: Arc<CatalogHandle>,
+    watermarks: Arc<Watermarks>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -41,12 +43,16 @@ pub async fn run(
         let limit = Arc::new(Semaphore::new(AT_ONCE));
         let mut samples = tokio::task::JoinSet::new();
         for tenant in catalog.snapshot().iter() {
-            let (id, backend) = (tenant.id.to_string(), tenant.backend.clone());
-            let (meter, limit) = (meter.clone(), limit.clone());
+            let (id, tenant) = (tenant.id.to_string(), tenant.clone());
+            let (meter, limit, watermarks) = (meter.clone(), limit.clone(), watermarks.clone());
             samples.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                match size_of(&backend).await {
-                    Ok(bytes) => meter.disk(&id, SystemTime::now(), bytes),
+                match size_of(&tenant.backend).await {
+                    Ok(bytes) => {
+                        let now = SystemTime::now();
+                        meter.disk(&id, now, bytes);
+                        watermarks.sampled(&tenant, bytes, now);
+                    }
                     Err(e) => {
                         tracing::debug!(tenant = %id, error = %format!("{e:#}"), "sampling the tenant's database sizes")
                     }

@@ -66,6 +66,13 @@ pub(super) struct Progress {
     pub(super) client_done_notify: Notify,
     /// Wakes the watchdog when any of the above changes.
     pub(super) changed: Notify,
+    /// The client's side stopped at rest for the tenant's disk watermark: the server's
+    /// side stops at its next message boundary (`pause_notify` wakes it).
+    pub(super) pause: AtomicBool,
+    pub(super) pause_notify: Notify,
+    /// Freeing Queries sent read-write (quota.rs `lifted`) whose `SET` the server has
+    /// not answered yet: its CommandComplete is dropped.
+    pub(super) lifted: std::sync::atomic::AtomicU32,
 }
 
 /// The Executes of an extended-protocol batch, and what the client sent after them,

@@ -45,6 +45,12 @@ pub(super) struct Attached {
     /// Bytes of a client message too large to hold still to be forwarded as they
     /// arrive: the server has part of it.
     pub(super) inflow: usize,
+    /// The connection runs with `default_transaction_read_only = on` because the
+    /// tenant is over its disk quota (quota.rs).
+    pub(super) read_only: bool,
+    /// Freeing Queries sent read-write (quota.rs `lifted`) whose `SET` is not answered
+    /// yet: its CommandComplete is dropped.
+    pub(super) lifted: u32,
 }
 
 impl Attached {

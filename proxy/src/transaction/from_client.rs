@@ -18,6 +18,7 @@ use crate::cancel::CancelTarget;
 use crate::error::ClientError;
 use crate::goodbye::terminated;
 use crate::login::checkout;
+use crate::quota;
 use crate::session_state::PinReason;
 
 /// While writing a client batch, server output buffered beyond this waits.
@@ -95,6 +96,7 @@ impl Client<'_> {
                 return Some(End::ClientLeft);
             }
             let (frame, databases) = self.watch_session_state(frame);
+            let frame = self.screen_for_quota(frame);
             for database in databases {
                 // Sluice's idle connections would make it fail "being accessed by
                 // other users"; the client's own sessions elsewhere still count.
@@ -121,6 +123,28 @@ impl Client<'_> {
                 }
             }
             let a = attached.as_mut().expect("attached above");
+            if a.read_only != self.gate.disk.full() && a.idle() && out.is_empty() {
+                // A pinned client between transactions: its connection follows the
+                // tenant's watermark now.
+                if let Err(e) = self.follow_quota(a).await {
+                    return Some(e);
+                }
+            }
+            // A Query that only frees space, at the start of a transaction, runs
+            // read-write in a transaction of its own (quota.rs).
+            let frame = match quota::freeing_query(frame.tag, &frame.body)
+                .filter(|_| a.read_only && a.idle())
+            {
+                Some(sql) => {
+                    a.lifted += 1;
+                    let mut lifted = quota::lifted(sql);
+                    wire::frame::Frame {
+                        tag: frame.tag,
+                        body: lifted.split_off(HEADER_LEN).freeze(),
+                    }
+                }
+                None => frame,
+            };
             self.pool.stats.client_message(frame.tag);
             self.statements
                 .rewrite(&frame, &mut a.sending(frame.tag), &mut out);
@@ -270,6 +294,49 @@ impl Client<'_> {
         None
     }
 
+    /// A Query or Parse that would let a transaction write while the tenant is over
+    /// its disk quota, swapped for one that fails with 53100 (quota.rs).
+    fn screen_for_quota(&self, frame: wire::frame::Frame) -> wire::frame::Frame {
+        if !matches!(frame.tag, tag::QUERY | tag::PARSE) || !self.gate.disk.full() {
+            return frame;
+        }
+        let message = self.gate.disk.refusal(&self.tenant);
+        match crate::quota::screen(frame.tag, &frame.body, &message) {
+            Some(mut instead) => wire::frame::Frame {
+                tag: frame.tag,
+                body: instead.split_off(HEADER_LEN).freeze(),
+            },
+            None => frame,
+        }
+    }
+
+    /// Makes the idle attached connection of a pinned client read-only, or lets it
+    /// write again, as the tenant's watermark now says.
+    async fn follow_quota(&mut self, a: &mut Attached) -> Result<(), End> {
+        let full = self.gate.disk.full();
+        let view: Vec<(String, String)> = self
+            .settings
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(crate::quota::SETTING))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let sql = if full {
+            crate::quota::FORCE.to_owned()
+        } else {
+            crate::quota::restore(&view)
+        };
+        match a.server.conn().simple_query(&sql).await {
+            Ok(outcome) if outcome.error.is_none() => {
+                a.read_only = full;
+                Ok(())
+            }
+            Ok(outcome) => Err(End::Failed(ClientError::BackendRefused(
+                outcome.error.expect("checked"),
+            ))),
+            Err(e) => Err(End::ServerGone(e.to_string())),
+        }
+    }
+
     /// Takes a server connection from the pool and makes it match this client.
     pub(super) async fn attach(&mut self) -> Result<Attached, ClientError> {
         self.registered.waiting();
@@ -280,16 +347,26 @@ impl Client<'_> {
             () = self.ending.cancelled() => return Err(terminated(self.proxy, &self.gate)),
         };
         server.lend_to(self.registered);
-        let settings: Vec<(String, String)> = self
+        let mut settings: Vec<(String, String)> = self
             .settings
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // A tenant over its disk quota gets read-only transactions (quota.rs); the
+        // client's own view of the setting stays as it was.
+        let read_only = self.gate.disk.full();
+        if read_only {
+            settings.retain(|(k, _)| !k.eq_ignore_ascii_case(crate::quota::SETTING));
+            settings.push((crate::quota::SETTING.to_owned(), "on".to_owned()));
+        }
         crate::params::sync(server.conn(), &settings, &self.tenant).await?;
         let conn = server.conn();
         // The client now sees what the server reports, in the server's spelling
         // (`iso` becomes `ISO, MDY`), so the next sync finds nothing to change.
         for (name, value) in self.settings.iter_mut() {
+            if read_only && name.eq_ignore_ascii_case(crate::quota::SETTING) {
+                continue;
+            }
             if let Some((_, reported)) = conn
                 .params
                 .iter()
@@ -324,6 +401,8 @@ impl Client<'_> {
             copy_in: false,
             unnamed_here: false,
             inflow: 0,
+            read_only,
+            lifted: 0,
         })
     }
 }

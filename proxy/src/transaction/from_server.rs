@@ -99,7 +99,17 @@ impl Client<'_> {
                 tag::ERROR_RESPONSE => {
                     // An error ends COPY FROM STDIN on the server side.
                     a.copy_in = false;
+                    // (A lifted Query's `SET` failed.)
+                    a.lifted = a.lifted.saturating_sub(1);
                     last_word = last_word.or_else(|| farewell::session_ended(body));
+                    if a.read_only {
+                        let message = self.gate.disk.refusal(&self.tenant);
+                        if let Some(instead) = crate::quota::rewrite_error(body, &message) {
+                            out.extend_from_slice(&a.buf[kept_from..pos]);
+                            out.extend_from_slice(&instead);
+                            kept_from = pos + 1 + len;
+                        }
+                    }
                 }
                 tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => match a.pending.pop_front() {
                     Some(Pending::Parse { swallow, .. }) if msg == tag::PARSE_COMPLETE => {
@@ -115,6 +125,12 @@ impl Client<'_> {
                         ))))
                     }
                 },
+                tag::COMMAND_COMPLETE if a.lifted > 0 && body == b"SET\0" => {
+                    // The `SET` that made a freeing Query read-write (quota.rs): the
+                    // client did not send it.
+                    a.lifted -= 1;
+                    drop_it = true;
+                }
                 tag::COMMAND_COMPLETE => {
                     if statements::server_forgot_all(body) {
                         a.server.conn().prepared.clear();
