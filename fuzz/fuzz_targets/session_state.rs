@@ -1,5 +1,7 @@
-//! Fuzzes the recognition of session state in SQL text (`proxy::session_state`): any
-//! bytes, as the relay reads a Query or Parse text (lossy UTF-8).
+//! Fuzzes the recognition of session state in SQL text (`proxy::session_state`), and
+//! the disk quota's screening of it (`proxy::quota`: SQL that would turn read-only off,
+//! SQL that only frees space): any bytes, as the relay reads a Query or Parse text
+//! (lossy UTF-8).
 //!
 //! Checks: no panic; the lexer ends (every token moves it forward: it yields at most one
 //! token per byte); words are never empty; a name of Sluice's own statements is only
@@ -20,6 +22,10 @@ fuzz_target!(|data: &[u8]| {
         if let Token::Word(w) = token {
             assert!(!w.is_empty());
         }
+    }
+    // A text that frees space never escapes the read-only guard.
+    if proxy::quota::frees_space(&sql) {
+        assert!(!proxy::quota::escapes(&sql), "{sql:?}");
     }
     let found = effects(&sql);
     for effect in &found {
