@@ -7,7 +7,7 @@ use router::TenantId;
 
 use super::error::ConfigError;
 use super::locate::{line_of, path_string, Seg};
-use super::schema::{Config, FleetSection, LimitsSection, PoolSection};
+use super::schema::{Config, FleetSection, LimitsSection, LxcSection, PoolSection};
 use router::Cidr;
 
 /// A problem at a key path, before it is located in the text.
@@ -137,6 +137,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             vec![Key("provisioner"), Key("driver")],
             format!("{other:?} is not one of local, static, lxc, proxmox, none"),
         )),
+    }
+    if let Some(lxc) = &config.provisioner.lxc {
+        check_lxc(lxc, &mut problems);
     }
     if let Some(pve) = &config.provisioner.proxmox {
         if pve.tls_fingerprint.is_some() == pve.tls_ca.is_some() {
@@ -294,6 +297,39 @@ fn check_proxy_protocol(mode: &str, from: &[String], problems: &mut Vec<Problem>
                 e.to_string(),
             ));
         }
+    }
+}
+
+/// `[provisioner.lxc]`: a known storage, and the btrfs keys only with btrfs, one source.
+fn check_lxc(lxc: &LxcSection, problems: &mut Vec<Problem>) {
+    let key = |name| vec![Key("provisioner"), Key("lxc"), Key(name)];
+    let btrfs = match lxc.storage.as_deref() {
+        None | Some("dir") => false,
+        Some("btrfs") => true,
+        Some(other) => {
+            problems.push(Problem::new(
+                key("storage"),
+                format!("{other:?} is not one of dir, btrfs"),
+            ));
+            return;
+        }
+    };
+    for (name, set) in [
+        ("btrfs_image_gib", lxc.btrfs_image_gib.is_some()),
+        ("btrfs_device", lxc.btrfs_device.is_some()),
+    ] {
+        if set && !btrfs {
+            problems.push(Problem::new(key(name), "needs storage = \"btrfs\""));
+        }
+    }
+    if lxc.btrfs_image_gib.is_some() && lxc.btrfs_device.is_some() {
+        problems.push(Problem::new(
+            key("btrfs_device"),
+            "set at most one of btrfs_image_gib and btrfs_device",
+        ));
+    }
+    if lxc.btrfs_image_gib == Some(0) {
+        problems.push(Problem::new(key("btrfs_image_gib"), "must be at least 1"));
     }
 }
 
