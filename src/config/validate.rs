@@ -556,6 +556,47 @@ auth_password_file = "acme.pw"
     }
 
     #[test]
+    fn lxc_storage_keys_are_checked() {
+        let section = |keys: &str| format!("{GOOD}[provisioner.lxc]\n{keys}\n");
+        for (keys, expect) in [
+            (
+                "storage = \"zfs\"",
+                "provisioner.lxc.storage: \"zfs\" is not one of dir, btrfs",
+            ),
+            (
+                "btrfs_image_gib = 8",
+                "provisioner.lxc.btrfs_image_gib: needs storage = \"btrfs\"",
+            ),
+            (
+                "storage = \"btrfs\"\nbtrfs_image_gib = 8\nbtrfs_device = \"/dev/vdb1\"",
+                "provisioner.lxc.btrfs_device: set at most one of",
+            ),
+            (
+                "storage = \"btrfs\"\nbtrfs_image_gib = 0",
+                "provisioner.lxc.btrfs_image_gib: must be at least 1",
+            ),
+        ] {
+            let errs = Config::parse(&section(keys), Path::new("/")).unwrap_err();
+            let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            assert!(
+                shown.iter().any(|s| s.contains(expect)),
+                "{keys}: {shown:?}"
+            );
+        }
+        let config = Config::parse(
+            &section("storage = \"btrfs\"\nbtrfs_image_gib = 8"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(
+            config.lxc().unwrap().storage,
+            provision::lxc::Storage::Btrfs(provision::lxc::BtrfsSource::Image { gib: 8 })
+        );
+        let config = Config::parse(&section(""), Path::new("/")).unwrap();
+        assert_eq!(config.lxc().unwrap().storage, provision::lxc::Storage::Dir);
+    }
+
+    #[test]
     fn tenants_name_existing_plans_and_valid_cidrs() {
         let text = GOOD.replace("id = \"acme\"", "id = \"acme\"\nplan = \"gold\"")
             + "[tenants.limits]\nallow_cidrs = [\"10.0.0.1/8\"]\n";
