@@ -376,10 +376,18 @@ impl Inner {
             bail!("tenant {tenant} has no lxc container");
         }
         let size = self.config.plan_size(plan);
+        // A bigger disk first, so that a tenant at its quota has room for its new
+        // settings; a smaller one last.
+        let growing = storage::grows(&self.config, &ct.rootfs(), &size);
+        if growing {
+            storage::apply_limit(&self.config, &info, &ct.rootfs(), &size)?;
+        }
         self.write_plan_settings(&ct.rootfs(), &info, &size)?;
         std::fs::write(ct.config_path(), ct.config_text(&info, &size))
             .context("writing the container's config")?;
-        storage::apply_limit(&self.config, &info, &ct.rootfs(), &size)?;
+        if !growing {
+            storage::apply_limit(&self.config, &info, &ct.rootfs(), &size)?;
+        }
         if ct.state()? == State::Running {
             ct.apply_limits(&size)?;
         }

@@ -10,12 +10,14 @@
 //!   beside it, `.template.json`); each container's rootfs is a snapshot of it (made in
 //!   milliseconds, sharing every unchanged block). The snapshot's qgroup limits its
 //!   *exclusive* bytes (what the tenant wrote, not what it shares with the template) to
-//!   the plan's `disk_gib` less the WAL's part ([`wal_mib`]); the cluster's `pg_wal` is
+//!   the plan's `disk_gib` less the WAL's part ([`wal_mib`]). The whole rootfs has
+//!   copy-on-write off (`chattr +C`, see [`ensure_base`]); the cluster's `pg_wal` is
 //!   a subvolume of its own, without copy-on-write (a recycled segment is rewritten in
 //!   place) and without a limit, bounded by PostgreSQL's `max_wal_size` instead (see
 //!   [`apply_limit`]: a WAL write that fails is a PANIC, a table's an ERROR). A tenant
-//!   that fills its disk gets "could not extend file ...: Disk quota exceeded" and its
-//!   server stays up, while every other tenant writes on. A resize changes the limit at
+//!   that fills its disk gets "could not extend file ...: Disk quota exceeded" (or, in
+//!   some runs, a PANIC of one of its server's processes first), while every other
+//!   tenant writes on. A resize changes the limit at
 //!   once; a destroy deletes the subvolumes, and the kernel their qgroups.
 //!
 //! Everything is done by the `btrfs`, `mkfs.btrfs` and `mount` commands, each failure
@@ -252,6 +254,15 @@ pub fn apply_limit(
     Ok(())
 }
 
+/// Whether `size`'s limit is above the current one of the rootfs (or it has none).
+pub fn grows(config: &LxcConfig, rootfs: &Path, size: &PlanSize) -> bool {
+    config.storage != Storage::Dir
+        && exclusive_bytes(rootfs)
+            .ok()
+            .and_then(|(_, limit)| limit)
+            .is_none_or(|limit| data_limit(size) >= limit)
+}
+
 /// The limit of a rootfs's qgroup: the plan's disk less the WAL's part (at least that
 /// part again, for a plan smaller than twice it).
 pub fn data_limit(size: &PlanSize) -> u64 {
@@ -455,6 +466,13 @@ pub fn ensure_base(
         "btrfs",
         &[OsArg::s("subvolume"), OsArg::s("create"), (&staging).into()],
     )?;
+    // No copy-on-write in the rootfs (every file and directory copied in inherits it):
+    // once a block is the tenant's own, PostgreSQL rewrites it in place, as on any
+    // other filesystem, so a tenant at its quota can still write back its pages and
+    // its pg_control; only new blocks (a table that grows) and blocks still shared with
+    // the template take room.
+    run("chattr", &[OsArg::s("+C"), (&staging).into()])
+        .context("turning copy-on-write off for the template's subvolume")?;
     template::copy_tree_into(&template::rootfs(config), &staging)
         .context("copying the template's rootfs into its subvolume")?;
     run(
