@@ -4,7 +4,10 @@
 //! clock runs from `POST /v1/tenants` through the job (`GET /v1/jobs/{id}` polled every
 //! 20 ms), `POST /v1/tenants/{id}/roles`, and a TLS login by SNI through Sluice up to the
 //! answer of `SELECT 1`. Prints each tenant's phases and the p50 / p90 / max of the
-//! total; for `lxc` also each container's memory (its cgroup's usage) once all run.
+//! total; for `lxc` also each container's memory (its cgroup's usage) and disk once all
+//! run. `SLUICE_BENCH_LXC_STORAGE=btrfs` puts the lxc containers on btrfs storage (a
+//! 16 GiB image file the driver makes and loop-mounts in the bench's temporary directory,
+//! unmounted at the end); the default is `dir`.
 //!
 //! `lxc` needs root, lxc, uidmap and mmdebstrap (skipped with the reason otherwise); its
 //! template is the tests' (`SLUICE_TEST_LXC_TEMPLATE`, default
@@ -17,10 +20,12 @@
 //! Every loop is bounded by a deadline; Sluice (and with it every tenant cluster) is
 //! stopped when the guard drops, also on panic.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::{lxc_missing, lxc_template, percentile};
 use testkit::clients::{pg_connect, PgTarget};
 use testkit::{Pki, SluiceConfig, SluiceProcess};
 
@@ -37,11 +42,6 @@ struct Timing {
     role: Duration,
     login: Duration,
     total: Duration,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -73,29 +73,6 @@ async fn main() {
     }
 }
 
-/// Why the lxc driver cannot run here, if it cannot.
-fn lxc_missing() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root".into());
-    }
-    ["lxc-start", "mmdebstrap", "newuidmap"]
-        .iter()
-        .find(|c| {
-            !std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {c}")])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .map(|c| format!("{c} is not installed"))
-}
-
-fn lxc_template() -> PathBuf {
-    std::env::var_os("SLUICE_TEST_LXC_TEMPLATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/sluice-test-lxc/template"))
-}
-
 /// Provisions `tenants` tenants one after another with `driver` (`extra`: its config).
 async fn run(driver: &str, tenants: usize, extra: String) {
     let dir = tempfile::Builder::new()
@@ -109,9 +86,14 @@ async fn run(driver: &str, tenants: usize, extra: String) {
         // The containers' root passes through the directories above their rootfs.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         format!(
-            "\n[provisioner]\ndriver = \"lxc\"\n[provisioner.lxc]\npath = {:?}\ntemplate = {:?}\n",
+            "\n[provisioner]\ndriver = \"lxc\"\n[provisioner.lxc]\npath = {:?}\ntemplate = {:?}\n{}",
             dir.path().join("lxc").display().to_string(),
             lxc_template().display().to_string(),
+            if lxc_btrfs() {
+                "storage = \"btrfs\"\nbtrfs_image_gib = 16\n"
+            } else {
+                ""
+            },
         )
     } else {
         format!("\n{extra}")
@@ -120,8 +102,13 @@ async fn run(driver: &str, tenants: usize, extra: String) {
         SluiceProcess::start(BIN.as_ref(), &dir.path().join("sluice"), &config)
     })
     .expect("starting sluice");
+    let storage = match (driver, lxc_btrfs()) {
+        ("lxc", true) => " (storage btrfs)",
+        ("lxc", false) => " (storage dir)",
+        _ => "",
+    };
     println!(
-        "\ncreate-tenant-to-first-query, {driver} driver, {tenants} tenants one after another"
+        "\ncreate-tenant-to-first-query, {driver} driver{storage}, {tenants} tenants one after another"
     );
     println!(
         "{:<8} {:>10} {:>10} {:>10} {:>10}",
@@ -222,6 +209,89 @@ async fn run(driver: &str, tenants: usize, extra: String) {
                 mib[mib.len() - 1]
             );
         }
+        lxc_disk(&containers, tenants);
     }
     drop(sluice);
+    if driver == "lxc" && lxc_btrfs() {
+        let containers = dir.path().join("lxc/containers");
+        let out = std::process::Command::new("umount")
+            .arg(&containers)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "umount {}: {}",
+            containers.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn lxc_btrfs() -> bool {
+    std::env::var("SLUICE_BENCH_LXC_STORAGE").is_ok_and(|v| v == "btrfs")
+}
+
+/// Prints each container's own disk: with btrfs the exclusive bytes of its rootfs's and
+/// its WAL's qgroups (what it does not share with the template), else its rootfs's
+/// allocated blocks (`du`).
+fn lxc_disk(containers: &std::path::Path, tenants: usize) {
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mount = containers.to_str().unwrap();
+    let mut mib = Vec::new();
+    if lxc_btrfs() {
+        run("btrfs", &["filesystem", "sync", mount]);
+        let qgroups = run("btrfs", &["qgroup", "show", "--raw", mount]);
+        let exclusive = |path: &std::path::Path| -> Option<u64> {
+            let id = format!(
+                "0/{}",
+                run("btrfs", &["inspect-internal", "rootid", path.to_str()?]).trim()
+            );
+            qgroups
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|f| f.first() == Some(&id.as_str()))?
+                .get(2)?
+                .parse()
+                .ok()
+        };
+        for n in 0..tenants {
+            let rootfs = containers.join(format!("bench{n}/rootfs"));
+            let wal = rootfs.join("var/lib/postgresql/15/main/pg_wal");
+            if let (Some(a), Some(b)) = (exclusive(&rootfs), exclusive(&wal)) {
+                mib.push((a + b) as f64 / 1048576.0);
+            }
+        }
+    } else {
+        for n in 0..tenants {
+            let rootfs = containers.join(format!("bench{n}/rootfs"));
+            let du = run("du", &["-s", "--block-size=1", rootfs.to_str().unwrap()]);
+            if let Some(bytes) = du
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                mib.push(bytes as f64 / 1048576.0);
+            }
+        }
+    }
+    if !mib.is_empty() {
+        mib.sort_by(f64::total_cmp);
+        println!(
+            "lxc disk per container ({}, after one query): min {:.1} MiB, median {:.1} MiB, max {:.1} MiB",
+            if lxc_btrfs() {
+                "btrfs qgroup exclusive bytes, rootfs + pg_wal"
+            } else {
+                "du of the rootfs"
+            },
+            mib[0],
+            mib[mib.len() / 2],
+            mib[mib.len() - 1]
+        );
+    }
 }

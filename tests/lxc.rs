@@ -40,10 +40,16 @@ struct Env {
     dir: tempfile::TempDir,
     pki: Pki,
     sluice: Option<SluiceProcess>,
+    /// More `[provisioner.lxc]` lines (the storage).
+    lxc_extra: String,
 }
 
 impl Env {
     fn new() -> Env {
+        Env::with_lxc("")
+    }
+
+    fn with_lxc(lxc_extra: &str) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("sluice-lxc-")
             .tempdir()
@@ -55,6 +61,7 @@ impl Env {
             dir,
             pki,
             sluice: None,
+            lxc_extra: lxc_extra.to_owned(),
         };
         env.start();
         env
@@ -66,9 +73,10 @@ impl Env {
             "\n[plans.nano.backend]\ncores = 1\nmemory_mib = {NANO_MIB}\nswap_mib = 0\ndisk_gib = 1\n\
              [plans.lite.backend]\ncores = 2\nmemory_mib = {LITE_MIB}\nswap_mib = 0\ndisk_gib = 2\n\
              [provisioner]\ndriver = \"lxc\"\n[provisioner.lxc]\npath = {:?}\ntemplate = {:?}\n\
-             subid_base = {SUBID_BASE}\n",
+             subid_base = {SUBID_BASE}\n{}",
             self.lxc_path().display().to_string(),
             template_dir().display().to_string(),
+            self.lxc_extra,
         );
         self.sluice = Some(
             SluiceProcess::start(BIN.as_ref(), &self.dir.path().join("sluice"), &config)
@@ -195,11 +203,54 @@ impl Drop for Env {
     fn drop(&mut self) {
         drop(self.sluice.take());
         for name in self.containers() {
+            if name.starts_with('.') {
+                continue;
+            }
             let _ = Command::new("lxc-stop")
                 .args(["-k", "-n", &name, "-P"])
                 .arg(self.lxc_path().join("containers"))
                 .output();
         }
+        // The btrfs filesystem the driver mounted in this test's directory (its loop
+        // device goes with it: mount -o loop sets autoclear), and any loop device still
+        // on this test's image.
+        let containers = self.lxc_path().join("containers");
+        if is_mount_point(&containers) {
+            let out = Command::new("umount").arg(&containers).output().unwrap();
+            if !out.status.success() {
+                eprintln!(
+                    "umount {}: {}",
+                    containers.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let _ = Command::new("umount").arg("-l").arg(&containers).output();
+            }
+        }
+        let image = self.lxc_path().join("btrfs.img");
+        if image.exists() {
+            let out = Command::new("losetup")
+                .arg("-j")
+                .arg(&image)
+                .output()
+                .unwrap();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(device) = line.split(':').next() {
+                    let _ = Command::new("losetup").args(["-d", device]).output();
+                }
+            }
+        }
+    }
+}
+
+/// Whether `path` is a mount point (its device differs from its parent's).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) {
+        (Ok(meta), Some(Ok(parent))) => meta.dev() != parent.dev(),
+        _ => false,
     }
 }
 
@@ -616,4 +667,265 @@ async fn an_idle_tenants_container_is_stopped_and_the_next_login_starts_it() {
     assert_eq!(n, 7);
     eprintln!("cold start of an lxc tenant: {:?}", started.elapsed());
     assert!(env.init_pid("doze").is_some());
+}
+
+/// Runs `btrfs args...` and returns its stdout; panics with its stderr on failure.
+fn btrfs(args: &[&str]) -> String {
+    let out = Command::new("btrfs").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "btrfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// (referenced, exclusive, exclusive limit) bytes of the qgroup of the subvolume at
+/// `path`, after a commit of the filesystem mounted at `mount`.
+fn qgroup(mount: &Path, path: &Path) -> (u64, u64, Option<u64>) {
+    btrfs(&["filesystem", "sync", mount.to_str().unwrap()]);
+    let id = format!(
+        "0/{}",
+        btrfs(&["inspect-internal", "rootid", path.to_str().unwrap()]).trim()
+    );
+    let out = btrfs(&["qgroup", "show", "--raw", "-e", mount.to_str().unwrap()]);
+    let fields: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&id.as_str()))
+        .unwrap_or_else(|| panic!("no qgroup {id}: {out}"));
+    (
+        fields[1].parse().unwrap(),
+        fields[2].parse().unwrap(),
+        fields[3].parse().ok(),
+    )
+}
+
+/// The end of the PostgreSQL log in a container's rootfs.
+fn postgres_log(rootfs: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(rootfs.join("var/log/postgresql")) else {
+        return "no PostgreSQL log".into();
+    };
+    let mut text = String::new();
+    for entry in entries.flatten() {
+        let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        text += &lines[lines.len().saturating_sub(30)..].join("\n");
+    }
+    text
+}
+
+/// Bytes in use on the filesystem of `path`.
+fn used_bytes(path: &Path) -> u64 {
+    let stat = nix::sys::statvfs::statvfs(path).unwrap();
+    (stat.blocks() - stat.blocks_free()) * stat.fragment_size()
+}
+
+/// Inserts ~50 MB at a time into `fill` until a statement fails (its SQLSTATE and
+/// message) or `max_mb` were written.
+async fn fill(target: &PgTarget, max_mb: u64) -> (u64, Option<(String, String)>) {
+    let client = match pg_connect(target).await {
+        Ok(client) => client,
+        Err(e) => return (0, Some((code(&e), e.to_string()))),
+    };
+    if let Err(e) = client
+        .batch_execute("CREATE TABLE IF NOT EXISTS fill (v text)")
+        .await
+    {
+        return (0, Some((code(&e), e.to_string())));
+    }
+    let mut written = 0;
+    while written < max_mb {
+        match client
+            .batch_execute(
+                "INSERT INTO fill SELECT repeat('x', 1000) FROM generate_series(1, 50000)",
+            )
+            .await
+        {
+            Ok(()) => written += 50,
+            Err(e) => {
+                let message = e
+                    .as_db_error()
+                    .map(|db| db.message().to_owned())
+                    .unwrap_or_else(|| e.to_string());
+                return (written, Some((code(&e), message)));
+            }
+        }
+    }
+    (written, None)
+}
+
+/// With `storage = "btrfs"` (an image file the driver makes and loop-mounts): each
+/// rootfs is a snapshot sharing the template's blocks, its plan's `disk_gib` the limit
+/// of its qgroup; a tenant that fills it gets PostgreSQL's disk-full error while another
+/// writes on, the filesystem grows by no more than that; a plan change raises the limit
+/// live; delete removes the subvolume and its qgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs_storage_limits_each_tenant_to_its_plans_disk() {
+    let env =
+        tokio::task::block_in_place(|| Env::with_lxc("storage = \"btrfs\"\nbtrfs_image_gib = 8\n"));
+    let started = Instant::now();
+    tokio::task::block_in_place(|| {
+        env.provision("alpha", "nano");
+        env.provision("beta", "lite");
+    });
+    println!("two tenants on btrfs in {:?}", started.elapsed());
+    let mount = env.lxc_path().join("containers");
+    assert!(is_mount_point(&mount), "the driver mounted its image");
+    let rootfs = |t: &str| mount.join(t).join("rootfs");
+
+    // Snapshots: each shares nearly everything with the template. The plan's disk is
+    // split between the rootfs and its WAL's own subvolume.
+    let wal = |t: &str| rootfs(t).join("var/lib/postgresql/15/main/pg_wal");
+    // The rootfs's limit is the plan's disk less the WAL's part (a quarter, at least
+    // 256 MiB); the WAL has none (PostgreSQL's max_wal_size bounds it).
+    let limits = |t: &str| {
+        assert_eq!(qgroup(&mount, &wal(t)).2, None, "no limit on the WAL");
+        let data = qgroup(&mount, &rootfs(t)).2.unwrap();
+        (data, ((data >> 20) / 3).max(256) << 20)
+    };
+    for (tenant, gib) in [("alpha", 1u64), ("beta", 2)] {
+        let (rfer, excl, _) = qgroup(&mount, &rootfs(tenant));
+        let (_, wal_excl, _) = qgroup(&mount, &wal(tenant));
+        let (data_limit, wal_limit) = limits(tenant);
+        println!(
+            "{tenant}: referenced {} MiB, exclusive {:.1} MiB (rootfs) + {:.1} MiB (pg_wal), \
+             limits {} + {} MiB",
+            rfer >> 20,
+            excl as f64 / 1048576.0,
+            wal_excl as f64 / 1048576.0,
+            data_limit >> 20,
+            wal_limit >> 20
+        );
+        assert_eq!(data_limit + wal_limit, gib << 30, "{tenant}'s limits");
+        assert!(rfer > 300 << 20, "{tenant} references the template: {rfer}");
+        assert!(
+            (excl + wal_excl) * 10 <= rfer,
+            "{tenant} owns ≤ 10 % of a full copy: {excl} + {wal_excl} of {rfer}"
+        );
+    }
+
+    let alpha = env.target("alpha", &env.role("alpha"));
+    let beta = env.target("beta", &env.role("beta"));
+    let used_before = used_bytes(&mount);
+    let image = env.lxc_path().join("btrfs.img");
+    let image_before = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&image).unwrap().blocks() * 512
+    };
+
+    let alpha_pid = env.init_pid("alpha").expect("alpha runs");
+    // alpha fills its 1 GiB: PostgreSQL's own disk-full error, and the server stays up.
+    let filling = Instant::now();
+    let (written, error) = fill(&alpha, 4096).await;
+    let (state, message) = error.expect("alpha stopped at its quota");
+    println!(
+        "alpha: {written} MB written in {:?}, then {state}: {message}",
+        filling.elapsed()
+    );
+    // EDQUOT: PostgreSQL 15 gives ENOSPC its 53100 and other errnos of a failed write
+    // XX000, with the kernel's words either way. Known gap (docs/drivers.md): in some
+    // runs one of alpha's processes PANICs at the quota first (a write PostgreSQL must
+    // not fail); the postmaster then restarts its processes and the client has lost its
+    // connection (08006).
+    let disk_full = (state == "53100" || state == "XX000")
+        && (message.contains("Disk quota exceeded") || message.contains("No space left on device"));
+    assert!(
+        disk_full || state == "08006",
+        "{state}: {message}\n{}",
+        postgres_log(&rootfs("alpha"))
+    );
+    assert!(written < 1024, "stopped within its quota: {written} MB");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "alpha's server after the quota: {}",
+        if env.init_pid("alpha") == Some(alpha_pid) {
+            "same postmaster (a PANIC of a child only restarts the children)"
+        } else {
+            "a new postmaster (restarted by the supervisor)"
+        }
+    );
+
+    // beta writes on.
+    let (written, error) = fill(&beta, 150).await;
+    assert_eq!(error, None, "beta writes on");
+    assert_eq!(written, 150);
+
+    // The filesystem grew by alpha's quota and beta's writes, no more.
+    let grown = used_bytes(&mount).saturating_sub(used_before);
+    let image_grown = {
+        use std::os::unix::fs::MetadataExt;
+        (std::fs::metadata(&image).unwrap().blocks() * 512).saturating_sub(image_before)
+    };
+    println!(
+        "btrfs used grew by {} MiB; the image file on the host by {} MiB",
+        grown >> 20,
+        image_grown >> 20
+    );
+    let bound = (1u64 << 30) + ((2 * 150) << 20) + (256 << 20);
+    assert!(grown <= bound, "grown {grown} > {bound}");
+    // The image file takes host blocks as btrfs allocates its chunks (1 GiB of data at
+    // a time) and gives freed ones back by discard later: a chunk of slack.
+    assert!(
+        image_grown <= bound + (1 << 30),
+        "image grown {image_grown} > {bound} + 1 GiB"
+    );
+
+    // A plan change raises alpha's limit live: it writes again.
+    env.call("PATCH", "/v1/tenants/alpha", r#"{"plan": "lite"}"#, 200);
+    let (data_limit, wal_limit) = limits("alpha");
+    assert_eq!(data_limit + wal_limit, 2 << 30);
+    // With room again it writes (a moment after the PATCH: the pool's connection may
+    // have to be made again).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match fill(&alpha, 100).await {
+            (100, None) => break,
+            (_, error) => assert!(
+                Instant::now() < deadline,
+                "alpha does not write after the resize: {error:?}\n{}\n{}",
+                postgres_log(&rootfs("alpha")),
+                env.sluice().log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Delete removes beta's subvolume and its qgroup.
+    let id = btrfs(&[
+        "inspect-internal",
+        "rootid",
+        rootfs("beta").to_str().unwrap(),
+    ])
+    .trim()
+    .to_owned();
+    let deleted = env.call("DELETE", "/v1/tenants/beta", "", 202);
+    let job = tokio::task::block_in_place(|| {
+        env.wait_job(
+            deleted["job"]["id"].as_i64().unwrap(),
+            Duration::from_secs(120),
+        )
+    });
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(!mount.join("beta").exists());
+    let subvolumes = btrfs(&["subvolume", "list", mount.to_str().unwrap()]);
+    assert!(
+        !subvolumes
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(id.as_str())),
+        "{subvolumes}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        btrfs(&["filesystem", "sync", mount.to_str().unwrap()]);
+        let qgroups = btrfs(&["qgroup", "show", mount.to_str().unwrap()]);
+        if !qgroups
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(format!("0/{id}").as_str()))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "beta's qgroup stays: {qgroups}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -7,6 +7,9 @@
 //! - `owner.lock`: flock'ed while this driver lives (one Sluice per root);
 //! - `template/`: the pre-shifted rootfs every container is copied from ([`template`];
 //!   `[provisioner.lxc] template` may put it elsewhere, shared by several Sluices);
+//! - with `storage = "btrfs"`, `containers/` is a btrfs filesystem (from `btrfs.img` or a
+//!   device when the driver mounts it) holding the template's copy as the read-only
+//!   subvolume `containers/.template`, and each rootfs is a snapshot of it ([`storage`]);
 //! - `containers/<tenant>/`: LXC's directory of the container (`config`, `rootfs/`,
 //!   `lxc.log`). It appears through one rename from `containers/<tenant>.new/` after the
 //!   rootfs is copied and the administrator's password is set, so a `containers/<tenant>/`
@@ -22,12 +25,14 @@
 //! needs a SCRAM password, the administrator's included, and that password never exists
 //! in the container in plaintext (its verifier is written by a single-user server before
 //! the first start). Plan limits are cgroup limits (memory, memory+swap where accounted,
-//! CPU quota and weight, a process cap). Disk is not limited: a directory rootfs on the
-//! host's filesystem has no size of its own (docs/drivers.md).
+//! CPU quota and weight, a process cap). Disk is limited with `storage = "btrfs"` only
+//! (the qgroup of the rootfs's subvolume); a `dir` rootfs on the host's filesystem has
+//! no size of its own (docs/drivers.md).
 
 mod config;
 mod container;
 pub mod requirements;
+pub mod storage;
 pub mod template;
 
 use std::os::unix::fs::PermissionsExt;
@@ -45,7 +50,7 @@ use crate::driver::{
     PlanSize, TenantSlots,
 };
 use crate::sql;
-pub use config::LxcConfig;
+pub use config::{BtrfsSource, LxcConfig, Storage};
 use container::{Container, State};
 pub use template::TemplateInfo;
 
@@ -107,7 +112,7 @@ impl LxcDriver {
         if !problems.is_empty() {
             bail!("{}", requirements::describe(&problems));
         }
-        let owner = prepare_root(&config.root)?;
+        let owner = prepare_root(&config, &mut |line| tracing::info!("lxc storage: {line}"))?;
         Ok(LxcDriver {
             inner: Arc::new(Inner {
                 config,
@@ -128,19 +133,28 @@ impl LxcDriver {
     }
 }
 
-/// Builds the template for `config` if there is none yet (`sluice lxc prepare`).
+/// Sets the storage up and builds the template for `config` if there is none yet
+/// (`sluice lxc prepare`); with btrfs, also the template's subvolume.
 pub fn prepare(config: &LxcConfig, progress: &mut dyn FnMut(&str)) -> anyhow::Result<TemplateInfo> {
     let problems = requirements::missing(config, template::current(config).is_none());
     if !problems.is_empty() {
         bail!("{}", requirements::describe(&problems));
     }
-    let _owner = prepare_root(&config.root)?;
-    template::ensure(config, progress)
+    let _owner = prepare_root(config, progress)?;
+    let info = template::ensure(config, progress)?;
+    if let Storage::Btrfs(_) = config.storage {
+        storage::ensure_base(config, &info, progress)?;
+    }
+    Ok(info)
 }
 
-/// Creates the root (0711) and its `containers` and `sockets` directories, and takes
-/// its owner lock.
-fn prepare_root(root: &Path) -> anyhow::Result<Flock<std::fs::File>> {
+/// Creates the root (0711) and its `containers` and `sockets` directories, takes its
+/// owner lock, and sets the storage up ([`storage::setup`]).
+fn prepare_root(
+    config: &LxcConfig,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Flock<std::fs::File>> {
+    let root = &config.root;
     for dir in [
         root.to_path_buf(),
         root.join("containers"),
@@ -150,7 +164,9 @@ fn prepare_root(root: &Path) -> anyhow::Result<Flock<std::fs::File>> {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
             .with_context(|| format!("setting the mode of {}", dir.display()))?;
     }
-    take_ownership(root, "the lxc containers")
+    let owner = take_ownership(root, "the lxc containers")?;
+    storage::setup(config, progress)?;
+    Ok(owner)
 }
 
 impl Driver for LxcDriver {
@@ -228,7 +244,7 @@ impl Inner {
         let _slot = lock(&slot);
         self.slots.check_not_stopped()?;
         let ct = self.container(tenant);
-        remove_dir_if_exists(&removing_dir(&ct))?;
+        storage::remove_container_dir(&self.config, &removing_dir(&ct))?;
         if !ct.config_path().exists() {
             self.build(&ct, &info, req)?;
         }
@@ -249,12 +265,12 @@ impl Inner {
     ) -> anyhow::Result<()> {
         let tenant = ct.name.as_str();
         let staging = staging_dir(ct);
-        remove_dir_if_exists(&staging)?;
+        storage::remove_container_dir(&self.config, &staging)?;
         std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o711))?;
         let rootfs = staging.join("rootfs");
-        template::copy_tree(&template::rootfs(&self.config), &rootfs)
-            .context("copying the template's rootfs")?;
+        let size = self.config.plan_size(req.plan.as_deref());
+        storage::make_rootfs(&self.config, info, &rootfs, &size)?;
         container::set_verifier_offline(
             &rootfs,
             info,
@@ -262,8 +278,7 @@ impl Inner {
             &sql::scram_verifier(&req.admin_password),
         )
         .with_context(|| format!("setting the admin password of tenant {tenant}'s backend"))?;
-        let size = self.config.plan_size(req.plan.as_deref());
-        write_plan_settings(&rootfs, info, &size)?;
+        self.write_plan_settings(&rootfs, info, &size)?;
         std::fs::write(staging.join("config"), ct.config_text(info, &size))
             .context("writing the container's config")?;
         std::fs::rename(&staging, ct.dir())
@@ -380,9 +395,18 @@ impl Inner {
             bail!("tenant {tenant} has no lxc container");
         }
         let size = self.config.plan_size(plan);
-        write_plan_settings(&ct.rootfs(), &info, &size)?;
+        // A bigger disk first, so that a tenant at its quota has room for its new
+        // settings; a smaller one last.
+        let growing = storage::grows(&self.config, &ct.rootfs(), &size);
+        if growing {
+            storage::apply_limit(&self.config, &info, &ct.rootfs(), &size)?;
+        }
+        self.write_plan_settings(&ct.rootfs(), &info, &size)?;
         std::fs::write(ct.config_path(), ct.config_text(&info, &size))
             .context("writing the container's config")?;
+        if !growing {
+            storage::apply_limit(&self.config, &info, &ct.rootfs(), &size)?;
+        }
         if ct.state()? == State::Running {
             ct.apply_limits(&size)?;
         }
@@ -401,13 +425,13 @@ impl Inner {
         }
         let removing = removing_dir(&ct);
         if ct.dir().symlink_metadata().is_ok() {
-            remove_dir_if_exists(&removing)?;
+            storage::remove_container_dir(&self.config, &removing)?;
             std::fs::rename(ct.dir(), &removing).with_context(|| {
                 format!("renaming {} to {}", ct.dir().display(), removing.display())
             })?;
         }
-        remove_dir_if_exists(&removing)?;
-        remove_dir_if_exists(&staging_dir(&ct))?;
+        storage::remove_container_dir(&self.config, &removing)?;
+        storage::remove_container_dir(&self.config, &staging_dir(&ct))?;
         remove_dir_if_exists(&ct.socket_dir)?;
         tracing::info!(tenant, "removed the lxc container");
         Ok(())
@@ -444,15 +468,30 @@ impl Drop for Inner {
     }
 }
 
-/// The PostgreSQL settings that follow the plan, in the rootfs's `conf.d`.
-fn write_plan_settings(rootfs: &Path, info: &TemplateInfo, size: &PlanSize) -> anyhow::Result<()> {
-    let path = rootfs
-        .join(info.config_dir().trim_start_matches('/'))
-        .join("conf.d/sluice-plan.conf");
-    std::fs::write(&path, container::plan_settings(size))
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::os::unix::fs::lchown(&path, Some(info.subid_base), Some(info.subid_base))
-        .with_context(|| format!("changing the owner of {}", path.display()))
+impl Inner {
+    /// The PostgreSQL settings that follow the plan, in the rootfs's `conf.d`; with
+    /// btrfs storage `max_wal_size` (a quarter of the WAL's part of the disk) and
+    /// `min_wal_size` (two segments) too.
+    fn write_plan_settings(
+        &self,
+        rootfs: &Path,
+        info: &TemplateInfo,
+        size: &PlanSize,
+    ) -> anyhow::Result<()> {
+        let path = rootfs
+            .join(info.config_dir().trim_start_matches('/'))
+            .join("conf.d/sluice-plan.conf");
+        let mut text = container::plan_settings(size);
+        if let Storage::Btrfs(_) = self.config.storage {
+            text.push_str(&format!(
+                "max_wal_size = '{}MB'\nmin_wal_size = '32MB'\n",
+                storage::wal_mib(size) / 4
+            ));
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        std::os::unix::fs::lchown(&path, Some(info.subid_base), Some(info.subid_base))
+            .with_context(|| format!("changing the owner of {}", path.display()))
+    }
 }
 
 fn staging_dir(ct: &Container) -> PathBuf {

@@ -387,6 +387,16 @@ impl Config {
                 .unwrap_or_else(|| LxcConfig::DEFAULT_SUITE.to_owned()),
             plans: self.plan_sizes(),
             default_plan: Default::default(),
+            storage: match section.storage.as_deref() {
+                Some("btrfs") => {
+                    lxc::Storage::Btrfs(match (section.btrfs_image_gib, section.btrfs_device) {
+                        (Some(gib), _) => lxc::BtrfsSource::Image { gib },
+                        (None, Some(device)) => lxc::BtrfsSource::Device(device),
+                        (None, None) => lxc::BtrfsSource::Existing,
+                    })
+                }
+                _ => lxc::Storage::Dir,
+            },
         })
     }
 

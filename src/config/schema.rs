@@ -176,6 +176,18 @@ pub struct LxcSection {
     pub mirror: Option<String>,
     /// The Debian suite; default `bookworm`.
     pub suite: Option<String>,
+    /// What the containers' root filesystems are: `dir` (default; a full copy of the
+    /// template each, no disk limit) or `btrfs` (`<path>/containers` a btrfs
+    /// filesystem: each rootfs a snapshot of the template, its plan's `disk_gib` a
+    /// qgroup limit).
+    pub storage: Option<String>,
+    /// With `btrfs`: the size in GiB of a sparse image file `<path>/btrfs.img` the
+    /// driver makes and loop-mounts at `<path>/containers`. Default: none.
+    pub btrfs_image_gib: Option<u64>,
+    /// With `btrfs`: a block device (partition) holding a btrfs filesystem, mounted at
+    /// `<path>/containers`. Default: none. Without this or `btrfs_image_gib`,
+    /// `<path>/containers` must already be on btrfs.
+    pub btrfs_device: Option<PathBuf>,
 }
 
 /// `[provisioner.proxmox]`: see docs/drivers.md.

@@ -7,7 +7,7 @@ use router::TenantId;
 
 use super::error::ConfigError;
 use super::locate::{line_of, path_string, Seg};
-use super::schema::{Config, FleetSection, LimitsSection, PoolSection};
+use super::schema::{Config, FleetSection, LimitsSection, LxcSection, PoolSection};
 use router::Cidr;
 
 /// A problem at a key path, before it is located in the text.
@@ -137,6 +137,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             vec![Key("provisioner"), Key("driver")],
             format!("{other:?} is not one of local, static, lxc, proxmox, none"),
         )),
+    }
+    if let Some(lxc) = &config.provisioner.lxc {
+        check_lxc(lxc, &mut problems);
     }
     if let Some(pve) = &config.provisioner.proxmox {
         if pve.tls_fingerprint.is_some() == pve.tls_ca.is_some() {
@@ -300,6 +303,39 @@ fn check_proxy_protocol(mode: &str, from: &[String], problems: &mut Vec<Problem>
                 e.to_string(),
             ));
         }
+    }
+}
+
+/// `[provisioner.lxc]`: a known storage, and the btrfs keys only with btrfs, one source.
+fn check_lxc(lxc: &LxcSection, problems: &mut Vec<Problem>) {
+    let key = |name| vec![Key("provisioner"), Key("lxc"), Key(name)];
+    let btrfs = match lxc.storage.as_deref() {
+        None | Some("dir") => false,
+        Some("btrfs") => true,
+        Some(other) => {
+            problems.push(Problem::new(
+                key("storage"),
+                format!("{other:?} is not one of dir, btrfs"),
+            ));
+            return;
+        }
+    };
+    for (name, set) in [
+        ("btrfs_image_gib", lxc.btrfs_image_gib.is_some()),
+        ("btrfs_device", lxc.btrfs_device.is_some()),
+    ] {
+        if set && !btrfs {
+            problems.push(Problem::new(key(name), "needs storage = \"btrfs\""));
+        }
+    }
+    if lxc.btrfs_image_gib.is_some() && lxc.btrfs_device.is_some() {
+        problems.push(Problem::new(
+            key("btrfs_device"),
+            "set at most one of btrfs_image_gib and btrfs_device",
+        ));
+    }
+    if lxc.btrfs_image_gib == Some(0) {
+        problems.push(Problem::new(key("btrfs_image_gib"), "must be at least 1"));
     }
 }
 
@@ -533,6 +569,47 @@ auth_password_file = "acme.pw"
         });
         assert_eq!(config.plans.len(), 4);
         assert_eq!(config.tenants[0].plan.as_deref(), Some("pro"));
+    }
+
+    #[test]
+    fn lxc_storage_keys_are_checked() {
+        let section = |keys: &str| format!("{GOOD}[provisioner.lxc]\n{keys}\n");
+        for (keys, expect) in [
+            (
+                "storage = \"zfs\"",
+                "provisioner.lxc.storage: \"zfs\" is not one of dir, btrfs",
+            ),
+            (
+                "btrfs_image_gib = 8",
+                "provisioner.lxc.btrfs_image_gib: needs storage = \"btrfs\"",
+            ),
+            (
+                "storage = \"btrfs\"\nbtrfs_image_gib = 8\nbtrfs_device = \"/dev/vdb1\"",
+                "provisioner.lxc.btrfs_device: set at most one of",
+            ),
+            (
+                "storage = \"btrfs\"\nbtrfs_image_gib = 0",
+                "provisioner.lxc.btrfs_image_gib: must be at least 1",
+            ),
+        ] {
+            let errs = Config::parse(&section(keys), Path::new("/")).unwrap_err();
+            let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            assert!(
+                shown.iter().any(|s| s.contains(expect)),
+                "{keys}: {shown:?}"
+            );
+        }
+        let config = Config::parse(
+            &section("storage = \"btrfs\"\nbtrfs_image_gib = 8"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(
+            config.lxc().unwrap().storage,
+            provision::lxc::Storage::Btrfs(provision::lxc::BtrfsSource::Image { gib: 8 })
+        );
+        let config = Config::parse(&section(""), Path::new("/")).unwrap();
+        assert_eq!(config.lxc().unwrap().storage, provision::lxc::Storage::Dir);
     }
 
     #[test]

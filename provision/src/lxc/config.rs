@@ -25,6 +25,33 @@ pub struct LxcConfig {
     pub plans: HashMap<String, PlanSize>,
     /// The size for a tenant without a plan, or whose plan is not in `plans`.
     pub default_plan: PlanSize,
+    /// What the containers' root filesystems are made of.
+    pub storage: Storage,
+}
+
+/// `[provisioner.lxc] storage`: where the containers' root filesystems live.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// A plain directory per container, a full copy of the template, on whatever
+    /// filesystem `<root>/containers` is on; no disk quota.
+    #[default]
+    Dir,
+    /// `<root>/containers` is a btrfs filesystem with quotas enabled: the template is a
+    /// read-only subvolume there, each rootfs a snapshot of it with the plan's disk size
+    /// as the limit of its qgroup's exclusive bytes (see [`super::storage`]).
+    Btrfs(BtrfsSource),
+}
+
+/// Which btrfs filesystem `<root>/containers` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BtrfsSource {
+    /// Whatever the operator put there: `<root>/containers` must already be on btrfs.
+    Existing,
+    /// An image file `<root>/btrfs.img` of this many GiB (sparse), made by the driver
+    /// and loop-mounted at `<root>/containers`.
+    Image { gib: u64 },
+    /// A block device holding a btrfs filesystem, mounted at `<root>/containers`.
+    Device(PathBuf),
 }
 
 impl LxcConfig {

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use super::config::{LxcConfig, ID_COUNT};
+use super::config::{BtrfsSource, LxcConfig, Storage, ID_COUNT};
 
 /// One thing the host lacks, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,19 @@ pub fn missing(config: &LxcConfig, build: bool) -> Vec<Missing> {
     if build {
         commands.push(("mmdebstrap", "mmdebstrap"));
         commands.push(("newuidmap", "uidmap"));
+    }
+    if let Storage::Btrfs(source) = &config.storage {
+        commands.push(("btrfs", "btrfs-progs"));
+        commands.push(("chattr", "e2fsprogs"));
+        match source {
+            BtrfsSource::Image { .. } => {
+                commands.push(("mkfs.btrfs", "btrfs-progs"));
+                commands.push(("mount", "mount"));
+                commands.push(("losetup", "mount"));
+            }
+            BtrfsSource::Device(_) => commands.push(("mount", "mount")),
+            BtrfsSource::Existing => {}
+        }
     }
     for (command, package) in commands {
         if find_command(command).is_none() {
@@ -69,6 +82,9 @@ pub fn missing(config: &LxcConfig, build: bool) -> Vec<Missing> {
                 .into(),
         });
     }
+    if let Storage::Btrfs(source) = &config.storage {
+        btrfs_missing(config, source, &mut problems);
+    }
     for dir in untraversable_ancestors(&config.root) {
         problems.push(Missing {
             what: format!(
@@ -82,6 +98,44 @@ pub fn missing(config: &LxcConfig, build: bool) -> Vec<Missing> {
         });
     }
     problems
+}
+
+/// What btrfs storage needs beyond its commands: the kernel's btrfs, and for an image
+/// not mounted yet a free loop device.
+fn btrfs_missing(config: &LxcConfig, source: &BtrfsSource, problems: &mut Vec<Missing>) {
+    if is_btrfs(&config.root.join("containers")).unwrap_or(false) {
+        return;
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("btrfs"))
+    {
+        problems.push(Missing {
+            what: "the kernel has no btrfs filesystem".into(),
+            fix: "modprobe btrfs (a kernel with CONFIG_BTRFS_FS), or set [provisioner.lxc] \
+                  storage = \"dir\""
+                .into(),
+        });
+    }
+    if let BtrfsSource::Image { .. } = source {
+        let free_loop = find_command("losetup").is_some_and(|losetup| {
+            std::process::Command::new(losetup)
+                .arg("-f")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if find_command("losetup").is_some() && !free_loop {
+            problems.push(Missing {
+                what: "no free loop device for the btrfs image".into(),
+                fix: "modprobe loop (or free one: losetup -d /dev/loopN), or set \
+                      [provisioner.lxc] btrfs_device to a partition"
+                    .into(),
+            });
+        }
+    }
 }
 
 /// One message naming every missing piece and its fix.
@@ -121,6 +175,14 @@ fn untraversable_ancestors(root: &Path) -> Vec<String> {
             (mode & 0o001 == 0).then(|| dir.display().to_string())
         })
         .collect()
+}
+
+/// Whether `path` is on a btrfs filesystem.
+pub fn is_btrfs(path: &Path) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    let stat = nix::sys::statfs::statfs(path)
+        .with_context(|| format!("reading the filesystem of {}", path.display()))?;
+    Ok(stat.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
 }
 
 /// `command` on `PATH` (and the sbin directories, which root's PATH may lack).

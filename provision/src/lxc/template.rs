@@ -346,6 +346,16 @@ pub fn shift_owners(root: &Path, base: u32) -> anyhow::Result<()> {
 /// copying (a `cp` child would go on writing into a directory a retry is removing).
 /// Device nodes, fifos and sockets are refused: a template has none.
 pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    copy(from, to, false)
+}
+
+/// [`copy_tree`] into `to`, an existing empty directory (a fresh subvolume), which takes
+/// the owner and mode of `from`.
+pub fn copy_tree_into(from: &Path, to: &Path) -> anyhow::Result<()> {
+    copy(from, to, true)
+}
+
+fn copy(from: &Path, to: &Path, into: bool) -> anyhow::Result<()> {
     let mut links: std::collections::HashMap<(u64, u64), PathBuf> = Default::default();
     let mut pending = vec![(from.to_path_buf(), to.to_path_buf())];
     let mut dirs = Vec::new();
@@ -355,7 +365,9 @@ pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", src.display()))?;
         let kind = meta.file_type();
         if kind.is_dir() {
-            std::fs::create_dir(&dst).with_context(|| format!("creating {}", dst.display()))?;
+            if !(into && dst == to) {
+                std::fs::create_dir(&dst).with_context(|| format!("creating {}", dst.display()))?;
+            }
             for entry in
                 std::fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))?
             {
