@@ -38,6 +38,7 @@ pub mod keys;
 pub mod open;
 pub mod park;
 pub mod plane;
+mod probe;
 pub mod refusals;
 pub mod roles;
 pub mod secrets;

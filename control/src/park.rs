@@ -167,7 +167,7 @@ impl Parking {
             .map(|t| t.backend.clone())
         {
             let deadline = Instant::now() + LISTEN_WITHIN;
-            while let Err(e) = crate::supervise::takes_logins(&backend.addr).await {
+            while let Err(e) = crate::probe::takes_logins(&backend.addr).await {
                 if Instant::now() >= deadline {
                     return Err(format!("started, but does not take connections: {e}"));
                 }

@@ -39,7 +39,6 @@ pub use crate::driver::PlanSize;
 use crate::driver::{BackendAddress, BackendRequest, BoxFuture, Driver};
 use crate::sql;
 use client::Client;
-use container::Ct;
 
 pub use client::PveError;
 pub use handoff::MARKER as HANDOFF_MARKER;
@@ -218,17 +217,6 @@ impl ProxmoxDriver {
             admin_user: SUPERUSER.to_owned(),
             admin_database: SUPERUSER.to_owned(),
         })
-    }
-
-    /// The tenant's container once it holds no lock, for a power change.
-    async fn unlocked_container(&self, tenant: &str) -> anyhow::Result<Ct> {
-        check_tenant(tenant)?;
-        let ct = self
-            .find(tenant)
-            .await?
-            .ok_or_else(|| anyhow!("tenant {tenant} has no Proxmox container"))?;
-        self.wait_unlocked(&ct).await?;
-        Ok(ct)
     }
 
     async fn ensure_backend_running(&self, tenant: &str) -> anyhow::Result<()> {

@@ -4,11 +4,12 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
 use super::client::{lenient_u64, segment, text, PveError};
 use super::{backoff, bail_duplicates, handoff, tasks, tenant_tag, PlanSize, ProxmoxDriver};
+use crate::driver::check_tenant;
 
 /// How many times a step is tried before its error is returned (the job worker then
 /// retries the whole job later).
@@ -251,6 +252,17 @@ impl ProxmoxDriver {
             }
             tokio::time::sleep(self.timings.poll).await;
         }
+    }
+
+    /// The tenant's container once it holds no lock, for a power change.
+    pub(super) async fn unlocked_container(&self, tenant: &str) -> anyhow::Result<Ct> {
+        check_tenant(tenant)?;
+        let ct = self
+            .find(tenant)
+            .await?
+            .ok_or_else(|| anyhow!("tenant {tenant} has no Proxmox container"))?;
+        self.wait_unlocked(&ct).await?;
+        Ok(ct)
     }
 
     /// Starts the container unless it runs, and waits until it does.
