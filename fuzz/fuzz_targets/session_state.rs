@@ -3,7 +3,7 @@
 //! SQL that only frees space): any bytes, as the relay reads a Query or Parse text
 //! (lossy UTF-8).
 //!
-//! Checks: no panic; the lexer ends (every token moves it forward: it yields at most one
+//! Checks: no panic; `effects` (with its quick pass) equals `effects_in_full`; the lexer ends (every token moves it forward: it yields at most one
 //! token per byte); words are never empty; a name of Sluice's own statements is only
 //! reported with the prefix; a following statement of only a comment and a literal
 //! holding `LISTEN`, `SET ROLE` and `DO` adds nothing.
@@ -11,7 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use proxy::session_state::lexer::{tokens, Token};
-use proxy::session_state::{effects, Effect, SLUICE_PREFIX};
+use proxy::session_state::{effects, effects_in_full, Effect, SLUICE_PREFIX};
 
 fuzz_target!(|data: &[u8]| {
     let sql = String::from_utf8_lossy(data);
@@ -28,6 +28,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(!proxy::quota::escapes(&sql), "{sql:?}");
     }
     let found = effects(&sql);
+    // The quick pass that lets plain queries through unexamined misses nothing.
+    assert_eq!(found, effects_in_full(&sql), "{sql:?}");
     for effect in &found {
         if let Effect::SluiceName(_, name) = effect {
             assert!(name.starts_with(SLUICE_PREFIX), "{name}");

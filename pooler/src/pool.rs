@@ -436,8 +436,12 @@ impl Pool {
             || now.duration_since(conn.last_used) >= self.settings.load().idle_timeout
     }
 
-    fn put_idle(&self, mut conn: ServerConn) {
-        conn.last_used = Instant::now();
+    fn put_idle(&self, conn: ServerConn) {
+        self.put_idle_at(conn, Instant::now());
+    }
+
+    fn put_idle_at(&self, mut conn: ServerConn, now: Instant) {
+        conn.last_used = now;
         if let Some(registered) = &conn.registered {
             registered.entry.set(ServerState::Idle, 0);
         }
@@ -549,6 +553,45 @@ impl PooledConn {
             server.entry.set(ServerState::Active, client.info.id);
         }
         client.attached(server.map(|s| &*s.entry));
+    }
+
+    /// [`PooledConn::release`] when it needs no I/O (what a transaction-mode client
+    /// does at the end of each transaction): a connection at ReadyForQuery `I` with
+    /// nothing to discard, current, not past its lifetime, with nothing buffered and
+    /// not from the reserve goes back to the idle list at once (`None`). Any other one
+    /// is handed back for `release`.
+    #[must_use = "a connection handed back must still be released"]
+    pub fn release_idle(mut self, how: Release) -> Option<Self> {
+        let Release::AtReadyForQuery {
+            status: b'I',
+            discard: false,
+        } = how
+        else {
+            return Some(self);
+        };
+        let now = Instant::now();
+        let (Some(conn), Some(permit)) = (&self.conn, &self.permit) else {
+            return Some(self);
+        };
+        let reusable = conn.retire_at.is_none_or(|at| now < at)
+            && self.pool.is_current(conn)
+            && conn.buffered() == 0
+            && !Arc::ptr_eq(permit.semaphore(), self.pool.reserve.semaphore())
+            && !self.pool.retired.load(Ordering::Relaxed);
+        if !reusable {
+            return Some(self);
+        }
+        let conn = self.conn.take().expect("checked");
+        let permit = self.permit.take();
+        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(registered) = &conn.registered {
+            registered.entry.set(ServerState::Used, 0);
+        }
+        self.pool.put_idle_at(conn, now);
+        // Only now: a waiter woken by this permit finds the connection idle.
+        drop(permit);
+        self.pool.settle_shrink_debt();
+        None
     }
 
     /// Returns the connection to the pool after making it clean, or closes it. A

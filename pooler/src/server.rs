@@ -112,6 +112,19 @@ impl ServerConn {
         &mut self.stream
     }
 
+    /// Lends the connection's read buffer (with any bytes read and not consumed yet)
+    /// to a relay that reads the stream itself, so that a buffer is allocated per
+    /// connection rather than per lending. The relay gives it back with
+    /// [`ServerConn::return_buffer`] before the connection is released.
+    pub fn lend_buffer(&mut self) -> BytesMut {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Takes back the read buffer [`ServerConn::lend_buffer`] lent.
+    pub fn return_buffer(&mut self, buf: BytesMut) {
+        self.buf = buf;
+    }
+
     /// Bytes read from the server but not consumed yet.
     pub fn buffered(&self) -> usize {
         self.buf.len()

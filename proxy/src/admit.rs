@@ -524,6 +524,11 @@ impl TenantGate {
         Ok(())
     }
 
+    /// Whether the tenant has a query rate: [`Self::queries`] may then wait.
+    pub fn limits_queries(&self) -> bool {
+        self.query_rate.load(Ordering::Relaxed) != 0
+    }
+
     /// Clients of this tenant connected now.
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed)

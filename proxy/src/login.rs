@@ -206,7 +206,7 @@ pub async fn establish(
     // (then 53300), even past the login deadline (session.rs).
     let _ = admission.queue_wait.set(pool.settings().max_wait);
     let mut server = checkout(proxy, &pool, &credential).await?;
-    params::sync(server.conn(), &settings, tenant.id.as_str()).await?;
+    params::sync(server.conn(), params::pairs(&settings), tenant.id.as_str()).await?;
     let settings_applied = !settings.is_empty();
 
     let conn = server.conn();

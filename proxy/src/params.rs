@@ -59,6 +59,11 @@ pub fn client_settings(
 
 /// The server's current value of `name`: as it reports it, or as Sluice set it.
 fn current<'a>(conn: &'a ServerConn, name: &str) -> Option<&'a str> {
+    // The usual case first, without a scan: a reported parameter in the server's own
+    // spelling (a server reports each name once, so no other key matches it).
+    if let Some(value) = conn.params.get(name) {
+        return Some(value);
+    }
     conn.params
         .iter()
         .chain(conn.unreported_settings.iter())
@@ -66,27 +71,47 @@ fn current<'a>(conn: &'a ServerConn, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Whether the server reports the parameter `name` (in any case).
+fn reported(conn: &ServerConn, name: &str) -> bool {
+    conn.params.contains_key(name) || conn.params.keys().any(|p| p.eq_ignore_ascii_case(name))
+}
+
 /// What to run to make `conn` match `settings`: a simple query that resets (all of
 /// it, when the server's settings are unknown; otherwise the settings Sluice made for
 /// an earlier client that this one does not have), and the settings to apply.
-pub fn plan(conn: &ServerConn, settings: &[(String, String)]) -> (String, Vec<(String, String)>) {
+pub fn plan<'s>(conn: &ServerConn, settings: impl Settings<'s>) -> (String, Vec<(String, String)>) {
     let mut reset = String::new();
     let full = conn.settings_unknown;
     if full {
         reset.push_str("SET SESSION AUTHORIZATION DEFAULT; RESET ALL;");
     } else {
         for name in conn.unreported_settings.keys() {
-            if !settings.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            if !settings
+                .clone()
+                .into_iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(name))
+            {
                 reset.push_str(&format!("RESET {name};"));
             }
         }
     }
     let apply = settings
-        .iter()
-        .filter(|(name, value)| full || current(conn, name) != Some(value.as_str()))
-        .cloned()
+        .into_iter()
+        .filter(|&(name, value)| full || current(conn, name) != Some(value))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
     (reset, apply)
+}
+
+/// A client's settings as (name, value) pairs, borrowed from wherever they are kept
+/// (a transaction-mode client syncs at every attach: nothing is copied for it).
+pub trait Settings<'s>: IntoIterator<Item = (&'s str, &'s str)> + Clone {}
+
+impl<'s, T: IntoIterator<Item = (&'s str, &'s str)> + Clone> Settings<'s> for T {}
+
+/// `settings` as [`Settings`].
+pub fn pairs(settings: &[(String, String)]) -> impl Settings<'_> {
+    settings.iter().map(|(k, v)| (k.as_str(), v.as_str()))
 }
 
 /// A Postgres text array literal.
@@ -113,12 +138,12 @@ fn text_array(items: impl Iterator<Item = String>) -> String {
 /// as parameters, exactly as a startup packet would set them (list settings such as
 /// `search_path=a,b` keep their meaning; no quoting). A setting the server rejects is
 /// the client's error, as it would be with a direct connection.
-pub async fn sync(
+pub async fn sync<'s>(
     conn: &mut ServerConn,
-    settings: &[(String, String)],
+    settings: impl Settings<'s>,
     tenant: &str,
 ) -> Result<(), ClientError> {
-    let (reset, apply) = plan(conn, settings);
+    let (reset, apply) = plan(conn, settings.clone());
     let failed = |e: pooler::ServerError| ClientError::BackendUnavailable {
         tenant: tenant.to_owned(),
         detail: e.to_string(),
@@ -147,9 +172,9 @@ pub async fn sync(
     conn.settings_unknown = false;
     // Reported settings are tracked through ParameterStatus; remember the others.
     conn.unreported_settings = settings
-        .iter()
-        .filter(|(k, _)| !conn.params.keys().any(|p| p.eq_ignore_ascii_case(k)))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .into_iter()
+        .filter(|(k, _)| !reported(conn, k))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
         .collect();
     Ok(())
 }

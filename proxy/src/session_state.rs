@@ -133,8 +133,95 @@ const ADVISORY_LOCKS: &[&str] = &[
     "pg_try_advisory_lock_shared",
 ];
 
+/// Words that start a statement [`statement_effects`] looks into.
+const FIRST_WORDS: &[&str] = &[
+    "set",
+    "prepare",
+    "execute",
+    "deallocate",
+    "drop",
+    "alter",
+    "create",
+    "listen",
+    "load",
+    "do",
+    "declare",
+];
+
 /// The effects of every statement in `sql` (a simple Query may hold several).
+///
+/// Every Query and Parse of a transaction-mode client passes here, so the usual text
+/// (no statement that can have an effect) costs one pass of the lexer and allocates
+/// nothing: [`may_have_effects`] first, and only when it says so the statements are
+/// looked into ([`effects_in_full`], which gives the same result on any text).
 pub fn effects(sql: &str) -> Vec<Effect> {
+    if !may_have_effects(sql) {
+        return Vec::new();
+    }
+    effects_in_full(sql)
+}
+
+/// Whether a statement of `sql` may have an effect: one that starts with a word of
+/// [`FIRST_WORDS`] (after leading parentheses), the word `into`, a name starting with
+/// `pg_temp`, or a call of a function [`calls`] looks for. A superset of what
+/// [`effects_in_full`] reports, found without allocating.
+fn may_have_effects(sql: &str) -> bool {
+    let mut at_start = true;
+    let mut previous: Option<Token> = None;
+    for token in lexer::tokens(sql) {
+        match token {
+            Token::Punct(b';') => {
+                at_start = true;
+                previous = None;
+                continue;
+            }
+            Token::Punct(b'(') => {
+                if previous.as_ref().is_some_and(holds_state_when_called) {
+                    return true;
+                }
+                // Leading parentheses: the statement's first word is still to come.
+            }
+            Token::Word(w) => {
+                if at_start && FIRST_WORDS.iter().any(|f| w.eq_ignore_ascii_case(f)) {
+                    return true;
+                }
+                if w.eq_ignore_ascii_case("into") || names_pg_temp(w) {
+                    return true;
+                }
+                at_start = false;
+            }
+            Token::Quoted(q) if names_pg_temp(q) => return true,
+            _ => at_start = false,
+        }
+        previous = Some(token);
+    }
+    false
+}
+
+/// A word or quoted identifier starting with `pg_temp` (ASCII case-insensitive).
+fn names_pg_temp(w: &str) -> bool {
+    w.as_bytes()
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"pg_temp"))
+}
+
+/// Whether `token` names the function `name` (lowercase), as [`name_of`] would.
+fn names(token: &Token, name: &str) -> bool {
+    match token {
+        Token::Word(w) => w.eq_ignore_ascii_case(name),
+        Token::Quoted(q) => *q == name,
+        _ => false,
+    }
+}
+
+/// A function [`calls`] reports when called: a session advisory lock or `set_config`.
+fn holds_state_when_called(token: &Token) -> bool {
+    ADVISORY_LOCKS.iter().any(|f| names(token, f)) || names(token, "set_config")
+}
+
+/// The effects of every statement in `sql`, each looked into: what [`effects`] gives,
+/// without its quick pass (the `session_state` fuzz target compares the two).
+pub fn effects_in_full(sql: &str) -> Vec<Effect> {
     let mut found = Vec::new();
     let mut statement: Vec<Token> = Vec::new();
     for token in lexer::tokens(sql) {
@@ -228,7 +315,7 @@ fn statement_effects(t: &[Token], found: &mut Vec<Effect>) {
         .windows(2)
         .any(|w| w[0].is("into") && (w[1].is("temp") || w[1].is("temporary")));
     let pg_temp = t.iter().any(|tok| match tok {
-        Token::Word(w) | Token::Quoted(w) => w.to_ascii_lowercase().starts_with("pg_temp"),
+        Token::Word(w) | Token::Quoted(w) => names_pg_temp(w),
         _ => false,
     });
     if into_temp || (pg_temp && !found.contains(&Effect::Pins(PinReason::TempTable))) {
@@ -272,15 +359,12 @@ fn set_effects(t: &[Token], found: &mut Vec<Effect>) {
 /// Function calls that hold state: session advisory locks, `set_config(…, false)`.
 fn calls(t: &[Token], found: &mut Vec<Effect>) {
     for (i, tok) in t.iter().enumerate() {
-        let Some(f) = name_of(Some(tok)) else {
-            continue;
-        };
         if t.get(i + 1) != Some(&Token::Punct(b'(')) {
             continue;
         }
-        if ADVISORY_LOCKS.contains(&f.as_str()) {
+        if ADVISORY_LOCKS.iter().any(|f| names(tok, f)) {
             push_once(found, Effect::Pins(PinReason::AdvisoryLock));
-        } else if f == "set_config" && !third_argument_is_true(&t[i + 2..]) {
+        } else if names(tok, "set_config") && !third_argument_is_true(&t[i + 2..]) {
             push_once(found, Effect::Pins(PinReason::SetConfig));
         }
     }

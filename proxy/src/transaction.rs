@@ -24,6 +24,7 @@ mod pinning;
 mod statements;
 
 use std::collections::BTreeMap;
+use std::pin::pin;
 
 use bytes::BytesMut;
 use pooler::Release;
@@ -126,6 +127,7 @@ pub async fn run(
         pins_pending: false,
         skip: 0,
         memory,
+        batch: BytesMut::new(),
     };
     let mut attached = None;
     let end = client.serve(&mut attached).await;
@@ -147,15 +149,15 @@ impl Client<'_> {
         let release = match attached.take() {
             // A cancel sent for a timeout or by the client may still land later: never
             // reuse that one.
-            Some(a) if a.at_rest() && !a.cancel_sent && !cancelled => Some((
-                a.server,
-                Release::AtReadyForQuery {
-                    status: a.status,
-                    discard,
-                },
-            )),
-            Some(a) if a.at_rest() => Some((a.server, Release::Close)),
-            Some(a) => Some((a.server, Release::Dirty)),
+            Some(a) if a.at_rest() && !a.cancel_sent && !cancelled => {
+                let status = a.status;
+                Some((
+                    a.into_server(),
+                    Release::AtReadyForQuery { status, discard },
+                ))
+            }
+            Some(a) if a.at_rest() => Some((a.into_server(), Release::Close)),
+            Some(a) => Some((a.into_server(), Release::Dirty)),
             None => None,
         };
         let error = match end {
@@ -217,13 +219,16 @@ impl Client<'_> {
     /// makes Sluice hold to its memory grant: room for the whole of a message up to
     /// `max_client_message_buffer` once its header is here (charged beyond
     /// [`READ_BUFFER`]), a busy client's read buffer while it has a message half-read
-    /// or a server attached, a small buffer again once it is idle (the big one freed).
-    /// Statement texts it keeps are charged too. Past the tenant's share or the
-    /// process budget the client is refused with 53200.
+    /// or a server attached (once a read `filled` the room it had: a client whose
+    /// requests fit the small buffer keeps it, and relaying them allocates nothing), a
+    /// small buffer again once it is idle (the big one freed). Statement texts it keeps
+    /// are charged too. Past the tenant's share or the process budget the client is
+    /// refused with 53200.
     fn fit_read_buffer(
         &mut self,
         cbuf: &mut BytesMut,
         attached: &Option<Attached>,
+        filled: bool,
     ) -> Result<(), ClientError> {
         let streaming = self.skip > 0 || attached.as_ref().is_some_and(|a| a.inflow > 0);
         let whole = match header_at(cbuf, 0) {
@@ -262,12 +267,20 @@ impl Client<'_> {
             _ if cbuf.is_empty() && attached.is_none() => {
                 if cbuf.capacity() > IDLE_READ_BUFFER {
                     *cbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+                } else {
+                    // In place: the messages read before are gone.
+                    cbuf.reserve(IDLE_READ_BUFFER);
                 }
             }
             _ => {
                 if cbuf.capacity() - cbuf.len() < IDLE_READ_BUFFER {
-                    // In place when the messages read before are gone.
-                    cbuf.reserve(READ_BUFFER);
+                    // In place when the messages read before are gone (and the buffer
+                    // is big enough).
+                    cbuf.reserve(if filled || cbuf.capacity() > IDLE_READ_BUFFER {
+                        READ_BUFFER
+                    } else {
+                        IDLE_READ_BUFFER
+                    });
                 }
                 if cbuf.capacity() > 4 * READ_BUFFER && cbuf.len() < READ_BUFFER {
                     // The room a large message had: given back.
@@ -290,10 +303,16 @@ impl Client<'_> {
         let mut client_done = false;
         let mut pace = Pace::default();
         let moving = self.proxy.successor.moving();
+        // Made once, not per turn of the loop: each would register a waiter anew.
+        let mut terminated = pin!(terminate.cancelled());
+        let mut moved = pin!(moving.cancelled());
+        // The last read took all the room the buffer had: more may be waiting.
+        let mut filled = false;
         loop {
-            if let Err(e) = self.fit_read_buffer(&mut cbuf, attached) {
+            if let Err(e) = self.fit_read_buffer(&mut cbuf, attached, filled) {
                 return End::Failed(e);
             }
+            let room = cbuf.capacity() - cbuf.len();
             let deadline = match attached.as_ref() {
                 Some(a) if !a.idle() => a.deadline(&self.limits),
                 // Holding nothing (or nothing in progress): the client is idle.
@@ -304,9 +323,10 @@ impl Client<'_> {
                     Ok(0) if cbuf.is_empty() && owed(attached) => client_done = true,
                     Ok(0) | Err(_) => return End::ClientLeft,
                     Ok(n) => {
+                        filled = n >= room;
                         pace.relayed(n, &self.gate.client_bytes).await;
-                        // Boxed, like the other two: their states (a checkout, a
-                        // parameter sync) exist only while they run, not in every idle
+                        // Boxed, like `on_deadline`: its state (a checkout, a
+                        // parameter sync) exists only while it runs, not in every idle
                         // client's task.
                         if let Some(end) = Box::pin(self.on_client_bytes(&mut cbuf, attached)).await {
                             return end;
@@ -318,7 +338,9 @@ impl Client<'_> {
                     Err(e) => return End::ServerGone(e.to_string()),
                     Ok(n) => {
                         pace.relayed(n, &self.gate.server_bytes).await;
-                        if let Some(end) = Box::pin(self.on_server_bytes(attached)).await {
+                        // Not boxed: what it awaits is small (releasing the server
+                        // connection boxes its reset when one is needed).
+                        if let Some(end) = self.on_server_bytes(attached).await {
                             return end;
                         }
                         if client_done && !owed(attached) {
@@ -331,8 +353,8 @@ impl Client<'_> {
                         return end;
                     }
                 }
-                _ = terminate.cancelled() => return End::Terminated,
-                _ = moving.cancelled(), if self.movable(&cbuf, attached, client_done) => {
+                _ = &mut terminated => return End::Terminated,
+                _ = &mut moved, if self.movable(&cbuf, attached, client_done) => {
                     return End::Moved;
                 }
             }

@@ -160,3 +160,51 @@ fn statements_that_need_a_database_free_name_it() {
     assert_eq!(effects("create database fresh"), []);
     assert_eq!(effects("alter database app set work_mem = '1MB'"), []);
 }
+
+#[test]
+fn the_quick_pass_misses_nothing_and_skips_plain_queries() {
+    for sql in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+        "select 1; select 2",
+        "select \"PG_ADVISORY_LOCK\"(1)",
+        "select * from pg_advisory_lock",
+        "select pg_advisory_xact_lock(1)",
+        "begin; update t set a = 1; commit",
+    ] {
+        assert!(!may_have_effects(sql), "{sql}");
+        assert_eq!(effects(sql), [], "{sql}");
+    }
+    for sql in [
+        "SET ROLE other",
+        "select 1; SET search_path = x",
+        "((set x = 1))",
+        "select set_config('a', 'b', false)",
+        "select \"set_config\"('a', 'b', false)",
+        "select \"SET_CONFIG\"('a', 'b', false)",
+        "select PG_ADVISORY_LOCK(1)",
+        "select 1 INTO temp t",
+        "select * from PG_TEMP.t",
+        "select * from \"pg_temp_3\".t",
+        "create table \"PG_TEMP\".t(a int)",
+        "prepare sluice_1 as select 1",
+        "execute sluice_1",
+        "deallocate prepare sluice_1",
+        "drop database if exists x",
+        "alter database x rename to y",
+        "create database x template = y",
+        "listen x",
+        "load 'x'",
+        "do $$ $$",
+        "declare c cursor with hold for select 1",
+        "set local x = 1",
+        "select set_config('a', 'b', true)",
+        "execute q",
+    ] {
+        assert_eq!(effects(sql), effects_in_full(sql), "{sql}");
+        if !effects_in_full(sql).is_empty() {
+            assert!(may_have_effects(sql), "{sql}");
+        }
+    }
+}

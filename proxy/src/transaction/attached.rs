@@ -54,11 +54,20 @@ pub(super) struct Attached {
 }
 
 impl Attached {
-    /// A client message of type `tag` is on its way to the server: the clocks of the
-    /// limits restart, and what its answers will be is recorded in the `Conversation`
-    /// returned (for `statements` to fill in).
-    pub(super) fn sending(&mut self, tag: u8) -> Conversation<'_> {
-        let now = Instant::now();
+    /// The server connection, with its read buffer given back (see
+    /// [`pooler::ServerConn::lend_buffer`]).
+    pub(super) fn into_server(self) -> PooledConn {
+        let Attached {
+            mut server, buf, ..
+        } = self;
+        server.conn().return_buffer(buf);
+        server
+    }
+
+    /// A client message of type `tag` is on its way to the server (read at `now`):
+    /// the clocks of the limits restart, and what its answers will be is recorded in
+    /// the `Conversation` returned (for `statements` to fill in).
+    pub(super) fn sending(&mut self, tag: u8, now: Instant) -> Conversation<'_> {
         if !self.in_flight() {
             self.request_started = now;
         }

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::BytesMut;
+
 use pooler::{Pool, Release};
 use router::Limits;
 use tokio::time::Instant;
@@ -86,7 +88,14 @@ pub(super) struct Client<'a> {
     /// What this client holds of the memory budget: a message held whole beyond the
     /// read buffer, and its statement texts.
     pub(super) memory: Grant,
+    /// The room a batch for the server is built in, kept from one batch to the next
+    /// (up to [`KEPT_BATCH_ROOM`]) so that relaying a request allocates nothing.
+    pub(super) batch: BytesMut,
 }
+
+/// The most room [`Client::batch`] keeps between batches: enough for the requests of
+/// most clients, small beside an idle client's read buffer.
+pub(super) const KEPT_BATCH_ROOM: usize = 1024;
 
 /// The reasons a client keeps its server connection, as a set of
 /// [`PinReason::index`] bits.
@@ -126,7 +135,11 @@ impl Client<'_> {
                 discard: false,
             }
         };
-        a.server.release(release).await;
+        // At once when no I/O is needed (the usual case); otherwise boxed, so that the
+        // reset's state is not part of every client's task.
+        if let Some(server) = a.into_server().release_idle(release) {
+            Box::pin(server.release(release)).await;
+        }
         self.registered.detached();
     }
 }

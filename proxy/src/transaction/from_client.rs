@@ -5,6 +5,9 @@
 //! transaction that need no server are answered without one.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,13 +16,20 @@ use wire::frame::{split_frame, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 use wire::messages::tag;
 
 use super::attached::{header_at, Attached, READ_BUFFER};
-use super::client::{Client, End};
+use super::client::{Client, End, KEPT_BATCH_ROOM};
 use crate::cancel::CancelTarget;
 use crate::error::ClientError;
 use crate::goodbye::terminated;
 use crate::login::checkout;
 use crate::quota;
 use crate::session_state::PinReason;
+
+/// What happened first while a batch was being written: some of it was written, or
+/// the server sent something meanwhile.
+enum Step {
+    Wrote(std::io::Result<usize>),
+    Read(std::io::Result<usize>),
+}
 
 /// While writing a client batch, server output buffered beyond this waits.
 const DRAIN_LIMIT: usize = 1 << 20;
@@ -35,9 +45,28 @@ impl Client<'_> {
         cbuf: &mut BytesMut,
         attached: &mut Option<Attached>,
     ) -> Option<End> {
-        let mut out = BytesMut::new();
+        let mut out = std::mem::take(&mut self.batch);
+        let end = self.forward_client_bytes(cbuf, attached, &mut out).await;
+        out.clear();
+        if out.capacity() <= KEPT_BATCH_ROOM {
+            self.batch = out;
+        }
+        end
+    }
+
+    /// [`Self::on_client_bytes`], building the batches for the server in `out`
+    /// (empty).
+    async fn forward_client_bytes(
+        &mut self,
+        cbuf: &mut BytesMut,
+        attached: &mut Option<Attached>,
+        out: &mut BytesMut,
+    ) -> Option<End> {
         // Answers Sluice gives itself; they precede anything a server will answer.
         let mut local = BytesMut::new();
+        // When these messages arrived (read again after waiting for a server or for
+        // one to take a batch, so a request's clock starts when it is sent).
+        let mut now = Instant::now();
         loop {
             // The rest of a message too large to hold, forwarded (or skipped) as it
             // arrives.
@@ -52,7 +81,8 @@ impl Client<'_> {
             }
             if let Some(a) = attached.as_mut().filter(|a| a.inflow > 0) {
                 let n = a.inflow.min(cbuf.len());
-                out.extend_from_slice(&cbuf.split_to(n));
+                out.extend_from_slice(&cbuf[..n]);
+                cbuf.advance(n);
                 a.inflow -= n;
                 if cbuf.is_empty() {
                     break;
@@ -65,7 +95,7 @@ impl Client<'_> {
                 if len + 1 > cap {
                     let body_len = len - 4;
                     match Box::pin(
-                        self.start_stream(tag, body_len, cbuf, attached, &mut out, &mut local),
+                        self.start_stream(tag, body_len, cbuf, attached, out, &mut local),
                     )
                     .await
                     {
@@ -80,16 +110,20 @@ impl Client<'_> {
                 Ok(None) => break,
                 Err(e) => return Some(End::Failed(ClientError::Protocol(e.to_string()))),
             };
-            self.active_at = Instant::now();
+            self.active_at = now;
             if frame.tag == tag::QUERY || frame.tag == tag::EXECUTE {
                 let pool = &self.pool;
                 if let Err(e) = self.gate.queries(1, || pool.settings().max_wait).await {
                     return Some(End::Failed(e));
                 }
+                if self.gate.limits_queries() {
+                    // It may have waited for the query rate.
+                    now = Instant::now();
+                }
             }
             if frame.tag == tag::TERMINATE {
                 if !out.is_empty() {
-                    if let Some(end) = self.send(attached, &out).await {
+                    if let Some(end) = self.send(attached, out).await {
                         return Some(end);
                     }
                 }
@@ -121,6 +155,7 @@ impl Client<'_> {
                     Ok(a) => *attached = Some(a),
                     Err(e) => return Some(End::Failed(e)),
                 }
+                now = Instant::now();
             }
             let a = attached.as_mut().expect("attached above");
             if a.read_only != self.gate.disk.full() && a.idle() && out.is_empty() {
@@ -147,12 +182,13 @@ impl Client<'_> {
             };
             self.pool.stats.client_message(frame.tag);
             self.statements
-                .rewrite(&frame, &mut a.sending(frame.tag), &mut out);
+                .rewrite(&frame, &mut a.sending(frame.tag, now), out);
             if out.len() >= MAX_BATCH {
-                if let Some(end) = self.send(attached, &out).await {
+                if let Some(end) = self.send(attached, out).await {
                     return Some(end);
                 }
                 out.clear();
+                now = Instant::now();
             }
         }
         if !local.is_empty() {
@@ -162,7 +198,7 @@ impl Client<'_> {
             let _ = self.stream.flush().await;
         }
         if !out.is_empty() {
-            return self.send(attached, &out).await;
+            return self.send(attached, out).await;
         }
         None
     }
@@ -232,7 +268,13 @@ impl Client<'_> {
         let head = &cbuf[HEADER_LEN..cbuf.len().min(HEADER_LEN + body_len)];
         let replaced = self
             .statements
-            .stream_head(tag, body_len, head, &mut a.sending(tag), out)
+            .stream_head(
+                tag,
+                body_len,
+                head,
+                &mut a.sending(tag, Instant::now()),
+                out,
+            )
             .expect("a Bind's names are here");
         cbuf.advance(HEADER_LEN + replaced);
         a.inflow = body_len - replaced;
@@ -261,21 +303,37 @@ impl Client<'_> {
         while written < bytes.len() {
             let a = attached.as_mut()?;
             let Attached { server, buf, .. } = a;
-            let (mut reader, mut writer) = tokio::io::split(server.conn().stream_mut());
-            let drained = tokio::select! {
-                n = writer.write(&bytes[written..]) => match n {
-                    Ok(0) => return Some(End::ServerGone("server stopped reading".into())),
-                    Ok(n) => {
-                        written += n;
-                        false
+            let stream = server.conn().stream_mut();
+            // Writing and, meanwhile, reading one stream: both polled in turn on the
+            // one `&mut` (no split halves, which would cost an allocation and a lock
+            // per poll); each registers its own wake-up.
+            let step = std::future::poll_fn(|cx| {
+                if let Poll::Ready(n) = pin!(stream.write(&bytes[written..])).poll(cx) {
+                    return Poll::Ready(Step::Wrote(n));
+                }
+                if buf.len() < DRAIN_LIMIT {
+                    if let Poll::Ready(n) = pin!(stream.read_buf(&mut *buf)).poll(cx) {
+                        return Poll::Ready(Step::Read(n));
                     }
-                    Err(e) => return Some(End::ServerGone(e.to_string())),
-                },
-                n = reader.read_buf(buf), if buf.len() < DRAIN_LIMIT => match n {
-                    Ok(0) => return Some(End::ServerGone("server closed the connection".into())),
-                    Ok(_) => true,
-                    Err(e) => return Some(End::ServerGone(e.to_string())),
-                },
+                }
+                Poll::Pending
+            })
+            .await;
+            let drained = match step {
+                Step::Wrote(Ok(0)) => {
+                    return Some(End::ServerGone("server stopped reading".into()))
+                }
+                Step::Wrote(Ok(n)) => {
+                    written += n;
+                    false
+                }
+                Step::Read(Ok(0)) => {
+                    return Some(End::ServerGone("server closed the connection".into()))
+                }
+                Step::Read(Ok(_)) => true,
+                Step::Wrote(Err(e)) | Step::Read(Err(e)) => {
+                    return Some(End::ServerGone(e.to_string()))
+                }
             };
             if drained {
                 // `writing` keeps the connection attached: it has part of a message.
@@ -347,19 +405,16 @@ impl Client<'_> {
             () = self.ending.cancelled() => return Err(terminated(self.proxy, &self.gate)),
         };
         server.lend_to(self.registered);
-        let mut settings: Vec<(String, String)> = self
-            .settings
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         // A tenant over its disk quota gets read-only transactions (quota.rs); the
         // client's own view of the setting stays as it was.
         let read_only = self.gate.disk.full();
-        if read_only {
-            settings.retain(|(k, _)| !k.eq_ignore_ascii_case(crate::quota::SETTING));
-            settings.push((crate::quota::SETTING.to_owned(), "on".to_owned()));
-        }
-        crate::params::sync(server.conn(), &settings, &self.tenant).await?;
+        let own = self
+            .settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(move |(k, _)| !(read_only && k.eq_ignore_ascii_case(crate::quota::SETTING)));
+        let forced = read_only.then_some((crate::quota::SETTING, "on"));
+        crate::params::sync(server.conn(), own.chain(forced), &self.tenant).await?;
         let conn = server.conn();
         // The client now sees what the server reports, in the server's spelling
         // (`iso` becomes `ISO, MDY`), so the next sync finds nothing to change.
@@ -386,9 +441,12 @@ impl Client<'_> {
             );
         }
         let now = Instant::now();
+        // The connection's own buffer, grown once to the relay's size and kept with it.
+        let mut buf = server.conn().lend_buffer();
+        buf.reserve(READ_BUFFER);
         Ok(Attached {
             server,
-            buf: BytesMut::with_capacity(READ_BUFFER),
+            buf,
             pending: VecDeque::new(),
             unsynced: false,
             status: tag::STATUS_IDLE,

@@ -31,7 +31,8 @@ impl Client<'_> {
     /// added, and lets the server go when the client is idle again.
     pub(super) async fn on_server_bytes(&mut self, attached: &mut Option<Attached>) -> Option<End> {
         // A client waiting for its answer is not idle: idleness counts from here.
-        self.active_at = Instant::now();
+        let now = Instant::now();
+        self.active_at = now;
         let a = attached.as_mut()?;
         let mut out = BytesMut::new();
         // The rest of a large message being streamed goes first, untouched.
@@ -64,7 +65,7 @@ impl Client<'_> {
                 tag::READY_FOR_QUERY => {
                     self.pins_pending = false;
                     a.status = body.first().copied().unwrap_or(tag::STATUS_IDLE);
-                    a.idle_since = Instant::now();
+                    a.idle_since = now;
                     if a.in_flight() {
                         let took = a.idle_since.duration_since(a.request_started);
                         self.pool.histograms.query_duration(took);

@@ -283,8 +283,16 @@ impl ClientStatements {
                     prepare(&statement, conv, out, false);
                 }
                 Ok(p) => {
-                    let unnamed = self.statement(&p, Arc::from(""));
-                    self.set_unnamed(Some(unnamed));
+                    // Drivers parse the same unnamed statement over and over: the copy
+                    // kept is reused when it is the same, so that allocates nothing.
+                    let same = self
+                        .unnamed
+                        .as_ref()
+                        .is_some_and(|u| u.query == p.query && u.param_types == p.param_types);
+                    if !same {
+                        let unnamed = self.statement(&p, Arc::from(""));
+                        self.set_unnamed(Some(unnamed));
+                    }
                     *conv.unnamed_here = true;
                     conv.pending.push_back(Pending::Parse {
                         name: None,
@@ -296,14 +304,14 @@ impl ClientStatements {
             },
             tag::BIND => match messages::parse_bind(&frame.body) {
                 Ok(b) => match self.resolve(b.statement, conv, out) {
-                    Some(name) => messages::bind_raw(out, b.portal, &name, b.rest),
+                    Some(name) => messages::bind_raw(out, b.portal, name, b.rest),
                     None => forward(frame, out),
                 },
                 Err(_) => forward(frame, out),
             },
             tag::DESCRIBE => match messages::parse_target(&frame.body) {
                 Ok((b'S', name)) => match self.resolve(name, conv, out) {
-                    Some(name) => messages::describe(out, b'S', &name),
+                    Some(name) => messages::describe(out, b'S', name),
                     None => forward(frame, out),
                 },
                 _ => forward(frame, out),
@@ -411,7 +419,7 @@ impl ClientStatements {
                     );
                     out.put_slice(portal);
                     out.put_u8(0);
-                    out.put_slice(&name);
+                    out.put_slice(name);
                     out.put_u8(0);
                     return Some(replaced);
                 }
@@ -424,12 +432,12 @@ impl ClientStatements {
 
     /// The server name to use for the client's statement `name`, preparing it on this
     /// server first if needed; `None` to forward the message unchanged.
-    fn resolve(
-        &mut self,
+    fn resolve<'s>(
+        &'s mut self,
         name: &[u8],
         conv: &mut Conversation<'_>,
         out: &mut BytesMut,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<&'s [u8]> {
         if name.is_empty() {
             // The unnamed statement: re-prepare this client's on a server that holds
             // someone else's (or none).
@@ -461,10 +469,11 @@ impl ClientStatements {
                 if !conv.prepared.touch(&statement.server_name) {
                     prepare(statement, conv, out, true);
                 }
-                Some(statement.server_name.as_bytes().to_vec())
+                // Borrowed, not copied: every Bind of a prepared statement passes here.
+                Some(statement.server_name.as_bytes())
             }
             // Unknown to Sluice: the server answers "does not exist", as it would.
-            None if name.starts_with(PREFIX.as_bytes()) => Some(FOREIGN_NAME.to_vec()),
+            None if name.starts_with(PREFIX.as_bytes()) => Some(FOREIGN_NAME),
             None => None,
         }
     }
