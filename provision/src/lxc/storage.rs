@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context};
-use nix::fcntl::{Flock, FlockArg};
 
 use super::config::{BtrfsSource, LxcConfig, Storage};
 use super::requirements::is_btrfs;
@@ -429,14 +428,7 @@ pub fn ensure_base(
         return Ok(base);
     }
     let lock_path = dir.join(format!("{BASE}.lock"));
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow!("locking {}: {e}", lock_path.display()))?;
+    let _lock = template::lock_exclusive(&lock_path)?;
     if current() {
         return Ok(base);
     }

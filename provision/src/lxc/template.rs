@@ -104,14 +104,7 @@ pub fn ensure(config: &LxcConfig, progress: &mut dyn FnMut(&str)) -> anyhow::Res
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     let lock_path = sibling(config, ".lock");
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow!("locking {}: {e}", lock_path.display()))?;
+    let _lock = lock_exclusive(&lock_path)?;
     // Another process may have built it while we waited for the lock.
     if let Some(info) = current(config) {
         return Ok(info);
@@ -410,6 +403,19 @@ fn copy(from: &Path, to: &Path, into: bool) -> anyhow::Result<()> {
         std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     }
     Ok(())
+}
+
+/// An exclusive flock on the file at `path` (made if missing), held while the result
+/// lives: one template build or storage set-up at a time across processes.
+pub(super) fn lock_exclusive(path: &Path) -> anyhow::Result<Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))
 }
 
 #[cfg(test)]
